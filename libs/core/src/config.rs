@@ -1,0 +1,212 @@
+//! Layered configuration: defaults → optional YAML file → `FERRY_<COMPONENT>_*` environment → flags.
+//!
+//! Every component has one `Config` that derives `Serialize`, `Deserialize` (with `deny_unknown_fields`)
+//! and `Default`. [`load`] merges the layers as JSON trees and deserializes the result once, so an unknown
+//! or mistyped field in any layer is refused with its dotted path (`database.url: invalid type ...`); the
+//! binary then exits with [`EXIT_CONFIG`] (64, `EX_USAGE`) before binding any port.
+//!
+//! Environment keys: the part after the prefix, lower-cased; `__` descends into a section
+//! (`FERRY_REGISTRY_TLS__CERT_PATH` → `tls.cert_path`). Values become numbers or booleans only where the
+//! default is one, so a token of digits stays a string; for optional fields without a default the value is
+//! read as a YAML scalar (quote it to force a string).
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The exit code for bad configuration (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml { path: PathBuf, source: serde_yaml::Error },
+    #[error("config file {path} must hold a mapping at the top level")]
+    NotAMapping { path: PathBuf },
+    #[error("config field `{field}`: {message}")]
+    Field { field: String, message: String },
+}
+
+impl ConfigError {
+    /// The dotted path of the offending field, when one is known.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Field { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// The layers above the defaults. Tests fill `env` from a list instead of the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// YAML file, if any.
+    pub file: Option<PathBuf>,
+    /// Prefix of the environment keys, e.g. `FERRY_REGISTRY_`.
+    pub env_prefix: String,
+    /// Environment pairs to consider (normally `std::env::vars()`).
+    pub env: Vec<(String, String)>,
+    /// Flags given on the command line, as a JSON object of the same shape as the config.
+    pub flags: Map<String, Value>,
+}
+
+impl Sources {
+    /// Sources from the process environment with the given prefix.
+    pub fn from_env(env_prefix: &str, file: Option<PathBuf>) -> Self {
+        Self {
+            file,
+            env_prefix: env_prefix.to_owned(),
+            env: std::env::vars().collect(),
+            flags: Map::new(),
+        }
+    }
+
+    /// Adds a flag value at a dotted path (`"tls.cert_path"`), ignoring `None`.
+    pub fn flag<V: Serialize>(mut self, path: &str, value: Option<V>) -> Self {
+        if let Some(v) = value.and_then(|v| serde_json::to_value(v).ok()) {
+            let path: Vec<String> = path.split('.').map(str::to_owned).collect();
+            let mut tree = Value::Object(std::mem::take(&mut self.flags));
+            insert_path(&mut tree, &path, v);
+            if let Value::Object(map) = tree {
+                self.flags = map;
+            }
+        }
+        self
+    }
+}
+
+/// Loads a config: defaults, then each layer of `sources`, then one strict deserialization.
+pub fn load<T>(sources: &Sources) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let defaults = serde_json::to_value(T::default()).map_err(|e| ConfigError::Field {
+        field: String::new(),
+        message: format!("defaults do not serialize: {e}"),
+    })?;
+    let mut tree = defaults.clone();
+    if let Some(path) = &sources.file {
+        merge(&mut tree, read_yaml(path)?);
+    }
+    merge(&mut tree, env_layer(&defaults, &sources.env_prefix, &sources.env));
+    merge(&mut tree, Value::Object(sources.flags.clone()));
+    deserialize(tree)
+}
+
+/// The defaults of `T` as YAML, for `--print-default-config`.
+pub fn default_yaml<T: Serialize + Default>() -> String {
+    serde_yaml::to_string(&T::default()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    let value: Value = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+        path: path.to_owned(),
+        source,
+    })?;
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Ok(Value::Object(Map::new())),
+        _ => Err(ConfigError::NotAMapping {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+fn env_layer(defaults: &Value, prefix: &str, env: &[(String, String)]) -> Value {
+    let mut layer = Value::Object(Map::new());
+    if prefix.is_empty() {
+        return layer;
+    }
+    for (key, raw) in env {
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        if rest.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let default = path.iter().try_fold(defaults, |v, k| v.get(k.as_str()));
+        let value = match default {
+            Some(Value::String(_)) => Value::String(raw.clone()),
+            _ => serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone())),
+        };
+        insert_path(&mut layer, &path, value);
+    }
+    layer
+}
+
+fn insert_path(tree: &mut Value, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = tree;
+    for p in parents {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else { return };
+        node = map
+            .entry(p.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    if !node.is_object() {
+        *node = Value::Object(Map::new());
+    }
+    if let Value::Object(map) = node {
+        map.insert(last.clone(), value);
+    }
+}
+
+/// Deep merge: objects merge key by key, anything else replaces.
+fn merge(base: &mut Value, layer: Value) {
+    match (base, layer) {
+        (Value::Object(b), Value::Object(l)) => {
+            for (k, v) in l {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, l) => *b = l,
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(tree: Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // For an unknown key serde reports the parent's path; name the key itself too.
+        let field = match unknown_field_name(&inner) {
+            Some(name) if path == "." || path.is_empty() => name.to_owned(),
+            Some(name) => format!("{path}.{name}"),
+            None => path,
+        };
+        ConfigError::Field {
+            field,
+            message: inner,
+        }
+    })
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! The OpenAPI 3.1 document of the management API, served at `/v1/openapi.json`.
+//!
+//! Body schemas are generated from the model's Rust types (schemars), the paths are listed here beside the
+//! routes; `docs/registry-openapi.json` is the committed copy, and a test fails when it is stale
+//! (regenerate with `FERRY_BLESS=1 cargo test -p ferry-registry openapi`).
+
+use std::sync::OnceLock;
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ferry_registry_model::{ApplicationUserInput, ApplicationUserView, Credential, Device, Tenant};
+use schemars::generate::SchemaSettings;
+use serde_json::{json, Map, Value};
+
+pub async fn serve() -> Response {
+    Json(document().clone()).into_response()
+}
+
+/// The document, built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn error_responses(codes: &[u16]) -> Map<String, Value> {
+    codes
+        .iter()
+        .map(|c| {
+            let text = match c {
+                400 => "Malformed request: bad JSON, invalid id, unknown field or value",
+                401 => "Missing or invalid bearer token",
+                403 => "Forbidden, e.g. a registration limit is reached",
+                404 => "No such resource (or nothing matches the search)",
+                409 => "Conflict: the resource or a unique key already exists",
+                412 => "If-Match does not match the resource version",
+                413 => "Request body too large",
+                _ => "Error",
+            };
+            (
+                c.to_string(),
+                json!({ "description": text, "content": { "application/json": { "schema": schema_ref("Error") } } }),
+            )
+        })
+        .collect()
+}
+
+struct Op {
+    summary: &'static str,
+    params: &'static [&'static str],
+    body: Option<&'static str>,
+    ok: (u16, &'static str, Option<Value>),
+    errors: &'static [u16],
+}
+
+fn op(o: Op) -> Value {
+    let mut responses = error_responses(o.errors);
+    let mut ok = json!({ "description": o.ok.1 });
+    if let Some(schema) = o.ok.2 {
+        ok["content"] = json!({ "application/json": { "schema": schema } });
+    }
+    responses.insert(o.ok.0.to_string(), ok);
+    let mut v = json!({
+        "summary": o.summary,
+        "parameters": o.params.iter().map(|p| schema_ref_param(p)).collect::<Vec<_>>(),
+        "responses": responses,
+    });
+    if let Some(body) = o.body {
+        v["requestBody"] = json!({ "content": { "application/json": { "schema": schema_ref(body) } } });
+    }
+    v
+}
+
+fn schema_ref_param(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/parameters/{name}") })
+}
+
+fn build() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut schemas = Map::new();
+    schemas.insert("Tenant".into(), generator.subschema_for::<Tenant>().to_value());
+    schemas.insert("Device".into(), generator.subschema_for::<Device>().to_value());
+    schemas.insert("Credentials".into(), generator.subschema_for::<Vec<Credential>>().to_value());
+    schemas.insert(
+        "ApplicationUserInput".into(),
+        generator.subschema_for::<ApplicationUserInput>().to_value(),
+    );
+    schemas.insert("ApplicationUser".into(), generator.subschema_for::<ApplicationUserView>().to_value());
+    for (k, v) in generator.take_definitions(true) {
+        schemas.entry(k).or_insert(v);
+    }
+    schemas.insert(
+        "Error".into(),
+        json!({ "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } }),
+    );
+    schemas.insert(
+        "Created".into(),
+        json!({ "type": "object", "required": ["id"], "properties": { "id": { "type": "string" } } }),
+    );
+    schemas.insert(
+        "SearchResult".into(),
+        json!({ "type": "object", "required": ["total", "result"], "properties": {
+            "total": { "type": "integer" },
+            "result": { "type": "array", "items": { "type": "object" } } } }),
+    );
+
+    let id = |name: &str, desc: &str| {
+        json!({ "name": name, "in": "path", "required": true, "description": desc, "schema": { "type": "string" } })
+    };
+    let query = |name: &str, desc: &str, schema: Value| {
+        json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema })
+    };
+    let parameters = json!({
+        "tenantId": id("tenantId", "Tenant id"),
+        "deviceId": id("deviceId", "Device id"),
+        "name": id("name", "Application user name"),
+        "ifMatch": { "name": "If-Match", "in": "header", "required": false,
+                     "description": "The resource version (ETag) the change applies to", "schema": { "type": "string" } },
+        "pageSize": query("pageSize", "Results per page (0-200)", json!({ "type": "integer", "minimum": 0, "maximum": 200, "default": 30 })),
+        "pageOffset": query("pageOffset", "Results to skip", json!({ "type": "integer", "minimum": 0, "default": 0 })),
+        "filterJson": query("filterJson", "{\"field\":\"/pointer\",\"op\":\"eq\",\"value\":...}; repeatable, * and ? wildcards", json!({ "type": "string" })),
+        "sortJson": query("sortJson", "{\"field\":\"/pointer\",\"direction\":\"asc\"|\"desc\"}", json!({ "type": "string" })),
+        "isGateway": query("isGateway", "Only gateways (true) or only non-gateways (false)", json!({ "type": "boolean" })),
+    });
+
+    let search = &["pageSize", "pageOffset", "filterJson", "sortJson"];
+    let created = |what: &'static str| (201, what, Some(schema_ref("Created")));
+    let paths = json!({
+        "/v1/tenants": {
+            "post": op(Op { summary: "Create a tenant with a generated id", params: &[], body: Some("Tenant"),
+                ok: created("Tenant created"), errors: &[400, 401, 403, 409, 413] }),
+            "get": op(Op { summary: "Search tenants", params: search, body: None,
+                ok: (200, "Matching tenants", Some(schema_ref("SearchResult"))), errors: &[400, 401, 404] }),
+        },
+        "/v1/tenants/{tenantId}": {
+            "post": op(Op { summary: "Create a tenant", params: &["tenantId"], body: Some("Tenant"),
+                ok: created("Tenant created"), errors: &[400, 401, 403, 409, 413] }),
+            "get": op(Op { summary: "Get a tenant", params: &["tenantId"], body: None,
+                ok: (200, "The tenant", Some(schema_ref("Tenant"))), errors: &[400, 401, 404] }),
+            "put": op(Op { summary: "Update a tenant", params: &["tenantId", "ifMatch"], body: Some("Tenant"),
+                ok: (204, "Updated", None), errors: &[400, 401, 403, 404, 409, 412, 413] }),
+            "delete": op(Op { summary: "Delete a tenant with its devices and credentials", params: &["tenantId", "ifMatch"], body: None,
+                ok: (204, "Deleted", None), errors: &[401, 403, 404, 412] }),
+        },
+        "/v1/devices/{tenantId}": {
+            "post": op(Op { summary: "Create a device with a generated id", params: &["tenantId"], body: Some("Device"),
+                ok: created("Device created"), errors: &[400, 401, 403, 404, 409, 413] }),
+            "get": op(Op { summary: "Search devices", params: &["tenantId", "pageSize", "pageOffset", "filterJson", "sortJson", "isGateway"], body: None,
+                ok: (200, "Matching devices", Some(schema_ref("SearchResult"))), errors: &[400, 401, 404] }),
+            "delete": op(Op { summary: "Delete every device of the tenant", params: &["tenantId"], body: None,
+                ok: (204, "Deleted", None), errors: &[400, 401, 404] }),
+        },
+        "/v1/devices/{tenantId}/{deviceId}": {
+            "post": op(Op { summary: "Create a device", params: &["tenantId", "deviceId"], body: Some("Device"),
+                ok: created("Device created"), errors: &[400, 401, 403, 404, 409, 413] }),
+            "get": op(Op { summary: "Get a device", params: &["tenantId", "deviceId"], body: None,
+                ok: (200, "The device", Some(schema_ref("Device"))), errors: &[400, 401, 404] }),
+            "put": op(Op { summary: "Update a device", params: &["tenantId", "deviceId", "ifMatch"], body: Some("Device"),
+                ok: (204, "Updated", None), errors: &[400, 401, 403, 404, 412, 413] }),
+            "delete": op(Op { summary: "Delete a device and its credentials", params: &["tenantId", "deviceId", "ifMatch"], body: None,
+                ok: (204, "Deleted", None), errors: &[401, 403, 404, 412] }),
+        },
+        "/v1/credentials/{tenantId}/{deviceId}": {
+            "get": op(Op { summary: "Get a device's credentials (secret metadata, no secret data)", params: &["tenantId", "deviceId"], body: None,
+                ok: (200, "The credentials", Some(schema_ref("Credentials"))), errors: &[400, 401, 404] }),
+            "put": op(Op { summary: "Replace a device's credentials (secrets with a known id keep their data)", params: &["tenantId", "deviceId", "ifMatch"], body: Some("Credentials"),
+                ok: (204, "Updated", None), errors: &[400, 401, 403, 404, 409, 412, 413] }),
+        },
+        "/v1/applications": {
+            "get": op(Op { summary: "List application users (Ferry extension)", params: search, body: None,
+                ok: (200, "Application users", Some(schema_ref("SearchResult"))), errors: &[400, 401, 404] }),
+        },
+        "/v1/applications/{name}": {
+            "put": op(Op { summary: "Create or replace an application user (Ferry extension)", params: &["name", "ifMatch"], body: Some("ApplicationUserInput"),
+                ok: (204, "Updated (201 when created)", None), errors: &[400, 401, 412, 413] }),
+            "get": op(Op { summary: "Get an application user", params: &["name"], body: None,
+                ok: (200, "The user, without its password hash", Some(schema_ref("ApplicationUser"))), errors: &[400, 401, 404] }),
+            "delete": op(Op { summary: "Delete an application user", params: &["name", "ifMatch"], body: None,
+                ok: (204, "Deleted", None), errors: &[400, 401, 404, 412] }),
+        },
+    });
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Ferry device registry management API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Eclipse Hono's device registry management API (v1), plus application users for AMQP consumers.",
+        },
+        "servers": [{ "url": "/" }],
+        "security": [{ "bearer": [] }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "parameters": parameters,
+            "schemas": schemas,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_openapi_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/registry-openapi.json");
+        let fresh = serde_json::to_string_pretty(document()).expect("serializable") + "\n";
+        if std::env::var_os("FERRY_BLESS").is_some() {
+            std::fs::write(&path, &fresh).expect("write openapi");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == fresh,
+            "docs/registry-openapi.json is stale: run FERRY_BLESS=1 cargo test -p ferry-registry openapi"
+        );
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        for part in text.split("\"$ref\":\"").skip(1) {
+            let reference = part.split('"').next().unwrap_or_default();
+            let pointer = reference.trim_start_matches('#');
+            assert!(doc.pointer(pointer).is_some(), "dangling reference {reference}");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The registry's configuration (`FERRY_REGISTRY_*`, see docs/registry.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the registry needs to start. Defaults run it on embedded SQLite in `./ferry-data`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the management and internal HTTP API.
+    pub bind: SocketAddr,
+    /// Address of the admin server (`/live`, `/ready`, `/metrics`); `null` serves them on `bind` only.
+    pub admin_bind: Option<SocketAddr>,
+    /// Where the SQLite database, generated tokens and the signing key live.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for PostgreSQL (or `sqlite://…`); unset = SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Bearer token for the management API; else read from `admin_token_file`; else generated into
+    /// `data_dir/admin-token`.
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    /// Bearer token for the internal API (adapters, routers); else `internal_token_file`; else generated
+    /// into `data_dir/internal-token`. The admin token is accepted there too.
+    pub internal_token: Option<String>,
+    pub internal_token_file: Option<PathBuf>,
+    /// The Ed25519 key that signs registration assertions; generated when the file is absent.
+    /// Default: `data_dir/assertion-signing.key`.
+    pub signing_key_file: Option<PathBuf>,
+    /// The signing key's 32-byte seed (base64), e.g. from a Kubernetes Secret; wins over the file.
+    pub signing_key: Option<String>,
+    /// Lifetime of a registration assertion, in seconds.
+    pub assertion_lifetime_secs: u64,
+    /// `max-age` the internal API gives caching clients, in seconds (the change stream purges earlier).
+    pub cache_max_age_secs: u64,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// bcrypt cost for `pwd-plain` and application passwords; capped by `max_bcrypt_cost`.
+    pub bcrypt_cost: u32,
+    /// The highest bcrypt cost accepted in stored hashes (Hono's `maxBcryptCostFactor`).
+    pub max_bcrypt_cost: u32,
+    /// HTTPS when both are set (PEM files).
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 28080)),
+            admin_bind: None,
+            data_dir: PathBuf::from("ferry-data"),
+            database_url: None,
+            admin_token: None,
+            admin_token_file: None,
+            internal_token: None,
+            internal_token_file: None,
+            signing_key_file: None,
+            signing_key: None,
+            assertion_lifetime_secs: 600,
+            cache_max_age_secs: 300,
+            max_body_bytes: 64 * 1024,
+            bcrypt_cost: 10,
+            max_bcrypt_cost: 10,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Refuses combinations serde cannot see; the error names the field.
+    pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
+        let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        };
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
+            return Err(field("tls", "cert_path and key_path must be given together"));
+        }
+        if !(4..=31).contains(&self.max_bcrypt_cost) {
+            return Err(field("max_bcrypt_cost", "must be between 4 and 31"));
+        }
+        if self.bcrypt_cost < 4 || self.bcrypt_cost > self.max_bcrypt_cost {
+            return Err(field("bcrypt_cost", "must be between 4 and max_bcrypt_cost"));
+        }
+        if self.assertion_lifetime_secs < 10 {
+            return Err(field("assertion_lifetime_secs", "must be at least 10"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(field("max_body_bytes", "must be at least 1024"));
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+                return Err(field("database_url", "must start with postgres://, postgresql:// or sqlite:"));
+            }
+        }
+        Ok(())
+    }
+}
