@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use ferry::manage::{self, ApplicationCmd, CredentialsCmd, DeviceCmd, Target, TenantCmd};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Ferry: IoT connectivity in the style of Eclipse Hono")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: IoT connectivity in the style of Eclipse Hono"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: {e:#}");
-            if e.downcast_ref::<ferry_core::config::ConfigError>().is_some() {
+            if e.downcast_ref::<ferry_core::config::ConfigError>()
+                .is_some()
+            {
                 return ExitCode::from(ferry_core::config::EXIT_CONFIG as u8);
             }
             ExitCode::FAILURE

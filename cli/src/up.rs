@@ -38,8 +38,12 @@ pub struct UpArgs {
 
 /// Runs every component until Ctrl-C / SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let data_dir = args.data_dir.clone().unwrap_or_else(crate::default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let sources = Sources::from_env("FERRY_REGISTRY_", None)
         .flag("bind", Some(SocketAddr::new(args.bind, args.registry_port)))
         .flag("data_dir", Some(&data_dir))
@@ -61,14 +65,22 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = ferry_core::shutdown::on_signal();
     let started = std::time::Instant::now();
     let registry = ferry_registry::start(registry_config, admin, shutdown).await?;
-    let token_hint = registry
-        .admin_token_path
-        .as_ref()
-        .map_or_else(|| "given on the command line".to_owned(), |p| p.display().to_string());
-    println!("Ferry is up in {} ms (data in {})", started.elapsed().as_millis(), data_dir.display());
+    let token_hint = registry.admin_token_path.as_ref().map_or_else(
+        || "given on the command line".to_owned(),
+        |p| p.display().to_string(),
+    );
+    println!(
+        "Ferry is up in {} ms (data in {})",
+        started.elapsed().as_millis(),
+        data_dir.display()
+    );
     println!("  registry (Hono management API)  {}/v1", registry.url());
     println!("  admin token                     {token_hint}");
-    println!("  health and metrics              {}/ready  {}/metrics", registry.url(), registry.url());
+    println!(
+        "  health and metrics              {}/ready  {}/metrics",
+        registry.url(),
+        registry.url()
+    );
     println!("  not yet part of this build: AMQP router (15672), MQTT adapter (1883), HTTP adapter (8080)");
     println!("Press Ctrl-C to stop.");
     registry.join().await

@@ -78,7 +78,9 @@ pub struct Metrics {
 }
 
 fn duration_histogram() -> Histogram {
-    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter())
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
 }
 
 impl Metrics {
@@ -89,13 +91,21 @@ impl Metrics {
             tenants: Gauge::default(),
             assertions_issued: Counter::default(),
         };
-        admin.register("ferry_registry_requests", "HTTP requests by method, route and status", m.requests.clone());
+        admin.register(
+            "ferry_registry_requests",
+            "HTTP requests by method, route and status",
+            m.requests.clone(),
+        );
         admin.register(
             "ferry_registry_request_duration_seconds",
             "HTTP request duration by method, route and status",
             m.duration.clone(),
         );
-        admin.register("hono_tenants_total", "Number of tenants in the registry", m.tenants.clone());
+        admin.register(
+            "hono_tenants_total",
+            "Number of tenants in the registry",
+            m.tenants.clone(),
+        );
         admin.register(
             "ferry_registry_assertions_issued",
             "Registration assertions signed",
@@ -108,24 +118,29 @@ impl Metrics {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
-    let management = management::routes()
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_admin));
-    let internal = internal::routes()
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_internal));
+    let management = management::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_admin,
+    ));
+    let internal = internal::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_internal,
+    ));
     Router::new()
         .nest("/v1", management)
         .nest("/internal/v1", internal)
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/internal/v1/jwks", get(internal::jwks))
         .route("/.well-known/jwks.json", get(internal::jwks))
-        .route("/internal/v1/applications/authenticate", post(internal::authenticate_application))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
-        .layer(axum::middleware::from_fn(move |mut req: Request, next: Next| async move {
-            req.extensions_mut().insert(extract::BodyLimit(limit));
-            next.run(req).await
-        }))
+        .layer(axum::middleware::from_fn(
+            move |mut req: Request, next: Next| async move {
+                req.extensions_mut().insert(extract::BodyLimit(limit));
+                next.run(req).await
+            },
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -133,7 +148,9 @@ pub fn router(state: AppState) -> Router {
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn token_is(given: &str, expected: &str) -> bool {
@@ -149,7 +166,9 @@ async fn require_admin(State(s): State<AppState>, req: Request, next: Next) -> R
 
 async fn require_internal(State(s): State<AppState>, req: Request, next: Next) -> Response {
     match bearer(req.headers()) {
-        Some(t) if token_is(t, &s.tokens.internal) || token_is(t, &s.tokens.admin) => next.run(req).await,
+        Some(t) if token_is(t, &s.tokens.internal) || token_is(t, &s.tokens.admin) => {
+            next.run(req).await
+        }
         _ => ApiError::Unauthorized.into_response(),
     }
 }

@@ -63,7 +63,14 @@ impl Changes {
         }
     }
 
-    fn publish(&self, kind: Kind, op: Op, tenant: Option<&str>, device: Option<&str>, name: Option<&str>) {
+    fn publish(
+        &self,
+        kind: Kind,
+        op: Op,
+        tenant: Option<&str>,
+        device: Option<&str>,
+        name: Option<&str>,
+    ) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         // No subscribers is normal (nobody caches yet), so a send error is not an error.
         let _ = self.tx.send(Change {
@@ -115,7 +122,10 @@ mod tests {
         let a = rx.recv().await.expect("first");
         let b = rx.recv().await.expect("second");
         assert_eq!((a.seq, a.kind, a.op), (1, Kind::Tenant, Op::Created));
-        assert_eq!((b.seq, b.kind, b.device.as_deref()), (2, Kind::Device, Some("d1")));
+        assert_eq!(
+            (b.seq, b.kind, b.device.as_deref()),
+            (2, Kind::Device, Some("d1"))
+        );
     }
 
     #[tokio::test]
@@ -125,6 +135,9 @@ mod tests {
         for i in 0..5 {
             changes.application(Op::Updated, &format!("a{i}"));
         }
-        assert!(matches!(rx.recv().await, Err(broadcast::error::RecvError::Lagged(_))));
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
     }
 }

@@ -82,13 +82,19 @@ impl Config {
             message: message.to_owned(),
         };
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
-            return Err(field("tls", "cert_path and key_path must be given together"));
+            return Err(field(
+                "tls",
+                "cert_path and key_path must be given together",
+            ));
         }
         if !(4..=31).contains(&self.max_bcrypt_cost) {
             return Err(field("max_bcrypt_cost", "must be between 4 and 31"));
         }
         if self.bcrypt_cost < 4 || self.bcrypt_cost > self.max_bcrypt_cost {
-            return Err(field("bcrypt_cost", "must be between 4 and max_bcrypt_cost"));
+            return Err(field(
+                "bcrypt_cost",
+                "must be between 4 and max_bcrypt_cost",
+            ));
         }
         if self.assertion_lifetime_secs < 10 {
             return Err(field("assertion_lifetime_secs", "must be at least 10"));
@@ -97,8 +103,14 @@ impl Config {
             return Err(field("max_body_bytes", "must be at least 1024"));
         }
         if let Some(url) = &self.database_url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
-                return Err(field("database_url", "must start with postgres://, postgresql:// or sqlite:"));
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(field(
+                    "database_url",
+                    "must start with postgres://, postgresql:// or sqlite:",
+                ));
             }
         }
         Ok(())

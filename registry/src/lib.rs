@@ -153,7 +153,11 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
 }
 
 /// A token from the config, else from a file, else generated into `default_path` (mode 0600).
-fn token(value: Option<&str>, file: Option<&Path>, default_path: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
+fn token(
+    value: Option<&str>,
+    file: Option<&Path>,
+    default_path: &Path,
+) -> anyhow::Result<(String, Option<PathBuf>)> {
     if let Some(v) = value.filter(|v| !v.is_empty()) {
         return Ok((v.to_owned(), None));
     }

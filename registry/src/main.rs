@@ -40,7 +40,9 @@ async fn main() -> ExitCode {
         .flag("bind", cli.bind)
         .flag("data_dir", cli.data_dir)
         .flag("database_url", cli.database_url);
-    let config = match config::load::<ferry_registry::Config>(&sources).and_then(|c| c.validate().map(|()| c)) {
+    let config = match config::load::<ferry_registry::Config>(&sources)
+        .and_then(|c| c.validate().map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ferry-registry: bad configuration: {e}");

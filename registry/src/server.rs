@@ -25,11 +25,16 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// Loads a PEM certificate chain and private key into a TLS acceptor.
 pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert_path).with_context(|| format!("opening {}", cert_path.display()))?,
+        std::fs::File::open(cert_path)
+            .with_context(|| format!("opening {}", cert_path.display()))?,
     ))
     .collect::<Result<Vec<_>, _>>()
     .with_context(|| format!("reading certificates from {}", cert_path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert_path.display());
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "no certificate in {}",
+        cert_path.display()
+    );
     let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
         std::fs::File::open(key_path).with_context(|| format!("opening {}", key_path.display()))?,
     ))
@@ -47,7 +52,12 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcce
 }
 
 /// Serves `app` on `listener` until `shutdown`, then drains open connections for a grace period.
-pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    shutdown: Shutdown,
+) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(Builder::new(TokioExecutor::new()));
     let stop = shutdown.clone().wait();
@@ -73,14 +83,16 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>,
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(tls_stream)) => {
-                            let conn =
-                                builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -91,7 +103,10 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>,
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the grace period; closing them");
     }
 }

@@ -123,7 +123,10 @@ impl Store {
                         format!("cannot create data dir {}: {e}", data_dir.display()).into(),
                     ))
                 })?;
-                format!("sqlite://{}?mode=rwc", data_dir.join("registry.db").display())
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    data_dir.join("registry.db").display()
+                )
             }
         };
         let kind = if url.starts_with("sqlite:") {
@@ -138,9 +141,15 @@ impl Store {
                 Box::pin(async move {
                     if kind == Backend::Sqlite {
                         // WAL lets readers run beside the single writer; foreign keys are not used.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -163,20 +172,28 @@ impl Store {
     // ---- tenants ----
 
     pub async fn count_tenants(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM tenants").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM tenants")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>(0)?)
     }
 
-    pub async fn create_tenant(&self, id: &str, body: &str, keys: &TenantKeys) -> Result<Version, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        id: &str,
+        body: &str,
+        keys: &TenantKeys,
+    ) -> Result<Version, StoreError> {
         let mut tx = self.pool.begin().await?;
         let version = new_version();
-        let r = sqlx::query("INSERT INTO tenants (id, version, body, created) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(&version)
-            .bind(body)
-            .bind(now())
-            .execute(&mut *tx)
-            .await;
+        let r =
+            sqlx::query("INSERT INTO tenants (id, version, body, created) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(&version)
+                .bind(body)
+                .bind(now())
+                .execute(&mut *tx)
+                .await;
         match r {
             Err(e) if is_unique_violation(&e) => {
                 return Err(StoreError::Conflict(format!("tenant {id} already exists")))
@@ -301,18 +318,21 @@ impl Store {
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<Stored>, StoreError> {
-        let rows = sqlx::query("SELECT id, body, version, created, updated FROM tenants ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, body, version, created, updated FROM tenants ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter().map(|r| stored(&r)).collect()
     }
 
     /// The tenants that trust a CA with this subject DN.
     pub async fn tenants_by_ca(&self, subject_dn: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT tenant_id FROM trusted_cas WHERE subject_dn = $1 ORDER BY tenant_id")
-            .bind(subject_dn)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT tenant_id FROM trusted_cas WHERE subject_dn = $1 ORDER BY tenant_id",
+        )
+        .bind(subject_dn)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
             .collect()
@@ -367,7 +387,9 @@ impl Store {
         .await;
         match r {
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!("device {device} already exists")))
+                return Err(StoreError::Conflict(format!(
+                    "device {device} already exists"
+                )))
             }
             r => {
                 r?;
@@ -449,11 +471,13 @@ impl Store {
             return Err(StoreError::VersionMismatch);
         }
         for table in ["credential_keys", "credentials", "devices"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1 AND device_id = $2"))
-                .bind(tenant)
-                .bind(device)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE tenant_id = $1 AND device_id = $2"
+            ))
+            .bind(tenant)
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -664,7 +688,11 @@ impl Store {
         })
     }
 
-    pub async fn delete_application(&self, name: &str, if_match: Option<&str>) -> Result<(), StoreError> {
+    pub async fn delete_application(
+        &self,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), StoreError> {
         let current = self.get_application(name).await?;
         if !version_matches(if_match, &current.version) {
             return Err(StoreError::VersionMismatch);

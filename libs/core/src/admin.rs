@@ -90,7 +90,11 @@ impl Admin {
     /// The metrics in Prometheus text format.
     pub fn encode_metrics(&self) -> String {
         let mut out = String::new();
-        let registry = self.inner.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        let registry = self
+            .inner
+            .metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if encode(&mut out, &registry).is_err() {
             out.clear();
         }
@@ -154,24 +158,42 @@ mod tests {
         counter.inc_by(3);
         let readiness = admin.readiness("widget");
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (trigger, shutdown) = crate::shutdown::channel();
         let server = tokio::spawn(admin.clone().serve(listener, shutdown));
         let base = format!("http://{addr}");
         let client = reqwest::Client::new();
 
-        let live = client.get(format!("{base}/live")).send().await.expect("live");
+        let live = client
+            .get(format!("{base}/live"))
+            .send()
+            .await
+            .expect("live");
         assert_eq!(live.status(), 200);
 
-        let r = client.get(format!("{base}/ready")).send().await.expect("ready");
+        let r = client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .expect("ready");
         assert_eq!(r.status(), 503);
         assert!(r.text().await.expect("body").contains("widget"));
         readiness.set(true);
-        let r = client.get(format!("{base}/ready")).send().await.expect("ready");
+        let r = client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .expect("ready");
         assert_eq!(r.status(), 200);
 
-        let m = client.get(format!("{base}/metrics")).send().await.expect("metrics");
+        let m = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics");
         let text = m.text().await.expect("body");
         assert!(text.contains("ferry_test_things_total 3"), "{text}");
 

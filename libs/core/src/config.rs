@@ -23,9 +23,15 @@ pub const EXIT_CONFIG: i32 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid YAML: {source}")]
-    Yaml { path: PathBuf, source: serde_yaml::Error },
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
     #[error("config file {path} must hold a mapping at the top level")]
     NotAMapping { path: PathBuf },
     #[error("config field `{field}`: {message}")]
@@ -93,7 +99,10 @@ where
     if let Some(path) = &sources.file {
         merge(&mut tree, read_yaml(path)?);
     }
-    merge(&mut tree, env_layer(&defaults, &sources.env_prefix, &sources.env));
+    merge(
+        &mut tree,
+        env_layer(&defaults, &sources.env_prefix, &sources.env),
+    );
     merge(&mut tree, Value::Object(sources.flags.clone()));
     deserialize(tree)
 }
@@ -190,11 +199,11 @@ fn deserialize<T: DeserializeOwned>(tree: Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        // For an unknown key serde reports the parent's path; name the key itself too.
+        // serde_path_to_error names an unknown key in the path already; older versions stop at its parent.
         let field = match unknown_field_name(&inner) {
             Some(name) if path == "." || path.is_empty() => name.to_owned(),
-            Some(name) => format!("{path}.{name}"),
-            None => path,
+            Some(name) if !path.ends_with(name) => format!("{path}.{name}"),
+            _ => path,
         };
         ConfigError::Field {
             field,

@@ -82,7 +82,12 @@ macro_rules! id_type {
     };
 }
 
-fn validate(s: &str, kind: &'static str, max: usize, allowed: fn(char) -> bool) -> Result<(), IdError> {
+fn validate(
+    s: &str,
+    kind: &'static str,
+    max: usize,
+    allowed: fn(char) -> bool,
+) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { kind });
     }
@@ -146,7 +151,10 @@ mod tests {
         assert_eq!(TenantId::new(""), Err(IdError::Empty { kind: "tenant id" }));
         assert_eq!(
             TenantId::new("a/b"),
-            Err(IdError::BadChar { kind: "tenant id", ch: '/' })
+            Err(IdError::BadChar {
+                kind: "tenant id",
+                ch: '/'
+            })
         );
         assert!(TenantId::new("a:b").is_err());
         assert!(DeviceId::new("d 1").is_err());

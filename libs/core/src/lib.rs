@@ -10,5 +10,5 @@ pub mod assertion;
 pub mod config;
 pub mod hono;
 pub mod ids;
-pub mod shutdown;
 pub mod logs;
+pub mod shutdown;

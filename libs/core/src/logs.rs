@@ -8,7 +8,9 @@ use tracing_subscriber::EnvFilter;
 pub fn init(json: bool) {
     let json = json || std::env::var("FERRY_LOG_JSON").is_ok_and(|v| v == "1" || v == "true");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
     } else {

@@ -45,6 +45,7 @@ pub enum Credential {
 /// The fields every credential type shares, with the type's secrets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(rename = "{D}Credentials")]
 pub struct TypedCredential<D> {
     /// The name the device authenticates with; `(type, auth-id)` is unique within a tenant.
     #[schemars(with = "crate::schema::AuthIdSchema")]
@@ -60,6 +61,7 @@ pub struct TypedCredential<D> {
 /// A secret: shared metadata plus the type's confidential data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(rename = "{D}Secret")]
 pub struct Secret<D> {
     /// Assigned by the registry; sending a stored secret's id back keeps its confidential data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +85,7 @@ pub struct Secret<D> {
 /// Confidential part of a `hashed-password` secret.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schemars(rename = "Password")]
 pub struct PasswordData {
     /// `sha-256` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,6 +131,7 @@ impl PasswordData {
 /// Confidential part of a `psk` secret.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schemars(rename = "Psk")]
 pub struct PskData {
     /// Base64 pre-shared key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,11 +149,13 @@ impl fmt::Debug for PskData {
 /// An `x509-cert` secret has no confidential part: the CA's signature is the proof. Its metadata bounds
 /// the certificate's validity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "X509Certificate")]
 pub struct X509Data {}
 
 /// Confidential part of an `rpk` secret: a public key or a certificate holding one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schemars(rename = "Rpk")]
 pub struct RpkData {
     /// Base64 DER public key; exclusive with `cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +203,10 @@ impl SecretData for PasswordData {
 
     fn check(&self, path: &str, has_id: bool, opts: &HashOptions) -> Result<(), ValidationError> {
         match (&self.pwd_plain, &self.pwd_hash) {
-            (Some(_), Some(_)) => Err(ValidationError::at(path, "pwd-plain and pwd-hash are exclusive")),
+            (Some(_), Some(_)) => Err(ValidationError::at(
+                path,
+                "pwd-plain and pwd-hash are exclusive",
+            )),
             // Hono ignores hash-function and salt next to pwd-plain: the registry picks the hash.
             (Some(plain), None) => hashing::check_plain_password(&join(path, "pwd-plain"), plain),
             (None, Some(hash)) => {
@@ -207,10 +216,12 @@ impl SecretData for PasswordData {
                 path,
                 "a new secret needs pwd-plain or pwd-hash (or the id of a stored secret to keep)",
             )),
-            (None, None) if self.salt.is_some() || self.hash_function.is_some() => Err(ValidationError::at(
-                path,
-                "salt and hash-function describe a pwd-hash; send them with one or not at all",
-            )),
+            (None, None) if self.salt.is_some() || self.hash_function.is_some() => {
+                Err(ValidationError::at(
+                    path,
+                    "salt and hash-function describe a pwd-hash; send them with one or not at all",
+                ))
+            }
             (None, None) => Ok(()),
         }
     }
@@ -258,7 +269,9 @@ impl SecretData for PskData {
                     &join(path, "key"),
                     "is not valid base64 (standard alphabet, padded)",
                 )),
-                Some(bytes) if bytes.is_empty() => Err(ValidationError::at(&join(path, "key"), "must not be empty")),
+                Some(bytes) if bytes.is_empty() => {
+                    Err(ValidationError::at(&join(path, "key"), "must not be empty"))
+                }
                 Some(_) => Ok(()),
             },
         }
@@ -379,7 +392,10 @@ fn validate_typed<D: SecretData>(
         let spath = join(path, &format!("secrets[{j}]"));
         if let Some(id) = &secret.id {
             if id.trim().is_empty() {
-                return Err(ValidationError::at(&join(&spath, "id"), "must not be empty; omit it for a new secret"));
+                return Err(ValidationError::at(
+                    &join(&spath, "id"),
+                    "must not be empty; omit it for a new secret",
+                ));
             }
             if !ids.insert(id.as_str()) {
                 return Err(ValidationError::at(
@@ -388,7 +404,11 @@ fn validate_typed<D: SecretData>(
                 ));
             }
         }
-        check_window(&spath, secret.not_before.as_ref(), secret.not_after.as_ref())?;
+        check_window(
+            &spath,
+            secret.not_before.as_ref(),
+            secret.not_after.as_ref(),
+        )?;
         secret.data.check(&spath, secret.id.is_some(), opts)?;
     }
     Ok(())
@@ -514,7 +534,10 @@ impl Credential {
 
 /// Checks a device's whole credentials set as sent in a PUT: every credential, and `(type, auth-id)`
 /// unique within the set.
-pub fn validate_credentials(credentials: &[Credential], opts: &HashOptions) -> Result<(), ValidationError> {
+pub fn validate_credentials(
+    credentials: &[Credential],
+    opts: &HashOptions,
+) -> Result<(), ValidationError> {
     for (i, credential) in credentials.iter().enumerate() {
         let path = format!("credentials[{i}]");
         if let Some(first) = credentials[..i]

@@ -120,7 +120,8 @@ pub struct DeviceStatus {
 impl Device {
     /// Whether this gateway may auto-provision edge devices.
     pub fn may_auto_provision(&self) -> bool {
-        self.authorities.contains(&Authority::AutoProvisioningEnabled)
+        self.authorities
+            .contains(&Authority::AutoProvisioningEnabled)
     }
 
     /// Checks the rules a device must satisfy before it is stored.
@@ -136,7 +137,7 @@ impl Device {
         }
         check_group_ids("viaGroups", &self.via_groups)?;
         check_group_ids("memberOf", &self.member_of)?;
-        if !self.member_of.is_empty() && !(self.via.is_empty() && self.via_groups.is_empty()) {
+        if !self.member_of.is_empty() && (!self.via.is_empty() || !self.via_groups.is_empty()) {
             return Err(ValidationError::at(
                 "memberOf",
                 "a gateway group member cannot itself have via or viaGroups; set one side only",
@@ -147,7 +148,10 @@ impl Device {
             ("upstream-message-mapper", &self.upstream_message_mapper),
         ] {
             if mapper.as_deref().is_some_and(|m| m.trim().is_empty()) {
-                return Err(ValidationError::at(field, "must not be empty; omit it instead"));
+                return Err(ValidationError::at(
+                    field,
+                    "must not be empty; omit it instead",
+                ));
             }
         }
         if let Some(endpoint) = &self.command_endpoint {
@@ -170,7 +174,10 @@ fn check_group_ids(field: &str, ids: &[String]) -> Result<(), ValidationError> {
         let path = format!("{field}[{i}]");
         DeviceId::new(id).map_err(|e| ValidationError::at(&path, format!("group id: {e}")))?;
         if !seen.insert(id.as_str()) {
-            return Err(ValidationError::at(&path, format!("group `{id}` is listed twice")));
+            return Err(ValidationError::at(
+                &path,
+                format!("group `{id}` is listed twice"),
+            ));
         }
     }
     Ok(())

@@ -39,7 +39,11 @@ pub(crate) fn join(parent: &str, field: &str) -> String {
 }
 
 /// Checks that an optional base64 field decodes (standard alphabet with padding, as Hono writes it).
-pub(crate) fn check_base64(path: &str, field: &str, value: Option<&str>) -> Result<(), ValidationError> {
+pub(crate) fn check_base64(
+    path: &str,
+    field: &str,
+    value: Option<&str>,
+) -> Result<(), ValidationError> {
     match value {
         Some(v) if decode_base64(v).is_none() => Err(ValidationError::at(
             &join(path, field),
@@ -63,7 +67,11 @@ pub(crate) fn check_window(
     match (not_before, not_after) {
         (Some(nb), Some(na)) if nb >= na => Err(ValidationError::at(
             path,
-            format!("not-before ({}) must be earlier than not-after ({})", nb.to_rfc3339(), na.to_rfc3339()),
+            format!(
+                "not-before ({}) must be earlier than not-after ({})",
+                nb.to_rfc3339(),
+                na.to_rfc3339()
+            ),
         )),
         _ => Ok(()),
     }

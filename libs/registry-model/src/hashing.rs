@@ -131,10 +131,18 @@ pub(crate) fn check_hash(
     opts: &HashOptions,
 ) -> Result<(), ValidationError> {
     if !opts.allows(function) {
-        let allowed: Vec<&str> = opts.allowed_hash_functions.iter().map(|f| f.as_str()).collect();
+        let allowed: Vec<&str> = opts
+            .allowed_hash_functions
+            .iter()
+            .map(|f| f.as_str())
+            .collect();
         return Err(ValidationError::at(
             &crate::error::join(path, "hash-function"),
-            format!("{} is not allowed here; use one of: {}", function.as_str(), allowed.join(", ")),
+            format!(
+                "{} is not allowed here; use one of: {}",
+                function.as_str(),
+                allowed.join(", ")
+            ),
         ));
     }
     let hash_path = crate::error::join(path, "pwd-hash");
@@ -155,7 +163,10 @@ pub(crate) fn check_hash(
             if cost > opts.max_bcrypt_cost {
                 return Err(ValidationError::at(
                     &hash_path,
-                    format!("bcrypt cost {cost} exceeds the maximum of {}", opts.max_bcrypt_cost),
+                    format!(
+                        "bcrypt cost {cost} exceeds the maximum of {}",
+                        opts.max_bcrypt_cost
+                    ),
                 ));
             }
         }
@@ -186,7 +197,12 @@ pub(crate) fn check_hash(
 }
 
 /// Verifies `password` against a stored hash. Malformed stored data never verifies.
-pub(crate) fn verify_hash(function: HashFunction, pwd_hash: &str, salt: Option<&str>, password: &str) -> bool {
+pub(crate) fn verify_hash(
+    function: HashFunction,
+    pwd_hash: &str,
+    salt: Option<&str>,
+    password: &str,
+) -> bool {
     match function {
         HashFunction::Bcrypt => {
             // The prefix check keeps `$2x$` (a known-broken variant) out, which the bcrypt crate would accept.
@@ -213,8 +229,7 @@ pub(crate) fn verify_hash(function: HashFunction, pwd_hash: &str, salt: Option<&
     }
 }
 
-/// `base64(H(salt ‖ utf8(password)))`, Hono's salted SHA scheme; exposed for tests and tools that
-/// pre-hash passwords.
+/// `H(salt ‖ utf8(password))`, Hono's salted SHA scheme (stored base64-encoded).
 pub(crate) fn salted_digest<D: Digest>(salt: &[u8], password: &str) -> Vec<u8> {
     let mut hasher = D::new();
     hasher.update(salt);
@@ -252,16 +267,30 @@ mod tests {
 
     #[test]
     fn effective_cost_is_capped_and_within_bcrypt_bounds() {
-        let opts = HashOptions { bcrypt_cost: 12, max_bcrypt_cost: 10, ..HashOptions::default() };
+        let opts = HashOptions {
+            bcrypt_cost: 12,
+            max_bcrypt_cost: 10,
+            ..HashOptions::default()
+        };
         assert_eq!(opts.effective_bcrypt_cost(), 10);
-        let opts = HashOptions { bcrypt_cost: 1, max_bcrypt_cost: 10, ..HashOptions::default() };
+        let opts = HashOptions {
+            bcrypt_cost: 1,
+            max_bcrypt_cost: 10,
+            ..HashOptions::default()
+        };
         assert_eq!(opts.effective_bcrypt_cost(), 4);
     }
 
     #[test]
     fn bcrypt_cost_parses_only_known_prefixes() {
-        let hash = bcrypt_hash("secret", &HashOptions { bcrypt_cost: 4, ..HashOptions::default() })
-            .expect("hashing works");
+        let hash = bcrypt_hash(
+            "secret",
+            &HashOptions {
+                bcrypt_cost: 4,
+                ..HashOptions::default()
+            },
+        )
+        .expect("hashing works");
         assert!(hash.starts_with("$2a$04$"));
         assert_eq!(bcrypt_cost(&hash), Some(4));
         assert_eq!(bcrypt_cost(&hash.replacen("$2a$", "$2b$", 1)), Some(4));
@@ -276,18 +305,43 @@ mod tests {
         let salt = b"\x01\x02salt";
         let digest = salted_digest::<Sha256>(salt, "pw");
         let stored = b64(&digest);
-        assert!(verify_hash(HashFunction::Sha256, &stored, Some(&b64(salt)), "pw"));
+        assert!(verify_hash(
+            HashFunction::Sha256,
+            &stored,
+            Some(&b64(salt)),
+            "pw"
+        ));
         assert!(!verify_hash(HashFunction::Sha256, &stored, None, "pw"));
-        assert!(!verify_hash(HashFunction::Sha256, &stored, Some("!!"), "pw"));
-        assert!(!verify_hash(HashFunction::Sha256, "%%%", Some(&b64(salt)), "pw"));
+        assert!(!verify_hash(
+            HashFunction::Sha256,
+            &stored,
+            Some("!!"),
+            "pw"
+        ));
+        assert!(!verify_hash(
+            HashFunction::Sha256,
+            "%%%",
+            Some(&b64(salt)),
+            "pw"
+        ));
         // Known vector: SHA-512 of "password" without salt.
         let expected = "sQnzu7wkTrgkQZF+0G1hi5AI3Qmzvv0bXgc5THBqi7mAsdd4Xll27ASbRt9fEyavWi6m0QP9B8lThf+rDKy8hg==";
-        assert!(verify_hash(HashFunction::Sha512, expected, None, "password"));
+        assert!(verify_hash(
+            HashFunction::Sha512,
+            expected,
+            None,
+            "password"
+        ));
     }
 
     #[test]
     fn malformed_bcrypt_does_not_verify_or_panic() {
-        assert!(!verify_hash(HashFunction::Bcrypt, "$2a$99$xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", None, "pw"));
+        assert!(!verify_hash(
+            HashFunction::Bcrypt,
+            "$2a$99$xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            None,
+            "pw"
+        ));
         assert!(!verify_hash(HashFunction::Bcrypt, "", None, "pw"));
     }
 }

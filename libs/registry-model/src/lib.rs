@@ -26,15 +26,15 @@ pub use app_user::{
     ApplicationUser, ApplicationUserInput, ApplicationUserView, Operation, TenantGrant, UserName,
 };
 pub use credentials::{
-    prepare_for_storage, redact_all, validate_credentials, Credential, DeviceCredential, PasswordData,
-    PskData, RpkData, Secret, TypedCredential, X509Data,
+    prepare_for_storage, redact_all, validate_credentials, Credential, DeviceCredential,
+    PasswordData, PskData, RpkData, Secret, TypedCredential, X509Data,
 };
 pub use device::{Authority, CommandEndpoint, Device, DeviceStatus};
 pub use error::ValidationError;
 pub use hashing::{HashFunction, HashOptions};
 pub use search::{
-    compare_by, compare_json, matches_all, wildcard_match, Direction, Filter, FilterOp, SearchResult, Sort,
-    WithId,
+    compare_by, compare_json, matches_all, wildcard_match, Direction, Filter, FilterOp,
+    SearchResult, Sort, WithId,
 };
 pub use tenant::{
     limit, Adapter, AdapterType, ConnectionDuration, DataVolume, KeyAlgorithm, Period, PeriodMode,

@@ -243,6 +243,7 @@ fn compare_numbers(a: &Number, b: &Number) -> Ordering {
 
 /// A page of search results: `total` counts every match, `result` holds the requested page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "{T}SearchResult")]
 pub struct SearchResult<T> {
     pub total: u64,
     pub result: Vec<T>,
@@ -250,6 +251,7 @@ pub struct SearchResult<T> {
 
 /// An object with its id, as search results list tenants and devices (`{"id": "...", ...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "{T}WithId")]
 pub struct WithId<T> {
     pub id: String,
     #[serde(flatten)]

@@ -102,8 +102,13 @@ impl Tenant {
     }
 
     /// The trusted CAs with a given subject DN (several may overlap in time during a CA rollover).
-    pub fn trusted_cas_for<'a>(&'a self, subject_dn: &'a str) -> impl Iterator<Item = &'a TrustedCa> + 'a {
-        self.trusted_ca.iter().filter(move |ca| ca.subject_dn == subject_dn)
+    pub fn trusted_cas_for<'a>(
+        &'a self,
+        subject_dn: &'a str,
+    ) -> impl Iterator<Item = &'a TrustedCa> + 'a {
+        self.trusted_ca
+            .iter()
+            .filter(move |ca| ca.subject_dn == subject_dn)
     }
 
     /// Gives every trusted CA without an `id` a fresh one, as the registry does on write.
@@ -120,7 +125,10 @@ impl Tenant {
         }
         if let Some(group) = &self.trust_anchor_group {
             if group.trim().is_empty() {
-                return Err(ValidationError::at("trust-anchor-group", "must not be empty"));
+                return Err(ValidationError::at(
+                    "trust-anchor-group",
+                    "must not be empty",
+                ));
             }
         }
         if self.minimum_message_size < 0 {
@@ -130,7 +138,11 @@ impl Tenant {
             ));
         }
         if let Some(tracing) = &self.tracing {
-            if tracing.sampling_mode_per_auth_id.keys().any(|k| k.is_empty()) {
+            if tracing
+                .sampling_mode_per_auth_id
+                .keys()
+                .any(|k| k.is_empty())
+            {
                 return Err(ValidationError::at(
                     "tracing.sampling-mode-per-auth-id",
                     "auth ids must not be empty",
@@ -547,19 +559,32 @@ impl TrustedCa {
             }
         }
         if self.subject_dn.trim().is_empty() {
-            return Err(ValidationError::at(&join(path, "subject-dn"), "must not be empty"));
+            return Err(ValidationError::at(
+                &join(path, "subject-dn"),
+                "must not be empty",
+            ));
         }
         if self.public_key.is_none() && self.cert.is_none() {
-            return Err(ValidationError::at(path, "one of public-key or cert is required"));
+            return Err(ValidationError::at(
+                path,
+                "one of public-key or cert is required",
+            ));
         }
         check_base64(path, "public-key", self.public_key.as_deref())?;
         check_base64(path, "cert", self.cert.as_deref())?;
         check_base64(path, "subject-dn-bytes", self.subject_dn_bytes.as_deref())?;
-        check_base64(path, "ocsp-responder-cert", self.ocsp_responder_cert.as_deref())?;
+        check_base64(
+            path,
+            "ocsp-responder-cert",
+            self.ocsp_responder_cert.as_deref(),
+        )?;
         check_window(path, self.not_before.as_ref(), self.not_after.as_ref())?;
         for (field, template) in [
             ("auth-id-template", &self.auth_id_template),
-            ("auto-provisioning-device-id-template", &self.auto_provisioning_device_id_template),
+            (
+                "auto-provisioning-device-id-template",
+                &self.auto_provisioning_device_id_template,
+            ),
         ] {
             if let Some(template) = template {
                 if !TEMPLATE_PLACEHOLDERS.iter().any(|p| template.contains(p)) {
@@ -573,7 +598,8 @@ impl TrustedCa {
                 }
             }
         }
-        if self.ocsp_revocation_enabled && self.cert.is_none() && self.ocsp_responder_cert.is_none() {
+        if self.ocsp_revocation_enabled && self.cert.is_none() && self.ocsp_responder_cert.is_none()
+        {
             return Err(ValidationError::at(
                 path,
                 "ocsp-revocation-enabled needs cert or ocsp-responder-cert to verify responses",

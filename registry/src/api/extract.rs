@@ -91,11 +91,17 @@ pub struct QueryPairs(pub Vec<(String, String)>);
 
 impl QueryPairs {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -104,7 +110,9 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let q = parts.uri.query().unwrap_or_default();
-        Ok(Self(form_urlencoded::parse(q.as_bytes()).into_owned().collect()))
+        Ok(Self(
+            form_urlencoded::parse(q.as_bytes()).into_owned().collect(),
+        ))
     }
 }
 

@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{tenant}", get(tenant))
         .route("/credentials/{tenant}", get(credentials))
         .route("/assertions/{tenant}/{device}", post(assertion))
+        .route("/applications/authenticate", post(authenticate_application))
         .route("/changes", get(changes))
 }
 
@@ -55,7 +56,10 @@ fn tenant_view(id: &str, mut body: Value) -> Value {
 async fn tenant(State(s): State<AppState>, path: PathParams) -> Result<Response, ApiError> {
     let id = TenantId::new(path.0.first().map_or("", String::as_str))?;
     let stored = s.store.get_tenant(id.as_str()).await?;
-    Ok(cached(tenant_view(&stored.id, stored_json(&stored)?), s.settings.cache_max_age_secs))
+    Ok(cached(
+        tenant_view(&stored.id, stored_json(&stored)?),
+        s.settings.cache_max_age_secs,
+    ))
 }
 
 /// `GET /internal/v1/tenants?subject-dn=DN`: the tenant whose trusted CA has this subject DN. When tenants
@@ -67,19 +71,28 @@ async fn tenant_by_ca(State(s): State<AppState>, q: QueryPairs) -> Result<Respon
         .ok_or_else(|| ApiError::bad_request("query parameter subject-dn is required"))?;
     let ids = s.store.tenants_by_ca(dn).await?;
     if ids.is_empty() {
-        return Err(ApiError::NotFound("no tenant trusts a CA with this subject DN".into()));
+        return Err(ApiError::NotFound(
+            "no tenant trusts a CA with this subject DN".into(),
+        ));
     }
     let mut tenants = Vec::with_capacity(ids.len());
     for id in ids {
         let stored = s.store.get_tenant(&id).await?;
         tenants.push(tenant_view(&id, stored_json(&stored)?));
     }
-    Ok(cached(json!({ "tenants": tenants }), s.settings.cache_max_age_secs))
+    Ok(cached(
+        json!({ "tenants": tenants }),
+        s.settings.cache_max_age_secs,
+    ))
 }
 
 /// `GET /internal/v1/credentials/{tenant}?type=T&auth-id=A`: the matching credential with its secrets (hashes
 /// included: the adapter verifies) and the device it belongs to.
-async fn credentials(State(s): State<AppState>, path: PathParams, q: QueryPairs) -> Result<Response, ApiError> {
+async fn credentials(
+    State(s): State<AppState>,
+    path: PathParams,
+    q: QueryPairs,
+) -> Result<Response, ApiError> {
     let tenant = TenantId::new(path.0.first().map_or("", String::as_str))?;
     let cred_type = q
         .get("type")
@@ -128,15 +141,25 @@ fn enabled(v: &Value) -> bool {
 /// `POST /internal/v1/assertions/{tenant}/{device}[?gateway=GW]`: a signed registration assertion for the
 /// device, with its `via` gateways and `defaults`. 404 unknown or disabled tenant/device; 403 gateway not
 /// allowed to act for the device.
-async fn assertion(State(s): State<AppState>, path: PathParams, q: QueryPairs) -> Result<Response, ApiError> {
+async fn assertion(
+    State(s): State<AppState>,
+    path: PathParams,
+    q: QueryPairs,
+) -> Result<Response, ApiError> {
     let tenant = TenantId::new(path.0.first().map_or("", String::as_str))?;
     let device = DeviceId::new(path.0.get(1).map_or("", String::as_str))?;
-    let gateway = q.get("gateway").filter(|g| !g.is_empty()).map(DeviceId::new).transpose()?;
+    let gateway = q
+        .get("gateway")
+        .filter(|g| !g.is_empty())
+        .map(DeviceId::new)
+        .transpose()?;
     let not_found = || ApiError::NotFound("device unknown or disabled".into());
 
     let tenant_body = match s.store.get_tenant(tenant.as_str()).await {
         Ok(t) => stored_json(&t)?,
-        Err(StoreError::NotFound(_)) => return Err(ApiError::NotFound("tenant unknown or disabled".into())),
+        Err(StoreError::NotFound(_)) => {
+            return Err(ApiError::NotFound("tenant unknown or disabled".into()))
+        }
         Err(e) => return Err(e.into()),
     };
     if !enabled(&tenant_body) {
@@ -155,7 +178,8 @@ async fn assertion(State(s): State<AppState>, path: PathParams, q: QueryPairs) -
 
     let via = match &gateway {
         Some(gw) if gw != &device => {
-            let forbidden = || ApiError::Forbidden("gateway is not allowed to act for this device".into());
+            let forbidden =
+                || ApiError::Forbidden("gateway is not allowed to act for this device".into());
             let gw_body = match s.store.get_device(tenant.as_str(), gw.as_str()).await {
                 Ok(g) => stored_json(&g)?,
                 Err(StoreError::NotFound(_)) => return Err(forbidden()),
@@ -180,17 +204,30 @@ async fn assertion(State(s): State<AppState>, path: PathParams, q: QueryPairs) -
     if !via_groups.is_empty() {
         for d in s.store.list_devices(tenant.as_str()).await? {
             let body = stored_json(&d)?;
-            if strings(&body, "memberOf").iter().any(|g| via_groups.contains(g)) && !all_via.contains(&d.id) {
+            if strings(&body, "memberOf")
+                .iter()
+                .any(|g| via_groups.contains(g))
+                && !all_via.contains(&d.id)
+            {
                 all_via.push(d.id.clone());
             }
         }
     }
 
     let now = chrono::Utc::now().timestamp();
-    let claims = Claims::new(tenant.clone(), device.clone(), via, now, s.settings.assertion_lifetime_secs);
+    let claims = Claims::new(
+        tenant.clone(),
+        device.clone(),
+        via,
+        now,
+        s.settings.assertion_lifetime_secs,
+    );
     let token = s.signer.sign(&claims);
     s.metrics.assertions_issued.inc();
-    let defaults = device_body.get("defaults").cloned().unwrap_or_else(|| json!({}));
+    let defaults = device_body
+        .get("defaults")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     let body = json!({
         "device-id": device.as_str(),
         "assertion": token,
@@ -199,7 +236,10 @@ async fn assertion(State(s): State<AppState>, path: PathParams, q: QueryPairs) -
         "defaults": defaults,
     });
     // Cache until shortly before the token expires, so a cached assertion is never handed out stale.
-    let max_age = s.settings.assertion_lifetime_secs.saturating_sub(s.settings.assertion_lifetime_secs / 10 + 5);
+    let max_age = s
+        .settings
+        .assertion_lifetime_secs
+        .saturating_sub(s.settings.assertion_lifetime_secs / 10 + 5);
     Ok(cached(body, max_age.min(s.settings.cache_max_age_secs)))
 }
 
@@ -219,7 +259,7 @@ pub struct AppLogin {
 }
 
 /// `POST /internal/v1/applications/authenticate`: checks an application user's password (SASL PLAIN at the
-/// router). 200 with the user's tenants and operations, 401 otherwise (unknown names look the same).
+/// router). 200 with the user's tenants and operations, 403 otherwise (unknown names look the same).
 /// Authenticated by the internal token like the rest of the internal API; routed outside the nest only so
 /// the handler can stay here beside its peers.
 pub async fn authenticate_application(
@@ -228,7 +268,8 @@ pub async fn authenticate_application(
     JsonBody(login): JsonBody<AppLogin>,
 ) -> Result<Response, ApiError> {
     match super::bearer(&headers) {
-        Some(t) if super::token_is(t, &s.tokens.internal) || super::token_is(t, &s.tokens.admin) => {}
+        Some(t)
+            if super::token_is(t, &s.tokens.internal) || super::token_is(t, &s.tokens.admin) => {}
         _ => return Err(ApiError::Unauthorized),
     }
     let denied = || ApiError::Forbidden("unknown application or wrong password".into());
@@ -249,7 +290,8 @@ pub async fn authenticate_application(
     if !ok {
         return Err(denied());
     }
-    let view = serde_json::to_value(user.view(&name)).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let view =
+        serde_json::to_value(user.view(&name)).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(view).into_response())
 }
 

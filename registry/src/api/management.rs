@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_core::ids::{DeviceId, TenantId};
-use ferry_registry_model::{ApplicationUser, ApplicationUserInput, Credential, Device, Tenant, UserName};
+use ferry_registry_model::{
+    ApplicationUser, ApplicationUserInput, Credential, Device, Tenant, UserName,
+};
 use serde_json::{json, Map, Value};
 
 use super::extract::{IfMatch, JsonBody, PathParams, QueryPairs};
@@ -33,7 +35,9 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/devices/{tenant}",
-            post(create_device).get(search_devices).delete(delete_all_devices),
+            post(create_device)
+                .get(search_devices)
+                .delete(delete_all_devices),
         )
         .route(
             "/devices/{tenant}/{device}",
@@ -42,16 +46,22 @@ pub fn routes() -> Router<AppState> {
                 .put(update_device)
                 .delete(delete_device),
         )
-        .route("/credentials/{tenant}/{device}", get(get_credentials).put(set_credentials))
+        .route(
+            "/credentials/{tenant}/{device}",
+            get(get_credentials).put(set_credentials),
+        )
         .route("/applications", get(list_applications))
         .route(
             "/applications/{name}",
-            get(get_application).put(put_application).delete(delete_application),
+            get(get_application)
+                .put(put_application)
+                .delete(delete_application),
         )
 }
 
 fn etag(version: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+    HeaderValue::from_str(&format!("\"{version}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
 }
 
 fn created(location: String, version: &str, id: &str) -> Response {
@@ -80,7 +90,9 @@ fn with_etag(body: Value, version: &str) -> Response {
 /// A stored body, which we wrote ourselves; if it no longer parses, that is a storage fault, not bad input.
 pub(crate) fn stored_json(s: &Stored) -> Result<Value, ApiError> {
     serde_json::from_str(&s.body).map_err(|e| {
-        ApiError::Unavailable(crate::store::StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+        ApiError::Unavailable(crate::store::StoreError::Database(sqlx::Error::Decode(
+            Box::new(e),
+        )))
     })
 }
 
@@ -92,7 +104,7 @@ fn generated_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn one<'a>(p: &'a PathParams, i: usize) -> &'a str {
+fn one(p: &PathParams, i: usize) -> &str {
     p.0.get(i).map_or("", String::as_str)
 }
 
@@ -106,7 +118,11 @@ pub(crate) fn tenant_keys(body: &Value) -> TenantKeys {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|ca| ca.get("subject-dn").and_then(Value::as_str).map(str::to_owned))
+            .filter_map(|ca| {
+                ca.get("subject-dn")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .collect(),
         trust_anchor_group: body
             .get("trust-anchor-group")
@@ -143,7 +159,10 @@ async fn create_tenant(
         None => generated_id(),
     };
     let (text, body) = validated_tenant(&tenant)?;
-    let version = s.store.create_tenant(&id, &text, &tenant_keys(&body)).await?;
+    let version = s
+        .store
+        .create_tenant(&id, &text, &tenant_keys(&body))
+        .await?;
     s.metrics.tenants.inc();
     s.changes.tenant(Op::Created, &id);
     Ok(created(format!("/v1/tenants/{id}"), &version, &id))
@@ -177,7 +196,9 @@ async fn delete_tenant(
     IfMatch(if_match): IfMatch,
 ) -> Result<Response, ApiError> {
     let id = TenantId::new(one(&path, 0))?;
-    s.store.delete_tenant(id.as_str(), if_match.as_deref()).await?;
+    s.store
+        .delete_tenant(id.as_str(), if_match.as_deref())
+        .await?;
     s.metrics.tenants.dec();
     s.changes.tenant(Op::Deleted, id.as_str());
     Ok(no_content(None))
@@ -251,7 +272,10 @@ async fn create_device(
     };
     let body = validated_device(&device)?;
     let limits = tenant_limits(&tenant_body(&s, &tenant).await?);
-    let version = s.store.create_device(tenant.as_str(), &id, &body, limits).await?;
+    let version = s
+        .store
+        .create_device(tenant.as_str(), &id, &body, limits)
+        .await?;
     s.changes.device(Op::Created, tenant.as_str(), &id);
     Ok(created(format!("/v1/devices/{tenant}/{id}"), &version, &id))
 }
@@ -260,7 +284,10 @@ async fn get_device(State(s): State<AppState>, path: PathParams) -> Result<Respo
     let tenant = TenantId::new(one(&path, 0))?;
     let device = DeviceId::new(one(&path, 1))?;
     let stored = s.store.get_device(tenant.as_str(), device.as_str()).await?;
-    Ok(with_etag(with_status(stored_json(&stored)?, &stored), &stored.version))
+    Ok(with_etag(
+        with_status(stored_json(&stored)?, &stored),
+        &stored.version,
+    ))
 }
 
 async fn update_device(
@@ -291,11 +318,15 @@ async fn delete_device(
         .delete_device(tenant.as_str(), id.as_str(), if_match.as_deref())
         .await?;
     s.changes.device(Op::Deleted, tenant.as_str(), id.as_str());
-    s.changes.credentials(Op::Deleted, tenant.as_str(), id.as_str());
+    s.changes
+        .credentials(Op::Deleted, tenant.as_str(), id.as_str());
     Ok(no_content(None))
 }
 
-async fn delete_all_devices(State(s): State<AppState>, path: PathParams) -> Result<Response, ApiError> {
+async fn delete_all_devices(
+    State(s): State<AppState>,
+    path: PathParams,
+) -> Result<Response, ApiError> {
     let tenant = TenantId::new(one(&path, 0))?;
     let devices = s.store.list_devices(tenant.as_str()).await?;
     s.store.delete_all_devices(tenant.as_str()).await?;
@@ -317,7 +348,11 @@ async fn search_devices(
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
-        Some(other) => return Err(ApiError::bad_request(format!("isGateway must be true or false, not {other}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "isGateway must be true or false, not {other}"
+            )))
+        }
     };
     // An unknown tenant is a 404 even before the search finds nothing.
     s.store.get_tenant(tenant.as_str()).await?;
@@ -349,8 +384,10 @@ fn gateway_ids(devices: &[Value]) -> std::collections::HashSet<String> {
     };
     let mut gateways: std::collections::HashSet<String> =
         devices.iter().flat_map(|d| strings(d, "via")).collect();
-    let groups: std::collections::HashSet<String> =
-        devices.iter().flat_map(|d| strings(d, "viaGroups")).collect();
+    let groups: std::collections::HashSet<String> = devices
+        .iter()
+        .flat_map(|d| strings(d, "viaGroups"))
+        .collect();
     for d in devices {
         if strings(d, "memberOf").iter().any(|g| groups.contains(g)) {
             if let Some(id) = d.get("id").and_then(Value::as_str) {
@@ -365,14 +402,22 @@ fn gateway_ids(devices: &[Value]) -> std::collections::HashSet<String> {
 
 pub(crate) fn parse_credentials(s: &Stored) -> Result<Vec<Credential>, ApiError> {
     serde_json::from_str(&s.body).map_err(|e| {
-        ApiError::Unavailable(crate::store::StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+        ApiError::Unavailable(crate::store::StoreError::Database(sqlx::Error::Decode(
+            Box::new(e),
+        )))
     })
 }
 
-async fn get_credentials(State(s): State<AppState>, path: PathParams) -> Result<Response, ApiError> {
+async fn get_credentials(
+    State(s): State<AppState>,
+    path: PathParams,
+) -> Result<Response, ApiError> {
     let tenant = TenantId::new(one(&path, 0))?;
     let device = DeviceId::new(one(&path, 1))?;
-    let stored = s.store.get_credentials(tenant.as_str(), device.as_str()).await?;
+    let stored = s
+        .store
+        .get_credentials(tenant.as_str(), device.as_str())
+        .await?;
     let creds: Vec<Credential> = parse_credentials(&stored)?
         .iter()
         .map(Credential::redacted)
@@ -390,7 +435,11 @@ async fn set_credentials(
     let tenant = TenantId::new(one(&path, 0))?;
     let device = DeviceId::new(one(&path, 1))?;
     let limits = tenant_limits(&tenant_body(&s, &tenant).await?);
-    let existing = parse_credentials(&s.store.get_credentials(tenant.as_str(), device.as_str()).await?)?;
+    let existing = parse_credentials(
+        &s.store
+            .get_credentials(tenant.as_str(), device.as_str())
+            .await?,
+    )?;
     let hash = s.settings.hash.clone();
     // bcrypt is deliberately slow: keep it off the async workers.
     let prepared = tokio::task::spawn_blocking(move || {
@@ -411,7 +460,8 @@ async fn set_credentials(
             if_match.as_deref(),
         )
         .await?;
-    s.changes.credentials(Op::Updated, tenant.as_str(), device.as_str());
+    s.changes
+        .credentials(Op::Updated, tenant.as_str(), device.as_str());
     Ok(no_content(Some(&version)))
 }
 
@@ -436,7 +486,9 @@ fn app_name(path: &PathParams) -> Result<UserName, ApiError> {
 
 pub(crate) fn parse_application(s: &Stored) -> Result<ApplicationUser, ApiError> {
     serde_json::from_str(&s.body).map_err(|e| {
-        ApiError::Unavailable(crate::store::StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+        ApiError::Unavailable(crate::store::StoreError::Database(sqlx::Error::Decode(
+            Box::new(e),
+        )))
     })
 }
 
@@ -455,16 +507,29 @@ async fn put_application(
         .store
         .put_application(name.as_str(), &to_json(&user)?, if_match.as_deref())
         .await?;
-    s.changes
-        .application(if was_created { Op::Created } else { Op::Updated }, name.as_str());
+    s.changes.application(
+        if was_created {
+            Op::Created
+        } else {
+            Op::Updated
+        },
+        name.as_str(),
+    );
     if was_created {
-        Ok(created(format!("/v1/applications/{}", name.as_str()), &version, name.as_str()))
+        Ok(created(
+            format!("/v1/applications/{}", name.as_str()),
+            &version,
+            name.as_str(),
+        ))
     } else {
         Ok(no_content(Some(&version)))
     }
 }
 
-async fn get_application(State(s): State<AppState>, path: PathParams) -> Result<Response, ApiError> {
+async fn get_application(
+    State(s): State<AppState>,
+    path: PathParams,
+) -> Result<Response, ApiError> {
     let name = app_name(&path)?;
     let stored = s.store.get_application(name.as_str()).await?;
     let view = parse_application(&stored)?.view(&name);
@@ -478,7 +543,9 @@ async fn delete_application(
     IfMatch(if_match): IfMatch,
 ) -> Result<Response, ApiError> {
     let name = app_name(&path)?;
-    s.store.delete_application(name.as_str(), if_match.as_deref()).await?;
+    s.store
+        .delete_application(name.as_str(), if_match.as_deref())
+        .await?;
     s.changes.application(Op::Deleted, name.as_str());
     Ok(no_content(None))
 }

@@ -69,7 +69,8 @@ fn op(o: Op) -> Value {
         "responses": responses,
     });
     if let Some(body) = o.body {
-        v["requestBody"] = json!({ "content": { "application/json": { "schema": schema_ref(body) } } });
+        v["requestBody"] =
+            json!({ "content": { "application/json": { "schema": schema_ref(body) } } });
     }
     v
 }
@@ -81,14 +82,26 @@ fn schema_ref_param(name: &str) -> Value {
 fn build() -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let mut schemas = Map::new();
-    schemas.insert("Tenant".into(), generator.subschema_for::<Tenant>().to_value());
-    schemas.insert("Device".into(), generator.subschema_for::<Device>().to_value());
-    schemas.insert("Credentials".into(), generator.subschema_for::<Vec<Credential>>().to_value());
+    schemas.insert(
+        "Tenant".into(),
+        generator.subschema_for::<Tenant>().to_value(),
+    );
+    schemas.insert(
+        "Device".into(),
+        generator.subschema_for::<Device>().to_value(),
+    );
+    schemas.insert(
+        "Credentials".into(),
+        generator.subschema_for::<Vec<Credential>>().to_value(),
+    );
     schemas.insert(
         "ApplicationUserInput".into(),
         generator.subschema_for::<ApplicationUserInput>().to_value(),
     );
-    schemas.insert("ApplicationUser".into(), generator.subschema_for::<ApplicationUserView>().to_value());
+    schemas.insert(
+        "ApplicationUser".into(),
+        generator.subschema_for::<ApplicationUserView>().to_value(),
+    );
     for (k, v) in generator.take_definitions(true) {
         schemas.entry(k).or_insert(v);
     }
@@ -107,12 +120,8 @@ fn build() -> Value {
             "result": { "type": "array", "items": { "type": "object" } } } }),
     );
 
-    let id = |name: &str, desc: &str| {
-        json!({ "name": name, "in": "path", "required": true, "description": desc, "schema": { "type": "string" } })
-    };
-    let query = |name: &str, desc: &str, schema: Value| {
-        json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema })
-    };
+    let id = |name: &str, desc: &str| json!({ "name": name, "in": "path", "required": true, "description": desc, "schema": { "type": "string" } });
+    let query = |name: &str, desc: &str, schema: Value| json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema });
     let parameters = json!({
         "tenantId": id("tenantId", "Tenant id"),
         "deviceId": id("deviceId", "Device id"),
@@ -207,7 +216,8 @@ mod tests {
 
     #[test]
     fn committed_openapi_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/registry-openapi.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/registry-openapi.json");
         let fresh = serde_json::to_string_pretty(document()).expect("serializable") + "\n";
         if std::env::var_os("FERRY_BLESS").is_some() {
             std::fs::write(&path, &fresh).expect("write openapi");
@@ -226,7 +236,10 @@ mod tests {
         for part in text.split("\"$ref\":\"").skip(1) {
             let reference = part.split('"').next().unwrap_or_default();
             let pointer = reference.trim_start_matches('#');
-            assert!(doc.pointer(pointer).is_some(), "dangling reference {reference}");
+            assert!(
+                doc.pointer(pointer).is_some(),
+                "dangling reference {reference}"
+            );
         }
     }
 }

@@ -32,7 +32,9 @@ impl Search {
                 .parse::<usize>()
                 .ok()
                 .filter(|n| *n <= MAX_PAGE_SIZE)
-                .ok_or_else(|| ApiError::bad_request(format!("pageSize must be 0–{MAX_PAGE_SIZE}")))?,
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("pageSize must be 0–{MAX_PAGE_SIZE}"))
+                })?,
         };
         let page_offset = match q.get("pageOffset") {
             None => 0,
@@ -74,7 +76,11 @@ impl Search {
                 .iter()
                 .map(|s| s.compare(a, b))
                 .find(|o| o.is_ne())
-                .unwrap_or_else(|| a.get("id").map(Value::to_string).cmp(&b.get("id").map(Value::to_string)))
+                .unwrap_or_else(|| {
+                    a.get("id")
+                        .map(Value::to_string)
+                        .cmp(&b.get("id").map(Value::to_string))
+                })
         });
         let total = matching.len();
         let page = matching

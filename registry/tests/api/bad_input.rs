@@ -6,7 +6,13 @@ use serde_json::json;
 use crate::both;
 use crate::harness::*;
 
-async fn raw(r: &Registry, method: Method, path: &str, body: &'static [u8], content_type: &str) -> Answer {
+async fn raw(
+    r: &Registry,
+    method: Method,
+    path: &str,
+    body: &'static [u8],
+    content_type: &str,
+) -> Answer {
     let resp = r
         .client
         .request(method, format!("{}{path}", r.url))
@@ -21,39 +27,68 @@ async fn raw(r: &Registry, method: Method, path: &str, body: &'static [u8], cont
 
 both!(malformed_json_is_400, |r| async move {
     r.tenant("t1", json!({})).await;
-    for body in [&b"{"[..], b"{\"enabled\": tru}", b"[1,2", b"\xff\xfe", b"{} trailing", b"null"] {
+    for body in [
+        &b"{"[..],
+        b"{\"enabled\": tru}",
+        b"[1,2",
+        b"\xff\xfe",
+        b"{} trailing",
+        b"null",
+    ] {
         let a = raw(&r, Method::POST, "/v1/tenants/t2", body, "application/json").await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body:?}: {:?}", a.body);
         assert!(!a.error().is_empty());
-        let a = raw(&r, Method::PUT, "/v1/credentials/t1/d1", body, "application/json").await;
-        assert!(a.status == StatusCode::BAD_REQUEST || a.status == StatusCode::NOT_FOUND, "{:?}", a.status);
+        let a = raw(
+            &r,
+            Method::PUT,
+            "/v1/credentials/t1/d1",
+            body,
+            "application/json",
+        )
+        .await;
+        assert!(
+            a.status == StatusCode::BAD_REQUEST || a.status == StatusCode::NOT_FOUND,
+            "{:?}",
+            a.status
+        );
     }
     assert_eq!(r.get("/v1/tenants/t2").await.status, StatusCode::NOT_FOUND);
 });
 
-both!(wrong_types_unknown_fields_and_enum_values_are_400, |r| async move {
-    let cases = [
-        json!({ "enabled": "yes" }),
-        json!({ "colour": "blue" }),
-        json!({ "adapters": [{ "type": "hono-carrier-pigeon", "enabled": true }] }),
-        json!({ "adapters": [] }),
-        json!({ "adapters": [{ "type": "hono-mqtt" }, { "type": "hono-mqtt" }] }),
-        json!({ "registration-limits": { "max-devices": -5 } }),
-        json!({ "resource-limits": { "data-volume": { "max-bytes": 10 } } }),
-        json!({ "trusted-ca": [{ "id": "x", "subject-dn": "", "public-key": "AQID", "algorithm": "EC" }] }),
-        json!({ "trusted-ca": [{ "id": "x", "subject-dn": "CN=x", "public-key": "!!notbase64", "algorithm": "EC" }] }),
-        json!({ "trusted-ca": [{ "id": "x", "subject-dn": "CN=x", "public-key": "AQID", "algorithm": "DSA" }] }),
-        json!([1, 2]),
-    ];
-    for body in cases {
-        let a = r.post("/v1/tenants/t1", &body).await;
-        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {:?}", a.body);
-        assert!(!a.error().is_empty());
+both!(
+    wrong_types_unknown_fields_and_enum_values_are_400,
+    |r| async move {
+        let cases = [
+            json!({ "enabled": "yes" }),
+            json!({ "colour": "blue" }),
+            json!({ "adapters": [{ "type": "hono-carrier-pigeon", "enabled": true }] }),
+            json!({ "adapters": [] }),
+            json!({ "adapters": [{ "type": "hono-mqtt" }, { "type": "hono-mqtt" }] }),
+            json!({ "registration-limits": { "max-devices": -5 } }),
+            json!({ "resource-limits": { "data-volume": { "max-bytes": 10 } } }),
+            json!({ "trusted-ca": [{ "id": "x", "subject-dn": "", "public-key": "AQID", "algorithm": "EC" }] }),
+            json!({ "trusted-ca": [{ "id": "x", "subject-dn": "CN=x", "public-key": "!!notbase64", "algorithm": "EC" }] }),
+            json!({ "trusted-ca": [{ "id": "x", "subject-dn": "CN=x", "public-key": "AQID", "algorithm": "DSA" }] }),
+            json!([1, 2]),
+        ];
+        for body in cases {
+            let a = r.post("/v1/tenants/t1", &body).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {:?}", a.body);
+            assert!(!a.error().is_empty());
+        }
+        assert_eq!(
+            r.get("/v1/tenants/t1").await.status,
+            StatusCode::NOT_FOUND,
+            "nothing stored"
+        );
+        let unknown = r.post("/v1/tenants/t1", &json!({ "colour": "blue" })).await;
+        assert!(
+            unknown.error().contains("colour"),
+            "the error names the field: {}",
+            unknown.error()
+        );
     }
-    assert_eq!(r.get("/v1/tenants/t1").await.status, StatusCode::NOT_FOUND, "nothing stored");
-    let unknown = r.post("/v1/tenants/t1", &json!({ "colour": "blue" })).await;
-    assert!(unknown.error().contains("colour"), "the error names the field: {}", unknown.error());
-});
+);
 
 both!(bodies_over_the_limit_are_413, |r| async move {
     r.tenant("t1", json!({})).await;
@@ -63,11 +98,21 @@ both!(bodies_over_the_limit_are_413, |r| async move {
     assert!(a.error().contains("larger"), "{}", a.error());
     let a = r.post("/v1/devices/t1/d1", &big).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(r.get("/v1/devices/t1/d1").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.get("/v1/devices/t1/d1").await.status,
+        StatusCode::NOT_FOUND
+    );
 });
 
 both!(non_json_content_type_is_415, |r| async move {
-    let a = raw(&r, Method::POST, "/v1/tenants/t1", b"<tenant/>", "application/xml").await;
+    let a = raw(
+        &r,
+        Method::POST,
+        "/v1/tenants/t1",
+        b"<tenant/>",
+        "application/xml",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(!a.error().is_empty());
 });
@@ -87,8 +132,13 @@ both!(invalid_ids_are_400_everywhere, |r| async move {
         let a = r.get(&path).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}: {:?}", a.body);
     }
-    for path in ["/internal/v1/credentials/t1?type=psk", "/internal/v1/tenants?subject-dn="] {
-        let a = r.call_with(Method::GET, path, Some(INTERNAL), None, None).await;
+    for path in [
+        "/internal/v1/credentials/t1?type=psk",
+        "/internal/v1/tenants?subject-dn=",
+    ] {
+        let a = r
+            .call_with(Method::GET, path, Some(INTERNAL), None, None)
+            .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}: {:?}", a.body);
     }
 });

@@ -11,7 +11,8 @@ use crate::harness::*;
 
 /// Reads SSE events (`event` name, `data` JSON) from a streaming response.
 pub struct Events {
-    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
 }
 
@@ -26,7 +27,9 @@ impl Events {
             .expect("subscribe");
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(
-            resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
             Some("text/event-stream")
         );
         let mut events = Self {
@@ -63,64 +66,128 @@ impl Events {
                 }
                 return (name, serde_json::from_str(&data).unwrap_or(Value::Null));
             }
-            let chunk = self.stream.next().await.expect("stream open").expect("chunk");
+            let chunk = self
+                .stream
+                .next()
+                .await
+                .expect("stream open")
+                .expect("chunk");
             self.buf.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
 }
 
-both!(every_kind_of_change_is_announced_within_a_second, |r| async move {
-    let mut events = Events::open(&r).await;
+both!(
+    every_kind_of_change_is_announced_within_a_second,
+    |r| async move {
+        let mut events = Events::open(&r).await;
 
-    r.tenant("t1", json!({})).await;
-    let (name, c) = events.next().await;
-    assert_eq!(name, "change");
-    assert_eq!((c["kind"].as_str(), c["op"].as_str(), c["tenant"].as_str()), (Some("tenant"), Some("created"), Some("t1")));
+        r.tenant("t1", json!({})).await;
+        let (name, c) = events.next().await;
+        assert_eq!(name, "change");
+        assert_eq!(
+            (c["kind"].as_str(), c["op"].as_str(), c["tenant"].as_str()),
+            (Some("tenant"), Some("created"), Some("t1"))
+        );
 
-    r.device("t1", "d1", json!({})).await;
-    let (_, c) = events.next().await;
-    assert_eq!((c["kind"].as_str(), c["op"].as_str(), c["device"].as_str()), (Some("device"), Some("created"), Some("d1")));
+        r.device("t1", "d1", json!({})).await;
+        let (_, c) = events.next().await;
+        assert_eq!(
+            (c["kind"].as_str(), c["op"].as_str(), c["device"].as_str()),
+            (Some("device"), Some("created"), Some("d1"))
+        );
 
-    r.put("/v1/devices/t1/d1", &json!({ "enabled": false })).await;
-    let (_, c) = events.next().await;
-    assert_eq!((c["kind"].as_str(), c["op"].as_str()), (Some("device"), Some("updated")));
+        r.put("/v1/devices/t1/d1", &json!({ "enabled": false }))
+            .await;
+        let (_, c) = events.next().await;
+        assert_eq!(
+            (c["kind"].as_str(), c["op"].as_str()),
+            (Some("device"), Some("updated"))
+        );
 
-    r.credentials("t1", "d1", json!([{ "type": "psk", "auth-id": "k", "secrets": [{ "key": "AQID" }] }])).await;
-    let (_, c) = events.next().await;
-    assert_eq!((c["kind"].as_str(), c["device"].as_str()), (Some("credentials"), Some("d1")));
+        r.credentials(
+            "t1",
+            "d1",
+            json!([{ "type": "psk", "auth-id": "k", "secrets": [{ "key": "AQID" }] }]),
+        )
+        .await;
+        let (_, c) = events.next().await;
+        assert_eq!(
+            (c["kind"].as_str(), c["device"].as_str()),
+            (Some("credentials"), Some("d1"))
+        );
 
-    r.put("/v1/applications/app1", &json!({ "password": "pw", "tenants": ["t1"] })).await;
-    let (_, c) = events.next().await;
-    assert_eq!((c["kind"].as_str(), c["name"].as_str()), (Some("application"), Some("app1")));
+        r.put(
+            "/v1/applications/app1",
+            &json!({ "password": "pw", "tenants": ["t1"] }),
+        )
+        .await;
+        let (_, c) = events.next().await;
+        assert_eq!(
+            (c["kind"].as_str(), c["name"].as_str()),
+            (Some("application"), Some("app1"))
+        );
 
-    r.put("/v1/tenants/t1", &json!({ "enabled": false })).await;
-    let (_, c) = events.next().await;
-    assert_eq!((c["kind"].as_str(), c["op"].as_str()), (Some("tenant"), Some("updated")));
+        r.put("/v1/tenants/t1", &json!({ "enabled": false })).await;
+        let (_, c) = events.next().await;
+        assert_eq!(
+            (c["kind"].as_str(), c["op"].as_str()),
+            (Some("tenant"), Some("updated"))
+        );
 
-    r.delete("/v1/devices/t1/d1").await;
-    let (_, c) = events.next().await;
-    assert_eq!((c["kind"].as_str(), c["op"].as_str()), (Some("device"), Some("deleted")));
-    let (_, c) = events.next().await;
-    assert_eq!((c["kind"].as_str(), c["op"].as_str()), (Some("credentials"), Some("deleted")));
+        r.delete("/v1/devices/t1/d1").await;
+        let (_, c) = events.next().await;
+        assert_eq!(
+            (c["kind"].as_str(), c["op"].as_str()),
+            (Some("device"), Some("deleted"))
+        );
+        let (_, c) = events.next().await;
+        assert_eq!(
+            (c["kind"].as_str(), c["op"].as_str()),
+            (Some("credentials"), Some("deleted"))
+        );
 
-    r.delete("/v1/tenants/t1").await;
-    let (_, c) = events.next().await;
-    assert_eq!((c["kind"].as_str(), c["op"].as_str()), (Some("tenant"), Some("deleted")));
-    let seqs_increase = c["seq"].as_u64().expect("seq") >= 9;
-    assert!(seqs_increase, "{c:?}");
-});
+        r.delete("/v1/tenants/t1").await;
+        let (_, c) = events.next().await;
+        assert_eq!(
+            (c["kind"].as_str(), c["op"].as_str()),
+            (Some("tenant"), Some("deleted"))
+        );
+        let seqs_increase = c["seq"].as_u64().expect("seq") >= 9;
+        assert!(seqs_increase, "{c:?}");
+    }
+);
 
 both!(failed_writes_announce_nothing, |r| async move {
     r.tenant("t1", json!({})).await;
     let mut events = Events::open(&r).await;
-    assert_eq!(r.post("/v1/tenants/t1", &json!({})).await.status, StatusCode::CONFLICT);
-    assert_eq!(r.put_if("/v1/tenants/t1", &json!({}), "\"stale\"").await.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        r.post("/v1/tenants/t1", &json!({})).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        r.put_if("/v1/tenants/t1", &json!({}), "\"stale\"")
+            .await
+            .status,
+        StatusCode::PRECONDITION_FAILED
+    );
     r.tenant("t2", json!({})).await;
     let (_, c) = events.next().await;
-    assert_eq!(c["tenant"], "t2", "the first event is the successful write: {c:?}");
+    assert_eq!(
+        c["tenant"], "t2",
+        "the first event is the successful write: {c:?}"
+    );
 });
 
 both!(change_stream_needs_a_token, |r| async move {
-    let a = r.call_with(reqwest::Method::GET, "/internal/v1/changes", None, None, None).await;
+    let a = r
+        .call_with(
+            reqwest::Method::GET,
+            "/internal/v1/changes",
+            None,
+            None,
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 });

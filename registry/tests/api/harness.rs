@@ -61,7 +61,9 @@ impl Answer {
     }
 
     pub fn error(&self) -> &str {
-        self.body["error"].as_str().unwrap_or_else(|| panic!("no error message in {:?}", self.body))
+        self.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message in {:?}", self.body))
     }
 }
 
@@ -95,7 +97,11 @@ impl Registry {
         Self::start(config, dir, None).await
     }
 
-    async fn start(config: Config, dir: tempfile::TempDir, pg: Option<ferry_test_support::PgDatabase>) -> Self {
+    async fn start(
+        config: Config,
+        dir: tempfile::TempDir,
+        pg: Option<ferry_test_support::PgDatabase>,
+    ) -> Self {
         let admin = ferry_core::admin::Admin::new();
         let (trigger, shutdown) = shutdown::channel();
         let started = ferry_registry::start(config, admin.clone(), shutdown)
@@ -153,54 +159,90 @@ impl Registry {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        self.call_with(Method::GET, path, Some(ADMIN), None, None).await
+        self.call_with(Method::GET, path, Some(ADMIN), None, None)
+            .await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
-        self.call_with(Method::POST, path, Some(ADMIN), Some(body), None).await
+        self.call_with(Method::POST, path, Some(ADMIN), Some(body), None)
+            .await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Answer {
-        self.call_with(Method::PUT, path, Some(ADMIN), Some(body), None).await
+        self.call_with(Method::PUT, path, Some(ADMIN), Some(body), None)
+            .await
     }
 
     pub async fn put_if(&self, path: &str, body: &Value, if_match: &str) -> Answer {
-        self.call_with(Method::PUT, path, Some(ADMIN), Some(body), Some(if_match)).await
+        self.call_with(Method::PUT, path, Some(ADMIN), Some(body), Some(if_match))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Answer {
-        self.call_with(Method::DELETE, path, Some(ADMIN), None, None).await
+        self.call_with(Method::DELETE, path, Some(ADMIN), None, None)
+            .await
     }
 
     pub async fn delete_if(&self, path: &str, if_match: &str) -> Answer {
-        self.call_with(Method::DELETE, path, Some(ADMIN), None, Some(if_match)).await
+        self.call_with(Method::DELETE, path, Some(ADMIN), None, Some(if_match))
+            .await
     }
 
     /// A call of the internal API with the internal token.
     pub async fn internal(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
-        self.call_with(method, &format!("/internal/v1{path}"), Some(INTERNAL), body, None).await
+        self.call_with(
+            method,
+            &format!("/internal/v1{path}"),
+            Some(INTERNAL),
+            body,
+            None,
+        )
+        .await
     }
 
     /// Creates a tenant and asserts it worked.
     pub async fn tenant(&self, id: &str, body: Value) {
         let a = self.post(&format!("/v1/tenants/{id}"), &body).await;
-        assert_eq!(a.status, StatusCode::CREATED, "creating tenant {id}: {:?}", a.body);
+        assert_eq!(
+            a.status,
+            StatusCode::CREATED,
+            "creating tenant {id}: {:?}",
+            a.body
+        );
     }
 
     /// Creates a device and asserts it worked.
     pub async fn device(&self, tenant: &str, id: &str, body: Value) {
-        let a = self.post(&format!("/v1/devices/{tenant}/{id}"), &body).await;
-        assert_eq!(a.status, StatusCode::CREATED, "creating device {tenant}/{id}: {:?}", a.body);
+        let a = self
+            .post(&format!("/v1/devices/{tenant}/{id}"), &body)
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::CREATED,
+            "creating device {tenant}/{id}: {:?}",
+            a.body
+        );
     }
 
     /// Sets a device's credentials and asserts it worked.
     pub async fn credentials(&self, tenant: &str, device: &str, body: Value) {
-        let a = self.put(&format!("/v1/credentials/{tenant}/{device}"), &body).await;
-        assert_eq!(a.status, StatusCode::NO_CONTENT, "setting credentials {tenant}/{device}: {:?}", a.body);
+        let a = self
+            .put(&format!("/v1/credentials/{tenant}/{device}"), &body)
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::NO_CONTENT,
+            "setting credentials {tenant}/{device}: {:?}",
+            a.body
+        );
     }
 
     pub fn metrics(&self) -> String {

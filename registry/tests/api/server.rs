@@ -7,14 +7,32 @@ use crate::both;
 use crate::harness::*;
 
 both!(management_api_needs_the_admin_token, |r| async move {
-    let none = r.call_with(Method::GET, "/v1/tenants", None, None, None).await;
+    let none = r
+        .call_with(Method::GET, "/v1/tenants", None, None, None)
+        .await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
-    assert!(none.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
+    assert!(none
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Bearer")));
     assert!(!none.error().is_empty());
-    let wrong = r.call_with(Method::POST, "/v1/tenants/t1", Some("wrong"), Some(&json!({})), None).await;
+    let wrong = r
+        .call_with(
+            Method::POST,
+            "/v1/tenants/t1",
+            Some("wrong"),
+            Some(&json!({})),
+            None,
+        )
+        .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
-    let internal = r.call_with(Method::GET, "/v1/tenants", Some(INTERNAL), None, None).await;
-    assert_eq!(internal.status, StatusCode::UNAUTHORIZED, "the internal token does not manage");
+    let internal = r
+        .call_with(Method::GET, "/v1/tenants", Some(INTERNAL), None, None)
+        .await;
+    assert_eq!(
+        internal.status,
+        StatusCode::UNAUTHORIZED,
+        "the internal token does not manage"
+    );
     let basic = r
         .client
         .get(format!("{}/v1/tenants", r.url))
@@ -23,7 +41,11 @@ both!(management_api_needs_the_admin_token, |r| async move {
         .await
         .expect("send");
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(r.get("/v1/tenants/t1").await.status, StatusCode::NOT_FOUND, "nothing was created");
+    assert_eq!(
+        r.get("/v1/tenants/t1").await.status,
+        StatusCode::NOT_FOUND,
+        "nothing was created"
+    );
 });
 
 both!(internal_api_takes_internal_or_admin_token, |r| async move {
@@ -31,32 +53,72 @@ both!(internal_api_takes_internal_or_admin_token, |r| async move {
     let with_internal = r.internal(Method::GET, "/tenants/t1", None).await;
     assert_eq!(with_internal.status, StatusCode::OK);
     assert_eq!(with_internal.body["tenant-id"], "t1");
-    assert!(with_internal.header("cache-control").is_some_and(|c| c.starts_with("max-age=")));
-    let with_admin = r.call_with(Method::GET, "/internal/v1/tenants/t1", Some(ADMIN), None, None).await;
+    assert!(with_internal
+        .header("cache-control")
+        .is_some_and(|c| c.starts_with("max-age=")));
+    let with_admin = r
+        .call_with(
+            Method::GET,
+            "/internal/v1/tenants/t1",
+            Some(ADMIN),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(with_admin.status, StatusCode::OK);
-    let without = r.call_with(Method::GET, "/internal/v1/tenants/t1", None, None, None).await;
+    let without = r
+        .call_with(Method::GET, "/internal/v1/tenants/t1", None, None, None)
+        .await;
     assert_eq!(without.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(r.internal(Method::GET, "/tenants/none", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.internal(Method::GET, "/tenants/none", None).await.status,
+        StatusCode::NOT_FOUND
+    );
 });
 
 both!(health_metrics_and_openapi_are_served, |r| async move {
-    let live = r.client.get(format!("{}/live", r.url)).send().await.expect("live");
+    let live = r
+        .client
+        .get(format!("{}/live", r.url))
+        .send()
+        .await
+        .expect("live");
     assert_eq!(live.status(), StatusCode::OK);
-    let ready = r.client.get(format!("{}/ready", r.url)).send().await.expect("ready");
+    let ready = r
+        .client
+        .get(format!("{}/ready", r.url))
+        .send()
+        .await
+        .expect("ready");
     assert_eq!(ready.status(), StatusCode::OK);
-    let metrics = r.client.get(format!("{}/metrics", r.url)).send().await.expect("metrics");
-    assert!(metrics.text().await.expect("text").contains("hono_tenants_total"));
-    let doc = r.call_with(Method::GET, "/v1/openapi.json", None, None, None).await;
+    let metrics = r
+        .client
+        .get(format!("{}/metrics", r.url))
+        .send()
+        .await
+        .expect("metrics");
+    assert!(metrics
+        .text()
+        .await
+        .expect("text")
+        .contains("hono_tenants_total"));
+    let doc = r
+        .call_with(Method::GET, "/v1/openapi.json", None, None, None)
+        .await;
     assert_eq!(doc.status, StatusCode::OK);
     assert_eq!(doc.body["openapi"], "3.1.0");
     assert!(doc.body["paths"]["/v1/credentials/{tenantId}/{deviceId}"]["put"].is_object());
     assert!(doc.body["components"]["schemas"]["Tenant"].is_object());
-    let jwks = r.call_with(Method::GET, "/.well-known/jwks.json", None, None, None).await;
+    let jwks = r
+        .call_with(Method::GET, "/.well-known/jwks.json", None, None, None)
+        .await;
     assert_eq!(jwks.body["keys"][0]["kty"], "OKP");
     let unknown = r.get("/v2/nothing").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert!(!unknown.error().is_empty());
-    let wrong_method = r.call_with(Method::PATCH, "/v1/tenants/t1", Some(ADMIN), None, None).await;
+    let wrong_method = r
+        .call_with(Method::PATCH, "/v1/tenants/t1", Some(ADMIN), None, None)
+        .await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
 });
 
@@ -108,12 +170,27 @@ async fn generated_tokens_and_key_persist_in_the_data_dir() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(data_dir.join("admin-token")).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(data_dir.join("admin-token"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "the token file is private");
     }
-    let a = r.call_with(Method::POST, "/v1/tenants/t1", Some(&token), Some(&json!({})), None).await;
+    let a = r
+        .call_with(
+            Method::POST,
+            "/v1/tenants/t1",
+            Some(&token),
+            Some(&json!({})),
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::CREATED);
-    let kid = r.call_with(Method::GET, "/internal/v1/jwks", None, None, None).await.body["keys"][0]["kid"].clone();
+    let kid = r
+        .call_with(Method::GET, "/internal/v1/jwks", None, None, None)
+        .await
+        .body["keys"][0]["kid"]
+        .clone();
     r.stop().await;
 
     // A restart on the same data dir keeps the token, the signing key and the data.
@@ -121,9 +198,15 @@ async fn generated_tokens_and_key_persist_in_the_data_dir() {
     let mut config2 = config;
     config2.data_dir = data_dir.clone();
     let r2 = Registry::with_config(config2, dir2).await;
-    let again = r2.call_with(Method::GET, "/v1/tenants/t1", Some(&token), None, None).await;
+    let again = r2
+        .call_with(Method::GET, "/v1/tenants/t1", Some(&token), None, None)
+        .await;
     assert_eq!(again.status, StatusCode::OK);
-    let kid2 = r2.call_with(Method::GET, "/internal/v1/jwks", None, None, None).await.body["keys"][0]["kid"].clone();
+    let kid2 = r2
+        .call_with(Method::GET, "/internal/v1/jwks", None, None, None)
+        .await
+        .body["keys"][0]["kid"]
+        .clone();
     assert_eq!(kid, kid2);
     r2.stop().await;
 }
@@ -185,7 +268,12 @@ async fn sigterm_stops_the_binary_gracefully() {
     let client = reqwest::Client::new();
     let mut up = false;
     for _ in 0..100 {
-        if client.get(format!("http://127.0.0.1:{port}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+        if client
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             up = true;
             break;
         }
@@ -193,7 +281,11 @@ async fn sigterm_stops_the_binary_gracefully() {
     }
     assert!(up, "registry became ready");
     let pid = child.id().expect("pid");
-    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("kill");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
         .await
         .expect("exits after SIGTERM")

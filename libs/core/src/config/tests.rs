@@ -32,7 +32,10 @@ impl Default for Demo {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 fn sources(file: Option<PathBuf>, pairs: &[(&str, &str)]) -> Sources {
@@ -57,7 +60,11 @@ fn layers_override_in_order() {
     std::fs::write(&file, "port: 9000\ntoken: from-file\ntls:\n  max_age: 5\n").expect("write");
     let s = sources(
         Some(file),
-        &[("FERRY_DEMO_TOKEN", "12345"), ("FERRY_DEMO_TLS__CERT_PATH", "/x.pem"), ("OTHER", "1")],
+        &[
+            ("FERRY_DEMO_TOKEN", "12345"),
+            ("FERRY_DEMO_TLS__CERT_PATH", "/x.pem"),
+            ("OTHER", "1"),
+        ],
     )
     .flag("port", Some(7000u16))
     .flag::<bool>("verbose", None);
@@ -71,8 +78,11 @@ fn layers_override_in_order() {
 
 #[test]
 fn env_numbers_and_bools_are_typed() {
-    let c: Demo = load(&sources(None, &[("FERRY_DEMO_PORT", "1"), ("FERRY_DEMO_VERBOSE", "true")]))
-        .expect("load");
+    let c: Demo = load(&sources(
+        None,
+        &[("FERRY_DEMO_PORT", "1"), ("FERRY_DEMO_VERBOSE", "true")],
+    ))
+    .expect("load");
     assert_eq!(c.port, 1);
     assert!(c.verbose);
 }
@@ -104,9 +114,15 @@ fn broken_yaml_and_missing_file_are_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("c.yaml");
     std::fs::write(&file, "port: [").expect("write");
-    assert!(matches!(load::<Demo>(&sources(Some(file), &[])), Err(ConfigError::Yaml { .. })));
+    assert!(matches!(
+        load::<Demo>(&sources(Some(file), &[])),
+        Err(ConfigError::Yaml { .. })
+    ));
     let missing = dir.path().join("nope.yaml");
-    assert!(matches!(load::<Demo>(&sources(Some(missing), &[])), Err(ConfigError::Read { .. })));
+    assert!(matches!(
+        load::<Demo>(&sources(Some(missing), &[])),
+        Err(ConfigError::Read { .. })
+    ));
     let list = dir.path().join("list.yaml");
     std::fs::write(&list, "- 1\n").expect("write");
     assert!(matches!(

@@ -24,7 +24,9 @@ pub fn prepare_for_storage(
         .map(|(i, credential)| {
             let path = format!("credentials[{i}]");
             Ok(match credential {
-                Credential::HashedPassword(c) => Credential::HashedPassword(merge(c, existing, &path, opts)?),
+                Credential::HashedPassword(c) => {
+                    Credential::HashedPassword(merge(c, existing, &path, opts)?)
+                }
                 Credential::Psk(c) => Credential::Psk(merge(c, existing, &path, opts)?),
                 Credential::X509Cert(c) => Credential::X509Cert(merge(c, existing, &path, opts)?),
                 Credential::Rpk(c) => Credential::Rpk(merge(c, existing, &path, opts)?),

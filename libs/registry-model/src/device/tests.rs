@@ -65,20 +65,23 @@ fn unknown_fields_and_authorities_are_rejected() {
 
 #[test]
 fn status_is_ignored_on_input_and_rendered_on_output() {
-    let device = parse(json!({"status": {"created": "2020-01-01T00:00:00Z", "auto-provisioned": true}}))
-        .expect("status accepted");
+    let device =
+        parse(json!({"status": {"created": "2020-01-01T00:00:00Z", "auto-provisioned": true}}))
+            .expect("status accepted");
     assert_eq!(device.status, None);
     // Even garbage in the read-only field is dropped rather than refused.
     assert_eq!(parse(json!({"status": 42})).expect("ignored").status, None);
 
-    let mut device = Device::default();
-    device.status = Some(DeviceStatus {
-        created: Some("2020-01-01T00:00:00Z".parse().expect("timestamp")),
-        updated: None,
-        last_user: Some("admin".to_owned()),
-        auto_provisioned: true,
-        auto_provisioning_notification_sent: false,
-    });
+    let device = Device {
+        status: Some(DeviceStatus {
+            created: Some("2020-01-01T00:00:00Z".parse().expect("timestamp")),
+            updated: None,
+            last_user: Some("admin".to_owned()),
+            auto_provisioned: true,
+            auto_provisioning_notification_sent: false,
+        }),
+        ..Device::default()
+    };
     let written = serde_json::to_value(&device).expect("serializes");
     assert_eq!(
         written["status"],
@@ -89,7 +92,8 @@ fn status_is_ignored_on_input_and_rendered_on_output() {
             "auto-provisioning-notification-sent": false
         })
     );
-    let stored: DeviceStatus = serde_json::from_value(written["status"].clone()).expect("status reads back");
+    let stored: DeviceStatus =
+        serde_json::from_value(written["status"].clone()).expect("status reads back");
     assert_eq!(Some(stored), device.status);
 }
 
@@ -123,7 +127,10 @@ fn mappers_and_command_endpoint_must_not_be_blank() {
 fn empty_body_is_an_enabled_device() {
     let device = parse(json!({})).expect("valid");
     assert_eq!(device, Device::default());
-    assert_eq!(serde_json::to_value(&device).expect("serializes"), json!({"enabled": true}));
+    assert_eq!(
+        serde_json::to_value(&device).expect("serializes"),
+        json!({"enabled": true})
+    );
 }
 
 #[test]

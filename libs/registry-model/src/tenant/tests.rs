@@ -76,8 +76,14 @@ fn hono_tenant_body_round_trips() {
 
     let written = serde_json::to_value(&tenant).expect("serializes");
     assert_eq!(written["adapters"][1]["max-ttd"], json!(60));
-    assert_eq!(written["resource-limits"]["data-volume"]["period"]["no-of-days"], json!(30));
-    assert_eq!(written["tracing"]["sampling-mode-per-auth-id"]["noisy"], json!("none"));
+    assert_eq!(
+        written["resource-limits"]["data-volume"]["period"]["no-of-days"],
+        json!(30)
+    );
+    assert_eq!(
+        written["tracing"]["sampling-mode-per-auth-id"]["noisy"],
+        json!("none")
+    );
     assert_eq!(parse(written).expect("reads back"), tenant);
 }
 
@@ -90,7 +96,10 @@ fn empty_body_is_an_enabled_tenant_on_all_adapters() {
         assert!(tenant.is_adapter_enabled(name));
         assert!(tenant.is_device_authentication_required(name));
     }
-    assert_eq!(serde_json::to_value(&tenant).expect("serializes"), json!({"enabled": true, "minimum-message-size": 0}));
+    assert_eq!(
+        serde_json::to_value(&tenant).expect("serializes"),
+        json!({"enabled": true, "minimum-message-size": 0})
+    );
 }
 
 #[test]
@@ -114,14 +123,22 @@ fn unknown_fields_are_rejected_except_in_free_objects() {
     assert!(err.to_string().contains("enabeld"), "{err}");
     assert!(parse(json!({"resource-limits": {"max-conections": 1}})).is_err());
     assert!(parse(json!({"registration-limits": {"devices": 1}})).is_err());
-    assert!(parse(json!({"trusted-ca": [{"subject-dn": "CN=x", "cert": "AA==", "foo": 1}]})).is_err());
-    parse(json!({"ext": {"anything": {"nested": [1]}}, "defaults": {"whatever": true}})).expect("free objects");
+    assert!(
+        parse(json!({"trusted-ca": [{"subject-dn": "CN=x", "cert": "AA==", "foo": 1}]})).is_err()
+    );
+    parse(json!({"ext": {"anything": {"nested": [1]}}, "defaults": {"whatever": true}}))
+        .expect("free objects");
 }
 
 #[test]
 fn unknown_adapter_type_is_rejected() {
-    let err = parse(json!({"adapters": [{"type": "hono-zigbee", "enabled": true}]})).expect_err("unknown type");
-    assert!(err.to_string().contains("unknown adapter type `hono-zigbee`"), "{err}");
+    let err = parse(json!({"adapters": [{"type": "hono-zigbee", "enabled": true}]}))
+        .expect_err("unknown type");
+    assert!(
+        err.to_string()
+            .contains("unknown adapter type `hono-zigbee`"),
+        "{err}"
+    );
     assert!(AdapterType::new("hono-lora").is_ok());
 }
 
@@ -131,37 +148,59 @@ fn unknown_enum_values_are_rejected() {
     assert!(parse(json!({"resource-limits": {"data-volume": {
         "effective-since": "2020-01-01T00:00:00Z", "period": {"mode": "weekly"}}}}))
     .is_err());
-    assert!(parse(json!({"trusted-ca": [{"subject-dn": "CN=x", "public-key": "AA==", "algorithm": "DSA"}]})).is_err());
+    assert!(parse(
+        json!({"trusted-ca": [{"subject-dn": "CN=x", "public-key": "AA==", "algorithm": "DSA"}]})
+    )
+    .is_err());
 }
 
 #[test]
 fn data_volume_needs_effective_since() {
-    let err = parse(json!({"resource-limits": {"data-volume": {"max-bytes": 10}}})).expect_err("required");
+    let err = parse(json!({"resource-limits": {"data-volume": {"max-bytes": 10}}}))
+        .expect_err("required");
     assert!(err.to_string().contains("effective-since"), "{err}");
 }
 
 #[test]
 fn adapters_must_be_non_empty_and_unique() {
-    let mut tenant = Tenant { adapters: Some(vec![]), ..Tenant::default() };
+    let mut tenant = Tenant {
+        adapters: Some(vec![]),
+        ..Tenant::default()
+    };
     assert!(invalid(&tenant).starts_with("adapters: must not be empty"));
     let mqtt = AdapterType::new("hono-mqtt").expect("known");
     tenant.adapters = Some(vec![Adapter::new(mqtt), Adapter::new(mqtt)]);
-    assert_eq!(invalid(&tenant), "adapters[1].type: hono-mqtt is configured more than once");
+    assert_eq!(
+        invalid(&tenant),
+        "adapters[1].type: hono-mqtt is configured more than once"
+    );
 }
 
 #[test]
 fn limits_must_be_at_least_minus_one() {
     let tenant = Tenant {
-        registration_limits: Some(RegistrationLimits { max_devices: -2, ..RegistrationLimits::default() }),
+        registration_limits: Some(RegistrationLimits {
+            max_devices: -2,
+            ..RegistrationLimits::default()
+        }),
         ..Tenant::default()
     };
-    assert_eq!(invalid(&tenant), "registration-limits.max-devices: must be -1 (no limit) or more, got -2");
+    assert_eq!(
+        invalid(&tenant),
+        "registration-limits.max-devices: must be -1 (no limit) or more, got -2"
+    );
     let tenant = Tenant {
-        resource_limits: Some(ResourceLimits { max_ttl_telemetry_qos1: -5, ..ResourceLimits::default() }),
+        resource_limits: Some(ResourceLimits {
+            max_ttl_telemetry_qos1: -5,
+            ..ResourceLimits::default()
+        }),
         ..Tenant::default()
     };
     assert!(invalid(&tenant).starts_with("resource-limits.max-ttl-telemetry-qos1:"));
-    let tenant = Tenant { minimum_message_size: -1, ..Tenant::default() };
+    let tenant = Tenant {
+        minimum_message_size: -1,
+        ..Tenant::default()
+    };
     assert!(invalid(&tenant).starts_with("minimum-message-size:"));
     assert_eq!(limit(-1), None);
     assert_eq!(limit(0), Some(0));
@@ -195,9 +234,15 @@ fn ca(value: serde_json::Value) -> Tenant {
 #[test]
 fn trusted_ca_rules() {
     let tenant = ca(json!({"subject-dn": " ", "public-key": "AA=="}));
-    assert_eq!(invalid(&tenant), "trusted-ca[0].subject-dn: must not be empty");
+    assert_eq!(
+        invalid(&tenant),
+        "trusted-ca[0].subject-dn: must not be empty"
+    );
     let tenant = ca(json!({"subject-dn": "CN=x"}));
-    assert_eq!(invalid(&tenant), "trusted-ca[0]: one of public-key or cert is required");
+    assert_eq!(
+        invalid(&tenant),
+        "trusted-ca[0]: one of public-key or cert is required"
+    );
     let tenant = ca(json!({"subject-dn": "CN=x", "public-key": "not base64!"}));
     assert!(invalid(&tenant).starts_with("trusted-ca[0].public-key: is not valid base64"));
     let tenant = ca(json!({"subject-dn": "CN=x", "cert": "AA==", "ocsp-responder-cert": "%"}));
@@ -205,9 +250,11 @@ fn trusted_ca_rules() {
     let tenant = ca(json!({"subject-dn": "CN=x", "public-key": "AA==",
         "not-before": "2022-01-01T00:00:00Z", "not-after": "2021-01-01T00:00:00Z"}));
     assert!(invalid(&tenant).starts_with("trusted-ca[0]: not-before"));
-    let tenant = ca(json!({"subject-dn": "CN=x", "public-key": "AA==", "auth-id-template": "fixed"}));
+    let tenant =
+        ca(json!({"subject-dn": "CN=x", "public-key": "AA==", "auth-id-template": "fixed"}));
     assert!(invalid(&tenant).starts_with("trusted-ca[0].auth-id-template: must contain"));
-    let tenant = ca(json!({"subject-dn": "CN=x", "public-key": "AA==", "ocsp-revocation-enabled": true}));
+    let tenant =
+        ca(json!({"subject-dn": "CN=x", "public-key": "AA==", "ocsp-revocation-enabled": true}));
     assert!(invalid(&tenant).contains("ocsp-revocation-enabled needs cert"));
     ca(json!({"subject-dn": "CN=x", "public-key": "AA==", "auth-id-template": "{{subject-cn}}-x"}))
         .validate()
@@ -221,7 +268,10 @@ fn trusted_ca_ids_are_unique_and_assignable() {
         {"id": "a", "subject-dn": "CN=x", "cert": "AA=="}
     ]}))
     .expect("parses");
-    assert_eq!(invalid(&tenant), "trusted-ca[1].id: `a` is used by another trusted CA of this tenant");
+    assert_eq!(
+        invalid(&tenant),
+        "trusted-ca[1].id: `a` is used by another trusted CA of this tenant"
+    );
     tenant.trusted_ca[1].id = None;
     tenant.assign_trusted_ca_ids();
     tenant.validate().expect("ids now unique");
@@ -244,12 +294,26 @@ fn trusted_ca_validity_window_is_inclusive() {
 
 #[test]
 fn alias_must_be_an_ldh_label() {
-    for bad in ["", "Upper", "-lead", "trail-", "dot.ted", "under_score", &"a".repeat(64)] {
-        let tenant = Tenant { alias: Some(bad.to_owned()), ..Tenant::default() };
+    for bad in [
+        "",
+        "Upper",
+        "-lead",
+        "trail-",
+        "dot.ted",
+        "under_score",
+        &"a".repeat(64),
+    ] {
+        let tenant = Tenant {
+            alias: Some(bad.to_owned()),
+            ..Tenant::default()
+        };
         assert!(invalid(&tenant).starts_with("alias:"), "{bad:?}");
     }
     for good in ["a", "acme-1", "0", &"a".repeat(63)] {
-        let tenant = Tenant { alias: Some(good.to_owned()), ..Tenant::default() };
+        let tenant = Tenant {
+            alias: Some(good.to_owned()),
+            ..Tenant::default()
+        };
         tenant.validate().expect(good);
     }
 }

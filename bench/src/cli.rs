@@ -1,0 +1,112 @@
+//! Command line of `ferry-bench`: one subcommand per scenario, each with the knobs the report records.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry-bench", version, about = "Ferry's benchmark harness; writes bench/REPORT.md")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Registry internal API: credential lookups and assertion issuance per second (SQLite, PostgreSQL).
+    Registry(RegistryArgs),
+}
+
+/// Which registry storage to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+/// Which internal API endpoint to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Endpoint {
+    /// `GET /internal/v1/credentials/{tenant}?type=hashed-password&auth-id=A`
+    Credentials,
+    /// `POST /internal/v1/assertions/{tenant}/{device}`
+    Assertions,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Credentials => "credential lookup",
+            Endpoint::Assertions => "assertion issuance",
+        }
+    }
+}
+
+/// Where the system under test and the load generator run.
+#[derive(Debug, Clone, Args)]
+pub struct Pinning {
+    /// CPUs (taskset list) for the system under test.
+    #[arg(long, default_value = "0")]
+    pub server_cpus: String,
+    /// CPUs (taskset list) for the load generator; the process re-executes itself under taskset.
+    #[arg(long, default_value = "1")]
+    pub client_cpus: String,
+    /// Do not pin anything (figures are then not comparable with pinned ones).
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+/// Load shape shared by the HTTP scenarios.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Concurrent keep-alive HTTP/1.1 connections, one request in flight on each.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    pub connections: usize,
+    /// Warm-up before each run, in seconds (not measured).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Measured time of each run, in seconds.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    pub duration: u64,
+    /// Runs per row; the row shows the run with the median rate.
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub runs: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub pinning: Pinning,
+    /// Devices provisioned, each with one hashed-password credential; requests cycle over all of them.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Storage backends to measure, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite,postgres")]
+    pub backends: Vec<Backend>,
+    /// Endpoints to drive, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "credentials,assertions")]
+    pub endpoints: Vec<Endpoint>,
+    /// Admin URL of a PostgreSQL server; a fresh database is created in it for the run and dropped after.
+    #[arg(long, env = "FERRY_TEST_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// The `ferry-registry` binary (default: beside this executable, i.e. the same target directory).
+    #[arg(long)]
+    pub registry_bin: Option<PathBuf>,
+    /// The report to update (only the registry's marked section is replaced).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/REPORT.md"))]
+    pub report: PathBuf,
+    /// Print the figures without touching the report.
+    #[arg(long)]
+    pub no_report: bool,
+}

@@ -1,0 +1,256 @@
+//! `ferry up` and the management subcommands as a newcomer uses them (the README's quick start), with the
+//! real binaries and curl.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+struct Up {
+    child: Child,
+    url: String,
+    first_lines: Vec<String>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ferry_up(data_dir: &Path) -> Up {
+    let port = ferry_test_support::free_port();
+    let mut child = Command::new(FERRY)
+        .args(["up", "--registry-port", &port.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .env_remove("FERRY_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferry up");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lines.iter().any(|l: &String| l.starts_with("Press Ctrl-C")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("ferry up did not print its endpoints: {lines:?}"),
+        }
+    }
+    Up {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        first_lines: lines,
+    }
+}
+
+fn ferry(up: &Up, data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(FERRY)
+        .args(args)
+        .arg("--registry-url")
+        .arg(&up.url)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("FERRY_ADMIN_TOKEN")
+        .env_remove("FERRY_REGISTRY_URL")
+        .output()
+        .expect("run ferry")
+}
+
+fn ok(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "ferry failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).expect("ferry prints JSON")
+    }
+}
+
+#[test]
+fn quick_start_creates_tenant_device_and_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = ferry_up(dir.path());
+    let printed = up.first_lines.join("\n");
+    assert!(printed.contains(&format!("{}/v1", up.url)), "{printed}");
+    let token_file = dir.path().join("admin-token");
+    assert!(
+        printed.contains(&token_file.display().to_string()),
+        "says where the token is: {printed}"
+    );
+
+    let created = ok(&ferry(&up, dir.path(), &["tenant", "create", "my-tenant"]));
+    assert_eq!(created["id"], "my-tenant");
+    ok(&ferry(
+        &up,
+        dir.path(),
+        &["device", "create", "my-tenant", "my-device"],
+    ));
+    ok(&ferry(
+        &up,
+        dir.path(),
+        &[
+            "credentials",
+            "add-password",
+            "my-tenant",
+            "my-device",
+            "--auth-id",
+            "sensor1",
+            "--password",
+            "hunter2",
+        ],
+    ));
+    // Adding a second password keeps the first.
+    ok(&ferry(
+        &up,
+        dir.path(),
+        &[
+            "credentials",
+            "add-password",
+            "my-tenant",
+            "my-device",
+            "--auth-id",
+            "sensor2",
+            "--password",
+            "x",
+        ],
+    ));
+    let creds = ok(&ferry(
+        &up,
+        dir.path(),
+        &["credentials", "get", "my-tenant", "my-device"],
+    ));
+    let auth_ids: Vec<&str> = creds
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["auth-id"].as_str().expect("auth-id"))
+        .collect();
+    assert_eq!(auth_ids, ["sensor1", "sensor2"]);
+    assert!(!creds.to_string().contains("hunter2"));
+    ok(&ferry(
+        &up,
+        dir.path(),
+        &[
+            "application",
+            "put",
+            "my-app",
+            "--password",
+            "s3cret",
+            "--tenant",
+            "my-tenant",
+        ],
+    ));
+    let devices = ok(&ferry(&up, dir.path(), &["device", "list", "my-tenant"]));
+    assert_eq!(devices["total"], 1);
+
+    // A client no one here wrote sees the same registry with the generated token.
+    let curl = ferry_test_support::require_program("curl");
+    let token = std::fs::read_to_string(&token_file).expect("token file");
+    let out = Command::new(curl)
+        .args(["-s", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .arg(format!("{}/v1/devices/my-tenant/my-device", up.url))
+        .output()
+        .expect("curl");
+    let device: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from curl");
+    assert_eq!(device["enabled"], true);
+}
+
+#[test]
+fn errors_are_reported_with_status_and_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = ferry_up(dir.path());
+    let missing = ferry(&up, dir.path(), &["tenant", "get", "nope"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("404"), "{stderr}");
+    let bad_json = ferry(
+        &up,
+        dir.path(),
+        &["tenant", "create", "t1", "--json", "{nope"],
+    );
+    assert!(!bad_json.status.success());
+    assert!(String::from_utf8_lossy(&bad_json.stderr).contains("--json"));
+    let wrong_token = Command::new(FERRY)
+        .args([
+            "tenant",
+            "list",
+            "--registry-url",
+            &up.url,
+            "--token",
+            "wrong",
+        ])
+        .output()
+        .expect("run ferry");
+    assert!(!wrong_token.status.success());
+    assert!(String::from_utf8_lossy(&wrong_token.stderr).contains("401"));
+    let no_token = Command::new(FERRY)
+        .args(["tenant", "list", "--registry-url", &up.url, "--data-dir"])
+        .arg(dir.path().join("elsewhere"))
+        .env_remove("FERRY_ADMIN_TOKEN")
+        .output()
+        .expect("run ferry");
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("ferry up"),
+        "tells the user how to get a token"
+    );
+}
+
+#[test]
+fn up_stops_on_sigterm_and_keeps_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut up = ferry_up(dir.path());
+    ok(&ferry(&up, dir.path(), &["tenant", "create", "kept"]));
+    let pid = up.child.id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = up.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ferry up did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let again = ferry_up(dir.path());
+    let t = ok(&ferry(&again, dir.path(), &["tenant", "get", "kept"]));
+    assert_eq!(t["enabled"], true);
+}
+
+#[test]
+fn bad_registry_environment_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(FERRY)
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("FERRY_REGISTRY_NO_SUCH_THING", "1")
+        .output()
+        .expect("run ferry up");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_thing"));
+}
