@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry-bench", version, about = "Ferry's benchmark harness; writes bench/REPORT.md")]
+#[command(
+    name = "ferry-bench",
+    version,
+    about = "Ferry's benchmark harness; writes bench/REPORT.md"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub scenario: Scenario,
@@ -92,10 +96,20 @@ pub struct RegistryArgs {
     #[arg(long, default_value_t = 1000)]
     pub devices: usize,
     /// Storage backends to measure, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite,postgres")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sqlite,postgres"
+    )]
     pub backends: Vec<Backend>,
     /// Endpoints to drive, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "credentials,assertions")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "credentials,assertions"
+    )]
     pub endpoints: Vec<Endpoint>,
     /// Admin URL of a PostgreSQL server; a fresh database is created in it for the run and dropped after.
     #[arg(long, env = "FERRY_TEST_POSTGRES_URL")]

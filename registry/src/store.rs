@@ -164,6 +164,72 @@ impl Store {
         self.kind
     }
 
+    /// A write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that reads and then writes fails with SQLITE_BUSY when another writer committed in
+    /// between, which `busy_timeout` cannot wait out.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.kind {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Checks `If-Match` against a row's version and swaps in a new version, in `tx`.
+    ///
+    /// The compare-and-swap `UPDATE ... WHERE version = current` takes the row lock, so of two writers that
+    /// read the same version only one finds its row; the other re-reads (READ COMMITTED sees the winner's
+    /// commit) and then fails `If-Match` or, without `If-Match`, goes on after the winner. Everything the
+    /// caller writes afterwards in `tx` is serialized behind that lock.
+    async fn swap_version(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        table: &'static str,
+        what: &'static str,
+        key: &[&str],
+        if_match: Option<&str>,
+    ) -> Result<Version, StoreError> {
+        let cols: &[&str] = match table {
+            "tenants" => &["id"],
+            "applications" => &["name"],
+            _ => &["tenant_id", "device_id"],
+        };
+        let cond = |first: usize| {
+            cols.iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ${}", first + i))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let select = format!("SELECT version FROM {table} WHERE {}", cond(1));
+        let update = format!(
+            "UPDATE {table} SET version = $1 WHERE {} AND version = ${}",
+            cond(2),
+            cols.len() + 2
+        );
+        for _ in 0..8 {
+            let mut q = sqlx::query(&select);
+            for k in key {
+                q = q.bind(*k);
+            }
+            let current: String = q
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or(StoreError::NotFound(what))?
+                .try_get(0)?;
+            if !version_matches(if_match, &current) {
+                return Err(StoreError::VersionMismatch);
+            }
+            let version = new_version();
+            let mut q = sqlx::query(&update).bind(&version);
+            for k in key {
+                q = q.bind(*k);
+            }
+            if q.bind(&current).execute(&mut **tx).await?.rows_affected() == 1 {
+                return Ok(version);
+            }
+        }
+        Err(StoreError::VersionMismatch)
+    }
+
     /// Whether the database answers (for `/ready`).
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
@@ -184,7 +250,7 @@ impl Store {
         body: &str,
         keys: &TenantKeys,
     ) -> Result<Version, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let version = new_version();
         let r =
             sqlx::query("INSERT INTO tenants (id, version, body, created) VALUES ($1, $2, $3, $4)")
@@ -229,20 +295,10 @@ impl Store {
         keys: &TenantKeys,
         if_match: Option<&str>,
     ) -> Result<Version, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let current: String = sqlx::query("SELECT version FROM tenants WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound("tenant"))?
-            .try_get(0)?;
-        if !version_matches(if_match, &current) {
-            return Err(StoreError::VersionMismatch);
-        }
-        let version = new_version();
-        sqlx::query("UPDATE tenants SET body = $1, version = $2, updated = $3 WHERE id = $4")
+        let mut tx = self.begin().await?;
+        let version = Self::swap_version(&mut tx, "tenants", "tenant", &[id], if_match).await?;
+        sqlx::query("UPDATE tenants SET body = $1, updated = $2 WHERE id = $3")
             .bind(body)
-            .bind(&version)
             .bind(now())
             .bind(id)
             .execute(&mut *tx)
@@ -293,16 +349,8 @@ impl Store {
 
     /// Deletes a tenant with its devices, credentials and CA entries.
     pub async fn delete_tenant(&self, id: &str, if_match: Option<&str>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let current: String = sqlx::query("SELECT version FROM tenants WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound("tenant"))?
-            .try_get(0)?;
-        if !version_matches(if_match, &current) {
-            return Err(StoreError::VersionMismatch);
-        }
+        let mut tx = self.begin().await?;
+        Self::swap_version(&mut tx, "tenants", "tenant", &[id], if_match).await?;
         for table in ["credential_keys", "credentials", "devices", "trusted_cas"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(id)
@@ -360,9 +408,14 @@ impl Store {
         body: &str,
         limits: Limits,
     ) -> Result<Version, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         Self::require_tenant(&mut tx, tenant).await?;
         if let Some(max) = limits.max_devices {
+            // Lock the tenant row so that concurrent creations count one after the other.
+            sqlx::query("UPDATE tenants SET version = version WHERE id = $1")
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?;
             let n: i64 = sqlx::query("SELECT COUNT(*) FROM devices WHERE tenant_id = $1")
                 .bind(tenant)
                 .fetch_one(&mut *tx)
@@ -424,24 +477,13 @@ impl Store {
         body: &str,
         if_match: Option<&str>,
     ) -> Result<Version, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let current: String =
-            sqlx::query("SELECT version FROM devices WHERE tenant_id = $1 AND device_id = $2")
-                .bind(tenant)
-                .bind(device)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound("device"))?
-                .try_get(0)?;
-        if !version_matches(if_match, &current) {
-            return Err(StoreError::VersionMismatch);
-        }
-        let version = new_version();
+        let mut tx = self.begin().await?;
+        let version =
+            Self::swap_version(&mut tx, "devices", "device", &[tenant, device], if_match).await?;
         sqlx::query(
-            "UPDATE devices SET body = $1, version = $2, updated = $3 WHERE tenant_id = $4 AND device_id = $5",
+            "UPDATE devices SET body = $1, updated = $2 WHERE tenant_id = $3 AND device_id = $4",
         )
         .bind(body)
-        .bind(&version)
         .bind(now())
         .bind(tenant)
         .bind(device)
@@ -458,18 +500,8 @@ impl Store {
         device: &str,
         if_match: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let current: String =
-            sqlx::query("SELECT version FROM devices WHERE tenant_id = $1 AND device_id = $2")
-                .bind(tenant)
-                .bind(device)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound("device"))?
-                .try_get(0)?;
-        if !version_matches(if_match, &current) {
-            return Err(StoreError::VersionMismatch);
-        }
+        let mut tx = self.begin().await?;
+        Self::swap_version(&mut tx, "devices", "device", &[tenant, device], if_match).await?;
         for table in ["credential_keys", "credentials", "devices"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE tenant_id = $1 AND device_id = $2"
@@ -485,7 +517,7 @@ impl Store {
 
     /// Deletes every device of a tenant (and their credentials); returns how many were deleted.
     pub async fn delete_all_devices(&self, tenant: &str) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         Self::require_tenant(&mut tx, tenant).await?;
         for table in ["credential_keys", "credentials"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
@@ -550,18 +582,15 @@ impl Store {
                 )));
             }
         }
-        let mut tx = self.pool.begin().await?;
-        let current: String =
-            sqlx::query("SELECT version FROM credentials WHERE tenant_id = $1 AND device_id = $2")
-                .bind(tenant)
-                .bind(device)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound("device"))?
-                .try_get(0)?;
-        if !version_matches(if_match, &current) {
-            return Err(StoreError::VersionMismatch);
-        }
+        let mut tx = self.begin().await?;
+        let version = Self::swap_version(
+            &mut tx,
+            "credentials",
+            "device",
+            &[tenant, device],
+            if_match,
+        )
+        .await?;
         sqlx::query("DELETE FROM credential_keys WHERE tenant_id = $1 AND device_id = $2")
             .bind(tenant)
             .bind(device)
@@ -588,10 +617,8 @@ impl Store {
                 }
             }
         }
-        let version = new_version();
-        sqlx::query("UPDATE credentials SET body = $1, version = $2 WHERE tenant_id = $3 AND device_id = $4")
+        sqlx::query("UPDATE credentials SET body = $1 WHERE tenant_id = $2 AND device_id = $3")
             .bind(body)
-            .bind(&version)
             .bind(tenant)
             .bind(device)
             .execute(&mut *tx)
@@ -636,41 +663,49 @@ impl Store {
         body: &str,
         if_match: Option<&str>,
     ) -> Result<(Version, bool), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let current = sqlx::query("SELECT version FROM applications WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let version = new_version();
-        let created = match current {
-            Some(row) => {
-                let current: String = row.try_get(0)?;
-                if !version_matches(if_match, &current) {
-                    return Err(StoreError::VersionMismatch);
+        // Two first writers of one name race on the INSERT; the loser retries as an update.
+        for _ in 0..4 {
+            let mut tx = self.begin().await?;
+            match Self::swap_version(&mut tx, "applications", "application", &[name], if_match)
+                .await
+            {
+                Ok(version) => {
+                    sqlx::query("UPDATE applications SET body = $1 WHERE name = $2")
+                        .bind(body)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    return Ok((version, false));
                 }
-                sqlx::query("UPDATE applications SET body = $1, version = $2 WHERE name = $3")
-                    .bind(body)
-                    .bind(&version)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                false
-            }
-            None => {
-                if if_match.is_some_and(|v| v.trim() != "*") {
-                    return Err(StoreError::VersionMismatch);
-                }
-                sqlx::query("INSERT INTO applications (name, version, body) VALUES ($1, $2, $3)")
+                Err(StoreError::NotFound(_)) => {
+                    if if_match.is_some_and(|v| v.trim() != "*") {
+                        return Err(StoreError::VersionMismatch);
+                    }
+                    let version = new_version();
+                    let r = sqlx::query(
+                        "INSERT INTO applications (name, version, body) VALUES ($1, $2, $3)",
+                    )
                     .bind(name)
                     .bind(&version)
                     .bind(body)
                     .execute(&mut *tx)
-                    .await?;
-                true
+                    .await;
+                    match r {
+                        Err(e) if is_unique_violation(&e) => continue,
+                        r => {
+                            r?;
+                        }
+                    }
+                    tx.commit().await?;
+                    return Ok((version, true));
+                }
+                Err(e) => return Err(e),
             }
-        };
-        tx.commit().await?;
-        Ok((version, created))
+        }
+        Err(StoreError::Conflict(format!(
+            "application {name} is being written concurrently"
+        )))
     }
 
     pub async fn get_application(&self, name: &str) -> Result<Stored, StoreError> {
@@ -693,15 +728,13 @@ impl Store {
         name: &str,
         if_match: Option<&str>,
     ) -> Result<(), StoreError> {
-        let current = self.get_application(name).await?;
-        if !version_matches(if_match, &current.version) {
-            return Err(StoreError::VersionMismatch);
-        }
-        sqlx::query("DELETE FROM applications WHERE name = $1 AND version = $2")
+        let mut tx = self.begin().await?;
+        Self::swap_version(&mut tx, "applications", "application", &[name], if_match).await?;
+        sqlx::query("DELETE FROM applications WHERE name = $1")
             .bind(name)
-            .bind(&current.version)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 

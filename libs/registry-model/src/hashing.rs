@@ -205,8 +205,12 @@ pub(crate) fn verify_hash(
 ) -> bool {
     match function {
         HashFunction::Bcrypt => {
-            // The prefix check keeps `$2x$` (a known-broken variant) out, which the bcrypt crate would accept.
-            bcrypt_cost(pwd_hash).is_some() && bcrypt::verify(password, pwd_hash).unwrap_or(false)
+            // The prefix check keeps `$2x$` (a known-broken variant) out, which the bcrypt crate would accept;
+            // bcrypt reads only the first 72 bytes, so a longer password would verify by its start alone:
+            // refuse it (writes refuse a longer `pwd-plain` too).
+            password.len() <= 72
+                && bcrypt_cost(pwd_hash).is_some()
+                && bcrypt::verify(password, pwd_hash).unwrap_or(false)
         }
         HashFunction::Sha256 | HashFunction::Sha512 => {
             let salt = match salt {
