@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -22,33 +21,13 @@ use ferry_core::shutdown::Shutdown;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-/// Loads a PEM certificate chain and private key into a TLS acceptor.
+/// Loads a PEM certificate chain and private key into a TLS acceptor speaking HTTP/1.1.
 pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert_path)
-            .with_context(|| format!("opening {}", cert_path.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("reading certificates from {}", cert_path.display()))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "no certificate in {}",
-        cert_path.display()
-    );
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key_path).with_context(|| format!("opening {}", key_path.display()))?,
-    ))
-    .with_context(|| format!("reading private key from {}", key_path.display()))?
-    .with_context(|| format!("no private key in {}", key_path.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("TLS certificate and key do not match")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(ferry_core::tls::acceptor(
+        cert_path,
+        key_path,
+        &[b"http/1.1"],
+    )?)
 }
 
 /// Serves `app` on `listener` until `shutdown`, then drains open connections for a grace period.

@@ -12,3 +12,4 @@ pub mod hono;
 pub mod ids;
 pub mod logs;
 pub mod shutdown;
+pub mod tls;

@@ -4,8 +4,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::harness::*;
 use crate::both;
+use crate::harness::*;
 
 const AUTHENTICATE: &str = "/internal/v1/applications/authenticate";
 
