@@ -1,4 +1,288 @@
 //! `ferry-router`: the AMQP 1.0 messaging router between protocol adapters and business applications.
 //!
-//! Not built yet: issue #3 brings telemetry routing, the durable event store, commands and assertion
-//! verification. This crate holds nothing until then, so that nothing pretends to work.
+//! Adapters send telemetry and events (each carrying a registration assertion) to `telemetry/TENANT` and
+//! `event/TENANT`; applications consume from the same addresses. The router verifies assertions, routes
+//! telemetry directly with end-to-end credit, and stores events durably before accepting them. It speaks
+//! AMQP through its own server-side engine ([`connection`]) on the fe2o3 family's codec crates
+//! ([`codec`]); see docs/router.md for why.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_core::admin::Admin;
+use ferry_core::assertion::{Jwks, Verifier, VerifierConfig};
+use ferry_core::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub mod auth;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod events;
+pub mod hub;
+pub mod metrics;
+pub mod registry;
+
+pub use config::Config;
+use events::{EventStore, SegmentLog};
+
+/// What every connection of one router shares.
+pub struct Shared<S: EventStore> {
+    pub hub: hub::Hub<S>,
+    pub auth: auth::Authenticator,
+    pub config: EngineConfig,
+    pub shutdown: Shutdown,
+    verifier: RwLock<Arc<Verifier>>,
+    /// Signalled when a token names a key we do not know: the JWKS is fetched again.
+    pub refresh_keys: Notify,
+}
+
+impl<S: EventStore> std::fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl<S: EventStore> Shared<S> {
+    /// The current assertion verifier (replaced when the registry's keys change).
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.verifier
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_keys(&self, jwks: &Jwks) {
+        let v = Arc::new(Verifier::new(jwks, VerifierConfig::default()));
+        *self
+            .verifier
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = v;
+    }
+}
+
+/// Engine settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub idle_timeout: Duration,
+    /// Time-to-live of events that carry none (zero: until accepted).
+    pub default_event_ttl: Duration,
+}
+
+/// A router that is up.
+#[derive(Debug)]
+pub struct Started {
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Started {
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await.context("router task failed")
+    }
+}
+
+/// Runs the router until `shutdown`.
+pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<()> {
+    start(config, admin, shutdown).await?.join().await
+}
+
+/// Opens the event store, binds the listeners and starts serving.
+pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    let readiness = admin.readiness("router");
+    let metrics = metrics::Metrics::new(&admin);
+    let store_dir = config.data_dir.join("events");
+    let store = tokio::task::spawn_blocking(move || SegmentLog::open(&store_dir))
+        .await
+        .context("opening the event store")??;
+    let registry = registry::RegistryClient::new(&config.registry_url, &config.registry_token);
+    let shared = Arc::new(Shared {
+        hub: hub::Hub::new(Arc::new(store), metrics, config.max_events_per_tenant),
+        auth: auth::Authenticator::new(
+            config.adapter_user.clone(),
+            config.adapter_password.clone(),
+            Some(registry.clone()),
+        ),
+        config: EngineConfig {
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            default_event_ttl: Duration::from_secs(config.default_event_ttl_secs),
+        },
+        shutdown: shutdown.clone(),
+        verifier: RwLock::new(Arc::new(Verifier::new(
+            &Jwks { keys: vec![] },
+            VerifierConfig::default(),
+        ))),
+        refresh_keys: Notify::new(),
+    });
+    shared
+        .hub
+        .restore_events()
+        .await
+        .context("reading the event store")?;
+
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding AMQP to {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let tls = match (&config.tls.cert_path, &config.tls.key_path) {
+        (Some(cert), Some(key)) => {
+            let acceptor = tls_acceptor(cert, key)?;
+            let l = TcpListener::bind(config.tls_bind)
+                .await
+                .with_context(|| format!("binding AMQPS to {}", config.tls_bind))?;
+            Some((l, acceptor))
+        }
+        _ => None,
+    };
+    let tls_addr = match &tls {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
+    if let Some(bind) = config.admin_bind {
+        let l = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding admin to {bind}"))?;
+        tokio::spawn(admin.clone().serve(l, shutdown.clone()));
+    }
+
+    // Keys: fetched now (retried until the registry answers) and again on an unknown key id.
+    {
+        let shared = shared.clone();
+        let registry = registry.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                match registry.jwks().await {
+                    Ok(jwks) => {
+                        shared.set_keys(&jwks);
+                        readiness.set(true);
+                        tokio::select! {
+                            () = shared.refresh_keys.notified() => {}
+                            () = shutdown.clone().wait() => return,
+                        }
+                        // At most one refresh a second, however many tokens name unknown keys.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot fetch the registry's keys; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            () = shutdown.clone().wait() => return,
+                        }
+                    }
+                }
+            }
+        });
+    }
+    // Application users: purged from the login cache as the registry announces changes.
+    {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let s = shared.clone();
+            registry
+                .follow_changes(shutdown, move |change| match change {
+                    Some(c) if c.kind == "application" => s.auth.purge(c.name.as_deref()),
+                    Some(_) => {}
+                    None => s.auth.purge(None),
+                })
+                .await;
+        });
+    }
+    // Expired events leave the store once a second.
+    {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                        shared.hub.expire_events(now);
+                    }
+                    () = shutdown.clone().wait() => return,
+                }
+            }
+        });
+    }
+
+    let task = tokio::spawn(accept_loops(listener, tls, shared, shutdown));
+    tracing::info!(%addr, ?tls_addr, "router listening");
+    Ok(Started {
+        addr,
+        tls_addr,
+        task,
+    })
+}
+
+async fn accept_loops<S: EventStore>(
+    listener: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    shared: Arc<Shared<S>>,
+    shutdown: Shutdown,
+) {
+    let plain = accept_loop(listener, None, shared.clone(), shutdown.clone());
+    match tls {
+        Some((l, acceptor)) => {
+            tokio::join!(plain, accept_loop(l, Some(acceptor), shared, shutdown));
+        }
+        None => plain.await,
+    }
+}
+
+async fn accept_loop<S: EventStore>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared<S>>,
+    shutdown: Shutdown,
+) {
+    let stop = shutdown.clone().wait();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let result = match tls {
+                None => connection::serve(stream, peer, shared).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => connection::serve(s, peer, shared).await,
+                        Ok(Err(e)) => Err(connection::ConnError::Io(e)),
+                        Err(_) => Err(connection::ConnError::Timeout),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "AMQP connection ended");
+            }
+        });
+    }
+}
+
+fn tls_acceptor(
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    Ok(ferry_core::tls::acceptor(cert_path, key_path, &[])?)
+}

@@ -1,0 +1,251 @@
+//! Who is on a connection, and what they may attach to.
+//!
+//! Applications authenticate with SASL PLAIN as an application user of the registry (checked there once,
+//! then cached until the change stream says the user changed); protocol adapters authenticate with the
+//! service credential from the router's config. Authorization happens per link at attach time: an
+//! application reaches only the addresses of its own tenants, and only for the operations it was granted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ferry_core::ids::TenantId;
+
+use crate::registry::{AppUser, RegistryClient};
+
+/// An authenticated peer.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A protocol adapter (the service credential): may send telemetry, events and command responses for
+    /// any tenant, since every message it sends carries a registration assertion the router verifies.
+    Adapter { name: String },
+    /// A business application.
+    Application(Arc<AppUser>),
+}
+
+/// The addresses of HONO-CONTRACT §1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Telemetry(TenantId),
+    Event(TenantId),
+    Command(TenantId),
+    CommandResponse(TenantId, String),
+}
+
+impl Address {
+    /// Parses `telemetry/T`, `event/T`, `command/T`, `command_response/T/REPLY` (and Hono's short forms
+    /// `t/T`, `e/T`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (prefix, rest) = s.split_once('/')?;
+        match prefix {
+            "telemetry" | "t" => Some(Self::Telemetry(TenantId::new(rest).ok()?)),
+            "event" | "e" => Some(Self::Event(TenantId::new(rest).ok()?)),
+            "command" => Some(Self::Command(TenantId::new(rest).ok()?)),
+            "command_response" => {
+                let (tenant, reply) = rest.split_once('/')?;
+                if reply.is_empty() {
+                    return None;
+                }
+                Some(Self::CommandResponse(
+                    TenantId::new(tenant).ok()?,
+                    reply.to_owned(),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            Self::Telemetry(t)
+            | Self::Event(t)
+            | Self::Command(t)
+            | Self::CommandResponse(t, _) => t,
+        }
+    }
+}
+
+/// Which way messages flow on a link, from the router's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The peer sends to the router (the peer's link is a sender).
+    In,
+    /// The router sends to the peer.
+    Out,
+}
+
+impl Principal {
+    /// Whether this peer may attach a link on `address` in `direction`.
+    pub fn may_attach(&self, address: &Address, direction: Direction) -> bool {
+        match self {
+            Self::Adapter { .. } => matches!(
+                (address, direction),
+                (Address::Telemetry(_) | Address::Event(_), Direction::In)
+                    | (Address::CommandResponse(..), Direction::In)
+                    | (Address::Command(_), Direction::Out)
+            ),
+            Self::Application(user) => {
+                if !user.allows_tenant(address.tenant()) {
+                    return false;
+                }
+                match (address, direction) {
+                    (Address::Telemetry(_), Direction::Out) => user.allows("telemetry"),
+                    (Address::Event(_), Direction::Out) => user.allows("event"),
+                    (Address::Command(_), Direction::In)
+                    | (Address::CommandResponse(..), Direction::Out) => user.allows("command"),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// Logins already checked: (user, password) → when, and who.
+type LoginCache = HashMap<(String, String), (Instant, Arc<AppUser>)>;
+
+/// Checks SASL PLAIN credentials, caching the registry's answers.
+#[derive(Debug)]
+pub struct Authenticator {
+    adapter_user: String,
+    adapter_password: String,
+    registry: Option<RegistryClient>,
+    /// (user, password) → the user, for `ttl`; purged by the change stream.
+    cache: Mutex<LoginCache>,
+    ttl: Duration,
+}
+
+impl Authenticator {
+    pub fn new(
+        adapter_user: String,
+        adapter_password: String,
+        registry: Option<RegistryClient>,
+    ) -> Self {
+        Self {
+            adapter_user,
+            adapter_password,
+            registry,
+            cache: Mutex::new(HashMap::new()),
+            ttl: Duration::from_secs(300),
+        }
+    }
+
+    /// The principal for these credentials, or `None` when they are wrong (or the registry cannot say).
+    pub async fn authenticate(&self, user: &str, password: &str) -> Option<Principal> {
+        if !self.adapter_password.is_empty()
+            && constant_time_eq(user.as_bytes(), self.adapter_user.as_bytes())
+            && constant_time_eq(password.as_bytes(), self.adapter_password.as_bytes())
+        {
+            return Some(Principal::Adapter {
+                name: user.to_owned(),
+            });
+        }
+        let key = (user.to_owned(), password.to_owned());
+        if let Some((at, u)) = self.lock().get(&key) {
+            if at.elapsed() < self.ttl {
+                return Some(Principal::Application(u.clone()));
+            }
+        }
+        let registry = self.registry.as_ref()?;
+        match registry.authenticate_application(user, password).await {
+            Ok(Some(u)) => {
+                let u = Arc::new(u);
+                self.lock().insert(key, (Instant::now(), u.clone()));
+                Some(Principal::Application(u))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry unavailable for application authentication");
+                None
+            }
+        }
+    }
+
+    /// Forgets cached logins of `name` (all of them when `None`).
+    pub fn purge(&self, name: Option<&str>) {
+        let mut c = self.lock();
+        match name {
+            Some(n) => c.retain(|(u, _), _| u != n),
+            None => c.clear(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LoginCache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> TenantId {
+        TenantId::new(s).expect("tenant")
+    }
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            Address::parse("telemetry/t1"),
+            Some(Address::Telemetry(t("t1")))
+        );
+        assert_eq!(Address::parse("t/t1"), Some(Address::Telemetry(t("t1"))));
+        assert_eq!(Address::parse("event/t1"), Some(Address::Event(t("t1"))));
+        assert_eq!(
+            Address::parse("command_response/t1/abc/def"),
+            Some(Address::CommandResponse(t("t1"), "abc/def".into()))
+        );
+        for bad in [
+            "telemetry",
+            "telemetry/",
+            "telemetry/a/b",
+            "queue/t1",
+            "command_response/t1/",
+            "",
+        ] {
+            assert_eq!(Address::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn applications_reach_only_their_tenants_and_operations() {
+        let user = Principal::Application(Arc::new(AppUser {
+            name: "app".into(),
+            tenants: vec!["t1".into()],
+            operations: vec!["telemetry".into()],
+        }));
+        assert!(user.may_attach(&Address::Telemetry(t("t1")), Direction::Out));
+        assert!(!user.may_attach(&Address::Telemetry(t("t2")), Direction::Out));
+        assert!(
+            !user.may_attach(&Address::Event(t("t1")), Direction::Out),
+            "no event operation"
+        );
+        assert!(
+            !user.may_attach(&Address::Telemetry(t("t1")), Direction::In),
+            "apps do not produce telemetry"
+        );
+        let all = Principal::Application(Arc::new(AppUser {
+            name: "all".into(),
+            tenants: vec!["*".into()],
+            operations: vec!["telemetry".into(), "event".into(), "command".into()],
+        }));
+        assert!(all.may_attach(&Address::Event(t("x")), Direction::Out));
+        assert!(all.may_attach(&Address::Command(t("x")), Direction::In));
+        assert!(all.may_attach(
+            &Address::CommandResponse(t("x"), "r".into()),
+            Direction::Out
+        ));
+        let adapter = Principal::Adapter { name: "a".into() };
+        assert!(adapter.may_attach(&Address::Telemetry(t("x")), Direction::In));
+        assert!(
+            !adapter.may_attach(&Address::Telemetry(t("x")), Direction::Out),
+            "adapters do not consume"
+        );
+    }
+}

@@ -1,0 +1,1400 @@
+//! One AMQP 1.0 connection, server side: protocol header and SASL, then the connection / session / link
+//! state machine, on the sans-IO [`codec`](crate::codec).
+//!
+//! The task owns its socket and all its sessions and links; other connections reach it only through its
+//! [`ToConn`] channel (deliveries to send, outcomes to relay, credit wake-ups). Each loop turn reads what
+//! arrived, handles every complete frame, handles every queued request, and writes what it produced in
+//! one go, so a busy connection batches frames per syscall.
+//!
+//! Our channel and handle numbers mirror the peer's (the peer's are unique within its own space, so ours
+//! are too), which keeps the bookkeeping to one map per session. Link names are not used as keys: links
+//! are identified by (channel, handle) and a process-unique [`LinkId`], so a client may attach a sender and
+//! a receiver of the same name (Proton names links after their address).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use fe2o3_amqp_types::definitions::{
+    AmqpError, ConnectionError, ErrorCondition, Handle, ReceiverSettleMode, Role, SenderSettleMode,
+};
+use fe2o3_amqp_types::messaging::{
+    Accepted, DeliveryState, Rejected, Source, Target, TargetArchetype,
+};
+use fe2o3_amqp_types::performatives::{
+    Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Performative, Transfer,
+};
+use fe2o3_amqp_types::primitives::{Binary, Symbol};
+use fe2o3_amqp_types::sasl::{SaslCode, SaslMechanisms, SaslOutcome};
+use serde_amqp::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::auth::{Address, Direction, Principal};
+use crate::codec::{self, Frame, MessageEdit, ProtocolId, SaslFrame};
+use crate::events::{EventStore, NewEvent};
+use crate::hub::{
+    self, AddressRef, ConnHandle, Consumer, Kind, LinkId, Origin, Producer, Routed, ToConn,
+};
+use crate::Shared;
+
+/// Our largest frame; peers are told in Open.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// Session windows we advertise, in transfer frames.
+const INCOMING_WINDOW: u32 = 8192;
+const OUTGOING_WINDOW: u32 = u32::MAX >> 1;
+/// Credit a producer link gets at a time.
+const PRODUCER_WINDOW: u32 = 256;
+/// Largest message accepted, across its transfer frames.
+const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+/// Time allowed for the protocol header and SASL exchange.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Error = fe2o3_amqp_types::definitions::Error;
+
+fn error(condition: ErrorCondition, description: impl Into<String>) -> Error {
+    Error {
+        condition,
+        description: Some(description.into()),
+        info: None,
+    }
+}
+
+fn custom(symbol: &str, description: impl Into<String>) -> Error {
+    error(ErrorCondition::Custom(Symbol::from(symbol)), description)
+}
+
+fn rejected(condition: ErrorCondition, description: &str) -> DeliveryState {
+    DeliveryState::Rejected(Rejected {
+        error: Some(error(condition, description)),
+    })
+}
+
+fn accepted() -> DeliveryState {
+    DeliveryState::Accepted(Accepted {})
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("authentication failed")]
+    Auth,
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+struct Link {
+    id: LinkId,
+    direction: Direction,
+    addr: AddressRef,
+    /// In: the producer's registration; Out: the consumer's.
+    producer: Option<Arc<Producer>>,
+    consumer: Option<Arc<Consumer>>,
+    // In (we receive):
+    credit: u32,
+    delivery_count: u32,
+    partial: Option<Partial>,
+    // Out (we send):
+    peer_delivery_count: u32,
+    peer_credit: u32,
+    sent_count: u32,
+    drain: bool,
+    settled_mode: bool,
+}
+
+struct Partial {
+    delivery_id: u32,
+    settled: bool,
+    buf: BytesMut,
+}
+
+struct Session {
+    next_outgoing_id: u32,
+    next_incoming_id: u32,
+    incoming_since_flow: u32,
+    remote_incoming_window: u32,
+    next_delivery_id: u32,
+    links: HashMap<u32, Link>,
+    /// Our deliveries the peer has not settled: delivery id → (handle, origin).
+    unsettled: HashMap<u32, (u32, Origin)>,
+    /// Transfers waiting for the peer's incoming window.
+    waiting: VecDeque<(u32, Bytes, bool, Origin)>,
+}
+
+struct Conn<S: EventStore> {
+    shared: Arc<Shared<S>>,
+    handle: ConnHandle,
+    principal: Principal,
+    out: BytesMut,
+    max_frame_out: u32,
+    sessions: HashMap<u16, Session>,
+    links: HashMap<LinkId, (u16, u32)>,
+    closed: bool,
+}
+
+/// Serves one connection until it closes.
+pub async fn serve<IO, S>(
+    mut io: IO,
+    peer: SocketAddr,
+    shared: Arc<Shared<S>>,
+) -> Result<(), ConnError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: EventStore,
+{
+    let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    let principal =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut io, &mut inbuf, &shared))
+            .await
+            .map_err(|_| ConnError::Timeout)??;
+    tracing::debug!(%peer, ?principal, "AMQP connection authenticated");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        shared: shared.clone(),
+        handle: ConnHandle {
+            id: hub::next_id(),
+            tx,
+        },
+        principal,
+        out: BytesMut::with_capacity(16 * 1024),
+        max_frame_out: 512,
+        sessions: HashMap::new(),
+        links: HashMap::new(),
+        closed: false,
+    };
+    shared.hub.metrics.connections.inc();
+    let result = conn.run(&mut io, &mut inbuf, &mut rx).await;
+    conn.cleanup();
+    shared.hub.metrics.connections.dec();
+    result
+}
+
+async fn read_more<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+) -> Result<(), ConnError> {
+    if io.read_buf(buf).await? == 0 {
+        return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
+}
+
+async fn read_header<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+) -> Result<ProtocolId, ConnError> {
+    loop {
+        match codec::parse_protocol_header(buf) {
+            Ok(Some(id)) => {
+                let _ = buf.split_to(8);
+                return Ok(id);
+            }
+            Ok(None) => read_more(io, buf).await?,
+            Err(e) => return Err(ConnError::Protocol(e.to_string())),
+        }
+    }
+}
+
+/// Protocol header, SASL PLAIN, AMQP header. Returns who the peer is.
+async fn handshake<IO, S>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    shared: &Shared<S>,
+) -> Result<Principal, ConnError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: EventStore,
+{
+    match read_header(io, buf).await? {
+        ProtocolId::Sasl => {}
+        _ => {
+            // We require SASL: answer with the header we speak and close (AMQP 1.0 §2.2).
+            io.write_all(codec::SASL_HEADER).await?;
+            return Err(ConnError::Protocol("client did not start SASL".into()));
+        }
+    }
+    let mut out = BytesMut::new();
+    out.extend_from_slice(codec::SASL_HEADER);
+    codec::encode_sasl(
+        &SaslFrame::Mechanisms(SaslMechanisms {
+            sasl_server_mechanisms: vec![Symbol::from("PLAIN")].into(),
+        }),
+        &mut out,
+    )
+    .map_err(|e| ConnError::Protocol(e.to_string()))?;
+    io.write_all(&out).await?;
+    let init = loop {
+        match codec::decode_frame(buf, 8192) {
+            Ok(Some((Frame::Sasl(SaslFrame::Init(init)), n))) => {
+                let _ = buf.split_to(n);
+                break init;
+            }
+            Ok(Some(_)) => return Err(ConnError::Protocol("expected sasl-init".into())),
+            Ok(None) => read_more(io, buf).await?,
+            Err(e) => return Err(ConnError::Protocol(e.to_string())),
+        }
+    };
+    let principal = if init.mechanism.as_str() == "PLAIN" {
+        let response = init
+            .initial_response
+            .map(|b| b.into_vec())
+            .unwrap_or_default();
+        let mut parts = response.split(|b| *b == 0);
+        let (_authzid, user, pass) = (parts.next(), parts.next(), parts.next());
+        match (user.map(std::str::from_utf8), pass.map(std::str::from_utf8)) {
+            (Some(Ok(u)), Some(Ok(p))) => shared.auth.authenticate(u, p).await,
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let mut out = BytesMut::new();
+    let code = if principal.is_some() {
+        SaslCode::Ok
+    } else {
+        SaslCode::Auth
+    };
+    codec::encode_sasl(
+        &SaslFrame::Outcome(SaslOutcome {
+            code,
+            additional_data: None,
+        }),
+        &mut out,
+    )
+    .map_err(|e| ConnError::Protocol(e.to_string()))?;
+    io.write_all(&out).await?;
+    let principal = principal.ok_or(ConnError::Auth)?;
+    match read_header(io, buf).await? {
+        ProtocolId::Amqp => {}
+        _ => {
+            return Err(ConnError::Protocol(
+                "expected the AMQP header after SASL".into(),
+            ))
+        }
+    }
+    io.write_all(codec::AMQP_HEADER).await?;
+    Ok(principal)
+}
+
+impl<S: EventStore> Conn<S> {
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        inbuf: &mut BytesMut,
+        rx: &mut mpsc::UnboundedReceiver<ToConn>,
+    ) -> Result<(), ConnError> {
+        // Open first.
+        let open = loop {
+            match codec::decode_frame(inbuf, MAX_FRAME_SIZE) {
+                Ok(Some((
+                    Frame::Amqp {
+                        performative: Some(Performative::Open(open)),
+                        ..
+                    },
+                    n,
+                ))) => {
+                    let _ = inbuf.split_to(n);
+                    break open;
+                }
+                Ok(Some(_)) => return Err(ConnError::Protocol("expected open".into())),
+                Ok(None) => read_more(io, inbuf).await?,
+                Err(e) => return Err(ConnError::Protocol(e.to_string())),
+            }
+        };
+        self.max_frame_out = open.max_frame_size.0.clamp(512, MAX_FRAME_SIZE);
+        let peer_idle = open
+            .idle_time_out
+            .filter(|t| *t > 0)
+            .map(|t| Duration::from_millis(u64::from(t)));
+        let our_idle = self.shared.config.idle_timeout;
+        self.send(
+            0,
+            Performative::Open(Open {
+                container_id: "ferry-router".into(),
+                hostname: None,
+                max_frame_size: MAX_FRAME_SIZE.into(),
+                channel_max: 255.into(),
+                idle_time_out: u32::try_from(our_idle.as_millis()).ok(),
+                outgoing_locales: None,
+                incoming_locales: None,
+                offered_capabilities: None,
+                desired_capabilities: None,
+                properties: None,
+            }),
+        );
+        // Clients pipeline begin and attach behind their open: handle what has already arrived.
+        self.handle_input(inbuf);
+        io.write_all(&self.out).await?;
+        self.out.clear();
+
+        let heartbeat_every = peer_idle.map_or(Duration::from_secs(3600), |d| d / 2);
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_read = Instant::now();
+        let stop = self.shared.shutdown.clone().wait();
+        tokio::pin!(stop);
+
+        while !self.closed {
+            tokio::select! {
+                r = io.read_buf(inbuf) => {
+                    if r? == 0 {
+                        return Ok(());
+                    }
+                    last_read = Instant::now();
+                    self.handle_input(inbuf);
+                }
+                Some(msg) = rx.recv() => {
+                    self.handle_request(msg);
+                    // Take what else is queued, so that a burst goes out in one write.
+                    for _ in 0..1024 {
+                        match rx.try_recv() {
+                            Ok(m) => self.handle_request(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if !our_idle.is_zero() && last_read.elapsed() > our_idle * 2 {
+                        self.close(Some(error(
+                            ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
+                            "idle timeout",
+                        )));
+                    } else if self.out.is_empty() {
+                        codec::encode_heartbeat(&mut self.out);
+                    }
+                }
+                () = &mut stop => {
+                    self.close(Some(error(
+                        ErrorCondition::ConnectionError(ConnectionError::ConnectionForced),
+                        "router shutting down",
+                    )));
+                }
+            }
+            if !self.out.is_empty() {
+                io.write_all(&self.out).await?;
+                self.out.clear();
+            }
+        }
+        io.flush().await?;
+        Ok(())
+    }
+
+    fn close(&mut self, err: Option<Error>) {
+        if !self.closed {
+            if let Err(e) = codec::encode_frame(
+                0,
+                &Performative::Close(Close { error: err }),
+                &[],
+                &mut self.out,
+            ) {
+                tracing::warn!(error = %e, "cannot encode close");
+            }
+            self.closed = true;
+        }
+    }
+
+    fn send(&mut self, channel: u16, p: Performative) {
+        if let Err(e) = codec::encode_frame(channel, &p, &[], &mut self.out) {
+            // Our own performatives always encode; if one does not, the connection cannot go on.
+            tracing::warn!(error = %e, "cannot encode a performative");
+            self.close(Some(error(
+                ErrorCondition::AmqpError(AmqpError::InternalError),
+                "encoding failed",
+            )));
+        }
+    }
+
+    fn handle_input(&mut self, inbuf: &mut BytesMut) {
+        while !self.closed {
+            match codec::decode_frame(inbuf, MAX_FRAME_SIZE) {
+                Ok(Some((frame, n))) => {
+                    // The payload borrows the buffer; copy the little we keep before consuming it.
+                    match frame {
+                        Frame::Amqp {
+                            channel,
+                            performative: Some(p),
+                            payload,
+                        } => {
+                            let payload = Bytes::copy_from_slice(payload);
+                            let _ = inbuf.split_to(n);
+                            self.handle_frame(channel, p, payload);
+                        }
+                        Frame::Amqp {
+                            performative: None, ..
+                        } => {
+                            let _ = inbuf.split_to(n);
+                        }
+                        Frame::Sasl(_) => {
+                            let _ = inbuf.split_to(n);
+                            self.close(Some(error(
+                                ErrorCondition::ConnectionError(ConnectionError::FramingError),
+                                "SASL frame after the SASL exchange",
+                            )));
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.close(Some(error(
+                        ErrorCondition::AmqpError(AmqpError::DecodeError),
+                        e.to_string(),
+                    )));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, channel: u16, p: Performative, payload: Bytes) {
+        match p {
+            Performative::Open(_) => self.close(Some(error(
+                ErrorCondition::AmqpError(AmqpError::IllegalState),
+                "open received twice",
+            ))),
+            Performative::Begin(begin) => self.on_begin(channel, begin),
+            Performative::Attach(attach) => self.on_attach(channel, attach),
+            Performative::Flow(flow) => self.on_flow(channel, flow),
+            Performative::Transfer(transfer) => self.on_transfer(channel, transfer, payload),
+            Performative::Disposition(d) => self.on_disposition(channel, d),
+            Performative::Detach(detach) => self.on_detach(channel, detach),
+            Performative::End(_) => {
+                self.end_session(channel);
+                self.send(channel, Performative::End(End { error: None }));
+            }
+            Performative::Close(_) => {
+                self.close(None);
+            }
+        }
+    }
+
+    fn session_error(&mut self, description: &str) {
+        self.close(Some(error(
+            ErrorCondition::AmqpError(AmqpError::IllegalState),
+            description,
+        )));
+    }
+
+    fn on_begin(&mut self, channel: u16, begin: Begin) {
+        if self.sessions.contains_key(&channel) {
+            return self.session_error("channel already in use");
+        }
+        self.sessions.insert(
+            channel,
+            Session {
+                next_outgoing_id: 0,
+                next_incoming_id: begin.next_outgoing_id,
+                incoming_since_flow: 0,
+                remote_incoming_window: begin.incoming_window,
+                next_delivery_id: 0,
+                links: HashMap::new(),
+                unsettled: HashMap::new(),
+                waiting: VecDeque::new(),
+            },
+        );
+        self.send(
+            channel,
+            Performative::Begin(Begin {
+                remote_channel: Some(channel),
+                next_outgoing_id: 0,
+                incoming_window: INCOMING_WINDOW,
+                outgoing_window: OUTGOING_WINDOW,
+                handle_max: Handle(1023),
+                offered_capabilities: None,
+                desired_capabilities: None,
+                properties: None,
+            }),
+        );
+    }
+
+    /// Answers an attach we refuse: a mirror attach without terminus, then a closing detach with the reason.
+    fn refuse_attach(&mut self, channel: u16, attach: &Attach, err: Error) {
+        let we_send = matches!(attach.role, Role::Receiver);
+        let role = if we_send {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
+        self.send(
+            channel,
+            Performative::Attach(Attach {
+                name: attach.name.clone(),
+                handle: attach.handle.clone(),
+                role,
+                snd_settle_mode: attach.snd_settle_mode.clone(),
+                rcv_settle_mode: attach.rcv_settle_mode.clone(),
+                source: None,
+                target: None,
+                unsettled: None,
+                incomplete_unsettled: false,
+                initial_delivery_count: we_send.then_some(0),
+                max_message_size: None,
+                offered_capabilities: None,
+                desired_capabilities: None,
+                properties: None,
+            }),
+        );
+        self.send(
+            channel,
+            Performative::Detach(Detach {
+                handle: attach.handle.clone(),
+                closed: true,
+                error: Some(err),
+            }),
+        );
+    }
+
+    fn on_attach(&mut self, channel: u16, attach: Attach) {
+        if !self.sessions.contains_key(&channel) {
+            return self.session_error("attach on an unknown session");
+        }
+        let handle = attach.handle.0;
+        if self
+            .sessions
+            .get(&channel)
+            .is_some_and(|s| s.links.contains_key(&handle))
+        {
+            return self.session_error("handle already in use");
+        }
+        // The peer's role tells the direction: a sending peer sends to us.
+        let (direction, address) = match attach.role {
+            Role::Sender => (
+                Direction::In,
+                attach.target.as_deref().and_then(|t| match t {
+                    TargetArchetype::Target(t) => t.address.clone(),
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }),
+            ),
+            Role::Receiver => (
+                Direction::Out,
+                attach.source.as_deref().and_then(|s| s.address.clone()),
+            ),
+        };
+        let Some(address) = address.as_deref().and_then(Address::parse) else {
+            return self.refuse_attach(
+                channel,
+                &attach,
+                error(
+                    ErrorCondition::AmqpError(AmqpError::NotFound),
+                    "no such address",
+                ),
+            );
+        };
+        if !self.principal.may_attach(&address, direction) {
+            return self.refuse_attach(
+                channel,
+                &attach,
+                error(
+                    ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess),
+                    "not authorized for this address",
+                ),
+            );
+        }
+        let kind = match &address {
+            Address::Telemetry(_) => Kind::Telemetry,
+            Address::Event(_) => Kind::Event,
+            Address::Command(_) | Address::CommandResponse(..) => {
+                return self.refuse_attach(
+                    channel,
+                    &attach,
+                    error(
+                        ErrorCondition::AmqpError(AmqpError::NotImplemented),
+                        "commands are not routed yet",
+                    ),
+                );
+            }
+        };
+        // Settle modes of HONO-CONTRACT §1.1 / §1.2; anything else closes the link.
+        let rcv_first = matches!(attach.rcv_settle_mode, ReceiverSettleMode::First);
+        let snd_settled = matches!(attach.snd_settle_mode, SenderSettleMode::Settled);
+        let supported = rcv_first && (kind == Kind::Telemetry || !snd_settled);
+        if !supported {
+            return self.refuse_attach(
+                channel,
+                &attach,
+                custom(
+                    ferry_core::hono::condition::UNSUPPORTED_DELIVERY_MODE,
+                    "unsupported settle modes for this address",
+                ),
+            );
+        }
+
+        let id = hub::next_id();
+        let addr = self.shared.hub.address(kind, address.tenant());
+        let mut link = Link {
+            id,
+            direction,
+            addr: addr.clone(),
+            producer: None,
+            consumer: None,
+            credit: 0,
+            delivery_count: attach.initial_delivery_count.unwrap_or(0),
+            partial: None,
+            peer_delivery_count: 0,
+            peer_credit: 0,
+            sent_count: 0,
+            drain: false,
+            settled_mode: snd_settled,
+        };
+        match direction {
+            Direction::In => {
+                link.producer = Some(self.shared.hub.attach_producer(self.handle.clone(), id))
+            }
+            Direction::Out => {
+                link.consumer = Some(self.shared.hub.attach_consumer(
+                    &addr,
+                    self.handle.clone(),
+                    id,
+                ));
+            }
+        }
+        let we_send = matches!(attach.role, Role::Receiver);
+        let role = if we_send {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
+        self.send(
+            channel,
+            Performative::Attach(Attach {
+                name: attach.name.clone(),
+                handle: attach.handle.clone(),
+                role,
+                snd_settle_mode: attach.snd_settle_mode.clone(),
+                rcv_settle_mode: ReceiverSettleMode::First,
+                source: attach
+                    .source
+                    .clone()
+                    .or_else(|| Some(Box::new(Source::default()))),
+                target: attach
+                    .target
+                    .clone()
+                    .or_else(|| Some(Box::new(TargetArchetype::Target(Target::default())))),
+                unsettled: None,
+                incomplete_unsettled: false,
+                initial_delivery_count: we_send.then_some(0),
+                max_message_size: Some(MAX_MESSAGE_SIZE as u64),
+                offered_capabilities: None,
+                desired_capabilities: None,
+                properties: None,
+            }),
+        );
+        self.links.insert(id, (channel, handle));
+        self.shared.hub.metrics.links.inc();
+        if let Some(session) = self.sessions.get_mut(&channel) {
+            session.links.insert(handle, link);
+        }
+        if direction == Direction::In {
+            self.top_up_credit(channel, handle);
+        }
+    }
+
+    /// Gives a producer link credit up to its window, if its address may take more now.
+    fn top_up_credit(&mut self, channel: u16, handle: u32) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let Some(link) = session.links.get_mut(&handle) else {
+            return;
+        };
+        let Some(producer) = &link.producer else {
+            return;
+        };
+        if link.credit > PRODUCER_WINDOW / 2 {
+            return;
+        }
+        if !self
+            .shared
+            .hub
+            .producer_credit_allowed(&link.addr, producer)
+        {
+            return;
+        }
+        link.credit = PRODUCER_WINDOW;
+        let flow = Flow {
+            next_incoming_id: Some(session.next_incoming_id),
+            incoming_window: INCOMING_WINDOW,
+            next_outgoing_id: session.next_outgoing_id,
+            outgoing_window: OUTGOING_WINDOW,
+            handle: Some(Handle(handle)),
+            delivery_count: Some(link.delivery_count),
+            link_credit: Some(link.credit),
+            available: None,
+            drain: false,
+            echo: false,
+            properties: None,
+        };
+        session.incoming_since_flow = 0;
+        self.send(channel, Performative::Flow(flow));
+    }
+
+    fn on_flow(&mut self, channel: u16, flow: Flow) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return self.session_error("flow on an unknown session");
+        };
+        session.remote_incoming_window = flow
+            .next_incoming_id
+            .unwrap_or(0)
+            .wrapping_add(flow.incoming_window)
+            .wrapping_sub(session.next_outgoing_id);
+        let Some(handle) = flow.handle.map(|h| h.0) else {
+            self.flush_waiting(channel);
+            if flow.echo {
+                self.session_flow(channel);
+            }
+            return;
+        };
+        let Some(link) = session.links.get_mut(&handle) else {
+            return;
+        };
+        if link.direction == Direction::Out {
+            link.peer_delivery_count = flow.delivery_count.unwrap_or(link.sent_count);
+            link.peer_credit = flow.link_credit.unwrap_or(0);
+            link.drain = flow.drain;
+            self.update_consumer_credit(channel, handle);
+            self.flush_waiting(channel);
+            if flow.drain {
+                self.finish_drain(channel, handle);
+            }
+        } else if flow.echo {
+            self.top_up_credit(channel, handle);
+        }
+    }
+
+    /// The credit the consumer link has left, as the hub should see it.
+    fn update_consumer_credit(&mut self, channel: u16, handle: u32) {
+        let Some(link) = self
+            .sessions
+            .get(&channel)
+            .and_then(|s| s.links.get(&handle))
+        else {
+            return;
+        };
+        let Some(consumer) = &link.consumer else {
+            return;
+        };
+        let available = link
+            .peer_delivery_count
+            .wrapping_add(link.peer_credit)
+            .wrapping_sub(link.sent_count);
+        let available = if available > i32::MAX as u32 {
+            0
+        } else {
+            available
+        };
+        let queued = consumer.queued();
+        let free = available.saturating_sub(queued);
+        let (addr, consumer) = (link.addr.clone(), consumer.clone());
+        self.shared.hub.consumer_credit(&addr, &consumer, free);
+    }
+
+    /// A drain request: what could be sent has been queued by now; give back the rest of the credit.
+    fn finish_drain(&mut self, channel: u16, handle: u32) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let Some(link) = session.links.get_mut(&handle) else {
+            return;
+        };
+        let Some(consumer) = link.consumer.clone() else {
+            return;
+        };
+        if consumer.queued() > 0 {
+            // Deliveries are on their way through our channel; the drain completes after them.
+            return;
+        }
+        let left = link
+            .peer_delivery_count
+            .wrapping_add(link.peer_credit)
+            .wrapping_sub(link.sent_count);
+        link.sent_count = link.sent_count.wrapping_add(left);
+        link.peer_delivery_count = link.sent_count;
+        link.peer_credit = 0;
+        link.drain = false;
+        let addr = link.addr.clone();
+        let flow = Flow {
+            next_incoming_id: Some(session.next_incoming_id),
+            incoming_window: INCOMING_WINDOW,
+            next_outgoing_id: session.next_outgoing_id,
+            outgoing_window: OUTGOING_WINDOW,
+            handle: Some(Handle(handle)),
+            delivery_count: Some(link.sent_count),
+            link_credit: Some(0),
+            available: Some(0),
+            drain: true,
+            echo: false,
+            properties: None,
+        };
+        self.shared.hub.consumer_credit(&addr, &consumer, 0);
+        self.send(channel, Performative::Flow(flow));
+    }
+
+    fn session_flow(&mut self, channel: u16) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        session.incoming_since_flow = 0;
+        let flow = Flow {
+            next_incoming_id: Some(session.next_incoming_id),
+            incoming_window: INCOMING_WINDOW,
+            next_outgoing_id: session.next_outgoing_id,
+            outgoing_window: OUTGOING_WINDOW,
+            handle: None,
+            delivery_count: None,
+            link_credit: None,
+            available: None,
+            drain: false,
+            echo: false,
+            properties: None,
+        };
+        self.send(channel, Performative::Flow(flow));
+    }
+
+    fn on_transfer(&mut self, channel: u16, transfer: Transfer, payload: Bytes) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return self.session_error("transfer on an unknown session");
+        };
+        session.next_incoming_id = session.next_incoming_id.wrapping_add(1);
+        session.incoming_since_flow += 1;
+        let window_low = session.incoming_since_flow > INCOMING_WINDOW / 2;
+        let handle = transfer.handle.0;
+        let Some(link) = session.links.get_mut(&handle) else {
+            return self.session_error("transfer on an unknown link");
+        };
+        if link.direction != Direction::In {
+            return self.session_error("transfer on a link we send on");
+        }
+        if transfer.aborted {
+            link.partial = None;
+            return;
+        }
+        // Reassemble multi-frame deliveries.
+        let (delivery_id, settled, message) = match (link.partial.take(), transfer.more) {
+            (None, false) => {
+                let Some(id) = transfer.delivery_id else {
+                    return self.session_error("transfer without delivery-id");
+                };
+                (id, transfer.settled.unwrap_or(false), payload)
+            }
+            (None, true) => {
+                let Some(id) = transfer.delivery_id else {
+                    return self.session_error("transfer without delivery-id");
+                };
+                let mut buf = BytesMut::with_capacity(payload.len() * 2);
+                buf.extend_from_slice(&payload);
+                link.partial = Some(Partial {
+                    delivery_id: id,
+                    settled: transfer.settled.unwrap_or(false),
+                    buf,
+                });
+                return;
+            }
+            (Some(mut p), more) => {
+                if p.buf.len() + payload.len() > MAX_MESSAGE_SIZE {
+                    link.partial = None;
+                    return self.close(Some(error(
+                        ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
+                        "message too large",
+                    )));
+                }
+                p.buf.extend_from_slice(&payload);
+                if more {
+                    link.partial = Some(p);
+                    return;
+                }
+                (
+                    p.delivery_id,
+                    p.settled || transfer.settled.unwrap_or(false),
+                    p.buf.freeze(),
+                )
+            }
+        };
+        link.credit = link.credit.saturating_sub(1);
+        link.delivery_count = link.delivery_count.wrapping_add(1);
+        let (addr, producer) = (link.addr.clone(), link.producer.clone());
+        if let Some(producer) = producer {
+            self.route(channel, &addr, &producer, delivery_id, settled, message);
+        }
+        if window_low {
+            self.session_flow(channel);
+        }
+        self.top_up_credit(channel, handle);
+    }
+
+    /// Verifies, rewrites and routes one message from a producer.
+    fn route(
+        &mut self,
+        channel: u16,
+        addr: &AddressRef,
+        _producer: &Producer,
+        delivery_id: u32,
+        settled: bool,
+        message: Bytes,
+    ) {
+        let kind_name = match addr.kind {
+            Kind::Telemetry => "telemetry",
+            Kind::Event => "event",
+        };
+        let size = message.len();
+        let payload = match self.check_and_rewrite(addr, &message) {
+            Ok(p) => p,
+            Err(state) => {
+                self.shared
+                    .hub
+                    .metrics
+                    .message(&addr.tenant, kind_name, "rejected", size);
+                if !settled {
+                    self.disposition(channel, delivery_id, state);
+                }
+                return;
+            }
+        };
+        match addr.kind {
+            Kind::Telemetry => {
+                let origin = if settled {
+                    Origin::None
+                } else {
+                    Origin::Producer {
+                        conn: self.handle.clone(),
+                        channel,
+                        delivery_id,
+                    }
+                };
+                match self
+                    .shared
+                    .hub
+                    .route_telemetry(addr, payload, settled, origin)
+                {
+                    Routed::Forwarded => {
+                        self.shared
+                            .hub
+                            .metrics
+                            .message(&addr.tenant, kind_name, "forwarded", size)
+                    }
+                    Routed::NoConsumer => {
+                        self.shared
+                            .hub
+                            .metrics
+                            .message(&addr.tenant, kind_name, "released", size);
+                        if !settled {
+                            self.disposition(channel, delivery_id, hub::release());
+                        }
+                    }
+                }
+            }
+            Kind::Event => {
+                let shared = self.shared.clone();
+                let addr = addr.clone();
+                let conn = self.handle.clone();
+                let event = NewEvent {
+                    payload,
+                    device_id: Arc::from(""),
+                    expires_at_ms: self.event_expiry(&message),
+                };
+                tokio::spawn(async move {
+                    let state = match shared.hub.append_event(&addr, event).await {
+                        Ok(()) => {
+                            shared
+                                .hub
+                                .metrics
+                                .message(&addr.tenant, "event", "stored", size);
+                            accepted()
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event store append failed");
+                            hub::release()
+                        }
+                    };
+                    conn.send(ToConn::Outcome {
+                        channel,
+                        delivery_id,
+                        state,
+                    });
+                });
+            }
+        }
+    }
+
+    /// When an event expires: its header `ttl`, else the configured default; `None` keeps it until accepted.
+    fn event_expiry(&self, message: &Bytes) -> Option<u64> {
+        let ttl_ms = codec::parse_message(message)
+            .ok()
+            .and_then(|v| v.ttl_ms())
+            .map(u64::from)
+            .or_else(|| {
+                let d = self.shared.config.default_event_ttl;
+                (!d.is_zero()).then(|| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Some(now.saturating_add(ttl_ms))
+    }
+
+    /// HONO-CONTRACT §4: the registration assertion must be there and valid for this tenant and device;
+    /// it is stripped and the `resource` annotation added.
+    fn check_and_rewrite(
+        &self,
+        addr: &AddressRef,
+        message: &Bytes,
+    ) -> Result<Bytes, DeliveryState> {
+        let decode = |why: &str| rejected(ErrorCondition::AmqpError(AmqpError::DecodeError), why);
+        let precondition = |why: &str| {
+            rejected(
+                ErrorCondition::AmqpError(AmqpError::PreconditionFailed),
+                why,
+            )
+        };
+        let view = codec::parse_message(message).map_err(|_| decode("malformed message"))?;
+        let properties = view
+            .properties()
+            .map_err(|_| decode("malformed properties"))?;
+        if properties
+            .as_ref()
+            .and_then(|p| p.content_type.as_ref())
+            .is_none()
+        {
+            return Err(decode("content-type is missing"));
+        }
+        if view.single_data().is_none() {
+            return Err(decode("the body must be one Data section"));
+        }
+        let device = view
+            .app_property_str(ferry_core::hono::app_property::DEVICE_ID)
+            .ok_or_else(|| decode("device_id is missing"))?;
+        let device =
+            ferry_core::ids::DeviceId::new(device).map_err(|_| decode("device_id is invalid"))?;
+        let token = view
+            .app_property_str(ferry_core::hono::app_property::REG_ASSERTION)
+            .ok_or_else(|| decode("reg_assertion is missing"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let verifier = self.shared.verifier();
+        if let Err(e) = verifier.check(token, &addr.tenant, &device, now) {
+            if e.is_decode_error() {
+                return Err(decode("reg_assertion is malformed"));
+            }
+            if let ferry_core::assertion::VerifyError::UnknownKey { .. } = e {
+                self.shared.refresh_keys.notify_one();
+            }
+            return Err(precondition("device non-existent/disabled"));
+        }
+        let resource = format!(
+            "{}/{}/{}",
+            match addr.kind {
+                Kind::Telemetry => "telemetry",
+                Kind::Event => "event",
+            },
+            addr.tenant,
+            device
+        );
+        let mut out = Vec::with_capacity(message.len() + resource.len() + 16);
+        codec::rewrite_message(
+            &view,
+            &MessageEdit {
+                strip_app_properties: &[ferry_core::hono::app_property::REG_ASSERTION],
+                add_message_annotations: &[(
+                    ferry_core::hono::annotation::RESOURCE,
+                    Value::String(resource),
+                )],
+                ..MessageEdit::default()
+            },
+            &mut out,
+        )
+        .map_err(|_| decode("message cannot be rewritten"))?;
+        Ok(Bytes::from(out))
+    }
+
+    fn disposition(&mut self, channel: u16, delivery_id: u32, state: DeliveryState) {
+        self.send(
+            channel,
+            Performative::Disposition(Disposition {
+                role: Role::Receiver,
+                first: delivery_id,
+                last: None,
+                settled: true,
+                state: Some(state),
+                batchable: false,
+            }),
+        );
+    }
+
+    fn on_disposition(&mut self, channel: u16, d: Disposition) {
+        if d.role != Role::Receiver {
+            // The peer settling deliveries it sent: we settle first, so there is nothing to do.
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let last = d.last.unwrap_or(d.first);
+        let state = d.state.clone().unwrap_or_else(hub::release);
+        let mut settled = Vec::new();
+        let mut id = d.first;
+        loop {
+            if let Some((handle, origin)) = session.unsettled.remove(&id) {
+                settled.push((handle, origin));
+            }
+            if id == last || settled.len() > 65536 {
+                break;
+            }
+            id = id.wrapping_add(1);
+        }
+        for (handle, origin) in settled {
+            let consumer = session.links.get(&handle).and_then(|l| l.consumer.clone());
+            match consumer {
+                Some(c) => self.shared.hub.consumer_settled(&c, origin, state.clone()),
+                None => self.shared.hub.settle(origin, state.clone()),
+            }
+        }
+        if !d.settled {
+            // The peer wants us to settle: we do, with its outcome.
+            self.send(
+                channel,
+                Performative::Disposition(Disposition {
+                    role: Role::Sender,
+                    first: d.first,
+                    last: d.last,
+                    settled: true,
+                    state: d.state,
+                    batchable: false,
+                }),
+            );
+        }
+    }
+
+    fn on_detach(&mut self, channel: u16, detach: Detach) {
+        let handle = detach.handle.0;
+        if !self.remove_link(channel, handle) {
+            // The answer to a detach of ours (a refused attach): nothing left to close.
+            return;
+        }
+        self.send(
+            channel,
+            Performative::Detach(Detach {
+                handle: Handle(handle),
+                closed: true,
+                error: None,
+            }),
+        );
+    }
+
+    /// Forgets a link, releasing what it had in flight; false when there was no such link.
+    fn remove_link(&mut self, channel: u16, handle: u32) -> bool {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return false;
+        };
+        let Some(link) = session.links.remove(&handle) else {
+            return false;
+        };
+        self.links.remove(&link.id);
+        self.shared.hub.metrics.links.dec();
+        if let Some(consumer) = &link.consumer {
+            let ids: Vec<u32> = session
+                .unsettled
+                .iter()
+                .filter(|(_, (h, _))| *h == handle)
+                .map(|(id, _)| *id)
+                .collect();
+            let mut origins: Vec<Origin> = ids
+                .into_iter()
+                .filter_map(|id| session.unsettled.remove(&id).map(|(_, o)| o))
+                .collect();
+            let waiting = std::mem::take(&mut session.waiting);
+            for w in waiting {
+                if w.0 == handle {
+                    origins.push(w.3);
+                } else {
+                    session.waiting.push_back(w);
+                }
+            }
+            self.shared
+                .hub
+                .detach_consumer(&link.addr, consumer, origins);
+        }
+        if let Some(producer) = &link.producer {
+            self.shared.hub.detach_producer(&link.addr, producer);
+        }
+        true
+    }
+
+    fn end_session(&mut self, channel: u16) {
+        let handles: Vec<u32> = self
+            .sessions
+            .get(&channel)
+            .map(|s| s.links.keys().copied().collect())
+            .unwrap_or_default();
+        for h in handles {
+            self.remove_link(channel, h);
+        }
+        self.sessions.remove(&channel);
+    }
+
+    fn cleanup(&mut self) {
+        let channels: Vec<u16> = self.sessions.keys().copied().collect();
+        for c in channels {
+            self.end_session(c);
+        }
+    }
+
+    fn handle_request(&mut self, msg: ToConn) {
+        match msg {
+            ToConn::Deliver {
+                link,
+                payload,
+                settled,
+                origin,
+            } => self.deliver(link, payload, settled, origin),
+            ToConn::Outcome {
+                channel,
+                delivery_id,
+                state,
+            } => {
+                if self.sessions.contains_key(&channel) {
+                    self.disposition(channel, delivery_id, state);
+                }
+            }
+            ToConn::Wake { link } => {
+                if let Some((channel, handle)) = self.links.get(&link).copied() {
+                    self.top_up_credit(channel, handle);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, link_id: LinkId, payload: Bytes, settled: bool, origin: Origin) {
+        let Some((channel, handle)) = self.links.get(&link_id).copied() else {
+            // The link left before the delivery reached it; its detach released its credit.
+            return self.shared.hub.settle(origin, hub::release());
+        };
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let Some(link) = session.links.get_mut(&handle) else {
+            return;
+        };
+        let Some(consumer) = link.consumer.clone() else {
+            return;
+        };
+        consumer.dequeued();
+        let available = link
+            .peer_delivery_count
+            .wrapping_add(link.peer_credit)
+            .wrapping_sub(link.sent_count);
+        if available == 0 || available > i32::MAX as u32 {
+            // Raced with a credit change: hand it back rather than send without credit.
+            self.shared
+                .hub
+                .consumer_settled(&consumer, origin, hub::release());
+            return;
+        }
+        link.sent_count = link.sent_count.wrapping_add(1);
+        let drain_pending = link.drain;
+        let settled = settled || link.settled_mode;
+        if session.remote_incoming_window == 0 {
+            session
+                .waiting
+                .push_back((handle, payload, settled, origin));
+            return;
+        }
+        self.send_transfer(channel, handle, payload, settled, origin, &consumer);
+        if drain_pending {
+            self.finish_drain(channel, handle);
+        }
+    }
+
+    fn send_transfer(
+        &mut self,
+        channel: u16,
+        handle: u32,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+        consumer: &Arc<Consumer>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let delivery_id = session.next_delivery_id;
+        session.next_delivery_id = delivery_id.wrapping_add(1);
+        let transfer = Transfer {
+            handle: Handle(handle),
+            delivery_id: Some(delivery_id),
+            delivery_tag: Some(Binary::from(delivery_id.to_be_bytes().to_vec())),
+            message_format: Some(0),
+            settled: Some(settled),
+            more: false,
+            rcv_settle_mode: None,
+            state: None,
+            resume: false,
+            aborted: false,
+            batchable: false,
+        };
+        let start = self.out.len();
+        if let Err(e) = codec::encode_transfer(
+            channel,
+            &transfer,
+            &payload,
+            self.max_frame_out,
+            &mut self.out,
+        ) {
+            tracing::warn!(error = %e, "cannot encode a transfer");
+            self.out.truncate(start);
+            self.shared
+                .hub
+                .consumer_settled(consumer, origin, hub::release());
+            return;
+        }
+        let frames = count_frames(&self.out[start..]);
+        session.next_outgoing_id = session.next_outgoing_id.wrapping_add(frames);
+        session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);
+        if settled {
+            self.shared
+                .hub
+                .consumer_settled(consumer, origin, accepted());
+        } else {
+            session.unsettled.insert(delivery_id, (handle, origin));
+        }
+    }
+
+    fn flush_waiting(&mut self, channel: u16) {
+        loop {
+            let Some(session) = self.sessions.get_mut(&channel) else {
+                return;
+            };
+            if session.remote_incoming_window == 0 {
+                return;
+            }
+            let Some((handle, payload, settled, origin)) = session.waiting.pop_front() else {
+                return;
+            };
+            let Some(consumer) = session.links.get(&handle).and_then(|l| l.consumer.clone()) else {
+                self.shared.hub.settle(origin, hub::release());
+                continue;
+            };
+            self.send_transfer(channel, handle, payload, settled, origin, &consumer);
+        }
+    }
+}
+
+/// How many frames an encoded stretch holds (a split transfer is several), for the session's counters.
+fn count_frames(mut buf: &[u8]) -> u32 {
+    let mut n = 0;
+    while buf.len() >= 4 {
+        let size = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if size < 8 || size > buf.len() {
+            break;
+        }
+        buf = &buf[size..];
+        n += 1;
+    }
+    n
+}

@@ -1,0 +1,497 @@
+//! The routing state shared by all connections: who consumes which address, who produces to it, and the
+//! event queues.
+//!
+//! Connections never touch each other directly. A connection that receives a message asks the hub where
+//! it goes; the hub picks a consumer and hands the delivery to that consumer's connection task through its
+//! channel ([`ConnHandle`]). Settlements travel back the same way, as an [`Origin`] that remembers where a
+//! delivery came from. Each address has its own small mutex, held only for the bookkeeping of one
+//! decision and never across an await, so connections of different tenants never contend.
+//!
+//! Credit is the flow-control signal end to end: a telemetry producer is given credit only while the
+//! address has a consumer with credit; when the consumers run dry the producer's credit is not renewed, and
+//! it is woken with fresh credit when a consumer grants more. Nothing is buffered for telemetry: a message
+//! that finds no consumer with credit is released (or dropped, when pre-settled).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use fe2o3_amqp_types::messaging::DeliveryState;
+use ferry_core::ids::TenantId;
+use tokio::sync::mpsc;
+
+use crate::events::{EventId, EventStore, NewEvent};
+use crate::metrics::Metrics;
+
+/// A link, unique for the life of the process (handles and channels are reused; this is not).
+pub type LinkId = u64;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh process-unique id for a connection or link.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the hub (or another connection) asks a connection task to do.
+#[derive(Debug)]
+pub enum ToConn {
+    /// Send `payload` as a delivery on the outgoing link `link`.
+    Deliver {
+        link: LinkId,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+    },
+    /// Settle the incoming delivery `delivery_id` (on session `channel`) with `state`.
+    Outcome {
+        channel: u16,
+        delivery_id: u32,
+        state: DeliveryState,
+    },
+    /// An incoming link may be given credit again (consumers have credit now).
+    Wake { link: LinkId },
+}
+
+/// The way into a connection task.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub id: u64,
+    pub tx: mpsc::UnboundedSender<ToConn>,
+}
+
+impl ConnHandle {
+    /// Sends a request; a connection that has gone ignores it (its cleanup already settled everything).
+    pub fn send(&self, msg: ToConn) -> bool {
+        self.tx.send(msg).is_ok()
+    }
+}
+
+/// Where a delivery came from, so that its settlement can be relayed back.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Pre-settled telemetry: nothing to relay.
+    None,
+    /// Unsettled telemetry (or a command): relay the consumer's outcome to the producer's delivery.
+    Producer {
+        conn: ConnHandle,
+        channel: u16,
+        delivery_id: u32,
+    },
+    /// A stored event: accepted removes it, anything else puts it back in the queue.
+    Event { addr: AddressRef, id: EventId },
+}
+
+/// What a telemetry or event address is, as attached.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Telemetry,
+    Event,
+}
+
+/// A consumer link's registration at an address.
+#[derive(Debug)]
+pub struct Consumer {
+    pub conn: ConnHandle,
+    pub link: LinkId,
+    /// Deliveries the consumer will still take (its credit, minus what is on the way to it).
+    credit: AtomicI64,
+    /// Deliveries sent and not yet settled by the consumer: the balancing weight.
+    unsettled: AtomicI64,
+    /// Deliveries handed to the consumer's connection task and not yet sent by it.
+    queued: AtomicI64,
+}
+
+impl Consumer {
+    /// Deliveries on their way through the connection's channel.
+    pub fn queued(&self) -> u32 {
+        u32::try_from(self.queued.load(Ordering::Acquire).max(0)).unwrap_or(u32::MAX)
+    }
+
+    /// The connection took one delivery off its channel.
+    pub fn dequeued(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn take_credit(&self) -> bool {
+        let mut cur = self.credit.load(Ordering::Acquire);
+        while cur > 0 {
+            match self.credit.compare_exchange_weak(
+                cur,
+                cur - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+}
+
+/// An incoming (producer) link's registration at an address.
+#[derive(Debug)]
+pub struct Producer {
+    pub conn: ConnHandle,
+    pub link: LinkId,
+}
+
+#[derive(Debug, Default)]
+struct Address {
+    consumers: Vec<Arc<Consumer>>,
+    /// Where the next search for a consumer starts, so that equally loaded consumers take turns.
+    next: usize,
+    /// Producers that ran out of credit while no consumer had any; woken when one does.
+    starved: Vec<Arc<Producer>>,
+    /// Events: stored and not yet delivered, in append order.
+    queue: VecDeque<QueuedEvent>,
+    /// Events delivered and not yet settled.
+    in_flight: HashMap<EventId, QueuedEvent>,
+}
+
+#[derive(Debug, Clone)]
+struct QueuedEvent {
+    id: EventId,
+    payload: Bytes,
+}
+
+impl Address {
+    fn has_credit(&self) -> bool {
+        self.consumers
+            .iter()
+            .any(|c| c.credit.load(Ordering::Acquire) > 0)
+    }
+
+    /// The consumer with credit and the fewest unsettled deliveries (ties take turns); its credit is taken.
+    fn pick(&mut self) -> Option<Arc<Consumer>> {
+        let n = self.consumers.len();
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let c = &self.consumers[i];
+            if c.credit.load(Ordering::Acquire) <= 0 {
+                continue;
+            }
+            let load = c.unsettled.load(Ordering::Relaxed);
+            if best.is_none_or(|b| load < self.consumers[b].unsettled.load(Ordering::Relaxed)) {
+                best = Some(i);
+            }
+        }
+        let i = best?;
+        self.next = (i + 1) % n.max(1);
+        let chosen = &self.consumers[i];
+        chosen.take_credit().then(|| {
+            chosen.unsettled.fetch_add(1, Ordering::Relaxed);
+            chosen.queued.fetch_add(1, Ordering::AcqRel);
+            chosen.clone()
+        })
+    }
+}
+
+/// The outcome of routing one telemetry message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routed {
+    Forwarded,
+    /// No consumer with credit: the producer should release (or drop) it.
+    NoConsumer,
+}
+
+/// Every address by kind and tenant.
+type AddressTable = HashMap<(Kind, TenantId), Arc<Mutex<Address>>>;
+
+/// The shared routing state.
+pub struct Hub<S: EventStore> {
+    addresses: Mutex<AddressTable>,
+    store: Arc<S>,
+    pub metrics: Metrics,
+    /// Most events a tenant may have stored before producers get no more credit.
+    pub max_events_per_tenant: u64,
+}
+
+impl<S: EventStore> std::fmt::Debug for Hub<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A handle on one address, kept by a link so the per-message path skips the address table.
+#[derive(Debug, Clone)]
+pub struct AddressRef {
+    pub kind: Kind,
+    pub tenant: TenantId,
+    inner: Arc<Mutex<Address>>,
+}
+
+impl<S: EventStore> Hub<S> {
+    pub fn new(store: Arc<S>, metrics: Metrics, max_events_per_tenant: u64) -> Self {
+        Self {
+            addresses: Mutex::new(HashMap::new()),
+            store,
+            metrics,
+            max_events_per_tenant,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The address `kind/tenant`, created on first use.
+    pub fn address(&self, kind: Kind, tenant: &TenantId) -> AddressRef {
+        let inner = lock(&self.addresses)
+            .entry((kind.clone(), tenant.clone()))
+            .or_default()
+            .clone();
+        AddressRef {
+            kind,
+            tenant: tenant.clone(),
+            inner,
+        }
+    }
+
+    /// Loads the stored events of every tenant into their queues (at start).
+    pub async fn restore_events(&self) -> Result<(), crate::events::StoreError> {
+        for tenant in self.store.tenants() {
+            let addr = self.address(Kind::Event, &tenant);
+            let mut after = None;
+            loop {
+                let page = self.store.pending(&tenant, after, 1024).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id);
+                let mut a = lock(&addr.inner);
+                for e in page {
+                    a.queue.push_back(QueuedEvent {
+                        id: e.id,
+                        payload: e.payload,
+                    });
+                }
+            }
+            self.metrics
+                .event_store_depth(&tenant, self.store.depth(&tenant));
+        }
+        Ok(())
+    }
+
+    // ---- consumers ----
+
+    pub fn attach_consumer(
+        &self,
+        addr: &AddressRef,
+        conn: ConnHandle,
+        link: LinkId,
+    ) -> Arc<Consumer> {
+        let c = Arc::new(Consumer {
+            conn,
+            link,
+            credit: AtomicI64::new(0),
+            unsettled: AtomicI64::new(0),
+            queued: AtomicI64::new(0),
+        });
+        lock(&addr.inner).consumers.push(c.clone());
+        c
+    }
+
+    /// The consumer's credit is now `available` (what its flow allows, minus what we sent). Wakes starved
+    /// producers (telemetry) or delivers queued events.
+    pub fn consumer_credit(&self, addr: &AddressRef, consumer: &Consumer, available: u32) {
+        consumer
+            .credit
+            .store(i64::from(available), Ordering::Release);
+        if available == 0 {
+            return;
+        }
+        match addr.kind {
+            Kind::Telemetry => {
+                let starved = std::mem::take(&mut lock(&addr.inner).starved);
+                for p in starved {
+                    p.conn.send(ToConn::Wake { link: p.link });
+                }
+            }
+            Kind::Event => self.dispatch_events(addr),
+        }
+    }
+
+    /// A consumer left: what it had not settled is released back to where it came from.
+    pub fn detach_consumer(
+        &self,
+        addr: &AddressRef,
+        consumer: &Arc<Consumer>,
+        unsettled: Vec<Origin>,
+    ) {
+        lock(&addr.inner)
+            .consumers
+            .retain(|c| !Arc::ptr_eq(c, consumer));
+        for origin in unsettled {
+            self.settle(origin, release());
+        }
+        if addr.kind == Kind::Event {
+            self.dispatch_events(addr);
+        }
+    }
+
+    /// The consumer settled a delivery (or the delivery could not be sent to it).
+    pub fn consumer_settled(&self, consumer: &Consumer, origin: Origin, state: DeliveryState) {
+        consumer.unsettled.fetch_sub(1, Ordering::Relaxed);
+        self.settle(origin, state);
+    }
+
+    /// Relays a settlement to where the delivery came from.
+    pub fn settle(&self, origin: Origin, state: DeliveryState) {
+        match origin {
+            Origin::None => {}
+            Origin::Producer {
+                conn,
+                channel,
+                delivery_id,
+            } => {
+                conn.send(ToConn::Outcome {
+                    channel,
+                    delivery_id,
+                    state,
+                });
+            }
+            Origin::Event { addr, id } => {
+                let tenant = addr.tenant.clone();
+                let done = matches!(
+                    state,
+                    DeliveryState::Accepted(_) | DeliveryState::Rejected(_)
+                );
+                {
+                    let mut a = lock(&addr.inner);
+                    if let Some(e) = a.in_flight.remove(&id) {
+                        if !done {
+                            // Back to its place in append order, so redelivery keeps the order.
+                            let pos = a
+                                .queue
+                                .iter()
+                                .position(|q| q.id > id)
+                                .unwrap_or(a.queue.len());
+                            a.queue.insert(pos, e);
+                        }
+                    }
+                }
+                if done {
+                    // A rejected event is one the application cannot process: it is dropped, not retried.
+                    if let Err(e) = self.store.ack(&tenant, id) {
+                        // The event stays stored and is delivered again after a restart: at least once.
+                        tracing::warn!(error = %e, "event store ack failed");
+                    }
+                    self.metrics
+                        .event_store_depth(&tenant, self.store.depth(&tenant));
+                } else {
+                    self.dispatch_events(&addr);
+                }
+            }
+        }
+    }
+
+    // ---- telemetry ----
+
+    pub fn attach_producer(&self, conn: ConnHandle, link: LinkId) -> Arc<Producer> {
+        Arc::new(Producer { conn, link })
+    }
+
+    /// Whether a producer on `addr` may be given credit now. If not, it is remembered and woken later.
+    pub fn producer_credit_allowed(&self, addr: &AddressRef, producer: &Arc<Producer>) -> bool {
+        match addr.kind {
+            Kind::Telemetry => {
+                let mut a = lock(&addr.inner);
+                if a.has_credit() {
+                    true
+                } else {
+                    if !a.starved.iter().any(|p| Arc::ptr_eq(p, producer)) {
+                        a.starved.push(producer.clone());
+                    }
+                    false
+                }
+            }
+            Kind::Event => self.store.depth(&addr.tenant) < self.max_events_per_tenant,
+        }
+    }
+
+    pub fn detach_producer(&self, addr: &AddressRef, producer: &Arc<Producer>) {
+        lock(&addr.inner)
+            .starved
+            .retain(|p| !Arc::ptr_eq(p, producer));
+    }
+
+    /// Routes one telemetry message to a consumer with credit.
+    pub fn route_telemetry(
+        &self,
+        addr: &AddressRef,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+    ) -> Routed {
+        let Some(consumer) = lock(&addr.inner).pick() else {
+            return Routed::NoConsumer;
+        };
+        consumer.conn.send(ToConn::Deliver {
+            link: consumer.link,
+            payload,
+            settled,
+            origin,
+        });
+        Routed::Forwarded
+    }
+
+    // ---- events ----
+
+    /// Stores an event durably; resolves when it is safe to accept it, and queues it for consumers.
+    pub async fn append_event(
+        &self,
+        addr: &AddressRef,
+        event: NewEvent,
+    ) -> Result<(), crate::events::StoreError> {
+        let payload = event.payload.clone();
+        let id = self.store.append(&addr.tenant, event).await?;
+        lock(&addr.inner)
+            .queue
+            .push_back(QueuedEvent { id, payload });
+        self.metrics
+            .event_store_depth(&addr.tenant, self.store.depth(&addr.tenant));
+        self.dispatch_events(addr);
+        Ok(())
+    }
+
+    /// Hands queued events to consumers with credit, in order.
+    pub fn dispatch_events(&self, addr: &AddressRef) {
+        let mut a = lock(&addr.inner);
+        while !a.queue.is_empty() {
+            let Some(consumer) = a.pick() else { break };
+            let Some(event) = a.queue.pop_front() else {
+                break;
+            };
+            a.in_flight.insert(event.id, event.clone());
+            consumer.conn.send(ToConn::Deliver {
+                link: consumer.link,
+                payload: event.payload,
+                settled: false,
+                origin: Origin::Event {
+                    addr: addr.clone(),
+                    id: event.id,
+                },
+            });
+        }
+    }
+
+    /// Drops expired events from queues and store.
+    pub fn expire_events(&self, now_ms: u64) {
+        for (tenant, id) in self.store.expire(now_ms) {
+            let addr = self.address(Kind::Event, &tenant);
+            let mut a = lock(&addr.inner);
+            a.queue.retain(|e| e.id != id);
+        }
+    }
+}
+
+/// The `released` outcome.
+pub fn release() -> DeliveryState {
+    DeliveryState::Released(fe2o3_amqp_types::messaging::Released {})
+}
