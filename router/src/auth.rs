@@ -30,17 +30,26 @@ pub enum Address {
     Event(TenantId),
     Command(TenantId),
     CommandResponse(TenantId, String),
+    /// `command_response`: an adapter's one sender for all responses (each message names its `to`).
+    CommandResponses,
+    /// `command_internal/INSTANCE`: an adapter instance's command link and subscription channel.
+    CommandInternal(TenantId),
 }
 
 impl Address {
     /// Parses `telemetry/T`, `event/T`, `command/T`, `command_response/T/REPLY` (and Hono's short forms
     /// `t/T`, `e/T`).
     pub fn parse(s: &str) -> Option<Self> {
+        if s == "command_response" {
+            return Some(Self::CommandResponses);
+        }
         let (prefix, rest) = s.split_once('/')?;
         match prefix {
             "telemetry" | "t" => Some(Self::Telemetry(TenantId::new(rest).ok()?)),
             "event" | "e" => Some(Self::Event(TenantId::new(rest).ok()?)),
             "command" => Some(Self::Command(TenantId::new(rest).ok()?)),
+            // Instance ids follow the tenant id alphabet.
+            "command_internal" => Some(Self::CommandInternal(TenantId::new(rest).ok()?)),
             "command_response" => {
                 let (tenant, reply) = rest.split_once('/')?;
                 if reply.is_empty() {
@@ -55,12 +64,15 @@ impl Address {
         }
     }
 
-    pub fn tenant(&self) -> &TenantId {
+    /// The tenant (or, for `command_internal`, the adapter instance) that scopes the address.
+    pub fn scope(&self) -> Option<&TenantId> {
         match self {
             Self::Telemetry(t)
             | Self::Event(t)
             | Self::Command(t)
-            | Self::CommandResponse(t, _) => t,
+            | Self::CommandResponse(t, _)
+            | Self::CommandInternal(t) => Some(t),
+            Self::CommandResponses => None,
         }
     }
 }
@@ -81,11 +93,11 @@ impl Principal {
             Self::Adapter { .. } => matches!(
                 (address, direction),
                 (Address::Telemetry(_) | Address::Event(_), Direction::In)
-                    | (Address::CommandResponse(..), Direction::In)
-                    | (Address::Command(_), Direction::Out)
+                    | (Address::CommandResponses, Direction::In)
+                    | (Address::CommandInternal(_), _)
             ),
             Self::Application(user) => {
-                if !user.allows_tenant(address.tenant()) {
+                if !address.scope().is_some_and(|t| user.allows_tenant(t)) {
                     return false;
                 }
                 match (address, direction) {

@@ -108,6 +108,15 @@ struct Link {
     settled_mode: bool,
 }
 
+/// Where an incoming delivery came from, for its settlement.
+#[derive(Debug, Clone, Copy)]
+struct Incoming {
+    channel: u16,
+    delivery_id: u32,
+    settled: bool,
+    size: usize,
+}
+
 struct Partial {
     delivery_id: u32,
     settled: bool,
@@ -597,24 +606,22 @@ impl<S: EventStore> Conn<S> {
                 ),
             );
         }
-        let kind = match &address {
-            Address::Telemetry(_) => Kind::Telemetry,
-            Address::Event(_) => Kind::Event,
-            Address::Command(_) | Address::CommandResponse(..) => {
-                return self.refuse_attach(
-                    channel,
-                    &attach,
-                    error(
-                        ErrorCondition::AmqpError(AmqpError::NotImplemented),
-                        "commands are not routed yet",
-                    ),
-                );
+        let hub = &self.shared.hub;
+        let addr = match &address {
+            Address::Telemetry(t) => hub.address(Kind::Telemetry, t),
+            Address::Event(t) => hub.address(Kind::Event, t),
+            Address::Command(t) => hub.address(Kind::Command, t),
+            Address::CommandResponse(t, reply) => {
+                hub.address_with(Kind::CommandResponse, t, Some(reply))
             }
+            Address::CommandResponses => hub.address(Kind::CommandResponse, &hub::internal_scope()),
+            Address::CommandInternal(instance) => hub.address(Kind::CommandInternal, instance),
         };
+        let kind = addr.kind.clone();
         // Settle modes of HONO-CONTRACT §1.1 / §1.2; anything else closes the link.
         let rcv_first = matches!(attach.rcv_settle_mode, ReceiverSettleMode::First);
         let snd_settled = matches!(attach.snd_settle_mode, SenderSettleMode::Settled);
-        let supported = rcv_first && (kind == Kind::Telemetry || !snd_settled);
+        let supported = rcv_first && (kind != Kind::Event || !snd_settled);
         if !supported {
             return self.refuse_attach(
                 channel,
@@ -627,7 +634,6 @@ impl<S: EventStore> Conn<S> {
         }
 
         let id = hub::next_id();
-        let addr = self.shared.hub.address(kind, address.tenant());
         let mut link = Link {
             id,
             direction,
@@ -938,11 +944,20 @@ impl<S: EventStore> Conn<S> {
         settled: bool,
         message: Bytes,
     ) {
-        let kind_name = match addr.kind {
-            Kind::Telemetry => "telemetry",
-            Kind::Event => "event",
-        };
+        let kind_name = addr.kind.name();
         let size = message.len();
+        match addr.kind {
+            Kind::Telemetry | Kind::Event => {}
+            Kind::Command => {
+                return self.route_command(channel, addr, delivery_id, settled, message)
+            }
+            Kind::CommandResponse => {
+                return self.route_response(channel, delivery_id, settled, message)
+            }
+            Kind::CommandInternal => {
+                return self.subscription(channel, addr, delivery_id, settled, &message)
+            }
+        }
         let payload = match self.check_and_rewrite(addr, &message) {
             Ok(p) => p,
             Err(state) => {
@@ -958,36 +973,22 @@ impl<S: EventStore> Conn<S> {
         };
         match addr.kind {
             Kind::Telemetry => {
-                let origin = if settled {
-                    Origin::None
-                } else {
-                    Origin::Producer {
-                        conn: self.handle.clone(),
-                        channel,
-                        delivery_id,
-                    }
-                };
-                match self
+                let origin = self.origin(channel, delivery_id, settled);
+                let routed = self
                     .shared
                     .hub
-                    .route_telemetry(addr, payload, settled, origin)
-                {
-                    Routed::Forwarded => {
-                        self.shared
-                            .hub
-                            .metrics
-                            .message(&addr.tenant, kind_name, "forwarded", size)
-                    }
-                    Routed::NoConsumer => {
-                        self.shared
-                            .hub
-                            .metrics
-                            .message(&addr.tenant, kind_name, "released", size);
-                        if !settled {
-                            self.disposition(channel, delivery_id, hub::release());
-                        }
-                    }
-                }
+                    .route_telemetry(addr, payload, settled, origin);
+                self.routed(
+                    Incoming {
+                        channel,
+                        delivery_id,
+                        settled,
+                        size,
+                    },
+                    &addr.tenant,
+                    kind_name,
+                    routed,
+                );
             }
             Kind::Event => {
                 let shared = self.shared.clone();
@@ -1019,6 +1020,227 @@ impl<S: EventStore> Conn<S> {
                     });
                 });
             }
+            // Handled above, before the assertion check that only device messages need.
+            Kind::Command | Kind::CommandResponse | Kind::CommandInternal => {}
+        }
+    }
+
+    /// The outcome of a message that went (or did not go) somewhere: metrics, and `released` to an
+    /// unsettled producer when nobody could take it.
+    fn routed(
+        &mut self,
+        at: Incoming,
+        tenant: &ferry_core::ids::TenantId,
+        kind: &'static str,
+        routed: Routed,
+    ) {
+        let Incoming {
+            channel,
+            delivery_id,
+            settled,
+            size,
+        } = at;
+        match routed {
+            Routed::Forwarded => self
+                .shared
+                .hub
+                .metrics
+                .message(tenant, kind, "forwarded", size),
+            Routed::NoConsumer => {
+                self.shared
+                    .hub
+                    .metrics
+                    .message(tenant, kind, "released", size);
+                if !settled {
+                    self.disposition(channel, delivery_id, hub::release());
+                }
+            }
+        }
+    }
+
+    fn origin(&self, channel: u16, delivery_id: u32, settled: bool) -> Origin {
+        if settled {
+            Origin::None
+        } else {
+            Origin::Producer {
+                conn: self.handle.clone(),
+                channel,
+                delivery_id,
+            }
+        }
+    }
+
+    /// HONO-CONTRACT §1.3: an application's command on `command/T`, with `to` = `command/T/DEVICE`, a
+    /// `subject` and a message or correlation id, goes to the adapter instance holding the device;
+    /// `released` when none does.
+    fn route_command(
+        &mut self,
+        channel: u16,
+        addr: &AddressRef,
+        delivery_id: u32,
+        settled: bool,
+        message: Bytes,
+    ) {
+        let reject = |why: &str| rejected(ErrorCondition::AmqpError(AmqpError::DecodeError), why);
+        let check = || -> Result<String, DeliveryState> {
+            let view = codec::parse_message(&message).map_err(|_| reject("malformed message"))?;
+            let props = view
+                .properties()
+                .map_err(|_| reject("malformed properties"))?
+                .ok_or_else(|| reject("a command needs properties"))?;
+            let to = props.to.as_deref().ok_or_else(|| reject("to is missing"))?;
+            let device = to
+                .strip_prefix("command/")
+                .and_then(|r| r.split_once('/'))
+                .filter(|(t, _)| *t == addr.tenant.as_str())
+                .map(|(_, d)| d)
+                .ok_or_else(|| reject("to must be command/TENANT/DEVICE of this link's tenant"))?;
+            let device = ferry_core::ids::DeviceId::new(device)
+                .map_err(|_| reject("invalid device id in to"))?;
+            if props.subject.is_none() {
+                return Err(reject("subject (the command name) is missing"));
+            }
+            if props.message_id.is_none() && props.correlation_id.is_none() {
+                return Err(reject("message-id or correlation-id is required"));
+            }
+            Ok(device.to_string())
+        };
+        let size = message.len();
+        match check() {
+            Ok(device) => {
+                let origin = self.origin(channel, delivery_id, settled);
+                let routed =
+                    self.shared
+                        .hub
+                        .route_command(&addr.tenant, &device, message, settled, origin);
+                self.routed(
+                    Incoming {
+                        channel,
+                        delivery_id,
+                        settled,
+                        size,
+                    },
+                    &addr.tenant.clone(),
+                    "command",
+                    routed,
+                );
+            }
+            Err(state) => {
+                self.shared
+                    .hub
+                    .metrics
+                    .message(&addr.tenant, "command", "rejected", size);
+                if !settled {
+                    self.disposition(channel, delivery_id, state);
+                }
+            }
+        }
+    }
+
+    /// A command response from an adapter: `to` names `command_response/T/REPLY`, where an application
+    /// waits; `released` when none does.
+    fn route_response(&mut self, channel: u16, delivery_id: u32, settled: bool, message: Bytes) {
+        let target = codec::parse_message(&message)
+            .ok()
+            .and_then(|v| v.properties().ok().flatten())
+            .and_then(|p| p.to)
+            .and_then(|to| match Address::parse(&to) {
+                Some(Address::CommandResponse(t, reply)) => Some((t, reply)),
+                _ => None,
+            });
+        let size = message.len();
+        match target {
+            Some((tenant, reply)) => {
+                let origin = self.origin(channel, delivery_id, settled);
+                let routed = self
+                    .shared
+                    .hub
+                    .route_response(&tenant, &reply, message, settled, origin);
+                self.routed(
+                    Incoming {
+                        channel,
+                        delivery_id,
+                        settled,
+                        size,
+                    },
+                    &tenant,
+                    "command_response",
+                    routed,
+                );
+            }
+            None => {
+                if !settled {
+                    self.disposition(
+                        channel,
+                        delivery_id,
+                        rejected(
+                            ErrorCondition::AmqpError(AmqpError::DecodeError),
+                            "to must be command_response/TENANT/REPLY_ID",
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A subscription change from an adapter instance on `command_internal/INSTANCE`: subject `register`
+    /// or `unregister`, with application properties `tenant_id` and `device_id`, or a JSON body
+    /// `[{"tenant_id": .., "device_id": ..}, ...]` to change many at once (after a reconnect).
+    fn subscription(
+        &mut self,
+        channel: u16,
+        addr: &AddressRef,
+        delivery_id: u32,
+        settled: bool,
+        message: &Bytes,
+    ) {
+        let result = (|| -> Result<(), &'static str> {
+            let view = codec::parse_message(message).map_err(|_| "malformed message")?;
+            let props = view.properties().map_err(|_| "malformed properties")?;
+            let register = match props.as_ref().and_then(|p| p.subject.as_deref()) {
+                Some("register") => true,
+                Some("unregister") => false,
+                _ => return Err("subject must be register or unregister"),
+            };
+            let mut entries: Vec<(String, String)> = Vec::new();
+            if let (Some(t), Some(d)) = (
+                view.app_property_str(ferry_core::hono::app_property::TENANT_ID),
+                view.app_property_str(ferry_core::hono::app_property::DEVICE_ID),
+            ) {
+                entries.push((t.to_owned(), d.to_owned()));
+            } else if let Some(body) = view.single_data().filter(|b| !b.is_empty()) {
+                #[derive(serde::Deserialize)]
+                struct Entry {
+                    tenant_id: String,
+                    device_id: String,
+                }
+                let list: Vec<Entry> = serde_json::from_slice(body)
+                    .map_err(|_| "body must be a JSON list of tenant_id/device_id")?;
+                entries.extend(list.into_iter().map(|e| (e.tenant_id, e.device_id)));
+            } else {
+                return Err("tenant_id and device_id are missing");
+            }
+            for (t, d) in entries {
+                let tenant = ferry_core::ids::TenantId::new(&t).map_err(|_| "invalid tenant_id")?;
+                let device = ferry_core::ids::DeviceId::new(&d).map_err(|_| "invalid device_id")?;
+                if register {
+                    self.shared
+                        .hub
+                        .subscribe_commands(&tenant, device.as_str(), addr);
+                } else {
+                    self.shared
+                        .hub
+                        .unsubscribe_commands(&tenant, device.as_str(), addr);
+                }
+            }
+            Ok(())
+        })();
+        if !settled {
+            let state = match result {
+                Ok(()) => accepted(),
+                Err(why) => rejected(ErrorCondition::AmqpError(AmqpError::DecodeError), why),
+            };
+            self.disposition(channel, delivery_id, state);
         }
     }
 
@@ -1087,15 +1309,7 @@ impl<S: EventStore> Conn<S> {
             }
             return Err(precondition("device non-existent/disabled"));
         }
-        let resource = format!(
-            "{}/{}/{}",
-            match addr.kind {
-                Kind::Telemetry => "telemetry",
-                Kind::Event => "event",
-            },
-            addr.tenant,
-            device
-        );
+        let resource = format!("{}/{}/{}", addr.kind.name(), addr.tenant, device);
         let mut out = Vec::with_capacity(message.len() + resource.len() + 16);
         codec::rewrite_message(
             &view,

@@ -83,11 +83,32 @@ pub enum Origin {
     Event { addr: AddressRef, id: EventId },
 }
 
-/// What a telemetry or event address is, as attached.
+/// What an address is, as attached.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Kind {
     Telemetry,
     Event,
+    /// `command/T`: applications send commands here.
+    Command,
+    /// `command_response/T/REPLY` (applications receive) or `command_response` (adapters send; each
+    /// message names its `to`).
+    CommandResponse,
+    /// `command_internal/INSTANCE`: an adapter instance receives its devices' commands here, and sends
+    /// subscription changes to it.
+    CommandInternal,
+}
+
+impl Kind {
+    /// The `type` label of metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Telemetry => "telemetry",
+            Self::Event => "event",
+            Self::Command => "command",
+            Self::CommandResponse => "command_response",
+            Self::CommandInternal => "command_subscription",
+        }
+    }
 }
 
 /// A consumer link's registration at an address.
@@ -198,12 +219,16 @@ pub enum Routed {
     NoConsumer,
 }
 
-/// Every address by kind and tenant.
-type AddressTable = HashMap<(Kind, TenantId), Arc<Mutex<Address>>>;
+/// Every address by kind, tenant and (for command responses) reply id.
+type AddressTable = HashMap<(Kind, TenantId, Option<Arc<str>>), Arc<Mutex<Address>>>;
+
+/// Command subscriptions: (tenant, device) → the command address of the adapter instance holding it.
+type CommandRoutes = HashMap<(TenantId, Arc<str>), AddressRef>;
 
 /// The shared routing state.
 pub struct Hub<S: EventStore> {
     addresses: Mutex<AddressTable>,
+    commands: Mutex<CommandRoutes>,
     store: Arc<S>,
     pub metrics: Metrics,
     /// Most events a tenant may have stored before producers get no more credit.
@@ -221,6 +246,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A handle on one address, kept by a link so the per-message path skips the address table.
+///
+/// `tenant` scopes the address. Two kinds are not a tenant's: an adapter instance's command address
+/// (`command_internal/INSTANCE`) is scoped by the instance id, and the adapters' shared response sender
+/// (`command_response`) by [`internal_scope`]; their kinds keep them apart from any tenant's addresses.
 #[derive(Debug, Clone)]
 pub struct AddressRef {
     pub kind: Kind,
@@ -228,10 +257,16 @@ pub struct AddressRef {
     inner: Arc<Mutex<Address>>,
 }
 
+/// The scope of addresses that belong to no tenant.
+pub fn internal_scope() -> TenantId {
+    TenantId::new("ferry.internal").expect("a valid id")
+}
+
 impl<S: EventStore> Hub<S> {
     pub fn new(store: Arc<S>, metrics: Metrics, max_events_per_tenant: u64) -> Self {
         Self {
             addresses: Mutex::new(HashMap::new()),
+            commands: Mutex::new(HashMap::new()),
             store,
             metrics,
             max_events_per_tenant,
@@ -244,8 +279,13 @@ impl<S: EventStore> Hub<S> {
 
     /// The address `kind/tenant`, created on first use.
     pub fn address(&self, kind: Kind, tenant: &TenantId) -> AddressRef {
+        self.address_with(kind, tenant, None)
+    }
+
+    /// The address `kind/tenant/sub` (command responses carry a reply id).
+    pub fn address_with(&self, kind: Kind, tenant: &TenantId, sub: Option<&str>) -> AddressRef {
         let inner = lock(&self.addresses)
-            .entry((kind.clone(), tenant.clone()))
+            .entry((kind.clone(), tenant.clone(), sub.map(Arc::from)))
             .or_default()
             .clone();
         AddressRef {
@@ -314,6 +354,7 @@ impl<S: EventStore> Hub<S> {
                 }
             }
             Kind::Event => self.dispatch_events(addr),
+            Kind::Command | Kind::CommandResponse | Kind::CommandInternal => {}
         }
     }
 
@@ -412,6 +453,9 @@ impl<S: EventStore> Hub<S> {
                 }
             }
             Kind::Event => self.store.depth(&addr.tenant) < self.max_events_per_tenant,
+            // Commands, responses and subscription changes are settled at once when they cannot be
+            // delivered; the producer's window bounds what is in flight.
+            Kind::Command | Kind::CommandResponse | Kind::CommandInternal => true,
         }
     }
 
@@ -423,6 +467,92 @@ impl<S: EventStore> Hub<S> {
 
     /// Routes one telemetry message to a consumer with credit.
     pub fn route_telemetry(
+        &self,
+        addr: &AddressRef,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+    ) -> Routed {
+        let Some(consumer) = lock(&addr.inner).pick() else {
+            return Routed::NoConsumer;
+        };
+        consumer.conn.send(ToConn::Deliver {
+            link: consumer.link,
+            payload,
+            settled,
+            origin,
+        });
+        Routed::Forwarded
+    }
+
+    // ---- commands ----
+
+    /// Routes `(tenant, device)`'s commands to an adapter instance's command address. The newest
+    /// subscription wins (a device that reconnects elsewhere takes its commands along).
+    pub fn subscribe_commands(&self, tenant: &TenantId, device: &str, instance: &AddressRef) {
+        lock(&self.commands).insert((tenant.clone(), Arc::from(device)), instance.clone());
+    }
+
+    /// Ends a subscription, if it still points at `instance` (a newer one elsewhere stays).
+    pub fn unsubscribe_commands(&self, tenant: &TenantId, device: &str, instance: &AddressRef) {
+        let mut routes = lock(&self.commands);
+        let key = (tenant.clone(), Arc::from(device));
+        if routes
+            .get(&key)
+            .is_some_and(|a| Arc::ptr_eq(&a.inner, &instance.inner))
+        {
+            routes.remove(&key);
+        }
+    }
+
+    /// Forgets every subscription of an adapter instance whose command link is gone.
+    pub fn drop_instance(&self, instance: &AddressRef) {
+        if lock(&instance.inner).consumers.is_empty() {
+            lock(&self.commands).retain(|_, a| !Arc::ptr_eq(&a.inner, &instance.inner));
+        }
+    }
+
+    /// Forwards a command to the adapter instance holding the device; `NoConsumer` when no instance does
+    /// (or it has no credit): the application gets `released`.
+    pub fn route_command(
+        &self,
+        tenant: &TenantId,
+        device: &str,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+    ) -> Routed {
+        let target = lock(&self.commands)
+            .get(&(tenant.clone(), Arc::from(device)))
+            .cloned();
+        match target {
+            Some(addr) => self.route_direct(&addr, payload, settled, origin),
+            None => Routed::NoConsumer,
+        }
+    }
+
+    /// Forwards a command response to the application receiving on `command_response/T/REPLY`.
+    pub fn route_response(
+        &self,
+        tenant: &TenantId,
+        reply: &str,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+    ) -> Routed {
+        let exists = lock(&self.addresses).contains_key(&(
+            Kind::CommandResponse,
+            tenant.clone(),
+            Some(Arc::from(reply)),
+        ));
+        if !exists {
+            return Routed::NoConsumer;
+        }
+        let addr = self.address_with(Kind::CommandResponse, tenant, Some(reply));
+        self.route_direct(&addr, payload, settled, origin)
+    }
+
+    fn route_direct(
         &self,
         addr: &AddressRef,
         payload: Bytes,
