@@ -1,8 +1,8 @@
 //! `ferry up`: the whole platform in one process, on embedded defaults (SQLite, generated keys and tokens
 //! in the data directory).
 //!
-//! Today the registry is the only component that exists; the router and the protocol adapters join here
-//! as they are built (issues #3–#5), through the same `run` functions their own binaries use.
+//! Today the registry and the AMQP router run here; the protocol adapters join as they are built (issues
+//! #4, #5), through the same `start` functions their own binaries use.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,9 +19,9 @@ pub struct UpArgs {
     /// Port of the registry's management API.
     #[arg(long, default_value_t = 28080)]
     pub registry_port: u16,
-    /// Port of the AMQP 1.0 endpoint for applications (arrives with the router).
-    #[arg(long)]
-    pub amqp_port: Option<u16>,
+    /// Port of the AMQP 1.0 endpoint for applications.
+    #[arg(long, default_value_t = 15672)]
+    pub amqp_port: u16,
     /// Port of the MQTT adapter (arrives with the MQTT adapter).
     #[arg(long)]
     pub mqtt_port: Option<u16>,
@@ -51,8 +51,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let registry_config: ferry_registry::Config = config::load(&sources)?;
     registry_config.validate()?;
 
+    let router_sources = Sources::from_env("FERRY_ROUTER_", None)
+        .flag("bind", Some(SocketAddr::new(args.bind, args.amqp_port)))
+        .flag("data_dir", Some(&data_dir));
+    let mut router_config: ferry_router::Config = config::load(&router_sources)?;
+    router_config.validate()?;
+
     for (flag, port, issue) in [
-        ("--amqp-port", args.amqp_port, 3),
         ("--mqtt-port", args.mqtt_port, 4),
         ("--http-port", args.http_port, 5),
     ] {
@@ -64,7 +69,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let admin = ferry_core::admin::Admin::new();
     let shutdown = ferry_core::shutdown::on_signal();
     let started = std::time::Instant::now();
-    let registry = ferry_registry::start(registry_config, admin, shutdown).await?;
+    let registry = ferry_registry::start(registry_config, admin.clone(), shutdown.clone()).await?;
+    // In one process the adapters (once they exist) and the router share the registry's internal token:
+    // it is the adapters' service credential at the router.
+    router_config.registry_url = registry.url();
+    router_config.registry_token = registry.internal_token.clone();
+    if router_config.adapter_password.is_empty() {
+        router_config.adapter_password = registry.internal_token.clone();
+    }
+    let router = ferry_router::start(router_config, admin, shutdown).await?;
     let token_hint = registry.admin_token_path.as_ref().map_or_else(
         || "given on the command line".to_owned(),
         |p| p.display().to_string(),
@@ -77,11 +90,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  registry (Hono management API)  {}/v1", registry.url());
     println!("  admin token                     {token_hint}");
     println!(
+        "  AMQP 1.0 for applications       amqp://{}  (SASL PLAIN, application users)",
+        router.addr
+    );
+    println!(
         "  health and metrics              {}/ready  {}/metrics",
         registry.url(),
         registry.url()
     );
-    println!("  not yet part of this build: AMQP router (15672), MQTT adapter (1883), HTTP adapter (8080)");
+    println!("  not yet part of this build: MQTT adapter (1883), HTTP adapter (8080)");
     println!("Press Ctrl-C to stop.");
-    registry.join().await
+    let (r, a) = tokio::join!(registry.join(), router.join());
+    r.and(a)
 }

@@ -11,6 +11,7 @@ const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 struct Up {
     child: Child,
     url: String,
+    amqp: u16,
     first_lines: Vec<String>,
 }
 
@@ -23,8 +24,16 @@ impl Drop for Up {
 
 fn ferry_up(data_dir: &Path) -> Up {
     let port = ferry_test_support::free_port();
+    let amqp = ferry_test_support::free_port();
     let mut child = Command::new(FERRY)
-        .args(["up", "--registry-port", &port.to_string(), "--data-dir"])
+        .args([
+            "up",
+            "--registry-port",
+            &port.to_string(),
+            "--amqp-port",
+            &amqp.to_string(),
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env_remove("FERRY_ADMIN_TOKEN")
         .stdout(Stdio::piped())
@@ -53,6 +62,7 @@ fn ferry_up(data_dir: &Path) -> Up {
     Up {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        amqp,
         first_lines: lines,
     }
 }
@@ -91,6 +101,10 @@ fn quick_start_creates_tenant_device_and_password() {
     let up = ferry_up(dir.path());
     let printed = up.first_lines.join("\n");
     assert!(printed.contains(&format!("{}/v1", up.url)), "{printed}");
+    assert!(
+        printed.contains(&format!("amqp://127.0.0.1:{}", up.amqp)),
+        "{printed}"
+    );
     let token_file = dir.path().join("admin-token");
     assert!(
         printed.contains(&token_file.display().to_string()),
@@ -173,6 +187,14 @@ fn quick_start_creates_tenant_device_and_password() {
         .expect("curl");
     let device: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from curl");
     assert_eq!(device["enabled"], true);
+
+    // The router answers on the AMQP port with its SASL header.
+    use std::io::{Read, Write};
+    let mut amqp = std::net::TcpStream::connect(("127.0.0.1", up.amqp)).expect("AMQP port open");
+    amqp.write_all(b"AMQP\x03\x01\x00\x00").expect("write");
+    let mut header = [0u8; 8];
+    amqp.read_exact(&mut header).expect("read");
+    assert_eq!(&header, b"AMQP\x03\x01\x00\x00");
 }
 
 #[test]
