@@ -38,6 +38,7 @@ use crate::events::{EventStore, NewEvent};
 use crate::hub::{
     self, AddressRef, ConnHandle, Consumer, Kind, LinkId, Origin, Producer, Routed, ToConn,
 };
+use crate::metrics::Outcome;
 use crate::Shared;
 
 /// Our largest frame; peers are told in Open.
@@ -944,7 +945,6 @@ impl<S: EventStore> Conn<S> {
         settled: bool,
         message: Bytes,
     ) {
-        let kind_name = addr.kind.name();
         let size = message.len();
         match addr.kind {
             Kind::Telemetry | Kind::Event => {}
@@ -961,10 +961,7 @@ impl<S: EventStore> Conn<S> {
         let payload = match self.check_and_rewrite(addr, &message) {
             Ok(p) => p,
             Err(state) => {
-                self.shared
-                    .hub
-                    .metrics
-                    .message(&addr.tenant, kind_name, "rejected", size);
+                addr.counters.count(Outcome::Rejected, size);
                 if !settled {
                     self.disposition(channel, delivery_id, state);
                 }
@@ -985,8 +982,7 @@ impl<S: EventStore> Conn<S> {
                         settled,
                         size,
                     },
-                    &addr.tenant,
-                    kind_name,
+                    &addr.counters,
                     routed,
                 );
             }
@@ -1002,10 +998,7 @@ impl<S: EventStore> Conn<S> {
                 tokio::spawn(async move {
                     let state = match shared.hub.append_event(&addr, event).await {
                         Ok(()) => {
-                            shared
-                                .hub
-                                .metrics
-                                .message(&addr.tenant, "event", "stored", size);
+                            addr.counters.count(Outcome::Stored, size);
                             accepted()
                         }
                         Err(e) => {
@@ -1027,32 +1020,13 @@ impl<S: EventStore> Conn<S> {
 
     /// The outcome of a message that went (or did not go) somewhere: metrics, and `released` to an
     /// unsettled producer when nobody could take it.
-    fn routed(
-        &mut self,
-        at: Incoming,
-        tenant: &ferry_core::ids::TenantId,
-        kind: &'static str,
-        routed: Routed,
-    ) {
-        let Incoming {
-            channel,
-            delivery_id,
-            settled,
-            size,
-        } = at;
+    fn routed(&mut self, at: Incoming, counters: &crate::metrics::Outcomes, routed: Routed) {
         match routed {
-            Routed::Forwarded => self
-                .shared
-                .hub
-                .metrics
-                .message(tenant, kind, "forwarded", size),
+            Routed::Forwarded => counters.count(Outcome::Forwarded, at.size),
             Routed::NoConsumer => {
-                self.shared
-                    .hub
-                    .metrics
-                    .message(tenant, kind, "released", size);
-                if !settled {
-                    self.disposition(channel, delivery_id, hub::release());
+                counters.count(Outcome::Released, at.size);
+                if !at.settled {
+                    self.disposition(at.channel, at.delivery_id, hub::release());
                 }
             }
         }
@@ -1120,16 +1094,12 @@ impl<S: EventStore> Conn<S> {
                         settled,
                         size,
                     },
-                    &addr.tenant.clone(),
-                    "command",
+                    &addr.counters.clone(),
                     routed,
                 );
             }
             Err(state) => {
-                self.shared
-                    .hub
-                    .metrics
-                    .message(&addr.tenant, "command", "rejected", size);
+                addr.counters.count(Outcome::Rejected, size);
                 if !settled {
                     self.disposition(channel, delivery_id, state);
                 }
@@ -1163,8 +1133,11 @@ impl<S: EventStore> Conn<S> {
                         settled,
                         size,
                     },
-                    &tenant,
-                    "command_response",
+                    &self
+                        .shared
+                        .hub
+                        .metrics
+                        .outcomes(&tenant, "command_response"),
                     routed,
                 );
             }

@@ -254,6 +254,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct AddressRef {
     pub kind: Kind,
     pub tenant: TenantId,
+    pub counters: Arc<crate::metrics::Outcomes>,
     inner: Arc<Mutex<Address>>,
 }
 
@@ -289,6 +290,7 @@ impl<S: EventStore> Hub<S> {
             .or_default()
             .clone();
         AddressRef {
+            counters: Arc::new(self.metrics.outcomes(tenant, kind.name())),
             kind,
             tenant: tenant.clone(),
             inner,

@@ -64,20 +64,26 @@ impl Metrics {
         m
     }
 
-    pub fn message(
-        &self,
-        tenant: &TenantId,
-        kind: &'static str,
-        outcome: &'static str,
-        bytes: usize,
-    ) {
-        let labels = MessageLabels {
-            tenant: tenant.to_string(),
-            r#type: kind,
-            outcome,
+    /// The counters of one tenant's address kind, looked up once (at attach) so that counting a message
+    /// is two atomic adds, not a label lookup with a fresh string.
+    pub fn outcomes(&self, tenant: &TenantId, kind: &'static str) -> Outcomes {
+        let pair = |outcome: &'static str| {
+            let labels = MessageLabels {
+                tenant: tenant.to_string(),
+                r#type: kind,
+                outcome,
+            };
+            (
+                self.messages.get_or_create(&labels).clone(),
+                self.bytes.get_or_create(&labels).clone(),
+            )
         };
-        self.messages.get_or_create(&labels).inc();
-        self.bytes.get_or_create(&labels).inc_by(bytes as u64);
+        Outcomes {
+            forwarded: pair("forwarded"),
+            stored: pair("stored"),
+            released: pair("released"),
+            rejected: pair("rejected"),
+        }
     }
 
     pub fn event_store_depth(&self, tenant: &TenantId, depth: u64) {
@@ -86,5 +92,36 @@ impl Metrics {
                 tenant: tenant.to_string(),
             })
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+}
+
+/// What happened to a message, for counting.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Forwarded,
+    Stored,
+    Released,
+    Rejected,
+}
+
+/// Message and byte counters per outcome of one tenant's address kind.
+#[derive(Debug, Clone)]
+pub struct Outcomes {
+    forwarded: (Counter, Counter),
+    stored: (Counter, Counter),
+    released: (Counter, Counter),
+    rejected: (Counter, Counter),
+}
+
+impl Outcomes {
+    pub fn count(&self, outcome: Outcome, bytes: usize) {
+        let (messages, total) = match outcome {
+            Outcome::Forwarded => &self.forwarded,
+            Outcome::Stored => &self.stored,
+            Outcome::Released => &self.released,
+            Outcome::Rejected => &self.rejected,
+        };
+        messages.inc();
+        total.inc_by(bytes as u64);
     }
 }

@@ -25,6 +25,12 @@ async fn events_sent_without_consumer_arrive_when_one_attaches() {
             "accepted once stored: {outcome:?}"
         );
     }
+    assert!(
+        p.metrics()
+            .contains("ferry_router_event_store_depth{tenant=\"t1\"} 5"),
+        "{}",
+        p.metrics()
+    );
     let mut app = p.app("app1", "pw1").await;
     let mut rx = app.receiver("event/t1", 10).await;
     for i in 0..5u8 {
@@ -35,6 +41,12 @@ async fn events_sent_without_consumer_arrive_when_one_attaches() {
         rx.accept(&d).await.expect("accept");
     }
     assert!(recv_within(&mut rx, 300).await.is_none());
+    assert!(
+        p.metrics()
+            .contains("ferry_router_event_store_depth{tenant=\"t1\"} 0"),
+        "{}",
+        p.metrics()
+    );
 }
 
 #[tokio::test]

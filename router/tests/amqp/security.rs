@@ -66,3 +66,29 @@ async fn one_tenants_telemetry_never_reaches_another() {
         "t2 sees nothing"
     );
 }
+
+#[tokio::test]
+async fn a_changed_application_password_takes_effect_at_once() {
+    let p = Platform::start().await;
+    // Logged in once: the router caches the login.
+    assert!(p.connect("app1", "pw1").await.is_ok());
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/applications/app1",
+        serde_json::json!({ "password": "new-pw", "tenants": ["t1"] }),
+    )
+    .await;
+    // The change stream purges the cached login well within a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        if p.connect("app1", "pw1").await.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old password still works after a second"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(p.connect("app1", "new-pw").await.is_ok());
+}
