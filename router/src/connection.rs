@@ -300,22 +300,49 @@ impl<S: EventStore> Conn<S> {
         inbuf: &mut BytesMut,
         rx: &mut mpsc::UnboundedReceiver<ToConn>,
     ) -> Result<(), ConnError> {
-        // Open first.
-        let open = loop {
-            match codec::decode_frame(inbuf, MAX_FRAME_SIZE) {
-                Ok(Some((
-                    Frame::Amqp {
-                        performative: Some(Performative::Open(open)),
-                        ..
-                    },
-                    n,
-                ))) => {
-                    let _ = inbuf.split_to(n);
-                    break open;
+        // Open first, within the handshake time; anything else is answered with open + close (AMQP 1.0
+        // §2.4.3: a close may only follow an open) so the peer learns why.
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            loop {
+                match codec::decode_frame(inbuf, MAX_FRAME_SIZE) {
+                    Ok(Some((
+                        Frame::Amqp {
+                            performative: Some(Performative::Open(open)),
+                            ..
+                        },
+                        n,
+                    ))) => {
+                        let _ = inbuf.split_to(n);
+                        return Ok(open);
+                    }
+                    Ok(Some(_)) => {
+                        return Err(error(
+                            ErrorCondition::AmqpError(AmqpError::IllegalState),
+                            "expected open",
+                        ))
+                    }
+                    Ok(None) => {
+                        if read_more(io, inbuf).await.is_err() {
+                            return Err(error(
+                                ErrorCondition::AmqpError(AmqpError::IllegalState),
+                                "closed before open",
+                            ));
+                        }
+                    }
+                    Err(e) => return Err(error(e.condition(), e.to_string())),
                 }
-                Ok(Some(_)) => return Err(ConnError::Protocol("expected open".into())),
-                Ok(None) => read_more(io, inbuf).await?,
-                Err(e) => return Err(ConnError::Protocol(e.to_string())),
+            }
+        })
+        .await;
+        let open = match first {
+            Ok(Ok(open)) => open,
+            Ok(Err(err)) => return self.refuse_connection(io, err).await,
+            Err(_) => {
+                let err = error(
+                    ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
+                    "no open in time",
+                );
+                return self.refuse_connection(io, err).await;
             }
         };
         self.max_frame_out = open.max_frame_size.0.clamp(512, MAX_FRAME_SIZE);
@@ -396,6 +423,34 @@ impl<S: EventStore> Conn<S> {
         Ok(())
     }
 
+    /// Answers a peer that did not open properly: our open, then a close with the reason.
+    async fn refuse_connection<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        err: Error,
+    ) -> Result<(), ConnError> {
+        let description = err.description.clone().unwrap_or_default();
+        self.send(
+            0,
+            Performative::Open(Open {
+                container_id: "ferry-router".into(),
+                hostname: None,
+                max_frame_size: MAX_FRAME_SIZE.into(),
+                channel_max: 255.into(),
+                idle_time_out: None,
+                outgoing_locales: None,
+                incoming_locales: None,
+                offered_capabilities: None,
+                desired_capabilities: None,
+                properties: None,
+            }),
+        );
+        self.close(Some(err));
+        let _ = io.write_all(&self.out).await;
+        let _ = io.flush().await;
+        Err(ConnError::Protocol(description))
+    }
+
     fn close(&mut self, err: Option<Error>) {
         if !self.closed {
             if let Err(e) = codec::encode_frame(
@@ -452,10 +507,7 @@ impl<S: EventStore> Conn<S> {
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    self.close(Some(error(
-                        ErrorCondition::AmqpError(AmqpError::DecodeError),
-                        e.to_string(),
-                    )));
+                    self.close(Some(error(e.condition(), e.to_string())));
                     return;
                 }
             }

@@ -5,7 +5,7 @@ Usage: client.py SCENARIO URL [ARGS...]; prints one JSON line per observation an
 import json
 import sys
 
-from proton import Message
+from proton import Message, SSLDomain
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
@@ -59,6 +59,22 @@ class Consume(MessagingHandler):
         event.container.stop()
 
 
+class ConsumeTls(Consume):
+    """Like consume, over AMQPS (URL amqps://...): trusts only the CA in CA_PATH and checks the host name."""
+
+    def __init__(self, url, ca_path, address, count, timeout):
+        super().__init__(url, address, count, timeout)
+        self.ca_path = ca_path
+
+    def on_start(self, event):
+        domain = SSLDomain(SSLDomain.MODE_CLIENT)
+        domain.set_trusted_ca_db(self.ca_path)
+        domain.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME)
+        conn = event.container.connect(self.url, ssl_domain=domain, allowed_mechs="PLAIN")
+        event.container.create_receiver(conn, self.address)
+        self.timer = event.container.schedule(self.timeout, self)
+
+
 class Refused(MessagingHandler):
     """Attaches receivers to each ADDRESS in turn on one session; prints each link's fate."""
 
@@ -101,5 +117,5 @@ class Refused(MessagingHandler):
 
 if __name__ == "__main__":
     scenario, url, *args = sys.argv[1:]
-    handler = {"consume": Consume, "refused": Refused}[scenario](url, *args)
+    handler = {"consume": Consume, "consume_tls": ConsumeTls, "refused": Refused}[scenario](url, *args)
     Container(handler).run()
