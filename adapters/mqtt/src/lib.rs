@@ -1,3 +1,187 @@
 //! `ferry-mqtt-adapter`: the MQTT 3.1.1 / 5.0 device endpoint.
 //!
-//! Not built yet: issue #4. Empty until then, so that nothing pretends to work.
+//! Devices connect with `auth-id@tenant` and a password; their PUBLISHes on Hono's topics become AMQP
+//! messages to the router (with the device's registration assertion), and QoS 1 is acknowledged only when
+//! the router's outcome is `accepted`. The MQTT session is our own (`session`), on rumqttc's packet codecs
+//! (`wire`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_adapter_core::auth::DeviceAuthenticator;
+use ferry_adapter_core::downstream::{Downstream, DownstreamConfig};
+use ferry_adapter_core::registry::{RegistryClient, RegistryConfig};
+use ferry_core::admin::Admin;
+use ferry_core::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+pub mod config;
+pub mod connack;
+pub mod metrics;
+pub mod session;
+pub mod topic;
+pub mod wire;
+
+pub use config::Config;
+
+/// What every session of one adapter shares.
+pub struct Shared {
+    pub config: Config,
+    pub registry: RegistryClient,
+    pub auth: DeviceAuthenticator,
+    pub downstream: Downstream,
+    pub metrics: metrics::Metrics,
+    /// Open authenticated connections of this instance.
+    pub connections: AtomicUsize,
+    pub shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// An adapter that is up.
+#[derive(Debug)]
+pub struct Started {
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Started {
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await.context("MQTT adapter task failed")
+    }
+}
+
+/// Runs the adapter until `shutdown`.
+pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<()> {
+    start(config, admin, shutdown).await?.join().await
+}
+
+/// Connects to the registry and the router, binds the listeners and starts serving.
+pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    let readiness = admin.readiness("mqtt-adapter");
+    let registry = RegistryClient::new(RegistryConfig::new(
+        config.registry_url.clone(),
+        config.registry_token.clone(),
+    ))
+    .context("registry client")?;
+    {
+        let registry = registry.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { registry.follow_changes(shutdown).await });
+    }
+    let downstream = Downstream::start(
+        DownstreamConfig::new(
+            config.router_address.clone(),
+            config.router_user.clone(),
+            config.router_password.clone(),
+        ),
+        shutdown.clone(),
+    );
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding MQTT to {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let tls = match (&config.tls.cert_path, &config.tls.key_path) {
+        (Some(cert), Some(key)) => {
+            let acceptor = ferry_core::tls::acceptor(cert, key, &[])?;
+            let l = TcpListener::bind(config.tls_bind)
+                .await
+                .with_context(|| format!("binding MQTTS to {}", config.tls_bind))?;
+            Some((l, acceptor))
+        }
+        _ => None,
+    };
+    let tls_addr = match &tls {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
+    if let Some(bind) = config.admin_bind {
+        let l = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding admin to {bind}"))?;
+        tokio::spawn(admin.clone().serve(l, shutdown.clone()));
+    }
+    let shared = Arc::new(Shared {
+        auth: DeviceAuthenticator::new(registry.clone()),
+        registry,
+        downstream,
+        metrics: metrics::Metrics::new(&admin),
+        connections: AtomicUsize::new(0),
+        shutdown: shutdown.clone(),
+        config,
+    });
+    readiness.set(true);
+    let task = tokio::spawn(accept_loops(listener, tls, shared, shutdown));
+    tracing::info!(%addr, ?tls_addr, "MQTT adapter listening");
+    Ok(Started {
+        addr,
+        tls_addr,
+        task,
+    })
+}
+
+async fn accept_loops(
+    listener: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) {
+    let plain = accept_loop(listener, None, shared.clone(), shutdown.clone());
+    match tls {
+        Some((l, acceptor)) => {
+            tokio::join!(plain, accept_loop(l, Some(acceptor), shared, shutdown));
+        }
+        None => plain.await,
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) {
+    let stop = shutdown.clone().wait();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let result = match tls {
+                None => session::serve(stream, peer, shared).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => session::serve(s, peer, shared).await,
+                        Ok(Err(e)) => Err(session::SessionError::Io(e)),
+                        Err(_) => Err(session::SessionError::ConnectTimeout),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "MQTT connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,183 @@
+//! Device authentication with `auth-id@tenant` and a password (MQTT CONNECT, HTTP Basic;
+//! HONO-CONTRACT §2.1), over the [`RegistryClient`].
+//!
+//! Hono stores passwords as bcrypt (or salted SHA-2) hashes, and bcrypt costs tens of milliseconds of CPU
+//! on purpose. Devices reconnect often, so a successful verification is remembered, keyed by tenant,
+//! auth id and a salted SHA-256 of the password (the clear password is never kept), and the registry's
+//! change stream forgets it as soon as the credential, the device or the tenant changes. Verifications
+//! run on the blocking pool, at most one per core at a time, so a reconnect storm cannot starve the
+//! runtime or spawn hundreds of threads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_core::hono::credential_type;
+use ferry_core::ids::{split_login, AuthId, DeviceId, TenantId};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::registry::{RegistryClient, RegistryError, VerifyKey};
+
+/// An authenticated device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub tenant: TenantId,
+    pub device_id: DeviceId,
+    pub auth_id: AuthId,
+}
+
+/// Why a login was refused. All but [`AuthError::Unavailable`] are the device's problem (MQTT CONNACK
+/// "bad user name or password" / "not authorized", HTTP 401); `Unavailable` is ours (CONNACK "server
+/// unavailable", HTTP 503).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Malformed login, unknown auth id, disabled or expired credential, or wrong password.
+    #[error("bad credentials")]
+    BadCredentials,
+    #[error("unknown tenant")]
+    UnknownTenant,
+    #[error("tenant disabled")]
+    TenantDisabled,
+    #[error(transparent)]
+    Unavailable(#[from] RegistryError),
+}
+
+/// Counters for tests and metrics.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthStats {
+    /// Passwords checked against a stored hash (bcrypt or SHA-2).
+    pub verifications: u64,
+    /// Logins answered from the verify cache.
+    pub cache_hits: u64,
+}
+
+/// Authenticates devices; cheap to clone.
+#[derive(Clone)]
+pub struct DeviceAuthenticator {
+    registry: RegistryClient,
+    inner: Arc<AuthInner>,
+}
+
+struct AuthInner {
+    /// Per-process salt of the verify cache's password digests, so a memory dump does not yield
+    /// unsalted password hashes.
+    salt: [u8; 16],
+    verify_slots: Semaphore,
+    verifications: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl std::fmt::Debug for DeviceAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAuthenticator")
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceAuthenticator {
+    pub fn new(registry: RegistryClient) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            registry,
+            inner: Arc::new(AuthInner {
+                salt: rand::random(),
+                verify_slots: Semaphore::new(cores),
+                verifications: AtomicU64::new(0),
+                cache_hits: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The registry client this authenticator asks.
+    pub fn registry(&self) -> &RegistryClient {
+        &self.registry
+    }
+
+    /// Checks `username` (`auth-id@tenant`, split at the last `@`) and `password` against the tenant's
+    /// `hashed-password` credential with that auth id. Checks that the tenant exists and is enabled;
+    /// whether this adapter type is enabled for it is the caller's check ([`crate::registry::TenantInfo`]).
+    pub async fn authenticate_password(
+        &self,
+        username: &str,
+        password: &[u8],
+    ) -> Result<Device, AuthError> {
+        let (auth_id, tenant) = split_login(username).map_err(|_| AuthError::BadCredentials)?;
+        let info = self
+            .registry
+            .tenant(&tenant)
+            .await?
+            .ok_or(AuthError::UnknownTenant)?;
+        if !info.is_enabled() {
+            return Err(AuthError::TenantDisabled);
+        }
+        let key = VerifyKey {
+            tenant,
+            auth_id,
+            digest: self.digest(password),
+        };
+        let verified = self.registry.inner_verified();
+        if let Some(device_id) = verified.get(&key) {
+            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Device {
+                tenant: key.tenant,
+                device_id,
+                auth_id: key.auth_id,
+            });
+        }
+        let password = std::str::from_utf8(password).map_err(|_| AuthError::BadCredentials)?;
+        let epoch = self.registry.epoch();
+        let (found, until) = self
+            .registry
+            .credentials_timed(&key.tenant, credential_type::HASHED_PASSWORD, &key.auth_id)
+            .await?;
+        let found = found.ok_or(AuthError::BadCredentials)?;
+        let ok = {
+            let _slot = self
+                .inner
+                .verify_slots
+                .acquire()
+                .await
+                .map_err(|_| AuthError::BadCredentials)?;
+            self.inner.verifications.fetch_add(1, Ordering::Relaxed);
+            let credential = found.clone();
+            let password = password.to_owned();
+            tokio::task::spawn_blocking(move || {
+                credential
+                    .credential
+                    .verify_password(&password, chrono::Utc::now())
+            })
+            .await
+            // A panicking hash implementation refuses the login rather than failing the adapter.
+            .unwrap_or(false)
+        };
+        if !ok {
+            return Err(AuthError::BadCredentials);
+        }
+        // Not if a change arrived meanwhile: the credential we checked may be the stale one.
+        if self.registry.epoch() == epoch && until > Instant::now() {
+            verified.insert(key.clone(), found.device_id.clone(), until);
+        }
+        Ok(Device {
+            tenant: key.tenant,
+            device_id: found.device_id.clone(),
+            auth_id: key.auth_id,
+        })
+    }
+
+    fn digest(&self, password: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.inner.salt);
+        h.update(password);
+        h.finalize().into()
+    }
+
+    #[doc(hidden)]
+    pub fn stats(&self) -> AuthStats {
+        AuthStats {
+            verifications: self.inner.verifications.load(Ordering::Relaxed),
+            cache_hits: self.inner.cache_hits.load(Ordering::Relaxed),
+        }
+    }
+}

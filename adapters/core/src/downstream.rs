@@ -1,0 +1,535 @@
+//! The adapter's AMQP 1.0 connection to the router (docs/router.md): device messages out on
+//! `telemetry/T` and `event/T`, commands in on `command_internal/INSTANCE`, responses out on
+//! `command_response`.
+//!
+//! One connection (SASL PLAIN with the adapters' service credential) and one session, reconnected with
+//! backoff when it drops. Sender links are attached lazily, one per (kind, tenant), each owned by a task
+//! fed through a channel ([`link`]), so [`Downstream::send`] takes `&self`, is called from any number of
+//! tasks at once, holds no lock while it waits, and keeps many deliveries in flight. QoS 0 telemetry goes
+//! pre-settled on links whose sender settle mode is `mixed`; QoS 1 telemetry and every event go
+//! unsettled and resolve with the router's outcome. A link without credit (no consumer for the tenant's
+//! telemetry, Hono's "no consumer" case) fails the message after a short bound instead of queueing it.
+
+mod commands;
+mod link;
+mod message;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::definitions::SenderSettleMode;
+use fe2o3_amqp::types::messaging::Data;
+use fe2o3_amqp::{Connection, Sendable, Session};
+use ferry_core::ids::TenantId;
+use ferry_core::shutdown::Shutdown;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+pub use commands::{Command, CommandLink};
+pub use message::{CommandResponse, DeviceMessage, MessageKind, SendOutcome};
+
+use link::{Delivery, Job, LinkSpec};
+
+/// Where the router is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct DownstreamConfig {
+    /// `host:port` of the router's AMQP listener.
+    pub address: String,
+    /// The adapters' service credential (the router's `adapter_user` / `adapter_password`).
+    pub user: String,
+    pub password: String,
+    /// AMQP container id of this adapter instance.
+    pub container_id: String,
+    /// How long a message may wait for link credit before it fails with [`DownstreamError::NoCredit`].
+    pub no_credit_timeout: Duration,
+    /// How long the router may take to settle an unsettled message.
+    pub outcome_timeout: Duration,
+    /// Bound on connecting (TCP, SASL, open, begin).
+    pub connect_timeout: Duration,
+    /// Longest pause between reconnection attempts (the pause doubles from 100 ms up to this).
+    pub max_reconnect_delay: Duration,
+    /// Messages queued per sender link ahead of its task.
+    pub link_queue: usize,
+    /// Credit of the command receiver: commands the router may have unsettled at this instance.
+    pub command_credit: u32,
+}
+
+impl DownstreamConfig {
+    /// Defaults for everything but where the router is and the credential.
+    pub fn new(
+        address: impl Into<String>,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        Self {
+            address: address.into(),
+            user: user.into(),
+            password: password.into(),
+            container_id: format!("ferry-adapter-{}", std::process::id()),
+            no_credit_timeout: Duration::from_millis(200),
+            outcome_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_reconnect_delay: Duration::from_secs(5),
+            link_queue: 256,
+            command_credit: 256,
+        }
+    }
+}
+
+/// Why a message did not reach the router (an outcome from it is a [`SendOutcome`], not an error).
+/// Adapters answer all of these with 503 / "server unavailable": none is the device's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownstreamError {
+    #[error("not connected to the router")]
+    NotConnected,
+    /// The link got no credit in time: nobody consumes the tenant's telemetry (or the event store is
+    /// full).
+    #[error("no credit from the router (no consumer)")]
+    NoCredit,
+    #[error("the router did not settle the message in time")]
+    Timeout,
+    #[error("the connection to the router was lost")]
+    Disconnected,
+    #[error("the router refused a link to {address}: {reason}")]
+    LinkRefused { address: String, reason: String },
+    /// A control message (command registration) that the router did not accept.
+    #[error("the router did not accept the message: {0:?}")]
+    NotAccepted(SendOutcome),
+}
+
+/// Counters for tests and metrics.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DownstreamStats {
+    pub connects: u64,
+    pub links_attached: u64,
+}
+
+/// The live session, shared by everything that attaches links; replaced on reconnect.
+pub(crate) struct SessionSlot {
+    pub(crate) generation: u64,
+    pub(crate) handle: tokio::sync::Mutex<SessionHandle<()>>,
+}
+
+/// A sender link's job queue, as the link map holds it.
+#[derive(Clone)]
+struct LinkTx {
+    id: u64,
+    tx: mpsc::Sender<Job>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: DownstreamConfig,
+    pub(crate) session: watch::Sender<Option<Arc<SessionSlot>>>,
+    pub(crate) shutdown: Shutdown,
+    telemetry: RwLock<HashMap<TenantId, LinkTx>>,
+    events: RwLock<HashMap<TenantId, LinkTx>>,
+    responses: RwLock<Option<LinkTx>>,
+    next_link: AtomicU64,
+    connects: AtomicU64,
+}
+
+/// Which link a message travels on.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    Telemetry(&'a TenantId),
+    Event(&'a TenantId),
+    Responses,
+}
+
+impl Route<'_> {
+    fn address(self) -> String {
+        match self {
+            Self::Telemetry(t) => format!("telemetry/{t}"),
+            Self::Event(t) => format!("event/{t}"),
+            Self::Responses => ferry_core::hono::address::COMMAND_RESPONSE.to_owned(),
+        }
+    }
+
+    fn settle_mode(self) -> SenderSettleMode {
+        match self {
+            // Mixed, so that each transfer says whether it is pre-settled (QoS 0) or not (QoS 1).
+            Self::Telemetry(_) => SenderSettleMode::Mixed,
+            // The router refuses anything but unsettled on event links (at-least-once only).
+            Self::Event(_) | Self::Responses => SenderSettleMode::Unsettled,
+        }
+    }
+}
+
+/// The adapter's connection to the router; cheap to clone.
+#[derive(Clone)]
+pub struct Downstream {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Downstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downstream")
+            .field("address", &self.inner.config.address)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Downstream {
+    /// Starts connecting (in the background, reconnecting until `shutdown`). Sends fail with
+    /// [`DownstreamError::NotConnected`] until the connection is up; see [`Self::wait_connected`].
+    pub fn start(config: DownstreamConfig, shutdown: Shutdown) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            session: watch::channel(None).0,
+            shutdown: shutdown.clone(),
+            telemetry: RwLock::default(),
+            events: RwLock::default(),
+            responses: RwLock::default(),
+            next_link: AtomicU64::new(1),
+            connects: AtomicU64::new(0),
+        });
+        tokio::spawn(supervise(inner.clone(), shutdown));
+        Self { inner }
+    }
+
+    /// Whether the connection to the router is up (for readiness).
+    pub fn is_connected(&self) -> bool {
+        self.inner.session.borrow().is_some()
+    }
+
+    /// Waits until connected, at most `within`; true if connected.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let mut rx = self.inner.session.subscribe();
+        tokio::time::timeout(within, rx.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Sends a device message and, unless it goes pre-settled, waits for the router's outcome.
+    pub async fn send(&self, msg: DeviceMessage) -> Result<SendOutcome, DownstreamError> {
+        let presettled = msg.is_presettled();
+        let kind = msg.kind;
+        let tenant = msg.tenant.clone();
+        let route = match kind {
+            MessageKind::Telemetry => Route::Telemetry(&tenant),
+            MessageKind::Event => Route::Event(&tenant),
+        };
+        let sendable = Sendable {
+            message: msg.into_amqp(),
+            message_format: 0,
+            settled: presettled.then_some(true),
+        };
+        let delivery = self.submit(route, sendable).await?;
+        if presettled {
+            return Ok(SendOutcome::Presettled);
+        }
+        outcome_of(delivery, self.inner.config.outcome_timeout).await
+    }
+
+    /// Sends a command response to `command_response` (`to` = the command's reply-to) and waits for the
+    /// router's outcome (`released` when no application waits for it).
+    pub async fn send_response(
+        &self,
+        response: CommandResponse,
+    ) -> Result<SendOutcome, DownstreamError> {
+        let sendable = Sendable {
+            message: response.into_amqp(),
+            message_format: 0,
+            settled: None,
+        };
+        let delivery = self.submit(Route::Responses, sendable).await?;
+        outcome_of(delivery, self.inner.config.outcome_timeout).await
+    }
+
+    /// Opens this instance's command links (`command_internal/INSTANCE`): the returned [`CommandLink`]
+    /// registers devices, the receiver yields their commands. Call once per instance; the links follow
+    /// reconnects and re-register every device. Dropping both ends closes the links.
+    pub fn commands(&self, instance_id: &str) -> (CommandLink, mpsc::Receiver<Command>) {
+        commands::open(&self.inner, instance_id)
+    }
+
+    #[doc(hidden)]
+    pub fn stats(&self) -> DownstreamStats {
+        DownstreamStats {
+            connects: self.inner.connects.load(Ordering::Relaxed),
+            links_attached: self.inner.next_link.load(Ordering::Relaxed) - 1,
+        }
+    }
+
+    /// Queues `sendable` on its route's link (attaching the link first if need be) and returns the
+    /// delivery once written.
+    async fn submit(
+        &self,
+        route: Route<'_>,
+        sendable: Sendable<Data>,
+    ) -> Result<Delivery, DownstreamError> {
+        let deadline = Instant::now() + self.inner.config.no_credit_timeout;
+        let (reply, replied) = oneshot::channel();
+        let job = Job {
+            sendable,
+            deadline,
+            reply,
+        };
+        let queue_behind = match self.try_push(route, job) {
+            Push::Done => None,
+            Push::Full(tx, job) => Some((tx, job)),
+            Push::NoLink(job) => Some((self.open_link(route)?, job)),
+        };
+        if let Some((tx, job)) = queue_behind {
+            // A full queue means the link has had no credit for a while: same bound as for credit.
+            match tokio::time::timeout_at(deadline, tx.send(job)).await {
+                Err(_) => return Err(DownstreamError::NoCredit),
+                Ok(Err(_)) => return Err(DownstreamError::Disconnected),
+                Ok(Ok(())) => {}
+            }
+        }
+        replied.await.unwrap_or(Err(DownstreamError::Disconnected))
+    }
+
+    /// The common case: a read lock and a non-blocking push, nothing else.
+    fn try_push(&self, route: Route<'_>, job: Job) -> Push {
+        let push = |link: Option<&LinkTx>, job: Job| match link {
+            None => Push::NoLink(job),
+            Some(l) => match l.tx.try_send(job) {
+                Ok(()) => Push::Done,
+                Err(mpsc::error::TrySendError::Full(j)) => Push::Full(l.tx.clone(), j),
+                Err(mpsc::error::TrySendError::Closed(j)) => Push::NoLink(j),
+            },
+        };
+        match route {
+            Route::Telemetry(t) => push(read(&self.inner.telemetry).get(t), job),
+            Route::Event(t) => push(read(&self.inner.events).get(t), job),
+            Route::Responses => push(read(&self.inner.responses).as_ref(), job),
+        }
+    }
+
+    /// Creates the route's link (its queue at once; its task attaches it) unless another caller just
+    /// did.
+    fn open_link(&self, route: Route<'_>) -> Result<mpsc::Sender<Job>, DownstreamError> {
+        let session = self
+            .inner
+            .session
+            .borrow()
+            .clone()
+            .ok_or(DownstreamError::NotConnected)?;
+        let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.inner.config.link_queue.max(1));
+        let fresh = LinkTx { id, tx: tx.clone() };
+        let existing = match route {
+            Route::Telemetry(t) => install(&mut write(&self.inner.telemetry), t, fresh),
+            Route::Event(t) => install(&mut write(&self.inner.events), t, fresh),
+            Route::Responses => {
+                let mut slot = write(&self.inner.responses);
+                match slot.as_ref() {
+                    Some(l) if !l.tx.is_closed() => Some(l.tx.clone()),
+                    _ => {
+                        *slot = Some(fresh);
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(tx) = existing {
+            return Ok(tx);
+        }
+        let address = route.address();
+        let spec = LinkSpec {
+            name: format!("{address}#{id}"),
+            address,
+            settle_mode: route.settle_mode(),
+            grace: self.inner.config.no_credit_timeout,
+            attach_timeout: self.inner.config.connect_timeout,
+        };
+        let inner = self.inner.clone();
+        let key = RouteKey::from(route);
+        tokio::spawn(link::run(session, spec, rx, move || {
+            inner.remove_link(&key, id);
+        }));
+        Ok(tx)
+    }
+}
+
+/// Where [`Downstream::try_push`] left the job.
+enum Push {
+    Done,
+    Full(mpsc::Sender<Job>, Job),
+    NoLink(Job),
+}
+
+/// An owned [`Route`], for a link task to find its own entry.
+enum RouteKey {
+    Telemetry(TenantId),
+    Event(TenantId),
+    Responses,
+}
+
+impl From<Route<'_>> for RouteKey {
+    fn from(r: Route<'_>) -> Self {
+        match r {
+            Route::Telemetry(t) => Self::Telemetry(t.clone()),
+            Route::Event(t) => Self::Event(t.clone()),
+            Route::Responses => Self::Responses,
+        }
+    }
+}
+
+fn install(
+    map: &mut HashMap<TenantId, LinkTx>,
+    tenant: &TenantId,
+    fresh: LinkTx,
+) -> Option<mpsc::Sender<Job>> {
+    match map.get(tenant) {
+        Some(l) if !l.tx.is_closed() => Some(l.tx.clone()),
+        _ => {
+            map.insert(tenant.clone(), fresh);
+            None
+        }
+    }
+}
+
+// A panic while a link map was locked leaves the map itself intact (inserts and removes are single
+// calls), so poisoning is ignored rather than spread to every sender.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Inner {
+    /// Forgets link `id` of `key` (if it is still the current one).
+    fn remove_link(&self, key: &RouteKey, id: u64) {
+        match key {
+            RouteKey::Telemetry(t) => remove_if(&mut write(&self.telemetry), t, id),
+            RouteKey::Event(t) => remove_if(&mut write(&self.events), t, id),
+            RouteKey::Responses => {
+                let mut slot = write(&self.responses);
+                if slot.as_ref().is_some_and(|l| l.id == id) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
+    /// Drops every link queue: their tasks end, and the next message attaches on the new session.
+    fn clear_links(&self) {
+        write(&self.telemetry).clear();
+        write(&self.events).clear();
+        *write(&self.responses) = None;
+    }
+}
+
+fn remove_if(map: &mut HashMap<TenantId, LinkTx>, tenant: &TenantId, id: u64) {
+    if map.get(tenant).is_some_and(|l| l.id == id) {
+        map.remove(tenant);
+    }
+}
+
+/// Waits for the router's outcome of an unsettled delivery.
+pub(crate) async fn outcome_of(
+    delivery: Delivery,
+    within: Duration,
+) -> Result<SendOutcome, DownstreamError> {
+    match tokio::time::timeout(within, delivery).await {
+        Err(_) => Err(DownstreamError::Timeout),
+        Ok(Ok(outcome)) => Ok(SendOutcome::from_amqp(outcome)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "delivery failed");
+            Err(DownstreamError::Disconnected)
+        }
+    }
+}
+
+/// Keeps the connection up until `shutdown`: connect, publish the session, wait for the connection to
+/// end, tear down the links, back off, again.
+async fn supervise(inner: Arc<Inner>, shutdown: Shutdown) {
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let min_backoff = Duration::from_millis(100);
+    let mut backoff = min_backoff;
+    let mut generation = 0;
+    let mut failures = 0u32;
+    loop {
+        let attempt = tokio::select! {
+            () = &mut stop => break,
+            r = connect(&inner.config) => r,
+        };
+        match attempt {
+            Ok((mut conn, session)) => {
+                generation += 1;
+                failures = 0;
+                backoff = min_backoff;
+                inner.connects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(address = %inner.config.address, "connected to the router");
+                let slot = Arc::new(SessionSlot {
+                    generation,
+                    handle: tokio::sync::Mutex::new(session),
+                });
+                inner.session.send_replace(Some(slot.clone()));
+                let stopping = tokio::select! {
+                    () = &mut stop => true,
+                    _ = conn.on_close() => false,
+                };
+                inner.session.send_replace(None);
+                inner.clear_links();
+                if stopping {
+                    let bound = Duration::from_secs(1);
+                    if let Ok(mut session) = tokio::time::timeout(bound, slot.handle.lock()).await {
+                        let _ = tokio::time::timeout(bound, session.end()).await;
+                    }
+                    let _ = tokio::time::timeout(bound, conn.close()).await;
+                    break;
+                }
+                tracing::warn!(address = %inner.config.address, "connection to the router lost; reconnecting");
+            }
+            Err(e) => {
+                failures += 1;
+                // Once, then every tenth attempt: a router that is down for a while should not flood
+                // the log.
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(address = %inner.config.address, error = %e, failures, "cannot connect to the router");
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut stop => break,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(inner.config.max_reconnect_delay.max(min_backoff));
+    }
+    inner.session.send_replace(None);
+    inner.clear_links();
+}
+
+type Opened = (
+    fe2o3_amqp::connection::ConnectionHandle<()>,
+    SessionHandle<()>,
+);
+
+async fn connect(config: &DownstreamConfig) -> Result<Opened, String> {
+    let open = async {
+        let stream = tokio::net::TcpStream::connect(&config.address)
+            .await
+            .map_err(|e| e.to_string())?;
+        // fe2o3's own `open(url)` leaves Nagle on, which stalls pre-settled sends (FE2O3-NOTES.md).
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut conn = Connection::builder()
+            .container_id(config.container_id.clone())
+            .sasl_profile(SaslProfile::Plain {
+                username: config.user.clone(),
+                password: config.password.clone(),
+            })
+            .open_with_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let session = Session::begin(&mut conn).await.map_err(|e| e.to_string())?;
+        Ok((conn, session))
+    };
+    tokio::time::timeout(config.connect_timeout, open)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}

@@ -1,0 +1,667 @@
+//! Commands (HONO-CONTRACT §1.3, docs/router.md "Commands"): the adapter instance's link pair on
+//! `command_internal/INSTANCE`: a receiver for the commands of all its devices, and a sender on which it
+//! announces which devices it holds (`register` / `unregister`).
+//!
+//! One task owns both links and follows the downstream connection: after every reconnect it attaches
+//! them again and re-registers every device it holds in a few bulk messages, because the router forgets
+//! an instance's subscriptions when its link goes. Commands are settled by the adapter through the
+//! [`Command`] handle, from any task, without touching the link (a channel to the owning task).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fe2o3_amqp::link::delivery::{Delivery, DeliveryInfo};
+use fe2o3_amqp::link::receiver::CreditMode;
+use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, SenderSettleMode};
+use fe2o3_amqp::types::messaging::{
+    Accepted, ApplicationProperties, Body, Data, DeliveryState, Message, MessageId, Properties,
+    Rejected, Released,
+};
+use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
+use fe2o3_amqp::{Receiver, Sendable, Sender};
+use ferry_core::hono::app_property;
+use ferry_core::ids::{DeviceId, TenantId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{outcome_of, DownstreamError, Inner, SessionSlot};
+
+/// A command for one of this instance's devices. Settle it with [`Command::accept`],
+/// [`Command::release`] or [`Command::reject`]; dropping it unsettled releases it (the application
+/// may retry).
+#[derive(Debug)]
+pub struct Command {
+    pub tenant: TenantId,
+    pub device: DeviceId,
+    /// The command name (AMQP `subject`).
+    pub name: String,
+    pub payload: Bytes,
+    pub content_type: Option<String>,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Where the response goes; `None` for a one-way command.
+    pub reply_to: Option<String>,
+    settle: Option<Settle>,
+}
+
+#[derive(Debug)]
+struct Settle {
+    tx: mpsc::UnboundedSender<Disposition>,
+    generation: u64,
+    info: DeliveryInfo,
+}
+
+struct Disposition {
+    generation: u64,
+    info: DeliveryInfo,
+    state: DeliveryState,
+}
+
+impl Command {
+    /// The id a response carries: the command's correlation-id if it has one, else its message-id.
+    pub fn response_correlation_id(&self) -> Option<&str> {
+        self.correlation_id
+            .as_deref()
+            .or(self.message_id.as_deref())
+    }
+
+    /// Whether the application expects no response.
+    pub fn is_one_way(&self) -> bool {
+        self.reply_to.is_none()
+    }
+
+    /// Handed to the device: the application sees `accepted`.
+    pub fn accept(mut self) {
+        self.settle_with(DeliveryState::Accepted(Accepted {}));
+    }
+
+    /// Not delivered (device gone, no acknowledgement in time): `released`, the application may retry.
+    pub fn release(mut self) {
+        self.settle_with(DeliveryState::Released(Released {}));
+    }
+
+    /// Malformed or over a limit: `rejected` with `condition` (e.g. `amqp:resource-limit-exceeded`,
+    /// `hono:bad-request`).
+    pub fn reject(mut self, condition: &str, description: &str) {
+        self.settle_with(rejected(condition, description));
+    }
+
+    fn settle_with(&mut self, state: DeliveryState) {
+        if let Some(s) = self.settle.take() {
+            // The link task may be gone (connection lost); the router released the command then.
+            let _ = s.tx.send(Disposition {
+                generation: s.generation,
+                info: s.info,
+                state,
+            });
+        }
+    }
+}
+
+impl Drop for Command {
+    fn drop(&mut self) {
+        self.settle_with(DeliveryState::Released(Released {}));
+    }
+}
+
+fn rejected(condition: &str, description: &str) -> DeliveryState {
+    let condition = AmqpError::try_from(condition)
+        .map(ErrorCondition::AmqpError)
+        .unwrap_or_else(|_| ErrorCondition::Custom(Symbol::from(condition)));
+    DeliveryState::Rejected(Rejected {
+        error: Some(definitions::Error::new(
+            condition,
+            Some(description.to_owned()),
+            None,
+        )),
+    })
+}
+
+/// Registers and unregisters this instance's devices at the router; cheap to clone.
+#[derive(Clone)]
+pub struct CommandLink {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CommandLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandLink")
+            .field("instance_id", &self.shared.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    instance_id: String,
+    /// What should be registered; re-sent in full after a reconnect.
+    devices: Mutex<HashSet<(TenantId, DeviceId)>>,
+    control: mpsc::UnboundedSender<Control>,
+    timeouts: (Duration, Duration),
+}
+
+struct Control {
+    register: bool,
+    tenant: TenantId,
+    device: DeviceId,
+    reply: oneshot::Sender<Result<super::link::Delivery, DownstreamError>>,
+}
+
+impl CommandLink {
+    /// This adapter instance's id (its address `command_internal/ID`).
+    pub fn instance_id(&self) -> &str {
+        &self.shared.instance_id
+    }
+
+    /// Routes `device`'s commands to this instance. The device is remembered even when this fails
+    /// (not connected): it is registered when the connection comes back.
+    pub async fn register(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        self.update(true, tenant, device).await
+    }
+
+    /// Stops routing `device`'s commands to this instance.
+    pub async fn unregister(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        self.update(false, tenant, device).await
+    }
+
+    /// The devices currently registered (or to be registered on reconnect).
+    pub fn registered(&self) -> usize {
+        self.shared.devices.lock().map_or(0, |d| d.len())
+    }
+
+    async fn update(
+        &self,
+        register: bool,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            // Under the lock, so that the wire sees updates in the order the set does.
+            let mut devices = self
+                .shared
+                .devices
+                .lock()
+                .map_err(|_| DownstreamError::Disconnected)?;
+            let key = (tenant.clone(), device.clone());
+            if register {
+                devices.insert(key);
+            } else {
+                devices.remove(&key);
+            }
+            self.shared
+                .control
+                .send(Control {
+                    register,
+                    tenant: tenant.clone(),
+                    device: device.clone(),
+                    reply,
+                })
+                .map_err(|_| DownstreamError::Disconnected)?;
+        }
+        let (credit_wait, outcome_wait) = self.shared.timeouts;
+        let delivery = tokio::time::timeout(credit_wait * 2 + outcome_wait, rx)
+            .await
+            .map_err(|_| DownstreamError::Timeout)?
+            .map_err(|_| DownstreamError::Disconnected)??;
+        match outcome_of(delivery, outcome_wait).await? {
+            super::SendOutcome::Accepted => Ok(()),
+            other => Err(DownstreamError::NotAccepted(other)),
+        }
+    }
+}
+
+fn subscription(
+    register: bool,
+    app: Option<(&TenantId, &DeviceId)>,
+    body: Vec<u8>,
+) -> Sendable<Data> {
+    let properties = Properties {
+        subject: Some(if register { "register" } else { "unregister" }.to_owned()),
+        ..Properties::default()
+    };
+    let application_properties = app.map(|(t, d)| {
+        ApplicationProperties::builder()
+            .insert(app_property::TENANT_ID, t.as_str())
+            .insert(app_property::DEVICE_ID, d.as_str())
+            .build()
+    });
+    Sendable {
+        message: Message {
+            header: None,
+            delivery_annotations: None,
+            message_annotations: None,
+            properties: Some(properties),
+            application_properties,
+            body: Data(Binary::from(body)),
+            footer: None,
+        },
+        message_format: 0,
+        settled: None,
+    }
+}
+
+/// Most devices per bulk registration message.
+const BULK: usize = 1000;
+
+pub(super) fn open(
+    inner: &Arc<Inner>,
+    instance_id: &str,
+) -> (CommandLink, mpsc::Receiver<Command>) {
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        instance_id: instance_id.to_owned(),
+        devices: Mutex::new(HashSet::new()),
+        control,
+        timeouts: (inner.config.no_credit_timeout, inner.config.outcome_timeout),
+    });
+    let credit = inner.config.command_credit.max(1);
+    // As deep as the link's credit: the router sends no more than that unsettled, so forwarding never
+    // waits on the adapter while a settlement is queued behind it.
+    let (tx, rx) = mpsc::channel(usize::try_from(credit).unwrap_or(1024));
+    let task = Task {
+        shared: Arc::downgrade(&shared),
+        sessions: inner.session.subscribe(),
+        shutdown: inner.shutdown.clone(),
+        control: control_rx,
+        commands: tx,
+        credit,
+        no_credit_timeout: inner.config.no_credit_timeout,
+        attach_timeout: inner.config.connect_timeout,
+        instance_id: instance_id.to_owned(),
+        control_closed: false,
+    };
+    tokio::spawn(task.run());
+    (CommandLink { shared }, rx)
+}
+
+struct Task {
+    shared: std::sync::Weak<Shared>,
+    sessions: watch::Receiver<Option<Arc<SessionSlot>>>,
+    shutdown: ferry_core::shutdown::Shutdown,
+    control: mpsc::UnboundedReceiver<Control>,
+    commands: mpsc::Sender<Command>,
+    credit: u32,
+    no_credit_timeout: Duration,
+    attach_timeout: Duration,
+    instance_id: String,
+    /// Every [`CommandLink`] is gone: no more registrations will come.
+    control_closed: bool,
+}
+
+/// Why a connected phase ended.
+enum End {
+    /// The link or connection failed: wait for the next connection.
+    Lost,
+    /// Shutdown, or nobody holds the [`CommandLink`] and the command receiver any more.
+    Done,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let stop = self.shutdown.clone().wait();
+        tokio::pin!(stop);
+        let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Disposition>();
+        let mut attempts_on_this_session = 0u32;
+        let mut last_generation = 0;
+        loop {
+            let current = self.sessions.borrow_and_update().clone();
+            let session = match current {
+                Some(s) => s,
+                None => {
+                    // Disconnected: say so to whoever registers now; the set is replayed later.
+                    tokio::select! {
+                        () = &mut stop => return,
+                        changed = self.sessions.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                        }
+                        ctl = self.control.recv(), if !self.control_closed => match ctl {
+                            Some(c) => {
+                                let _ = c.reply.send(Err(DownstreamError::NotConnected));
+                            }
+                            None if self.commands.is_closed() => return,
+                            None => self.control_closed = true,
+                        },
+                        Some(_) = settle_rx.recv() => {}
+                    }
+                    continue;
+                }
+            };
+            if session.generation == last_generation {
+                attempts_on_this_session += 1;
+                // The router refused or dropped our links without dropping the connection: retry, but
+                // not in a tight loop.
+                let pause = Duration::from_millis(200) * attempts_on_this_session.min(25);
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(pause) => {}
+                    _ = self.sessions.changed() => {}
+                }
+                if self.sessions.borrow().as_ref().map(|s| s.generation) != Some(session.generation)
+                {
+                    continue;
+                }
+            } else {
+                attempts_on_this_session = 0;
+                last_generation = session.generation;
+            }
+            let connected = tokio::select! {
+                () = &mut stop => return,
+                c = self.connected(&session, &settle_tx, &mut settle_rx) => c,
+            };
+            match connected {
+                End::Lost => continue,
+                End::Done => return,
+            }
+        }
+    }
+
+    /// Attaches the links on `session`, re-registers every device, then serves commands, settlements
+    /// and registrations until something fails.
+    async fn connected(
+        &mut self,
+        session: &Arc<SessionSlot>,
+        settle_tx: &mpsc::UnboundedSender<Disposition>,
+        settle_rx: &mut mpsc::UnboundedReceiver<Disposition>,
+    ) -> End {
+        let address = format!("command_internal/{}", self.instance_id);
+        let attach = async {
+            let mut handle = session.handle.lock().await;
+            let receiver = Receiver::builder()
+                .name(format!("{address}#in-{}", session.generation))
+                .source(address.as_str())
+                .credit_mode(CreditMode::Auto(self.credit))
+                .attach(&mut *handle)
+                .await;
+            match receiver {
+                Ok(r) => Sender::builder()
+                    .name(format!("{address}#ctl-{}", session.generation))
+                    .target(address.as_str())
+                    .sender_settle_mode(SenderSettleMode::Unsettled)
+                    .attach(&mut *handle)
+                    .await
+                    .map(|s| (r, s))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        // Bounded, because the session lock is held meanwhile.
+        let links = tokio::time::timeout(self.attach_timeout, attach)
+            .await
+            .unwrap_or_else(|_| Err("attach timed out".to_owned()));
+        let (mut receiver, mut sender) = match links {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%address, error = %e, "cannot attach the command links");
+                return End::Lost;
+            }
+        };
+        if !self.replay(&mut sender).await {
+            return End::Lost;
+        }
+        tracing::debug!(%address, "command links attached");
+        let generation = session.generation;
+        loop {
+            tokio::select! {
+                delivery = receiver.recv::<Body<Value>>() => match delivery {
+                    Ok(d) => {
+                        if let Err(state) = self.forward(d, generation, settle_tx).await {
+                            if receiver.dispose(state.0, terminal(state.1)).await.is_err() {
+                                return End::Lost;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%address, error = %e, "command link lost");
+                        return End::Lost;
+                    }
+                },
+                Some(d) = settle_rx.recv() => {
+                    // Settlements of an earlier link's commands are moot: the router released them.
+                    if d.generation == generation
+                        && receiver.dispose(d.info, terminal(d.state)).await.is_err()
+                    {
+                        return End::Lost;
+                    }
+                }
+                ctl = self.control.recv(), if !self.control_closed => match ctl {
+                    Some(c) => {
+                        let sendable = subscription(c.register, Some((&c.tenant, &c.device)), Vec::new());
+                        match tokio::time::timeout(self.no_credit_timeout, sender.send_batchable(sendable)).await {
+                            Ok(Ok(delivery)) => {
+                                let _ = c.reply.send(Ok(delivery));
+                            }
+                            Ok(Err(_)) => {
+                                let _ = c.reply.send(Err(DownstreamError::Disconnected));
+                                return End::Lost;
+                            }
+                            Err(_) => {
+                                let _ = c.reply.send(Err(DownstreamError::NoCredit));
+                            }
+                        }
+                    }
+                    None => {
+                        self.control_closed = true;
+                        if self.commands.is_closed() {
+                            let _ = receiver.close().await;
+                            let _ = sender.close().await;
+                            return End::Done;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Registers every device held, in bulk messages; false if the link failed.
+    async fn replay(&self, sender: &mut Sender) -> bool {
+        let devices: Vec<(TenantId, DeviceId)> = match self.shared.upgrade() {
+            Some(shared) => match shared.devices.lock() {
+                Ok(d) => d.iter().cloned().collect(),
+                Err(_) => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        for chunk in devices.chunks(BULK) {
+            let list: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|(t, d)| serde_json::json!({ "tenant_id": t.as_str(), "device_id": d.as_str() }))
+                .collect();
+            let body = serde_json::to_vec(&list).unwrap_or_default();
+            match sender.send(subscription(true, None, body)).await {
+                Ok(fe2o3_amqp::types::messaging::Outcome::Accepted(_)) => {}
+                Ok(other) => {
+                    tracing::warn!(outcome = ?other, "router did not accept a bulk command registration");
+                }
+                Err(_) => return false,
+            }
+        }
+        if !devices.is_empty() {
+            tracing::info!(
+                devices = devices.len(),
+                "command subscriptions re-registered"
+            );
+        }
+        true
+    }
+
+    /// Hands a command to the adapter; `Err` with the disposition to give it at once when it is
+    /// malformed or nobody listens.
+    async fn forward(
+        &self,
+        delivery: Delivery<Body<Value>>,
+        generation: u64,
+        settle_tx: &mpsc::UnboundedSender<Disposition>,
+    ) -> Result<(), (DeliveryInfo, DeliveryState)> {
+        let info = DeliveryInfo::from(&delivery);
+        let mut command = match parse(delivery) {
+            Ok(c) => c,
+            Err(why) => {
+                return Err((info, rejected("hono:bad-request", why)));
+            }
+        };
+        command.settle = Some(Settle {
+            tx: settle_tx.clone(),
+            generation,
+            info: info.clone(),
+        });
+        match self.commands.send(command).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(mut c)) => {
+                // Nobody receives commands: release without going through the channel.
+                c.settle = None;
+                Err((info, DeliveryState::Released(Released {})))
+            }
+        }
+    }
+}
+
+fn terminal(state: DeliveryState) -> fe2o3_amqp::link::receiver::TerminalDeliveryState {
+    use fe2o3_amqp::link::receiver::TerminalDeliveryState as T;
+    match state {
+        DeliveryState::Accepted(a) => T::Accepted(a),
+        DeliveryState::Rejected(r) => T::Rejected(r),
+        DeliveryState::Modified(m) => T::Modified(m),
+        _ => T::Released(Released {}),
+    }
+}
+
+/// Reads a command as the router forwards it (`to` = `command/TENANT/DEVICE`).
+fn parse(delivery: Delivery<Body<Value>>) -> Result<Command, &'static str> {
+    let message = delivery.into_message();
+    let props = message.properties.ok_or("no properties")?;
+    let to = props.to.as_deref().ok_or("no to")?;
+    let rest = to
+        .strip_prefix("command/")
+        .or_else(|| to.strip_prefix("c/"))
+        .ok_or("to is not a command address")?;
+    let (tenant, device) = rest.split_once('/').ok_or("to names no device")?;
+    let tenant = TenantId::new(tenant).map_err(|_| "invalid tenant in to")?;
+    let device = DeviceId::new(device).map_err(|_| "invalid device in to")?;
+    let name = props.subject.ok_or("no subject")?;
+    let payload = match message.body {
+        Body::Data(batch) => {
+            let mut parts = batch.into_iter();
+            match (parts.next(), parts.next()) {
+                (None, _) => Bytes::new(),
+                (Some(one), None) => Bytes::from(one.0.into_vec()),
+                (Some(first), Some(second)) => {
+                    let mut all = first.0.into_vec();
+                    all.extend_from_slice(&second.0);
+                    for p in parts {
+                        all.extend_from_slice(&p.0);
+                    }
+                    Bytes::from(all)
+                }
+            }
+        }
+        Body::Empty => Bytes::new(),
+        Body::Value(v) => match v.0 {
+            Value::Binary(b) => Bytes::from(b.into_vec()),
+            Value::String(s) => Bytes::from(s.into_bytes()),
+            Value::Null => Bytes::new(),
+            _ => return Err("body must be a Data section"),
+        },
+        _ => return Err("body must be a Data section"),
+    };
+    if props.message_id.is_none() && props.correlation_id.is_none() {
+        return Err("neither message-id nor correlation-id");
+    }
+    Ok(Command {
+        tenant,
+        device,
+        name,
+        payload,
+        content_type: props.content_type.map(|s| s.0),
+        message_id: props.message_id.map(id_string),
+        correlation_id: props.correlation_id.map(id_string),
+        reply_to: props.reply_to,
+        settle: None,
+    })
+}
+
+/// A message id as text: strings as they are, numbers in decimal, UUIDs hyphenated, binary as hex.
+/// Responses carry it back as a string.
+fn id_string(id: MessageId) -> String {
+    match id {
+        MessageId::String(s) => s,
+        MessageId::Ulong(n) => n.to_string(),
+        MessageId::Uuid(u) => {
+            let b = u.into_inner();
+            let hex = hex(&b);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..32]
+            )
+        }
+        MessageId::Binary(b) => hex(&b),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_become_text() {
+        assert_eq!(id_string(MessageId::String("a".into())), "a");
+        assert_eq!(id_string(MessageId::Ulong(42)), "42");
+        assert_eq!(
+            id_string(MessageId::Binary(Binary::from(vec![0xab, 0x01]))),
+            "ab01"
+        );
+        let uuid = fe2o3_amqp::types::primitives::Uuid::from([
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc,
+            0xde, 0xf0,
+        ]);
+        assert_eq!(
+            id_string(MessageId::Uuid(uuid)),
+            "12345678-9abc-def0-1234-56789abcdef0"
+        );
+    }
+
+    #[test]
+    fn reject_uses_standard_conditions_when_it_can() {
+        match rejected("amqp:resource-limit-exceeded", "too many") {
+            DeliveryState::Rejected(Rejected { error: Some(e) }) => {
+                assert_eq!(
+                    e.condition,
+                    ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match rejected("hono:bad-request", "bad") {
+            DeliveryState::Rejected(Rejected { error: Some(e) }) => {
+                assert_eq!(
+                    e.condition,
+                    ErrorCondition::Custom(Symbol::from("hono:bad-request"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

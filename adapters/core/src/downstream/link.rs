@@ -1,0 +1,110 @@
+//! One sender link to the router, owned by one task and fed through a channel.
+//!
+//! fe2o3's `Sender` needs `&mut` to send, and an outcome may take a while (an event is accepted once it
+//! is on disk). So the link's task only writes transfers: for each job it waits for credit (bounded by the
+//! job's deadline: no credit means no consumer, and the device should hear so quickly) and hands the
+//! delivery future back to the caller, who awaits the outcome on its own. Many deliveries are thus in
+//! flight at once, and no lock is held while anyone waits.
+
+use std::time::Duration;
+
+use fe2o3_amqp::link::delivery::DeliveryFut;
+use fe2o3_amqp::link::SendError;
+use fe2o3_amqp::types::definitions::SenderSettleMode;
+use fe2o3_amqp::types::messaging::{Data, Outcome};
+use fe2o3_amqp::Sendable;
+use fe2o3_amqp::Sender;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{DownstreamError, SessionSlot};
+
+/// What a job's caller gets back: the future of the router's outcome.
+pub(crate) type Delivery = DeliveryFut<Result<Outcome, SendError>>;
+
+/// A message to send and where to report.
+pub(crate) struct Job {
+    pub(crate) sendable: Sendable<Data>,
+    /// Give up waiting for credit at this moment.
+    pub(crate) deadline: Instant,
+    pub(crate) reply: oneshot::Sender<Result<Delivery, DownstreamError>>,
+}
+
+/// How to attach the link.
+pub(crate) struct LinkSpec {
+    pub(crate) name: String,
+    pub(crate) address: String,
+    pub(crate) settle_mode: SenderSettleMode,
+    /// Granted to the first jobs on top of their own deadline: they waited for the attach, not for
+    /// credit.
+    pub(crate) grace: Duration,
+    pub(crate) attach_timeout: Duration,
+}
+
+/// Attaches the link on `session` and sends the jobs of `rx` until the link or the session fails, or
+/// every sender of `rx` is gone. `on_exit` runs before the remaining jobs are failed, so new jobs go to a
+/// fresh link instead of this dying one.
+pub(crate) async fn run(
+    session: std::sync::Arc<SessionSlot>,
+    spec: LinkSpec,
+    mut rx: mpsc::Receiver<Job>,
+    on_exit: impl FnOnce(),
+) {
+    let attach = async {
+        let mut handle = session.handle.lock().await;
+        Sender::builder()
+            .name(spec.name.as_str())
+            .target(spec.address.as_str())
+            .sender_settle_mode(spec.settle_mode)
+            .attach(&mut *handle)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    // Bounded, because the session lock is held meanwhile and other links wait for it.
+    let attached = tokio::time::timeout(spec.attach_timeout, attach)
+        .await
+        .unwrap_or_else(|_| Err("attach timed out".to_owned()));
+    let mut sender = match attached {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::debug!(address = %spec.address, %reason, "router refused a sender link");
+            on_exit();
+            rx.close();
+            while let Ok(job) = rx.try_recv() {
+                let _ = job.reply.send(Err(DownstreamError::LinkRefused {
+                    address: spec.address.clone(),
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+    };
+    let ready_by = Instant::now() + spec.grace;
+    let mut failed = false;
+    while let Some(job) = rx.recv().await {
+        let deadline = job.deadline.max(ready_by);
+        // `send_batchable` is cancel-safe: a timed-out job was never written.
+        match tokio::time::timeout_at(deadline, sender.send_batchable(job.sendable)).await {
+            Err(_) => {
+                let _ = job.reply.send(Err(DownstreamError::NoCredit));
+            }
+            Ok(Ok(delivery)) => {
+                let _ = job.reply.send(Ok(delivery));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(address = %spec.address, error = %e, "sender link failed");
+                let _ = job.reply.send(Err(DownstreamError::Disconnected));
+                failed = true;
+                break;
+            }
+        }
+    }
+    on_exit();
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        let _ = job.reply.send(Err(DownstreamError::Disconnected));
+    }
+    if !failed {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
+    }
+}

@@ -1,0 +1,325 @@
+//! Device messages and command responses as AMQP messages with Hono's properties (HONO-CONTRACT §1.1,
+//! §1.3, §4), and the router's outcomes as [`SendOutcome`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fe2o3_amqp::types::definitions;
+use fe2o3_amqp::types::messaging::{
+    ApplicationProperties, Data, Header, Message, MessageId, Outcome, Properties,
+};
+use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Symbol, Timestamp};
+use ferry_core::hono::{app_property, content_type};
+use ferry_core::ids::{DeviceId, TenantId};
+
+/// Telemetry or event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Telemetry,
+    Event,
+}
+
+impl MessageKind {
+    /// The address prefix (`telemetry`, `event`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Telemetry => ferry_core::hono::address::TELEMETRY,
+            Self::Event => ferry_core::hono::address::EVENT,
+        }
+    }
+}
+
+/// A device's telemetry or event message, as an adapter hands it downstream.
+#[derive(Debug, Clone)]
+pub struct DeviceMessage {
+    pub kind: MessageKind,
+    pub tenant: TenantId,
+    /// The device the message is from (not the gateway that sent it).
+    pub device_id: DeviceId,
+    /// 0: telemetry sent pre-settled, nobody waits for an outcome. 1 (and every event): unsettled,
+    /// resolved with the router's outcome.
+    pub qos: u8,
+    /// `None` is sent as `application/octet-stream`.
+    pub content_type: Option<String>,
+    pub payload: Bytes,
+    /// The device's registration assertion ([`crate::registry::Assertion::token`]).
+    pub assertion: Arc<str>,
+    /// The adapter type (`hono-mqtt`, `hono-http`).
+    pub orig_adapter: &'static str,
+    /// The MQTT topic or HTTP path the device used.
+    pub orig_address: String,
+    /// Header `ttl`; the caller applies defaults and the tenant's limits
+    /// ([`crate::registry::TenantInfo::effective_ttl_secs`]).
+    pub ttl_ms: Option<u32>,
+    /// Application property `ttd` (seconds the device stays reachable for commands; -1: until further
+    /// notice), an int as Hono's consumers read it.
+    pub ttd: Option<i32>,
+    /// Further string application properties (e.g. from an MQTT property bag).
+    pub extra_properties: Vec<(String, String)>,
+}
+
+impl DeviceMessage {
+    /// Whether the message goes pre-settled (QoS 0 telemetry).
+    pub fn is_presettled(&self) -> bool {
+        self.kind == MessageKind::Telemetry && self.qos == 0
+    }
+
+    /// The AMQP message (one Data section; every property Hono's consumers expect).
+    pub(crate) fn into_amqp(self) -> Message<Data> {
+        let mut props = OrderedMap::new();
+        let map = props.as_inner_mut();
+        map.insert(
+            app_property::DEVICE_ID.to_owned(),
+            SimpleValue::String(self.device_id.as_str().to_owned()),
+        );
+        map.insert(
+            app_property::REG_ASSERTION.to_owned(),
+            SimpleValue::String(String::from(&*self.assertion)),
+        );
+        map.insert(
+            app_property::ORIG_ADAPTER.to_owned(),
+            SimpleValue::String(self.orig_adapter.to_owned()),
+        );
+        map.insert(
+            app_property::ORIG_ADDRESS.to_owned(),
+            SimpleValue::String(self.orig_address),
+        );
+        map.insert(
+            app_property::QOS.to_owned(),
+            SimpleValue::Int(i32::from(self.qos)),
+        );
+        if let Some(ttd) = self.ttd {
+            map.insert(app_property::TTD.to_owned(), SimpleValue::Int(ttd));
+        }
+        for (k, v) in self.extra_properties {
+            map.insert(k, SimpleValue::String(v));
+        }
+        let header = match (self.kind, self.ttl_ms) {
+            (MessageKind::Event, ttl) => Some(Header::builder().durable(true).ttl(ttl).build()),
+            (MessageKind::Telemetry, Some(ttl)) => Some(Header::builder().ttl(ttl).build()),
+            (MessageKind::Telemetry, None) => None,
+        };
+        Message {
+            header,
+            delivery_annotations: None,
+            message_annotations: None,
+            properties: Some(properties(self.content_type)),
+            application_properties: Some(ApplicationProperties(props)),
+            // Reuses the payload's allocation when the adapter holds the only reference.
+            body: Data(Binary::from(Vec::<u8>::from(self.payload))),
+            footer: None,
+        }
+    }
+}
+
+fn properties(content: Option<String>) -> Properties {
+    Properties {
+        content_type: Some(Symbol::from(
+            content.unwrap_or_else(|| content_type::OCTET_STREAM.to_owned()),
+        )),
+        creation_time: Some(Timestamp::from_milliseconds(
+            chrono::Utc::now().timestamp_millis(),
+        )),
+        ..Properties::default()
+    }
+}
+
+/// A device's response to a command (HONO-CONTRACT §1.3), sent to `command_response` with `to` =
+/// the command's `reply-to`.
+#[derive(Debug, Clone)]
+pub struct CommandResponse {
+    pub tenant: TenantId,
+    pub device: DeviceId,
+    /// The command's `reply-to` (`command_response/TENANT/REPLY_ID`).
+    pub reply_to: String,
+    /// The command's correlation id (its correlation-id, else its message-id).
+    pub correlation_id: String,
+    /// HTTP-style status the device reported.
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub payload: Bytes,
+    /// Header `ttl` (the tenant's `max-ttl-command-response` applied by the caller).
+    pub ttl_ms: Option<u32>,
+}
+
+impl CommandResponse {
+    pub(crate) fn into_amqp(self) -> Message<Data> {
+        let mut props = OrderedMap::new();
+        let map = props.as_inner_mut();
+        map.insert(
+            app_property::STATUS.to_owned(),
+            SimpleValue::Int(i32::from(self.status)),
+        );
+        map.insert(
+            app_property::DEVICE_ID.to_owned(),
+            SimpleValue::String(self.device.as_str().to_owned()),
+        );
+        map.insert(
+            app_property::TENANT_ID.to_owned(),
+            SimpleValue::String(self.tenant.as_str().to_owned()),
+        );
+        let properties = Properties {
+            to: Some(self.reply_to),
+            correlation_id: Some(MessageId::String(self.correlation_id)),
+            content_type: self.content_type.map(Symbol::from),
+            creation_time: Some(Timestamp::from_milliseconds(
+                chrono::Utc::now().timestamp_millis(),
+            )),
+            ..Properties::default()
+        };
+        Message {
+            header: self.ttl_ms.map(|ttl| Header::builder().ttl(ttl).build()),
+            delivery_annotations: None,
+            message_annotations: None,
+            properties: Some(properties),
+            application_properties: Some(ApplicationProperties(props)),
+            body: Data(Binary::from(Vec::<u8>::from(self.payload))),
+            footer: None,
+        }
+    }
+}
+
+/// What the router did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Taken by a consumer (telemetry) or stored (event).
+    Accepted,
+    /// Refused, e.g. `amqp:precondition-failed` for a bad assertion, `amqp:decode-error`.
+    Rejected {
+        condition: Option<String>,
+        description: Option<String>,
+    },
+    /// Not taken (no consumer with credit, or the consumer released it); may be retried.
+    Released,
+    /// The consumer could not process it now.
+    Modified,
+    /// Sent pre-settled (QoS 0): written to the router, no outcome will follow.
+    Presettled,
+}
+
+impl SendOutcome {
+    /// Whether the device may be told the message was delivered.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Accepted | Self::Presettled)
+    }
+
+    pub(crate) fn from_amqp(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Accepted(_) => Self::Accepted,
+            Outcome::Rejected(r) => {
+                let (condition, description) = match r.error {
+                    Some(e) => (condition_name(&e.condition), e.description),
+                    None => (None, None),
+                };
+                Self::Rejected {
+                    condition,
+                    description,
+                }
+            }
+            Outcome::Released(_) => Self::Released,
+            Outcome::Modified(_) => Self::Modified,
+            #[allow(unreachable_patterns)]
+            _ => Self::Released,
+        }
+    }
+}
+
+/// The symbolic name of an error condition (`amqp:precondition-failed`).
+fn condition_name(c: &definitions::ErrorCondition) -> Option<String> {
+    match serde_amqp::to_value(c).ok()? {
+        serde_amqp::Value::Symbol(s) => Some(s.0),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: MessageKind, qos: u8) -> DeviceMessage {
+        DeviceMessage {
+            kind,
+            tenant: TenantId::new("t1").expect("id"),
+            device_id: DeviceId::new("d1").expect("id"),
+            qos,
+            content_type: None,
+            payload: Bytes::from_static(b"21.5"),
+            assertion: Arc::from("jwt"),
+            orig_adapter: "hono-mqtt",
+            orig_address: "telemetry".into(),
+            ttl_ms: None,
+            ttd: None,
+            extra_properties: vec![("x-custom".into(), "v".into())],
+        }
+    }
+
+    fn prop<'a>(m: &'a Message<Data>, key: &str) -> Option<&'a SimpleValue> {
+        m.application_properties.as_ref()?.0.as_inner().get(key)
+    }
+
+    #[test]
+    fn telemetry_carries_hono_properties() {
+        let m = message(MessageKind::Telemetry, 0).into_amqp();
+        let p = m.properties.as_ref().expect("properties");
+        assert_eq!(
+            p.content_type.as_ref().map(|s| s.0.as_str()),
+            Some("application/octet-stream")
+        );
+        assert!(p.creation_time.is_some());
+        assert!(m.header.is_none());
+        assert_eq!(
+            prop(&m, "device_id"),
+            Some(&SimpleValue::String("d1".into()))
+        );
+        assert_eq!(
+            prop(&m, "reg_assertion"),
+            Some(&SimpleValue::String("jwt".into()))
+        );
+        assert_eq!(prop(&m, "qos"), Some(&SimpleValue::Int(0)));
+        assert_eq!(
+            prop(&m, "orig_adapter"),
+            Some(&SimpleValue::String("hono-mqtt".into()))
+        );
+        assert_eq!(prop(&m, "x-custom"), Some(&SimpleValue::String("v".into())));
+        assert_eq!(m.body.0.as_slice(), b"21.5");
+    }
+
+    #[test]
+    fn events_are_durable_with_ttl() {
+        let mut msg = message(MessageKind::Event, 1);
+        msg.ttl_ms = Some(30_000);
+        msg.ttd = Some(-1);
+        msg.content_type = Some("text/plain".into());
+        assert!(!msg.is_presettled());
+        let m = msg.into_amqp();
+        let h = m.header.as_ref().expect("header");
+        assert!(h.durable);
+        assert_eq!(h.ttl, Some(30_000));
+        assert_eq!(prop(&m, "ttd"), Some(&SimpleValue::Int(-1)));
+        assert_eq!(
+            m.properties
+                .as_ref()
+                .and_then(|p| p.content_type.as_ref())
+                .map(|s| s.0.as_str()),
+            Some("text/plain")
+        );
+    }
+
+    #[test]
+    fn rejected_outcome_keeps_its_condition() {
+        let outcome = Outcome::Rejected(fe2o3_amqp::types::messaging::Rejected {
+            error: Some(definitions::Error::new(
+                definitions::AmqpError::PreconditionFailed,
+                Some("expired".to_owned()),
+                None,
+            )),
+        });
+        assert_eq!(
+            SendOutcome::from_amqp(outcome),
+            SendOutcome::Rejected {
+                condition: Some("amqp:precondition-failed".into()),
+                description: Some("expired".into()),
+            }
+        );
+    }
+}

@@ -1,0 +1,747 @@
+//! The adapters' client of the registry's internal API (docs/registry.md): tenants, credentials and
+//! registration assertions, each cached for as long as the registry's `Cache-Control: max-age` allows
+//! (negative answers briefly), and purged as soon as the registry's change stream announces a change.
+//!
+//! Per-message lookups ([`RegistryClient::assertion`], [`RegistryClient::tenant`]) are answered from the
+//! cache without building an owned key; a miss coalesces concurrent requests for the same key. The
+//! registry being unreachable ([`RegistryError`]) is never confused with "unknown" or "not allowed":
+//! adapters answer the former with 503 / CONNACK "server unavailable", the latter with 401/403/404.
+
+mod cache;
+mod changes;
+mod tenant;
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::ids::{AuthId, DeviceId, TenantId};
+use ferry_core::shutdown::Shutdown;
+use futures_util::StreamExt;
+use quick_cache::Equivalent;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use cache::{Epoch, TtlCache};
+pub use changes::{Change, ChangeKind, ChangeOp};
+use changes::{SseParser, StreamEvent};
+pub use tenant::{TenantInfo, TtlLimit};
+
+/// A credential found by (tenant, type, auth-id), with the device it belongs to. The registry's full
+/// form, hashes included: the adapter verifies secrets itself.
+pub type FoundCredential = ferry_registry_model::DeviceCredential;
+
+/// How to reach the registry and how long to trust its answers.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Base URL, e.g. `http://127.0.0.1:28080`.
+    pub url: String,
+    /// Bearer token of the internal API.
+    pub token: String,
+    /// Bound on one lookup (connect + answer); beyond it the registry counts as unavailable.
+    pub request_timeout: Duration,
+    /// How long to keep an answer that carries no `Cache-Control: max-age`.
+    pub default_max_age: Duration,
+    /// Upper bound on any `max-age` the registry sends.
+    pub max_age_cap: Duration,
+    /// How long "unknown" (404) and "not allowed" (403) answers are kept. Short, because a device that
+    /// is being provisioned should not wait long; the change stream purges them earlier anyway.
+    pub negative_ttl: Duration,
+    /// An assertion is refreshed this long before it expires, so that a message carrying it reaches the
+    /// router (which allows 10 s of clock skew) while it is still valid.
+    pub assertion_margin: Duration,
+    /// Entries per cache (tenants, credentials, assertions, verified passwords).
+    pub cache_capacity: usize,
+    /// The change stream is reconnected when nothing (not even the 15 s keep-alive) arrived this long.
+    pub change_stream_idle_timeout: Duration,
+}
+
+impl RegistryConfig {
+    /// Defaults for everything but where the registry is.
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: token.into(),
+            request_timeout: Duration::from_secs(5),
+            default_max_age: Duration::from_secs(60),
+            max_age_cap: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(5),
+            assertion_margin: Duration::from_secs(15),
+            cache_capacity: 100_000,
+            change_stream_idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// The registry could not give an answer: unreachable, timed out, an error status, or a body this client
+/// cannot read. Never a denial: adapters map it to 503 / CONNACK "server unavailable".
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry unavailable: {0}")]
+    Unavailable(#[source] UnavailableCause),
+}
+
+/// Why the registry counts as unavailable.
+#[derive(Debug, thiserror::Error)]
+pub enum UnavailableCause {
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{what}: unexpected status {status}")]
+    Status { what: &'static str, status: u16 },
+    #[error("{what}: malformed answer: {source}")]
+    Malformed {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<UnavailableCause> for RegistryError {
+    fn from(cause: UnavailableCause) -> Self {
+        Self::Unavailable(cause)
+    }
+}
+
+impl From<reqwest::Error> for RegistryError {
+    fn from(e: reqwest::Error) -> Self {
+        Self::Unavailable(UnavailableCause::Http(e))
+    }
+}
+
+/// A registration assertion with what the registry said about the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assertion {
+    /// The device the assertion is for.
+    pub device_id: DeviceId,
+    /// The signed JWT, copied into every message's `reg_assertion`.
+    pub token: Arc<str>,
+    /// Expiry (unix seconds).
+    pub expires: i64,
+    /// Gateways that may act for the device (members of its via-groups included).
+    pub via: Vec<DeviceId>,
+    /// The device's default message properties (`content-type`, `ttl`, ...).
+    pub defaults: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The registry's answer to an assertion request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AssertionOutcome {
+    Granted(Arc<Assertion>),
+    /// Tenant or device unknown or disabled (HTTP 404, MQTT: disconnect).
+    NotFound,
+    /// The gateway is unknown, disabled or not allowed to act for the device (HTTP 403).
+    Forbidden,
+}
+
+/// Counters of the requests made, for tests and metrics.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    pub tenant_requests: u64,
+    pub credential_requests: u64,
+    pub assertion_requests: u64,
+    pub changes_seen: u64,
+    pub change_stream_connects: u64,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct CredKey {
+    tenant: TenantId,
+    cred_type: Box<str>,
+    auth_id: AuthId,
+}
+
+struct CredKeyRef<'a> {
+    tenant: &'a str,
+    cred_type: &'a str,
+    auth_id: &'a str,
+}
+
+impl Hash for CredKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        CredKeyRef {
+            tenant: self.tenant.as_str(),
+            cred_type: &self.cred_type,
+            auth_id: self.auth_id.as_str(),
+        }
+        .hash(h);
+    }
+}
+
+impl Hash for CredKeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.tenant.hash(h);
+        self.cred_type.hash(h);
+        self.auth_id.hash(h);
+    }
+}
+
+impl Equivalent<CredKey> for CredKeyRef<'_> {
+    fn equivalent(&self, k: &CredKey) -> bool {
+        self.tenant == k.tenant.as_str()
+            && self.cred_type == &*k.cred_type
+            && self.auth_id == k.auth_id.as_str()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct AssertionKey {
+    tenant: TenantId,
+    device: DeviceId,
+    gateway: Option<DeviceId>,
+}
+
+struct AssertionKeyRef<'a> {
+    tenant: &'a str,
+    device: &'a str,
+    gateway: Option<&'a str>,
+}
+
+impl Hash for AssertionKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        AssertionKeyRef {
+            tenant: self.tenant.as_str(),
+            device: self.device.as_str(),
+            gateway: self.gateway.as_ref().map(DeviceId::as_str),
+        }
+        .hash(h);
+    }
+}
+
+impl Hash for AssertionKeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.tenant.hash(h);
+        self.device.hash(h);
+        self.gateway.hash(h);
+    }
+}
+
+impl Equivalent<AssertionKey> for AssertionKeyRef<'_> {
+    fn equivalent(&self, k: &AssertionKey) -> bool {
+        self.tenant == k.tenant.as_str()
+            && self.device == k.device.as_str()
+            && self.gateway == k.gateway.as_ref().map(DeviceId::as_str)
+    }
+}
+
+/// Key of the verified-password cache: the password only as a salted SHA-256, never in clear.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct VerifyKey {
+    pub(crate) tenant: TenantId,
+    pub(crate) auth_id: AuthId,
+    pub(crate) digest: [u8; 32],
+}
+
+struct Inner {
+    config: RegistryConfig,
+    base: String,
+    http: reqwest::Client,
+    /// Without a total timeout: the change stream is open for as long as the process runs.
+    stream_http: reqwest::Client,
+    tenants: TtlCache<TenantId, Option<Arc<TenantInfo>>>,
+    credentials: TtlCache<CredKey, Option<Arc<FoundCredential>>>,
+    assertions: TtlCache<AssertionKey, AssertionOutcome>,
+    /// Owned by [`crate::auth`], kept here so that a change purges it before it is re-broadcast.
+    pub(crate) verified: TtlCache<VerifyKey, DeviceId>,
+    epoch: Epoch,
+    changes: broadcast::Sender<Change>,
+    following: AtomicBool,
+    tenant_requests: AtomicU64,
+    credential_requests: AtomicU64,
+    assertion_requests: AtomicU64,
+    changes_seen: AtomicU64,
+    change_stream_connects: AtomicU64,
+}
+
+/// The registry client; cheap to clone (one shared set of caches).
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("url", &self.inner.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one lookup request came back with.
+enum Answer<T> {
+    Found(T, Duration),
+    NotFound,
+    Forbidden,
+}
+
+#[derive(Deserialize)]
+struct WireAssertion {
+    #[serde(rename = "device-id")]
+    device_id: DeviceId,
+    assertion: String,
+    expires: i64,
+    #[serde(default)]
+    via: Vec<DeviceId>,
+    #[serde(default)]
+    defaults: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RegistryClient {
+    /// A client with empty caches. Call [`Self::follow_changes`] (in a task) to keep them honest.
+    pub fn new(config: RegistryConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout)
+            .tcp_nodelay(true)
+            .build()?;
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(config.request_timeout)
+            .tcp_nodelay(true)
+            .build()?;
+        let capacity = config.cache_capacity;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                base: config.url.trim_end_matches('/').to_owned(),
+                config,
+                http,
+                stream_http,
+                tenants: TtlCache::new(capacity.min(10_000)),
+                credentials: TtlCache::new(capacity),
+                assertions: TtlCache::new(capacity),
+                verified: TtlCache::new(capacity),
+                epoch: Epoch::default(),
+                changes: broadcast::channel(1024).0,
+                following: AtomicBool::new(false),
+                tenant_requests: AtomicU64::new(0),
+                credential_requests: AtomicU64::new(0),
+                assertion_requests: AtomicU64::new(0),
+                changes_seen: AtomicU64::new(0),
+                change_stream_connects: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration the client was made with.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn inner_verified(&self) -> &TtlCache<VerifyKey, DeviceId> {
+        &self.inner.verified
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.epoch.current()
+    }
+
+    /// The tenant, `None` when the registry does not know it.
+    pub async fn tenant(&self, id: &TenantId) -> Result<Option<Arc<TenantInfo>>, RegistryError> {
+        if let Some(v) = self.inner.tenants.get(id) {
+            return Ok(v);
+        }
+        let load = async {
+            self.inner.tenant_requests.fetch_add(1, Ordering::Relaxed);
+            let req = self
+                .inner
+                .http
+                .get(format!("{}/internal/v1/tenants/{id}", self.inner.base));
+            Ok(match self.request(req, "tenant").await? {
+                Answer::Found(body, ttl) => {
+                    let mut value: serde_json::Value = parse(&body, "tenant")?;
+                    // The internal answer adds `tenant-id` to the management body, which refuses
+                    // unknown fields.
+                    if let Some(map) = value.as_object_mut() {
+                        map.remove("tenant-id");
+                    }
+                    let config = serde_json::from_value(value).map_err(|source| {
+                        UnavailableCause::Malformed {
+                            what: "tenant",
+                            source,
+                        }
+                    })?;
+                    let info = TenantInfo {
+                        id: id.clone(),
+                        config,
+                    };
+                    (Some(Arc::new(info)), ttl)
+                }
+                Answer::NotFound | Answer::Forbidden => (None, self.inner.config.negative_ttl),
+            })
+        };
+        self.inner
+            .tenants
+            .get_or_load(id, &self.inner.epoch, load)
+            .await
+    }
+
+    /// The credential of `cred_type` (`hashed-password`, `psk`, `x509-cert`, `rpk`) with this auth id,
+    /// with its device; `None` when there is none. Disabled credentials are returned too (the caller's
+    /// verification refuses them).
+    pub async fn credentials(
+        &self,
+        tenant: &TenantId,
+        cred_type: &str,
+        auth_id: &AuthId,
+    ) -> Result<Option<Arc<FoundCredential>>, RegistryError> {
+        Ok(self.credentials_timed(tenant, cred_type, auth_id).await?.0)
+    }
+
+    /// [`Self::credentials`] and until when the answer may be trusted (the verify cache keeps no
+    /// result longer than the credential it was checked against).
+    pub(crate) async fn credentials_timed(
+        &self,
+        tenant: &TenantId,
+        cred_type: &str,
+        auth_id: &AuthId,
+    ) -> Result<(Option<Arc<FoundCredential>>, Instant), RegistryError> {
+        let key_ref = CredKeyRef {
+            tenant: tenant.as_str(),
+            cred_type,
+            auth_id: auth_id.as_str(),
+        };
+        if let Some(hit) = self.inner.credentials.get_until(&key_ref) {
+            return Ok(hit);
+        }
+        let key = CredKey {
+            tenant: tenant.clone(),
+            cred_type: cred_type.into(),
+            auth_id: auth_id.clone(),
+        };
+        let load = async {
+            self.inner
+                .credential_requests
+                .fetch_add(1, Ordering::Relaxed);
+            let req = self
+                .inner
+                .http
+                .get(format!(
+                    "{}/internal/v1/credentials/{tenant}",
+                    self.inner.base
+                ))
+                .query(&[("type", cred_type), ("auth-id", auth_id.as_str())]);
+            Ok(match self.request(req, "credentials").await? {
+                Answer::Found(body, ttl) => {
+                    let found: FoundCredential = parse(&body, "credentials")?;
+                    (Some(Arc::new(found)), ttl)
+                }
+                Answer::NotFound | Answer::Forbidden => (None, self.inner.config.negative_ttl),
+            })
+        };
+        self.inner
+            .credentials
+            .get_or_load_until(&key, &self.inner.epoch, load)
+            .await
+    }
+
+    /// A registration assertion for `device`, or for `device` through `gateway` (the gateway publishes on
+    /// the device's behalf). Cached until shortly before it expires; called per message.
+    pub async fn assertion(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        gateway: Option<&DeviceId>,
+    ) -> Result<AssertionOutcome, RegistryError> {
+        // A gateway asking for itself is the device itself, and the registry treats it so.
+        let gateway = gateway.filter(|g| *g != device);
+        let key_ref = AssertionKeyRef {
+            tenant: tenant.as_str(),
+            device: device.as_str(),
+            gateway: gateway.map(DeviceId::as_str),
+        };
+        if let Some(v) = self.inner.assertions.get(&key_ref) {
+            return Ok(v);
+        }
+        let key = AssertionKey {
+            tenant: tenant.clone(),
+            device: device.clone(),
+            gateway: gateway.cloned(),
+        };
+        let load = async {
+            self.inner
+                .assertion_requests
+                .fetch_add(1, Ordering::Relaxed);
+            let mut req = self.inner.http.post(format!(
+                "{}/internal/v1/assertions/{tenant}/{device}",
+                self.inner.base
+            ));
+            if let Some(gw) = gateway {
+                req = req.query(&[("gateway", gw.as_str())]);
+            }
+            Ok(match self.request(req, "assertion").await? {
+                Answer::Found(body, max_age) => {
+                    let wire: WireAssertion = parse(&body, "assertion")?;
+                    let ttl = self.assertion_ttl(wire.expires, max_age);
+                    let assertion = Assertion {
+                        device_id: wire.device_id,
+                        token: wire.assertion.into(),
+                        expires: wire.expires,
+                        via: wire.via,
+                        defaults: wire.defaults,
+                    };
+                    (AssertionOutcome::Granted(Arc::new(assertion)), ttl)
+                }
+                Answer::NotFound => (AssertionOutcome::NotFound, self.inner.config.negative_ttl),
+                Answer::Forbidden => (AssertionOutcome::Forbidden, self.inner.config.negative_ttl),
+            })
+        };
+        self.inner
+            .assertions
+            .get_or_load(&key, &self.inner.epoch, load)
+            .await
+    }
+
+    /// How long an assertion expiring at `expires` may be handed out.
+    fn assertion_ttl(&self, expires: i64, max_age: Duration) -> Duration {
+        let now = chrono::Utc::now().timestamp();
+        let left = u64::try_from(expires.saturating_sub(now)).unwrap_or(0);
+        let usable = Duration::from_secs(left).saturating_sub(self.inner.config.assertion_margin);
+        usable.min(max_age)
+    }
+
+    async fn request(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &'static str,
+    ) -> Result<Answer<bytes::Bytes>, RegistryError> {
+        let resp = req.bearer_auth(&self.inner.config.token).send().await?;
+        match resp.status().as_u16() {
+            200 => {
+                let ttl = max_age(resp.headers())
+                    .unwrap_or(self.inner.config.default_max_age)
+                    .min(self.inner.config.max_age_cap);
+                Ok(Answer::Found(resp.bytes().await?, ttl))
+            }
+            404 => Ok(Answer::NotFound),
+            403 => Ok(Answer::Forbidden),
+            status => Err(UnavailableCause::Status { what, status }.into()),
+        }
+    }
+
+    /// A receiver of every change, after the caches were purged for it. A receiver that lags (more than
+    /// 1024 changes behind) gets `Lagged` and should treat it as [`ChangeKind::Reset`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Whether the change stream is connected (until it is, caches may miss changes made meanwhile).
+    pub fn is_following_changes(&self) -> bool {
+        self.inner.following.load(Ordering::Acquire)
+    }
+
+    #[doc(hidden)]
+    pub fn stats(&self) -> RegistryStats {
+        let i = &self.inner;
+        RegistryStats {
+            tenant_requests: i.tenant_requests.load(Ordering::Relaxed),
+            credential_requests: i.credential_requests.load(Ordering::Relaxed),
+            assertion_requests: i.assertion_requests.load(Ordering::Relaxed),
+            changes_seen: i.changes_seen.load(Ordering::Relaxed),
+            change_stream_connects: i.change_stream_connects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Follows the registry's change stream until `shutdown`: purges the affected cache entries and
+    /// re-broadcasts every change ([`Self::subscribe`]). Reconnects with backoff (100 ms doubling to
+    /// 5 s); every (re)connect and `reset` purges everything, since changes may have been missed.
+    pub async fn follow_changes(&self, shutdown: Shutdown) {
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connected = tokio::select! {
+                () = &mut stop => break,
+                c = self.stream_once() => c,
+            };
+            self.inner.following.store(false, Ordering::Release);
+            if connected {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                () = &mut stop => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        self.inner.following.store(false, Ordering::Release);
+    }
+
+    /// One connection of the change stream; true if it was established.
+    async fn stream_once(&self) -> bool {
+        let resp = self
+            .inner
+            .stream_http
+            .get(format!("{}/internal/v1/changes", self.inner.base))
+            .bearer_auth(&self.inner.config.token)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "registry change stream not available");
+                return false;
+            }
+        };
+        // The registry subscribed us before answering, so nothing after this purge is missed.
+        self.inner
+            .change_stream_connects
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner.following.store(true, Ordering::Release);
+        self.apply(StreamEvent::Reset);
+        let mut body = resp.bytes_stream();
+        let mut parser = SseParser::default();
+        let idle = self.inner.config.change_stream_idle_timeout;
+        loop {
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(chunk))) => parser.feed(&chunk, |e| self.apply(e)),
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "registry change stream broke");
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::debug!("registry change stream silent; reconnecting");
+                    break;
+                }
+            }
+        }
+        true
+    }
+
+    fn apply(&self, event: StreamEvent) {
+        let change = match event {
+            StreamEvent::Hello => return,
+            StreamEvent::Reset => Change::reset(),
+            StreamEvent::Change(c) => c,
+        };
+        self.inner.changes_seen.fetch_add(1, Ordering::Relaxed);
+        self.purge(&change);
+        // No subscribers is fine: nobody holds state that needs re-checking.
+        let _ = self.inner.changes.send(change);
+    }
+
+    /// Drops every cache entry the change may have made stale.
+    fn purge(&self, change: &Change) {
+        let i = &self.inner;
+        // First, so that a lookup already in flight does not cache a pre-change answer.
+        i.epoch.advance();
+        match (change.kind, &change.tenant, &change.device) {
+            (ChangeKind::Application, ..) => {}
+            (ChangeKind::Tenant, Some(t), _) => {
+                i.tenants.remove(t);
+                i.credentials.purge_where(|k, _| &k.tenant == t);
+                i.assertions.purge_where(|k, _| &k.tenant == t);
+                i.verified.purge_where(|k, _| &k.tenant == t);
+            }
+            (ChangeKind::Device, Some(t), Some(d)) => {
+                i.assertions.purge_where(|k, v| {
+                    &k.tenant == t
+                        && (&k.device == d
+                            || k.gateway.as_ref() == Some(d)
+                            || matches!(v, AssertionOutcome::Granted(a) if a.via.contains(d)))
+                });
+                i.credentials.purge_where(|k, v| {
+                    &k.tenant == t && v.as_ref().is_none_or(|c| &c.device_id == d)
+                });
+                i.verified.purge_where(|k, v| &k.tenant == t && v == d);
+            }
+            (ChangeKind::Credentials, Some(t), Some(d)) => {
+                // Negative entries too: the change may have added the auth id someone looked for.
+                i.credentials.purge_where(|k, v| {
+                    &k.tenant == t && v.as_ref().is_none_or(|c| &c.device_id == d)
+                });
+                i.verified.purge_where(|k, v| &k.tenant == t && v == d);
+            }
+            // A reset, or a change this client cannot place: everything may be stale.
+            _ => {
+                i.tenants.clear();
+                i.credentials.clear();
+                i.assertions.clear();
+                i.verified.clear();
+            }
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &'static str,
+) -> Result<T, RegistryError> {
+    serde_json::from_slice(body)
+        .map_err(|source| UnavailableCause::Malformed { what, source }.into())
+}
+
+/// `max-age` of a `Cache-Control` header.
+fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(reqwest::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(max_age(&h), None);
+        h.insert(
+            reqwest::header::CACHE_CONTROL,
+            reqwest::header::HeaderValue::from_static("private, max-age=42"),
+        );
+        assert_eq!(max_age(&h), Some(Duration::from_secs(42)));
+    }
+
+    #[test]
+    fn borrowed_keys_hash_like_owned_ones() {
+        let s = std::hash::RandomState::new();
+        let owned = AssertionKey {
+            tenant: TenantId::new("t").expect("id"),
+            device: DeviceId::new("d").expect("id"),
+            gateway: Some(DeviceId::new("g").expect("id")),
+        };
+        let borrowed = AssertionKeyRef {
+            tenant: "t",
+            device: "d",
+            gateway: Some("g"),
+        };
+        assert_eq!(s.hash_one(&owned), s.hash_one(&borrowed));
+        assert!(borrowed.equivalent(&owned));
+        let owned = CredKey {
+            tenant: TenantId::new("t").expect("id"),
+            cred_type: "hashed-password".into(),
+            auth_id: AuthId::new("a b").expect("id"),
+        };
+        let borrowed = CredKeyRef {
+            tenant: "t",
+            cred_type: "hashed-password",
+            auth_id: "a b",
+        };
+        assert_eq!(s.hash_one(&owned), s.hash_one(&borrowed));
+        assert!(borrowed.equivalent(&owned));
+    }
+
+    #[test]
+    fn assertions_are_kept_until_shortly_before_expiry() {
+        let client =
+            RegistryClient::new(RegistryConfig::new("http://127.0.0.1:1", "x")).expect("client");
+        let now = chrono::Utc::now().timestamp();
+        let ttl = client.assertion_ttl(now + 600, Duration::from_secs(300));
+        assert_eq!(ttl, Duration::from_secs(300));
+        let ttl = client.assertion_ttl(now + 60, Duration::from_secs(300));
+        assert!(ttl <= Duration::from_secs(45) && ttl >= Duration::from_secs(43));
+        assert_eq!(
+            client.assertion_ttl(now + 5, Duration::from_secs(300)),
+            Duration::ZERO
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! Telemetry and events to the router: outcomes, settle modes, no-credit behaviour, reconnection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fe2o3_amqp::types::primitives::Value;
+use ferry_adapter_core::downstream::{
+    DeviceMessage, Downstream, DownstreamError, MessageKind, SendOutcome,
+};
+use ferry_adapter_core::registry::AssertionOutcome;
+
+use crate::harness::*;
+
+async fn assertion(p: &Platform, t: &str, d: &str) -> Arc<str> {
+    match p
+        .registry_client()
+        .assertion(&tenant(t), &device(d), None)
+        .await
+        .expect("assertion")
+    {
+        AssertionOutcome::Granted(a) => a.token.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn message(
+    kind: MessageKind,
+    t: &str,
+    d: &str,
+    qos: u8,
+    token: &Arc<str>,
+    body: &'static [u8],
+) -> DeviceMessage {
+    DeviceMessage {
+        kind,
+        tenant: tenant(t),
+        device_id: device(d),
+        qos,
+        content_type: Some("text/plain".into()),
+        payload: Bytes::from_static(body),
+        assertion: token.clone(),
+        orig_adapter: "hono-mqtt",
+        orig_address: "telemetry".into(),
+        ttl_ms: None,
+        ttd: None,
+        extra_properties: vec![],
+    }
+}
+
+#[tokio::test]
+async fn qos1_telemetry_is_accepted_by_a_consumer() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("telemetry/t1", 10).await;
+    let down = p.downstream().await;
+    let token = assertion(&p, "t1", "d1").await;
+
+    let d2 = down.clone();
+    let msg = message(MessageKind::Telemetry, "t1", "d1", 1, &token, b"21.5");
+    let send = tokio::spawn(async move { d2.send(msg).await });
+    let d = recv_within(&mut rx, 2000).await.expect("telemetry arrives");
+    assert_eq!(body_bytes(&d), b"21.5");
+    assert_eq!(app_prop(&d, "device_id"), Some(Value::String("d1".into())));
+    assert_eq!(app_prop(&d, "qos"), Some(Value::Int(1)));
+    assert_eq!(
+        app_prop(&d, "orig_adapter"),
+        Some(Value::String("hono-mqtt".into()))
+    );
+    assert_eq!(
+        app_prop(&d, "reg_assertion"),
+        None,
+        "stripped by the router"
+    );
+    let props = d.message().properties.clone().expect("properties");
+    assert_eq!(props.content_type.map(|c| c.0), Some("text/plain".into()));
+    assert!(props.creation_time.is_some());
+    rx.accept(&d).await.expect("accept");
+    assert_eq!(send.await.expect("join"), Ok(SendOutcome::Accepted));
+}
+
+#[tokio::test]
+async fn many_messages_are_in_flight_at_once() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("telemetry/t1", 500).await;
+    let down = p.downstream().await;
+    let token = assertion(&p, "t1", "d1").await;
+    let mut sends = Vec::new();
+    for _ in 0..200 {
+        let (d, msg) = (
+            down.clone(),
+            message(MessageKind::Telemetry, "t1", "d1", 1, &token, b"x"),
+        );
+        sends.push(tokio::spawn(async move { d.send(msg).await }));
+    }
+    for _ in 0..200 {
+        let d = recv_within(&mut rx, 2000).await.expect("arrives");
+        rx.accept(&d).await.expect("accept");
+    }
+    for s in sends {
+        assert_eq!(s.await.expect("join"), Ok(SendOutcome::Accepted));
+    }
+    assert_eq!(
+        down.stats().links_attached,
+        1,
+        "one link per tenant and kind"
+    );
+}
+
+#[tokio::test]
+async fn qos0_telemetry_goes_presettled() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("telemetry/t1", 10).await;
+    let down = p.downstream().await;
+    let token = assertion(&p, "t1", "d1").await;
+    let outcome = down
+        .send(message(
+            MessageKind::Telemetry,
+            "t1",
+            "d1",
+            0,
+            &token,
+            b"q0",
+        ))
+        .await;
+    assert_eq!(outcome, Ok(SendOutcome::Presettled));
+    let d = recv_within(&mut rx, 2000).await.expect("arrives");
+    assert_eq!(body_bytes(&d), b"q0");
+    assert_eq!(app_prop(&d, "qos"), Some(Value::Int(0)));
+}
+
+#[tokio::test]
+async fn no_consumer_means_no_credit_quickly() {
+    let p = Platform::start().await;
+    let down = p.downstream().await;
+    let token = assertion(&p, "t1", "d1").await;
+    for qos in [1, 0, 1] {
+        let started = Instant::now();
+        let outcome = down
+            .send(message(
+                MessageKind::Telemetry,
+                "t1",
+                "d1",
+                qos,
+                &token,
+                b"x",
+            ))
+            .await;
+        assert_eq!(outcome, Err(DownstreamError::NoCredit), "qos {qos}");
+        assert!(
+            started.elapsed() < Duration::from_millis(700),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // A consumer arrives: credit follows.
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("telemetry/t1", 10).await;
+    let d2 = down.clone();
+    let msg = message(MessageKind::Telemetry, "t1", "d1", 1, &token, b"late");
+    let send = tokio::spawn(async move { d2.send(msg).await });
+    let d = recv_within(&mut rx, 2000).await.expect("arrives");
+    rx.accept(&d).await.expect("accept");
+    assert_eq!(send.await.expect("join"), Ok(SendOutcome::Accepted));
+}
+
+#[tokio::test]
+async fn events_are_stored_without_a_consumer() {
+    let p = Platform::start().await;
+    let down = p.downstream().await;
+    let token = assertion(&p, "t1", "d1").await;
+    let mut msg = message(MessageKind::Event, "t1", "d1", 1, &token, b"alarm");
+    msg.ttl_ms = Some(60_000);
+    assert_eq!(down.send(msg).await, Ok(SendOutcome::Accepted));
+
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("event/t1", 10).await;
+    let d = recv_within(&mut rx, 2000)
+        .await
+        .expect("the stored event arrives");
+    assert_eq!(body_bytes(&d), b"alarm");
+    let header = d.message().header.clone().expect("header");
+    assert!(header.durable);
+    rx.accept(&d).await.expect("accept");
+}
+
+#[tokio::test]
+async fn a_bad_assertion_is_rejected() {
+    let p = Platform::start().await;
+    let down = p.downstream().await;
+    // t1's d2's assertion on a message that claims to be from d1.
+    let token = assertion(&p, "t1", "d2").await;
+    let outcome = down
+        .send(message(MessageKind::Event, "t1", "d1", 1, &token, b"x"))
+        .await;
+    assert!(
+        matches!(&outcome, Ok(SendOutcome::Rejected { condition: Some(c), .. }) if c == "amqp:precondition-failed"),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn reconnects_after_the_router_restarts() {
+    let mut p = Platform::start().await;
+    let mut config = p.downstream_config();
+    config.max_reconnect_delay = Duration::from_millis(200);
+    let down = Downstream::start(config, ferry_core::shutdown::Shutdown::never());
+    assert!(down.wait_connected(Duration::from_secs(5)).await);
+    let token = assertion(&p, "t1", "d1").await;
+    assert_eq!(
+        down.send(message(
+            MessageKind::Event,
+            "t1",
+            "d1",
+            1,
+            &token,
+            b"before"
+        ))
+        .await,
+        Ok(SendOutcome::Accepted)
+    );
+
+    p.stop_router().await;
+    assert!(
+        eventually(Duration::from_secs(2), || async { !down.is_connected() }).await,
+        "the loss is noticed"
+    );
+    let outcome = down
+        .send(message(
+            MessageKind::Event,
+            "t1",
+            "d1",
+            1,
+            &token,
+            b"during",
+        ))
+        .await;
+    assert!(outcome.is_err(), "{outcome:?}");
+
+    p.start_router().await;
+    assert!(
+        down.wait_connected(Duration::from_secs(5)).await,
+        "reconnected"
+    );
+    assert_eq!(
+        down.send(message(MessageKind::Event, "t1", "d1", 1, &token, b"after"))
+            .await,
+        Ok(SendOutcome::Accepted)
+    );
+    assert_eq!(down.stats().connects, 2);
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("event/t1", 10).await;
+    for expected in [&b"before"[..], b"after"] {
+        let d = recv_within(&mut rx, 2000).await.expect("event");
+        assert_eq!(body_bytes(&d), expected);
+        rx.accept(&d).await.expect("accept");
+    }
+}

@@ -1,0 +1,7 @@
+//! Component tests of `ferry-adapter-core` against a real registry and router running in-process.
+
+mod auth;
+mod commands;
+mod downstream;
+mod harness;
+mod registry;

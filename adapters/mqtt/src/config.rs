@@ -1,0 +1,91 @@
+//! The MQTT adapter's configuration (`FERRY_MQTT_*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Plain MQTT listener.
+    pub bind: SocketAddr,
+    /// MQTT over TLS listener; only when `tls` is configured.
+    pub tls_bind: SocketAddr,
+    pub tls: TlsConfig,
+    /// Separate admin server (`/live`, `/ready`, `/metrics`).
+    pub admin_bind: Option<SocketAddr>,
+    /// The registry's base URL and internal token.
+    pub registry_url: String,
+    pub registry_token: String,
+    /// The router's AMQP address and the adapters' service credential there.
+    pub router_address: String,
+    pub router_user: String,
+    pub router_password: String,
+    /// This adapter instance's id, unique among instances (its command address at the router).
+    pub instance_id: String,
+    /// Largest PUBLISH payload accepted (Hono's default is 2048); larger: discard and disconnect.
+    pub max_payload_bytes: usize,
+    /// Most concurrent connections of this instance (0 = no limit).
+    pub max_connections: usize,
+    /// Time a client has to send its CONNECT.
+    pub connect_timeout_secs: u64,
+    /// How long the router may take to settle a QoS 1 message before the device is told it failed.
+    pub send_timeout_ms: u64,
+    /// How long a device has to PUBACK a QoS 1 command (Hono's `sendMessageToDeviceTimeout`).
+    pub command_ack_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            tls_bind: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            tls: TlsConfig::default(),
+            admin_bind: None,
+            registry_url: "http://127.0.0.1:28080".into(),
+            registry_token: String::new(),
+            router_address: "127.0.0.1:15672".into(),
+            router_user: "ferry-adapter".into(),
+            router_password: String::new(),
+            instance_id: "mqtt-0".into(),
+            max_payload_bytes: 2048,
+            max_connections: 0,
+            connect_timeout_secs: 10,
+            send_timeout_ms: 5000,
+            command_ack_timeout_ms: 1000,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
+        let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        };
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
+            return Err(field(
+                "tls",
+                "cert_path and key_path must be given together",
+            ));
+        }
+        if ferry_core::ids::TenantId::new(&self.instance_id).is_err() {
+            return Err(field(
+                "instance_id",
+                "must be 1-128 characters of [A-Za-z0-9-_.]",
+            ));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(field("max_payload_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

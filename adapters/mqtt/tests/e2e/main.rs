@@ -1,0 +1,422 @@
+//! End-to-end tests of the MQTT adapter with clients no one here wrote: `mosquitto_pub` and paho-mqtt
+//! publish, a Qpid Proton application consumes from the router. Registry, router and adapter run in this
+//! process on 127.0.0.1:0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferry_core::shutdown::{self, Trigger};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token";
+const INTERNAL: &str = "internal-token";
+
+struct Platform {
+    registry: String,
+    amqp: std::net::SocketAddr,
+    mqtt: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+    _triggers: Vec<Trigger>,
+    http: reqwest::Client,
+}
+
+impl Platform {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut triggers = Vec::new();
+        let (t, s) = shutdown::channel();
+        triggers.push(t);
+        let registry = ferry_registry::start(
+            ferry_registry::Config {
+                bind: "127.0.0.1:0".parse().expect("addr"),
+                data_dir: dir.path().join("registry"),
+                admin_token: Some(ADMIN.into()),
+                internal_token: Some(INTERNAL.into()),
+                bcrypt_cost: 4,
+                ..ferry_registry::Config::default()
+            },
+            ferry_core::admin::Admin::new(),
+            s,
+        )
+        .await
+        .expect("registry");
+        let (t, s) = shutdown::channel();
+        triggers.push(t);
+        let router_admin = ferry_core::admin::Admin::new();
+        let router = ferry_router::start(
+            ferry_router::Config {
+                bind: "127.0.0.1:0".parse().expect("addr"),
+                data_dir: dir.path().join("router"),
+                registry_url: registry.url(),
+                registry_token: INTERNAL.into(),
+                adapter_password: INTERNAL.into(),
+                ..ferry_router::Config::default()
+            },
+            router_admin.clone(),
+            s,
+        )
+        .await
+        .expect("router");
+        for _ in 0..100 {
+            if router_admin.not_ready().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (t, s) = shutdown::channel();
+        triggers.push(t);
+        let mqtt = ferry_mqtt_adapter::start(
+            ferry_mqtt_adapter::Config {
+                bind: "127.0.0.1:0".parse().expect("addr"),
+                registry_url: registry.url(),
+                registry_token: INTERNAL.into(),
+                router_address: router.addr.to_string(),
+                router_password: INTERNAL.into(),
+                ..ferry_mqtt_adapter::Config::default()
+            },
+            ferry_core::admin::Admin::new(),
+            s,
+        )
+        .await
+        .expect("mqtt adapter");
+        let p = Self {
+            registry: registry.url(),
+            amqp: router.addr,
+            mqtt: mqtt.addr,
+            _dir: dir,
+            _triggers: triggers,
+            http: reqwest::Client::new(),
+        };
+        p.manage(reqwest::Method::POST, "/v1/tenants/t1", json!({}))
+            .await;
+        p.manage(reqwest::Method::POST, "/v1/tenants/t2", json!({}))
+            .await;
+        p.manage(reqwest::Method::POST, "/v1/devices/t1/d1", json!({}))
+            .await;
+        p.manage(reqwest::Method::POST, "/v1/devices/t1/gw", json!({}))
+            .await;
+        p.manage(
+            reqwest::Method::POST,
+            "/v1/devices/t1/behind",
+            json!({ "via": ["gw"] }),
+        )
+        .await;
+        p.password("t1", "d1", "sensor1", "hunter2").await;
+        p.password("t1", "gw", "gw1", "gwpass").await;
+        p.manage(
+            reqwest::Method::PUT,
+            "/v1/applications/app1",
+            json!({ "password": "pw1", "tenants": ["t1"] }),
+        )
+        .await;
+        p.manage(
+            reqwest::Method::PUT,
+            "/v1/applications/app2",
+            json!({ "password": "pw2", "tenants": ["t2"] }),
+        )
+        .await;
+        p
+    }
+
+    async fn manage(&self, method: reqwest::Method, path: &str, body: Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.registry))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .expect("registry");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    async fn password(&self, tenant: &str, device: &str, auth_id: &str, password: &str) {
+        self.manage(
+            reqwest::Method::PUT,
+            &format!("/v1/credentials/{tenant}/{device}"),
+            json!([{ "type": "hashed-password", "auth-id": auth_id, "secrets": [{ "pwd-plain": password }] }]),
+        )
+        .await;
+    }
+
+    /// A Proton consumer on `address` as `user`, expecting `count` messages; returns its JSON lines.
+    fn consumer(&self, user: &str, password: &str, address: &str, count: usize) -> Consumer {
+        let python = ferry_test_support::test_python();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../router/tests/proton/client.py"
+        );
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg("consume")
+            .arg(format!("amqp://{user}:{password}@{}", self.amqp))
+            .arg(address)
+            .arg(count.to_string())
+            .arg("10")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let opened = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("consumer starts");
+        assert_eq!(opened["opened"], address, "{opened}");
+        Consumer { child, rx }
+    }
+
+    fn mosquitto_pub(
+        &self,
+        user: &str,
+        password: &str,
+        topic: &str,
+        qos: u8,
+        message: &str,
+    ) -> std::process::Output {
+        Command::new(ferry_test_support::require_program("mosquitto_pub"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.mqtt.port().to_string(),
+                "-u",
+                user,
+                "-P",
+                password,
+            ])
+            .args([
+                "-t",
+                topic,
+                "-q",
+                &qos.to_string(),
+                "-m",
+                message,
+                "-V",
+                "mqttv311",
+            ])
+            .output()
+            .expect("mosquitto_pub")
+    }
+}
+
+struct Consumer {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Consumer {
+    fn next(&self, within: Duration) -> Option<Value> {
+        self.rx
+            .recv_timeout(within)
+            .ok()
+            .filter(|v| v.get("timeout").is_none())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_pub_telemetry_reaches_a_proton_consumer_with_hono_properties() {
+    let p = Platform::start().await;
+    let c = p.consumer("app1", "pw1", "telemetry/t1", 2);
+    for qos in [0u8, 1] {
+        let out = tokio::task::block_in_place(|| {
+            p.mosquitto_pub(
+                "sensor1@t1",
+                "hunter2",
+                "telemetry",
+                qos,
+                &format!("{{\"qos\":{qos}}}"),
+            )
+        });
+        assert!(out.status.success(), "qos {qos}: {}", stderr(&out));
+    }
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let m = c.next(Duration::from_secs(5)).expect("telemetry arrives");
+        assert_eq!(m["properties"]["device_id"], "d1", "{m}");
+        assert_eq!(m["properties"]["orig_adapter"], "hono-mqtt", "{m}");
+        assert!(m["properties"].get("reg_assertion").is_none());
+        bodies.push(m["body"].as_str().expect("body").to_owned());
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["{\"qos\":0}", "{\"qos\":1}"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_stored_and_delivered_later() {
+    let p = Platform::start().await;
+    let out = tokio::task::block_in_place(|| {
+        p.mosquitto_pub(
+            "sensor1@t1",
+            "hunter2",
+            "event/?content-type=text%2Fplain",
+            1,
+            "alarm",
+        )
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = p.consumer("app1", "pw1", "event/t1", 1);
+    let m = c
+        .next(Duration::from_secs(5))
+        .expect("the stored event arrives");
+    assert_eq!(m["body"], "alarm");
+    assert_eq!(m["content_type"], "text/plain");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qos1_without_consumer_is_not_acknowledged() {
+    let p = Platform::start().await;
+    let out = tokio::task::block_in_place(|| {
+        p.mosquitto_pub("sensor1@t1", "hunter2", "telemetry", 1, "lost")
+    });
+    assert!(
+        !out.status.success(),
+        "no PUBACK while nobody consumes: {}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_credentials_and_disabled_things_are_refused() {
+    let p = Platform::start().await;
+    let refused = |user: &str, pw: &str| {
+        let out = tokio::task::block_in_place(|| p.mosquitto_pub(user, pw, "telemetry", 0, "x"));
+        assert!(!out.status.success(), "{user} must be refused");
+        stderr(&out)
+    };
+    assert!(
+        refused("sensor1@t1", "wrong").contains("bad user name or password"),
+        "{}",
+        refused("sensor1@t1", "wrong")
+    );
+    assert!(refused("sensor1@nope", "hunter2").contains("bad user name or password"));
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/devices/t1/d1",
+        json!({ "enabled": false }),
+    )
+    .await;
+    assert!(refused("sensor1@t1", "hunter2").contains("not authorised"));
+    p.manage(reqwest::Method::PUT, "/v1/devices/t1/d1", json!({}))
+        .await;
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/tenants/t1",
+        json!({ "adapters": [{ "type": "hono-mqtt", "enabled": false }, { "type": "hono-http", "enabled": true }] }),
+    )
+    .await;
+    assert!(refused("sensor1@t1", "hunter2").contains("not authorised"));
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/tenants/t1",
+        json!({ "enabled": false }),
+    )
+    .await;
+    assert!(refused("sensor1@t1", "hunter2").contains("not authorised"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_publishes_for_its_device_and_another_tenants_topic_is_refused() {
+    let p = Platform::start().await;
+    let c = p.consumer("app1", "pw1", "telemetry/t1", 1);
+    let out = tokio::task::block_in_place(|| {
+        p.mosquitto_pub("gw1@t1", "gwpass", "telemetry/t1/behind", 1, "via gw")
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = c.next(Duration::from_secs(5)).expect("arrives");
+    assert_eq!(m["properties"]["device_id"], "behind");
+    // d1 is not a gateway of anyone: publishing for "behind" is refused.
+    let out = tokio::task::block_in_place(|| {
+        p.mosquitto_pub("sensor1@t1", "hunter2", "telemetry/t1/behind", 1, "x")
+    });
+    assert!(!out.status.success());
+    // Another tenant's topic: refused, and t2's consumer sees nothing.
+    let c2 = p.consumer("app2", "pw2", "telemetry/t2", 1);
+    let out = tokio::task::block_in_place(|| {
+        p.mosquitto_pub("sensor1@t1", "hunter2", "telemetry/t2/d1", 1, "intrusion")
+    });
+    assert!(!out.status.success());
+    assert!(c2.next(Duration::from_millis(500)).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paho_device_is_cut_off_within_a_second_when_disabled() {
+    let p = Platform::start().await;
+    let _c = p.consumer("app1", "pw1", "telemetry/t1", 100);
+    let python = ferry_test_support::test_python();
+    let script = r#"
+import sys, time, paho.mqtt.client as mqtt
+port = int(sys.argv[1])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-d1")
+c.username_pw_set("sensor1@t1", "hunter2")
+state = {}
+c.on_connect = lambda cl, u, f, rc, p=None: print("connected", rc, flush=True)
+def gone(cl, u, f, rc, p=None):
+    print("disconnected", flush=True)
+c.on_disconnect = gone
+c.connect("127.0.0.1", port, keepalive=30)
+c.loop_start()
+r = c.publish("event", b"from paho", qos=1)
+r.wait_for_publish(5)
+print("event published", r.is_published(), flush=True)
+time.sleep(8)
+"#;
+    let mut child = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(p.mqtt.port().to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("paho connects");
+    assert!(first.starts_with("connected"), "{first}");
+    let published = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("paho publishes");
+    assert_eq!(published, "event published True");
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/devices/t1/d1",
+        json!({ "enabled": false }),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let line = rx
+        .recv_timeout(Duration::from_secs(3))
+        .expect("paho is disconnected");
+    assert_eq!(line, "disconnected");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
