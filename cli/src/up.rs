@@ -1,8 +1,8 @@
 //! `ferry up`: the whole platform in one process, on embedded defaults (SQLite, generated keys and tokens
 //! in the data directory).
 //!
-//! Today the registry and the AMQP router run here; the protocol adapters join as they are built (issues
-//! #4, #5), through the same `start` functions their own binaries use.
+//! The registry, the AMQP router and the MQTT adapter run here; the HTTP adapter joins when it is built
+//! (issue #5), through the same `start` function its own binary uses.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,18 +22,21 @@ pub struct UpArgs {
     /// Port of the AMQP 1.0 endpoint for applications.
     #[arg(long, default_value_t = 15672)]
     pub amqp_port: u16,
-    /// Port of the MQTT adapter (arrives with the MQTT adapter).
-    #[arg(long)]
-    pub mqtt_port: Option<u16>,
+    /// Port of the MQTT adapter.
+    #[arg(long, default_value_t = 1883)]
+    pub mqtt_port: u16,
     /// Port of the HTTP adapter (arrives with the HTTP adapter).
     #[arg(long)]
     pub http_port: Option<u16>,
     /// Admin token for the management API; generated into the data directory when not given.
     #[arg(long, env = "FERRY_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
-    /// Address to bind the registry to.
+    /// Address to bind the registry and the AMQP endpoint to.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
+    /// Address to bind the device endpoints (MQTT) to; devices are usually elsewhere on the network.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub mqtt_bind: std::net::IpAddr,
 }
 
 /// Runs every component until Ctrl-C / SIGTERM.
@@ -57,10 +60,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut router_config: ferry_router::Config = config::load(&router_sources)?;
     router_config.validate()?;
 
-    for (flag, port, issue) in [
-        ("--mqtt-port", args.mqtt_port, 4),
-        ("--http-port", args.http_port, 5),
-    ] {
+    let mqtt_sources = Sources::from_env("FERRY_MQTT_", None).flag(
+        "bind",
+        Some(SocketAddr::new(args.mqtt_bind, args.mqtt_port)),
+    );
+    let mut mqtt_config: ferry_mqtt_adapter::Config = config::load(&mqtt_sources)?;
+    mqtt_config.validate()?;
+
+    for (flag, port, issue) in [("--http-port", args.http_port, 5)] {
         if port.is_some() {
             eprintln!("note: {flag} is accepted but that component is not built yet (issue #{issue}); nothing listens there");
         }
@@ -77,7 +84,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if router_config.adapter_password.is_empty() {
         router_config.adapter_password = registry.internal_token.clone();
     }
-    let router = ferry_router::start(router_config, admin, shutdown).await?;
+    let router = ferry_router::start(router_config, admin.clone(), shutdown.clone()).await?;
+    mqtt_config.registry_url = registry.url();
+    mqtt_config.registry_token = registry.internal_token.clone();
+    mqtt_config.router_address = format!("127.0.0.1:{}", router.addr.port());
+    mqtt_config.router_password = registry.internal_token.clone();
+    let mqtt = ferry_mqtt_adapter::start(mqtt_config, admin, shutdown).await?;
     let token_hint = registry.admin_token_path.as_ref().map_or_else(
         || "given on the command line".to_owned(),
         |p| p.display().to_string(),
@@ -98,8 +110,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         registry.url(),
         registry.url()
     );
-    println!("  not yet part of this build: MQTT adapter (1883), HTTP adapter (8080)");
+    println!(
+        "  MQTT for devices                mqtt://{}  (user auth-id@tenant)",
+        mqtt.addr
+    );
+    println!("  not yet part of this build: HTTP adapter (8080)");
     println!("Press Ctrl-C to stop.");
-    let (r, a) = tokio::join!(registry.join(), router.join());
-    r.and(a)
+    let (r, a, m) = tokio::join!(registry.join(), router.join(), mqtt.join());
+    r.and(a).and(m)
 }

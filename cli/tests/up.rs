@@ -12,6 +12,7 @@ struct Up {
     child: Child,
     url: String,
     amqp: u16,
+    mqtt: u16,
     first_lines: Vec<String>,
 }
 
@@ -25,6 +26,7 @@ impl Drop for Up {
 fn ferry_up(data_dir: &Path) -> Up {
     let port = ferry_test_support::free_port();
     let amqp = ferry_test_support::free_port();
+    let mqtt = ferry_test_support::free_port();
     let mut child = Command::new(FERRY)
         .args([
             "up",
@@ -32,6 +34,10 @@ fn ferry_up(data_dir: &Path) -> Up {
             &port.to_string(),
             "--amqp-port",
             &amqp.to_string(),
+            "--mqtt-port",
+            &mqtt.to_string(),
+            "--mqtt-bind",
+            "127.0.0.1",
             "--data-dir",
         ])
         .arg(data_dir)
@@ -63,6 +69,7 @@ fn ferry_up(data_dir: &Path) -> Up {
         child,
         url: format!("http://127.0.0.1:{port}"),
         amqp,
+        mqtt,
         first_lines: lines,
     }
 }
@@ -195,6 +202,42 @@ fn quick_start_creates_tenant_device_and_password() {
     let mut header = [0u8; 8];
     amqp.read_exact(&mut header).expect("read");
     assert_eq!(&header, b"AMQP\x03\x01\x00\x00");
+
+    // The device the quick start made can publish over MQTT (nobody consumes: QoS 0 is fire and forget).
+    let out = Command::new(ferry_test_support::require_program("mosquitto_pub"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &up.mqtt.to_string(),
+            "-u",
+            "sensor1@my-tenant",
+            "-P",
+            "hunter2",
+        ])
+        .args(["-t", "telemetry", "-m", "{\"temp\":21}"])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = Command::new(ferry_test_support::require_program("mosquitto_pub"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &up.mqtt.to_string(),
+            "-u",
+            "sensor1@my-tenant",
+            "-P",
+            "wrong",
+        ])
+        .args(["-t", "telemetry", "-m", "x"])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(!wrong.status.success(), "a wrong password is refused");
 }
 
 #[test]
