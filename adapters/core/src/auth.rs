@@ -22,8 +22,11 @@ use crate::registry::{RegistryClient, RegistryError, VerifyKey};
 /// An authenticated device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
+    /// The tenant from the login.
     pub tenant: TenantId,
+    /// The device the credential belongs to.
     pub device_id: DeviceId,
+    /// The auth id from the login.
     pub auth_id: AuthId,
 }
 
@@ -35,10 +38,13 @@ pub enum AuthError {
     /// Malformed login, unknown auth id, disabled or expired credential, or wrong password.
     #[error("bad credentials")]
     BadCredentials,
+    /// The registry does not know the login's tenant.
     #[error("unknown tenant")]
     UnknownTenant,
+    /// The tenant exists but is disabled.
     #[error("tenant disabled")]
     TenantDisabled,
+    /// The registry could not be asked.
     #[error(transparent)]
     Unavailable(#[from] RegistryError),
 }
@@ -77,6 +83,7 @@ impl std::fmt::Debug for DeviceAuthenticator {
 }
 
 impl DeviceAuthenticator {
+    /// An authenticator asking `registry`, whose change stream also purges the verify cache.
     pub fn new(registry: RegistryClient) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Self {

@@ -41,6 +41,7 @@ pub struct DownstreamConfig {
     pub address: String,
     /// The adapters' service credential (the router's `adapter_user` / `adapter_password`).
     pub user: String,
+    /// The service credential's password.
     pub password: String,
     /// AMQP container id of this adapter instance.
     pub container_id: String,
@@ -84,18 +85,28 @@ impl DownstreamConfig {
 /// Adapters answer all of these with 503 / "server unavailable": none is the device's fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DownstreamError {
+    /// The connection to the router is down (being re-established).
     #[error("not connected to the router")]
     NotConnected,
     /// The link got no credit in time: nobody consumes the tenant's telemetry (or the event store is
     /// full).
     #[error("no credit from the router (no consumer)")]
     NoCredit,
+    /// No outcome within [`DownstreamConfig::outcome_timeout`]; the message may or may not have
+    /// arrived.
     #[error("the router did not settle the message in time")]
     Timeout,
+    /// The link or connection failed while the message was on its way.
     #[error("the connection to the router was lost")]
     Disconnected,
+    /// The router refused to attach a link (e.g. an address the service credential may not use).
     #[error("the router refused a link to {address}: {reason}")]
-    LinkRefused { address: String, reason: String },
+    LinkRefused {
+        /// The link's address.
+        address: String,
+        /// What the router or the client library said.
+        reason: String,
+    },
     /// A control message (command registration) that the router did not accept.
     #[error("the router did not accept the message: {0:?}")]
     NotAccepted(SendOutcome),

@@ -78,6 +78,7 @@ impl RegistryConfig {
 /// cannot read. Never a denial: adapters map it to 503 / CONNACK "server unavailable".
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// See [`UnavailableCause`] for why.
     #[error("registry unavailable: {0}")]
     Unavailable(#[source] UnavailableCause),
 }
@@ -85,13 +86,23 @@ pub enum RegistryError {
 /// Why the registry counts as unavailable.
 #[derive(Debug, thiserror::Error)]
 pub enum UnavailableCause {
+    /// Connecting, sending or reading failed, or timed out.
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
+    /// A status other than 200, 403 and 404 (a 5xx, or 401 for a wrong internal token).
     #[error("{what}: unexpected status {status}")]
-    Status { what: &'static str, status: u16 },
+    Status {
+        /// The lookup (`tenant`, `credentials`, `assertion`).
+        what: &'static str,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// A body this client cannot read.
     #[error("{what}: malformed answer: {source}")]
     Malformed {
+        /// The lookup (`tenant`, `credentials`, `assertion`).
         what: &'static str,
+        /// The parse error.
         #[source]
         source: serde_json::Error,
     },
@@ -127,6 +138,7 @@ pub struct Assertion {
 /// The registry's answer to an assertion request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AssertionOutcome {
+    /// The device is registered and enabled (and the gateway, if any, may act for it).
     Granted(Arc<Assertion>),
     /// Tenant or device unknown or disabled (HTTP 404, MQTT: disconnect).
     NotFound,

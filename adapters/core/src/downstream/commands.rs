@@ -32,13 +32,19 @@ use super::{outcome_of, DownstreamError, Inner, SessionSlot};
 /// may retry).
 #[derive(Debug)]
 pub struct Command {
+    /// The tenant of the command's address.
     pub tenant: TenantId,
+    /// The device the command is for (`to` = `command/TENANT/DEVICE`).
     pub device: DeviceId,
     /// The command name (AMQP `subject`).
     pub name: String,
+    /// The command's body (empty when it has none).
     pub payload: Bytes,
+    /// AMQP `content-type`.
     pub content_type: Option<String>,
+    /// AMQP `message-id`, as text.
     pub message_id: Option<String>,
+    /// AMQP `correlation-id`, as text.
     pub correlation_id: Option<String>,
     /// Where the response goes; `None` for a one-way command.
     pub reply_to: Option<String>,

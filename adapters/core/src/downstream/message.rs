@@ -15,7 +15,9 @@ use ferry_core::ids::{DeviceId, TenantId};
 /// Telemetry or event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
+    /// `telemetry/TENANT`: routed to a consumer directly, QoS 0 or 1.
     Telemetry,
+    /// `event/TENANT`: stored durably before it is accepted.
     Event,
 }
 
@@ -32,7 +34,9 @@ impl MessageKind {
 /// A device's telemetry or event message, as an adapter hands it downstream.
 #[derive(Debug, Clone)]
 pub struct DeviceMessage {
+    /// Telemetry or event.
     pub kind: MessageKind,
+    /// The tenant (address `telemetry/TENANT` or `event/TENANT`).
     pub tenant: TenantId,
     /// The device the message is from (not the gateway that sent it).
     pub device_id: DeviceId,
@@ -41,6 +45,7 @@ pub struct DeviceMessage {
     pub qos: u8,
     /// `None` is sent as `application/octet-stream`.
     pub content_type: Option<String>,
+    /// The body (one Data section).
     pub payload: Bytes,
     /// The device's registration assertion ([`crate::registry::Assertion::token`]).
     pub assertion: Arc<str>,
@@ -128,7 +133,9 @@ fn properties(content: Option<String>) -> Properties {
 /// the command's `reply-to`.
 #[derive(Debug, Clone)]
 pub struct CommandResponse {
+    /// The tenant of the command.
     pub tenant: TenantId,
+    /// The device that answers.
     pub device: DeviceId,
     /// The command's `reply-to` (`command_response/TENANT/REPLY_ID`).
     pub reply_to: String,
@@ -136,7 +143,9 @@ pub struct CommandResponse {
     pub correlation_id: String,
     /// HTTP-style status the device reported.
     pub status: u16,
+    /// The response body's content type, if the device gave one.
     pub content_type: Option<String>,
+    /// The response body.
     pub payload: Bytes,
     /// Header `ttl` (the tenant's `max-ttl-command-response` applied by the caller).
     pub ttl_ms: Option<u32>,
@@ -186,7 +195,9 @@ pub enum SendOutcome {
     Accepted,
     /// Refused, e.g. `amqp:precondition-failed` for a bad assertion, `amqp:decode-error`.
     Rejected {
+        /// The error condition's symbol (`amqp:precondition-failed`).
         condition: Option<String>,
+        /// The error description.
         description: Option<String>,
     },
     /// Not taken (no consumer with credit, or the consumer released it); may be retried.

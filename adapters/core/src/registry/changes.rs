@@ -27,8 +27,11 @@ pub enum ChangeKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeOp {
+    /// Newly created.
     Created,
+    /// Changed (e.g. disabled, new secrets).
     Updated,
+    /// Gone.
     Deleted,
 }
 
@@ -36,9 +39,13 @@ pub enum ChangeOp {
 /// the new state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// What changed.
     pub kind: ChangeKind,
+    /// How; `None` for a reset.
     pub op: Option<ChangeOp>,
+    /// The tenant concerned (`None` for applications and resets).
     pub tenant: Option<TenantId>,
+    /// The device concerned (device and credentials changes).
     pub device: Option<DeviceId>,
 }
 

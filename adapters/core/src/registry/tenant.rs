@@ -21,7 +21,9 @@ pub enum TtlLimit {
 /// A tenant and its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantInfo {
+    /// The tenant's id.
     pub id: TenantId,
+    /// Its configuration as the management API shows it.
     pub config: Tenant,
 }
 
