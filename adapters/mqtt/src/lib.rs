@@ -5,16 +5,18 @@
 //! the router's outcome is `accepted`. The MQTT session is our own (`session`), on rumqttc's packet codecs
 //! (`wire`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_adapter_core::auth::DeviceAuthenticator;
-use ferry_adapter_core::downstream::{Downstream, DownstreamConfig};
+use ferry_adapter_core::downstream::{CommandLink, Downstream, DownstreamConfig};
 use ferry_adapter_core::registry::{RegistryClient, RegistryConfig};
 use ferry_core::admin::Admin;
+use ferry_core::ids::{DeviceId, TenantId};
 use ferry_core::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
@@ -37,6 +39,59 @@ pub struct Shared {
     /// Open authenticated connections of this instance.
     pub connections: AtomicUsize,
     pub shutdown: Shutdown,
+    /// This instance's command subscriptions at the router.
+    pub command_link: CommandLink,
+    /// Which session takes each device's commands (the newest subscription wins).
+    routes: Mutex<HashMap<(TenantId, DeviceId), session::CommandTarget>>,
+}
+
+impl Shared {
+    fn routes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(TenantId, DeviceId), session::CommandTarget>> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `device`'s commands to this session from now on.
+    pub fn route(&self, tenant: &TenantId, device: &DeviceId, target: session::CommandTarget) {
+        self.routes()
+            .insert((tenant.clone(), device.clone()), target);
+    }
+
+    /// Ends the route if it still leads to `session`; true if it did.
+    pub fn unroute(&self, tenant: &TenantId, device: &DeviceId, session: u64) -> bool {
+        let mut routes = self.routes();
+        let key = (tenant.clone(), device.clone());
+        if routes.get(&key).is_some_and(|t| t.session == session) {
+            routes.remove(&key);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether `device`'s commands go to `session`.
+    pub fn routes_to(&self, tenant: &TenantId, device: &DeviceId, session: u64) -> bool {
+        self.routes()
+            .get(&(tenant.clone(), device.clone()))
+            .is_some_and(|t| t.session == session)
+    }
+
+    /// Hands a command from the router to the session holding the device; releases it when none does.
+    fn dispatch(&self, command: ferry_adapter_core::downstream::Command) {
+        let target = self
+            .routes()
+            .get(&(command.tenant.clone(), command.device.clone()))
+            .cloned();
+        match target {
+            Some(t) => {
+                if let Err(e) = t.tx.send(command) {
+                    e.0.release();
+                }
+            }
+            None => command.release(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -109,7 +164,10 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             .with_context(|| format!("binding admin to {bind}"))?;
         tokio::spawn(admin.clone().serve(l, shutdown.clone()));
     }
+    let (command_link, mut commands) = downstream.commands(&config.instance_id);
     let shared = Arc::new(Shared {
+        command_link,
+        routes: Mutex::new(HashMap::new()),
         auth: DeviceAuthenticator::new(registry.clone()),
         registry,
         downstream,
@@ -118,6 +176,14 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
         shutdown: shutdown.clone(),
         config,
     });
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                shared.dispatch(command);
+            }
+        });
+    }
     readiness.set(true);
     let task = tokio::spawn(accept_loops(listener, tls, shared, shutdown));
     tracing::info!(%addr, ?tls_addr, "MQTT adapter listening");

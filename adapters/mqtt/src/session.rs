@@ -12,14 +12,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_adapter_core::auth::AuthError;
+use ferry_adapter_core::downstream::{Command, CommandResponse};
 use ferry_adapter_core::downstream::{DeviceMessage, MessageKind, SendOutcome};
 use ferry_adapter_core::registry::AssertionOutcome;
 use ferry_core::ids::{DeviceId, TenantId};
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::connack::Refusal;
-use crate::topic::{self, Endpoint, OnError};
+use crate::topic::{self, DeviceFilter, Endpoint, OnError, Subscription, SubscriptionKind};
 use crate::wire::{self, Incoming, Outgoing, Version};
 use crate::Shared;
 
@@ -61,8 +63,43 @@ struct Authenticated {
 }
 
 /// What a PUBLISH turned into, awaiting its outcome.
-type Pending =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (u16, OnError, Result<(), u16>)> + Send>>;
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+/// A finished piece of work whose answer goes to the device in order.
+enum Done {
+    /// A QoS 1 PUBLISH's outcome (`Err` holds the Hono error code).
+    PubAck {
+        pkid: u16,
+        on_error: OnError,
+        result: Result<(), u16>,
+        /// Error-topic details: the endpoint level and the correlation id.
+        endpoint: &'static str,
+        correlation_id: String,
+        device_in_topic: Option<String>,
+    },
+    /// A QoS 0 PUBLISH that failed: only the error topic hears of it.
+    Failed {
+        code: u16,
+        endpoint: &'static str,
+        correlation_id: String,
+        device_in_topic: Option<String>,
+    },
+    SubAck {
+        pkid: u16,
+        granted: Vec<Option<u8>>,
+    },
+    UnsubAck {
+        pkid: u16,
+        count: usize,
+    },
+}
+
+/// A session's command subscription for one device.
+#[derive(Debug, Clone)]
+pub struct CommandTarget {
+    pub session: u64,
+    pub tx: tokio::sync::mpsc::UnboundedSender<ferry_adapter_core::downstream::Command>,
+}
 
 async fn fill<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) -> Result<(), SessionError> {
     if io.read_buf(buf).await? == 0 {
@@ -117,7 +154,8 @@ where
     shared.metrics.attempt("succeeded");
     let gauge = shared.metrics.connected(&who.tenant);
     gauge.inc();
-    let result = Session {
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut session = Session {
         shared: shared.clone(),
         version,
         who,
@@ -125,9 +163,17 @@ where
         client_id: connect.client_id,
         peer,
         out,
-    }
-    .run(&mut io, &mut buf, max_packet)
-    .await;
+        id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+        commands_tx,
+        command_subs: Vec::new(),
+        error_sub: None,
+        inflight: HashMap::new(),
+        next_pkid: 0,
+    };
+    let result = session
+        .run(&mut io, &mut buf, max_packet, commands_rx)
+        .await;
+    session.cleanup().await;
     gauge.dec();
     shared.connections.fetch_sub(1, Ordering::AcqRel);
     result
@@ -203,7 +249,17 @@ struct Session {
     client_id: String,
     peer: SocketAddr,
     out: BytesMut,
+    id: u64,
+    commands_tx: tokio::sync::mpsc::UnboundedSender<Command>,
+    /// Command subscriptions: the device whose commands come, the filter they mirror, the QoS granted.
+    command_subs: Vec<(DeviceId, Subscription, u8)>,
+    error_sub: Option<Subscription>,
+    /// QoS 1 commands waiting for the device's PUBACK.
+    inflight: HashMap<u16, Command>,
+    next_pkid: u16,
 }
+
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Session {
     fn write(&mut self, packet: &Outgoing<'_>) -> Result<(), SessionError> {
@@ -212,11 +268,15 @@ impl Session {
     }
 
     async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
-        mut self,
+        &mut self,
         io: &mut IO,
         buf: &mut BytesMut,
         max_packet: usize,
+        mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), SessionError> {
+        let mut ack_timeouts: FuturesUnordered<
+            std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,
+        > = FuturesUnordered::new();
         self.write(&Outgoing::ConnAck { code: 0 })?;
         io.write_all(&self.out).await?;
         self.out.clear();
@@ -284,9 +344,24 @@ impl Session {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(e.into()),
                 },
-                Some((pkid, on_error, result)) = pending.next(), if !pending.is_empty() => {
-                    if let Err(e) = self.on_outcome(pkid, on_error, result) {
+                Some(done) = pending.next(), if !pending.is_empty() => {
+                    if let Err(e) = self.on_done(done) {
                         closing = Some(e);
+                    }
+                }
+                Some(command) = commands.recv() => {
+                    if let Some(pkid) = self.deliver_command(command) {
+                        let wait = Duration::from_millis(self.shared.config.command_ack_timeout_ms);
+                        ack_timeouts.push(Box::pin(async move {
+                            tokio::time::sleep(wait).await;
+                            pkid
+                        }));
+                    }
+                }
+                Some(pkid) = ack_timeouts.next(), if !ack_timeouts.is_empty() => {
+                    // No PUBACK in time: the application may retry (HONO-CONTRACT §2.2).
+                    if let Some(c) = self.inflight.remove(&pkid) {
+                        c.release();
                     }
                 }
                 change = changes.recv() => {
@@ -334,21 +409,22 @@ impl Session {
                 ..
             } => self.on_publish(&topic, qos, pkid, payload, content_type, pending),
             Incoming::Subscribe { pkid, filters } => {
-                // Command and error subscriptions arrive with the command path (issue #4, not done yet):
-                // refuse them honestly so the device knows.
-                let granted: Vec<Option<u8>> = filters.iter().map(|_| None).collect();
-                self.write(&Outgoing::SubAck {
-                    pkid,
-                    granted: &granted,
-                })
+                self.on_subscribe(pkid, filters, pending);
+                Ok(())
             }
-            Incoming::Unsubscribe { pkid, filters } => self.write(&Outgoing::UnsubAck {
-                pkid,
-                count: filters.len(),
-            }),
+            Incoming::Unsubscribe { pkid, filters } => {
+                self.on_unsubscribe(pkid, filters, pending);
+                Ok(())
+            }
             Incoming::PingReq => self.write(&Outgoing::PingResp),
             Incoming::Disconnect => Err(SessionError::Closed("client disconnected")),
-            Incoming::PubAck { .. } | Incoming::Other => Ok(()),
+            Incoming::PubAck { pkid } => {
+                if let Some(c) = self.inflight.remove(&pkid) {
+                    c.accept();
+                }
+                Ok(())
+            }
+            Incoming::Other => Ok(()),
         }
     }
 
@@ -372,10 +448,17 @@ impl Session {
             Endpoint::Telemetry => MessageKind::Telemetry,
             Endpoint::Event if qos == 1 => MessageKind::Event,
             Endpoint::Event => return Err(SessionError::Closed("events need QoS 1")),
-            Endpoint::CommandResponse { .. } => {
-                return Err(SessionError::Closed(
-                    "command responses are not supported yet",
-                ))
+            Endpoint::CommandResponse { request_id, status } => {
+                return self.on_response(
+                    &parsed,
+                    request_id,
+                    status,
+                    qos,
+                    pkid,
+                    payload,
+                    content_type,
+                    pending,
+                )
             }
         };
         if payload.len() > self.shared.config.max_payload_bytes {
@@ -449,13 +532,129 @@ impl Session {
                 .telemetry(&tenant, kind, qos, result.is_ok(), size);
             result
         };
+        let endpoint = parsed.error_endpoint();
+        let correlation_id = parsed.bag.correlation_id.as_deref().map_or_else(
+            || {
+                if qos == 1 {
+                    pkid.to_string()
+                } else {
+                    String::new()
+                }
+            },
+            str::to_owned,
+        );
+        let device_in_topic = parsed
+            .device
+            .filter(|d| *d != self.who.device.as_str())
+            .map(str::to_owned);
         if qos == 0 {
-            // Fire and forget: the outcome only counts in metrics.
-            tokio::spawn(send);
+            // Fire and forget: the device hears of a failure only on its error topic.
+            if self.error_sub.is_some() {
+                pending.push_back(Box::pin(async move {
+                    match send.await {
+                        Ok(()) => Done::UnsubAck {
+                            pkid: 0,
+                            count: usize::MAX,
+                        },
+                        Err(code) => Done::Failed {
+                            code,
+                            endpoint,
+                            correlation_id,
+                            device_in_topic,
+                        },
+                    }
+                }));
+            } else {
+                tokio::spawn(send);
+            }
             return Ok(());
         }
-        pending.push_back(Box::pin(async move { (pkid, on_error, send.await) }));
+        pending.push_back(Box::pin(async move {
+            Done::PubAck {
+                pkid,
+                on_error,
+                result: send.await,
+                endpoint,
+                correlation_id,
+                device_in_topic,
+            }
+        }));
         Ok(())
+    }
+
+    fn on_done(&mut self, done: Done) -> Result<(), SessionError> {
+        match done {
+            Done::PubAck {
+                pkid,
+                on_error,
+                result,
+                endpoint,
+                correlation_id,
+                device_in_topic,
+            } => {
+                if let Err(code) = result {
+                    if self.report_error(
+                        code,
+                        endpoint,
+                        &correlation_id,
+                        device_in_topic.as_deref(),
+                    ) && on_error == OnError::Default
+                    {
+                        // With an error subscription the default is to report and go on (§2.2).
+                        return self.write(&Outgoing::PubAck { pkid, reason: 0x80 });
+                    }
+                }
+                self.on_outcome(pkid, on_error, result)
+            }
+            Done::Failed {
+                code,
+                endpoint,
+                correlation_id,
+                device_in_topic,
+            } => {
+                self.report_error(code, endpoint, &correlation_id, device_in_topic.as_deref());
+                Ok(())
+            }
+            Done::SubAck { pkid, granted } => self.write(&Outgoing::SubAck {
+                pkid,
+                granted: &granted,
+            }),
+            // A QoS 0 message that went well under an error subscription: nothing to say.
+            Done::UnsubAck {
+                count: usize::MAX, ..
+            } => Ok(()),
+            Done::UnsubAck { pkid, count } => self.write(&Outgoing::UnsubAck { pkid, count }),
+        }
+    }
+
+    /// Publishes an error report when the device subscribed to its error topic; says whether it did.
+    fn report_error(
+        &mut self,
+        code: u16,
+        endpoint: &str,
+        correlation_id: &str,
+        device: Option<&str>,
+    ) -> bool {
+        let Some(sub) = self.error_sub.clone() else {
+            return false;
+        };
+        let topic = topic::error_topic(&sub, device, endpoint, Some(correlation_id), code);
+        let message = match code {
+            400 => "malformed message",
+            403 => "not allowed to publish for this device",
+            404 => "device unknown or disabled",
+            413 => "payload too large",
+            _ => "no consumer accepted the message",
+        };
+        let timestamp = now_iso8601();
+        let payload = topic::error_payload(code, message, correlation_id, &timestamp);
+        self.write(&Outgoing::Publish {
+            topic: &topic,
+            qos: 0,
+            pkid: 0,
+            payload: Bytes::from(payload),
+        })
+        .is_ok()
     }
 
     /// A QoS 1 PUBLISH's outcome: PUBACK when accepted; otherwise HONO-CONTRACT §2.2's `on-error`.
@@ -476,4 +675,330 @@ impl Session {
             }
         }
     }
+
+    /// SUBSCRIBE: command filters register the device(s) with the router; error filters switch on error
+    /// reports. The SUBACK follows once the router knows, in order with the PUBACKs.
+    fn on_subscribe(
+        &mut self,
+        pkid: u16,
+        filters: Vec<(String, u8)>,
+        pending: &mut FuturesOrdered<Pending>,
+    ) {
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut to_register: Vec<DeviceId> = Vec::new();
+        let mut checks: Vec<(usize, DeviceId)> = Vec::new();
+        for (filter, qos) in filters {
+            let sub = match topic::parse_subscription(&filter) {
+                Ok(s) if qos <= 1 && s.tenant.as_ref().is_none_or(|t| *t == self.who.tenant) => s,
+                _ => {
+                    granted.push(None);
+                    continue;
+                }
+            };
+            match (sub.kind, &sub.device) {
+                (SubscriptionKind::Error, _) => {
+                    self.error_sub = Some(sub);
+                    granted.push(Some(0));
+                }
+                (SubscriptionKind::Command, DeviceFilter::Own) => {
+                    let device = self.who.device.clone();
+                    self.add_command_sub(device.clone(), sub, qos);
+                    to_register.push(device);
+                    granted.push(Some(qos));
+                }
+                (SubscriptionKind::Command, DeviceFilter::One(d)) => {
+                    let device = d.clone();
+                    if device != self.who.device {
+                        // A gateway for one of its devices: the registry decides (below).
+                        checks.push((granted.len(), device.clone()));
+                    }
+                    self.add_command_sub(device.clone(), sub, qos);
+                    to_register.push(device);
+                    granted.push(Some(qos));
+                }
+                // All devices of a gateway needs the router to know every gateway's devices: not yet.
+                (SubscriptionKind::Command, DeviceFilter::All) => granted.push(None),
+            }
+        }
+        let shared = self.shared.clone();
+        let tenant = self.who.tenant.clone();
+        let gateway = self.who.device.clone();
+        let session = self.id;
+        pending.push_back(Box::pin(async move {
+            for (index, device) in checks {
+                let allowed = matches!(
+                    shared
+                        .registry
+                        .assertion(&tenant, &device, Some(&gateway))
+                        .await,
+                    Ok(AssertionOutcome::Granted(_))
+                );
+                if !allowed {
+                    if let Some(g) = granted.get_mut(index) {
+                        *g = None;
+                    }
+                    shared.unroute(&tenant, &device, session);
+                }
+            }
+            for device in to_register {
+                let still_ours = shared.routes_to(&tenant, &device, session);
+                if still_ours
+                    && shared
+                        .command_link
+                        .register(&tenant, &device)
+                        .await
+                        .is_err()
+                {
+                    // Transient: the device should subscribe again (§2.2: SUBACK 0x80).
+                    for g in granted.iter_mut() {
+                        *g = None;
+                    }
+                }
+            }
+            Done::SubAck { pkid, granted }
+        }));
+    }
+
+    fn add_command_sub(&mut self, device: DeviceId, sub: Subscription, qos: u8) {
+        self.command_subs.retain(|(d, _, _)| *d != device);
+        self.command_subs.push((device.clone(), sub, qos));
+        self.shared.route(
+            &self.who.tenant,
+            &device,
+            CommandTarget {
+                session: self.id,
+                tx: self.commands_tx.clone(),
+            },
+        );
+    }
+
+    fn on_unsubscribe(
+        &mut self,
+        pkid: u16,
+        filters: Vec<String>,
+        pending: &mut FuturesOrdered<Pending>,
+    ) {
+        let count = filters.len();
+        let mut gone = Vec::new();
+        for filter in filters {
+            let Ok(sub) = topic::parse_subscription(&filter) else {
+                continue;
+            };
+            match (sub.kind, sub.device) {
+                (SubscriptionKind::Error, _) => self.error_sub = None,
+                (SubscriptionKind::Command, DeviceFilter::Own) => {
+                    gone.push(self.who.device.clone())
+                }
+                (SubscriptionKind::Command, DeviceFilter::One(d)) => gone.push(d),
+                (SubscriptionKind::Command, DeviceFilter::All) => {}
+            }
+        }
+        self.command_subs.retain(|(d, _, _)| !gone.contains(d));
+        let shared = self.shared.clone();
+        let tenant = self.who.tenant.clone();
+        let session = self.id;
+        pending.push_back(Box::pin(async move {
+            for device in gone {
+                if shared.unroute(&tenant, &device, session) {
+                    let _ = shared.command_link.unregister(&tenant, &device).await;
+                }
+            }
+            Done::UnsubAck { pkid, count }
+        }));
+    }
+
+    /// Publishes a command to the device on the topic its subscription mirrors; returns the packet id
+    /// when the device must PUBACK it (QoS 1).
+    fn deliver_command(&mut self, command: Command) -> Option<u16> {
+        let Some((_, sub, qos)) = self
+            .command_subs
+            .iter()
+            .find(|(d, _, _)| *d == command.device)
+            .cloned()
+        else {
+            command.release();
+            return None;
+        };
+        if command.name.is_empty()
+            || command
+                .name
+                .chars()
+                .any(|c| matches!(c, '/' | '+' | '#' | '\0'))
+        {
+            command.reject(
+                "hono:bad-request",
+                "the command name cannot be a topic level",
+            );
+            return None;
+        }
+        let request_id = match (&command.reply_to, command.response_correlation_id()) {
+            (None, _) => None,
+            (Some(reply_to), Some(correlation)) => {
+                let prefix = format!("command_response/{}/", self.who.tenant);
+                let reply = reply_to.strip_prefix(&prefix).unwrap_or(reply_to);
+                match topic::request_id(correlation, reply, false) {
+                    Some(id) => Some(id),
+                    None => {
+                        command.reject(
+                            "hono:bad-request",
+                            "correlation or reply id unusable in a topic",
+                        );
+                        return None;
+                    }
+                }
+            }
+            (Some(_), None) => {
+                command.reject(
+                    "hono:bad-request",
+                    "a request needs a message-id or correlation-id",
+                );
+                return None;
+            }
+        };
+        let device_in_topic =
+            (command.device != self.who.device).then(|| command.device.to_string());
+        let topic = topic::command_topic(
+            &sub,
+            device_in_topic.as_deref(),
+            request_id.as_deref(),
+            &command.name,
+        );
+        let pkid = if qos == 1 { self.next_packet_id() } else { 0 };
+        let written = self
+            .write(&Outgoing::Publish {
+                topic: &topic,
+                qos,
+                pkid,
+                payload: command.payload.clone(),
+            })
+            .is_ok();
+        match (written, qos) {
+            (false, _) => {
+                command.release();
+                None
+            }
+            (true, 0) => {
+                command.accept();
+                None
+            }
+            (true, _) => {
+                self.inflight.insert(pkid, command);
+                Some(pkid)
+            }
+        }
+    }
+
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// A command response from the device: back to the application waiting on the command's reply-to.
+    #[allow(clippy::too_many_arguments)]
+    fn on_response(
+        &mut self,
+        parsed: &topic::PublishTopic<'_>,
+        request_id: &str,
+        status: u16,
+        qos: u8,
+        pkid: u16,
+        payload: Bytes,
+        content_type: Option<String>,
+        pending: &mut FuturesOrdered<Pending>,
+    ) -> Result<(), SessionError> {
+        if parsed.tenant.is_some_and(|t| t != self.who.tenant.as_str()) {
+            return Err(SessionError::Closed("another tenant's topic"));
+        }
+        let Some((correlation, reply, _)) = topic::parse_request_id(request_id) else {
+            return Err(SessionError::Closed("unknown request id"));
+        };
+        let device = match parsed.device {
+            Some(d) => DeviceId::new(d).map_err(|_| SessionError::Closed("invalid device id"))?,
+            None => self.who.device.clone(),
+        };
+        let response = CommandResponse {
+            tenant: self.who.tenant.clone(),
+            device,
+            reply_to: format!("command_response/{}/{reply}", self.who.tenant),
+            correlation_id: correlation.to_owned(),
+            status,
+            content_type: parsed
+                .bag
+                .content_type
+                .as_deref()
+                .map(str::to_owned)
+                .or(content_type),
+            payload,
+            ttl_ms: None,
+        };
+        let shared = self.shared.clone();
+        let on_error = parsed.bag.on_error;
+        let endpoint = parsed.error_endpoint();
+        let correlation_id = correlation.to_owned();
+        let send = async move {
+            match shared.downstream.send_response(response).await {
+                Ok(SendOutcome::Accepted) => Ok(()),
+                _ => Err(503),
+            }
+        };
+        if qos == 0 {
+            tokio::spawn(send);
+            return Ok(());
+        }
+        pending.push_back(Box::pin(async move {
+            Done::PubAck {
+                pkid,
+                on_error,
+                result: send.await,
+                endpoint,
+                correlation_id,
+                device_in_topic: None,
+            }
+        }));
+        Ok(())
+    }
+
+    /// The device is gone: its commands go back, its subscriptions end.
+    async fn cleanup(&mut self) {
+        for (_, c) in self.inflight.drain() {
+            c.release();
+        }
+        for (device, _, _) in std::mem::take(&mut self.command_subs) {
+            if self.shared.unroute(&self.who.tenant, &device, self.id) {
+                let _ = self
+                    .shared
+                    .command_link
+                    .unregister(&self.who.tenant, &device)
+                    .await;
+            }
+        }
+    }
+}
+
+fn now_iso8601() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil date from days since the epoch (Howard Hinnant's algorithm), to avoid a date crate here.
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }

@@ -115,7 +115,72 @@ class Refused(MessagingHandler):
         event.container.stop()
 
 
+class SendCommand(MessagingHandler):
+    """Sends one command to DEVICE of TENANT (request/response) and prints its outcome and the response."""
+
+    def __init__(self, url, tenant, device, name, payload, timeout="10"):
+        super().__init__(auto_accept=False)
+        self.url, self.tenant, self.device, self.name, self.payload = url, tenant, device, name, payload
+        self.timeout = float(timeout)
+        self.reply = "command_response/%s/proton-replies" % tenant
+        self.sent = False
+        self.outcome = self.response = False
+
+    def on_start(self, event):
+        conn = event.container.connect(self.url, allowed_mechs="PLAIN", allow_insecure_mechs=True)
+        self.receiver = event.container.create_receiver(conn, self.reply)
+        self.sender = event.container.create_sender(conn, "command/%s" % self.tenant)
+        self.timer = event.container.schedule(self.timeout, self)
+
+    def on_sendable(self, event):
+        if self.sent or not self.receiver.state & self.receiver.REMOTE_ACTIVE:
+            return
+        msg = Message(address="command/%s/%s" % (self.tenant, self.device), subject=self.name,
+                      id="cmd-1", reply_to=self.reply, body=self.payload.encode("utf-8"),
+                      content_type="application/json")
+        event.sender.send(msg)
+        self.sent = True
+
+    def on_link_opened(self, event):
+        if event.receiver:
+            emit(opened=self.reply)
+
+    def on_accepted(self, event):
+        emit(outcome="accepted")
+        self.outcome = True
+        if self.response:
+            self.done(event)
+
+    def on_released(self, event):
+        emit(outcome="released")
+        self.done(event)
+
+    def on_rejected(self, event):
+        emit(outcome="rejected")
+        self.done(event)
+
+    def on_message(self, event):
+        m = event.message
+        body = m.body
+        if isinstance(body, (bytes, memoryview)):
+            body = bytes(body).decode("utf-8", "replace")
+        emit(response=body, correlation_id=m.correlation_id, properties=m.properties or {})
+        self.accept(event.delivery)
+        self.response = True
+        # The response may overtake the command's outcome: wait for both.
+        if self.outcome:
+            self.done(event)
+
+    def done(self, event):
+        self.timer.cancel()
+        event.connection.close()
+
+    def on_timer_task(self, event):
+        emit(timeout=True)
+        event.container.stop()
+
+
 if __name__ == "__main__":
     scenario, url, *args = sys.argv[1:]
-    handler = {"consume": Consume, "consume_tls": ConsumeTls, "refused": Refused}[scenario](url, *args)
+    handler = {"consume": Consume, "consume_tls": ConsumeTls, "refused": Refused, "command": SendCommand}[scenario](url, *args)
     Container(handler).run()

@@ -420,3 +420,116 @@ time.sleep(8)
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A paho device subscribed to its commands; answers each request with status 200 and echoes the payload.
+const PAHO_COMMAND_DEVICE: &str = r#"
+import sys, time, paho.mqtt.client as mqtt
+port, qos = int(sys.argv[1]), int(sys.argv[2])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-cmd")
+c.username_pw_set("sensor1@t1", "hunter2")
+def on_connect(cl, u, f, rc, p=None):
+    cl.subscribe("c///q/#", qos=qos)
+def on_subscribe(cl, u, mid, codes, p=None):
+    print("subscribed", [getattr(x, "value", x) for x in codes], flush=True)
+def on_message(cl, u, msg):
+    print("command", msg.topic, msg.payload.decode(), flush=True)
+    parts = msg.topic.split("/")
+    req = parts[4]
+    if req:
+        cl.publish("c///s/%s/200" % req, b'{"done":true}', qos=1)
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", port, keepalive=30)
+c.loop_start()
+time.sleep(15)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_from_a_proton_application_reaches_a_paho_device_and_its_response_returns() {
+    let p = Platform::start().await;
+    for qos in ["1", "0"] {
+        let mut device = Command::new(ferry_test_support::test_python())
+            .arg("-c")
+            .arg(PAHO_COMMAND_DEVICE)
+            .arg(p.mqtt.port().to_string())
+            .arg(qos)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let stdout = device.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let subscribed = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("paho subscribes");
+        assert_eq!(subscribed, format!("subscribed [{qos}]"));
+
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../router/tests/proton/client.py"
+        );
+        let app = Command::new(ferry_test_support::test_python())
+            .arg(script)
+            .args([
+                "command",
+                &format!("amqp://app1:pw1@{}", p.amqp),
+                "t1",
+                "d1",
+                "setBrightness",
+                "{\"b\":80}",
+            ])
+            .output()
+            .expect("proton app");
+        let lines: Vec<Value> = String::from_utf8_lossy(&app.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let command = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the device gets the command");
+        assert!(command.starts_with("command c///q/"), "{command}");
+        assert!(command.ends_with("/setBrightness {\"b\":80}"), "{command}");
+        assert!(
+            lines.iter().any(|l| l["outcome"] == "accepted"),
+            "qos {qos}: {lines:?}"
+        );
+        let response = lines
+            .iter()
+            .find(|l| l.get("response").is_some())
+            .expect("a response");
+        assert_eq!(response["response"], "{\"done\":true}");
+        assert_eq!(response["correlation_id"], "cmd-1");
+        assert_eq!(response["properties"]["status"], 200);
+        let _ = device.kill();
+        let _ = device.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_for_a_device_without_subscription_is_released() {
+    let p = Platform::start().await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../router/tests/proton/client.py"
+    );
+    let app = tokio::task::block_in_place(|| {
+        Command::new(ferry_test_support::test_python())
+            .arg(script)
+            .args([
+                "command",
+                &format!("amqp://app1:pw1@{}", p.amqp),
+                "t1",
+                "d1",
+                "reboot",
+                "{}",
+                "5",
+            ])
+            .output()
+            .expect("proton app")
+    });
+    let out = String::from_utf8_lossy(&app.stdout);
+    assert!(out.contains("\"outcome\": \"released\""), "{out}");
+}
