@@ -38,6 +38,9 @@ pub struct Shared<S: EventStore> {
     verifier: RwLock<Arc<Verifier>>,
     /// Signalled when a token names a key we do not know: the JWKS is fetched again.
     pub refresh_keys: Notify,
+    /// Open connections, so that shutdown can wait for them to send their close.
+    open_connections: std::sync::atomic::AtomicUsize,
+    all_closed: Notify,
 }
 
 impl<S: EventStore> std::fmt::Debug for Shared<S> {
@@ -117,6 +120,8 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             VerifierConfig::default(),
         ))),
         refresh_keys: Notify::new(),
+        open_connections: std::sync::atomic::AtomicUsize::new(0),
+        all_closed: Notify::new(),
     });
     shared
         .hub
@@ -228,55 +233,39 @@ async fn accept_loops<S: EventStore>(
     shared: Arc<Shared<S>>,
     shutdown: Shutdown,
 ) {
-    let plain = accept_loop(listener, None, shared.clone(), shutdown.clone());
+    use std::sync::atomic::Ordering;
+    let drained = shared.clone();
+    let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr| {
+        let shared = shared.clone();
+        async move {
+            shared.open_connections.fetch_add(1, Ordering::AcqRel);
+            if let Err(e) = connection::serve(stream, peer, shared.clone()).await {
+                tracing::debug!(%peer, error = %e, "AMQP connection ended");
+            }
+            if shared.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.all_closed.notify_waiters();
+            }
+        }
+    };
+    let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler.clone());
     match tls {
         Some((l, acceptor)) => {
-            tokio::join!(plain, accept_loop(l, Some(acceptor), shared, shutdown));
+            tokio::join!(
+                plain,
+                ferry_core::net::serve(l, Some(acceptor), shutdown, handler)
+            );
         }
         None => plain.await,
     }
-}
-
-async fn accept_loop<S: EventStore>(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared<S>>,
-    shutdown: Shutdown,
-) {
-    let stop = shutdown.clone().wait();
-    tokio::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut stop => return,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let result = match tls {
-                None => connection::serve(stream, peer, shared).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => connection::serve(s, peer, shared).await,
-                        Ok(Err(e)) => Err(connection::ConnError::Io(e)),
-                        Err(_) => Err(connection::ConnError::Timeout),
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "AMQP connection ended");
-            }
-        });
+    // Shutdown: every connection sends its close (they watch the same shutdown); wait for that, briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while drained.open_connections.load(Ordering::Acquire) > 0 {
+        let wait = drained.all_closed.notified();
+        if drained.open_connections.load(Ordering::Acquire) == 0
+            || tokio::time::timeout_at(deadline, wait).await.is_err()
+        {
+            break;
+        }
     }
 }
 

@@ -11,5 +11,6 @@ pub mod config;
 pub mod hono;
 pub mod ids;
 pub mod logs;
+pub mod net;
 pub mod shutdown;
 pub mod tls;
