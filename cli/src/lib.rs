@@ -1,8 +1,11 @@
 //! `ferry`: the command a user meets first. `ferry up` composes every component's `run` in one process on
-//! embedded defaults; the management subcommands call the registry's management API.
+//! embedded defaults; the management subcommands call the registry's management API; `ferry consume` and
+//! `ferry command` are a business application's side of the AMQP API.
 
 use std::path::PathBuf;
 
+pub mod command;
+pub mod consume;
 pub mod manage;
 pub mod up;
 

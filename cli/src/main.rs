@@ -34,6 +34,11 @@ enum Command {
     /// Manage application users (AMQP consumers).
     #[command(subcommand)]
     Application(ApplicationCmd),
+    /// Print a tenant's telemetry or events as they arrive (AMQP, as an application user).
+    Consume(ferry::consume::ConsumeArgs),
+    /// Send a command to a device, optionally waiting for its response (AMQP, as an application user).
+    #[command(name = "command")]
+    Cmd(ferry::command::CommandArgs),
 }
 
 #[tokio::main]
@@ -48,6 +53,8 @@ async fn main() -> ExitCode {
         Command::Device(c) => manage::device(&cli.target, c).await,
         Command::Credentials(c) => manage::credentials(&cli.target, c).await,
         Command::Application(c) => manage::application(&cli.target, c).await,
+        Command::Consume(args) => ferry::consume::consume(args).await,
+        Command::Cmd(args) => ferry::command::command(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
