@@ -252,7 +252,12 @@ async fn accept_loops<S: EventStore>(
         Some((l, acceptor)) => {
             tokio::join!(
                 plain,
-                ferry_core::net::serve(l, Some(acceptor), shutdown, handler)
+                ferry_core::net::serve(
+                    l,
+                    Some(ferry_core::net::Tls::new(acceptor)),
+                    shutdown,
+                    handler
+                )
             );
         }
         None => plain.await,

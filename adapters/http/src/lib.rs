@@ -1,3 +1,234 @@
-//! `ferry-http-adapter`: the HTTP device endpoint with long-poll command delivery.
+//! `ferry-http-adapter`: the HTTP device endpoint (HONO-CONTRACT §2.3), with long-poll command delivery.
 //!
-//! Not built yet: issue #5. Empty until then, so that nothing pretends to work.
+//! Devices `POST /telemetry` and `/event` (gateways `PUT /telemetry/TENANT/DEVICE`) with HTTP Basic
+//! `auth-id@tenant`; each request becomes an AMQP message to the router carrying the device's registration
+//! assertion, and the status code tells the device what became of it (202 once queued or accepted, 503
+//! when no consumer took it). A request with `hono-ttd` then waits for a command for the device, which
+//! comes back in the response; the device answers it with `POST /command/res/REQ_ID`.
+//!
+//! HTTP/1.1 on hyper, one task per connection; the request path is in `service`, the waits for commands
+//! in `commands`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_adapter_core::auth::DeviceAuthenticator;
+use ferry_adapter_core::downstream::{Downstream, DownstreamConfig};
+use ferry_adapter_core::registry::{RegistryClient, RegistryConfig};
+use ferry_core::admin::Admin;
+use ferry_core::shutdown::Shutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub mod body;
+pub mod commands;
+pub mod config;
+pub mod metrics;
+pub mod request;
+pub mod request_id;
+pub mod service;
+
+pub use config::Config;
+
+/// How long open connections may take to finish their requests after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What every request of one adapter shares.
+pub struct Shared {
+    pub config: Config,
+    pub registry: RegistryClient,
+    pub auth: DeviceAuthenticator,
+    pub downstream: Downstream,
+    pub metrics: metrics::Metrics,
+    /// Requests waiting for commands (`hono-ttd`).
+    pub commands: Arc<commands::Waiters>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// An adapter that is up.
+#[derive(Debug)]
+pub struct Started {
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    /// The running adapter's state (its connections, its waiting requests), for embedding and tests.
+    pub shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Started {
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await.context("HTTP adapter task failed")
+    }
+}
+
+/// Runs the adapter until `shutdown`.
+pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<()> {
+    start(config, admin, shutdown).await?.join().await
+}
+
+/// Connects to the registry and the router, binds the listeners and starts serving.
+pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    let readiness = admin.readiness("http-adapter");
+    let registry = RegistryClient::new(RegistryConfig::new(
+        config.registry_url.clone(),
+        config.registry_token.clone(),
+    ))
+    .context("registry client")?;
+    {
+        // Purges the caches as devices, credentials and tenants change: each request is checked anew.
+        let registry = registry.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { registry.follow_changes(shutdown).await });
+    }
+    let mut downstream_config = DownstreamConfig::new(
+        config.router_address.clone(),
+        config.router_user.clone(),
+        config.router_password.clone(),
+    );
+    downstream_config.outcome_timeout = Duration::from_millis(config.send_timeout_ms);
+    downstream_config.container_id = format!("ferry-http-{}", config.instance_id);
+    let downstream = Downstream::start(downstream_config, shutdown.clone());
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding HTTP to {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let tls = match (&config.tls.cert_path, &config.tls.key_path) {
+        (Some(cert), Some(key)) => {
+            let acceptor = ferry_core::tls::acceptor(cert, key, &[b"http/1.1"])?;
+            let l = TcpListener::bind(config.tls_bind)
+                .await
+                .with_context(|| format!("binding HTTPS to {}", config.tls_bind))?;
+            Some((l, acceptor))
+        }
+        _ => None,
+    };
+    let tls_addr = match &tls {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
+    if let Some(bind) = config.admin_bind {
+        let l = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding admin to {bind}"))?;
+        tokio::spawn(admin.clone().serve(l, shutdown.clone()));
+    }
+    let (command_link, mut incoming) = downstream.commands(&config.instance_id);
+    let waiters = commands::Waiters::new(command_link, shutdown.clone());
+    {
+        let waiters = waiters.clone();
+        tokio::spawn(async move {
+            while let Some(command) = incoming.recv().await {
+                waiters.dispatch(command);
+            }
+        });
+    }
+    let shared = Arc::new(Shared {
+        auth: DeviceAuthenticator::new(registry.clone()),
+        registry,
+        downstream,
+        metrics: metrics::Metrics::new(&admin),
+        commands: waiters,
+        config,
+    });
+    readiness.set(true);
+    let task = tokio::spawn(accept_loops(listener, tls, shared.clone(), shutdown));
+    tracing::info!(%addr, ?tls_addr, "HTTP adapter listening");
+    Ok(Started {
+        addr,
+        tls_addr,
+        shared,
+        task,
+    })
+}
+
+/// Serves both listeners until shutdown, then gives open connections [`SHUTDOWN_GRACE`] to finish.
+async fn accept_loops(
+    listener: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) {
+    // Each connection holds a sender; when all are gone, every connection has ended.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let stop = shutdown.clone();
+    let handler = move |stream: ferry_core::net::Stream, _peer: std::net::SocketAddr| {
+        let (shared, shutdown, open) = (shared.clone(), stop.clone(), open_tx.clone());
+        async move {
+            let _open = open;
+            serve_connection(stream, shared, shutdown).await;
+        }
+    };
+    let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler.clone());
+    match tls {
+        Some((l, acceptor)) => {
+            tokio::join!(
+                plain,
+                ferry_core::net::serve(
+                    l,
+                    Some(ferry_core::net::Tls::new(acceptor)),
+                    shutdown,
+                    handler
+                )
+            );
+        }
+        None => {
+            drop(handler);
+            plain.await;
+        }
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, open_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open after the shutdown grace period");
+    }
+}
+
+/// HTTP/1.1 with keep-alive on one connection until the client closes it, it idles past
+/// `idle_timeout_secs`, or shutdown (which lets the request in progress finish).
+async fn serve_connection<IO>(io: IO, shared: Arc<Shared>, shutdown: Shutdown)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let idle = Duration::from_secs(shared.config.idle_timeout_secs);
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(service::handle(shared, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // Hyper's header read timeout also runs while a keep-alive connection waits for its next request,
+    // so it is the idle timeout as well.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+                return;
+            }
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

@@ -28,12 +28,17 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Most concurrent connections of this instance (0 = no limit).
     pub max_connections: usize,
-    /// Time a client has to send its CONNECT.
+    /// Time a client has to send its CONNECT (and, on the TLS listener, before that to finish the
+    /// handshake).
     pub connect_timeout_secs: u64,
     /// How long the router may take to settle a QoS 1 message before the device is told it failed.
     pub send_timeout_ms: u64,
     /// How long a device has to PUBACK a QoS 1 command (Hono's `sendMessageToDeviceTimeout`).
     pub command_ack_timeout_ms: u64,
+    /// Send Hono's connection events (`application/vnd.eclipse-hono-dc-notification+json` on
+    /// `event/TENANT`) when an authenticated device connects or disconnects: Hono's
+    /// `hono.connectionEvents.producer=events`. Off by default, like Hono (which only logs them).
+    pub connection_events: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -61,6 +66,7 @@ impl Default for Config {
             connect_timeout_secs: 10,
             send_timeout_ms: 5000,
             command_ack_timeout_ms: 1000,
+            connection_events: false,
         }
     }
 }

@@ -200,54 +200,29 @@ async fn accept_loops(
     shared: Arc<Shared>,
     shutdown: Shutdown,
 ) {
-    let plain = accept_loop(listener, None, shared.clone(), shutdown.clone());
-    match tls {
-        Some((l, acceptor)) => {
-            tokio::join!(plain, accept_loop(l, Some(acceptor), shared, shutdown));
-        }
-        None => plain.await,
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-    shutdown: Shutdown,
-) {
-    let stop = shutdown.clone().wait();
-    tokio::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut stop => return,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    // A client that never finishes its handshake holds a task and a socket: the CONNECT's time bound
+    // applies to the TLS handshake too.
+    let handshake_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
+    let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr| {
         let shared = shared.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let result = match tls {
-                None => session::serve(stream, peer, shared).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => session::serve(s, peer, shared).await,
-                        Ok(Err(e)) => Err(session::SessionError::Io(e)),
-                        Err(_) => Err(session::SessionError::ConnectTimeout),
-                    }
-                }
-            };
-            if let Err(e) = result {
+        async move {
+            if let Err(e) = session::serve(stream, peer, shared).await {
                 tracing::debug!(%peer, error = %e, "MQTT connection ended");
             }
-        });
+        }
+    };
+    let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler.clone());
+    match tls {
+        Some((l, acceptor)) => {
+            let tls = ferry_core::net::Tls {
+                acceptor,
+                handshake_timeout,
+            };
+            tokio::join!(
+                plain,
+                ferry_core::net::serve(l, Some(tls), shutdown, handler)
+            );
+        }
+        None => plain.await,
     }
 }

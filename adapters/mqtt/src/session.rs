@@ -4,6 +4,13 @@
 //! QoS 1 is Hono's "PUBACK only after the consumer accepted": each PUBLISH becomes a send to the router,
 //! and the PUBACKs go out in the order the PUBLISHes came in, as their outcomes arrive
 //! (`FuturesOrdered`), so one slow consumer decision never reorders acknowledgements.
+//!
+//! Command subscriptions also tell applications whether the device can be reached (HONO-CONTRACT §1.2,
+//! §1.3): an empty-notification event with `ttd` -1 after SUBSCRIBE, 0 after UNSUBSCRIBE or disconnect;
+//! with `connection_events`, a connection event when the device connects and disconnects. Subscription
+//! changes form one chain per session and notifications another ([`Step`]), so that the router and the
+//! consumers see each in the order the device caused them, while a slow event store delays only the
+//! notifications, never a SUBACK.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -14,11 +21,14 @@ use bytes::{Bytes, BytesMut};
 use ferry_adapter_core::auth::AuthError;
 use ferry_adapter_core::downstream::{Command, CommandResponse};
 use ferry_adapter_core::downstream::{DeviceMessage, MessageKind, SendOutcome};
-use ferry_adapter_core::registry::AssertionOutcome;
+use ferry_adapter_core::registry::{Assertion, AssertionOutcome};
+use ferry_core::hono::content_type;
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::connack::Refusal;
 use crate::topic::{self, DeviceFilter, Endpoint, OnError, Subscription, SubscriptionKind};
@@ -57,10 +67,19 @@ pub enum SessionError {
     Closed(&'static str),
 }
 
+#[derive(Clone)]
 struct Authenticated {
     tenant: TenantId,
     device: DeviceId,
+    /// The assertion checked at CONNECT: what a notification about the device falls back on when the
+    /// registry no longer grants one (the device was just disabled, and applications should still hear
+    /// that it is gone).
+    assertion: Arc<Assertion>,
 }
+
+/// Unfinished work (PUBACKs, SUBACKs, error reports) a session holds before it stops reading from the
+/// device: a client that pipelines faster than the router settles waits in TCP instead of in memory.
+const MAX_PENDING: usize = 1024;
 
 /// What a PUBLISH turned into, awaiting its outcome.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
@@ -92,6 +111,140 @@ enum Done {
         pkid: u16,
         count: usize,
     },
+    /// Done with nothing to tell the device (a QoS 0 message that went well under an error subscription).
+    Nothing,
+}
+
+/// One link in a chain of a session's subscription changes, or of its notifications. Their futures
+/// run concurrently, so each waits for the one before it: a quick SUBSCRIBE–UNSUBSCRIBE must not
+/// unregister before it registered, nor announce ttd 0 before ttd -1. Dropping a step (finished or
+/// cancelled) lets the next one go.
+struct Step {
+    previous: Option<oneshot::Receiver<()>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Step {
+    /// The next step of the chain whose last step `last` holds.
+    fn after(last: &mut Option<oneshot::Receiver<()>>) -> Self {
+        let (done, next) = oneshot::channel();
+        Step {
+            previous: last.replace(next),
+            _done: done,
+        }
+    }
+
+    async fn ready(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            // Err only means the previous step was dropped, which is as good as finished.
+            let _ = previous.await;
+        }
+    }
+}
+
+/// An event about a device that the adapter sends on its own (HONO-CONTRACT §1.2).
+struct Notification {
+    device: DeviceId,
+    /// The gateway that subscribed for the device, if it was not the device itself.
+    gateway: Option<DeviceId>,
+    content_type: &'static str,
+    payload: Bytes,
+    ttd: Option<i32>,
+    /// The subscription's filter for ttd notifications; empty for connection events.
+    orig_address: String,
+}
+
+impl Notification {
+    fn ttd(device: DeviceId, gateway: Option<DeviceId>, ttd: i32, filter: String) -> Self {
+        Self {
+            device,
+            gateway,
+            content_type: content_type::EMPTY_NOTIFICATION,
+            payload: Bytes::new(),
+            ttd: Some(ttd),
+            orig_address: filter,
+        }
+    }
+
+    /// Hono's connection event body: `cause` is `connected` or `disconnected`.
+    fn connection(device: DeviceId, cause: &str, remote_id: &str) -> Self {
+        let body = serde_json::json!({
+            "cause": cause,
+            "remote-id": remote_id,
+            "source": ADAPTER_TYPE,
+            "data": {},
+        });
+        Self {
+            device,
+            gateway: None,
+            content_type: content_type::CONNECTION_NOTIFICATION,
+            payload: Bytes::from(body.to_string()),
+            ttd: None,
+            orig_address: String::new(),
+        }
+    }
+}
+
+/// Sends `notifications` once `step` may go (in a task of their own: nobody waits for them).
+fn spawn_notify(
+    shared: &Arc<Shared>,
+    who: &Authenticated,
+    mut step: Step,
+    notifications: Vec<Notification>,
+) {
+    if notifications.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    let tenant = who.tenant.clone();
+    let fallback = who.assertion.clone();
+    tokio::spawn(async move {
+        step.ready().await;
+        notify(&shared, &tenant, &fallback, notifications).await;
+        drop(step);
+    });
+}
+
+/// Sends `notifications` as events, in order. A notification that cannot be sent is logged and
+/// skipped: it informs applications, and the device's session does not depend on it.
+async fn notify(
+    shared: &Shared,
+    tenant: &TenantId,
+    fallback: &Arc<Assertion>,
+    notifications: Vec<Notification>,
+) {
+    for n in notifications {
+        let assertion = match shared
+            .registry
+            .assertion(tenant, &n.device, n.gateway.as_ref())
+            .await
+        {
+            Ok(AssertionOutcome::Granted(a)) => a,
+            _ if n.device == fallback.device_id && n.gateway.is_none() => fallback.clone(),
+            other => {
+                tracing::debug!(%tenant, device = %n.device, ?other, "no assertion for a notification");
+                continue;
+            }
+        };
+        let msg = DeviceMessage {
+            kind: MessageKind::Event,
+            tenant: tenant.clone(),
+            device_id: n.device,
+            qos: 1,
+            content_type: Some(n.content_type.to_owned()),
+            payload: n.payload,
+            assertion: assertion.token.clone(),
+            orig_adapter: ADAPTER_TYPE,
+            orig_address: n.orig_address,
+            ttl_ms: None,
+            ttd: n.ttd,
+            extra_properties: Vec::new(),
+        };
+        match shared.downstream.send(msg).await {
+            Ok(SendOutcome::Accepted) => {}
+            other => tracing::debug!(%tenant, ?other, "notification not accepted"),
+        }
+    }
 }
 
 /// A session's command subscription for one device.
@@ -120,7 +273,7 @@ where
     let mut buf = BytesMut::with_capacity(4096);
     let max_packet = shared.config.max_payload_bytes + 1024;
     let connect_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
-    let (version, connect) = tokio::time::timeout(connect_timeout, async {
+    let connected = tokio::time::timeout(connect_timeout, async {
         let version = loop {
             if let Some(v) = wire::connect_version(&buf)? {
                 break v;
@@ -135,7 +288,18 @@ where
         }
     })
     .await
-    .map_err(|_| SessionError::ConnectTimeout)??;
+    .map_err(|_| SessionError::ConnectTimeout)?;
+    let (version, connect) = match connected {
+        Err(SessionError::Wire(wire::WireError::UnsupportedVersion(level))) => {
+            // MQTT 3.1.1 §3.1.2.2: refuse with 0x01 (unacceptable protocol level) before closing, in
+            // the 3.1.1 form that MQTT 3.1 clients read as well.
+            let mut out = BytesMut::with_capacity(4);
+            wire::write(Version::V311, &Outgoing::ConnAck { code: 0x01 }, &mut out)?;
+            io.write_all(&out).await?;
+            return Err(wire::WireError::UnsupportedVersion(level).into());
+        }
+        other => other?,
+    };
 
     let mut out = BytesMut::with_capacity(1024);
     let who = match authenticate(&shared, &connect).await {
@@ -169,6 +333,9 @@ where
         error_sub: None,
         inflight: HashMap::new(),
         next_pkid: 0,
+        changes: None,
+        notices: None,
+        announced: false,
     };
     let result = session
         .run(&mut io, &mut buf, max_packet, commands_rx)
@@ -212,15 +379,15 @@ async fn authenticate(shared: &Shared, connect: &wire::Connect) -> Result<Authen
     if !tenant.is_enabled() || !tenant.is_adapter_enabled(ADAPTER_TYPE) {
         return Err(Refusal::NotAuthorized);
     }
-    match shared
+    let assertion = match shared
         .registry
         .assertion(&device.tenant, &device.device_id, None)
         .await
     {
-        Ok(AssertionOutcome::Granted(_)) => {}
+        Ok(AssertionOutcome::Granted(a)) => a,
         Ok(_) => return Err(Refusal::NotAuthorized),
         Err(_) => return Err(Refusal::RegistryUnavailable),
-    }
+    };
     let max = shared.config.max_connections;
     let now = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
     if max > 0 && now > max {
@@ -238,6 +405,7 @@ async fn authenticate(shared: &Shared, connect: &wire::Connect) -> Result<Authen
     Ok(Authenticated {
         tenant: device.tenant,
         device: device.device_id,
+        assertion,
     })
 }
 
@@ -251,12 +419,19 @@ struct Session {
     out: BytesMut,
     id: u64,
     commands_tx: tokio::sync::mpsc::UnboundedSender<Command>,
-    /// Command subscriptions: the device whose commands come, the filter they mirror, the QoS granted.
-    command_subs: Vec<(DeviceId, Subscription, u8)>,
+    /// Command subscriptions: the device whose commands come, the filter they mirror (parsed and as the
+    /// device wrote it), the QoS granted.
+    command_subs: Vec<(DeviceId, Subscription, String, u8)>,
     error_sub: Option<Subscription>,
     /// QoS 1 commands waiting for the device's PUBACK.
     inflight: HashMap<u16, Command>,
     next_pkid: u16,
+    /// The last [`Step`] of the chain of subscription changes (router registrations).
+    changes: Option<oneshot::Receiver<()>>,
+    /// The last [`Step`] of the chain of notifications.
+    notices: Option<oneshot::Receiver<()>>,
+    /// Whether a `connected` connection event went out (so a `disconnected` one follows).
+    announced: bool,
 }
 
 static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -265,6 +440,24 @@ impl Session {
     fn write(&mut self, packet: &Outgoing<'_>) -> Result<(), SessionError> {
         wire::write(self.version, packet, &mut self.out)?;
         Ok(())
+    }
+
+    /// Who the device is in connection events: its client id, or its address when it sent none.
+    fn remote_id(&self) -> String {
+        if self.client_id.is_empty() {
+            self.peer.to_string()
+        } else {
+            self.client_id.clone()
+        }
+    }
+
+    /// Sends `notifications` after the ones chained before them, without holding up the session.
+    fn notify_later(&mut self, notifications: Vec<Notification>) {
+        if notifications.is_empty() {
+            return;
+        }
+        let step = Step::after(&mut self.notices);
+        spawn_notify(&self.shared, &self.who, step, notifications);
     }
 
     async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -281,15 +474,25 @@ impl Session {
         io.write_all(&self.out).await?;
         self.out.clear();
         tracing::debug!(peer = %self.peer, client = %self.client_id, tenant = %self.who.tenant, device = %self.who.device, "device connected");
+        if self.shared.config.connection_events {
+            self.announced = true;
+            let remote_id = self.remote_id();
+            let device = self.who.device.clone();
+            self.notify_later(vec![Notification::connection(
+                device,
+                "connected",
+                &remote_id,
+            )]);
+        }
 
         let mut changes = self.shared.registry.subscribe();
         let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-        // MQTT: the server closes a connection silent for one and a half keep-alive periods.
-        let idle = if self.keep_alive.is_zero() {
-            Duration::from_secs(24 * 3600)
-        } else {
-            self.keep_alive * 3 / 2
-        };
+        // MQTT: the server closes a connection silent for one and a half keep-alive periods (0: never).
+        // Measured from the last bytes the device sent, not from whatever else woke the session.
+        let idle = self.keep_alive * 3 / 2;
+        let mut last_heard = Instant::now();
+        let keep_alive = tokio::time::sleep(idle);
+        tokio::pin!(keep_alive);
         let stop = self.shared.shutdown.clone().wait();
         tokio::pin!(stop);
         let mut closing: Option<SessionError> = None;
@@ -337,13 +540,26 @@ impl Session {
                     e => Err(e),
                 };
             }
+            let reading = pending.len() < MAX_PENDING;
+            if !reading {
+                // The device is not silent, the adapter is not listening: no keep-alive meanwhile.
+                last_heard = Instant::now();
+            }
             tokio::select! {
-                r = tokio::time::timeout(idle, io.read_buf(buf)) => match r {
-                    Err(_) => closing = Some(SessionError::KeepAlive),
-                    Ok(Ok(0)) => return Ok(()),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e.into()),
+                r = io.read_buf(buf), if reading => match r {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => last_heard = Instant::now(),
+                    Err(e) => return Err(e.into()),
                 },
+                () = &mut keep_alive, if !idle.is_zero() => {
+                    // The timer is re-armed lazily here rather than on every read.
+                    let deadline = last_heard + idle;
+                    if Instant::now() >= deadline {
+                        closing = Some(SessionError::KeepAlive);
+                    } else {
+                        keep_alive.as_mut().reset(deadline);
+                    }
+                }
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     if let Err(e) = self.on_done(done) {
                         closing = Some(e);
@@ -437,6 +653,11 @@ impl Session {
         content_type: Option<String>,
         pending: &mut FuturesOrdered<Pending>,
     ) -> Result<(), SessionError> {
+        // HONO-CONTRACT §2.2: an oversized payload is discarded and the device disconnected, whatever
+        // the endpoint (command responses included).
+        if payload.len() > self.shared.config.max_payload_bytes {
+            return Err(SessionError::Closed("payload too large"));
+        }
         let topic_str = std::str::from_utf8(topic_bytes)
             .map_err(|_| SessionError::Closed("topic is not UTF-8"))?;
         let parsed = topic::parse_publish(topic_str)
@@ -461,9 +682,6 @@ impl Session {
                 )
             }
         };
-        if payload.len() > self.shared.config.max_payload_bytes {
-            return Err(SessionError::Closed("payload too large"));
-        }
         if parsed.tenant.is_some_and(|t| t != self.who.tenant.as_str()) {
             return Err(SessionError::Closed("another tenant's topic"));
         }
@@ -552,10 +770,7 @@ impl Session {
             if self.error_sub.is_some() {
                 pending.push_back(Box::pin(async move {
                     match send.await {
-                        Ok(()) => Done::UnsubAck {
-                            pkid: 0,
-                            count: usize::MAX,
-                        },
+                        Ok(()) => Done::Nothing,
                         Err(code) => Done::Failed {
                             code,
                             endpoint,
@@ -619,10 +834,7 @@ impl Session {
                 pkid,
                 granted: &granted,
             }),
-            // A QoS 0 message that went well under an error subscription: nothing to say.
-            Done::UnsubAck {
-                count: usize::MAX, ..
-            } => Ok(()),
+            Done::Nothing => Ok(()),
             Done::UnsubAck { pkid, count } => self.write(&Outgoing::UnsubAck { pkid, count }),
         }
     }
@@ -677,7 +889,8 @@ impl Session {
     }
 
     /// SUBSCRIBE: command filters register the device(s) with the router; error filters switch on error
-    /// reports. The SUBACK follows once the router knows, in order with the PUBACKs.
+    /// reports. The SUBACK follows once the router knows, in order with the PUBACKs; then applications
+    /// hear that each subscribed device can be reached (ttd -1).
     fn on_subscribe(
         &mut self,
         pkid: u16,
@@ -685,8 +898,8 @@ impl Session {
         pending: &mut FuturesOrdered<Pending>,
     ) {
         let mut granted = Vec::with_capacity(filters.len());
-        let mut to_register: Vec<DeviceId> = Vec::new();
-        let mut checks: Vec<(usize, DeviceId)> = Vec::new();
+        // Command subscriptions to set up: where in `granted`, for which device, and the filter.
+        let mut wanted: Vec<(usize, DeviceId, String)> = Vec::new();
         for (filter, qos) in filters {
             let sub = match topic::parse_subscription(&filter) {
                 Ok(s) if qos <= 1 && s.tenant.as_ref().is_none_or(|t| *t == self.who.tenant) => s,
@@ -695,83 +908,78 @@ impl Session {
                     continue;
                 }
             };
-            match (sub.kind, &sub.device) {
+            let device = match (sub.kind, &sub.device) {
                 (SubscriptionKind::Error, _) => {
                     self.error_sub = Some(sub);
                     granted.push(Some(0));
+                    continue;
                 }
-                (SubscriptionKind::Command, DeviceFilter::Own) => {
-                    let device = self.who.device.clone();
-                    self.add_command_sub(device.clone(), sub, qos);
-                    to_register.push(device);
-                    granted.push(Some(qos));
-                }
-                (SubscriptionKind::Command, DeviceFilter::One(d)) => {
-                    let device = d.clone();
-                    if device != self.who.device {
-                        // A gateway for one of its devices: the registry decides (below).
-                        checks.push((granted.len(), device.clone()));
-                    }
-                    self.add_command_sub(device.clone(), sub, qos);
-                    to_register.push(device);
-                    granted.push(Some(qos));
-                }
+                (SubscriptionKind::Command, DeviceFilter::Own) => self.who.device.clone(),
+                (SubscriptionKind::Command, DeviceFilter::One(d)) => d.clone(),
                 // All devices of a gateway needs the router to know every gateway's devices: not yet.
-                (SubscriptionKind::Command, DeviceFilter::All) => granted.push(None),
-            }
+                (SubscriptionKind::Command, DeviceFilter::All) => {
+                    granted.push(None);
+                    continue;
+                }
+            };
+            self.command_subs.retain(|(d, ..)| *d != device);
+            self.command_subs
+                .push((device.clone(), sub, filter.clone(), qos));
+            wanted.push((granted.len(), device, filter));
+            granted.push(Some(qos));
         }
+        if wanted.is_empty() {
+            // Nothing for the router: the SUBACK only keeps its place among the PUBACKs.
+            pending.push_back(Box::pin(async move { Done::SubAck { pkid, granted } }));
+            return;
+        }
+        let mut change = Step::after(&mut self.changes);
+        let notice = Step::after(&mut self.notices);
         let shared = self.shared.clone();
-        let tenant = self.who.tenant.clone();
+        let who = self.who.clone();
         let gateway = self.who.device.clone();
-        let session = self.id;
+        let tenant = self.who.tenant.clone();
+        let target = CommandTarget {
+            session: self.id,
+            tx: self.commands_tx.clone(),
+        };
         pending.push_back(Box::pin(async move {
-            for (index, device) in checks {
-                let allowed = matches!(
-                    shared
-                        .registry
-                        .assertion(&tenant, &device, Some(&gateway))
-                        .await,
-                    Ok(AssertionOutcome::Granted(_))
-                );
-                if !allowed {
-                    if let Some(g) = granted.get_mut(index) {
-                        *g = None;
+            change.ready().await;
+            let mut notifications = Vec::with_capacity(wanted.len());
+            for (index, device, filter) in wanted {
+                let for_gateway = (device != gateway).then(|| gateway.clone());
+                // A gateway for one of its devices: the registry decides. The route waits for its
+                // answer, as it replaces the device's own and would hand its commands to any gateway.
+                let allowed = for_gateway.is_none()
+                    || matches!(
+                        shared
+                            .registry
+                            .assertion(&tenant, &device, for_gateway.as_ref())
+                            .await,
+                        Ok(AssertionOutcome::Granted(_))
+                    );
+                let registered = allowed && {
+                    shared.route(&tenant, &device, target.clone());
+                    let ok = shared.command_link.register(&tenant, &device).await.is_ok();
+                    if !ok {
+                        shared.unroute(&tenant, &device, target.session);
                     }
-                    shared.unroute(&tenant, &device, session);
+                    ok
+                };
+                if registered {
+                    notifications.push(Notification::ttd(device, for_gateway, -1, filter));
+                } else if let Some(g) = granted.get_mut(index) {
+                    // Not allowed, or transient: the device should subscribe again (§2.2: 0x80).
+                    *g = None;
                 }
             }
-            for device in to_register {
-                let still_ours = shared.routes_to(&tenant, &device, session);
-                if still_ours
-                    && shared
-                        .command_link
-                        .register(&tenant, &device)
-                        .await
-                        .is_err()
-                {
-                    // Transient: the device should subscribe again (§2.2: SUBACK 0x80).
-                    for g in granted.iter_mut() {
-                        *g = None;
-                    }
-                }
-            }
+            drop(change);
+            spawn_notify(&shared, &who, notice, notifications);
             Done::SubAck { pkid, granted }
         }));
     }
 
-    fn add_command_sub(&mut self, device: DeviceId, sub: Subscription, qos: u8) {
-        self.command_subs.retain(|(d, _, _)| *d != device);
-        self.command_subs.push((device.clone(), sub, qos));
-        self.shared.route(
-            &self.who.tenant,
-            &device,
-            CommandTarget {
-                session: self.id,
-                tx: self.commands_tx.clone(),
-            },
-        );
-    }
-
+    /// UNSUBSCRIBE: the router forgets the device(s); then applications hear they are gone (ttd 0).
     fn on_unsubscribe(
         &mut self,
         pkid: u16,
@@ -779,30 +987,48 @@ impl Session {
         pending: &mut FuturesOrdered<Pending>,
     ) {
         let count = filters.len();
-        let mut gone = Vec::new();
+        let mut gone: Vec<(DeviceId, String)> = Vec::new();
         for filter in filters {
             let Ok(sub) = topic::parse_subscription(&filter) else {
                 continue;
             };
-            match (sub.kind, sub.device) {
-                (SubscriptionKind::Error, _) => self.error_sub = None,
-                (SubscriptionKind::Command, DeviceFilter::Own) => {
-                    gone.push(self.who.device.clone())
+            let device = match (sub.kind, sub.device) {
+                (SubscriptionKind::Error, _) => {
+                    self.error_sub = None;
+                    continue;
                 }
-                (SubscriptionKind::Command, DeviceFilter::One(d)) => gone.push(d),
-                (SubscriptionKind::Command, DeviceFilter::All) => {}
-            }
+                (SubscriptionKind::Command, DeviceFilter::Own) => self.who.device.clone(),
+                (SubscriptionKind::Command, DeviceFilter::One(d)) => d,
+                (SubscriptionKind::Command, DeviceFilter::All) => continue,
+            };
+            gone.push((device, filter));
         }
-        self.command_subs.retain(|(d, _, _)| !gone.contains(d));
+        self.command_subs
+            .retain(|(d, ..)| !gone.iter().any(|(g, _)| g == d));
+        if gone.is_empty() {
+            pending.push_back(Box::pin(async move { Done::UnsubAck { pkid, count } }));
+            return;
+        }
+        let mut change = Step::after(&mut self.changes);
+        let notice = Step::after(&mut self.notices);
         let shared = self.shared.clone();
+        let who = self.who.clone();
         let tenant = self.who.tenant.clone();
+        let own = self.who.device.clone();
         let session = self.id;
         pending.push_back(Box::pin(async move {
-            for device in gone {
+            change.ready().await;
+            let mut notifications = Vec::with_capacity(gone.len());
+            for (device, filter) in gone {
+                // Only when the device's commands still came here: a newer session may hold them.
                 if shared.unroute(&tenant, &device, session) {
                     let _ = shared.command_link.unregister(&tenant, &device).await;
+                    let gateway = (device != own).then(|| own.clone());
+                    notifications.push(Notification::ttd(device, gateway, 0, filter));
                 }
             }
+            drop(change);
+            spawn_notify(&shared, &who, notice, notifications);
             Done::UnsubAck { pkid, count }
         }));
     }
@@ -810,11 +1036,11 @@ impl Session {
     /// Publishes a command to the device on the topic its subscription mirrors; returns the packet id
     /// when the device must PUBACK it (QoS 1).
     fn deliver_command(&mut self, command: Command) -> Option<u16> {
-        let Some((_, sub, qos)) = self
+        let Some((sub, qos)) = self
             .command_subs
             .iter()
-            .find(|(d, _, _)| *d == command.device)
-            .cloned()
+            .find(|(d, ..)| *d == command.device)
+            .map(|(_, sub, _, qos)| (sub.clone(), *qos))
         else {
             command.release();
             return None;
@@ -863,7 +1089,21 @@ impl Session {
             request_id.as_deref(),
             &command.name,
         );
-        let pkid = if qos == 1 { self.next_packet_id() } else { 0 };
+        let pkid = if qos == 1 {
+            match next_packet_id(self.next_pkid, &self.inflight) {
+                Some(id) => {
+                    self.next_pkid = id;
+                    id
+                }
+                None => {
+                    // Every packet id waits for a PUBACK: the device is not keeping up.
+                    command.release();
+                    return None;
+                }
+            }
+        } else {
+            0
+        };
         let written = self
             .write(&Outgoing::Publish {
                 topic: &topic,
@@ -884,15 +1124,6 @@ impl Session {
             (true, _) => {
                 self.inflight.insert(pkid, command);
                 Some(pkid)
-            }
-        }
-    }
-
-    fn next_packet_id(&mut self) -> u16 {
-        loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
-                return self.next_pkid;
             }
         }
     }
@@ -962,21 +1193,49 @@ impl Session {
         Ok(())
     }
 
-    /// The device is gone: its commands go back, its subscriptions end.
+    /// The device is gone: its commands go back, its subscriptions end (ttd 0), and with connection
+    /// events on, applications hear that it disconnected.
     async fn cleanup(&mut self) {
         for (_, c) in self.inflight.drain() {
             c.release();
         }
-        for (device, _, _) in std::mem::take(&mut self.command_subs) {
+        let mut notifications = Vec::new();
+        for (device, _, filter, _) in std::mem::take(&mut self.command_subs) {
             if self.shared.unroute(&self.who.tenant, &device, self.id) {
                 let _ = self
                     .shared
                     .command_link
                     .unregister(&self.who.tenant, &device)
                     .await;
+                let gateway = (device != self.who.device).then(|| self.who.device.clone());
+                notifications.push(Notification::ttd(device, gateway, 0, filter));
             }
         }
+        if self.announced {
+            let remote_id = self.remote_id();
+            notifications.push(Notification::connection(
+                self.who.device.clone(),
+                "disconnected",
+                &remote_id,
+            ));
+        }
+        self.notify_later(notifications);
     }
+}
+
+/// The packet id after `last` that no unacknowledged command holds; `None` when all 65,535 are held.
+fn next_packet_id<T>(last: u16, inflight: &HashMap<u16, T>) -> Option<u16> {
+    let mut id = last;
+    for _ in 0..u16::MAX {
+        id = id.wrapping_add(1);
+        if id == 0 {
+            id = 1;
+        }
+        if !inflight.contains_key(&id) {
+            return Some(id);
+        }
+    }
+    None
 }
 
 fn now_iso8601() -> String {
@@ -1001,4 +1260,45 @@ fn now_iso8601() -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_ids_skip_zero_and_those_in_flight() {
+        let mut inflight: HashMap<u16, ()> = HashMap::new();
+        assert_eq!(next_packet_id(0, &inflight), Some(1));
+        inflight.insert(1, ());
+        inflight.insert(2, ());
+        assert_eq!(next_packet_id(0, &inflight), Some(3));
+        assert_eq!(next_packet_id(u16::MAX, &inflight), Some(3));
+    }
+
+    #[test]
+    fn packet_ids_run_out_instead_of_spinning() {
+        // A device that never PUBACKs its commands once made this loop forever.
+        let inflight: HashMap<u16, ()> = (1..=u16::MAX).map(|id| (id, ())).collect();
+        assert_eq!(next_packet_id(17, &inflight), None);
+        let mut one_free = inflight;
+        one_free.remove(&9);
+        assert_eq!(next_packet_id(17, &one_free), Some(9));
+    }
+
+    #[test]
+    fn connection_events_carry_hono_s_body() {
+        let device = DeviceId::new("d1").expect("id");
+        let n = Notification::connection(device, "connected", "client-7");
+        assert_eq!(n.content_type, content_type::CONNECTION_NOTIFICATION);
+        let body: serde_json::Value = serde_json::from_slice(&n.payload).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"cause": "connected", "remote-id": "client-7", "source": "hono-mqtt", "data": {}})
+        );
+        let t = Notification::ttd(DeviceId::new("d1").expect("id"), None, -1, "c///q/#".into());
+        assert_eq!(t.content_type, content_type::EMPTY_NOTIFICATION);
+        assert!(t.payload.is_empty());
+        assert_eq!(t.ttd, Some(-1));
+    }
 }

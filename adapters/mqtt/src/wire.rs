@@ -139,7 +139,9 @@ pub fn connect_version(buf: &[u8]) -> Result<Option<Version>, WireError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
-    if first >> 4 != 1 {
+    // CONNECT's flags are reserved zeros: anything else (a TLS ClientHello on the plain port starts
+    // with 0x16) is not MQTT, and waiting for the rest of it would only hold the socket.
+    if first != 0x10 {
         return Err(WireError::NotConnect);
     }
     // Skip the remaining-length varint.
@@ -471,6 +473,10 @@ mod tests {
         assert_eq!(connect_version(&connect_bytes(4)[..5]).expect("ok"), None);
         assert!(matches!(
             connect_version(&[0x30, 0x00]),
+            Err(WireError::NotConnect)
+        ));
+        assert!(matches!(
+            connect_version(&[0x16, 0x03, 0x01, 0x02, 0x00]),
             Err(WireError::NotConnect)
         ));
     }

@@ -15,8 +15,33 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::shutdown::Shutdown;
 
-/// How long a client has to finish the TLS handshake.
+/// How long a client has to finish the TLS handshake, unless the component says otherwise.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS for a listener: the acceptor and how long a handshake may take.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// TLS with the default handshake bound.
+    pub fn new(acceptor: TlsAcceptor) -> Self {
+        Self {
+            acceptor,
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
 
 /// An accepted connection, plain or TLS.
 #[derive(Debug)]
@@ -67,12 +92,8 @@ impl AsyncWrite for Stream {
 
 /// Accepts connections on `listener` until `shutdown`, each handled by `handler` in its own task. With
 /// `tls`, the handshake completes (within [`TLS_HANDSHAKE_TIMEOUT`]) before `handler` sees the stream.
-pub async fn serve<F, Fut>(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    shutdown: Shutdown,
-    handler: F,
-) where
+pub async fn serve<F, Fut>(listener: TcpListener, tls: Option<Tls>, shutdown: Shutdown, handler: F)
+where
     F: Fn(Stream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -97,8 +118,9 @@ pub async fn serve<F, Fut>(
         tokio::spawn(async move {
             match tls {
                 None => handler(Stream::Plain(stream), peer).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                Some(tls) => {
+                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
+                        .await
                     {
                         Ok(Ok(s)) => handler(Stream::Tls(Box::new(s)), peer).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -6,231 +6,18 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_core::shutdown::{self, Trigger};
 use serde_json::{json, Value};
 
-const ADMIN: &str = "admin-token";
-const INTERNAL: &str = "internal-token";
+// Shared with the `bad_input` binary, which uses other parts of it.
+#[allow(dead_code)]
+mod platform;
 
-struct Platform {
-    registry: String,
-    amqp: std::net::SocketAddr,
-    mqtt: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-    _triggers: Vec<Trigger>,
-    http: reqwest::Client,
-}
+mod connection_events;
+mod metrics;
+mod mqtt5;
+mod tls;
 
-impl Platform {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut triggers = Vec::new();
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let registry = ferry_registry::start(
-            ferry_registry::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: dir.path().join("registry"),
-                admin_token: Some(ADMIN.into()),
-                internal_token: Some(INTERNAL.into()),
-                bcrypt_cost: 4,
-                ..ferry_registry::Config::default()
-            },
-            ferry_core::admin::Admin::new(),
-            s,
-        )
-        .await
-        .expect("registry");
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let router_admin = ferry_core::admin::Admin::new();
-        let router = ferry_router::start(
-            ferry_router::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: dir.path().join("router"),
-                registry_url: registry.url(),
-                registry_token: INTERNAL.into(),
-                adapter_password: INTERNAL.into(),
-                ..ferry_router::Config::default()
-            },
-            router_admin.clone(),
-            s,
-        )
-        .await
-        .expect("router");
-        for _ in 0..100 {
-            if router_admin.not_ready().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let mqtt = ferry_mqtt_adapter::start(
-            ferry_mqtt_adapter::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                registry_url: registry.url(),
-                registry_token: INTERNAL.into(),
-                router_address: router.addr.to_string(),
-                router_password: INTERNAL.into(),
-                ..ferry_mqtt_adapter::Config::default()
-            },
-            ferry_core::admin::Admin::new(),
-            s,
-        )
-        .await
-        .expect("mqtt adapter");
-        let p = Self {
-            registry: registry.url(),
-            amqp: router.addr,
-            mqtt: mqtt.addr,
-            _dir: dir,
-            _triggers: triggers,
-            http: reqwest::Client::new(),
-        };
-        p.manage(reqwest::Method::POST, "/v1/tenants/t1", json!({}))
-            .await;
-        p.manage(reqwest::Method::POST, "/v1/tenants/t2", json!({}))
-            .await;
-        p.manage(reqwest::Method::POST, "/v1/devices/t1/d1", json!({}))
-            .await;
-        p.manage(reqwest::Method::POST, "/v1/devices/t1/gw", json!({}))
-            .await;
-        p.manage(
-            reqwest::Method::POST,
-            "/v1/devices/t1/behind",
-            json!({ "via": ["gw"] }),
-        )
-        .await;
-        p.password("t1", "d1", "sensor1", "hunter2").await;
-        p.password("t1", "gw", "gw1", "gwpass").await;
-        p.manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app1",
-            json!({ "password": "pw1", "tenants": ["t1"] }),
-        )
-        .await;
-        p.manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app2",
-            json!({ "password": "pw2", "tenants": ["t2"] }),
-        )
-        .await;
-        p
-    }
-
-    async fn manage(&self, method: reqwest::Method, path: &str, body: Value) {
-        let r = self
-            .http
-            .request(method, format!("{}{path}", self.registry))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .expect("registry");
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-    }
-
-    async fn password(&self, tenant: &str, device: &str, auth_id: &str, password: &str) {
-        self.manage(
-            reqwest::Method::PUT,
-            &format!("/v1/credentials/{tenant}/{device}"),
-            json!([{ "type": "hashed-password", "auth-id": auth_id, "secrets": [{ "pwd-plain": password }] }]),
-        )
-        .await;
-    }
-
-    /// A Proton consumer on `address` as `user`, expecting `count` messages; returns its JSON lines.
-    fn consumer(&self, user: &str, password: &str, address: &str, count: usize) -> Consumer {
-        let python = ferry_test_support::test_python();
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../router/tests/proton/client.py"
-        );
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg("consume")
-            .arg(format!("amqp://{user}:{password}@{}", self.amqp))
-            .arg(address)
-            .arg(count.to_string())
-            .arg("10")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let opened = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("consumer starts");
-        assert_eq!(opened["opened"], address, "{opened}");
-        Consumer { child, rx }
-    }
-
-    fn mosquitto_pub(
-        &self,
-        user: &str,
-        password: &str,
-        topic: &str,
-        qos: u8,
-        message: &str,
-    ) -> std::process::Output {
-        Command::new(ferry_test_support::require_program("mosquitto_pub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.mqtt.port().to_string(),
-                "-u",
-                user,
-                "-P",
-                password,
-            ])
-            .args([
-                "-t",
-                topic,
-                "-q",
-                &qos.to_string(),
-                "-m",
-                message,
-                "-V",
-                "mqttv311",
-            ])
-            .output()
-            .expect("mosquitto_pub")
-    }
-}
-
-struct Consumer {
-    child: std::process::Child,
-    rx: std::sync::mpsc::Receiver<Value>,
-}
-
-impl Consumer {
-    fn next(&self, within: Duration) -> Option<Value> {
-        self.rx
-            .recv_timeout(within)
-            .ok()
-            .filter(|v| v.get("timeout").is_none())
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use platform::{stderr, Platform};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mosquitto_pub_telemetry_reaches_a_proton_consumer_with_hono_properties() {
@@ -532,4 +319,48 @@ async fn a_command_for_a_device_without_subscription_is_released() {
     });
     let out = String::from_utf8_lossy(&app.stdout);
     assert!(out.contains("\"outcome\": \"released\""), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_refused_for_a_device_does_not_take_its_commands() {
+    let p = Platform::start().await;
+    let device = p.paho(PAHO_COMMAND_DEVICE, &["1"]);
+    let subscribed = device
+        .line(Duration::from_secs(10))
+        .expect("paho subscribes");
+    assert_eq!(subscribed, "subscribed [1]");
+    // d1 lists no gateway: gw may not subscribe for it. Its attempt once replaced d1's route and then
+    // removed it, so d1's commands were released until d1 subscribed again.
+    let mut gateway = platform::Raw::login(p.mqtt, "gw1@t1", "gwpass", 30).await;
+    assert_eq!(
+        gateway
+            .subscribe(1, "c//d1/q/#", rumqttc::mqttbytes::QoS::AtLeastOnce)
+            .await,
+        rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure
+    );
+    let app = tokio::task::block_in_place(|| {
+        Command::new(ferry_test_support::test_python())
+            .arg(platform::proton_script())
+            .args([
+                "command",
+                &format!("amqp://app1:pw1@{}", p.amqp),
+                "t1",
+                "d1",
+                "setBrightness",
+                "{\"b\":1}",
+                "5",
+            ])
+            .output()
+            .expect("proton app")
+    });
+    let out = String::from_utf8_lossy(&app.stdout);
+    assert!(out.contains("\"outcome\": \"accepted\""), "{out}");
+    let command = device
+        .line(Duration::from_secs(5))
+        .expect("d1 gets the command");
+    assert!(command.ends_with("/setBrightness {\"b\":1}"), "{command}");
+    assert!(
+        gateway.packet(Duration::from_millis(300)).await.is_none(),
+        "nothing for the gateway"
+    );
 }

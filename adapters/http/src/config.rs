@@ -1,0 +1,138 @@
+//! The HTTP adapter's configuration (`FERRY_HTTP_*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Plain HTTP listener.
+    pub bind: SocketAddr,
+    /// HTTPS listener; only when `tls` is configured.
+    pub tls_bind: SocketAddr,
+    pub tls: TlsConfig,
+    /// Separate admin server (`/live`, `/ready`, `/metrics`).
+    pub admin_bind: Option<SocketAddr>,
+    /// The registry's base URL and internal token.
+    pub registry_url: String,
+    pub registry_token: String,
+    /// The router's AMQP address and the adapters' service credential there.
+    pub router_address: String,
+    pub router_user: String,
+    pub router_password: String,
+    /// This adapter instance's id, unique among instances (its command address at the router).
+    pub instance_id: String,
+    /// Largest request body accepted (Hono's `maxPayloadSize`, 2048 as in the MQTT adapter); larger: 413.
+    pub max_payload_bytes: usize,
+    /// A keep-alive connection idle this long is closed, and a client has this long to send a request's
+    /// headers (Hono's `idleTimeout`).
+    pub idle_timeout_secs: u64,
+    /// Time a client has to send a request's whole body; slower: 408 and the connection is closed.
+    pub body_timeout_secs: u64,
+    /// Longest a request with `hono-ttd` waits for a command, whatever the device or the tenant's
+    /// `max-ttd` ask for.
+    pub max_ttd_secs: u64,
+    /// How long the router may take to settle a QoS 1 message or an event before the device gets 503.
+    pub send_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls_bind: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            tls: TlsConfig::default(),
+            admin_bind: None,
+            registry_url: "http://127.0.0.1:28080".into(),
+            registry_token: String::new(),
+            router_address: "127.0.0.1:15672".into(),
+            router_user: "ferry-adapter".into(),
+            router_password: String::new(),
+            instance_id: "http-0".into(),
+            max_payload_bytes: 2048,
+            idle_timeout_secs: 75,
+            body_timeout_secs: 10,
+            max_ttd_secs: 60,
+            send_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
+        let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        };
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
+            return Err(field(
+                "tls",
+                "cert_path and key_path must be given together",
+            ));
+        }
+        if ferry_core::ids::TenantId::new(&self.instance_id).is_err() {
+            return Err(field(
+                "instance_id",
+                "must be 1-128 characters of [A-Za-z0-9-_.]",
+            ));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(field("max_payload_bytes", "must be at least 1"));
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err(field("idle_timeout_secs", "must be at least 1"));
+        }
+        if self.body_timeout_secs == 0 {
+            return Err(field("body_timeout_secs", "must be at least 1"));
+        }
+        // A wait longer than a day is a leak, not a long poll.
+        if self.max_ttd_secs > 86_400 {
+            return Err(field("max_ttd_secs", "must be at most 86400"));
+        }
+        if self.send_timeout_ms == 0 {
+            return Err(field("send_timeout_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_env_overrides_them() {
+        Config::default().validate().expect("defaults");
+        let sources = ferry_core::config::Sources {
+            env_prefix: "FERRY_HTTP_".into(),
+            env: vec![
+                ("FERRY_HTTP_MAX_PAYLOAD_BYTES".into(), "65536".into()),
+                ("FERRY_HTTP_TLS__CERT_PATH".into(), "/c.pem".into()),
+            ],
+            ..Default::default()
+        };
+        let c: Config = ferry_core::config::load(&sources).expect("load");
+        assert_eq!(c.max_payload_bytes, 65536);
+        let e = c.validate().expect_err("key missing");
+        assert_eq!(e.field(), Some("tls"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let sources = ferry_core::config::Sources {
+            env_prefix: "FERRY_HTTP_".into(),
+            env: vec![("FERRY_HTTP_MAX_TTD".into(), "5".into())],
+            ..Default::default()
+        };
+        assert!(ferry_core::config::load::<Config>(&sources).is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! The adapter's Prometheus metrics (HONO-CONTRACT §6) after real connections and messages.
+
+use std::time::Duration;
+
+use super::platform::{Platform, Raw};
+
+/// The value of the sample `name{labels}` in `text`, which must be there.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_attempts_and_telemetry_are_counted() {
+    let p = Platform::start().await;
+    let c = p.consumer("app1", "pw1", "telemetry/t1", 1);
+    let refused =
+        tokio::task::block_in_place(|| p.mosquitto_pub("sensor1@t1", "nope", "t", 0, "x"));
+    assert!(!refused.status.success());
+    let _held = Raw::login(p.mqtt, "sensor1@t1", "hunter2", 30).await;
+    p.telemetry_gets_through("counted");
+    assert!(tokio::task::block_in_place(|| c.next(Duration::from_secs(5))).is_some());
+
+    // mosquitto_pub's session may end a moment after the process.
+    let gauge = "hono_connections_authenticated{tenant=\"t1\"}";
+    let mut text = p.admin.encode_metrics();
+    for _ in 0..50 {
+        if sample(&text, gauge) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = p.admin.encode_metrics();
+    }
+    assert_eq!(
+        sample(&text, gauge),
+        1.0,
+        "the raw client is still connected, mosquitto_pub is gone"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "hono_connections_attempts_total{outcome=\"succeeded\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "hono_connections_attempts_total{outcome=\"unauthorized\"}"
+        ),
+        1.0
+    );
+    let telemetry = "{tenant=\"t1\",type=\"telemetry\",status=\"forwarded\",qos=\"1\"}";
+    assert_eq!(
+        sample(
+            &text,
+            &format!("hono_telemetry_processing_total{telemetry}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("hono_telemetry_payload_bytes_total{telemetry}")
+        ),
+        "counted".len() as f64
+    );
+}

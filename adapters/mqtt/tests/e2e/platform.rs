@@ -1,0 +1,422 @@
+//! The in-process platform the MQTT adapter's tests run against (registry, router and adapter on
+//! 127.0.0.1:0, tenants `t1`/`t2`, devices `d1`, `gw` and `behind` of `t1`), and the clients that talk to
+//! it: `mosquitto_pub`, paho-mqtt scripts, a Qpid Proton consumer and a raw TCP client for input no real
+//! client would send. Shared by the `e2e` and `bad_input` test binaries.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_core::shutdown::{self, Trigger};
+use rumqttc::mqttbytes::{v4, QoS};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ADMIN: &str = "admin-token";
+const INTERNAL: &str = "internal-token";
+
+pub struct Platform {
+    pub registry: String,
+    pub amqp: SocketAddr,
+    pub mqtt: SocketAddr,
+    /// The TLS listener, when the test configured one.
+    pub mqtts: Option<SocketAddr>,
+    /// The adapter's admin (its metrics).
+    pub admin: ferry_core::admin::Admin,
+    _dir: tempfile::TempDir,
+    _triggers: Vec<Trigger>,
+    http: reqwest::Client,
+}
+
+impl Platform {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the platform with the adapter's configuration adjusted by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut ferry_mqtt_adapter::Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut triggers = Vec::new();
+        let (t, s) = shutdown::channel();
+        triggers.push(t);
+        let registry = ferry_registry::start(
+            ferry_registry::Config {
+                bind: "127.0.0.1:0".parse().expect("addr"),
+                data_dir: dir.path().join("registry"),
+                admin_token: Some(ADMIN.into()),
+                internal_token: Some(INTERNAL.into()),
+                bcrypt_cost: 4,
+                ..ferry_registry::Config::default()
+            },
+            ferry_core::admin::Admin::new(),
+            s,
+        )
+        .await
+        .expect("registry");
+        let (t, s) = shutdown::channel();
+        triggers.push(t);
+        let router_admin = ferry_core::admin::Admin::new();
+        let router = ferry_router::start(
+            ferry_router::Config {
+                bind: "127.0.0.1:0".parse().expect("addr"),
+                data_dir: dir.path().join("router"),
+                registry_url: registry.url(),
+                registry_token: INTERNAL.into(),
+                adapter_password: INTERNAL.into(),
+                ..ferry_router::Config::default()
+            },
+            router_admin.clone(),
+            s,
+        )
+        .await
+        .expect("router");
+        for _ in 0..100 {
+            if router_admin.not_ready().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (t, s) = shutdown::channel();
+        triggers.push(t);
+        let mut config = ferry_mqtt_adapter::Config {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            tls_bind: "127.0.0.1:0".parse().expect("addr"),
+            registry_url: registry.url(),
+            registry_token: INTERNAL.into(),
+            router_address: router.addr.to_string(),
+            router_password: INTERNAL.into(),
+            ..ferry_mqtt_adapter::Config::default()
+        };
+        configure(&mut config);
+        let admin = ferry_core::admin::Admin::new();
+        let mqtt = ferry_mqtt_adapter::start(config, admin.clone(), s)
+            .await
+            .expect("mqtt adapter");
+        let p = Self {
+            registry: registry.url(),
+            amqp: router.addr,
+            mqtt: mqtt.addr,
+            mqtts: mqtt.tls_addr,
+            admin,
+            _dir: dir,
+            _triggers: triggers,
+            http: reqwest::Client::new(),
+        };
+        p.manage(reqwest::Method::POST, "/v1/tenants/t1", json!({}))
+            .await;
+        p.manage(reqwest::Method::POST, "/v1/tenants/t2", json!({}))
+            .await;
+        p.manage(reqwest::Method::POST, "/v1/devices/t1/d1", json!({}))
+            .await;
+        p.manage(reqwest::Method::POST, "/v1/devices/t1/gw", json!({}))
+            .await;
+        p.manage(
+            reqwest::Method::POST,
+            "/v1/devices/t1/behind",
+            json!({ "via": ["gw"] }),
+        )
+        .await;
+        p.password("t1", "d1", "sensor1", "hunter2").await;
+        p.password("t1", "gw", "gw1", "gwpass").await;
+        p.manage(
+            reqwest::Method::PUT,
+            "/v1/applications/app1",
+            json!({ "password": "pw1", "tenants": ["t1"] }),
+        )
+        .await;
+        p.manage(
+            reqwest::Method::PUT,
+            "/v1/applications/app2",
+            json!({ "password": "pw2", "tenants": ["t2"] }),
+        )
+        .await;
+        p
+    }
+
+    pub async fn manage(&self, method: reqwest::Method, path: &str, body: Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.registry))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .expect("registry");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    pub async fn password(&self, tenant: &str, device: &str, auth_id: &str, password: &str) {
+        self.manage(
+            reqwest::Method::PUT,
+            &format!("/v1/credentials/{tenant}/{device}"),
+            json!([{ "type": "hashed-password", "auth-id": auth_id, "secrets": [{ "pwd-plain": password }] }]),
+        )
+        .await;
+    }
+
+    /// A Proton consumer on `address` as `user`, expecting `count` messages; returns its JSON lines.
+    pub fn consumer(&self, user: &str, password: &str, address: &str, count: usize) -> Consumer {
+        let mut child = Command::new(ferry_test_support::test_python())
+            .arg(proton_script())
+            .arg("consume")
+            .arg(format!("amqp://{user}:{password}@{}", self.amqp))
+            .arg(address)
+            .arg(count.to_string())
+            .arg("10")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let opened = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("consumer starts");
+        assert_eq!(opened["opened"], address, "{opened}");
+        Consumer { child, rx }
+    }
+
+    /// `mosquitto_pub` (MQTT 3.1.1) to the plain listener.
+    pub fn mosquitto_pub(
+        &self,
+        user: &str,
+        password: &str,
+        topic: &str,
+        qos: u8,
+        message: &str,
+    ) -> std::process::Output {
+        Command::new(ferry_test_support::require_program("mosquitto_pub"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.mqtt.port().to_string(),
+                "-u",
+                user,
+                "-P",
+                password,
+            ])
+            .args([
+                "-t",
+                topic,
+                "-q",
+                &qos.to_string(),
+                "-m",
+                message,
+                "-V",
+                "mqttv311",
+            ])
+            .output()
+            .expect("mosquitto_pub")
+    }
+
+    /// `d1` publishes telemetry `message` with `mosquitto_pub` at QoS 1; panics unless it is acknowledged.
+    pub fn telemetry_gets_through(&self, message: &str) {
+        let out = tokio::task::block_in_place(|| {
+            self.mosquitto_pub("sensor1@t1", "hunter2", "telemetry", 1, message)
+        });
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// A paho-mqtt `script` run with the plain listener's port and `args`.
+    pub fn paho(&self, script: &str, args: &[&str]) -> Script {
+        Script::start(script, &self.mqtt.port().to_string(), args)
+    }
+}
+
+pub fn proton_script() -> &'static str {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../router/tests/proton/client.py"
+    )
+}
+
+pub struct Consumer {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Consumer {
+    pub fn next(&self, within: Duration) -> Option<Value> {
+        self.rx
+            .recv_timeout(within)
+            .ok()
+            .filter(|v| v.get("timeout").is_none())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python script (`python -c`) whose stdout lines arrive on a channel; killed when dropped.
+pub struct Script {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Script {
+    pub fn start(script: &str, first: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(ferry_test_support::test_python())
+            .arg("-c")
+            .arg(script)
+            .arg(first)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, rx }
+    }
+
+    pub fn line(&self, within: Duration) -> Option<String> {
+        self.rx.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// An MQTT 3.1.1 client on a bare TCP socket, for bytes and packet sequences no library would send.
+/// Packets are encoded and decoded with rumqttc's codecs.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn connect_tcp(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects and logs in as `user`; panics unless the CONNACK says yes.
+    pub async fn login(addr: SocketAddr, user: &str, password: &str, keep_alive: u16) -> Self {
+        let mut raw = Self::connect_tcp(addr).await;
+        let mut connect = v4::Connect::new(format!("raw-{user}"));
+        connect.keep_alive = keep_alive;
+        connect.set_login(user, password);
+        let mut out = BytesMut::new();
+        connect.write(&mut out).expect("encode CONNECT");
+        raw.send(&out).await;
+        match raw.packet(Duration::from_secs(5)).await {
+            Some(v4::Packet::ConnAck(a)) => {
+                assert_eq!(a.code, v4::ConnectReturnCode::Success, "{a:?}")
+            }
+            other => panic!("no CONNACK: {other:?}"),
+        }
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("tcp write");
+    }
+
+    /// Sends a packet; write errors are ignored (the adapter may already have closed the connection).
+    pub async fn send_packet(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        let mut out = BytesMut::new();
+        write(&mut out);
+        let _ = self.stream.write_all(&out).await;
+    }
+
+    pub async fn publish(&mut self, topic: &str, qos: QoS, pkid: u16, payload: &[u8]) {
+        let mut p = v4::Publish::new(topic, qos, payload.to_vec());
+        p.pkid = pkid;
+        self.send_packet(|out| {
+            p.write(out).expect("encode PUBLISH");
+        })
+        .await;
+    }
+
+    /// SUBSCRIBEs to `filter` and returns the SUBACK's return code.
+    pub async fn subscribe(
+        &mut self,
+        pkid: u16,
+        filter: &str,
+        qos: QoS,
+    ) -> v4::SubscribeReasonCode {
+        let mut s = v4::Subscribe::new(filter, qos);
+        s.pkid = pkid;
+        self.send_packet(|out| {
+            s.write(out).expect("encode SUBSCRIBE");
+        })
+        .await;
+        match self.packet(Duration::from_secs(5)).await {
+            Some(v4::Packet::SubAck(a)) if a.pkid == pkid && a.return_codes.len() == 1 => {
+                a.return_codes[0]
+            }
+            other => panic!("no SUBACK for {filter}: {other:?}"),
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, pkid: u16, filter: &str) {
+        let mut u = v4::Unsubscribe::new(filter);
+        u.pkid = pkid;
+        self.send_packet(|out| {
+            u.write(out).expect("encode UNSUBSCRIBE");
+        })
+        .await;
+        match self.packet(Duration::from_secs(5)).await {
+            Some(v4::Packet::UnsubAck(a)) if a.pkid == pkid => {}
+            other => panic!("no UNSUBACK for {filter}: {other:?}"),
+        }
+    }
+
+    /// The next packet from the adapter; `None` when the connection closed or nothing came `within`.
+    pub async fn packet(&mut self, within: Duration) -> Option<v4::Packet> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match v4::read(&mut self.buf, 1 << 20) {
+                Ok(p) => return Some(p),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("the adapter sent something unreadable: {e:?}"),
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits until the adapter closes the connection; returns how long that took, or `None` if it
+    /// stayed open `within`. Packets before the close are skipped.
+    pub async fn closed_within(&mut self, within: Duration) -> Option<Duration> {
+        let started = tokio::time::Instant::now();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(started + within, self.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
