@@ -13,6 +13,7 @@ struct Up {
     url: String,
     amqp: u16,
     mqtt: u16,
+    http: u16,
     first_lines: Vec<String>,
 }
 
@@ -27,6 +28,7 @@ fn ferry_up(data_dir: &Path) -> Up {
     let port = ferry_test_support::free_port();
     let amqp = ferry_test_support::free_port();
     let mqtt = ferry_test_support::free_port();
+    let http = ferry_test_support::free_port();
     let mut child = Command::new(FERRY)
         .args([
             "up",
@@ -36,6 +38,8 @@ fn ferry_up(data_dir: &Path) -> Up {
             &amqp.to_string(),
             "--mqtt-port",
             &mqtt.to_string(),
+            "--http-port",
+            &http.to_string(),
             "--mqtt-bind",
             "127.0.0.1",
             "--data-dir",
@@ -70,6 +74,7 @@ fn ferry_up(data_dir: &Path) -> Up {
         url: format!("http://127.0.0.1:{port}"),
         amqp,
         mqtt,
+        http,
         first_lines: lines,
     }
 }
@@ -238,6 +243,45 @@ fn quick_start_creates_tenant_device_and_password() {
         .output()
         .expect("mosquitto_pub");
     assert!(!wrong.status.success(), "a wrong password is refused");
+
+    // And over HTTP: nobody consumes, so QoS 0 telemetry is merely queued (202).
+    let out = Command::new(ferry_test_support::require_program("curl"))
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "sensor1@my-tenant:hunter2",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "{\"temp\":21}",
+        ])
+        .arg(format!("http://127.0.0.1:{}/telemetry", up.http))
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    // With no application attached there is no credit: Hono's 503 (a consumer would make it 202).
+    assert_eq!(code, "503", "HTTP adapter authenticates and routes");
+    let out = Command::new(ferry_test_support::require_program("curl"))
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "sensor1@my-tenant:wrong",
+        ])
+        .args(["-H", "content-type: text/plain", "--data-binary", "x"])
+        .arg(format!("http://127.0.0.1:{}/telemetry", up.http))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }
 
 #[test]
