@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Scenario {
     /// Registry internal API: credential lookups and assertion issuance per second (SQLite, PostgreSQL).
     Registry(RegistryArgs),
+    /// Durable event appends per second: the router's segment log vs SQLite (per-event and batched commits).
+    Events(EventsArgs),
 }
 
 /// Which registry storage to measure.
@@ -118,6 +120,89 @@ pub struct RegistryArgs {
     #[arg(long)]
     pub registry_bin: Option<PathBuf>,
     /// The report to update (only the registry's marked section is replaced).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/REPORT.md"))]
+    pub report: PathBuf,
+    /// Print the figures without touching the report.
+    #[arg(long)]
+    pub no_report: bool,
+}
+
+/// An event store measured by the `events` scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Store {
+    /// `ferry_router::events::SegmentLog`: each append awaited (durable).
+    SegmentLog,
+    /// The same, with an ack right after each durable append (the router's steady state).
+    SegmentLogAck,
+    /// SQLite (WAL, `synchronous=FULL`) via sqlx, one INSERT transaction per event, a pool of connections.
+    Sqlite,
+    /// SQLite as above, the appenders' events committed in batches by one writer task (group commit).
+    SqliteBatched,
+}
+
+impl Store {
+    pub fn label(self) -> &'static str {
+        match self {
+            Store::SegmentLog => "segment log",
+            Store::SegmentLogAck => "segment log + ack",
+            Store::Sqlite => "SQLite, commit per event",
+            Store::SqliteBatched => "SQLite, batched commits",
+        }
+    }
+
+    /// The name on the command line.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Store::SegmentLog => "segment-log",
+            Store::SegmentLogAck => "segment-log-ack",
+            Store::Sqlite => "sqlite",
+            Store::SqliteBatched => "sqlite-batched",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Concurrent appenders (tokio tasks, each with one append in flight); one row per count and store.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    pub appenders: Vec<usize>,
+    /// Stores to measure, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "segment-log,segment-log-ack,sqlite,sqlite-batched"
+    )]
+    pub stores: Vec<Store>,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Warm-up before each run, in seconds (not measured); every run starts on an empty store.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Measured time of each run, in seconds.
+    #[arg(long, short = 'd', default_value_t = 5)]
+    pub duration: u64,
+    /// Runs per row; the row shows the run with the median rate.
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub runs: usize,
+    /// Connections in the pool of the per-event SQLite store.
+    #[arg(long, default_value_t = 4)]
+    pub sqlite_pool: u32,
+    /// Most events the batched SQLite writer commits in one transaction.
+    #[arg(long, default_value_t = 4096)]
+    pub max_batch: usize,
+    /// Directory in which each run creates (and afterwards removes) its store; its file system is what
+    /// is measured (default: the system's temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Tokio worker threads (default: one per CPU the process may use).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Pin the whole process (appenders and stores) to these CPUs (taskset list); default: not pinned.
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// The report to update (only the events section is replaced).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/REPORT.md"))]
     pub report: PathBuf,
     /// Print the figures without touching the report.

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod client;
 pub mod cpu;
+pub mod events;
 pub mod load;
 pub mod machine;
 pub mod pin;
@@ -30,6 +31,21 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 .build()
                 .context("starting the tokio runtime")?;
             runtime.block_on(registry::run(&args))
+        }
+        cli::Scenario::Events(args) => {
+            if let Some(cpus) = &args.cpus {
+                pin::ensure_pinned(cpus)?;
+            }
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(workers) = args.workers {
+                anyhow::ensure!(workers > 0, "--workers must be at least 1");
+                builder.worker_threads(workers);
+            }
+            let runtime = builder
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(events::run(&args))
         }
     }
 }
