@@ -1,5 +1,5 @@
 //! Device authentication with `auth-id@tenant` and a password (MQTT CONNECT, HTTP Basic;
-//! HONO-CONTRACT §2.1), over the [`RegistryClient`].
+//! HONO-CONTRACT §2.1) or with a client certificate, over the [`RegistryClient`].
 //!
 //! Hono stores passwords as bcrypt (or salted SHA-2) hashes, and bcrypt costs tens of milliseconds of CPU
 //! on purpose. Devices reconnect often, so a successful verification is remembered, keyed by tenant,
@@ -171,6 +171,72 @@ impl DeviceAuthenticator {
             device_id: found.device_id.clone(),
             auth_id: key.auth_id,
         })
+    }
+
+    /// Authenticates a device by the client certificate it presented in the TLS handshake (HONO-CONTRACT
+    /// §2.1): the tenants trusting a CA with the certificate's issuer DN are asked for in the registry;
+    /// the first enabled one whose CA (valid now) verifies the certificate's signature and validity
+    /// period is the device's tenant, and its `x509-cert` credential with auth id = the certificate's
+    /// subject DN (RFC 2253, or the CA's `auth-id-template` applied to it) names the device. A verified
+    /// certificate is remembered (by its SHA-256) until the credential's cache entry or the certificate
+    /// expires, or the registry announces a change of the tenant or device.
+    pub async fn authenticate_certificate(&self, der: &[u8]) -> Result<Device, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(der).into();
+        let cache = self.registry.inner_certs();
+        if let Some(device) = cache.get(&digest) {
+            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(device);
+        }
+        let cert = crate::x509::parse(der).map_err(|_| AuthError::BadCredentials)?;
+        let epoch = self.registry.epoch();
+        let tenants = self.registry.tenants_by_ca(&cert.issuer_dn).await?;
+        let now = chrono::Utc::now();
+        let unix_now = rustls::pki_types::UnixTime::now();
+        let mut refusal = AuthError::UnknownTenant;
+        for tenant in tenants.iter() {
+            if !tenant.is_enabled() {
+                refusal = AuthError::TenantDisabled;
+                continue;
+            }
+            self.inner.verifications.fetch_add(1, Ordering::Relaxed);
+            let Some(ca) = tenant
+                .config
+                .trusted_cas_for(&cert.issuer_dn)
+                .filter(|ca| ca.is_valid_at(now))
+                .find(|ca| crate::x509::verify(&cert, ca, unix_now).is_ok())
+            else {
+                refusal = AuthError::BadCredentials;
+                continue;
+            };
+            let auth_id = crate::x509::auth_id(ca.auth_id_template.as_deref(), &cert.subject_dn);
+            let auth_id = AuthId::new(&auth_id).map_err(|_| AuthError::BadCredentials)?;
+            let (found, until) = self
+                .registry
+                .credentials_timed(&tenant.id, credential_type::X509_CERT, &auth_id)
+                .await?;
+            let usable = found.as_ref().filter(|f| match &f.credential {
+                ferry_registry_model::Credential::X509Cert(c) => {
+                    c.active_secrets(now).next().is_some()
+                }
+                _ => false,
+            });
+            let Some(found) = usable else {
+                refusal = AuthError::BadCredentials;
+                continue;
+            };
+            let device = Device {
+                tenant: tenant.id.clone(),
+                device_id: found.device_id.clone(),
+                auth_id,
+            };
+            let expires_in = u64::try_from(cert.not_after - now.timestamp()).unwrap_or(0);
+            let until = until.min(Instant::now() + std::time::Duration::from_secs(expires_in));
+            if self.registry.epoch() == epoch && until > Instant::now() {
+                cache.insert(digest, device.clone(), until);
+            }
+            return Ok(device);
+        }
+        Err(refusal)
     }
 
     fn digest(&self, password: &[u8]) -> [u8; 32] {

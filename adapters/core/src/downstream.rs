@@ -30,7 +30,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use commands::{Command, CommandLink};
-pub use message::{CommandResponse, DeviceMessage, MessageKind, SendOutcome};
+pub use message::{
+    CommandResponse, DeviceMessage, MessageKind, PropertyValue, SendOutcome, RESERVED_PROPERTIES,
+};
 
 use link::{Delivery, Job, LinkSpec};
 

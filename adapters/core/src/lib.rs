@@ -4,14 +4,21 @@
 //! registry who a device is. This crate holds the parts of that which do not depend on the device protocol:
 //! * [`registry`]: the client of the registry's internal API, with caches that the registry's change stream
 //!   purges, so that no per-message path waits for the registry;
-//! * [`auth`]: device login (`auth-id@tenant` + password) with a verify cache, so bcrypt is paid once per
-//!   device and password, not per connect;
+//! * [`auth`]: device login (`auth-id@tenant` + password, or a client certificate checked against the
+//!   tenant's trusted CA: [`x509`], [`tls`]) with verify caches, so bcrypt and signature checks are paid
+//!   once per device and secret, not per connect;
 //! * [`downstream`]: the adapter's AMQP connection to the router: telemetry and events with Hono's
 //!   properties and the device's registration assertion, command subscriptions, incoming commands and
-//!   command responses.
+//!   command responses, with the contract's defaults and TTL limits;
+//! * [`limits`]: the tenant's data volume, counted per adapter instance;
+//! * [`metrics`]: Hono's adapter metric families, once per process, labelled by adapter.
 
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod downstream;
+pub mod limits;
+pub mod metrics;
 pub mod registry;
+pub mod tls;
+pub mod x509;

@@ -256,6 +256,11 @@ struct Inner {
     assertions: TtlCache<AssertionKey, AssertionOutcome>,
     /// Owned by [`crate::auth`], kept here so that a change purges it before it is re-broadcast.
     pub(crate) verified: TtlCache<VerifyKey, DeviceId>,
+    /// Tenants by the subject DN of a CA they trust.
+    tenants_by_ca: TtlCache<String, Arc<[Arc<TenantInfo>]>>,
+    /// Client certificates (by SHA-256 of their DER) already verified, with their device; owned by
+    /// [`crate::auth`] like `verified`.
+    pub(crate) certs: TtlCache<[u8; 32], crate::auth::Device>,
     epoch: Epoch,
     changes: broadcast::Sender<Change>,
     following: AtomicBool,
@@ -322,6 +327,8 @@ impl RegistryClient {
                 credentials: TtlCache::new(capacity),
                 assertions: TtlCache::new(capacity),
                 verified: TtlCache::new(capacity),
+                tenants_by_ca: TtlCache::new(capacity.min(10_000)),
+                certs: TtlCache::new(capacity),
                 epoch: Epoch::default(),
                 changes: broadcast::channel(1024).0,
                 following: AtomicBool::new(false),
@@ -343,6 +350,50 @@ impl RegistryClient {
         &self.inner.verified
     }
 
+    pub(crate) fn inner_certs(&self) -> &TtlCache<[u8; 32], crate::auth::Device> {
+        &self.inner.certs
+    }
+
+    /// The tenants that trust a CA with this subject DN (RFC 2253), in the registry's order; empty when
+    /// none does. Several only when tenants of one trust anchor group share the CA.
+    pub async fn tenants_by_ca(
+        &self,
+        subject_dn: &str,
+    ) -> Result<Arc<[Arc<TenantInfo>]>, RegistryError> {
+        if let Some(v) = self.inner.tenants_by_ca.get(subject_dn) {
+            return Ok(v);
+        }
+        let load = async {
+            self.inner.tenant_requests.fetch_add(1, Ordering::Relaxed);
+            let req = self
+                .inner
+                .http
+                .get(format!("{}/internal/v1/tenants", self.inner.base))
+                .query(&[("subject-dn", subject_dn)]);
+            Ok(match self.request(req, "tenant").await? {
+                Answer::Found(body, ttl) => {
+                    #[derive(Deserialize)]
+                    struct Found {
+                        tenants: Vec<serde_json::Value>,
+                    }
+                    let found: Found = parse(&body, "tenant")?;
+                    let mut tenants = Vec::with_capacity(found.tenants.len());
+                    for mut value in found.tenants {
+                        tenants.push(Arc::new(tenant_info(&mut value, None)?));
+                    }
+                    (Arc::from(tenants), ttl)
+                }
+                Answer::NotFound | Answer::Forbidden => {
+                    (Arc::from(Vec::new()), self.inner.config.negative_ttl)
+                }
+            })
+        };
+        self.inner
+            .tenants_by_ca
+            .get_or_load(&subject_dn.to_owned(), &self.inner.epoch, load)
+            .await
+    }
+
     pub(crate) fn epoch(&self) -> u64 {
         self.inner.epoch.current()
     }
@@ -361,22 +412,7 @@ impl RegistryClient {
             Ok(match self.request(req, "tenant").await? {
                 Answer::Found(body, ttl) => {
                     let mut value: serde_json::Value = parse(&body, "tenant")?;
-                    // The internal answer adds `tenant-id` to the management body, which refuses
-                    // unknown fields.
-                    if let Some(map) = value.as_object_mut() {
-                        map.remove("tenant-id");
-                    }
-                    let config = serde_json::from_value(value).map_err(|source| {
-                        UnavailableCause::Malformed {
-                            what: "tenant",
-                            source,
-                        }
-                    })?;
-                    let info = TenantInfo {
-                        id: id.clone(),
-                        config,
-                    };
-                    (Some(Arc::new(info)), ttl)
+                    (Some(Arc::new(tenant_info(&mut value, Some(id))?)), ttl)
                 }
                 Answer::NotFound | Answer::Forbidden => (None, self.inner.config.negative_ttl),
             })
@@ -643,6 +679,9 @@ impl RegistryClient {
             (ChangeKind::Application, ..) => {}
             (ChangeKind::Tenant, Some(t), _) => {
                 i.tenants.remove(t);
+                // Trusted CAs may have moved between tenants: rare enough to forget them all.
+                i.tenants_by_ca.clear();
+                i.certs.purge_where(|_, v| &v.tenant == t);
                 i.credentials.purge_where(|k, _| &k.tenant == t);
                 i.assertions.purge_where(|k, _| &k.tenant == t);
                 i.verified.purge_where(|k, _| &k.tenant == t);
@@ -658,6 +697,8 @@ impl RegistryClient {
                     &k.tenant == t && v.as_ref().is_none_or(|c| &c.device_id == d)
                 });
                 i.verified.purge_where(|k, v| &k.tenant == t && v == d);
+                i.certs
+                    .purge_where(|_, v| &v.tenant == t && &v.device_id == d);
             }
             (ChangeKind::Credentials, Some(t), Some(d)) => {
                 // Negative entries too: the change may have added the auth id someone looked for.
@@ -665,6 +706,8 @@ impl RegistryClient {
                     &k.tenant == t && v.as_ref().is_none_or(|c| &c.device_id == d)
                 });
                 i.verified.purge_where(|k, v| &k.tenant == t && v == d);
+                i.certs
+                    .purge_where(|_, v| &v.tenant == t && &v.device_id == d);
             }
             // A reset, or a change this client cannot place: everything may be stale.
             _ => {
@@ -672,9 +715,30 @@ impl RegistryClient {
                 i.credentials.clear();
                 i.assertions.clear();
                 i.verified.clear();
+                i.tenants_by_ca.clear();
+                i.certs.clear();
             }
         }
     }
+}
+
+/// A tenant from the internal API's body (the management body plus `tenant-id`).
+fn tenant_info(
+    value: &mut serde_json::Value,
+    known: Option<&TenantId>,
+) -> Result<TenantInfo, RegistryError> {
+    let malformed = |source| UnavailableCause::Malformed {
+        what: "tenant",
+        source,
+    };
+    // The management body refuses unknown fields, so the id comes out first.
+    let id = value.as_object_mut().and_then(|m| m.remove("tenant-id"));
+    let id: TenantId = match (known, id) {
+        (Some(known), _) => known.clone(),
+        (None, id) => serde_json::from_value(id.unwrap_or_default()).map_err(malformed)?,
+    };
+    let config = serde_json::from_value(value.take()).map_err(malformed)?;
+    Ok(TenantInfo { id, config })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(

@@ -36,6 +36,10 @@ pub struct Config {
     pub max_ttd_secs: u64,
     /// How long the router may take to settle a QoS 1 message or an event before the device gets 503.
     pub send_timeout_ms: u64,
+    /// Whether every device must authenticate (Hono's `HONO_HTTP_AUTHENTICATIONREQUIRED`). When false,
+    /// `PUT /telemetry/TENANT/DEVICE` (and `/event`, `/command/res`) without credentials is accepted for
+    /// tenants whose `hono-http` entry says `device-authentication-required: false`.
+    pub authentication_required: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -63,6 +67,7 @@ impl Default for Config {
             body_timeout_secs: 10,
             max_ttd_secs: 60,
             send_timeout_ms: 5000,
+            authentication_required: true,
         }
     }
 }

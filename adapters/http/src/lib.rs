@@ -45,6 +45,8 @@ pub struct Shared {
     pub auth: DeviceAuthenticator,
     pub downstream: Downstream,
     pub metrics: metrics::Metrics,
+    /// Payload bytes per tenant in the current data volume period (this instance's count).
+    pub volume: ferry_adapter_core::limits::VolumeMeter,
     /// Requests waiting for commands (`hono-ttd`).
     pub commands: Arc<commands::Waiters>,
 }
@@ -76,8 +78,20 @@ pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Re
     start(config, admin, shutdown).await?.join().await
 }
 
-/// Connects to the registry and the router, binds the listeners and starts serving.
+/// Connects to the registry and the router, binds the listeners and starts serving; Hono's metrics are
+/// registered with `admin` (use [`start_with_metrics`] when another adapter shares the `admin`).
 pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    let hono = metrics::HonoMetrics::new(&admin);
+    start_with_metrics(config, admin, &hono, shutdown).await
+}
+
+/// [`start`], reporting into metric families that other adapters of the process share.
+pub async fn start_with_metrics(
+    config: Config,
+    admin: Admin,
+    hono: &metrics::HonoMetrics,
+    shutdown: Shutdown,
+) -> anyhow::Result<Started> {
     let readiness = admin.readiness("http-adapter");
     let registry = RegistryClient::new(RegistryConfig::new(
         config.registry_url.clone(),
@@ -104,7 +118,8 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
     let addr = listener.local_addr()?;
     let tls = match (&config.tls.cert_path, &config.tls.key_path) {
         (Some(cert), Some(key)) => {
-            let acceptor = ferry_core::tls::acceptor(cert, key, &[b"http/1.1"])?;
+            // Client certificates are requested (not required) and checked per tenant per request.
+            let acceptor = ferry_adapter_core::tls::acceptor(cert, key, &[b"http/1.1"])?;
             let l = TcpListener::bind(config.tls_bind)
                 .await
                 .with_context(|| format!("binding HTTPS to {}", config.tls_bind))?;
@@ -124,22 +139,47 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
     }
     let (command_link, mut incoming) = downstream.commands(&config.instance_id);
     let waiters = commands::Waiters::new(command_link, shutdown.clone());
-    {
-        let waiters = waiters.clone();
-        tokio::spawn(async move {
-            while let Some(command) = incoming.recv().await {
-                waiters.dispatch(command);
-            }
-        });
-    }
     let shared = Arc::new(Shared {
         auth: DeviceAuthenticator::new(registry.clone()),
         registry,
         downstream,
-        metrics: metrics::Metrics::new(&admin),
+        metrics: metrics::Metrics::new(&admin, hono),
+        volume: ferry_adapter_core::limits::VolumeMeter::new(),
         commands: waiters,
         config,
     });
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(command) = incoming.recv().await {
+                if !ferry_adapter_core::limits::admit_command(
+                    &shared.registry,
+                    &shared.volume,
+                    &command,
+                )
+                .await
+                {
+                    let direction = if command.reply_to.is_some() {
+                        "request"
+                    } else {
+                        "one-way"
+                    };
+                    shared.metrics.command(
+                        &command.tenant,
+                        direction,
+                        metrics::Status::Unprocessable,
+                        command.payload.len(),
+                    );
+                    command.reject(
+                        ferry_adapter_core::limits::RESOURCE_LIMIT_EXCEEDED,
+                        "the tenant's data volume is used up",
+                    );
+                    continue;
+                }
+                shared.commands.dispatch(command);
+            }
+        });
+    }
     readiness.set(true);
     let task = tokio::spawn(accept_loops(listener, tls, shared.clone(), shutdown));
     tracing::info!(%addr, ?tls_addr, "HTTP adapter listening");
@@ -165,7 +205,8 @@ async fn accept_loops(
         let (shared, shutdown, open) = (shared.clone(), stop.clone(), open_tx.clone());
         async move {
             let _open = open;
-            serve_connection(stream, shared, shutdown).await;
+            let cert = ferry_adapter_core::tls::peer_certificate(&stream).map(Arc::new);
+            serve_connection(stream, cert, shared, shutdown).await;
         }
     };
     let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler.clone());
@@ -196,14 +237,18 @@ async fn accept_loops(
 
 /// HTTP/1.1 with keep-alive on one connection until the client closes it, it idles past
 /// `idle_timeout_secs`, or shutdown (which lets the request in progress finish).
-async fn serve_connection<IO>(io: IO, shared: Arc<Shared>, shutdown: Shutdown)
-where
+async fn serve_connection<IO>(
+    io: IO,
+    cert: Option<Arc<rustls::pki_types::CertificateDer<'static>>>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = Duration::from_secs(shared.config.idle_timeout_secs);
     let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(service::handle(shared, req).await) }
+        let (shared, cert) = (shared.clone(), cert.clone());
+        async move { Ok::<_, Infallible>(service::handle(shared, cert.as_deref(), req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Hyper's header read timeout also runs while a keep-alive connection waits for its next request,

@@ -9,12 +9,13 @@ use bytes::Bytes;
 use ferry_adapter_core::auth::{AuthError, Device};
 use ferry_adapter_core::downstream::{CommandResponse, DeviceMessage, MessageKind, SendOutcome};
 use ferry_adapter_core::registry::{Assertion, AssertionOutcome, TenantInfo, TtlLimit};
-use ferry_core::ids::DeviceId;
+use ferry_core::ids::{AuthId, DeviceId};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use rustls::pki_types::CertificateDer;
 
 use crate::body::{self, BodyError, ResponseBody};
 use crate::commands::{response_address, Delivered};
-use crate::metrics::TtdOutcome;
+use crate::metrics::{Status, TtdOutcome};
 use crate::request::{self, name, Kind, Options, RequestError, Target};
 use crate::request_id::parse_request_id;
 use crate::Shared;
@@ -42,6 +43,8 @@ pub enum Failure {
     BodyTimeout,
     #[error("the payload is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the tenant's data volume is used up")]
+    TooManyRequests,
     #[error("{0}")]
     Unavailable(&'static str),
 }
@@ -56,6 +59,7 @@ impl Failure {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -109,12 +113,16 @@ impl From<BodyError> for Failure {
 }
 
 /// Serves one request; never fails (a failure is a response).
-pub async fn handle<B>(shared: Arc<Shared>, req: Request<B>) -> Response<ResponseBody>
+pub async fn handle<B>(
+    shared: Arc<Shared>,
+    client_cert: Option<&CertificateDer<'static>>,
+    req: Request<B>,
+) -> Response<ResponseBody>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let response = match serve(&shared, req).await {
+    let response = match serve(&shared, client_cert, req).await {
         Ok(r) => r,
         Err(f) => {
             tracing::debug!(status = %f.status(), reason = %f, "request refused");
@@ -131,7 +139,11 @@ struct Who {
     tenant: Arc<TenantInfo>,
 }
 
-async fn serve<B>(shared: &Shared, req: Request<B>) -> Result<Response<ResponseBody>, Failure>
+async fn serve<B>(
+    shared: &Shared,
+    client_cert: Option<&CertificateDer<'static>>,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, Failure>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -144,7 +156,7 @@ where
     if body::declared_length(&parts.headers).is_some_and(|l| l > max as u64) {
         return Err(Failure::TooLarge(max));
     }
-    let who = authenticate(shared, &parts.headers).await?;
+    let who = authenticate(shared, &parts.headers, client_cert, &target).await?;
     let options = request::options(target.kind, &parts.headers, parts.uri.query())?;
     let content_type = content_type(&parts.headers)?;
     let payload = body::read_bounded(
@@ -163,10 +175,21 @@ where
     }
 }
 
-/// HTTP Basic with `auth-id@tenant` (HONO-CONTRACT §2.3), then the tenant and adapter checks of §2.1.
-async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Who, Failure> {
-    let (user, password) = request::basic_credentials(headers).ok_or(Failure::Unauthorized)?;
-    let device = match shared.auth.authenticate_password(&user, &password).await {
+/// The device of a request (HONO-CONTRACT §2.3): a client certificate (HTTPS) decides when there is one;
+/// otherwise HTTP Basic with `auth-id@tenant`; otherwise, when neither the adapter nor the URI's tenant
+/// requires authentication, the device the URI names. Then the tenant and adapter checks of §2.1.
+async fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+    client_cert: Option<&CertificateDer<'static>>,
+    target: &Target<'_>,
+) -> Result<Who, Failure> {
+    let login = match (client_cert, request::basic_credentials(headers)) {
+        (Some(cert), _) => shared.auth.authenticate_certificate(cert.as_ref()).await,
+        (None, Some((user, password))) => shared.auth.authenticate_password(&user, &password).await,
+        (None, None) => return unauthenticated(shared, target).await,
+    };
+    let device = match login {
         Ok(d) => d,
         // An unknown tenant looks like bad credentials, so a device cannot probe for tenants.
         Err(AuthError::BadCredentials | AuthError::UnknownTenant) => {
@@ -191,6 +214,43 @@ async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Who, Failu
         ));
     }
     Ok(Who { device, tenant })
+}
+
+/// A request without credentials: only `PUT` forms naming tenant and device, only when the adapter does
+/// not require authentication, and only for a tenant whose `hono-http` entry allows it. Unknown tenants
+/// and tenants that require authentication look alike (401), so tenants cannot be probed.
+async fn unauthenticated(shared: &Shared, target: &Target<'_>) -> Result<Who, Failure> {
+    let (Some(tenant), Some(device)) = (&target.tenant, &target.device) else {
+        return Err(Failure::Unauthorized);
+    };
+    if shared.config.authentication_required {
+        return Err(Failure::Unauthorized);
+    }
+    let info = match shared.registry.tenant(tenant).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(Failure::Unauthorized),
+        Err(_) => return Err(Failure::Unavailable("device registry unavailable")),
+    };
+    if info.is_device_authentication_required(ADAPTER_TYPE) {
+        return Err(Failure::Unauthorized);
+    }
+    if !info.is_enabled() {
+        return Err(Failure::Forbidden("tenant disabled"));
+    }
+    if !info.is_adapter_enabled(ADAPTER_TYPE) {
+        return Err(Failure::Forbidden(
+            "the HTTP adapter is not enabled for this tenant",
+        ));
+    }
+    let auth_id = AuthId::new(device.as_str()).map_err(|_| Failure::Unauthorized)?;
+    Ok(Who {
+        device: Device {
+            tenant: tenant.clone(),
+            device_id: device.clone(),
+            auth_id,
+        },
+        tenant: info,
+    })
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Option<String>, Failure> {
@@ -281,20 +341,23 @@ async fn upload(
         _ => MessageKind::Telemetry,
     };
     let tenant = &who.tenant;
-    let content_type = content_type.or_else(|| {
-        // Message value > device defaults > tenant defaults (HONO-CONTRACT §2.1).
-        [&assertion.defaults, &tenant.config.defaults]
-            .into_iter()
-            .find_map(|d| d.get("content-type")?.as_str().map(str::to_owned))
-    });
-    let which = match (kind, options.qos) {
-        (MessageKind::Event, _) => TtlLimit::Event,
-        (MessageKind::Telemetry, 0) => TtlLimit::TelemetryQos0,
-        (MessageKind::Telemetry, _) => TtlLimit::TelemetryQos1,
-    };
-    let ttl_ms = tenant
-        .effective_ttl_secs(which, options.ttl, &assertion.defaults)
-        .map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX));
+    let size = payload.len();
+    // The tenant's data volume (HONO-CONTRACT §5): this instance's count, no registry call.
+    if !shared
+        .volume
+        .tenant(&who.device.tenant)
+        .admit(tenant, size, chrono::Utc::now())
+    {
+        shared.metrics.telemetry(
+            &who.device.tenant,
+            kind,
+            options.qos,
+            Status::Unprocessable,
+            TtdOutcome::None,
+            size,
+        );
+        return Err(Failure::TooManyRequests);
+    }
     let ttd = options.ttd.map(|requested| {
         let tenant_max = tenant
             .adapter_option(ADAPTER_TYPE, "max-ttd")
@@ -315,8 +378,7 @@ async fn upload(
                 .map_err(|_| Failure::Unavailable("cannot subscribe to commands"))?,
         ),
     };
-    let size = payload.len();
-    let msg = DeviceMessage {
+    let mut msg = DeviceMessage {
         kind,
         tenant: who.device.tenant.clone(),
         device_id: device.clone(),
@@ -326,17 +388,23 @@ async fn upload(
         assertion: assertion.token.clone(),
         orig_adapter: ADAPTER_TYPE,
         orig_address: path.to_owned(),
-        ttl_ms,
+        ttl_ms: None,
         ttd: ttd.map(|t| i32::try_from(t).unwrap_or(i32::MAX)),
         extra_properties: Vec::new(),
     };
+    // Message value > device defaults > tenant defaults; TTL capped by the tenant (HONO-CONTRACT §2.1).
+    msg.apply_defaults(tenant, &assertion.defaults, options.ttl);
     let forwarded = matches!(shared.downstream.send(msg).await, Ok(o) if o.is_accepted());
     let record = |outcome| {
         shared.metrics.telemetry(
             &who.device.tenant,
             kind,
             options.qos,
-            forwarded,
+            if forwarded {
+                Status::Forwarded
+            } else {
+                Status::Undeliverable
+            },
             outcome,
             size,
         );
@@ -384,7 +452,7 @@ fn command_response(
         } else {
             "one-way"
         },
-        true,
+        Status::Forwarded,
         command.payload.len(),
     );
     // The dispatcher checked that name, content type and request id are valid header values.
@@ -425,6 +493,16 @@ async fn respond(
     assertion(shared, who, &device, gateway.as_ref()).await?;
     let tenant = &who.device.tenant;
     let size = payload.len();
+    if !shared
+        .volume
+        .tenant(tenant)
+        .admit(&who.tenant, size, chrono::Utc::now())
+    {
+        shared
+            .metrics
+            .command(tenant, "response", Status::Unprocessable, size);
+        return Err(Failure::TooManyRequests);
+    }
     let response = CommandResponse {
         tenant: tenant.clone(),
         reply_to: response_address(tenant, &device, reply, stripped),
@@ -442,7 +520,12 @@ async fn respond(
         shared.downstream.send_response(response).await,
         Ok(SendOutcome::Accepted)
     );
-    shared.metrics.command(tenant, "response", accepted, size);
+    let outcome = if accepted {
+        Status::Forwarded
+    } else {
+        Status::Undeliverable
+    };
+    shared.metrics.command(tenant, "response", outcome, size);
     if accepted {
         Ok(status(StatusCode::ACCEPTED))
     } else {

@@ -39,6 +39,11 @@ pub struct Config {
     /// `event/TENANT`) when an authenticated device connects or disconnects: Hono's
     /// `hono.connectionEvents.producer=events`. Off by default, like Hono (which only logs them).
     pub connection_events: bool,
+    /// Whether every device must authenticate (Hono's `HONO_MQTT_AUTHENTICATIONREQUIRED`). When false,
+    /// a CONNECT without credentials is accepted and its topics name tenant and device
+    /// (`telemetry/TENANT/DEVICE`), for tenants whose `hono-mqtt` entry says
+    /// `device-authentication-required: false`.
+    pub authentication_required: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -67,6 +72,7 @@ impl Default for Config {
             send_timeout_ms: 5000,
             command_ack_timeout_ms: 1000,
             connection_events: false,
+            authentication_required: true,
         }
     }
 }

@@ -21,8 +21,10 @@ pub enum Refusal {
     BadCredentials,
     /// This adapter instance has reached its connection limit.
     AdapterFull,
-    /// The tenant's connection count, connection duration or data volume is exhausted.
+    /// The tenant's connection count or connection duration is exhausted.
     TenantLimit,
+    /// The tenant's data volume for the current period is used up.
+    DataVolume,
     /// The device registry could not be asked.
     RegistryUnavailable,
     /// Authenticated, but not allowed: tenant, adapter type or device disabled.
@@ -40,7 +42,10 @@ impl Refusal {
             // 0x03: server unavailable.
             Refusal::AdapterFull | Refusal::RegistryUnavailable => 0x03,
             // 0x05: not authorized.
-            Refusal::TenantLimit | Refusal::NotAuthorized | Refusal::Other => 0x05,
+            Refusal::TenantLimit
+            | Refusal::DataVolume
+            | Refusal::NotAuthorized
+            | Refusal::Other => 0x05,
         }
     }
 
@@ -52,7 +57,7 @@ impl Refusal {
             // Use another server: another adapter instance may have room.
             Refusal::AdapterFull => 0x9C,
             // Quota exceeded.
-            Refusal::TenantLimit => 0x97,
+            Refusal::TenantLimit | Refusal::DataVolume => 0x97,
             // Server unavailable.
             Refusal::RegistryUnavailable => 0x88,
             // Not authorized.
@@ -71,6 +76,7 @@ mod tests {
             (Refusal::BadCredentials, 0x04, 0x86),
             (Refusal::AdapterFull, 0x03, 0x9C),
             (Refusal::TenantLimit, 0x05, 0x97),
+            (Refusal::DataVolume, 0x05, 0x97),
             (Refusal::RegistryUnavailable, 0x03, 0x88),
             (Refusal::NotAuthorized, 0x05, 0x87),
             (Refusal::Other, 0x05, 0x87),

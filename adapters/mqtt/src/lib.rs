@@ -36,6 +36,8 @@ pub struct Shared {
     pub auth: DeviceAuthenticator,
     pub downstream: Downstream,
     pub metrics: metrics::Metrics,
+    /// Payload bytes per tenant in the current data volume period (this instance's count).
+    pub volume: ferry_adapter_core::limits::VolumeMeter,
     /// Open authenticated connections of this instance.
     pub connections: AtomicUsize,
     pub shutdown: Shutdown,
@@ -119,8 +121,20 @@ pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Re
     start(config, admin, shutdown).await?.join().await
 }
 
-/// Connects to the registry and the router, binds the listeners and starts serving.
+/// Connects to the registry and the router, binds the listeners and starts serving; Hono's metrics are
+/// registered with `admin` (use [`start_with_metrics`] when another adapter shares the `admin`).
 pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    let hono = metrics::HonoMetrics::new(&admin);
+    start_with_metrics(config, admin, &hono, shutdown).await
+}
+
+/// [`start`], reporting into metric families that other adapters of the process share.
+pub async fn start_with_metrics(
+    config: Config,
+    admin: Admin,
+    hono: &metrics::HonoMetrics,
+    shutdown: Shutdown,
+) -> anyhow::Result<Started> {
     let readiness = admin.readiness("mqtt-adapter");
     let registry = RegistryClient::new(RegistryConfig::new(
         config.registry_url.clone(),
@@ -146,7 +160,9 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
     let addr = listener.local_addr()?;
     let tls = match (&config.tls.cert_path, &config.tls.key_path) {
         (Some(cert), Some(key)) => {
-            let acceptor = ferry_core::tls::acceptor(cert, key, &[])?;
+            // Client certificates are requested (not required) and checked per tenant after the
+            // handshake.
+            let acceptor = ferry_adapter_core::tls::acceptor(cert, key, &[])?;
             let l = TcpListener::bind(config.tls_bind)
                 .await
                 .with_context(|| format!("binding MQTTS to {}", config.tls_bind))?;
@@ -171,7 +187,8 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
         auth: DeviceAuthenticator::new(registry.clone()),
         registry,
         downstream,
-        metrics: metrics::Metrics::new(&admin),
+        metrics: hono.component(session::ADAPTER_TYPE),
+        volume: ferry_adapter_core::limits::VolumeMeter::new(),
         connections: AtomicUsize::new(0),
         shutdown: shutdown.clone(),
         config,
@@ -180,6 +197,31 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Some(command) = commands.recv().await {
+                if !ferry_adapter_core::limits::admit_command(
+                    &shared.registry,
+                    &shared.volume,
+                    &command,
+                )
+                .await
+                {
+                    let size = command.payload.len();
+                    let direction = if command.reply_to.is_some() {
+                        "request"
+                    } else {
+                        "one-way"
+                    };
+                    shared.metrics.command(
+                        &command.tenant,
+                        direction,
+                        metrics::Status::Unprocessable,
+                        size,
+                    );
+                    command.reject(
+                        ferry_adapter_core::limits::RESOURCE_LIMIT_EXCEEDED,
+                        "the tenant's data volume is used up",
+                    );
+                    continue;
+                }
                 shared.dispatch(command);
             }
         });
@@ -206,7 +248,8 @@ async fn accept_loops(
     let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr| {
         let shared = shared.clone();
         async move {
-            if let Err(e) = session::serve(stream, peer, shared).await {
+            let cert = ferry_adapter_core::tls::peer_certificate(&stream);
+            if let Err(e) = session::serve(stream, peer, cert, shared).await {
                 tracing::debug!(%peer, error = %e, "MQTT connection ended");
             }
         }

@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use ferry_adapter_core::auth::AuthError;
 use ferry_adapter_core::downstream::{Command, CommandResponse};
-use ferry_adapter_core::downstream::{DeviceMessage, MessageKind, SendOutcome};
-use ferry_adapter_core::registry::{Assertion, AssertionOutcome};
+use ferry_adapter_core::downstream::{DeviceMessage, MessageKind, PropertyValue, SendOutcome};
+use ferry_adapter_core::registry::{Assertion, AssertionOutcome, TtlLimit};
 use ferry_core::hono::content_type;
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
@@ -31,24 +31,19 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::connack::Refusal;
+use crate::metrics::{Status, Ttd};
 use crate::topic::{self, DeviceFilter, Endpoint, OnError, Subscription, SubscriptionKind};
 use crate::wire::{self, Incoming, Outgoing, Version};
 use crate::Shared;
+use ferry_adapter_core::limits::TenantVolume;
+use ferry_adapter_core::registry::TenantInfo;
+use rustls::pki_types::CertificateDer;
 
 /// The adapter type name of HONO-CONTRACT §0.
 pub const ADAPTER_TYPE: &str = ferry_core::hono::adapter_type::MQTT;
 
 /// Application properties the adapter sets itself; a property bag cannot supply them.
-const RESERVED_PROPERTIES: &[&str] = &[
-    ferry_core::hono::app_property::DEVICE_ID,
-    ferry_core::hono::app_property::TENANT_ID,
-    ferry_core::hono::app_property::REG_ASSERTION,
-    ferry_core::hono::app_property::ORIG_ADAPTER,
-    ferry_core::hono::app_property::ORIG_ADDRESS,
-    ferry_core::hono::app_property::QOS,
-    ferry_core::hono::app_property::TTD,
-    ferry_core::hono::app_property::GATEWAY_ID,
-];
+use ferry_adapter_core::downstream::RESERVED_PROPERTIES;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +70,8 @@ struct Authenticated {
     /// registry no longer grants one (the device was just disabled, and applications should still hear
     /// that it is gone).
     assertion: Arc<Assertion>,
+    /// The tenant's data volume count on this instance.
+    volume: Arc<TenantVolume>,
 }
 
 /// Unfinished work (PUBACKs, SUBACKs, error reports) a session holds before it stops reading from the
@@ -200,9 +197,39 @@ fn spawn_notify(
     let fallback = who.assertion.clone();
     tokio::spawn(async move {
         step.ready().await;
-        notify(&shared, &tenant, &fallback, notifications).await;
+        notify(&shared, &tenant, Some(&fallback), notifications).await;
         drop(step);
     });
+}
+
+/// [`spawn_notify`] for an unauthenticated session, whose subscriptions name their tenants.
+fn spawn_notify_each(
+    shared: &Arc<Shared>,
+    mut step: Step,
+    notifications: Vec<(TenantId, Notification)>,
+) {
+    if notifications.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        step.ready().await;
+        for (tenant, n) in notifications {
+            notify(&shared, &tenant, None, vec![n]).await;
+        }
+        drop(step);
+    });
+}
+
+/// A command subscription of a session: whose commands, and how they are delivered.
+#[derive(Debug, Clone)]
+struct CommandSub {
+    tenant: TenantId,
+    device: DeviceId,
+    /// The filter, parsed (the delivery topic mirrors it) and as the device wrote it.
+    sub: Subscription,
+    filter: String,
+    qos: u8,
 }
 
 /// Sends `notifications` as events, in order. A notification that cannot be sent is logged and
@@ -210,7 +237,7 @@ fn spawn_notify(
 async fn notify(
     shared: &Shared,
     tenant: &TenantId,
-    fallback: &Arc<Assertion>,
+    fallback: Option<&Arc<Assertion>>,
     notifications: Vec<Notification>,
 ) {
     for n in notifications {
@@ -220,7 +247,12 @@ async fn notify(
             .await
         {
             Ok(AssertionOutcome::Granted(a)) => a,
-            _ if n.device == fallback.device_id && n.gateway.is_none() => fallback.clone(),
+            _ if n.gateway.is_none() && fallback.is_some_and(|f| f.device_id == n.device) => {
+                match fallback {
+                    Some(f) => f.clone(),
+                    None => continue,
+                }
+            }
             other => {
                 tracing::debug!(%tenant, device = %n.device, ?other, "no assertion for a notification");
                 continue;
@@ -265,6 +297,7 @@ async fn fill<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) -> Result<
 pub async fn serve<IO>(
     mut io: IO,
     peer: SocketAddr,
+    client_cert: Option<CertificateDer<'static>>,
     shared: Arc<Shared>,
 ) -> Result<(), SessionError>
 where
@@ -302,7 +335,7 @@ where
     };
 
     let mut out = BytesMut::with_capacity(1024);
-    let who = match authenticate(&shared, &connect).await {
+    let who = match authenticate(&shared, &connect, client_cert.as_ref()).await {
         Ok(who) => who,
         Err(refusal) => {
             shared.metrics.attempt(refusal_outcome(refusal));
@@ -316,7 +349,10 @@ where
         }
     };
     shared.metrics.attempt("succeeded");
-    let gauge = shared.metrics.connected(&who.tenant);
+    let gauge = match &who {
+        Some(who) => shared.metrics.connected(&who.tenant),
+        None => shared.metrics.unauthenticated(),
+    };
     gauge.inc();
     let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut session = Session {
@@ -351,19 +387,35 @@ fn refusal_outcome(r: Refusal) -> &'static str {
         Refusal::BadCredentials => "unauthorized",
         Refusal::AdapterFull => "adapter-connections-exceeded",
         Refusal::TenantLimit => "tenant-connections-exceeded",
+        Refusal::DataVolume => "data-volume-exceeded",
         Refusal::RegistryUnavailable => "unavailable",
         Refusal::NotAuthorized => "adapter-disabled",
         Refusal::Other => "unknown",
     }
 }
 
-/// CONNECT checks of HONO-CONTRACT §2.2: credentials, tenant and adapter enabled, device registered and
-/// enabled, connection limits.
-async fn authenticate(shared: &Shared, connect: &wire::Connect) -> Result<Authenticated, Refusal> {
-    let (Some(user), Some(password)) = (&connect.username, &connect.password) else {
-        return Err(Refusal::BadCredentials);
+/// CONNECT checks of HONO-CONTRACT §2.2: credentials (a client certificate first, then user name and
+/// password), tenant and adapter enabled, device registered and enabled, connection limits. `None`: an
+/// unauthenticated device, allowed only when the adapter does not require authentication; its tenants
+/// are checked per message.
+async fn authenticate(
+    shared: &Shared,
+    connect: &wire::Connect,
+    client_cert: Option<&CertificateDer<'static>>,
+) -> Result<Option<Authenticated>, Refusal> {
+    let login = match (client_cert, &connect.username, &connect.password) {
+        // Hono's order: a client certificate decides; a user name sent with it is not looked at.
+        (Some(cert), ..) => shared.auth.authenticate_certificate(cert.as_ref()).await,
+        (None, Some(user), Some(password)) => {
+            shared.auth.authenticate_password(user, password).await
+        }
+        (None, None, None) if !shared.config.authentication_required => {
+            count_connection(shared)?;
+            return Ok(None);
+        }
+        _ => return Err(Refusal::BadCredentials),
     };
-    let device = match shared.auth.authenticate_password(user, password).await {
+    let device = match login {
         Ok(d) => d,
         Err(AuthError::BadCredentials | AuthError::UnknownTenant) => {
             return Err(Refusal::BadCredentials)
@@ -388,12 +440,11 @@ async fn authenticate(shared: &Shared, connect: &wire::Connect) -> Result<Authen
         Ok(_) => return Err(Refusal::NotAuthorized),
         Err(_) => return Err(Refusal::RegistryUnavailable),
     };
-    let max = shared.config.max_connections;
-    let now = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
-    if max > 0 && now > max {
-        shared.connections.fetch_sub(1, Ordering::AcqRel);
-        return Err(Refusal::AdapterFull);
+    let volume = shared.volume.tenant(&device.tenant);
+    if volume.is_exhausted(&tenant, chrono::Utc::now()) {
+        return Err(Refusal::DataVolume);
     }
+    count_connection(shared)?;
     if let Some(limit) = tenant.max_connections() {
         if shared.metrics.connected(&device.tenant).get()
             >= i64::try_from(limit).unwrap_or(i64::MAX)
@@ -402,17 +453,46 @@ async fn authenticate(shared: &Shared, connect: &wire::Connect) -> Result<Authen
             return Err(Refusal::TenantLimit);
         }
     }
-    Ok(Authenticated {
+    Ok(Some(Authenticated {
         tenant: device.tenant,
         device: device.device_id,
         assertion,
-    })
+        volume,
+    }))
+}
+
+/// Counts a connection of this instance, unless the instance is full.
+fn count_connection(shared: &Shared) -> Result<(), Refusal> {
+    let max = shared.config.max_connections;
+    let now = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+    if max > 0 && now > max {
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        return Err(Refusal::AdapterFull);
+    }
+    Ok(())
+}
+
+/// An unauthenticated device's message for `tenant`: the tenant must exist and be enabled, use this
+/// adapter, and not require authentication for it (HONO-CONTRACT §5 `device-authentication-required`).
+async fn unauthenticated_tenant(
+    shared: &Shared,
+    tenant: &TenantId,
+) -> Result<Arc<TenantInfo>, u16> {
+    match shared.registry.tenant(tenant).await {
+        Ok(Some(t)) if !t.is_enabled() || !t.is_adapter_enabled(ADAPTER_TYPE) => Err(403),
+        Ok(Some(t)) if t.is_device_authentication_required(ADAPTER_TYPE) => Err(401),
+        Ok(Some(t)) => Ok(t),
+        // An unknown tenant looks like one that wants credentials: tenants cannot be probed.
+        Ok(None) => Err(401),
+        Err(_) => Err(503),
+    }
 }
 
 struct Session {
     shared: Arc<Shared>,
     version: Version,
-    who: Authenticated,
+    /// `None`: an unauthenticated device (its topics name tenant and device).
+    who: Option<Authenticated>,
     keep_alive: Duration,
     client_id: String,
     peer: SocketAddr,
@@ -421,7 +501,7 @@ struct Session {
     commands_tx: tokio::sync::mpsc::UnboundedSender<Command>,
     /// Command subscriptions: the device whose commands come, the filter they mirror (parsed and as the
     /// device wrote it), the QoS granted.
-    command_subs: Vec<(DeviceId, Subscription, String, u8)>,
+    command_subs: Vec<CommandSub>,
     error_sub: Option<Subscription>,
     /// QoS 1 commands waiting for the device's PUBACK.
     inflight: HashMap<u16, Command>,
@@ -456,8 +536,11 @@ impl Session {
         if notifications.is_empty() {
             return;
         }
+        let Some(who) = &self.who else {
+            return;
+        };
         let step = Step::after(&mut self.notices);
-        spawn_notify(&self.shared, &self.who, step, notifications);
+        spawn_notify(&self.shared, who, step, notifications);
     }
 
     async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -473,11 +556,19 @@ impl Session {
         self.write(&Outgoing::ConnAck { code: 0 })?;
         io.write_all(&self.out).await?;
         self.out.clear();
-        tracing::debug!(peer = %self.peer, client = %self.client_id, tenant = %self.who.tenant, device = %self.who.device, "device connected");
-        if self.shared.config.connection_events {
+        match &self.who {
+            Some(who) => {
+                tracing::debug!(peer = %self.peer, client = %self.client_id, tenant = %who.tenant, device = %who.device, "device connected");
+            }
+            None => {
+                tracing::debug!(peer = %self.peer, client = %self.client_id, "unauthenticated device connected");
+            }
+        }
+        // Connection events are for authenticated devices only (HONO-CONTRACT §1.2).
+        if let (true, Some(who)) = (self.shared.config.connection_events, &self.who) {
             self.announced = true;
             let remote_id = self.remote_id();
-            let device = self.who.device.clone();
+            let device = who.device.clone();
             self.notify_later(vec![Notification::connection(
                 device,
                 "connected",
@@ -577,13 +668,16 @@ impl Session {
                 Some(pkid) = ack_timeouts.next(), if !ack_timeouts.is_empty() => {
                     // No PUBACK in time: the application may retry (HONO-CONTRACT §2.2).
                     if let Some(c) = self.inflight.remove(&pkid) {
+                        self.count_command(&c, Status::Undeliverable);
                         c.release();
                     }
                 }
                 change = changes.recv() => {
-                    let relevant = match &change {
-                        Ok(c) => c.affects(&self.who.tenant, &self.who.device),
-                        Err(_) => true,
+                    // An unauthenticated session's messages are checked one by one instead.
+                    let relevant = match (&change, &self.who) {
+                        (_, None) => false,
+                        (Ok(c), Some(who)) => c.affects(&who.tenant, &who.device),
+                        (Err(_), Some(_)) => true,
                     };
                     if relevant && !self.still_allowed().await {
                         closing = Some(SessionError::Closed("device no longer allowed by the registry"));
@@ -596,15 +690,18 @@ impl Session {
 
     /// After a registry change: is the device still enabled, its tenant and this adapter still enabled?
     async fn still_allowed(&self) -> bool {
+        let Some(who) = &self.who else {
+            return true;
+        };
         let tenant_ok = matches!(
-            self.shared.registry.tenant(&self.who.tenant).await,
+            self.shared.registry.tenant(&who.tenant).await,
             Ok(Some(t)) if t.is_enabled() && t.is_adapter_enabled(ADAPTER_TYPE)
         );
         tenant_ok
             && matches!(
                 self.shared
                     .registry
-                    .assertion(&self.who.tenant, &self.who.device, None)
+                    .assertion(&who.tenant, &who.device, None)
                     .await,
                 Ok(AssertionOutcome::Granted(_))
             )
@@ -636,6 +733,7 @@ impl Session {
             Incoming::Disconnect => Err(SessionError::Closed("client disconnected")),
             Incoming::PubAck { pkid } => {
                 if let Some(c) = self.inflight.remove(&pkid) {
+                    self.count_command(&c, Status::Forwarded);
                     c.accept();
                 }
                 Ok(())
@@ -682,41 +780,39 @@ impl Session {
                 )
             }
         };
-        if parsed.tenant.is_some_and(|t| t != self.who.tenant.as_str()) {
-            return Err(SessionError::Closed("another tenant's topic"));
-        }
-        // A gateway publishing for a device names it; the registry decides whether it may.
-        let device = match parsed.device {
-            Some(d) if d != self.who.device.as_str() => {
-                DeviceId::new(d).map_err(|_| SessionError::Closed("invalid device id"))?
-            }
-            _ => self.who.device.clone(),
-        };
-        let gateway = (device != self.who.device).then(|| self.who.device.clone());
+        let (tenant, device, gateway) = self.subject(&parsed)?;
         let content_type = parsed
             .bag
             .content_type
             .as_deref()
             .map(str::to_owned)
             .or(content_type);
-        let ttl_ms = parsed
-            .bag
-            .ttl_secs
-            .map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX));
+        let ttl_secs = parsed.bag.ttl_secs;
         let on_error = parsed.bag.on_error;
-        let extra_properties: Vec<(String, String)> = parsed
+        let extra_properties: Vec<(String, PropertyValue)> = parsed
             .bag
             .extra
             .iter()
             // A bag entry never overrides what the adapter itself asserts about the message.
             .filter(|(k, _)| !RESERVED_PROPERTIES.contains(&k.as_ref()))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), PropertyValue::String(v.to_string())))
             .collect();
-        let tenant = self.who.tenant.clone();
+        let known = self
+            .who
+            .as_ref()
+            .map(|w| (w.volume.clone(), w.tenant == tenant));
         let shared = self.shared.clone();
         let orig_address = topic_str.to_owned();
         let size = payload.len();
         let send = async move {
+            let info = match known {
+                Some(_) => match shared.registry.tenant(&tenant).await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => return Err(404),
+                    Err(_) => return Err(503),
+                },
+                None => unauthenticated_tenant(&shared, &tenant).await?,
+            };
             let assertion = match shared
                 .registry
                 .assertion(&tenant, &device, gateway.as_ref())
@@ -727,7 +823,23 @@ impl Session {
                 Ok(AssertionOutcome::Forbidden) => return Err(403),
                 Err(_) => return Err(503),
             };
-            let msg = DeviceMessage {
+            // The tenant's data volume (HONO-CONTRACT §5): counted by this instance, no registry call.
+            let volume = match known {
+                Some((volume, true)) => volume,
+                _ => shared.volume.tenant(&tenant),
+            };
+            if !volume.admit(&info, size, chrono::Utc::now()) {
+                shared.metrics.telemetry(
+                    &tenant,
+                    kind,
+                    qos,
+                    Status::Unprocessable,
+                    Ttd::None,
+                    size,
+                );
+                return Err(429);
+            }
+            let mut msg = DeviceMessage {
                 kind,
                 tenant: tenant.clone(),
                 device_id: device,
@@ -737,17 +849,23 @@ impl Session {
                 assertion: assertion.token.clone(),
                 orig_adapter: ADAPTER_TYPE,
                 orig_address,
-                ttl_ms,
+                ttl_ms: None,
                 ttd: None,
                 extra_properties,
             };
+            msg.apply_defaults(&info, &assertion.defaults, ttl_secs);
             let result = match shared.downstream.send(msg).await {
                 Ok(SendOutcome::Accepted) => Ok(()),
                 Ok(_) | Err(_) => Err(503),
             };
+            let status = if result.is_ok() {
+                Status::Forwarded
+            } else {
+                Status::Undeliverable
+            };
             shared
                 .metrics
-                .telemetry(&tenant, kind, qos, result.is_ok(), size);
+                .telemetry(&tenant, kind, qos, status, Ttd::None, size);
             result
         };
         let endpoint = parsed.error_endpoint();
@@ -763,7 +881,7 @@ impl Session {
         );
         let device_in_topic = parsed
             .device
-            .filter(|d| *d != self.who.device.as_str())
+            .filter(|d| self.who.as_ref().is_none_or(|w| *d != w.device.as_str()))
             .map(str::to_owned);
         if qos == 0 {
             // Fire and forget: the device hears of a failure only on its error topic.
@@ -797,6 +915,37 @@ impl Session {
         Ok(())
     }
 
+    /// The tenant, device and (when the device acts for another one) gateway of a topic. Authenticated
+    /// devices may leave tenant and device out; another tenant's topic is refused. Unauthenticated
+    /// devices must name both.
+    fn subject(
+        &self,
+        parsed: &topic::PublishTopic<'_>,
+    ) -> Result<(TenantId, DeviceId, Option<DeviceId>), SessionError> {
+        let Some(who) = &self.who else {
+            let (Some(t), Some(d)) = (parsed.tenant, parsed.device) else {
+                return Err(SessionError::Closed(
+                    "an unauthenticated device must name tenant and device in the topic",
+                ));
+            };
+            let tenant = TenantId::new(t).map_err(|_| SessionError::Closed("invalid tenant id"))?;
+            let device = DeviceId::new(d).map_err(|_| SessionError::Closed("invalid device id"))?;
+            return Ok((tenant, device, None));
+        };
+        if parsed.tenant.is_some_and(|t| t != who.tenant.as_str()) {
+            return Err(SessionError::Closed("another tenant's topic"));
+        }
+        // A gateway publishing for a device names it; the registry decides whether it may.
+        let device = match parsed.device {
+            Some(d) if d != who.device.as_str() => {
+                DeviceId::new(d).map_err(|_| SessionError::Closed("invalid device id"))?
+            }
+            _ => who.device.clone(),
+        };
+        let gateway = (device != who.device).then(|| who.device.clone());
+        Ok((who.tenant.clone(), device, gateway))
+    }
+
     fn on_done(&mut self, done: Done) -> Result<(), SessionError> {
         match done {
             Done::PubAck {
@@ -816,7 +965,8 @@ impl Session {
                     ) && on_error == OnError::Default
                     {
                         // With an error subscription the default is to report and go on (§2.2).
-                        return self.write(&Outgoing::PubAck { pkid, reason: 0x80 });
+                        let reason = if code == 429 { 0x97 } else { 0x80 };
+                        return self.write(&Outgoing::PubAck { pkid, reason });
                     }
                 }
                 self.on_outcome(pkid, on_error, result)
@@ -854,8 +1004,10 @@ impl Session {
         let message = match code {
             400 => "malformed message",
             403 => "not allowed to publish for this device",
+            401 => "the tenant requires devices to authenticate",
             404 => "device unknown or disabled",
             413 => "payload too large",
+            429 => "the tenant's data volume is used up",
             _ => "no consumer accepted the message",
         };
         let timestamp = now_iso8601();
@@ -881,7 +1033,14 @@ impl Session {
                 self.write(&Outgoing::PubAck { pkid, reason: 0 })
             }
             (Err(_), OnError::SkipAck) => Ok(()),
-            (Err(404 | 403), _) => Err(SessionError::Closed("device not allowed to publish")),
+            (Err(401 | 404 | 403), _) => Err(SessionError::Closed("device not allowed to publish")),
+            // The tenant's data volume is used up: the message is discarded and the connection stays
+            // (HONO-CONTRACT §5, "MQTT drop"). MQTT 5 says why in the PUBACK (0x97 quota exceeded);
+            // MQTT 3.1.1 has no negative PUBACK, so the message stays unacknowledged.
+            (Err(429), OnError::Default) => match self.version {
+                Version::V5 => self.write(&Outgoing::PubAck { pkid, reason: 0x97 }),
+                Version::V311 => Ok(()),
+            },
             (Err(_), OnError::Default | OnError::Disconnect) => {
                 Err(SessionError::Closed("message not accepted downstream"))
             }
@@ -897,12 +1056,16 @@ impl Session {
         filters: Vec<(String, u8)>,
         pending: &mut FuturesOrdered<Pending>,
     ) {
+        let Some(who) = self.who.clone() else {
+            self.on_subscribe_unauthenticated(pkid, filters, pending);
+            return;
+        };
         let mut granted = Vec::with_capacity(filters.len());
         // Command subscriptions to set up: where in `granted`, for which device, and the filter.
         let mut wanted: Vec<(usize, DeviceId, String)> = Vec::new();
         for (filter, qos) in filters {
             let sub = match topic::parse_subscription(&filter) {
-                Ok(s) if qos <= 1 && s.tenant.as_ref().is_none_or(|t| *t == self.who.tenant) => s,
+                Ok(s) if qos <= 1 && s.tenant.as_ref().is_none_or(|t| *t == who.tenant) => s,
                 _ => {
                     granted.push(None);
                     continue;
@@ -914,7 +1077,7 @@ impl Session {
                     granted.push(Some(0));
                     continue;
                 }
-                (SubscriptionKind::Command, DeviceFilter::Own) => self.who.device.clone(),
+                (SubscriptionKind::Command, DeviceFilter::Own) => who.device.clone(),
                 (SubscriptionKind::Command, DeviceFilter::One(d)) => d.clone(),
                 // All devices of a gateway needs the router to know every gateway's devices: not yet.
                 (SubscriptionKind::Command, DeviceFilter::All) => {
@@ -922,9 +1085,14 @@ impl Session {
                     continue;
                 }
             };
-            self.command_subs.retain(|(d, ..)| *d != device);
-            self.command_subs
-                .push((device.clone(), sub, filter.clone(), qos));
+            self.command_subs.retain(|c| c.device != device);
+            self.command_subs.push(CommandSub {
+                tenant: who.tenant.clone(),
+                device: device.clone(),
+                sub,
+                filter: filter.clone(),
+                qos,
+            });
             wanted.push((granted.len(), device, filter));
             granted.push(Some(qos));
         }
@@ -936,9 +1104,8 @@ impl Session {
         let mut change = Step::after(&mut self.changes);
         let notice = Step::after(&mut self.notices);
         let shared = self.shared.clone();
-        let who = self.who.clone();
-        let gateway = self.who.device.clone();
-        let tenant = self.who.tenant.clone();
+        let gateway = who.device.clone();
+        let tenant = who.tenant.clone();
         let target = CommandTarget {
             session: self.id,
             tx: self.commands_tx.clone(),
@@ -979,6 +1146,143 @@ impl Session {
         }));
     }
 
+    /// SUBSCRIBE of an unauthenticated device: only command filters naming tenant and device
+    /// (`c/TENANT/DEVICE/q/#`), for tenants that let `hono-mqtt` devices go unauthenticated and devices
+    /// that are registered and enabled; anything else gets SUBACK 0x80.
+    fn on_subscribe_unauthenticated(
+        &mut self,
+        pkid: u16,
+        filters: Vec<(String, u8)>,
+        pending: &mut FuturesOrdered<Pending>,
+    ) {
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut wanted: Vec<(usize, CommandSub)> = Vec::new();
+        for (filter, qos) in filters {
+            match topic::parse_subscription(&filter) {
+                Ok(Subscription {
+                    kind: SubscriptionKind::Command,
+                    tenant: Some(tenant),
+                    device: DeviceFilter::One(device),
+                    long_form,
+                }) if qos <= 1 => {
+                    let sub = Subscription {
+                        kind: SubscriptionKind::Command,
+                        tenant: Some(tenant.clone()),
+                        device: DeviceFilter::One(device.clone()),
+                        long_form,
+                    };
+                    wanted.push((
+                        granted.len(),
+                        CommandSub {
+                            tenant,
+                            device,
+                            sub,
+                            filter,
+                            qos,
+                        },
+                    ));
+                    granted.push(Some(qos));
+                }
+                _ => granted.push(None),
+            }
+        }
+        if wanted.is_empty() {
+            pending.push_back(Box::pin(async move { Done::SubAck { pkid, granted } }));
+            return;
+        }
+        // Recorded at once, so that a command arriving before the SUBACK finds its topic; a refused
+        // one never gets a route, so it never receives commands.
+        for (_, c) in &wanted {
+            self.command_subs
+                .retain(|o| !(o.tenant == c.tenant && o.device == c.device));
+            self.command_subs.push(c.clone());
+        }
+        let mut change = Step::after(&mut self.changes);
+        let notice = Step::after(&mut self.notices);
+        let shared = self.shared.clone();
+        let target = CommandTarget {
+            session: self.id,
+            tx: self.commands_tx.clone(),
+        };
+        pending.push_back(Box::pin(async move {
+            change.ready().await;
+            let mut notifications = Vec::with_capacity(wanted.len());
+            for (index, c) in wanted {
+                let allowed = unauthenticated_tenant(&shared, &c.tenant).await.is_ok()
+                    && matches!(
+                        shared.registry.assertion(&c.tenant, &c.device, None).await,
+                        Ok(AssertionOutcome::Granted(_))
+                    );
+                let registered = allowed && {
+                    shared.route(&c.tenant, &c.device, target.clone());
+                    let ok = shared
+                        .command_link
+                        .register(&c.tenant, &c.device)
+                        .await
+                        .is_ok();
+                    if !ok {
+                        shared.unroute(&c.tenant, &c.device, target.session);
+                    }
+                    ok
+                };
+                if registered {
+                    notifications.push((c.tenant, Notification::ttd(c.device, None, -1, c.filter)));
+                } else if let Some(g) = granted.get_mut(index) {
+                    *g = None;
+                }
+            }
+            drop(change);
+            spawn_notify_each(&shared, notice, notifications);
+            Done::SubAck { pkid, granted }
+        }));
+    }
+
+    /// UNSUBSCRIBE of an unauthenticated device: the named devices' subscriptions end (ttd 0).
+    fn on_unsubscribe_unauthenticated(
+        &mut self,
+        pkid: u16,
+        filters: Vec<String>,
+        pending: &mut FuturesOrdered<Pending>,
+    ) {
+        let count = filters.len();
+        let mut gone: Vec<CommandSub> = Vec::new();
+        for filter in filters {
+            let Ok(Subscription {
+                kind: SubscriptionKind::Command,
+                tenant: Some(tenant),
+                device: DeviceFilter::One(device),
+                ..
+            }) = topic::parse_subscription(&filter)
+            else {
+                continue;
+            };
+            if let Some(i) = self
+                .command_subs
+                .iter()
+                .position(|c| c.tenant == tenant && c.device == device)
+            {
+                gone.push(self.command_subs.swap_remove(i));
+            }
+        }
+        let mut change = Step::after(&mut self.changes);
+        let notice = Step::after(&mut self.notices);
+        let shared = self.shared.clone();
+        let session = self.id;
+        pending.push_back(Box::pin(async move {
+            change.ready().await;
+            let mut notifications = Vec::with_capacity(gone.len());
+            for c in gone {
+                if shared.unroute(&c.tenant, &c.device, session) {
+                    let _ = shared.command_link.unregister(&c.tenant, &c.device).await;
+                    notifications.push((c.tenant, Notification::ttd(c.device, None, 0, c.filter)));
+                }
+            }
+            drop(change);
+            spawn_notify_each(&shared, notice, notifications);
+            Done::UnsubAck { pkid, count }
+        }));
+    }
+
     /// UNSUBSCRIBE: the router forgets the device(s); then applications hear they are gone (ttd 0).
     fn on_unsubscribe(
         &mut self,
@@ -987,6 +1291,10 @@ impl Session {
         pending: &mut FuturesOrdered<Pending>,
     ) {
         let count = filters.len();
+        let Some(who) = self.who.clone() else {
+            self.on_unsubscribe_unauthenticated(pkid, filters, pending);
+            return;
+        };
         let mut gone: Vec<(DeviceId, String)> = Vec::new();
         for filter in filters {
             let Ok(sub) = topic::parse_subscription(&filter) else {
@@ -997,14 +1305,14 @@ impl Session {
                     self.error_sub = None;
                     continue;
                 }
-                (SubscriptionKind::Command, DeviceFilter::Own) => self.who.device.clone(),
+                (SubscriptionKind::Command, DeviceFilter::Own) => who.device.clone(),
                 (SubscriptionKind::Command, DeviceFilter::One(d)) => d,
                 (SubscriptionKind::Command, DeviceFilter::All) => continue,
             };
             gone.push((device, filter));
         }
         self.command_subs
-            .retain(|(d, ..)| !gone.iter().any(|(g, _)| g == d));
+            .retain(|c| !gone.iter().any(|(g, _)| *g == c.device));
         if gone.is_empty() {
             pending.push_back(Box::pin(async move { Done::UnsubAck { pkid, count } }));
             return;
@@ -1012,9 +1320,8 @@ impl Session {
         let mut change = Step::after(&mut self.changes);
         let notice = Step::after(&mut self.notices);
         let shared = self.shared.clone();
-        let who = self.who.clone();
-        let tenant = self.who.tenant.clone();
-        let own = self.who.device.clone();
+        let tenant = who.tenant.clone();
+        let own = who.device.clone();
         let session = self.id;
         pending.push_back(Box::pin(async move {
             change.ready().await;
@@ -1033,14 +1340,26 @@ impl Session {
         }));
     }
 
+    /// Hono's command metrics for a command handed (or not) to the device.
+    fn count_command(&self, command: &Command, status: Status) {
+        let direction = if command.reply_to.is_some() {
+            "request"
+        } else {
+            "one-way"
+        };
+        self.shared
+            .metrics
+            .command(&command.tenant, direction, status, command.payload.len());
+    }
+
     /// Publishes a command to the device on the topic its subscription mirrors; returns the packet id
     /// when the device must PUBACK it (QoS 1).
     fn deliver_command(&mut self, command: Command) -> Option<u16> {
         let Some((sub, qos)) = self
             .command_subs
             .iter()
-            .find(|(d, ..)| *d == command.device)
-            .map(|(_, sub, _, qos)| (sub.clone(), *qos))
+            .find(|c| c.device == command.device && c.tenant == command.tenant)
+            .map(|c| (c.sub.clone(), c.qos))
         else {
             command.release();
             return None;
@@ -1060,7 +1379,7 @@ impl Session {
         let request_id = match (&command.reply_to, command.response_correlation_id()) {
             (None, _) => None,
             (Some(reply_to), Some(correlation)) => {
-                let prefix = format!("command_response/{}/", self.who.tenant);
+                let prefix = format!("command_response/{}/", command.tenant);
                 let reply = reply_to.strip_prefix(&prefix).unwrap_or(reply_to);
                 match topic::request_id(correlation, reply, false) {
                     Some(id) => Some(id),
@@ -1081,8 +1400,13 @@ impl Session {
                 return None;
             }
         };
-        let device_in_topic =
-            (command.device != self.who.device).then(|| command.device.to_string());
+        // A gateway receives commands for its devices with the device level; a device (authenticated,
+        // or unauthenticated with the device in its filter) its own as the filter has it.
+        let device_in_topic = self
+            .who
+            .as_ref()
+            .is_some_and(|w| command.device != w.device)
+            .then(|| command.device.to_string());
         let topic = topic::command_topic(
             &sub,
             device_in_topic.as_deref(),
@@ -1114,10 +1438,12 @@ impl Session {
             .is_ok();
         match (written, qos) {
             (false, _) => {
+                self.count_command(&command, Status::Undeliverable);
                 command.release();
                 None
             }
             (true, 0) => {
+                self.count_command(&command, Status::Forwarded);
                 command.accept();
                 None
             }
@@ -1141,20 +1467,14 @@ impl Session {
         content_type: Option<String>,
         pending: &mut FuturesOrdered<Pending>,
     ) -> Result<(), SessionError> {
-        if parsed.tenant.is_some_and(|t| t != self.who.tenant.as_str()) {
-            return Err(SessionError::Closed("another tenant's topic"));
-        }
+        let (tenant, device, _) = self.subject(parsed)?;
         let Some((correlation, reply, _)) = topic::parse_request_id(request_id) else {
             return Err(SessionError::Closed("unknown request id"));
         };
-        let device = match parsed.device {
-            Some(d) => DeviceId::new(d).map_err(|_| SessionError::Closed("invalid device id"))?,
-            None => self.who.device.clone(),
-        };
-        let response = CommandResponse {
-            tenant: self.who.tenant.clone(),
+        let mut response = CommandResponse {
+            tenant: tenant.clone(),
             device,
-            reply_to: format!("command_response/{}/{reply}", self.who.tenant),
+            reply_to: format!("command_response/{tenant}/{reply}"),
             correlation_id: correlation.to_owned(),
             status,
             content_type: parsed
@@ -1170,11 +1490,32 @@ impl Session {
         let on_error = parsed.bag.on_error;
         let endpoint = parsed.error_endpoint();
         let correlation_id = correlation.to_owned();
+        let authenticated = self.who.is_some();
         let send = async move {
-            match shared.downstream.send_response(response).await {
+            let info = if authenticated {
+                match shared.registry.tenant(&tenant).await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => return Err(404),
+                    Err(_) => return Err(503),
+                }
+            } else {
+                unauthenticated_tenant(&shared, &tenant).await?
+            };
+            response.ttl_ms = info
+                .max_ttl_secs(TtlLimit::CommandResponse)
+                .map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX));
+            let size = response.payload.len();
+            let result = match shared.downstream.send_response(response).await {
                 Ok(SendOutcome::Accepted) => Ok(()),
                 _ => Err(503),
-            }
+            };
+            let status = if result.is_ok() {
+                Status::Forwarded
+            } else {
+                Status::Undeliverable
+            };
+            shared.metrics.command(&tenant, "response", status, size);
+            result
         };
         if qos == 0 {
             tokio::spawn(send);
@@ -1199,22 +1540,38 @@ impl Session {
         for (_, c) in self.inflight.drain() {
             c.release();
         }
+        let Some(who) = self.who.clone() else {
+            let mut notifications = Vec::new();
+            for c in std::mem::take(&mut self.command_subs) {
+                if self.shared.unroute(&c.tenant, &c.device, self.id) {
+                    let _ = self
+                        .shared
+                        .command_link
+                        .unregister(&c.tenant, &c.device)
+                        .await;
+                    notifications.push((c.tenant, Notification::ttd(c.device, None, 0, c.filter)));
+                }
+            }
+            let step = Step::after(&mut self.notices);
+            spawn_notify_each(&self.shared, step, notifications);
+            return;
+        };
         let mut notifications = Vec::new();
-        for (device, _, filter, _) in std::mem::take(&mut self.command_subs) {
-            if self.shared.unroute(&self.who.tenant, &device, self.id) {
+        for CommandSub { device, filter, .. } in std::mem::take(&mut self.command_subs) {
+            if self.shared.unroute(&who.tenant, &device, self.id) {
                 let _ = self
                     .shared
                     .command_link
-                    .unregister(&self.who.tenant, &device)
+                    .unregister(&who.tenant, &device)
                     .await;
-                let gateway = (device != self.who.device).then(|| self.who.device.clone());
+                let gateway = (device != who.device).then(|| who.device.clone());
                 notifications.push(Notification::ttd(device, gateway, 0, filter));
             }
         }
         if self.announced {
             let remote_id = self.remote_id();
             notifications.push(Notification::connection(
-                self.who.device.clone(),
+                who.device.clone(),
                 "disconnected",
                 &remote_id,
             ));

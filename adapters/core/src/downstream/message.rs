@@ -12,6 +12,8 @@ use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Symbol, Tim
 use ferry_core::hono::{app_property, content_type};
 use ferry_core::ids::{DeviceId, TenantId};
 
+use crate::registry::{TenantInfo, TtlLimit};
+
 /// Telemetry or event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
@@ -59,11 +61,120 @@ pub struct DeviceMessage {
     /// Application property `ttd` (seconds the device stays reachable for commands; -1: until further
     /// notice), an int as Hono's consumers read it.
     pub ttd: Option<i32>,
-    /// Further string application properties (e.g. from an MQTT property bag).
-    pub extra_properties: Vec<(String, String)>,
+    /// Further application properties (from an MQTT property bag, or the device's and tenant's
+    /// `defaults`).
+    pub extra_properties: Vec<(String, PropertyValue)>,
 }
 
+/// The value of an application property a device or its defaults add.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropertyValue {
+    /// A string.
+    String(String),
+    /// A whole number.
+    Long(i64),
+    /// Any other number.
+    Double(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl From<String> for PropertyValue {
+    fn from(s: String) -> Self {
+        Self::String(s)
+    }
+}
+
+impl From<&str> for PropertyValue {
+    fn from(s: &str) -> Self {
+        Self::String(s.to_owned())
+    }
+}
+
+impl PropertyValue {
+    /// A JSON `defaults` value as a property; objects, arrays and null have no AMQP simple form.
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => Some(Self::String(s.clone())),
+            Value::Bool(b) => Some(Self::Bool(*b)),
+            Value::Number(n) => n
+                .as_i64()
+                .map(Self::Long)
+                .or_else(|| n.as_f64().map(Self::Double)),
+            _ => None,
+        }
+    }
+
+    fn into_amqp(self) -> SimpleValue {
+        match self {
+            Self::String(s) => SimpleValue::String(s),
+            Self::Long(n) => SimpleValue::Long(n),
+            Self::Double(d) => SimpleValue::Double(d.into()),
+            Self::Bool(b) => SimpleValue::Bool(b),
+        }
+    }
+}
+
+/// The properties of a message the adapter sets itself: neither a property bag nor `defaults` may
+/// supply them.
+pub const RESERVED_PROPERTIES: &[&str] = &[
+    app_property::DEVICE_ID,
+    app_property::TENANT_ID,
+    app_property::REG_ASSERTION,
+    app_property::ORIG_ADAPTER,
+    app_property::ORIG_ADDRESS,
+    app_property::QOS,
+    app_property::TTD,
+    app_property::GATEWAY_ID,
+];
+
 impl DeviceMessage {
+    /// Applies HONO-CONTRACT §2.1's defaults: the message's own value wins, then the device's
+    /// `defaults`, then the tenant's. `content-type` fills a missing content type; the TTL is the
+    /// device's `requested_ttl_secs` (MQTT bag or HTTP `hono-ttl`), else `defaults.ttl`, capped by the
+    /// tenant's limit for this kind of message (`max-ttl` for events, `max-ttl-telemetry-qos0/1`);
+    /// every other default becomes an application property unless the message has it already or the
+    /// adapter sets it itself.
+    pub fn apply_defaults(
+        &mut self,
+        tenant: &TenantInfo,
+        device_defaults: &serde_json::Map<String, serde_json::Value>,
+        requested_ttl_secs: Option<u64>,
+    ) {
+        let which = match (self.kind, self.qos) {
+            (MessageKind::Event, _) => TtlLimit::Event,
+            (MessageKind::Telemetry, 0) => TtlLimit::TelemetryQos0,
+            (MessageKind::Telemetry, _) => TtlLimit::TelemetryQos1,
+        };
+        self.ttl_ms = tenant
+            .effective_ttl_secs(which, requested_ttl_secs, device_defaults)
+            .map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX));
+        let tenant_defaults = &tenant.config.defaults;
+        if device_defaults.is_empty() && tenant_defaults.is_empty() {
+            return;
+        }
+        for defaults in [device_defaults, tenant_defaults] {
+            for (key, value) in defaults {
+                match key.as_str() {
+                    "content-type" => {
+                        if self.content_type.is_none() {
+                            self.content_type = value.as_str().map(str::to_owned);
+                        }
+                    }
+                    "ttl" => {}
+                    k if RESERVED_PROPERTIES.contains(&k)
+                        || self.extra_properties.iter().any(|(e, _)| e == k) => {}
+                    k => {
+                        if let Some(v) = PropertyValue::from_json(value) {
+                            self.extra_properties.push((k.to_owned(), v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether the message goes pre-settled (QoS 0 telemetry).
     pub fn is_presettled(&self) -> bool {
         self.kind == MessageKind::Telemetry && self.qos == 0
@@ -97,7 +208,7 @@ impl DeviceMessage {
             map.insert(app_property::TTD.to_owned(), SimpleValue::Int(ttd));
         }
         for (k, v) in self.extra_properties {
-            map.insert(k, SimpleValue::String(v));
+            map.insert(k, v.into_amqp());
         }
         let header = match (self.kind, self.ttl_ms) {
             (MessageKind::Event, ttl) => Some(Header::builder().durable(true).ttl(ttl).build()),
@@ -266,6 +377,51 @@ mod tests {
 
     fn prop<'a>(m: &'a Message<Data>, key: &str) -> Option<&'a SimpleValue> {
         m.application_properties.as_ref()?.0.as_inner().get(key)
+    }
+
+    #[test]
+    fn defaults_fill_what_the_message_lacks_and_the_tenant_caps_the_ttl() {
+        let tenant = TenantInfo {
+            id: TenantId::new("t1").expect("id"),
+            config: serde_json::from_value(serde_json::json!({
+                "defaults": {"content-type": "text/tenant", "ttl": 500, "region": "eu", "x-custom": "t"},
+                "resource-limits": {"max-ttl": 60}
+            }))
+            .expect("tenant"),
+        };
+        let device: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
+            serde_json::json!({"content-type": "text/device", "priority": 3, "device_id": "evil"}),
+        )
+        .expect("defaults");
+        let mut m = message(MessageKind::Event, 1);
+        m.apply_defaults(&tenant, &device, Some(3600));
+        assert_eq!(m.content_type.as_deref(), Some("text/device"));
+        assert_eq!(m.ttl_ms, Some(60_000), "capped by max-ttl");
+        let amqp = m.into_amqp();
+        assert_eq!(prop(&amqp, "priority"), Some(&SimpleValue::Long(3)));
+        assert_eq!(
+            prop(&amqp, "region"),
+            Some(&SimpleValue::String("eu".into()))
+        );
+        // The message's own property and the adapter's are not overridden.
+        assert_eq!(
+            prop(&amqp, "x-custom"),
+            Some(&SimpleValue::String("v".into()))
+        );
+        assert_eq!(
+            prop(&amqp, "device_id"),
+            Some(&SimpleValue::String("d1".into()))
+        );
+
+        let mut own = message(MessageKind::Telemetry, 0);
+        own.content_type = Some("text/own".into());
+        own.apply_defaults(&tenant, &serde_json::Map::new(), None);
+        assert_eq!(own.content_type.as_deref(), Some("text/own"));
+        assert_eq!(
+            own.ttl_ms,
+            Some(500_000),
+            "tenant default, no telemetry cap"
+        );
     }
 
     #[test]

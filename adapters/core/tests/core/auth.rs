@@ -119,3 +119,122 @@ async fn registry_down_is_unavailable() {
         Err(AuthError::Unavailable(_))
     ));
 }
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("base64")
+}
+
+/// `t1` trusts the test CA; `d1` has an `x509-cert` credential for `CN=<cn>`.
+async fn trust_certificates(p: &Platform, pki: &ferry_test_support::TestPki, cn: &str) {
+    let ca: String = pki
+        .ca_cert_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/tenants/t1",
+        serde_json::json!({ "trusted-ca": [{ "subject-dn": pki.ca_subject_dn, "cert": ca }] }),
+    )
+    .await;
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/credentials/t1/d1",
+        serde_json::json!([{ "type": "x509-cert", "auth-id": ferry_test_support::client_subject_dn(cn), "secrets": [{}] }]),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_certificate_names_tenant_and_device_and_is_verified_once() {
+    let p = Platform::start().await;
+    let pki = ferry_test_support::TestPki::generate();
+    trust_certificates(&p, &pki, "dev-1").await;
+    let auth = p.authenticator().await;
+    let cert = pem_der(&pki.client_cert("dev-1").0);
+    let d = auth
+        .authenticate_certificate(&cert)
+        .await
+        .expect("certificate login");
+    assert_eq!(
+        (d.tenant.as_str(), d.device_id.as_str(), d.auth_id.as_str()),
+        ("t1", "d1", "CN=dev-1,O=Ferry Tests")
+    );
+    let requests = auth.registry().stats();
+    assert_eq!(
+        auth.authenticate_certificate(&cert).await.expect("again"),
+        d
+    );
+    assert_eq!(auth.stats().cache_hits, 1);
+    assert_eq!(
+        auth.registry().stats(),
+        requests,
+        "a verified certificate needs no registry call"
+    );
+    // Another CA's key under the same DN, a subject without credential, garbage.
+    let impostor = ferry_test_support::TestPki::generate();
+    for der in [
+        pem_der(&impostor.client_cert("dev-1").0),
+        pem_der(&pki.client_cert("dev-2").0),
+        b"not a certificate".to_vec(),
+    ] {
+        assert!(matches!(
+            auth.authenticate_certificate(&der).await,
+            Err(AuthError::BadCredentials)
+        ));
+    }
+    // Removing the credential forgets the verified certificate within a second.
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/credentials/t1/d1",
+        serde_json::json!([]),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            matches!(
+                auth.authenticate_certificate(&cert).await,
+                Err(AuthError::BadCredentials)
+            )
+        })
+        .await,
+        "the purged certificate is refused"
+    );
+}
+
+#[tokio::test]
+async fn certificates_of_untrusted_issuers_and_disabled_tenants_are_refused() {
+    let p = Platform::start().await;
+    let pki = ferry_test_support::TestPki::generate();
+    let auth = p.authenticator().await;
+    let cert = pem_der(&pki.client_cert("dev-1").0);
+    assert!(matches!(
+        auth.authenticate_certificate(&cert).await,
+        Err(AuthError::UnknownTenant)
+    ));
+    trust_certificates(&p, &pki, "dev-1").await;
+    let ca: String = pki
+        .ca_cert_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/tenants/t1",
+        serde_json::json!({ "enabled": false, "trusted-ca": [{ "subject-dn": pki.ca_subject_dn, "cert": ca }] }),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            matches!(
+                auth.authenticate_certificate(&cert).await,
+                Err(AuthError::TenantDisabled)
+            )
+        })
+        .await
+    );
+}

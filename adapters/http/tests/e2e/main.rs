@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use ferry_core::shutdown::{self, Trigger};
 use serde_json::{json, Value};
 
+mod connections;
+mod device_auth;
+mod limits;
+
 const ADMIN: &str = "admin-token";
 const INTERNAL: &str = "internal-token";
 
@@ -367,7 +371,7 @@ async fn curl_telemetry_qos0_and_qos1_reaches_a_proton_consumer_with_hono_proper
     let metrics = p.admin.encode_metrics();
     assert!(
         metrics.contains(
-            "hono_telemetry_processing_total{tenant=\"t1\",type=\"telemetry\",status=\"forwarded\",qos=\"1\",ttd=\"none\"} 1"
+            "hono_telemetry_processing_total{component_type=\"adapter\",component_name=\"hono-http\",tenant=\"t1\",type=\"telemetry\",status=\"forwarded\",qos=\"1\",ttd=\"none\"} 1"
         ),
         "{metrics}"
     );

@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 mod platform;
 
 mod connection_events;
+mod device_auth;
+mod limits;
 mod metrics;
 mod mqtt5;
 mod tls;

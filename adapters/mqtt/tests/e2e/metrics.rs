@@ -26,7 +26,7 @@ async fn connections_attempts_and_telemetry_are_counted() {
     assert!(tokio::task::block_in_place(|| c.next(Duration::from_secs(5))).is_some());
 
     // mosquitto_pub's session may end a moment after the process.
-    let gauge = "hono_connections_authenticated{tenant=\"t1\"}";
+    let gauge = "hono_connections_authenticated{component_type=\"adapter\",component_name=\"hono-mqtt\",tenant=\"t1\"}";
     let mut text = p.admin.encode_metrics();
     for _ in 0..50 {
         if sample(&text, gauge) == 1.0 {
@@ -43,18 +43,18 @@ async fn connections_attempts_and_telemetry_are_counted() {
     assert_eq!(
         sample(
             &text,
-            "hono_connections_attempts_total{outcome=\"succeeded\"}"
+            "hono_connections_attempts_total{component_type=\"adapter\",component_name=\"hono-mqtt\",outcome=\"succeeded\"}"
         ),
         2.0
     );
     assert_eq!(
         sample(
             &text,
-            "hono_connections_attempts_total{outcome=\"unauthorized\"}"
+            "hono_connections_attempts_total{component_type=\"adapter\",component_name=\"hono-mqtt\",outcome=\"unauthorized\"}"
         ),
         1.0
     );
-    let telemetry = "{tenant=\"t1\",type=\"telemetry\",status=\"forwarded\",qos=\"1\"}";
+    let telemetry = "{component_type=\"adapter\",component_name=\"hono-mqtt\",tenant=\"t1\",type=\"telemetry\",status=\"forwarded\",qos=\"1\",ttd=\"none\"}";
     assert_eq!(
         sample(
             &text,

@@ -420,3 +420,45 @@ impl Raw {
         }
     }
 }
+
+/// A Qpid Proton receiver (argv: URL, address) that prints each message as JSON with what the
+/// contract's defaults and limits touch: content type, `ttl` (seconds, from the header), durability and
+/// application properties.
+pub const PROTON_HEADERS: &str = r#"
+import sys, json
+from proton.handlers import MessagingHandler
+from proton.reactor import Container
+class R(MessagingHandler):
+    def __init__(self, url, address):
+        super().__init__()
+        self.url, self.address = url, address
+    def on_start(self, event):
+        conn = event.container.connect(self.url, allowed_mechs="PLAIN", allow_insecure_mechs=True)
+        event.container.create_receiver(conn, self.address)
+    def on_link_opened(self, event):
+        if event.receiver:
+            print(json.dumps({"opened": self.address}), flush=True)
+    def on_message(self, event):
+        m = event.message
+        body = m.body
+        if isinstance(body, (bytes, memoryview)):
+            body = bytes(body).decode("utf-8", "replace")
+        print(json.dumps({"body": body, "content_type": m.content_type, "ttl": m.ttl,
+                          "durable": m.durable, "properties": m.properties or {}}), flush=True)
+        self.accept(event.delivery)
+Container(R(sys.argv[1], sys.argv[2])).run()
+"#;
+
+impl Platform {
+    /// A [`PROTON_HEADERS`] receiver on `address` as `user`; its JSON lines, once the link is open.
+    pub fn header_consumer(&self, user: &str, password: &str, address: &str) -> Script {
+        let s = Script::start(
+            PROTON_HEADERS,
+            &format!("amqp://{user}:{password}@{}", self.amqp),
+            &[address],
+        );
+        let opened = s.line(Duration::from_secs(10)).expect("consumer starts");
+        assert!(opened.contains("opened"), "{opened}");
+        s
+    }
+}
