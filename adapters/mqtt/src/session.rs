@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_adapter_core::auth::AuthError;
 use ferry_adapter_core::downstream::{Command, CommandResponse};
 use ferry_adapter_core::downstream::{DeviceMessage, MessageKind, PropertyValue, SendOutcome};
-use ferry_adapter_core::registry::{Assertion, AssertionOutcome, TtlLimit};
+use ferry_adapter_core::registry::{Assertion, AssertionOutcome, ChangeKind, TtlLimit};
 use ferry_core::hono::content_type;
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
@@ -679,7 +679,14 @@ impl Session {
                         (Ok(c), Some(who)) => c.affects(&who.tenant, &who.device),
                         (Err(_), Some(_)) => true,
                     };
-                    if relevant && !self.still_allowed().await {
+                    // New, removed or replaced secrets end the session: the device must prove
+                    // itself again against what the registry holds now (a device whose secret still
+                    // matches simply reconnects).
+                    let credentials_changed = relevant
+                        && matches!(&change, Ok(c) if c.kind == ChangeKind::Credentials);
+                    if credentials_changed {
+                        closing = Some(SessionError::Closed("device credentials changed in the registry"));
+                    } else if relevant && !self.still_allowed().await {
                         closing = Some(SessionError::Closed("device no longer allowed by the registry"));
                     }
                 }

@@ -149,6 +149,42 @@ async fn a_gateway_publishes_for_its_device_and_another_tenants_topic_is_refused
 #[tokio::test(flavor = "multi_thread")]
 async fn paho_device_is_cut_off_within_a_second_when_disabled() {
     let p = Platform::start().await;
+    assert_cut_off_within_a_second(&p, "/v1/devices/t1/d1", json!({ "enabled": false })).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paho_device_is_cut_off_within_a_second_when_its_credentials_change() {
+    let p = Platform::start().await;
+    let new_password = json!([{
+        "type": "hashed-password",
+        "auth-id": "sensor1",
+        "secrets": [{ "pwd-plain": "a-new-secret" }]
+    }]);
+    assert_cut_off_within_a_second(&p, "/v1/credentials/t1/d1", new_password).await;
+    // The old password no longer works; the new one does.
+    let connect = |password: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &p.mqtt.port().to_string()])
+            .args([
+                "-u",
+                "sensor1@t1",
+                "-P",
+                password,
+                "-t",
+                "telemetry",
+                "-m",
+                "x",
+            ])
+            .output()
+            .expect("mosquitto_pub")
+    };
+    assert!(!connect("hunter2").status.success());
+    assert!(connect("a-new-secret").status.success());
+}
+
+/// Connects paho as sensor1@t1, publishes an event, applies `PUT path body` to the registry, and
+/// asserts that the adapter drops the connection within a second.
+async fn assert_cut_off_within_a_second(p: &Platform, path: &str, body: serde_json::Value) {
     let _c = p.consumer("app1", "pw1", "telemetry/t1", 100);
     let python = ferry_test_support::test_python();
     let script = r#"
@@ -190,12 +226,7 @@ time.sleep(8)
         .recv_timeout(Duration::from_secs(10))
         .expect("paho publishes");
     assert_eq!(published, "event published True");
-    p.manage(
-        reqwest::Method::PUT,
-        "/v1/devices/t1/d1",
-        json!({ "enabled": false }),
-    )
-    .await;
+    p.manage(reqwest::Method::PUT, path, body).await;
     let started = std::time::Instant::now();
     let line = rx
         .recv_timeout(Duration::from_secs(3))
