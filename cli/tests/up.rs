@@ -25,6 +25,10 @@ impl Drop for Up {
 }
 
 fn ferry_up(data_dir: &Path) -> Up {
+    ferry_up_with(data_dir, &[])
+}
+
+fn ferry_up_with(data_dir: &Path, extra: &[&str]) -> Up {
     let port = ferry_test_support::free_port();
     let amqp = ferry_test_support::free_port();
     let mqtt = ferry_test_support::free_port();
@@ -45,6 +49,7 @@ fn ferry_up(data_dir: &Path) -> Up {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(extra)
         .env_remove("FERRY_ADMIN_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -362,4 +367,122 @@ fn bad_registry_environment_exits_64() {
         .expect("run ferry up");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_thing"));
+}
+
+/// A line `ferry up --demo` printed for the user to paste, starting with `program`.
+fn demo_command<'a>(printed: &'a [String], program: &str) -> &'a str {
+    printed
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with(&format!("{program} ")))
+        .unwrap_or_else(|| panic!("ferry up --demo prints a {program} command: {printed:#?}"))
+}
+
+/// Runs the three commands `ferry up --demo` printed, literally, in `sh`, with `ferry` on the PATH:
+/// the consumer must print the telemetry of both the MQTT and the HTTP device.
+fn paste_demo_commands(printed: &[String]) {
+    let bin_dir = Path::new(FERRY).parent().expect("bin dir");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sh = |line: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(line).env("PATH", &path);
+        c.env_remove("FERRY_AMQP_URL")
+            .env_remove("FERRY_AMQP_USER")
+            .env_remove("FERRY_AMQP_PASSWORD");
+        c
+    };
+    let mut consumer = sh(demo_command(printed, "ferry consume"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out_tx = tx.clone();
+    let stdout = consumer.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_tx.send(format!("out: {line}"));
+        }
+    });
+    let stderr = consumer.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(format!("err: {line}"));
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("the consumer did not print {needle:?}: {seen:#?}"),
+            }
+        }
+    };
+    wait_for("err: ferry: receiving telemetry of tenant demo");
+
+    let mqtt = demo_command(printed, "mosquitto_pub");
+    let out = sh(mqtt).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{mqtt}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = wait_for("out: ");
+    assert!(line.contains("device=demo-device"), "{line}");
+    assert!(line.contains("orig_adapter=hono-mqtt"), "{line}");
+    assert!(line.ends_with(r#"body={"temp": 21}"#), "{line}");
+
+    let http = demo_command(printed, "curl");
+    let out = sh(http).output().expect("sh");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{http}: {answer}");
+    let line = wait_for("out: ");
+    assert!(line.contains("device=demo-device"), "{line}");
+    assert!(line.contains("orig_adapter=hono-http"), "{line}");
+    assert!(line.ends_with(r#"body={"temp": 22}"#), "{line}");
+    let _ = consumer.kill();
+    let _ = consumer.wait();
+}
+
+#[test]
+fn up_demo_prints_commands_that_send_and_receive_telemetry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = ferry_up_with(dir.path(), &["--demo"]);
+    paste_demo_commands(&first.first_lines);
+    let first_password = demo_command(&first.first_lines, "mosquitto_pub")
+        .split_whitespace()
+        .skip_while(|w| *w != "-P")
+        .nth(1)
+        .expect("-P PASSWORD")
+        .to_owned();
+    drop(first);
+
+    // Again on the same data directory: the demo is reused (same passwords), and still works.
+    let again = ferry_up_with(dir.path(), &["--demo"]);
+    let mqtt = demo_command(&again.first_lines, "mosquitto_pub");
+    assert!(
+        mqtt.contains(&format!("-P {first_password} ")),
+        "{mqtt} reuses {first_password}"
+    );
+    paste_demo_commands(&again.first_lines);
+    let apps = ok(&ferry(&again, dir.path(), &["application", "list"]));
+    assert_eq!(
+        apps.to_string().matches("demo-app").count(),
+        1,
+        "one demo application user: {apps}"
+    );
+    let creds = ok(&ferry(
+        &again,
+        dir.path(),
+        &["credentials", "get", "demo", "demo-device"],
+    ));
+    assert_eq!(creds.as_array().map(Vec::len), Some(1), "{creds}");
 }

@@ -170,7 +170,26 @@ struct Address {
     queue: VecDeque<QueuedEvent>,
     /// Events delivered and not yet settled.
     in_flight: HashMap<EventId, QueuedEvent>,
+    /// Command responses for an application whose receiver is attached but has no credit yet, oldest
+    /// first; delivered when it grants some, released at their deadline or when the receiver leaves.
+    waiting: VecDeque<WaitingResponse>,
 }
+
+/// A command response held for an application's credit.
+#[derive(Debug)]
+struct WaitingResponse {
+    payload: Bytes,
+    settled: bool,
+    origin: Origin,
+    deadline: std::time::Instant,
+}
+
+/// How long a command response waits for its application to grant credit. Shorter than the adapters'
+/// send timeout (5 s by default), so the device learns the outcome from the router, not from a timeout.
+pub const RESPONSE_CREDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Most command responses held per reply address; beyond that they are released at once.
+const MAX_WAITING_RESPONSES: usize = 1024;
 
 #[derive(Debug, Clone)]
 struct QueuedEvent {
@@ -356,7 +375,8 @@ impl<S: EventStore> Hub<S> {
                 }
             }
             Kind::Event => self.dispatch_events(addr),
-            Kind::Command | Kind::CommandResponse | Kind::CommandInternal => {}
+            Kind::CommandResponse => dispatch_waiting(&mut lock(&addr.inner)),
+            Kind::Command | Kind::CommandInternal => {}
         }
     }
 
@@ -367,9 +387,18 @@ impl<S: EventStore> Hub<S> {
         consumer: &Arc<Consumer>,
         unsettled: Vec<Origin>,
     ) {
-        lock(&addr.inner)
-            .consumers
-            .retain(|c| !Arc::ptr_eq(c, consumer));
+        let stranded: Vec<WaitingResponse> = {
+            let mut a = lock(&addr.inner);
+            a.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+            if a.consumers.is_empty() {
+                a.waiting.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for w in stranded {
+            self.settle(w.origin, release());
+        }
         for origin in unsettled {
             self.settle(origin, release());
         }
@@ -551,7 +580,45 @@ impl<S: EventStore> Hub<S> {
             return Routed::NoConsumer;
         }
         let addr = self.address_with(Kind::CommandResponse, tenant, Some(reply));
-        self.route_direct(&addr, payload, settled, origin)
+        let mut a = lock(&addr.inner);
+        if let Some(consumer) = a.pick() {
+            drop(a);
+            deliver(&consumer, payload, settled, origin);
+            return Routed::Forwarded;
+        }
+        // An application attaches its response receiver before it sends the command, but may grant
+        // credit only once the attach is answered; a quick device can answer before that. Hold the
+        // response briefly rather than lose it.
+        if a.consumers.is_empty() || a.waiting.len() >= MAX_WAITING_RESPONSES {
+            return Routed::NoConsumer;
+        }
+        a.waiting.push_back(WaitingResponse {
+            payload,
+            settled,
+            origin,
+            deadline: std::time::Instant::now() + RESPONSE_CREDIT_WAIT,
+        });
+        Routed::Forwarded
+    }
+
+    /// Releases command responses that waited too long for their application's credit.
+    pub fn expire_responses(&self, now: std::time::Instant) {
+        let addresses: Vec<Arc<Mutex<Address>>> = lock(&self.addresses)
+            .iter()
+            .filter(|((kind, _, _), _)| *kind == Kind::CommandResponse)
+            .map(|(_, a)| a.clone())
+            .collect();
+        for address in addresses {
+            let expired: Vec<WaitingResponse> = {
+                let mut a = lock(&address);
+                // Deadlines grow with arrival, so the expired responses are at the front.
+                let n = a.waiting.iter().take_while(|w| w.deadline <= now).count();
+                a.waiting.drain(..n).collect()
+            };
+            for w in expired {
+                self.settle(w.origin, release());
+            }
+        }
     }
 
     fn route_direct(
@@ -564,12 +631,7 @@ impl<S: EventStore> Hub<S> {
         let Some(consumer) = lock(&addr.inner).pick() else {
             return Routed::NoConsumer;
         };
-        consumer.conn.send(ToConn::Deliver {
-            link: consumer.link,
-            payload,
-            settled,
-            origin,
-        });
+        deliver(&consumer, payload, settled, origin);
         Routed::Forwarded
     }
 
@@ -620,6 +682,26 @@ impl<S: EventStore> Hub<S> {
             let mut a = lock(&addr.inner);
             a.queue.retain(|e| e.id != id);
         }
+    }
+}
+
+fn deliver(consumer: &Consumer, payload: Bytes, settled: bool, origin: Origin) {
+    consumer.conn.send(ToConn::Deliver {
+        link: consumer.link,
+        payload,
+        settled,
+        origin,
+    });
+}
+
+/// Hands held command responses to the application's receiver while it has credit, oldest first.
+fn dispatch_waiting(a: &mut Address) {
+    while !a.waiting.is_empty() {
+        let Some(consumer) = a.pick() else { break };
+        let Some(w) = a.waiting.pop_front() else {
+            break;
+        };
+        deliver(&consumer, w.payload, w.settled, w.origin);
     }
 }
 

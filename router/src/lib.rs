@@ -198,7 +198,8 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
                 .await;
         });
     }
-    // Expired events leave the store once a second.
+    // Expired events leave the store once a second; command responses that waited too long for their
+    // application's credit are released.
     {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -211,6 +212,7 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
                             .duration_since(std::time::UNIX_EPOCH)
                             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                         shared.hub.expire_events(now);
+                        shared.hub.expire_responses(std::time::Instant::now());
                     }
                     () = shutdown.clone().wait() => return,
                 }

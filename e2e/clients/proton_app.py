@@ -1,0 +1,163 @@
+"""A business application written with Qpid Proton (Python), for Ferry's end-to-end stories.
+
+Usage:
+  proton_app.py consume URL ADDRESS COUNT TIMEOUT
+      receive COUNT messages from ADDRESS (e.g. telemetry/TENANT), accepting each
+  proton_app.py command URL TENANT DEVICE NAME PAYLOAD TIMEOUT
+      send a request/response command to DEVICE, again while it is `released` (device not reachable
+      yet), and wait for the device's response
+
+URL is amqp://USER:PASSWORD@HOST:PORT (SASL PLAIN). Prints one JSON object a line, e.g.
+{"attached": "telemetry/t1"}, {"message": {...}}, {"link_error": "amqp:unauthorized-access"},
+{"outcome": "accepted"}, {"response": {...}}, and last {"done": N} or {"timeout": true, "got": N}.
+"""
+import json
+import sys
+
+from proton import Message
+from proton.handlers import MessagingHandler
+from proton.reactor import Container
+
+
+def emit(**kw):
+    print(json.dumps(kw, default=str), flush=True)
+
+
+def text(body):
+    if isinstance(body, (bytes, memoryview)):
+        return bytes(body).decode("utf-8", "replace")
+    return body
+
+
+def describe(m):
+    return {
+        "body": text(m.body),
+        "content_type": m.content_type,
+        "to": m.address,
+        "durable": m.durable,
+        "creation_time": m.creation_time,
+        "correlation_id": m.correlation_id,
+        "properties": m.properties or {},
+        "annotations": {str(k): v for k, v in (m.annotations or {}).items()},
+    }
+
+
+def connect(event, url):
+    return event.container.connect(url, allowed_mechs="PLAIN", allow_insecure_mechs=True)
+
+
+class Consume(MessagingHandler):
+    def __init__(self, url, address, count, timeout):
+        super().__init__(auto_accept=False)
+        self.url, self.address, self.count, self.timeout = url, address, int(count), float(timeout)
+        self.got = 0
+
+    def on_start(self, event):
+        event.container.create_receiver(connect(event, self.url), self.address)
+        self.timer = event.container.schedule(self.timeout, self)
+
+    def on_link_opened(self, event):
+        if event.receiver and event.receiver.remote_source.address:
+            emit(attached=self.address)
+
+    def on_message(self, event):
+        emit(message=describe(event.message))
+        self.accept(event.delivery)
+        self.got += 1
+        if self.got >= self.count:
+            emit(done=self.got)
+            self.timer.cancel()
+            event.connection.close()
+
+    def on_link_error(self, event):
+        cond = event.link.remote_condition
+        emit(link_error=cond.name if cond else None, description=cond.description if cond else None)
+        self.timer.cancel()
+        event.connection.close()
+
+    def on_transport_error(self, event):
+        cond = event.transport.condition
+        emit(transport_error=cond.name if cond else None, description=cond.description if cond else None)
+
+    def on_timer_task(self, event):
+        emit(timeout=True, got=self.got)
+        event.container.stop()
+
+
+class Command(MessagingHandler):
+    def __init__(self, url, tenant, device, name, payload, timeout):
+        super().__init__(auto_accept=False)
+        self.url, self.tenant, self.device, self.name, self.payload = url, tenant, device, name, payload
+        self.timeout = float(timeout)
+        self.reply = "command_response/%s/proton-%s" % (tenant, device)
+        self.accepted = self.responded = False
+        self.attempt = 0
+
+    def on_start(self, event):
+        conn = connect(event, self.url)
+        self.receiver = event.container.create_receiver(conn, self.reply)
+        self.sender = event.container.create_sender(conn, "command/%s" % self.tenant)
+        self.timer = event.container.schedule(self.timeout, self)
+
+    def send(self):
+        self.attempt += 1
+        self.sender.send(Message(address="command/%s/%s" % (self.tenant, self.device), subject=self.name,
+                                 id="cmd-%d" % self.attempt, reply_to=self.reply,
+                                 body=self.payload.encode("utf-8"), content_type="application/json"))
+
+    def on_link_opened(self, event):
+        if event.receiver:
+            emit(attached=self.reply)
+
+    def on_sendable(self, event):
+        if self.attempt == 0 and self.receiver.state & self.receiver.REMOTE_ACTIVE:
+            self.send()
+
+    def on_link_error(self, event):
+        cond = event.link.remote_condition
+        emit(link_error=cond.name if cond else None, description=cond.description if cond else None)
+        self.timer.cancel()
+        event.connection.close()
+
+    def on_accepted(self, event):
+        emit(outcome="accepted", attempt=self.attempt)
+        self.accepted = True
+        if self.responded:
+            self.finish(event)
+
+    def on_released(self, event):
+        # Not deliverable now (device not connected or not waiting): an application may retry.
+        emit(outcome="released", attempt=self.attempt)
+        event.container.schedule(0.2, self.Retry(self))
+
+    def on_rejected(self, event):
+        emit(outcome="rejected", attempt=self.attempt)
+        self.finish(event)
+
+    class Retry:
+        def __init__(self, outer):
+            self.outer = outer
+
+        def on_timer_task(self, event):
+            self.outer.send()
+
+    def on_message(self, event):
+        emit(response=describe(event.message))
+        self.accept(event.delivery)
+        self.responded = True
+        if self.accepted:
+            self.finish(event)
+
+    def finish(self, event):
+        emit(done=1 if self.responded else 0)
+        self.timer.cancel()
+        event.connection.close()
+
+    def on_timer_task(self, event):
+        emit(timeout=True, got=1 if self.responded else 0)
+        event.container.stop()
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    Container({"consume": Consume, "command": Command}[mode](*args)).run()
