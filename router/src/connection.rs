@@ -769,14 +769,12 @@ impl<S: EventStore> Conn<S> {
         if link.credit > PRODUCER_WINDOW / 2 {
             return;
         }
-        if !self
-            .shared
-            .hub
-            .producer_credit_allowed(&link.addr, producer)
-        {
+        let credit =
+            PRODUCER_WINDOW.min(self.shared.hub.producer_credit_limit(&link.addr, producer));
+        if credit <= link.credit {
             return;
         }
-        link.credit = PRODUCER_WINDOW;
+        link.credit = credit;
         let flow = Flow {
             next_incoming_id: Some(session.next_incoming_id),
             incoming_window: INCOMING_WINDOW,

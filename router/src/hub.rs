@@ -198,12 +198,6 @@ struct QueuedEvent {
 }
 
 impl Address {
-    fn has_credit(&self) -> bool {
-        self.consumers
-            .iter()
-            .any(|c| c.credit.load(Ordering::Acquire) > 0)
-    }
-
     /// The consumer with credit and the fewest unsettled deliveries (ties take turns); its credit is taken.
     fn pick(&mut self) -> Option<Arc<Consumer>> {
         let n = self.consumers.len();
@@ -469,24 +463,38 @@ impl<S: EventStore> Hub<S> {
         Arc::new(Producer { conn, link })
     }
 
-    /// Whether a producer on `addr` may be given credit now. If not, it is remembered and woken later.
-    pub fn producer_credit_allowed(&self, addr: &AddressRef, producer: &Arc<Producer>) -> bool {
+    /// How much credit a producer on `addr` may hold now (0: none; it is then remembered and woken when
+    /// consumers grant credit). Telemetry is never buffered, so a telemetry producer may hold no more
+    /// than the address's consumers will take: the sum of their credit. Several producers on one
+    /// address can still over-commit it between two grants; what finds no consumer is released.
+    pub fn producer_credit_limit(&self, addr: &AddressRef, producer: &Arc<Producer>) -> u32 {
         match addr.kind {
             Kind::Telemetry => {
                 let mut a = lock(&addr.inner);
-                if a.has_credit() {
-                    true
+                let available: i64 = a
+                    .consumers
+                    .iter()
+                    .map(|c| c.credit.load(Ordering::Acquire).max(0))
+                    .sum();
+                if available > 0 {
+                    u32::try_from(available).unwrap_or(u32::MAX)
                 } else {
                     if !a.starved.iter().any(|p| Arc::ptr_eq(p, producer)) {
                         a.starved.push(producer.clone());
                     }
-                    false
+                    0
                 }
             }
-            Kind::Event => self.store.depth(&addr.tenant) < self.max_events_per_tenant,
+            Kind::Event => {
+                if self.store.depth(&addr.tenant) < self.max_events_per_tenant {
+                    u32::MAX
+                } else {
+                    0
+                }
+            }
             // Commands, responses and subscription changes are settled at once when they cannot be
             // delivered; the producer's window bounds what is in flight.
-            Kind::Command | Kind::CommandResponse | Kind::CommandInternal => true,
+            Kind::Command | Kind::CommandResponse | Kind::CommandInternal => u32::MAX,
         }
     }
 

@@ -208,6 +208,57 @@ async fn a_slow_consumer_throttles_the_producer() {
 }
 
 #[tokio::test]
+async fn a_presettled_producer_gets_no_more_credit_than_its_consumers_have() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = fe2o3_amqp::Receiver::builder()
+        .name("manual")
+        .source("telemetry/t1")
+        .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual)
+        .attach(&mut app.session)
+        .await
+        .expect("attach");
+    rx.set_credit(5).await.expect("credit");
+    let mut adapter = p.adapter().await;
+    let mut tx = Sender::builder()
+        .name("qos0")
+        .target("telemetry/t1")
+        .sender_settle_mode(SenderSettleMode::Settled)
+        .attach(&mut adapter.session)
+        .await
+        .expect("attach");
+    let token = p.assertion("t1", "d1").await;
+    // Pre-settled messages cannot be released: had the producer been given more credit than the
+    // consumer has, the surplus would be dropped and the consumer would see a gap.
+    let producer = tokio::spawn(async move {
+        for i in 0..15u8 {
+            tx.send(
+                Sendable::builder()
+                    .message(device_message("d1", Some(&token), &[i]))
+                    .settled(true)
+                    .build(),
+            )
+            .await
+            .expect("send");
+        }
+        tx
+    });
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        while let Some(d) = recv_within(&mut rx, 500).await {
+            bodies.push(body_bytes(&d)[0]);
+        }
+        rx.set_credit(5).await.expect("more credit");
+    }
+    assert_eq!(
+        bodies,
+        (0..15).collect::<Vec<u8>>(),
+        "every message, in order, none dropped"
+    );
+    let _tx = producer.await.expect("the producer finished");
+}
+
+#[tokio::test]
 async fn in_flight_messages_are_released_when_the_last_consumer_leaves() {
     let p = Platform::start().await;
     let mut app = p.app("app1", "pw1").await;
