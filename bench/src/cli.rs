@@ -21,6 +21,32 @@ pub enum Scenario {
     Registry(RegistryArgs),
     /// Durable event appends per second: the router's segment log vs SQLite (per-event and batched commits).
     Events(EventsArgs),
+    /// B9: idle RSS and time to ready of every Ferry binary.
+    Footprint(crate::footprint::FootprintArgs),
+    /// B8: HTTP adapter, keep-alive POST /telemetry → router → AMQP consumer, vs a bare hyper server.
+    Http(crate::http::HttpArgs),
+    /// B4: AMQP 1.0 forwarding through the router vs RabbitMQ 3.10 and the Proton C example broker.
+    Amqp(crate::amqp::AmqpArgs),
+    /// Every scenario of BENCHMARKS.md (B1–B10) in one run, then the summary table.
+    All(crate::all::AllArgs),
+    /// B1/B2, B3, B5, B6, B7: MQTT scenarios, Ferry side by side with Mosquitto (and ActiveMQ for B3).
+    Mqtt(crate::mqtt::MqttArgs),
+    /// B10: soak under QoS 1 load; memory growth, lost QoS 1 messages, latency drift.
+    Soak(crate::mqtt::soak::SoakArgs),
+    /// Holds idle MQTT connections for B6 (started by `ferry-bench mqtt`).
+    #[command(hide = true)]
+    MqttIdleWorker(crate::mqtt::idle::IdleWorkerArgs),
+    /// Rebuilds the summary table at the top of REPORT.md from the scenario sections in it.
+    Summary {
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/REPORT.md"))]
+        report: PathBuf,
+    },
+    /// The bare hyper server B8 compares against (started by `ferry-bench http`).
+    #[command(hide = true)]
+    BareHyper {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+    },
 }
 
 /// Which registry storage to measure.

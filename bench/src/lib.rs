@@ -5,13 +5,19 @@
 //! reports the median, and writes its own marked section of `bench/REPORT.md` ([`report`]), so scenarios
 //! added later never overwrite each other's figures.
 
+pub mod all;
+pub mod amqp;
 pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod events;
+pub mod footprint;
+pub mod http;
 pub mod load;
 pub mod machine;
+pub mod mqtt;
 pub mod pin;
+pub mod platform;
 pub mod postgres;
 pub mod registry;
 pub mod report;
@@ -47,5 +53,48 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 .context("starting the tokio runtime")?;
             runtime.block_on(events::run(&args))
         }
+        // B4, B8, B9 and `all`: the generator pins itself to the client CPUs; the systems under test are
+        // pinned by the scenario as it starts them.
+        cli::Scenario::Footprint(args) => generator_runtime(None)?.block_on(footprint::run(&args)),
+        cli::Scenario::Http(args) => {
+            let cpus = (!args.no_pin).then_some(args.client_cpus.as_str());
+            generator_runtime(cpus)?.block_on(http::run(&args))
+        }
+        cli::Scenario::Amqp(args) => {
+            let cpus = (!args.no_pin).then_some(args.client_cpus.as_str());
+            generator_runtime(cpus)?.block_on(amqp::run(&args))
+        }
+        cli::Scenario::All(args) => {
+            generator_runtime(Some(args.client_cpus.as_str()))?.block_on(all::run(&args))
+        }
+        cli::Scenario::Mqtt(args) => {
+            let cpus = (!args.pinning.no_pin).then_some(args.pinning.client_cpus.as_str());
+            generator_runtime(cpus)?.block_on(mqtt::run(&args))
+        }
+        cli::Scenario::Soak(args) => {
+            let cpus = (!args.pinning.no_pin).then_some(args.pinning.client_cpus.as_str());
+            generator_runtime(cpus)?.block_on(mqtt::soak::run(&args))
+        }
+        cli::Scenario::MqttIdleWorker(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(mqtt::idle::worker(args)),
+        cli::Scenario::Summary { report } => all::update_summary(&report),
+        cli::Scenario::BareHyper { bind } => {
+            generator_runtime(None)?.block_on(http::bare::serve(bind))
+        }
     }
+}
+
+/// Pins this process to `cpus` (re-executing it under taskset) and builds a runtime with one worker per
+/// CPU it may use.
+fn generator_runtime(cpus: Option<&str>) -> anyhow::Result<tokio::runtime::Runtime> {
+    if let Some(cpus) = cpus {
+        pin::ensure_pinned(cpus)?;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
