@@ -1,8 +1,11 @@
 //! Commands for devices that wait in a request with `hono-ttd` (HONO-CONTRACT §2.3): which request takes
 //! each device's commands, and the device's subscription at the router while one waits.
 //!
-//! The newest request for a device wins: registering a wait replaces the older one, whose request then
-//! ends at once with 202. A wait registers the device at the router (`CommandLink::register`) and its
+//! Which request takes a device's commands follows HONO-CONTRACT §2.3: the device's own newest request,
+//! else the newest request of a gateway acting for it. A device's request replaces the device's older
+//! one, a gateway's request a gateway's older one (the replaced request ends at once with 202); a
+//! gateway's request waits behind the device's own and takes the commands only while the device does
+//! not wait itself. A wait registers the device at the router (`CommandLink::register`) and its
 //! end unregisters it, unless a newer wait holds the device by then. Because the end of one wait and the
 //! start of the next run concurrently, an unregister can overtake the newer wait's register on the way to
 //! the router; the ending wait therefore checks again afterwards and registers once more if someone
@@ -35,11 +38,40 @@ struct Slot {
     tx: oneshot::Sender<Delivered>,
 }
 
+/// The requests waiting for one device: its own, and a gateway's acting for it.
+#[derive(Default)]
+struct Slots {
+    device: Option<Slot>,
+    gateway: Option<Slot>,
+}
+
+impl Slots {
+    fn is_empty(&self) -> bool {
+        self.device.is_none() && self.gateway.is_none()
+    }
+
+    /// Takes the wait with the given id out, if it is still here.
+    fn remove(&mut self, id: u64) -> bool {
+        for slot in [&mut self.device, &mut self.gateway] {
+            if slot.as_ref().is_some_and(|s| s.id == id) {
+                *slot = None;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The request that takes the next command: the device's own, else the gateway's.
+    fn take(&mut self) -> Option<Slot> {
+        self.device.take().or_else(|| self.gateway.take())
+    }
+}
+
 /// The waiting requests of this adapter instance.
 pub struct Waiters {
     link: CommandLink,
     shutdown: Shutdown,
-    waiting: Mutex<HashMap<Key, Slot>>,
+    waiting: Mutex<HashMap<Key, Slots>>,
     next_id: AtomicU64,
 }
 
@@ -62,7 +94,7 @@ impl Waiters {
     }
 
     // Inserts and removes are single calls, so a panic elsewhere leaves the map intact.
-    fn waiting(&self) -> MutexGuard<'_, HashMap<Key, Slot>> {
+    fn waiting(&self) -> MutexGuard<'_, HashMap<Key, Slots>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -75,18 +107,28 @@ impl Waiters {
         self.len() == 0
     }
 
-    /// Starts waiting for `device`'s commands (ending an older wait for it) and registers the device at
-    /// the router. Dropping the [`Waiter`] ends the wait.
+    /// Starts waiting for `device`'s commands (ending an older wait of the same kind: the device's own,
+    /// or a gateway's when `by_gateway`) and registers the device at the router. Dropping the
+    /// [`Waiter`] ends the wait.
     pub async fn wait_for(
         self: &Arc<Self>,
         tenant: &TenantId,
         device: &DeviceId,
+        by_gateway: bool,
     ) -> Result<Waiter, DownstreamError> {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        // The older slot's sender is dropped here, which ends the older request's wait.
-        self.waiting()
-            .insert((tenant.clone(), device.clone()), Slot { id, tx });
+        {
+            let mut waiting = self.waiting();
+            let slots = waiting.entry((tenant.clone(), device.clone())).or_default();
+            // The older slot's sender is dropped here, which ends the older request's wait.
+            let slot = if by_gateway {
+                &mut slots.gateway
+            } else {
+                &mut slots.device
+            };
+            *slot = Some(Slot { id, tx });
+        }
         let waiter = Waiter {
             waiters: self.clone(),
             tenant: tenant.clone(),
@@ -142,9 +184,15 @@ impl Waiters {
                 return;
             }
         };
-        let slot = self
-            .waiting()
-            .remove(&(command.tenant.clone(), command.device.clone()));
+        let slot = {
+            let mut waiting = self.waiting();
+            let key = (command.tenant.clone(), command.device.clone());
+            let slot = waiting.get_mut(&key).and_then(Slots::take);
+            if waiting.get(&key).is_some_and(Slots::is_empty) {
+                waiting.remove(&key);
+            }
+            slot
+        };
         match slot {
             None => command.release(),
             Some(slot) => {
@@ -164,14 +212,18 @@ impl Waiters {
         let key = (tenant, device);
         let unregister = {
             let mut waiting = self.waiting();
-            match waiting.get(&key) {
-                Some(slot) if slot.id == id => {
-                    waiting.remove(&key);
-                    true
+            match waiting.get_mut(&key) {
+                Some(slots) => {
+                    slots.remove(id);
+                    // Another wait still holds the device; the last one to end unregisters it.
+                    if slots.is_empty() {
+                        waiting.remove(&key);
+                        true
+                    } else {
+                        false
+                    }
                 }
-                // A newer wait holds the device; it unregisters when it ends.
-                Some(_) => false,
-                // Our command came (dispatch took the slot) or a newer wait came and went.
+                // Our command came (dispatch took the slot) or every wait came and went.
                 None => true,
             }
         };

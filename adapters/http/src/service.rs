@@ -373,7 +373,7 @@ async fn upload(
         Some(_) => Some(
             shared
                 .commands
-                .wait_for(&who.device.tenant, &device)
+                .wait_for(&who.device.tenant, &device, gateway.is_some())
                 .await
                 .map_err(|_| Failure::Unavailable("cannot subscribe to commands"))?,
         ),

@@ -929,6 +929,50 @@ async fn the_latest_wait_for_a_device_wins() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_devices_own_wait_takes_precedence_over_a_gateways() {
+    let p = Platform::start().await;
+    p.password("t1", "behind", "behind1", "behindpass").await;
+    let c = p.consumer("app1", "pw1", "telemetry/t1", 2);
+    let own_url = p.url("/telemetry?hono-ttd=3");
+    let gateway_url = p.url("/telemetry/t1/behind?hono-ttd=3");
+    let own = curl_spawn(&[
+        "-u",
+        "behind1@t1:behindpass",
+        "-H",
+        "content-type: text/plain",
+        "--data-binary",
+        "own",
+        own_url.as_str(),
+    ]);
+    c.next(Duration::from_secs(10))
+        .expect("the device's notification");
+    // A gateway's newer request for the same device does not end the device's own...
+    let gateway = curl_spawn(&[
+        "-u",
+        GW,
+        "-X",
+        "PUT",
+        "-H",
+        "content-type: text/plain",
+        "--data-binary",
+        "via gateway",
+        gateway_url.as_str(),
+    ]);
+    c.next(Duration::from_secs(10))
+        .expect("the gateway's notification");
+    p.waiting(1).await;
+    // ...and the command goes to the device's own request.
+    let app = p.command("behind", "reboot", "{}");
+    let own = tokio::task::block_in_place(|| own.join().expect("curl"));
+    assert_eq!(own.status, 200, "{own:?}");
+    assert_eq!(own.header("hono-command"), Some("reboot"));
+    assert_eq!(own.header("hono-cmd-target-device"), None);
+    let gateway = tokio::task::block_in_place(|| gateway.join().expect("curl"));
+    assert_eq!(gateway.status, 202, "the gateway got nothing: {gateway:?}");
+    drop(app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_command_response_nobody_waits_for_gets_503() {
     let p = Platform::start().await;
     let r = curl(&[
