@@ -2,7 +2,7 @@
 //!
 //! fe2o3's `Sender` needs `&mut` to send, and an outcome may take a while (an event is accepted once it
 //! is on disk). So the link's task only writes transfers: for each job it waits for credit (bounded by the
-//! job's deadline: no credit means no consumer, and the device should hear so quickly) and hands the
+//! no-credit timeout: no credit means no consumer, and the device should hear so quickly) and hands the
 //! delivery future back to the caller, who awaits the outcome on its own. Many deliveries are thus in
 //! flight at once, and no lock is held while anyone waits.
 
@@ -81,14 +81,26 @@ pub(crate) async fn run(
     };
     let ready_by = Instant::now() + spec.grace;
     let mut failed = false;
+    // Whether the last job found credit. While credit flows, a job's wait is counted from when its
+    // turn comes, not from when it was queued: time spent behind other messages on a busy link is not
+    // "no consumer", and must not fail a QoS 1 message (which would disconnect its device). Once a job
+    // waited a whole grace period in vain, the jobs behind it keep their own deadlines, so a link
+    // without credit fails its queue within about one grace period instead of one per job.
+    let mut credit_flows = false;
     while let Some(job) = rx.recv().await {
-        let deadline = job.deadline.max(ready_by);
+        let deadline = if credit_flows {
+            job.deadline.max(Instant::now() + spec.grace)
+        } else {
+            job.deadline.max(ready_by)
+        };
         // `send_batchable` is cancel-safe: a timed-out job was never written.
         match tokio::time::timeout_at(deadline, sender.send_batchable(job.sendable)).await {
             Err(_) => {
+                credit_flows = false;
                 let _ = job.reply.send(Err(DownstreamError::NoCredit));
             }
             Ok(Ok(delivery)) => {
+                credit_flows = true;
                 let _ = job.reply.send(Ok(delivery));
             }
             Ok(Err(e)) => {

@@ -167,6 +167,41 @@ async fn no_consumer_means_no_credit_quickly() {
 }
 
 #[tokio::test]
+async fn messages_queued_behind_a_slow_consumer_wait_their_turn_instead_of_failing() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    // The consumer takes one message at a time, each 120 ms after the last: credit keeps flowing,
+    // but slower than the no-credit timeout (200 ms) would allow for a message queued behind others.
+    let mut rx = fe2o3_amqp::Receiver::builder()
+        .name("one-at-a-time")
+        .source("telemetry/t1")
+        .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual)
+        .attach(&mut app.session)
+        .await
+        .expect("attach");
+    rx.set_credit(1).await.expect("credit");
+    let down = p.downstream().await;
+    let token = assertion(&p, "t1", "d1").await;
+    let mut sends = Vec::new();
+    for _ in 0..5 {
+        let (d, msg) = (
+            down.clone(),
+            message(MessageKind::Telemetry, "t1", "d1", 1, &token, b"x"),
+        );
+        sends.push(tokio::spawn(async move { d.send(msg).await }));
+    }
+    for _ in 0..5 {
+        let d = recv_within(&mut rx, 2000).await.expect("arrives");
+        rx.accept(&d).await.expect("accept");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        rx.set_credit(1).await.expect("credit");
+    }
+    for s in sends {
+        assert_eq!(s.await.expect("join"), Ok(SendOutcome::Accepted));
+    }
+}
+
+#[tokio::test]
 async fn events_are_stored_without_a_consumer() {
     let p = Platform::start().await;
     let down = p.downstream().await;
