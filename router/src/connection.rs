@@ -36,10 +36,13 @@ use crate::auth::{Address, Direction, Principal};
 use crate::codec::{self, Frame, MessageEdit, ProtocolId, SaslFrame};
 use crate::events::{EventStore, NewEvent};
 use crate::hub::{
-    self, AddressRef, ConnHandle, Consumer, Kind, LinkId, Origin, Producer, Routed, ToConn,
+    self, AddressRef, CommandTarget, ConnHandle, Consumer, Kind, LinkId, Origin, Producer, Routed,
+    ToConn,
 };
 use crate::metrics::Outcome;
 use crate::Shared;
+use ferry_core::hono::app_property;
+use ferry_core::hono::command_internal::{ALL_DEVICES, REGISTER, SET_LAST_GATEWAY, UNREGISTER};
 
 /// Our largest frame; peers are told in Open.
 pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
@@ -71,6 +74,21 @@ fn rejected(condition: ErrorCondition, description: &str) -> DeliveryState {
     DeliveryState::Rejected(Rejected {
         error: Some(error(condition, description)),
     })
+}
+
+/// A command with the router's `via` (the gateway it goes to, HONO-CONTRACT §1.3), replacing any an
+/// application set; `None` removes it. `None` back when the message cannot be rewritten.
+fn with_via(message: &Bytes, gateway: Option<&str>) -> Option<Bytes> {
+    let view = codec::parse_message(message).ok()?;
+    let set = gateway.map(|g| [(app_property::VIA, g)]);
+    let edit = MessageEdit {
+        strip_app_properties: &[app_property::VIA],
+        set_app_properties: set.as_ref().map_or(&[][..], |s| &s[..]),
+        ..MessageEdit::default()
+    };
+    let mut out = Vec::with_capacity(message.len() + 32);
+    codec::rewrite_message(&view, &edit, &mut out).ok()?;
+    Some(Bytes::from(out))
 }
 
 fn accepted() -> DeliveryState {
@@ -1106,7 +1124,8 @@ impl<S: EventStore> Conn<S> {
         message: Bytes,
     ) {
         let reject = |why: &str| rejected(ErrorCondition::AmqpError(AmqpError::DecodeError), why);
-        let check = || -> Result<String, DeliveryState> {
+        // The device, and whether the application set a `via` of its own (which only the router may).
+        let check = || -> Result<(String, bool), DeliveryState> {
             let view = codec::parse_message(&message).map_err(|_| reject("malformed message"))?;
             let props = view
                 .properties()
@@ -1127,32 +1146,71 @@ impl<S: EventStore> Conn<S> {
             if props.message_id.is_none() && props.correlation_id.is_none() {
                 return Err(reject("message-id or correlation-id is required"));
             }
-            Ok(device.to_string())
+            let has_via = view.app_property_raw(app_property::VIA).is_some();
+            Ok((device.to_string(), has_via))
         };
         let size = message.len();
-        match check() {
-            Ok(device) => {
-                let origin = self.origin(channel, delivery_id, settled);
-                let routed =
-                    self.shared
-                        .hub
-                        .route_command(&addr.tenant, &device, message, settled, origin);
-                self.routed(
-                    Incoming {
-                        channel,
-                        delivery_id,
-                        settled,
-                        size,
-                    },
-                    &addr.counters.clone(),
-                    routed,
-                );
-            }
+        let at = Incoming {
+            channel,
+            delivery_id,
+            settled,
+            size,
+        };
+        let (device, has_via) = match check() {
+            Ok(checked) => checked,
             Err(state) => {
                 addr.counters.count(Outcome::Rejected, size);
                 if !settled {
                     self.disposition(channel, delivery_id, state);
                 }
+                return;
+            }
+        };
+        let origin = self.origin(channel, delivery_id, settled);
+        match self.shared.hub.command_target(&addr.tenant, &device) {
+            CommandTarget::Device(instance) => {
+                let payload = if has_via {
+                    with_via(&message, None).unwrap_or(message)
+                } else {
+                    message
+                };
+                let routed = self
+                    .shared
+                    .hub
+                    .route_command(&instance, payload, settled, origin);
+                self.routed(at, &addr.counters.clone(), routed);
+            }
+            CommandTarget::Nobody => self.routed(at, &addr.counters.clone(), Routed::NoConsumer),
+            CommandTarget::Gateways => {
+                // The device's gateways come from the registry (cached): off the connection's task.
+                let shared = self.shared.clone();
+                let addr = addr.clone();
+                let conn = self.handle.clone();
+                tokio::spawn(async move {
+                    let via = shared.via.via(&addr.tenant, &device).await;
+                    let routed = match shared.hub.gateway_for(&addr.tenant, &device, &via) {
+                        Some((gateway, instance)) => match with_via(&message, Some(&gateway)) {
+                            Some(payload) => shared
+                                .hub
+                                .route_command(&instance, payload, settled, origin),
+                            None => Routed::NoConsumer,
+                        },
+                        None => Routed::NoConsumer,
+                    };
+                    match routed {
+                        Routed::Forwarded => addr.counters.count(Outcome::Forwarded, size),
+                        Routed::NoConsumer => {
+                            addr.counters.count(Outcome::Released, size);
+                            if !settled {
+                                conn.send(ToConn::Outcome {
+                                    channel,
+                                    delivery_id,
+                                    state: hub::release(),
+                                });
+                            }
+                        }
+                    }
+                });
             }
         }
     }
@@ -1207,8 +1265,10 @@ impl<S: EventStore> Conn<S> {
     }
 
     /// A subscription change from an adapter instance on `command_internal/INSTANCE`: subject `register`
-    /// or `unregister`, with application properties `tenant_id` and `device_id`, or a JSON body
-    /// `[{"tenant_id": .., "device_id": ..}, ...]` to change many at once (after a reconnect).
+    /// or `unregister`, with application properties `tenant_id` and `device_id` (and `all_devices` =
+    /// true for a gateway's subscription for all its devices), or a JSON body
+    /// `[{"tenant_id": .., "device_id": .., "all_devices": ..}, ...]` to change many at once (after a
+    /// reconnect); or subject `set-last-gw` with `tenant_id`, `device_id` and `gateway_id`.
     fn subscription(
         &mut self,
         channel: u16,
@@ -1221,39 +1281,66 @@ impl<S: EventStore> Conn<S> {
             let view = codec::parse_message(message).map_err(|_| "malformed message")?;
             let props = view.properties().map_err(|_| "malformed properties")?;
             let register = match props.as_ref().and_then(|p| p.subject.as_deref()) {
-                Some("register") => true,
-                Some("unregister") => false,
-                _ => return Err("subject must be register or unregister"),
+                Some(REGISTER) => true,
+                Some(UNREGISTER) => false,
+                Some(SET_LAST_GATEWAY) => {
+                    let field = |key: &str| view.app_property_str(key);
+                    let (Some(t), Some(d), Some(g)) = (
+                        field(app_property::TENANT_ID),
+                        field(app_property::DEVICE_ID),
+                        field(app_property::GATEWAY_ID),
+                    ) else {
+                        return Err("set-last-gw needs tenant_id, device_id and gateway_id");
+                    };
+                    let tenant =
+                        ferry_core::ids::TenantId::new(t).map_err(|_| "invalid tenant_id")?;
+                    let device =
+                        ferry_core::ids::DeviceId::new(d).map_err(|_| "invalid device_id")?;
+                    let gateway =
+                        ferry_core::ids::DeviceId::new(g).map_err(|_| "invalid gateway_id")?;
+                    self.shared
+                        .hub
+                        .set_last_gateway(&tenant, device.as_str(), gateway.as_str());
+                    return Ok(());
+                }
+                _ => return Err("subject must be register, unregister or set-last-gw"),
             };
-            let mut entries: Vec<(String, String)> = Vec::new();
+            let mut entries: Vec<(String, String, bool)> = Vec::new();
             if let (Some(t), Some(d)) = (
-                view.app_property_str(ferry_core::hono::app_property::TENANT_ID),
-                view.app_property_str(ferry_core::hono::app_property::DEVICE_ID),
+                view.app_property_str(app_property::TENANT_ID),
+                view.app_property_str(app_property::DEVICE_ID),
             ) {
-                entries.push((t.to_owned(), d.to_owned()));
+                let all = matches!(
+                    view.app_property(ALL_DEVICES),
+                    Ok(Some(fe2o3_amqp_types::primitives::SimpleValue::Bool(true)))
+                );
+                entries.push((t.to_owned(), d.to_owned(), all));
             } else if let Some(body) = view.single_data().filter(|b| !b.is_empty()) {
                 #[derive(serde::Deserialize)]
                 struct Entry {
                     tenant_id: String,
                     device_id: String,
+                    #[serde(default)]
+                    all_devices: bool,
                 }
                 let list: Vec<Entry> = serde_json::from_slice(body)
                     .map_err(|_| "body must be a JSON list of tenant_id/device_id")?;
-                entries.extend(list.into_iter().map(|e| (e.tenant_id, e.device_id)));
+                entries.extend(
+                    list.into_iter()
+                        .map(|e| (e.tenant_id, e.device_id, e.all_devices)),
+                );
             } else {
                 return Err("tenant_id and device_id are missing");
             }
-            for (t, d) in entries {
+            for (t, d, all) in entries {
                 let tenant = ferry_core::ids::TenantId::new(&t).map_err(|_| "invalid tenant_id")?;
                 let device = ferry_core::ids::DeviceId::new(&d).map_err(|_| "invalid device_id")?;
-                if register {
-                    self.shared
-                        .hub
-                        .subscribe_commands(&tenant, device.as_str(), addr);
-                } else {
-                    self.shared
-                        .hub
-                        .unsubscribe_commands(&tenant, device.as_str(), addr);
+                let hub = &self.shared.hub;
+                match (register, all) {
+                    (true, false) => hub.subscribe_commands(&tenant, device.as_str(), addr),
+                    (false, false) => hub.unsubscribe_commands(&tenant, device.as_str(), addr),
+                    (true, true) => hub.subscribe_gateway(&tenant, device.as_str(), addr),
+                    (false, true) => hub.unsubscribe_gateway(&tenant, device.as_str(), addr),
                 }
             }
             Ok(())

@@ -224,6 +224,9 @@ impl Address {
     }
 }
 
+/// Most devices whose last-known gateway is remembered; beyond, the table starts over.
+const MAX_LAST_GATEWAYS: usize = 1_000_000;
+
 /// The outcome of routing one telemetry message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Routed {
@@ -238,10 +241,31 @@ type AddressTable = HashMap<(Kind, TenantId, Option<Arc<str>>), Arc<Mutex<Addres
 /// Command subscriptions: (tenant, device) → the command address of the adapter instance holding it.
 type CommandRoutes = HashMap<(TenantId, Arc<str>), AddressRef>;
 
+/// Gateways subscribed for all their devices: tenant → gateway → the instance holding the subscription.
+type GatewayRoutes = HashMap<TenantId, HashMap<Arc<str>, AddressRef>>;
+
+/// (tenant, device) → the gateway the device last sent a message through.
+type LastGateways = HashMap<(TenantId, Arc<str>), Arc<str>>;
+
+/// Where a command goes.
+#[derive(Debug)]
+pub enum CommandTarget {
+    /// The instance holding the device's own (or a gateway's device-specific) subscription.
+    Device(AddressRef),
+    /// None holds one, but gateways of the tenant subscribed for all their devices: whether one of them
+    /// may act for the device depends on its `via` ([`Hub::gateway_for`]).
+    Gateways,
+    /// Nobody: the command is released.
+    Nobody,
+}
+
 /// The shared routing state.
 pub struct Hub<S: EventStore> {
     addresses: Mutex<AddressTable>,
     commands: Mutex<CommandRoutes>,
+    gateways: Mutex<GatewayRoutes>,
+    /// The gateway each device last sent a message through (`set-last-gw`), preferred among several.
+    last_gateway: Mutex<LastGateways>,
     store: Arc<S>,
     pub metrics: Metrics,
     /// Most events a tenant may have stored before producers get no more credit.
@@ -281,6 +305,8 @@ impl<S: EventStore> Hub<S> {
         Self {
             addresses: Mutex::new(HashMap::new()),
             commands: Mutex::new(HashMap::new()),
+            gateways: Mutex::new(HashMap::new()),
+            last_gateway: Mutex::new(HashMap::new()),
             store,
             metrics,
             max_events_per_tenant,
@@ -544,30 +570,112 @@ impl<S: EventStore> Hub<S> {
         }
     }
 
+    /// Routes the commands of every device that lists `gateway` in its `via` (and has no subscription of
+    /// its own) to an adapter instance: the gateway subscribed for all its devices. The newest such
+    /// subscription of one gateway wins.
+    pub fn subscribe_gateway(&self, tenant: &TenantId, gateway: &str, instance: &AddressRef) {
+        lock(&self.gateways)
+            .entry(tenant.clone())
+            .or_default()
+            .insert(Arc::from(gateway), instance.clone());
+    }
+
+    /// Ends a gateway's all-devices subscription, if it still points at `instance`.
+    pub fn unsubscribe_gateway(&self, tenant: &TenantId, gateway: &str, instance: &AddressRef) {
+        let mut routes = lock(&self.gateways);
+        if let Some(of_tenant) = routes.get_mut(tenant) {
+            if of_tenant
+                .get(gateway)
+                .is_some_and(|a| Arc::ptr_eq(&a.inner, &instance.inner))
+            {
+                of_tenant.remove(gateway);
+            }
+            if of_tenant.is_empty() {
+                routes.remove(tenant);
+            }
+        }
+    }
+
+    /// Remembers the gateway a device last sent a message through (Hono's `set-last-gw`); among several
+    /// gateways subscribed for it, its commands go there.
+    pub fn set_last_gateway(&self, tenant: &TenantId, device: &str, gateway: &str) {
+        let mut last = lock(&self.last_gateway);
+        let key = (tenant.clone(), Arc::<str>::from(device));
+        if last.get(&key).is_some_and(|g| &**g == gateway) {
+            return;
+        }
+        if last.len() >= MAX_LAST_GATEWAYS {
+            last.clear();
+        }
+        last.insert(key, Arc::from(gateway));
+    }
+
     /// Forgets every subscription of an adapter instance whose command link is gone.
     pub fn drop_instance(&self, instance: &AddressRef) {
         if lock(&instance.inner).consumers.is_empty() {
             lock(&self.commands).retain(|_, a| !Arc::ptr_eq(&a.inner, &instance.inner));
+            let mut gateways = lock(&self.gateways);
+            for of_tenant in gateways.values_mut() {
+                of_tenant.retain(|_, a| !Arc::ptr_eq(&a.inner, &instance.inner));
+            }
+            gateways.retain(|_, of_tenant| !of_tenant.is_empty());
         }
     }
 
-    /// Forwards a command to the adapter instance holding the device; `NoConsumer` when no instance does
-    /// (or it has no credit): the application gets `released`.
-    pub fn route_command(
+    /// Where a command for `(tenant, device)` goes (HONO-CONTRACT §2.2 "Routing precedence"): the newest
+    /// device-specific subscription, else possibly a gateway's subscription for all its devices.
+    pub fn command_target(&self, tenant: &TenantId, device: &str) -> CommandTarget {
+        if let Some(addr) = lock(&self.commands).get(&(tenant.clone(), Arc::from(device))) {
+            return CommandTarget::Device(addr.clone());
+        }
+        if lock(&self.gateways).contains_key(tenant) {
+            CommandTarget::Gateways
+        } else {
+            CommandTarget::Nobody
+        }
+    }
+
+    /// The gateway (and its instance) that gets a command for `device`, whose gateways are `via`: the
+    /// device's last-known gateway if it subscribed for all its devices, else one of the subscribed ones
+    /// picked at random; `None` when none of them did.
+    pub fn gateway_for(
         &self,
         tenant: &TenantId,
         device: &str,
+        via: &[Arc<str>],
+    ) -> Option<(Arc<str>, AddressRef)> {
+        let last = lock(&self.last_gateway)
+            .get(&(tenant.clone(), Arc::from(device)))
+            .cloned();
+        let gateways = lock(&self.gateways);
+        let of_tenant = gateways.get(tenant)?;
+        if let Some(last) = last.filter(|g| via.contains(g)) {
+            if let Some(addr) = of_tenant.get(&last) {
+                return Some((last, addr.clone()));
+            }
+        }
+        let subscribed: Vec<&Arc<str>> =
+            via.iter().filter(|g| of_tenant.contains_key(*g)).collect();
+        if subscribed.is_empty() {
+            return None;
+        }
+        // Hono picks one at random; the process-wide id counter is random enough and costs no RNG.
+        let index = usize::try_from(next_id()).unwrap_or(0) % subscribed.len();
+        let gateway = (*subscribed.get(index)?).clone();
+        let addr = of_tenant.get(&gateway)?.clone();
+        Some((gateway, addr))
+    }
+
+    /// Forwards a command to an adapter instance's command address; `NoConsumer` when its link has no
+    /// credit: the application gets `released`.
+    pub fn route_command(
+        &self,
+        instance: &AddressRef,
         payload: Bytes,
         settled: bool,
         origin: Origin,
     ) -> Routed {
-        let target = lock(&self.commands)
-            .get(&(tenant.clone(), Arc::from(device)))
-            .cloned();
-        match target {
-            Some(addr) => self.route_direct(&addr, payload, settled, origin),
-            None => Routed::NoConsumer,
-        }
+        self.route_direct(instance, payload, settled, origin)
     }
 
     /// Forwards a command response to the application receiving on `command_response/T/REPLY`.

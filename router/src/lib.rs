@@ -22,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod events;
+pub mod gateways;
 pub mod hub;
 pub mod metrics;
 pub mod registry;
@@ -33,6 +34,8 @@ use events::{EventStore, SegmentLog};
 pub struct Shared<S: EventStore> {
     pub hub: hub::Hub<S>,
     pub auth: auth::Authenticator,
+    /// The gateways of devices, for commands that only a gateway's all-devices subscription can take.
+    pub via: gateways::ViaLookup,
     pub config: EngineConfig,
     pub shutdown: Shutdown,
     verifier: RwLock<Arc<Verifier>>,
@@ -110,6 +113,7 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             config.adapter_password.clone(),
             Some(registry.clone()),
         ),
+        via: gateways::ViaLookup::new(Some(registry.clone())),
         config: EngineConfig {
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             default_event_ttl: Duration::from_secs(config.default_event_ttl_secs),
@@ -183,17 +187,20 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             }
         });
     }
-    // Application users: purged from the login cache as the registry announces changes.
+    // Application users and devices' gateways: purged from their caches as the registry announces changes.
     {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let s = shared.clone();
             registry
-                .follow_changes(shutdown, move |change| match change {
-                    Some(c) if c.kind == "application" => s.auth.purge(c.name.as_deref()),
-                    Some(_) => {}
-                    None => s.auth.purge(None),
+                .follow_changes(shutdown, move |change| {
+                    s.via.purge(change.as_ref());
+                    match change {
+                        Some(c) if c.kind == "application" => s.auth.purge(c.name.as_deref()),
+                        Some(_) => {}
+                        None => s.auth.purge(None),
+                    }
                 })
                 .await;
         });

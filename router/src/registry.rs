@@ -33,6 +33,8 @@ pub struct Change {
     pub kind: String,
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +64,31 @@ impl RegistryClient {
             .error_for_status()?
             .json()
             .await
+    }
+
+    /// The gateways that may act for a device (`via` of its registration assertion, members of its
+    /// `viaGroups` included); empty for an unknown or disabled device.
+    pub async fn via(&self, tenant: &str, device: &str) -> Result<Vec<String>, reqwest::Error> {
+        #[derive(Deserialize)]
+        struct Assertion {
+            #[serde(default)]
+            via: Vec<String>,
+        }
+        let resp = self
+            .http
+            .post(format!(
+                "{}/internal/v1/assertions/{}/{}",
+                self.base,
+                percent_encoding::utf8_percent_encode(tenant, percent_encoding::NON_ALPHANUMERIC),
+                percent_encoding::utf8_percent_encode(device, percent_encoding::NON_ALPHANUMERIC),
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        Ok(resp.error_for_status()?.json::<Assertion>().await?.via)
     }
 
     /// `Ok(None)` for wrong credentials; `Err` when the registry cannot answer.

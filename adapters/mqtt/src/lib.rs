@@ -45,6 +45,8 @@ pub struct Shared {
     pub command_link: CommandLink,
     /// Which session takes each device's commands (the newest subscription wins).
     routes: Mutex<HashMap<(TenantId, DeviceId), session::CommandTarget>>,
+    /// Which session holds each gateway's subscription for all its devices (`c//+/q/#`).
+    gateway_routes: Mutex<HashMap<(TenantId, DeviceId), session::CommandTarget>>,
 }
 
 impl Shared {
@@ -79,12 +81,40 @@ impl Shared {
             .is_some_and(|t| t.session == session)
     }
 
-    /// Hands a command from the router to the session holding the device; releases it when none does.
+    /// Sends the commands that the router addresses to `gateway` (`via`) to this session from now on.
+    pub fn route_gateway(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceId,
+        target: session::CommandTarget,
+    ) {
+        lock(&self.gateway_routes).insert((tenant.clone(), gateway.clone()), target);
+    }
+
+    /// Ends the gateway's route if it still leads to `session`; true if it did.
+    pub fn unroute_gateway(&self, tenant: &TenantId, gateway: &DeviceId, session: u64) -> bool {
+        let mut routes = lock(&self.gateway_routes);
+        let key = (tenant.clone(), gateway.clone());
+        if routes.get(&key).is_some_and(|t| t.session == session) {
+            routes.remove(&key);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Hands a command from the router to the session holding the device (or, for a command the router
+    /// sent through a gateway, the gateway's all-devices subscription); releases it when none does.
     fn dispatch(&self, command: ferry_adapter_core::downstream::Command) {
-        let target = self
-            .routes()
-            .get(&(command.tenant.clone(), command.device.clone()))
-            .cloned();
+        let key = (command.tenant.clone(), command.device.clone());
+        let own = self.routes().get(&key).cloned();
+        let target = match (own, &command.via) {
+            (Some(t), _) => Some(t),
+            (None, Some(gateway)) => lock(&self.gateway_routes)
+                .get(&(command.tenant.clone(), gateway.clone()))
+                .cloned(),
+            (None, None) => None,
+        };
         match target {
             Some(t) => {
                 if let Err(e) = t.tx.send(command) {
@@ -94,6 +124,10 @@ impl Shared {
             None => command.release(),
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Shared {
@@ -184,6 +218,7 @@ pub async fn start_with_metrics(
     let shared = Arc::new(Shared {
         command_link,
         routes: Mutex::new(HashMap::new()),
+        gateway_routes: Mutex::new(HashMap::new()),
         auth: DeviceAuthenticator::new(registry.clone()),
         registry,
         downstream,

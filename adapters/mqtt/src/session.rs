@@ -366,6 +366,8 @@ where
         id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
         commands_tx,
         command_subs: Vec::new(),
+        all_devices: None,
+        told_last_gateway: HashMap::new(),
         error_sub: None,
         inflight: HashMap::new(),
         next_pkid: 0,
@@ -502,6 +504,11 @@ struct Session {
     /// Command subscriptions: the device whose commands come, the filter they mirror (parsed and as the
     /// device wrote it), the QoS granted.
     command_subs: Vec<CommandSub>,
+    /// A gateway's subscription for all its devices (`c//+/q/#`): the commands the router sends through
+    /// this gateway (`via`) for devices without a subscription here are published on it.
+    all_devices: Option<CommandSub>,
+    /// When this gateway last told the router it sends for a device (`set-last-gw`).
+    told_last_gateway: HashMap<DeviceId, std::time::Instant>,
     error_sub: Option<Subscription>,
     /// QoS 1 commands waiting for the device's PUBACK.
     inflight: HashMap<u16, Command>,
@@ -513,6 +520,12 @@ struct Session {
     /// Whether a `connected` connection event went out (so a `disconnected` one follows).
     announced: bool,
 }
+
+/// How often a gateway sending for a device tells the router again that it is the device's last-known
+/// gateway.
+const LAST_GATEWAY_EVERY: Duration = Duration::from_secs(10);
+/// Most devices a session remembers having told the router about.
+const MAX_TOLD_LAST_GATEWAY: usize = 10_000;
 
 static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -788,6 +801,7 @@ impl Session {
             }
         };
         let (tenant, device, gateway) = self.subject(&parsed)?;
+        let tell_last_gateway = gateway.is_some() && self.tell_last_gateway(&device);
         let content_type = parsed
             .bag
             .content_type
@@ -830,6 +844,11 @@ impl Session {
                 Ok(AssertionOutcome::Forbidden) => return Err(403),
                 Err(_) => return Err(503),
             };
+            if let Some(gateway) = gateway.as_ref().filter(|_| tell_last_gateway) {
+                shared
+                    .command_link
+                    .set_last_gateway(&tenant, &device, gateway);
+            }
             // The tenant's data volume (HONO-CONTRACT §5): counted by this instance, no registry call.
             let volume = match known {
                 Some((volume, true)) => volume,
@@ -920,6 +939,26 @@ impl Session {
             }
         }));
         Ok(())
+    }
+
+    /// Whether the router should hear (again) that this gateway sends for `device`: the first time in
+    /// this session, then at most every [`LAST_GATEWAY_EVERY`], in case another gateway took over.
+    fn tell_last_gateway(&mut self, device: &DeviceId) -> bool {
+        let now = std::time::Instant::now();
+        match self.told_last_gateway.get_mut(device) {
+            Some(at) if now.duration_since(*at) < LAST_GATEWAY_EVERY => false,
+            Some(at) => {
+                *at = now;
+                true
+            }
+            None => {
+                if self.told_last_gateway.len() >= MAX_TOLD_LAST_GATEWAY {
+                    self.told_last_gateway.clear();
+                }
+                self.told_last_gateway.insert(device.clone(), now);
+                true
+            }
+        }
     }
 
     /// The tenant, device and (when the device acts for another one) gateway of a topic. Authenticated
@@ -1068,8 +1107,9 @@ impl Session {
             return;
         };
         let mut granted = Vec::with_capacity(filters.len());
-        // Command subscriptions to set up: where in `granted`, for which device, and the filter.
-        let mut wanted: Vec<(usize, DeviceId, String)> = Vec::new();
+        // Command subscriptions to set up: where in `granted`, for which device, the filter, and
+        // whether it is the gateway's subscription for all its devices.
+        let mut wanted: Vec<(usize, DeviceId, String, bool)> = Vec::new();
         for (filter, qos) in filters {
             let sub = match topic::parse_subscription(&filter) {
                 Ok(s) if qos <= 1 && s.tenant.as_ref().is_none_or(|t| *t == who.tenant) => s,
@@ -1084,23 +1124,26 @@ impl Session {
                     granted.push(Some(0));
                     continue;
                 }
-                (SubscriptionKind::Command, DeviceFilter::Own) => who.device.clone(),
-                (SubscriptionKind::Command, DeviceFilter::One(d)) => d.clone(),
-                // All devices of a gateway needs the router to know every gateway's devices: not yet.
-                (SubscriptionKind::Command, DeviceFilter::All) => {
-                    granted.push(None);
-                    continue;
+                (SubscriptionKind::Command, DeviceFilter::Own | DeviceFilter::All) => {
+                    who.device.clone()
                 }
+                (SubscriptionKind::Command, DeviceFilter::One(d)) => d.clone(),
             };
-            self.command_subs.retain(|c| c.device != device);
-            self.command_subs.push(CommandSub {
+            let all = sub.device == DeviceFilter::All;
+            let command_sub = CommandSub {
                 tenant: who.tenant.clone(),
                 device: device.clone(),
                 sub,
                 filter: filter.clone(),
                 qos,
-            });
-            wanted.push((granted.len(), device, filter));
+            };
+            if all {
+                // All its devices, and itself: its own commands come on this filter too.
+                self.all_devices = Some(command_sub.clone());
+            }
+            self.command_subs.retain(|c| c.device != device);
+            self.command_subs.push(command_sub);
+            wanted.push((granted.len(), device, filter, all));
             granted.push(Some(qos));
         }
         if wanted.is_empty() {
@@ -1120,7 +1163,7 @@ impl Session {
         pending.push_back(Box::pin(async move {
             change.ready().await;
             let mut notifications = Vec::with_capacity(wanted.len());
-            for (index, device, filter) in wanted {
+            for (index, device, filter, all) in wanted {
                 let for_gateway = (device != gateway).then(|| gateway.clone());
                 // A gateway for one of its devices: the registry decides. The route waits for its
                 // answer, as it replaces the device's own and would hand its commands to any gateway.
@@ -1134,7 +1177,18 @@ impl Session {
                     );
                 let registered = allowed && {
                     shared.route(&tenant, &device, target.clone());
-                    let ok = shared.command_link.register(&tenant, &device).await.is_ok();
+                    let mut ok = shared.command_link.register(&tenant, &device).await.is_ok();
+                    if ok && all {
+                        shared.route_gateway(&tenant, &device, target.clone());
+                        ok = shared
+                            .command_link
+                            .register_gateway(&tenant, &device)
+                            .await
+                            .is_ok();
+                        if !ok {
+                            shared.unroute_gateway(&tenant, &device, target.session);
+                        }
+                    }
                     if !ok {
                         shared.unroute(&tenant, &device, target.session);
                     }
@@ -1303,6 +1357,8 @@ impl Session {
             return;
         };
         let mut gone: Vec<(DeviceId, String)> = Vec::new();
+        // The gateway's subscription for all its devices ends.
+        let mut all_gone = false;
         for filter in filters {
             let Ok(sub) = topic::parse_subscription(&filter) else {
                 continue;
@@ -1314,12 +1370,41 @@ impl Session {
                 }
                 (SubscriptionKind::Command, DeviceFilter::Own) => who.device.clone(),
                 (SubscriptionKind::Command, DeviceFilter::One(d)) => d,
-                (SubscriptionKind::Command, DeviceFilter::All) => continue,
+                (SubscriptionKind::Command, DeviceFilter::All) => {
+                    if self.all_devices.take().is_none() {
+                        continue;
+                    }
+                    all_gone = true;
+                    // Its own commands stay if a newer filter of its own took them over.
+                    let own_on_all = self
+                        .command_subs
+                        .iter()
+                        .any(|c| c.device == who.device && c.sub.device == DeviceFilter::All);
+                    if !own_on_all {
+                        continue;
+                    }
+                    who.device.clone()
+                }
             };
             gone.push((device, filter));
         }
         self.command_subs
             .retain(|c| !gone.iter().any(|(g, _)| *g == c.device));
+        if all_gone
+            && self
+                .shared
+                .unroute_gateway(&who.tenant, &who.device, self.id)
+        {
+            {
+                let link = self.shared.command_link.clone();
+                let (tenant, gateway) = (who.tenant.clone(), who.device.clone());
+                let mut change = Step::after(&mut self.changes);
+                tokio::spawn(async move {
+                    change.ready().await;
+                    let _ = link.unregister_gateway(&tenant, &gateway).await;
+                });
+            }
+        }
         if gone.is_empty() {
             pending.push_back(Box::pin(async move { Done::UnsubAck { pkid, count } }));
             return;
@@ -1362,12 +1447,17 @@ impl Session {
     /// Publishes a command to the device on the topic its subscription mirrors; returns the packet id
     /// when the device must PUBACK it (QoS 1).
     fn deliver_command(&mut self, command: Command) -> Option<u16> {
-        let Some((sub, qos)) = self
+        let own = self
             .command_subs
             .iter()
-            .find(|c| c.device == command.device && c.tenant == command.tenant)
-            .map(|c| (c.sub.clone(), c.qos))
-        else {
+            .find(|c| c.device == command.device && c.tenant == command.tenant);
+        // Without a subscription for the device, the router sent it through this gateway (`via`).
+        let through_gateway = || {
+            self.all_devices
+                .as_ref()
+                .filter(|a| a.tenant == command.tenant && command.via.as_ref() == Some(&a.device))
+        };
+        let Some((sub, qos)) = own.or_else(through_gateway).map(|c| (c.sub.clone(), c.qos)) else {
             command.release();
             return None;
         };
@@ -1563,6 +1653,17 @@ impl Session {
             spawn_notify_each(&self.shared, step, notifications);
             return;
         };
+        if self.all_devices.take().is_some()
+            && self
+                .shared
+                .unroute_gateway(&who.tenant, &who.device, self.id)
+        {
+            let _ = self
+                .shared
+                .command_link
+                .unregister_gateway(&who.tenant, &who.device)
+                .await;
+        }
         let mut notifications = Vec::new();
         for CommandSub { device, filter, .. } in std::mem::take(&mut self.command_subs) {
             if self.shared.unroute(&who.tenant, &device, self.id) {

@@ -71,3 +71,19 @@ pub mod condition {
     pub const NO_DOWNSTREAM_CONSUMER: &str = "hono:no-downstream-consumer";
     pub const BAD_REQUEST: &str = "hono:bad-request";
 }
+
+/// Ferry's subscription protocol between adapter instances and the router on `command_internal/INSTANCE`
+/// (docs/router.md "Commands"): message subjects and the application property they add to Hono's names.
+pub mod command_internal {
+    /// Address prefix of an adapter instance's command link.
+    pub const ADDRESS: &str = "command_internal";
+    /// Route a device's commands (or, with [`ALL_DEVICES`], a gateway's devices' commands) here.
+    pub const REGISTER: &str = "register";
+    /// Stop routing them here.
+    pub const UNREGISTER: &str = "unregister";
+    /// Remember the gateway a device last sent through (`tenant_id`, `device_id`, `gateway_id`).
+    pub const SET_LAST_GATEWAY: &str = "set-last-gw";
+    /// Boolean application property (and bulk-body field): the registration is a gateway's subscription
+    /// for all the devices that list it in their `via`.
+    pub const ALL_DEVICES: &str = "all_devices";
+}

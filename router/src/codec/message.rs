@@ -362,6 +362,9 @@ pub struct MessageEdit<'e> {
     pub strip_app_properties: &'e [&'e str],
     /// Message annotations to set, replacing existing ones with the same key (e.g. `resource`).
     pub add_message_annotations: &'e [(&'e str, Value)],
+    /// String application properties to set, replacing existing ones with the same key (e.g. `via` on a
+    /// command for a gateway); the section is created when absent.
+    pub set_app_properties: &'e [(&'e str, &'e str)],
     /// New header `ttl` in milliseconds.
     pub set_ttl_ms: Option<u32>,
     /// New header `durable` flag.
@@ -442,7 +445,32 @@ fn rewrite_into(
     copy(out, SectionKind::Properties);
 
     let strip = edit.strip_app_properties;
-    if strip.is_empty() || view.spans[SectionKind::ApplicationProperties as usize].is_none() {
+    let set = edit.set_app_properties;
+    if !set.is_empty() {
+        let (descriptor, map) = view.split_section(
+            SectionKind::ApplicationProperties,
+            &APPLICATION_PROPERTIES_DESCRIPTOR,
+        );
+        write_map_section(
+            out,
+            descriptor,
+            map,
+            |key| {
+                strip
+                    .iter()
+                    .chain(set.iter().map(|(name, _)| name))
+                    .any(|name| str_bytes(key) == Some(name.as_bytes()))
+            },
+            |out| {
+                for (key, value) in set {
+                    write_string(out, key)?;
+                    write_string(out, value)?;
+                }
+                u32::try_from(set.len() * 2).map_err(|_| too_large("application properties"))
+            },
+        )?;
+    } else if strip.is_empty() || view.spans[SectionKind::ApplicationProperties as usize].is_none()
+    {
         copy(out, SectionKind::ApplicationProperties);
     } else {
         let before = out.len();
@@ -551,6 +579,19 @@ fn write_map_section(
         }
     }
     Ok(dropped)
+}
+
+fn write_string(out: &mut Vec<u8>, string: &str) -> Result<(), CodecError> {
+    match u8::try_from(string.len()) {
+        Ok(len) => out.extend_from_slice(&[0xa1, len]),
+        Err(_) => {
+            let len = u32::try_from(string.len()).map_err(|_| too_large("string"))?;
+            out.push(0xb1);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(string.as_bytes());
+    Ok(())
 }
 
 fn write_symbol(out: &mut Vec<u8>, symbol: &str) -> Result<(), CodecError> {

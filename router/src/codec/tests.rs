@@ -1710,6 +1710,7 @@ fn exercise(input: &[u8], reached: &mut Reached) {
         let edit = MessageEdit {
             strip_app_properties: &["reg_assertion", "device_id"],
             add_message_annotations: &annotations,
+            set_app_properties: &[("via", "gw")],
             set_ttl_ms: Some(1000),
             set_durable: None,
         };
@@ -1782,4 +1783,57 @@ fn arbitrary_and_mutated_bytes_never_panic() {
     assert!(reached.messages > scale(300), "{reached:?}");
     assert!(reached.rewrites > scale(300), "{reached:?}");
     println!("{reached:?}");
+}
+
+#[test]
+fn rewrite_sets_an_application_property_replacing_one_of_the_same_name() {
+    // The section exists and already has the key (an application's own `via` on a command).
+    let mut message = full_message();
+    message
+        .application_properties
+        .get_or_insert_with(ApplicationProperties::default)
+        .0
+        .insert("via".into(), SimpleValue::String("forged".into()));
+    let raw = to_bytes(&message);
+    let view = parse_message(&raw).unwrap();
+    let edit = MessageEdit {
+        set_app_properties: &[("via", "gw-1")],
+        ..MessageEdit::default()
+    };
+    let mut out = Vec::new();
+    rewrite_message(&view, &edit, &mut out).unwrap();
+    let rewritten = parse_message(&out).unwrap();
+    assert_eq!(rewritten.app_property_str("via"), Some("gw-1"));
+    assert_eq!(rewritten.app_property_str("device_id"), Some("4711"));
+    let props = rewritten.application_properties().unwrap().unwrap();
+    assert_eq!(props.0.keys().filter(|k| *k == "via").count(), 1);
+    for kind in [
+        SectionKind::Header,
+        SectionKind::Properties,
+        SectionKind::Body,
+    ] {
+        assert_eq!(
+            rewritten.section(kind),
+            view.section(kind),
+            "{kind:?} copied"
+        );
+    }
+
+    // No section yet: it is created between properties and body.
+    let raw = to_bytes(
+        &Message::builder()
+            .properties(Properties::builder().subject("on").build())
+            .data(vec![1, 2])
+            .build(),
+    );
+    let view = parse_message(&raw).unwrap();
+    let mut out = Vec::new();
+    rewrite_message(&view, &edit, &mut out).unwrap();
+    let rewritten = parse_message(&out).unwrap();
+    assert_eq!(rewritten.app_property_str("via"), Some("gw-1"));
+    assert_eq!(rewritten.single_data(), Some(&[1u8, 2][..]));
+    assert_eq!(
+        rewritten.properties().unwrap().unwrap().subject.as_deref(),
+        Some("on")
+    );
 }

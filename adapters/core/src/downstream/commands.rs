@@ -19,9 +19,9 @@ use fe2o3_amqp::types::messaging::{
     Accepted, ApplicationProperties, Body, Data, DeliveryState, Message, MessageId, Properties,
     Rejected, Released,
 };
-use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Receiver, Sendable, Sender};
-use ferry_core::hono::app_property;
+use ferry_core::hono::{app_property, command_internal};
 use ferry_core::ids::{DeviceId, TenantId};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -48,6 +48,9 @@ pub struct Command {
     pub correlation_id: Option<String>,
     /// Where the response goes; `None` for a one-way command.
     pub reply_to: Option<String>,
+    /// The gateway the router chose for the command (application property `via`): the device has no
+    /// subscription of its own, and this gateway subscribed for all its devices.
+    pub via: Option<DeviceId>,
     settle: Option<Settle>,
 }
 
@@ -138,19 +141,37 @@ impl std::fmt::Debug for CommandLink {
     }
 }
 
+/// A registration: tenant, device, and whether it is a gateway's subscription for all its devices.
+type Registration = (TenantId, DeviceId, bool);
+
 struct Shared {
     instance_id: String,
     /// What should be registered; re-sent in full after a reconnect.
-    devices: Mutex<HashSet<(TenantId, DeviceId)>>,
+    devices: Mutex<HashSet<Registration>>,
     control: mpsc::UnboundedSender<Control>,
     timeouts: (Duration, Duration),
 }
 
+/// A message on the control link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Update {
+    Register {
+        all_devices: bool,
+    },
+    Unregister {
+        all_devices: bool,
+    },
+    /// `device` last sent through the gateway in [`Control::gateway`].
+    LastGateway,
+}
+
 struct Control {
-    register: bool,
+    update: Update,
     tenant: TenantId,
     device: DeviceId,
-    reply: oneshot::Sender<Result<super::link::Delivery, DownstreamError>>,
+    gateway: Option<DeviceId>,
+    /// `None`: nobody waits for the outcome.
+    reply: Option<oneshot::Sender<Result<super::link::Delivery, DownstreamError>>>,
 }
 
 impl CommandLink {
@@ -166,7 +187,8 @@ impl CommandLink {
         tenant: &TenantId,
         device: &DeviceId,
     ) -> Result<(), DownstreamError> {
-        self.update(true, tenant, device).await
+        self.update(Update::Register { all_devices: false }, tenant, device)
+            .await
     }
 
     /// Stops routing `device`'s commands to this instance.
@@ -175,7 +197,42 @@ impl CommandLink {
         tenant: &TenantId,
         device: &DeviceId,
     ) -> Result<(), DownstreamError> {
-        self.update(false, tenant, device).await
+        self.update(Update::Unregister { all_devices: false }, tenant, device)
+            .await
+    }
+
+    /// Routes to this instance the commands of every device that lists `gateway` in its `via` and has no
+    /// subscription of its own (a gateway's `c//+/q/#`); they arrive with [`Command::via`] = `gateway`.
+    /// The gateway's own commands need [`CommandLink::register`] as well.
+    pub async fn register_gateway(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        self.update(Update::Register { all_devices: true }, tenant, gateway)
+            .await
+    }
+
+    /// Ends [`CommandLink::register_gateway`].
+    pub async fn unregister_gateway(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        self.update(Update::Unregister { all_devices: true }, tenant, gateway)
+            .await
+    }
+
+    /// Tells the router that `device` last sent a message through `gateway`, so that among several
+    /// gateways subscribed for it, its commands go to this one. Not waited for; lost while disconnected.
+    pub fn set_last_gateway(&self, tenant: &TenantId, device: &DeviceId, gateway: &DeviceId) {
+        let _ = self.shared.control.send(Control {
+            update: Update::LastGateway,
+            tenant: tenant.clone(),
+            device: device.clone(),
+            gateway: Some(gateway.clone()),
+            reply: None,
+        });
     }
 
     /// The devices currently registered (or to be registered on reconnect).
@@ -185,7 +242,7 @@ impl CommandLink {
 
     async fn update(
         &self,
-        register: bool,
+        update: Update,
         tenant: &TenantId,
         device: &DeviceId,
     ) -> Result<(), DownstreamError> {
@@ -197,19 +254,23 @@ impl CommandLink {
                 .devices
                 .lock()
                 .map_err(|_| DownstreamError::Disconnected)?;
-            let key = (tenant.clone(), device.clone());
-            if register {
-                devices.insert(key);
-            } else {
-                devices.remove(&key);
+            match update {
+                Update::Register { all_devices } => {
+                    devices.insert((tenant.clone(), device.clone(), all_devices));
+                }
+                Update::Unregister { all_devices } => {
+                    devices.remove(&(tenant.clone(), device.clone(), all_devices));
+                }
+                Update::LastGateway => {}
             }
             self.shared
                 .control
                 .send(Control {
-                    register,
+                    update,
                     tenant: tenant.clone(),
                     device: device.clone(),
-                    reply,
+                    gateway: None,
+                    reply: Some(reply),
                 })
                 .map_err(|_| DownstreamError::Disconnected)?;
         }
@@ -225,20 +286,30 @@ impl CommandLink {
     }
 }
 
-fn subscription(
-    register: bool,
-    app: Option<(&TenantId, &DeviceId)>,
-    body: Vec<u8>,
-) -> Sendable<Data> {
+/// A bulk registration (`body`, a JSON list), or the control message for `c`.
+fn subscription(c: Option<&Control>, body: Vec<u8>) -> Sendable<Data> {
+    let subject = match c.map(|c| c.update) {
+        None | Some(Update::Register { .. }) => command_internal::REGISTER,
+        Some(Update::Unregister { .. }) => command_internal::UNREGISTER,
+        Some(Update::LastGateway) => command_internal::SET_LAST_GATEWAY,
+    };
     let properties = Properties {
-        subject: Some(if register { "register" } else { "unregister" }.to_owned()),
+        subject: Some(subject.to_owned()),
         ..Properties::default()
     };
-    let application_properties = app.map(|(t, d)| {
-        ApplicationProperties::builder()
-            .insert(app_property::TENANT_ID, t.as_str())
-            .insert(app_property::DEVICE_ID, d.as_str())
-            .build()
+    let application_properties = c.map(|c| {
+        let mut props = ApplicationProperties::builder()
+            .insert(app_property::TENANT_ID, c.tenant.as_str())
+            .insert(app_property::DEVICE_ID, c.device.as_str());
+        if let Some(gateway) = &c.gateway {
+            props = props.insert(app_property::GATEWAY_ID, gateway.as_str());
+        }
+        if let Update::Register { all_devices: true } | Update::Unregister { all_devices: true } =
+            c.update
+        {
+            props = props.insert(command_internal::ALL_DEVICES, true);
+        }
+        props.build()
     });
     Sendable {
         message: Message {
@@ -333,7 +404,9 @@ impl Task {
                         }
                         ctl = self.control.recv(), if !self.control_closed => match ctl {
                             Some(c) => {
-                                let _ = c.reply.send(Err(DownstreamError::NotConnected));
+                                if let Some(reply) = c.reply {
+                                    let _ = reply.send(Err(DownstreamError::NotConnected));
+                                }
                             }
                             None if self.commands.is_closed() => return,
                             None => self.control_closed = true,
@@ -442,18 +515,18 @@ impl Task {
                 }
                 ctl = self.control.recv(), if !self.control_closed => match ctl {
                     Some(c) => {
-                        let sendable = subscription(c.register, Some((&c.tenant, &c.device)), Vec::new());
-                        match tokio::time::timeout(self.no_credit_timeout, sender.send_batchable(sendable)).await {
-                            Ok(Ok(delivery)) => {
-                                let _ = c.reply.send(Ok(delivery));
-                            }
-                            Ok(Err(_)) => {
-                                let _ = c.reply.send(Err(DownstreamError::Disconnected));
-                                return End::Lost;
-                            }
-                            Err(_) => {
-                                let _ = c.reply.send(Err(DownstreamError::NoCredit));
-                            }
+                        let sendable = subscription(Some(&c), Vec::new());
+                        let sent = tokio::time::timeout(self.no_credit_timeout, sender.send_batchable(sendable)).await;
+                        let (answer, lost) = match sent {
+                            Ok(Ok(delivery)) => (Ok(delivery), false),
+                            Ok(Err(_)) => (Err(DownstreamError::Disconnected), true),
+                            Err(_) => (Err(DownstreamError::NoCredit), false),
+                        };
+                        if let Some(reply) = c.reply {
+                            let _ = reply.send(answer);
+                        }
+                        if lost {
+                            return End::Lost;
                         }
                     }
                     None => {
@@ -471,7 +544,7 @@ impl Task {
 
     /// Registers every device held, in bulk messages; false if the link failed.
     async fn replay(&self, sender: &mut Sender) -> bool {
-        let devices: Vec<(TenantId, DeviceId)> = match self.shared.upgrade() {
+        let devices: Vec<Registration> = match self.shared.upgrade() {
             Some(shared) => match shared.devices.lock() {
                 Ok(d) => d.iter().cloned().collect(),
                 Err(_) => Vec::new(),
@@ -481,10 +554,16 @@ impl Task {
         for chunk in devices.chunks(BULK) {
             let list: Vec<serde_json::Value> = chunk
                 .iter()
-                .map(|(t, d)| serde_json::json!({ "tenant_id": t.as_str(), "device_id": d.as_str() }))
+                .map(|(t, d, all)| {
+                    serde_json::json!({
+                        "tenant_id": t.as_str(),
+                        "device_id": d.as_str(),
+                        "all_devices": all,
+                    })
+                })
                 .collect();
             let body = serde_json::to_vec(&list).unwrap_or_default();
-            match sender.send(subscription(true, None, body)).await {
+            match sender.send(subscription(None, body)).await {
                 Ok(fe2o3_amqp::types::messaging::Outcome::Accepted(_)) => {}
                 Ok(other) => {
                     tracing::warn!(outcome = ?other, "router did not accept a bulk command registration");
@@ -583,6 +662,17 @@ fn parse(delivery: Delivery<Body<Value>>) -> Result<Command, &'static str> {
     if props.message_id.is_none() && props.correlation_id.is_none() {
         return Err("neither message-id nor correlation-id");
     }
+    let via = match message
+        .application_properties
+        .as_ref()
+        .and_then(|p| p.get(app_property::VIA))
+    {
+        None => None,
+        Some(SimpleValue::String(gw)) => {
+            Some(DeviceId::new(gw).map_err(|_| "invalid gateway in via")?)
+        }
+        Some(_) => return Err("via must be a string"),
+    };
     Ok(Command {
         tenant,
         device,
@@ -592,6 +682,7 @@ fn parse(delivery: Delivery<Body<Value>>) -> Result<Command, &'static str> {
         message_id: props.message_id.map(id_string),
         correlation_id: props.correlation_id.map(id_string),
         reply_to: props.reply_to,
+        via,
         settle: None,
     })
 }

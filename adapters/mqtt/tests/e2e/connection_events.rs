@@ -81,6 +81,27 @@ async fn a_gateway_s_subscription_for_its_device_announces_that_device() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_s_subscription_for_all_its_devices_announces_the_gateway() {
+    let p = Platform::start().await;
+    let c = p.consumer("app1", "pw1", "event/t1", 10);
+    let mut gateway = Raw::login(p.mqtt, "gw1@t1", "gwpass", 30).await;
+    assert_eq!(
+        gateway.subscribe(1, "c//+/q/#", QoS::AtLeastOnce).await,
+        v4::SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    assert_ttd(&next_event(&c), "gw", -1);
+    gateway.unsubscribe(2, "c//+/q/#").await;
+    assert_ttd(&next_event(&c), "gw", 0);
+    // Again, then gone without UNSUBSCRIBE.
+    gateway
+        .subscribe(3, "command//+/req/#", QoS::AtMostOnce)
+        .await;
+    assert_ttd(&next_event(&c), "gw", -1);
+    drop(gateway);
+    assert_ttd(&next_event(&c), "gw", 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connection_events_bracket_the_ttd_notifications() {
     let p = Platform::start_with(|c| c.connection_events = true).await;
     let c = p.consumer("app1", "pw1", "event/t1", 10);

@@ -397,3 +397,225 @@ async fn a_gateway_refused_for_a_device_does_not_take_its_commands() {
         "nothing for the gateway"
     );
 }
+
+/// A paho client (user, password, filter, QoS) subscribed to commands; prints each one and answers a
+/// request on the response topic that mirrors the command topic (`c`/`q` → `c`/`s`, `command`/`req` →
+/// `command`/`res`, same tenant and device levels) with status 200.
+const PAHO_COMMAND_CLIENT: &str = r#"
+import sys, time, paho.mqtt.client as mqtt
+port, user, password, flt, qos = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-" + user)
+c.username_pw_set(user, password)
+def on_connect(cl, u, f, rc, p=None):
+    cl.subscribe(flt, qos=qos)
+def on_subscribe(cl, u, mid, codes, p=None):
+    print("subscribed", [getattr(x, "value", x) for x in codes], flush=True)
+def on_message(cl, u, msg):
+    print("command", msg.topic, msg.payload.decode(), flush=True)
+    endpoint, tenant, device, _, req = msg.topic.split("/")[:5]
+    if req:
+        res = "s" if endpoint == "c" else "res"
+        cl.publish("%s/%s/%s/%s/%s/200" % (endpoint, tenant, device, res, req), b'{"done":true}', qos=1)
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", port, keepalive=30)
+c.loop_start()
+time.sleep(20)
+"#;
+
+/// Sends one request/response command with the Proton client; its JSON lines.
+fn proton_command(p: &Platform, device: &str, name: &str) -> Vec<Value> {
+    let out = tokio::task::block_in_place(|| {
+        Command::new(ferry_test_support::test_python())
+            .arg(platform::proton_script())
+            .args([
+                "command",
+                &format!("amqp://app1:pw1@{}", p.amqp),
+                "t1",
+                device,
+                name,
+                "{\"b\":7}",
+                "5",
+            ])
+            .output()
+            .expect("proton app")
+    });
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn assert_answered(lines: &[Value], what: &str) {
+    assert!(
+        lines.iter().any(|l| l["outcome"] == "accepted"),
+        "{what}: {lines:?}"
+    );
+    let response = lines
+        .iter()
+        .find(|l| l.get("response").is_some())
+        .unwrap_or_else(|| panic!("{what}: no response in {lines:?}"));
+    assert_eq!(response["response"], "{\"done\":true}", "{what}");
+    assert_eq!(response["properties"]["status"], 200, "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_subscribed_for_all_its_devices_gets_their_commands_and_answers_them() {
+    let p = Platform::start().await;
+    let gateway = p.paho(
+        PAHO_COMMAND_CLIENT,
+        &["gw1@t1", "gwpass", "command//+/req/#", "1"],
+    );
+    assert_eq!(
+        gateway.line(Duration::from_secs(10)).as_deref(),
+        Some("subscribed [1]")
+    );
+
+    // `behind` lists gw in its via and has no subscription of its own: the gateway gets its command,
+    // with the device level, and its response reaches the application.
+    let lines = proton_command(&p, "behind", "setBrightness");
+    let command = gateway
+        .line(Duration::from_secs(5))
+        .expect("the gateway gets behind's command");
+    assert!(
+        command.starts_with("command command//behind/req/"),
+        "{command}"
+    );
+    assert!(command.ends_with("/setBrightness {\"b\":7}"), "{command}");
+    assert_answered(&lines, "behind through the gateway");
+
+    // The gateway's own commands come on the same filter, without the device level.
+    let lines = proton_command(&p, "gw", "reboot");
+    let command = gateway.line(Duration::from_secs(5)).expect("own command");
+    assert!(command.starts_with("command command///req/"), "{command}");
+    assert!(command.ends_with("/reboot {\"b\":7}"), "{command}");
+    assert_answered(&lines, "the gateway's own command");
+
+    // d1 does not list gw: its command is released and the gateway sees nothing.
+    let lines = proton_command(&p, "d1", "setBrightness");
+    assert!(
+        lines.iter().any(|l| l["outcome"] == "released"),
+        "{lines:?}"
+    );
+    assert!(gateway.line(Duration::from_millis(300)).is_none());
+
+    // behind connects itself and subscribes: its own subscription wins over the gateway's.
+    p.password("t1", "behind", "behind1", "behindpass").await;
+    let own = p.paho(
+        PAHO_COMMAND_CLIENT,
+        &["behind1@t1", "behindpass", "c///q/#", "0"],
+    );
+    assert_eq!(
+        own.line(Duration::from_secs(10)).as_deref(),
+        Some("subscribed [0]")
+    );
+    let lines = proton_command(&p, "behind", "setBrightness");
+    let command = own
+        .line(Duration::from_secs(5))
+        .expect("behind gets its own command");
+    assert!(command.starts_with("command c///q/"), "{command}");
+    assert_answered(&lines, "behind's own subscription");
+    assert!(gateway.line(Duration::from_millis(300)).is_none());
+
+    // behind goes away: its commands go through the gateway again.
+    drop(own);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = proton_command(&p, "behind", "setBrightness");
+    let command = gateway
+        .line(Duration::from_secs(5))
+        .expect("the gateway takes over again");
+    assert!(
+        command.starts_with("command command//behind/req/"),
+        "{command}"
+    );
+    assert_answered(&lines, "back through the gateway");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_go_to_the_gateway_a_device_last_sent_through() {
+    let p = Platform::start().await;
+    p.manage(reqwest::Method::POST, "/v1/devices/t1/gw2", json!({}))
+        .await;
+    p.password("t1", "gw2", "gw2", "gw2pass").await;
+    p.manage(
+        reqwest::Method::PUT,
+        "/v1/devices/t1/behind",
+        json!({ "via": ["gw", "gw2"] }),
+    )
+    .await;
+    let first = p.paho(PAHO_COMMAND_CLIENT, &["gw1@t1", "gwpass", "c//+/q/#", "1"]);
+    let second = p.paho(PAHO_COMMAND_CLIENT, &["gw2@t1", "gw2pass", "c//+/q/#", "1"]);
+    for g in [&first, &second] {
+        assert_eq!(
+            g.line(Duration::from_secs(10)).as_deref(),
+            Some("subscribed [1]")
+        );
+    }
+    // Each gateway in turn publishes for behind; the next commands follow it.
+    for (user, password, expect, other) in [
+        ("gw2@t1", "gw2pass", &second, &first),
+        ("gw1@t1", "gwpass", &first, &second),
+    ] {
+        let out = tokio::task::block_in_place(|| {
+            p.mosquitto_pub(user, password, "telemetry//behind", 0, "{\"t\":1}")
+        });
+        assert!(out.status.success(), "{}", platform::stderr(&out));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..3 {
+            let lines = proton_command(&p, "behind", "x");
+            let command = expect
+                .line(Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("{user} gets behind's command: {lines:?}"));
+            assert!(command.starts_with("command c//behind/q/"), "{command}");
+            assert_answered(&lines, user);
+        }
+        assert!(other.line(Duration::from_millis(200)).is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateways_all_devices_subscription_ends_with_unsubscribe() {
+    let p = Platform::start().await;
+    let mut gateway = platform::Raw::login(p.mqtt, "gw1@t1", "gwpass", 30).await;
+    assert_eq!(
+        gateway
+            .subscribe(1, "c//+/q/#", rumqttc::mqttbytes::QoS::AtMostOnce)
+            .await,
+        rumqttc::mqttbytes::v4::SubscribeReasonCode::Success(rumqttc::mqttbytes::QoS::AtMostOnce)
+    );
+    // Another tenant's filter, and `+` with QoS 2, are refused.
+    assert_eq!(
+        gateway
+            .subscribe(2, "c/t2/+/q/#", rumqttc::mqttbytes::QoS::AtMostOnce)
+            .await,
+        rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure
+    );
+    assert_eq!(
+        gateway
+            .subscribe(3, "c//+/q/#", rumqttc::mqttbytes::QoS::ExactlyOnce)
+            .await,
+        rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure
+    );
+    let lines = proton_command(&p, "behind", "x");
+    assert!(
+        lines.iter().any(|l| l["outcome"] == "accepted"),
+        "{lines:?}"
+    );
+    match gateway.packet(Duration::from_secs(2)).await {
+        Some(rumqttc::mqttbytes::v4::Packet::Publish(publish)) => {
+            let topic = publish.topic.clone();
+            assert!(topic.starts_with("c//behind/q/"), "{topic}");
+        }
+        other => panic!("expected the command, got {other:?}"),
+    }
+    gateway.unsubscribe(4, "c//+/q/#").await;
+    let lines = proton_command(&p, "behind", "x");
+    assert!(
+        lines.iter().any(|l| l["outcome"] == "released"),
+        "{lines:?}"
+    );
+    let lines = proton_command(&p, "gw", "x");
+    assert!(
+        lines.iter().any(|l| l["outcome"] == "released"),
+        "the gateway's own commands end too: {lines:?}"
+    );
+}

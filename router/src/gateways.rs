@@ -1,0 +1,121 @@
+//! Which gateways may act for a device (its `via`, members of its `viaGroups` included), as the registry
+//! says; used only when a command finds no subscription of the device itself but gateways of its tenant
+//! have subscribed for all their devices (HONO-CONTRACT §2.2 "Routing precedence").
+//!
+//! Answers are cached for [`TTL`] and purged as the registry's change stream announces changes to the
+//! tenant's devices (a gateway's `memberOf` changes other devices' gateways, so a device change purges the
+//! tenant's entries), so a command on this path costs a registry call only once per device and minute.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ferry_core::ids::TenantId;
+
+use crate::registry::{Change, RegistryClient};
+
+/// How long an answer is used without asking again (changes purge it earlier).
+pub const TTL: Duration = Duration::from_secs(60);
+/// Most devices remembered; beyond, the cache starts over.
+const MAX_ENTRIES: usize = 100_000;
+
+/// The gateways of one device, in the registry's order.
+pub type Via = Arc<[Arc<str>]>;
+
+type Entries = HashMap<(TenantId, Arc<str>), (Instant, Via)>;
+
+#[derive(Debug)]
+pub struct ViaLookup {
+    registry: Option<RegistryClient>,
+    cache: Mutex<Entries>,
+}
+
+impl ViaLookup {
+    /// `registry` `None`: no device has gateways (tests without a registry).
+    pub fn new(registry: Option<RegistryClient>) -> Self {
+        Self {
+            registry,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The device's gateways; empty when it has none, is unknown or disabled, or the registry cannot
+    /// answer (the command is then released and the application may retry).
+    pub async fn via(&self, tenant: &TenantId, device: &str) -> Via {
+        let key = (tenant.clone(), Arc::<str>::from(device));
+        let now = Instant::now();
+        if let Some((at, via)) = self.cache().get(&key) {
+            if now.duration_since(*at) < TTL {
+                return via.clone();
+            }
+        }
+        let Some(registry) = &self.registry else {
+            return Arc::from(Vec::new());
+        };
+        let via: Via = match registry.via(tenant.as_str(), device).await {
+            Ok(list) => list.into_iter().map(Arc::from).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, %tenant, device, "cannot look up the device's gateways");
+                return Arc::from(Vec::new());
+            }
+        };
+        let mut cache = self.cache();
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, (now, via.clone()));
+        via
+    }
+
+    /// Forgets what a registry change may have changed (`None`: everything).
+    pub fn purge(&self, change: Option<&Change>) {
+        let mut cache = self.cache();
+        match change {
+            Some(c) if c.kind == "application" => {}
+            Some(Change {
+                tenant: Some(tenant),
+                ..
+            }) => cache.retain(|(t, _), _| t.as_str() != tenant),
+            _ => cache.clear(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: &str, tenant: Option<&str>) -> Change {
+        Change {
+            kind: kind.into(),
+            name: None,
+            tenant: tenant.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_change_purges_its_tenant_only() {
+        let lookup = ViaLookup::new(None);
+        let t1 = TenantId::new("t1").expect("id");
+        let t2 = TenantId::new("t2").expect("id");
+        for (t, d) in [(&t1, "a"), (&t1, "b"), (&t2, "a")] {
+            lookup.cache().insert(
+                (t.clone(), Arc::from(d)),
+                (Instant::now(), Arc::from(vec![Arc::from("gw")])),
+            );
+        }
+        lookup.purge(Some(&change("application", None)));
+        assert_eq!(lookup.cache().len(), 3);
+        lookup.purge(Some(&change("device", Some("t1"))));
+        assert_eq!(lookup.cache().len(), 1);
+        assert_eq!(&*lookup.via(&t2, "a").await[0], "gw");
+        // No registry: an unknown device has no gateways.
+        assert!(lookup.via(&t1, "a").await.is_empty());
+        lookup.purge(None);
+        assert!(lookup.cache().is_empty());
+    }
+}
