@@ -722,7 +722,12 @@ impl<S: EventStore> Conn<S> {
         };
         match direction {
             Direction::In => {
-                link.producer = Some(self.shared.hub.attach_producer(self.handle.clone(), id))
+                let unsettled = matches!(attach.snd_settle_mode, SenderSettleMode::Unsettled);
+                link.producer = Some(self.shared.hub.attach_producer(
+                    self.handle.clone(),
+                    id,
+                    unsettled,
+                ))
             }
             Direction::Out => {
                 link.consumer = Some(self.shared.hub.attach_consumer(

@@ -157,6 +157,8 @@ impl Consumer {
 pub struct Producer {
     pub conn: ConnHandle,
     pub link: LinkId,
+    /// Its sender settle mode is `unsettled`: it wants an outcome for every message.
+    pub unsettled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -223,6 +225,11 @@ impl Address {
         })
     }
 }
+
+/// Credit of a telemetry producer while its address has no consumer: one message at a time, released on
+/// arrival. Small, so that when a consumer attaches, few messages sent on this credit find it still
+/// without credit of its own.
+pub const NO_CONSUMER_CREDIT: u32 = 1;
 
 /// Most devices whose last-known gateway is remembered; beyond, the table starts over.
 const MAX_LAST_GATEWAYS: usize = 1_000_000;
@@ -407,15 +414,23 @@ impl<S: EventStore> Hub<S> {
         consumer: &Arc<Consumer>,
         unsettled: Vec<Origin>,
     ) {
-        let stranded: Vec<WaitingResponse> = {
+        let (stranded, starved): (Vec<WaitingResponse>, Vec<Arc<Producer>>) = {
             let mut a = lock(&addr.inner);
             a.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
             if a.consumers.is_empty() {
-                a.waiting.drain(..).collect()
+                (
+                    a.waiting.drain(..).collect(),
+                    std::mem::take(&mut a.starved),
+                )
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         };
+        // The last consumer went: producers waiting for credit get some, so that what they send is
+        // released at once (no consumer) instead of waiting in the adapter.
+        for p in starved {
+            p.conn.send(ToConn::Wake { link: p.link });
+        }
         for w in stranded {
             self.settle(w.origin, release());
         }
@@ -485,18 +500,36 @@ impl<S: EventStore> Hub<S> {
 
     // ---- telemetry ----
 
-    pub fn attach_producer(&self, conn: ConnHandle, link: LinkId) -> Arc<Producer> {
-        Arc::new(Producer { conn, link })
+    pub fn attach_producer(
+        &self,
+        conn: ConnHandle,
+        link: LinkId,
+        unsettled: bool,
+    ) -> Arc<Producer> {
+        Arc::new(Producer {
+            conn,
+            link,
+            unsettled,
+        })
     }
 
     /// How much credit a producer on `addr` may hold now (0: none; it is then remembered and woken when
     /// consumers grant credit). Telemetry is never buffered, so a telemetry producer may hold no more
     /// than the address's consumers will take: the sum of their credit. Several producers on one
     /// address can still over-commit it between two grants; what finds no consumer is released.
+    ///
+    /// An address without any consumer gives an `unsettled` producer [`NO_CONSUMER_CREDIT`]: its messages
+    /// are released at once, so the adapter can tell "nobody consumes" (an immediate `released`: the
+    /// device hears 503 at once) from "consumers are busy" (no credit: the message waits, and the
+    /// device's PUBACK with it). Pre-settled (and mixed) producers get no credit then, as before: they
+    /// would learn nothing from the drop.
     pub fn producer_credit_limit(&self, addr: &AddressRef, producer: &Arc<Producer>) -> u32 {
         match addr.kind {
             Kind::Telemetry => {
                 let mut a = lock(&addr.inner);
+                if a.consumers.is_empty() && producer.unsettled {
+                    return NO_CONSUMER_CREDIT;
+                }
                 let available: i64 = a
                     .consumers
                     .iter()

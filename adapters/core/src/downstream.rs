@@ -6,9 +6,11 @@
 //! backoff when it drops. Sender links are attached lazily, one per (kind, tenant), each owned by a task
 //! fed through a channel ([`link`]), so [`Downstream::send`] takes `&self`, is called from any number of
 //! tasks at once, holds no lock while it waits, and keeps many deliveries in flight. QoS 0 telemetry goes
-//! pre-settled on links whose sender settle mode is `mixed`; QoS 1 telemetry and every event go
-//! unsettled and resolve with the router's outcome. A link without credit (no consumer for the tenant's
-//! telemetry, Hono's "no consumer" case) fails the message after a short bound instead of queueing it.
+//! pre-settled on a link whose sender settle mode is `mixed`; QoS 1 telemetry (on a link of its own)
+//! and every event go unsettled and resolve with the router's outcome. Without a consumer, the router
+//! gives the pre-settled link no credit (the message fails after `no_credit_timeout`, Hono's "no
+//! consumer" case) and releases unsettled telemetry at once; an unsettled message that finds no credit
+//! (consumers attached but busy) waits up to `unsettled_credit_timeout`.
 
 mod commands;
 mod link;
@@ -47,8 +49,15 @@ pub struct DownstreamConfig {
     pub password: String,
     /// AMQP container id of this adapter instance.
     pub container_id: String,
-    /// How long a message may wait for link credit before it fails with [`DownstreamError::NoCredit`].
+    /// How long a pre-settled message (telemetry QoS 0) may wait for link credit before it fails with
+    /// [`DownstreamError::NoCredit`]: it is shed rather than queued when consumers cannot keep up.
     pub no_credit_timeout: Duration,
+    /// The same for an unsettled message (telemetry QoS 1, events, command responses). The router gives a
+    /// telemetry producer credit at once when the address has no consumer (and releases what comes), so
+    /// no credit here means consumers are attached but have none to give yet: the message waits, and the
+    /// device's PUBACK with it, which slows the device down to what the consumers take instead of failing
+    /// it (and disconnecting a QoS 1 device) over a pause of a few hundred milliseconds.
+    pub unsettled_credit_timeout: Duration,
     /// How long the router may take to settle an unsettled message.
     pub outcome_timeout: Duration,
     /// Bound on connecting (TCP, SASL, open, begin).
@@ -74,6 +83,7 @@ impl DownstreamConfig {
             password: password.into(),
             container_id: format!("ferry-adapter-{}", std::process::id()),
             no_credit_timeout: Duration::from_millis(200),
+            unsettled_credit_timeout: Duration::from_secs(2),
             outcome_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_reconnect_delay: Duration::from_secs(5),
@@ -140,6 +150,7 @@ pub(crate) struct Inner {
     pub(crate) session: watch::Sender<Option<Arc<SessionSlot>>>,
     pub(crate) shutdown: Shutdown,
     telemetry: RwLock<HashMap<TenantId, LinkTx>>,
+    telemetry_unsettled: RwLock<HashMap<TenantId, LinkTx>>,
     events: RwLock<HashMap<TenantId, LinkTx>>,
     responses: RwLock<Option<LinkTx>>,
     next_link: AtomicU64,
@@ -149,7 +160,11 @@ pub(crate) struct Inner {
 /// Which link a message travels on.
 #[derive(Clone, Copy)]
 enum Route<'a> {
+    /// Pre-settled telemetry (QoS 0).
     Telemetry(&'a TenantId),
+    /// Unsettled telemetry (QoS 1), on a link of its own: the router gives it credit when nobody
+    /// consumes, so that its messages are released at once rather than waiting for credit.
+    TelemetryUnsettled(&'a TenantId),
     Event(&'a TenantId),
     Responses,
 }
@@ -157,7 +172,7 @@ enum Route<'a> {
 impl Route<'_> {
     fn address(self) -> String {
         match self {
-            Self::Telemetry(t) => format!("telemetry/{t}"),
+            Self::Telemetry(t) | Self::TelemetryUnsettled(t) => format!("telemetry/{t}"),
             Self::Event(t) => format!("event/{t}"),
             Self::Responses => ferry_core::hono::address::COMMAND_RESPONSE.to_owned(),
         }
@@ -165,10 +180,11 @@ impl Route<'_> {
 
     fn settle_mode(self) -> SenderSettleMode {
         match self {
-            // Mixed, so that each transfer says whether it is pre-settled (QoS 0) or not (QoS 1).
             Self::Telemetry(_) => SenderSettleMode::Mixed,
             // The router refuses anything but unsettled on event links (at-least-once only).
-            Self::Event(_) | Self::Responses => SenderSettleMode::Unsettled,
+            Self::TelemetryUnsettled(_) | Self::Event(_) | Self::Responses => {
+                SenderSettleMode::Unsettled
+            }
         }
     }
 }
@@ -197,6 +213,7 @@ impl Downstream {
             session: watch::channel(None).0,
             shutdown: shutdown.clone(),
             telemetry: RwLock::default(),
+            telemetry_unsettled: RwLock::default(),
             events: RwLock::default(),
             responses: RwLock::default(),
             next_link: AtomicU64::new(1),
@@ -225,7 +242,8 @@ impl Downstream {
         let kind = msg.kind;
         let tenant = msg.tenant.clone();
         let route = match kind {
-            MessageKind::Telemetry => Route::Telemetry(&tenant),
+            MessageKind::Telemetry if presettled => Route::Telemetry(&tenant),
+            MessageKind::Telemetry => Route::TelemetryUnsettled(&tenant),
             MessageKind::Event => Route::Event(&tenant),
         };
         let sendable = Sendable {
@@ -233,7 +251,12 @@ impl Downstream {
             message_format: 0,
             settled: presettled.then_some(true),
         };
-        let delivery = self.submit(route, sendable).await?;
+        let wait = if presettled {
+            self.inner.config.no_credit_timeout
+        } else {
+            self.inner.config.unsettled_credit_timeout
+        };
+        let delivery = self.submit(route, sendable, wait).await?;
         if presettled {
             return Ok(SendOutcome::Presettled);
         }
@@ -251,7 +274,8 @@ impl Downstream {
             message_format: 0,
             settled: None,
         };
-        let delivery = self.submit(Route::Responses, sendable).await?;
+        let wait = self.inner.config.unsettled_credit_timeout;
+        let delivery = self.submit(Route::Responses, sendable, wait).await?;
         outcome_of(delivery, self.inner.config.outcome_timeout).await
     }
 
@@ -271,17 +295,19 @@ impl Downstream {
     }
 
     /// Queues `sendable` on its route's link (attaching the link first if need be) and returns the
-    /// delivery once written.
+    /// delivery once written; it may wait `wait` for credit.
     async fn submit(
         &self,
         route: Route<'_>,
         sendable: Sendable<Data>,
+        wait: Duration,
     ) -> Result<Delivery, DownstreamError> {
-        let deadline = Instant::now() + self.inner.config.no_credit_timeout;
+        let deadline = Instant::now() + wait;
         let (reply, replied) = oneshot::channel();
         let job = Job {
             sendable,
             deadline,
+            wait,
             reply,
         };
         let queue_behind = match self.try_push(route, job) {
@@ -312,6 +338,7 @@ impl Downstream {
         };
         match route {
             Route::Telemetry(t) => push(read(&self.inner.telemetry).get(t), job),
+            Route::TelemetryUnsettled(t) => push(read(&self.inner.telemetry_unsettled).get(t), job),
             Route::Event(t) => push(read(&self.inner.events).get(t), job),
             Route::Responses => push(read(&self.inner.responses).as_ref(), job),
         }
@@ -331,6 +358,9 @@ impl Downstream {
         let fresh = LinkTx { id, tx: tx.clone() };
         let existing = match route {
             Route::Telemetry(t) => install(&mut write(&self.inner.telemetry), t, fresh),
+            Route::TelemetryUnsettled(t) => {
+                install(&mut write(&self.inner.telemetry_unsettled), t, fresh)
+            }
             Route::Event(t) => install(&mut write(&self.inner.events), t, fresh),
             Route::Responses => {
                 let mut slot = write(&self.inner.responses);
@@ -373,6 +403,7 @@ enum Push {
 /// An owned [`Route`], for a link task to find its own entry.
 enum RouteKey {
     Telemetry(TenantId),
+    TelemetryUnsettled(TenantId),
     Event(TenantId),
     Responses,
 }
@@ -381,6 +412,7 @@ impl From<Route<'_>> for RouteKey {
     fn from(r: Route<'_>) -> Self {
         match r {
             Route::Telemetry(t) => Self::Telemetry(t.clone()),
+            Route::TelemetryUnsettled(t) => Self::TelemetryUnsettled(t.clone()),
             Route::Event(t) => Self::Event(t.clone()),
             Route::Responses => Self::Responses,
         }
@@ -418,6 +450,9 @@ impl Inner {
     fn remove_link(&self, key: &RouteKey, id: u64) {
         match key {
             RouteKey::Telemetry(t) => remove_if(&mut write(&self.telemetry), t, id),
+            RouteKey::TelemetryUnsettled(t) => {
+                remove_if(&mut write(&self.telemetry_unsettled), t, id)
+            }
             RouteKey::Event(t) => remove_if(&mut write(&self.events), t, id),
             RouteKey::Responses => {
                 let mut slot = write(&self.responses);
@@ -431,6 +466,7 @@ impl Inner {
     /// Drops every link queue: their tasks end, and the next message attaches on the new session.
     fn clear_links(&self) {
         write(&self.telemetry).clear();
+        write(&self.telemetry_unsettled).clear();
         write(&self.events).clear();
         *write(&self.responses) = None;
     }

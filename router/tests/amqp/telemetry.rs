@@ -135,6 +135,64 @@ async fn without_a_consumer_producers_get_no_credit_until_one_attaches() {
 }
 
 #[tokio::test]
+async fn an_unsettled_producer_without_a_consumer_is_released_at_once_and_waits_for_a_busy_one() {
+    let p = Platform::start().await;
+    let mut adapter = p.adapter().await;
+    let mut tx = fe2o3_amqp::Sender::builder()
+        .name("qos1")
+        .target("telemetry/t1")
+        .sender_settle_mode(fe2o3_amqp::types::definitions::SenderSettleMode::Unsettled)
+        .attach(&mut adapter.session)
+        .await
+        .expect("attach");
+    let token = p.assertion("t1", "d1").await;
+    // Nobody consumes: credit anyway, and `released` for every message.
+    for _ in 0..3 {
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(500),
+            tx.send(device_message("d1", Some(&token), b"nobody")),
+        )
+        .await
+        .expect("credit without a consumer")
+        .expect("send");
+        assert!(matches!(outcome, Outcome::Released(_)), "{outcome:?}");
+    }
+    // A consumer without credit: the producer waits instead (at most the one credit it holds goes
+    // through and is released).
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = fe2o3_amqp::Receiver::builder()
+        .name("busy")
+        .source("telemetry/t1")
+        .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual)
+        .attach(&mut app.session)
+        .await
+        .expect("attach");
+    let t2 = token.clone();
+    let mut send = tokio::spawn(async move {
+        loop {
+            let outcome = tx
+                .send(device_message("d1", Some(&t2), b"patient"))
+                .await
+                .expect("send");
+            if !matches!(outcome, Outcome::Released(_)) {
+                return outcome;
+            }
+        }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut send)
+            .await
+            .is_err(),
+        "no credit while the consumer has none"
+    );
+    rx.set_credit(5).await.expect("credit");
+    let d = recv_within(&mut rx, 3000).await.expect("flows with credit");
+    assert_eq!(body_bytes(&d), b"patient");
+    rx.accept(&d).await.expect("accept");
+    assert!(matches!(send.await.expect("join"), Outcome::Accepted(_)));
+}
+
+#[tokio::test]
 async fn two_consumers_share_the_load() {
     let p = Platform::start().await;
     let mut a = p.app("app1", "pw1").await;

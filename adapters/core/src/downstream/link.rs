@@ -2,7 +2,8 @@
 //!
 //! fe2o3's `Sender` needs `&mut` to send, and an outcome may take a while (an event is accepted once it
 //! is on disk). So the link's task only writes transfers: for each job it waits for credit (bounded by the
-//! no-credit timeout: no credit means no consumer, and the device should hear so quickly) and hands the
+//! job's wait: short for pre-settled messages, which are shed under load, longer for unsettled ones, since
+//! the router answers a message without consumer with `released` at once) and hands the
 //! delivery future back to the caller, who awaits the outcome on its own. Many deliveries are thus in
 //! flight at once, and no lock is held while anyone waits.
 
@@ -27,6 +28,8 @@ pub(crate) struct Job {
     pub(crate) sendable: Sendable<Data>,
     /// Give up waiting for credit at this moment.
     pub(crate) deadline: Instant,
+    /// How long it may wait for credit once its turn comes while credit flows.
+    pub(crate) wait: Duration,
     pub(crate) reply: oneshot::Sender<Result<Delivery, DownstreamError>>,
 }
 
@@ -84,12 +87,12 @@ pub(crate) async fn run(
     // Whether the last job found credit. While credit flows, a job's wait is counted from when its
     // turn comes, not from when it was queued: time spent behind other messages on a busy link is not
     // "no consumer", and must not fail a QoS 1 message (which would disconnect its device). Once a job
-    // waited a whole grace period in vain, the jobs behind it keep their own deadlines, so a link
-    // without credit fails its queue within about one grace period instead of one per job.
+    // waited its whole wait in vain, the jobs behind it keep their own deadlines, so a link without
+    // credit fails its queue within about one wait instead of one per job.
     let mut credit_flows = false;
     while let Some(job) = rx.recv().await {
         let deadline = if credit_flows {
-            job.deadline.max(Instant::now() + spec.grace)
+            job.deadline.max(Instant::now() + job.wait)
         } else {
             job.deadline.max(ready_by)
         };

@@ -132,11 +132,11 @@ async fn qos0_telemetry_goes_presettled() {
 }
 
 #[tokio::test]
-async fn no_consumer_means_no_credit_quickly() {
+async fn without_a_consumer_qos0_gets_no_credit_and_qos1_is_released_quickly() {
     let p = Platform::start().await;
     let down = p.downstream().await;
     let token = assertion(&p, "t1", "d1").await;
-    for qos in [1, 0, 1] {
+    for qos in [1, 0, 1, 0] {
         let started = Instant::now();
         let outcome = down
             .send(message(
@@ -148,7 +148,12 @@ async fn no_consumer_means_no_credit_quickly() {
                 b"x",
             ))
             .await;
-        assert_eq!(outcome, Err(DownstreamError::NoCredit), "qos {qos}");
+        let expected = if qos == 0 {
+            Err(DownstreamError::NoCredit)
+        } else {
+            Ok(SendOutcome::Released)
+        };
+        assert_eq!(outcome, expected, "qos {qos}");
         assert!(
             started.elapsed() < Duration::from_millis(700),
             "took {:?}",
@@ -158,12 +163,72 @@ async fn no_consumer_means_no_credit_quickly() {
     // A consumer arrives: credit follows.
     let mut app = p.app("app1", "pw1").await;
     let mut rx = app.receiver("telemetry/t1", 10).await;
-    let d2 = down.clone();
-    let msg = message(MessageKind::Telemetry, "t1", "d1", 1, &token, b"late");
+    for qos in [1, 0] {
+        let d2 = down.clone();
+        let msg = message(MessageKind::Telemetry, "t1", "d1", qos, &token, b"late");
+        let send = tokio::spawn(async move { d2.send(msg).await });
+        let d = recv_within(&mut rx, 2000).await.expect("arrives");
+        rx.accept(&d).await.expect("accept");
+        let expected = if qos == 0 {
+            SendOutcome::Presettled
+        } else {
+            SendOutcome::Accepted
+        };
+        assert_eq!(send.await.expect("join"), Ok(expected));
+    }
+}
+
+#[tokio::test]
+async fn qos1_waits_for_a_busy_consumers_credit_and_fails_only_after_the_bound() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    // Attached, but no credit yet: the consumer is there and busy.
+    let mut rx = fe2o3_amqp::Receiver::builder()
+        .name("busy")
+        .source("telemetry/t1")
+        .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual)
+        .attach(&mut app.session)
+        .await
+        .expect("attach");
+    let down = p.downstream().await;
+    let token = assertion(&p, "t1", "d1").await;
+    let (d2, msg) = (
+        down.clone(),
+        message(MessageKind::Telemetry, "t1", "d1", 1, &token, b"patient"),
+    );
     let send = tokio::spawn(async move { d2.send(msg).await });
+    // Four times the QoS 0 bound later, the consumer grants credit: the message was waiting for it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !send.is_finished(),
+        "QoS 1 gave up while the consumer was busy"
+    );
+    rx.set_credit(1).await.expect("credit");
     let d = recv_within(&mut rx, 2000).await.expect("arrives");
+    assert_eq!(body_bytes(&d), b"patient");
     rx.accept(&d).await.expect("accept");
     assert_eq!(send.await.expect("join"), Ok(SendOutcome::Accepted));
+
+    // QoS 0 meanwhile is shed after its short bound, and QoS 1 fails after its own.
+    for (qos, at_least, at_most) in [(0, 150, 700), (1, 1_900, 3_500)] {
+        let started = Instant::now();
+        let outcome = down
+            .send(message(
+                MessageKind::Telemetry,
+                "t1",
+                "d1",
+                qos,
+                &token,
+                b"x",
+            ))
+            .await;
+        let took = started.elapsed();
+        assert_eq!(outcome, Err(DownstreamError::NoCredit), "qos {qos}");
+        assert!(
+            took >= Duration::from_millis(at_least) && took <= Duration::from_millis(at_most),
+            "qos {qos} took {took:?}"
+        );
+    }
 }
 
 #[tokio::test]
