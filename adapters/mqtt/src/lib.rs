@@ -117,7 +117,7 @@ impl Shared {
         };
         match target {
             Some(t) => {
-                if let Err(e) = t.tx.send(command) {
+                if let Err(e) = t.tx.send(Box::new(command)) {
                     e.0.release();
                 }
             }

@@ -75,8 +75,15 @@ struct Authenticated {
 }
 
 /// Unfinished work (PUBACKs, SUBACKs, error reports) a session holds before it stops reading from the
-/// device: a client that pipelines faster than the router settles waits in TCP instead of in memory.
-const MAX_PENDING: usize = 1024;
+/// device: a client that pipelines faster than the router settles waits in TCP instead of in memory, and
+/// instead of in the downstream link's queue, where a message waits at most the credit timeout (2 s for
+/// QoS 1) before the device is told 503 and, by default, disconnected. 128 is a generous in-flight
+/// window per device, and keeps an overloaded adapter's backlog short: 100 devices pipelining hold at
+/// most 12,800 messages, about a second at the rate this adapter reaches on a small machine, so an
+/// overload slows devices down (their PUBACKs come later, their writes block) rather than cutting them
+/// off. (At 1,024 the B10 soak beyond the machine's capacity queued 10 s of messages and disconnected
+/// devices.)
+const MAX_PENDING: usize = 128;
 
 /// What a PUBLISH turned into, awaiting its outcome.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
@@ -283,7 +290,9 @@ async fn notify(
 #[derive(Debug, Clone)]
 pub struct CommandTarget {
     pub session: u64,
-    pub tx: tokio::sync::mpsc::UnboundedSender<ferry_adapter_core::downstream::Command>,
+    /// Boxed, because the channel allocates its first block of slots with the session: a command is
+    /// some 300 bytes, and every idle connection would pay for 32 of them.
+    pub tx: tokio::sync::mpsc::UnboundedSender<Box<ferry_adapter_core::downstream::Command>>,
 }
 
 async fn fill<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) -> Result<(), SessionError> {
@@ -303,7 +312,9 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(4096);
+    // Small at first: most devices send small packets, and an idle connection should cost little.
+    // `read_buf` grows it as a larger packet needs.
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let max_packet = shared.config.max_payload_bytes + 1024;
     let connect_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
     let connected = tokio::time::timeout(connect_timeout, async {
@@ -334,7 +345,7 @@ where
         other => other?,
     };
 
-    let mut out = BytesMut::with_capacity(1024);
+    let mut out = BytesMut::with_capacity(WRITE_BUFFER);
     let who = match authenticate(&shared, &connect, client_cert.as_ref()).await {
         Ok(who) => who,
         Err(refusal) => {
@@ -500,7 +511,7 @@ struct Session {
     peer: SocketAddr,
     out: BytesMut,
     id: u64,
-    commands_tx: tokio::sync::mpsc::UnboundedSender<Command>,
+    commands_tx: tokio::sync::mpsc::UnboundedSender<Box<Command>>,
     /// Command subscriptions: the device whose commands come, the filter they mirror (parsed and as the
     /// device wrote it), the QoS granted.
     command_subs: Vec<CommandSub>,
@@ -520,6 +531,10 @@ struct Session {
     /// Whether a `connected` connection event went out (so a `disconnected` one follows).
     announced: bool,
 }
+
+/// Initial capacity of a session's read and write buffers.
+const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 256;
 
 /// How often a gateway sending for a device tells the router again that it is the device's last-known
 /// gateway.
@@ -561,7 +576,7 @@ impl Session {
         io: &mut IO,
         buf: &mut BytesMut,
         max_packet: usize,
-        mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+        mut commands: tokio::sync::mpsc::UnboundedReceiver<Box<Command>>,
     ) -> Result<(), SessionError> {
         let mut ack_timeouts: FuturesUnordered<
             std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,
@@ -670,7 +685,7 @@ impl Session {
                     }
                 }
                 Some(command) = commands.recv() => {
-                    if let Some(pkid) = self.deliver_command(command) {
+                    if let Some(pkid) = self.deliver_command(*command) {
                         let wait = Duration::from_millis(self.shared.config.command_ack_timeout_ms);
                         ack_timeouts.push(Box::pin(async move {
                             tokio::time::sleep(wait).await;
@@ -881,8 +896,12 @@ impl Session {
             };
             msg.apply_defaults(&info, &assertion.defaults, ttl_secs);
             let result = match shared.downstream.send(msg).await {
-                Ok(SendOutcome::Accepted) => Ok(()),
-                Ok(_) | Err(_) => Err(503),
+                // QoS 0 goes pre-settled: written to the router is all there is to know.
+                Ok(SendOutcome::Accepted | SendOutcome::Presettled) => Ok(()),
+                other => {
+                    tracing::debug!(%tenant, ?other, "message not accepted downstream");
+                    Err(503)
+                }
             };
             let status = if result.is_ok() {
                 Status::Forwarded

@@ -358,3 +358,39 @@ async fn reconnects_after_the_router_restarts() {
         rx.accept(&d).await.expect("accept");
     }
 }
+
+/// Many devices' QoS 1 messages at once against one consumer that accepts as fast as it can: credit must
+/// keep flowing (a lost wake-up would leave messages waiting until `NoCredit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sustained_qos1_stream_from_many_devices_never_runs_out_of_credit() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("telemetry/t1", 200).await;
+    let down = p.downstream().await;
+    let token = assertion(&p, "t1", "d1").await;
+    const DEVICES: usize = 100;
+    const EACH: usize = 300;
+    let consumer = tokio::spawn(async move {
+        for _ in 0..DEVICES * EACH {
+            let d = recv_within(&mut rx, 5000)
+                .await
+                .expect("the stream keeps flowing");
+            rx.accept(&d).await.expect("accept");
+        }
+    });
+    let mut devices = Vec::new();
+    for _ in 0..DEVICES {
+        let (down, token) = (down.clone(), token.clone());
+        devices.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                let msg = message(MessageKind::Telemetry, "t1", "d1", 1, &token, b"x");
+                let outcome = down.send(msg).await;
+                assert_eq!(outcome, Ok(SendOutcome::Accepted));
+            }
+        }));
+    }
+    for d in devices {
+        d.await.expect("every message accepted");
+    }
+    consumer.await.expect("consumer got them all");
+}

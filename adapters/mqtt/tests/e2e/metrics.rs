@@ -70,3 +70,39 @@ async fn connections_attempts_and_telemetry_are_counted() {
         "counted".len() as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qos0_telemetry_that_reaches_the_router_counts_as_forwarded_and_reports_no_error() {
+    let p = Platform::start().await;
+    // Proton grants its credit with the attach: once the link is open, the router has it.
+    let c = p.consumer("app1", "pw1", "telemetry/t1", 5);
+    let mut device = Raw::login(p.mqtt, "sensor1@t1", "hunter2", 30).await;
+    assert_eq!(
+        device
+            .subscribe(1, "e///#", rumqttc::mqttbytes::QoS::AtMostOnce)
+            .await,
+        rumqttc::mqttbytes::v4::SubscribeReasonCode::Success(rumqttc::mqttbytes::QoS::AtMostOnce)
+    );
+    for _ in 0..2 {
+        device
+            .publish("t", rumqttc::mqttbytes::QoS::AtMostOnce, 0, b"zero")
+            .await;
+        let got = tokio::task::block_in_place(|| c.next(Duration::from_secs(5)));
+        assert!(got.is_some(), "QoS 0 telemetry reaches the consumer");
+    }
+    // Pre-settled is as far as QoS 0 goes: it was delivered, so nothing on the error topic.
+    if let Some(packet) = device.packet(Duration::from_millis(500)).await {
+        panic!("nothing should come back for QoS 0 telemetry, got {packet:?}");
+    }
+    let series = |status: &str| {
+        format!(
+            "hono_telemetry_processing_total{{component_type=\"adapter\",component_name=\"hono-mqtt\",tenant=\"t1\",type=\"telemetry\",status=\"{status}\",qos=\"0\",ttd=\"none\"}}"
+        )
+    };
+    let text = p.admin.encode_metrics();
+    assert_eq!(sample(&text, &series("forwarded")), 2.0, "{text}");
+    assert!(
+        !text.contains(&series("undeliverable")),
+        "delivered QoS 0 counted as undeliverable: {text}"
+    );
+}
