@@ -295,9 +295,17 @@ pub struct CommandTarget {
     pub tx: tokio::sync::mpsc::UnboundedSender<Box<ferry_adapter_core::downstream::Command>>,
 }
 
+/// Reads what the device sent. The buffer starts small ([`READ_BUFFER`]) so that idle connections cost
+/// little; a read that fills it means more is waiting, and the buffer grows by [`BUSY_READ_BUFFER`] so a
+/// busy device is read in few system calls.
 async fn fill<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) -> Result<(), SessionError> {
-    if io.read_buf(buf).await? == 0 {
+    let spare = buf.capacity() - buf.len();
+    let n = io.read_buf(buf).await?;
+    if n == 0 {
         return Err(SessionError::Closed("peer closed the connection"));
+    }
+    if n >= spare {
+        buf.reserve(BUSY_READ_BUFFER);
     }
     Ok(())
 }
@@ -534,6 +542,8 @@ struct Session {
 
 /// Initial capacity of a session's read and write buffers.
 const READ_BUFFER: usize = 1024;
+/// What a read buffer grows by once a read filled it.
+const BUSY_READ_BUFFER: usize = 8192;
 const WRITE_BUFFER: usize = 256;
 
 /// How often a gateway sending for a device tells the router again that it is the device's last-known
