@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         let edit = MessageEdit {
             strip_app_properties: &["reg_assertion"],
             add_message_annotations: &[],
+            set_app_properties: &[],
             set_ttl_ms: Some(1000),
             set_durable: None,
         };
@@ -35,6 +36,19 @@ fuzz_target!(|data: &[u8]| {
         if rewrite_message(&view, &edit, &mut out).is_ok() {
             if let Err(e) = parse_message(&out) {
                 panic!("a rewritten message does not parse: {e:?}");
+            }
+        }
+        // The router's `via` on a command for a gateway: set, replacing any the message had.
+        let via = MessageEdit {
+            strip_app_properties: &["via"],
+            set_app_properties: &[("via", "gw")],
+            ..MessageEdit::default()
+        };
+        let mut out = Vec::new();
+        if rewrite_message(&view, &via, &mut out).is_ok() {
+            match parse_message(&out) {
+                Ok(again) => assert_eq!(again.app_property_str("via"), Some("gw")),
+                Err(e) => panic!("a message with via set does not parse: {e:?}"),
             }
         }
     }

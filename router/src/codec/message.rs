@@ -582,28 +582,29 @@ fn write_map_section(
 }
 
 fn write_string(out: &mut Vec<u8>, string: &str) -> Result<(), CodecError> {
-    match u8::try_from(string.len()) {
-        Ok(len) => out.extend_from_slice(&[0xa1, len]),
-        Err(_) => {
-            let len = u32::try_from(string.len()).map_err(|_| too_large("string"))?;
-            out.push(0xb1);
-            out.extend_from_slice(&len.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(string.as_bytes());
-    Ok(())
+    write_text(out, string, (0xa1, 0xb1), "string")
 }
 
 fn write_symbol(out: &mut Vec<u8>, symbol: &str) -> Result<(), CodecError> {
-    match u8::try_from(symbol.len()) {
-        Ok(len) => out.extend_from_slice(&[0xa3, len]),
+    write_text(out, symbol, (0xa3, 0xb3), "symbol")
+}
+
+/// A string or symbol: the one-byte-length constructor (`codes.0`) when it fits, else the four-byte one.
+fn write_text(
+    out: &mut Vec<u8>,
+    text: &str,
+    codes: (u8, u8),
+    what: &'static str,
+) -> Result<(), CodecError> {
+    match u8::try_from(text.len()) {
+        Ok(len) => out.extend_from_slice(&[codes.0, len]),
         Err(_) => {
-            let len = u32::try_from(symbol.len()).map_err(|_| too_large("symbol"))?;
-            out.push(0xb3);
+            let len = u32::try_from(text.len()).map_err(|_| too_large(what))?;
+            out.push(codes.1);
             out.extend_from_slice(&len.to_be_bytes());
         }
     }
-    out.extend_from_slice(symbol.as_bytes());
+    out.extend_from_slice(text.as_bytes());
     Ok(())
 }
 
