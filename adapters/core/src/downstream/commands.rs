@@ -240,51 +240,80 @@ impl CommandLink {
         self.shared.devices.lock().map_or(0, |d| d.len())
     }
 
+    /// Applies `update` to the set the link replays, and sends it. While the links are not attached
+    /// (at start, or while the router reconnects) or the control link has no credit yet, it is sent
+    /// again every [`RETRY`] until the bound, unless a newer update of the same entry replaced it: a
+    /// device subscribing just as the adapter starts is registered rather than refused.
     async fn update(
         &self,
         update: Update,
         tenant: &TenantId,
         device: &DeviceId,
     ) -> Result<(), DownstreamError> {
-        let (reply, rx) = oneshot::channel();
-        {
-            // Under the lock, so that the wire sees updates in the order the set does.
-            let mut devices = self
-                .shared
-                .devices
-                .lock()
-                .map_err(|_| DownstreamError::Disconnected)?;
-            match update {
-                Update::Register { all_devices } => {
-                    devices.insert((tenant.clone(), device.clone(), all_devices));
-                }
-                Update::Unregister { all_devices } => {
-                    devices.remove(&(tenant.clone(), device.clone(), all_devices));
-                }
-                Update::LastGateway => {}
-            }
-            self.shared
-                .control
-                .send(Control {
-                    update,
-                    tenant: tenant.clone(),
-                    device: device.clone(),
-                    gateway: None,
-                    reply: Some(reply),
-                })
-                .map_err(|_| DownstreamError::Disconnected)?;
-        }
         let (credit_wait, outcome_wait) = self.shared.timeouts;
-        let delivery = tokio::time::timeout(credit_wait * 2 + outcome_wait, rx)
-            .await
-            .map_err(|_| DownstreamError::Timeout)?
-            .map_err(|_| DownstreamError::Disconnected)??;
-        match outcome_of(delivery, outcome_wait).await? {
-            super::SendOutcome::Accepted => Ok(()),
-            other => Err(DownstreamError::NotAccepted(other)),
+        let deadline = tokio::time::Instant::now() + credit_wait * 2 + outcome_wait;
+        let mut first = true;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            {
+                // Under the lock, so that the wire sees updates in the order the set does.
+                let mut devices = self
+                    .shared
+                    .devices
+                    .lock()
+                    .map_err(|_| DownstreamError::Disconnected)?;
+                let still_wanted = match update {
+                    Update::Register { all_devices } => {
+                        let key = (tenant.clone(), device.clone(), all_devices);
+                        first && devices.insert(key.clone()) || devices.contains(&key)
+                    }
+                    Update::Unregister { all_devices } => {
+                        let key = (tenant.clone(), device.clone(), all_devices);
+                        first && devices.remove(&key) || !devices.contains(&key)
+                    }
+                    Update::LastGateway => true,
+                };
+                if !still_wanted {
+                    // A newer update of the same entry took over; it is on its way.
+                    return Ok(());
+                }
+                first = false;
+                self.shared
+                    .control
+                    .send(Control {
+                        update,
+                        tenant: tenant.clone(),
+                        device: device.clone(),
+                        gateway: None,
+                        reply: Some(reply),
+                    })
+                    .map_err(|_| DownstreamError::Disconnected)?;
+            }
+            let result = async {
+                let delivery = tokio::time::timeout_at(deadline, rx)
+                    .await
+                    .map_err(|_| DownstreamError::Timeout)?
+                    .map_err(|_| DownstreamError::Disconnected)??;
+                match outcome_of(delivery, outcome_wait).await? {
+                    super::SendOutcome::Accepted => Ok(()),
+                    other => Err(DownstreamError::NotAccepted(other)),
+                }
+            }
+            .await;
+            match result {
+                Err(DownstreamError::NotConnected | DownstreamError::NoCredit)
+                    if tokio::time::Instant::now() + RETRY < deadline =>
+                {
+                    tokio::time::sleep(RETRY).await;
+                }
+                other => return other,
+            }
         }
     }
 }
+
+/// How often an update is tried again while the command links are not attached.
+const RETRY: Duration = Duration::from_millis(25);
 
 /// A bulk registration (`body`, a JSON list), or the control message for `c`.
 fn subscription(c: Option<&Control>, body: Vec<u8>) -> Sendable<Data> {

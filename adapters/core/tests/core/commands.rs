@@ -208,3 +208,29 @@ async fn subscriptions_survive_a_router_restart() {
     }
     assert!(delivered, "the command reaches the re-registered device");
 }
+
+#[tokio::test]
+async fn a_registration_made_before_the_links_are_attached_succeeds_once_they_are() {
+    let p = Platform::start().await;
+    // Not waiting for the connection: the device subscribes as the adapter starts.
+    let (_running, shutdown) = ferry_core::shutdown::channel();
+    let down = ferry_adapter_core::downstream::Downstream::start(p.downstream_config(), shutdown);
+    let (link, mut commands) = down.commands("mqtt-early");
+    link.register(&tenant("t1"), &device("d1"))
+        .await
+        .expect("registered once the links are up");
+    // And it is routed: a command reaches this instance.
+    let mut app = p.app("app1", "pw1").await;
+    let mut tx = app.sender("command/t1").await;
+    let send = tokio::spawn(async move {
+        tx.send(command("command/t1/d1", "on", None))
+            .await
+            .expect("send")
+    });
+    let cmd = tokio::time::timeout(Duration::from_secs(2), commands.recv())
+        .await
+        .expect("the command arrives")
+        .expect("channel open");
+    cmd.accept();
+    assert!(matches!(send.await.expect("join"), Outcome::Accepted(_)));
+}
