@@ -1424,15 +1424,14 @@ impl Session {
                 .shared
                 .unroute_gateway(&who.tenant, &who.device, self.id)
         {
-            {
-                let link = self.shared.command_link.clone();
-                let (tenant, gateway) = (who.tenant.clone(), who.device.clone());
-                let mut change = Step::after(&mut self.changes);
-                tokio::spawn(async move {
-                    change.ready().await;
-                    let _ = link.unregister_gateway(&tenant, &gateway).await;
-                });
-            }
+            // In the chain of subscription changes, so that a SUBSCRIBE right after cannot be undone.
+            let link = self.shared.command_link.clone();
+            let (tenant, gateway) = (who.tenant.clone(), who.device.clone());
+            let mut change = Step::after(&mut self.changes);
+            tokio::spawn(async move {
+                change.ready().await;
+                let _ = link.unregister_gateway(&tenant, &gateway).await;
+            });
         }
         if gone.is_empty() {
             pending.push_back(Box::pin(async move { Done::UnsubAck { pkid, count } }));

@@ -446,12 +446,17 @@ fn rewrite_into(
 
     let strip = edit.strip_app_properties;
     let set = edit.set_app_properties;
-    if !set.is_empty() {
+    let present = view.spans[SectionKind::ApplicationProperties as usize].is_some();
+    if set.is_empty() && (strip.is_empty() || !present) {
+        copy(out, SectionKind::ApplicationProperties);
+    } else {
+        let before = out.len();
         let (descriptor, map) = view.split_section(
             SectionKind::ApplicationProperties,
             &APPLICATION_PROPERTIES_DESCRIPTOR,
         );
-        write_map_section(
+        // Stripped keys and the keys being set are left out; the set ones are appended.
+        let dropped = write_map_section(
             out,
             descriptor,
             map,
@@ -469,27 +474,7 @@ fn rewrite_into(
                 u32::try_from(set.len() * 2).map_err(|_| too_large("application properties"))
             },
         )?;
-    } else if strip.is_empty() || view.spans[SectionKind::ApplicationProperties as usize].is_none()
-    {
-        copy(out, SectionKind::ApplicationProperties);
-    } else {
-        let before = out.len();
-        let (descriptor, map) = view.split_section(
-            SectionKind::ApplicationProperties,
-            &APPLICATION_PROPERTIES_DESCRIPTOR,
-        );
-        let dropped = write_map_section(
-            out,
-            descriptor,
-            map,
-            |key| {
-                strip
-                    .iter()
-                    .any(|name| str_bytes(key) == Some(name.as_bytes()))
-            },
-            |_| Ok(0),
-        )?;
-        if dropped == 0 {
+        if dropped == 0 && set.is_empty() {
             // Nothing matched: send the section exactly as it came rather than a re-framed equivalent.
             out.truncate(before);
             copy(out, SectionKind::ApplicationProperties);
