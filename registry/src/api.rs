@@ -5,7 +5,7 @@
 //! admin token) for `/internal/v1`. The JWKS and the OpenAPI document are public: they hold nothing secret.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap};
@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 
 use crate::changes::Changes;
 use crate::error::ApiError;
+use crate::logins::{LoginCounters, LoginGuard};
 use crate::store::Store;
 
 pub mod extract;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub settings: Arc<Settings>,
     pub metrics: Metrics,
+    pub logins: LoginGuard,
     pub shutdown: Shutdown,
 }
 
@@ -58,6 +60,8 @@ pub struct Settings {
     pub assertion_lifetime_secs: u64,
     pub cache_max_age_secs: u64,
     pub max_body_bytes: usize,
+    /// A request not answered within this time gets 503.
+    pub request_timeout: Duration,
     pub hash: HashOptions,
 }
 
@@ -75,6 +79,7 @@ pub struct Metrics {
     pub duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub tenants: Gauge,
     pub assertions_issued: Counter,
+    pub logins: LoginCounters,
 }
 
 fn duration_histogram() -> Histogram {
@@ -90,6 +95,7 @@ impl Metrics {
             duration: Family::new_with_constructor(duration_histogram),
             tenants: Gauge::default(),
             assertions_issued: Counter::default(),
+            logins: LoginCounters::default(),
         };
         admin.register(
             "ferry_registry_requests",
@@ -111,6 +117,16 @@ impl Metrics {
             "Registration assertions signed",
             m.assertions_issued.clone(),
         );
+        admin.register(
+            "ferry_registry_password_verifications",
+            "Application-user passwords checked with bcrypt (unknown names against a dummy hash)",
+            m.logins.verifications.clone(),
+        );
+        admin.register(
+            "ferry_registry_logins_locked_out",
+            "Application-user logins refused unchecked after too many failures for the name or source",
+            m.logins.locked_out.clone(),
+        );
         m
     }
 }
@@ -118,6 +134,7 @@ impl Metrics {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
+    let timeout = state.settings.request_timeout;
     let management = management::routes().route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_admin,
@@ -134,6 +151,15 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(internal::jwks))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside `observe`, so timed-out requests are counted. Covers reading the body (extractors run in
+        // the handler) but not streaming a response, so the change stream is not cut.
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                tokio::time::timeout(timeout, next.run(req))
+                    .await
+                    .unwrap_or_else(|_| ApiError::Timeout(timeout.as_secs()).into_response())
+            },
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::middleware::from_fn(
             move |mut req: Request, next: Next| async move {

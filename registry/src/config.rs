@@ -42,6 +42,23 @@ pub struct Config {
     pub max_bcrypt_cost: u32,
     /// HTTPS when both are set (PEM files).
     pub tls: TlsConfig,
+    /// Most connections served at once; further clients wait in the listen queue until one closes.
+    pub max_connections: usize,
+    /// A client must send a request's complete header within this many seconds of starting it (or of
+    /// the previous response, on a kept-alive connection), else the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// A request (body included) must be answered within this many seconds, else 503.
+    pub request_timeout_secs: u64,
+    /// Application-user logins: failed attempts per name (and per source address, when the caller gives
+    /// one) within `login_lockout_secs` after which further attempts are refused without checking.
+    pub login_max_failures: u32,
+    /// Application-user logins: the window that counts failures, and how long a lockout lasts.
+    pub login_lockout_secs: u64,
+    /// Application-user logins: most names and sources whose failures (or past success) are remembered.
+    pub login_tracked_max: usize,
+    /// Password verifications (bcrypt) run at once; unset = one per core. Half of them (rounded down)
+    /// are kept for names that have logged in successfully before.
+    pub password_verify_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -70,6 +87,13 @@ impl Default for Config {
             bcrypt_cost: 10,
             max_bcrypt_cost: 10,
             tls: TlsConfig::default(),
+            max_connections: 1024,
+            header_read_timeout_secs: 30,
+            request_timeout_secs: 30,
+            login_max_failures: 5,
+            login_lockout_secs: 60,
+            login_tracked_max: 10_000,
+            password_verify_concurrency: None,
         }
     }
 }
@@ -101,6 +125,21 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err(field("max_body_bytes", "must be at least 1024"));
+        }
+        let positive = [
+            ("max_connections", self.max_connections as u64),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("login_max_failures", u64::from(self.login_max_failures)),
+            ("login_lockout_secs", self.login_lockout_secs),
+            ("login_tracked_max", self.login_tracked_max as u64),
+            (
+                "password_verify_concurrency",
+                self.password_verify_concurrency.map_or(1, |n| n as u64),
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(field(name, "must be at least 1"));
         }
         if let Some(url) = &self.database_url {
             if !(url.starts_with("postgres://")

@@ -30,6 +30,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("storage unavailable")]
     Unavailable(#[source] StoreError),
+    #[error("request not completed within {0} s")]
+    Timeout(u64),
 }
 
 impl ApiError {
@@ -44,7 +46,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

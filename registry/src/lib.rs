@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_core::admin::Admin;
@@ -21,6 +22,7 @@ pub mod api;
 pub mod changes;
 pub mod config;
 pub mod error;
+pub mod logins;
 pub mod server;
 pub mod store;
 
@@ -94,8 +96,29 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
         _ => None,
     };
 
+    let hash = HashOptions {
+        bcrypt_cost: config.bcrypt_cost,
+        max_bcrypt_cost: config.max_bcrypt_cost,
+        ..HashOptions::default()
+    };
     let metrics = api::Metrics::new(&admin);
     metrics.tenants.set(store.count_tenants().await?);
+    let login_limits = logins::LoginLimits {
+        max_failures: config.login_max_failures,
+        lockout: Duration::from_secs(config.login_lockout_secs),
+        tracked_max: config.login_tracked_max,
+        verify_concurrency: config
+            .password_verify_concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+    };
+    let login_guard = {
+        let (hash, counters) = (hash.clone(), metrics.logins.clone());
+        // One bcrypt for the dummy hash: off the async workers.
+        tokio::task::spawn_blocking(move || logins::LoginGuard::new(login_limits, &hash, counters))
+            .await
+            .context("preparing the login guard")?
+            .context("hashing the dummy password")?
+    };
     let state = api::AppState {
         store: store.clone(),
         changes: changes::Changes::default(),
@@ -108,13 +131,11 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             assertion_lifetime_secs: config.assertion_lifetime_secs,
             cache_max_age_secs: config.cache_max_age_secs,
             max_body_bytes: config.max_body_bytes,
-            hash: HashOptions {
-                bcrypt_cost: config.bcrypt_cost,
-                max_bcrypt_cost: config.max_bcrypt_cost,
-                ..HashOptions::default()
-            },
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
+            hash,
         }),
         metrics,
+        logins: login_guard,
         shutdown: shutdown.clone(),
     };
 
@@ -137,7 +158,17 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             None
         }
     };
-    let task = tokio::spawn(server::serve(listener, app, tls.clone(), shutdown.clone()));
+    let limits = server::Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+    };
+    let task = tokio::spawn(server::serve(
+        listener,
+        app,
+        tls.clone(),
+        limits,
+        shutdown.clone(),
+    ));
     readiness.set(store.ping().await);
     tracing::info!(%addr, backend = ?store.backend(), tls = tls.is_some(), "registry listening");
     Ok(Started {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ferry_core::ids::TenantId;
+use sha2::{Digest, Sha256};
 
 use crate::registry::{AppUser, RegistryClient};
 
@@ -22,6 +23,10 @@ pub enum Principal {
     /// A business application.
     Application(Arc<AppUser>),
 }
+
+/// Longest reply id of `command_response/T/REPLY` (Hono's applications use a UUID or similar); longer
+/// ones are refused as unknown addresses, so a reply address costs the router a bounded amount.
+pub const MAX_REPLY_ID_LEN: usize = 256;
 
 /// The addresses of HONO-CONTRACT §1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +57,7 @@ impl Address {
             "command_internal" => Some(Self::CommandInternal(TenantId::new(rest).ok()?)),
             "command_response" => {
                 let (tenant, reply) = rest.split_once('/')?;
-                if reply.is_empty() {
+                if reply.is_empty() || reply.len() > MAX_REPLY_ID_LEN {
                     return None;
                 }
                 Some(Self::CommandResponse(
@@ -113,7 +118,8 @@ impl Principal {
 }
 
 /// Logins already checked: (user, password) → when, and who.
-type LoginCache = HashMap<(String, String), (Instant, Arc<AppUser>)>;
+/// (user, salted SHA-256 of the password) → when the registry said yes, and the user.
+type LoginCache = HashMap<(String, [u8; 32]), (Instant, Arc<AppUser>)>;
 
 /// Checks SASL PLAIN credentials, caching the registry's answers.
 #[derive(Debug)]
@@ -121,8 +127,10 @@ pub struct Authenticator {
     adapter_user: String,
     adapter_password: String,
     registry: Option<RegistryClient>,
-    /// (user, password) → the user, for `ttl`; purged by the change stream.
+    /// (user, password digest) → the user, for `ttl`; purged by the change stream. The clear password is
+    /// never kept: a memory dump yields only digests salted per process.
     cache: Mutex<LoginCache>,
+    salt: [u8; 16],
     ttl: Duration,
 }
 
@@ -137,8 +145,21 @@ impl Authenticator {
             adapter_password,
             registry,
             cache: Mutex::new(HashMap::new()),
+            salt: rand::random(),
             ttl: Duration::from_secs(300),
         }
+    }
+
+    fn digest(&self, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    fn remember(&self, user: &str, password: &str, app: Arc<AppUser>) {
+        let key = (user.to_owned(), self.digest(password));
+        self.lock().insert(key, (Instant::now(), app));
     }
 
     /// The principal for these credentials, or `None` when they are wrong (or the registry cannot say).
@@ -151,7 +172,7 @@ impl Authenticator {
                 name: user.to_owned(),
             });
         }
-        let key = (user.to_owned(), password.to_owned());
+        let key = (user.to_owned(), self.digest(password));
         if let Some((at, u)) = self.lock().get(&key) {
             if at.elapsed() < self.ttl {
                 return Some(Principal::Application(u.clone()));
@@ -161,7 +182,7 @@ impl Authenticator {
         match registry.authenticate_application(user, password).await {
             Ok(Some(u)) => {
                 let u = Arc::new(u);
-                self.lock().insert(key, (Instant::now(), u.clone()));
+                self.remember(user, password, u.clone());
                 Some(Principal::Application(u))
             }
             Ok(None) => None,
@@ -201,6 +222,27 @@ mod tests {
         TenantId::new(s).expect("tenant")
     }
 
+    /// The login cache used to key on the clear-text (user, password): anything that could read the
+    /// router's memory (a core dump, a debug print) learnt every application's password.
+    #[tokio::test]
+    async fn the_login_cache_keeps_no_clear_password() {
+        let auth = Authenticator::new("adapter".into(), "adapter-pw".into(), None);
+        let app = Arc::new(AppUser {
+            name: "app1".into(),
+            tenants: vec!["t1".into()],
+            operations: vec!["telemetry".into()],
+        });
+        auth.remember("app1", "s3cret-password", app);
+        let dump = format!("{:?}", auth.lock());
+        assert!(!dump.contains("s3cret-password"), "{dump}");
+        assert!(matches!(
+            auth.authenticate("app1", "s3cret-password").await,
+            Some(Principal::Application(u)) if u.name == "app1"
+        ));
+        assert!(auth.authenticate("app1", "wrong").await.is_none());
+        assert!(auth.authenticate("app2", "s3cret-password").await.is_none());
+    }
+
     #[test]
     fn addresses_parse() {
         assert_eq!(
@@ -213,6 +255,10 @@ mod tests {
             Address::parse("command_response/t1/abc/def"),
             Some(Address::CommandResponse(t("t1"), "abc/def".into()))
         );
+        let longest = format!("command_response/t1/{}", "r".repeat(MAX_REPLY_ID_LEN));
+        assert!(Address::parse(&longest).is_some());
+        let too_long = format!("command_response/t1/{}", "r".repeat(MAX_REPLY_ID_LEN + 1));
+        assert_eq!(Address::parse(&too_long), None, "a reply id above the cap");
         for bad in [
             "telemetry",
             "telemetry/",

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fe2o3_amqp_types::definitions::{
-    AmqpError, ConnectionError, ErrorCondition, Handle, ReceiverSettleMode, Role, SenderSettleMode,
+    AmqpError, ConnectionError, ErrorCondition, Handle, LinkError, ReceiverSettleMode, Role,
+    SenderSettleMode,
 };
 use fe2o3_amqp_types::messaging::{
     Accepted, DeliveryState, Rejected, Source, Target, TargetArchetype,
@@ -731,7 +732,7 @@ impl<S: EventStore> Conn<S> {
             }
             Direction::Out => {
                 link.consumer = Some(self.shared.hub.attach_consumer(
-                    &addr,
+                    &mut link.addr,
                     self.handle.clone(),
                     id,
                 ));
@@ -954,6 +955,18 @@ impl<S: EventStore> Conn<S> {
         if transfer.aborted {
             link.partial = None;
             return;
+        }
+        if link.partial.is_none() && link.credit == 0 {
+            // A new delivery without credit: the peer ignores flow control. Credit is how the router
+            // bounds what a producer makes it hold, so the link goes (what it had in flight is released).
+            return self.detach_with_error(
+                channel,
+                handle,
+                error(
+                    ErrorCondition::LinkError(LinkError::TransferLimitExceeded),
+                    "transfer without link credit",
+                ),
+            );
         }
         // Reassemble multi-frame deliveries.
         let (delivery_id, settled, message) = match (link.partial.take(), transfer.more) {
@@ -1466,17 +1479,7 @@ impl<S: EventStore> Conn<S> {
         };
         let last = d.last.unwrap_or(d.first);
         let state = d.state.clone().unwrap_or_else(hub::release);
-        let mut settled = Vec::new();
-        let mut id = d.first;
-        loop {
-            if let Some((handle, origin)) = session.unsettled.remove(&id) {
-                settled.push((handle, origin));
-            }
-            if id == last || settled.len() > 65536 {
-                break;
-            }
-            id = id.wrapping_add(1);
-        }
+        let settled = take_settled_range(&mut session.unsettled, d.first, last);
         for (handle, origin) in settled {
             let consumer = session.links.get(&handle).and_then(|l| l.consumer.clone());
             match consumer {
@@ -1514,6 +1517,20 @@ impl<S: EventStore> Conn<S> {
                 error: None,
             }),
         );
+    }
+
+    /// Ends a link on the router's initiative (the peer broke its rules), releasing what it had in flight.
+    fn detach_with_error(&mut self, channel: u16, handle: u32, err: Error) {
+        if self.remove_link(channel, handle) {
+            self.send(
+                channel,
+                Performative::Detach(Detach {
+                    handle: Handle(handle),
+                    closed: true,
+                    error: Some(err),
+                }),
+            );
+        }
     }
 
     /// Forgets a link, releasing what it had in flight; false when there was no such link.
@@ -1726,4 +1743,66 @@ fn count_frames(mut buf: &[u8]) -> u32 {
         n += 1;
     }
     n
+}
+
+/// Removes the deliveries in the (wrapping, RFC 1982) range `first..=last` from `unsettled`.
+///
+/// The cost is bounded by what is unsettled, not by the width of the range: a peer may name any range
+/// (`first=1, last=0` spans all 2^32 ids), and walking it id by id would hold a runtime thread for
+/// minutes. A range wider than the map is answered by one pass over the map instead.
+fn take_settled_range<V>(unsettled: &mut HashMap<u32, V>, first: u32, last: u32) -> Vec<V> {
+    let span = u64::from(last.wrapping_sub(first)) + 1;
+    if span <= unsettled.len() as u64 {
+        (0..span)
+            .filter_map(|i| unsettled.remove(&first.wrapping_add(i as u32)))
+            .collect()
+    } else {
+        let mut in_range: Vec<u32> = unsettled
+            .keys()
+            .copied()
+            .filter(|id| u64::from(id.wrapping_sub(first)) < span)
+            .collect();
+        // Settle in delivery order, as the narrow branch does.
+        in_range.sort_unstable_by_key(|id| id.wrapping_sub(first));
+        in_range
+            .into_iter()
+            .filter_map(|id| unsettled.remove(&id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsettled(ids: &[u32]) -> HashMap<u32, u32> {
+        ids.iter().map(|&id| (id, id)).collect()
+    }
+
+    #[test]
+    fn a_disposition_range_settles_only_the_ids_inside_it() {
+        let mut map = unsettled(&[1, 2, 3, 10]);
+        assert_eq!(take_settled_range(&mut map, 2, 3), vec![2, 3]);
+        assert_eq!(map.len(), 2);
+        // Wider than the map: one pass over the map, in delivery order.
+        assert_eq!(take_settled_range(&mut map, 0, 1000), vec![1, 10]);
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn a_wrapping_range_covers_the_ids_across_zero() {
+        let mut map = unsettled(&[u32::MAX - 1, u32::MAX, 0, 1, 5]);
+        assert_eq!(
+            take_settled_range(&mut map, u32::MAX - 1, 1),
+            vec![u32::MAX - 1, u32::MAX, 0, 1]
+        );
+        assert_eq!(map.keys().copied().collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn a_range_of_all_ids_costs_what_is_unsettled() {
+        // first=1, last=0 spans 2^32 ids; walking them one by one takes minutes (the test would time out).
+        let mut map = unsettled(&[7, 0, 3]);
+        assert_eq!(take_settled_range(&mut map, 1, 0), vec![3, 7, 0]);
+    }
 }

@@ -18,6 +18,10 @@ use crate::registry::{Change, RegistryClient};
 pub const TTL: Duration = Duration::from_secs(60);
 /// Most devices remembered; beyond, the cache starts over.
 const MAX_ENTRIES: usize = 100_000;
+/// Most registry calls in flight at once. Commands that miss the cache beyond that are released at once
+/// (the application may retry), so a flood of commands for uncached devices costs the router and the
+/// registry a bounded amount.
+pub const MAX_CONCURRENT_LOOKUPS: usize = 64;
 
 /// The gateways of one device, in the registry's order.
 pub type Via = Arc<[Arc<str>]>;
@@ -28,6 +32,7 @@ type Entries = HashMap<(TenantId, Arc<str>), (Instant, Via)>;
 pub struct ViaLookup {
     registry: Option<RegistryClient>,
     cache: Mutex<Entries>,
+    calls: tokio::sync::Semaphore,
 }
 
 impl ViaLookup {
@@ -36,6 +41,7 @@ impl ViaLookup {
         Self {
             registry,
             cache: Mutex::new(HashMap::new()),
+            calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
         }
     }
 
@@ -54,6 +60,10 @@ impl ViaLookup {
             }
         }
         let Some(registry) = &self.registry else {
+            return Arc::from(Vec::new());
+        };
+        let Ok(_permit) = self.calls.try_acquire() else {
+            tracing::debug!(%tenant, device, "too many gateway lookups in flight");
             return Arc::from(Vec::new());
         };
         let via: Via = match registry.via(tenant.as_str(), device).await {
@@ -117,5 +127,40 @@ mod tests {
         assert!(lookup.via(&t1, "a").await.is_empty());
         lookup.purge(None);
         assert!(lookup.cache().is_empty());
+    }
+
+    /// A registry that accepts connections and never answers, as a slow or stuck one does.
+    async fn silent_registry() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        (listener, url)
+    }
+
+    /// A flood of commands for uncached devices used to start one registry call each, all at once.
+    #[tokio::test]
+    async fn lookups_beyond_the_bound_are_answered_at_once_without_a_registry_call() {
+        let (_listener, url) = silent_registry().await;
+        let lookup = Arc::new(ViaLookup::new(Some(RegistryClient::new(&url, "token"))));
+        let t1 = TenantId::new("t1").expect("id");
+        let mut stuck = Vec::new();
+        for i in 0..MAX_CONCURRENT_LOOKUPS {
+            let (lookup, t1) = (lookup.clone(), t1.clone());
+            stuck.push(tokio::spawn(async move {
+                lookup.via(&t1, &format!("d{i}")).await
+            }));
+        }
+        // Let every one of them start its call.
+        while lookup.calls.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let extra = tokio::time::timeout(Duration::from_secs(2), lookup.via(&t1, "one-more"))
+            .await
+            .expect("the lookup beyond the bound does not wait for the registry");
+        assert!(extra.is_empty());
+        for task in stuck {
+            task.abort();
+        }
     }
 }

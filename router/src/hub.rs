@@ -298,6 +298,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct AddressRef {
     pub kind: Kind,
     pub tenant: TenantId,
+    /// The reply id of `command_response/T/REPLY`: such an address lives only while a receiver is
+    /// attached (applications make a new one per run, so keeping them would grow without bound).
+    sub: Option<Arc<str>>,
     pub counters: Arc<crate::metrics::Outcomes>,
     inner: Arc<Mutex<Address>>,
 }
@@ -331,16 +334,31 @@ impl<S: EventStore> Hub<S> {
 
     /// The address `kind/tenant/sub` (command responses carry a reply id).
     pub fn address_with(&self, kind: Kind, tenant: &TenantId, sub: Option<&str>) -> AddressRef {
+        let sub: Option<Arc<str>> = sub.map(Arc::from);
         let inner = lock(&self.addresses)
-            .entry((kind.clone(), tenant.clone(), sub.map(Arc::from)))
+            .entry((kind.clone(), tenant.clone(), sub.clone()))
             .or_default()
             .clone();
         AddressRef {
             counters: Arc::new(self.metrics.outcomes(tenant, kind.name())),
             kind,
             tenant: tenant.clone(),
+            sub,
             inner,
         }
+    }
+
+    /// The table key of an address.
+    fn key(addr: &AddressRef) -> (Kind, TenantId, Option<Arc<str>>) {
+        (addr.kind.clone(), addr.tenant.clone(), addr.sub.clone())
+    }
+
+    /// Command-response addresses in the table (they come and go with their receivers).
+    pub fn response_addresses(&self) -> usize {
+        lock(&self.addresses)
+            .keys()
+            .filter(|(kind, _, sub)| *kind == Kind::CommandResponse && sub.is_some())
+            .count()
     }
 
     /// Loads the stored events of every tenant into their queues (at start).
@@ -368,9 +386,11 @@ impl<S: EventStore> Hub<S> {
 
     // ---- consumers ----
 
+    /// Registers a consumer at `addr`. A reply address that its last receiver left meanwhile was taken out
+    /// of the table: `addr` is rebound to the one in the table (put back, or made by another receiver).
     pub fn attach_consumer(
         &self,
-        addr: &AddressRef,
+        addr: &mut AddressRef,
         conn: ConnHandle,
         link: LinkId,
     ) -> Arc<Consumer> {
@@ -381,7 +401,18 @@ impl<S: EventStore> Hub<S> {
             unsettled: AtomicI64::new(0),
             queued: AtomicI64::new(0),
         });
-        lock(&addr.inner).consumers.push(c.clone());
+        if addr.sub.is_some() {
+            // Under the table lock, so that a detach cannot take the address out in between.
+            let mut table = lock(&self.addresses);
+            let inner = table
+                .entry(Self::key(addr))
+                .or_insert_with(|| addr.inner.clone())
+                .clone();
+            addr.inner = inner;
+            lock(&addr.inner).consumers.push(c.clone());
+        } else {
+            lock(&addr.inner).consumers.push(c.clone());
+        }
         c
     }
 
@@ -415,8 +446,18 @@ impl<S: EventStore> Hub<S> {
         unsettled: Vec<Origin>,
     ) {
         let (stranded, starved): (Vec<WaitingResponse>, Vec<Arc<Producer>>) = {
+            // A reply address goes with its last receiver; table before address, as everywhere.
+            let mut table = addr.sub.is_some().then(|| lock(&self.addresses));
             let mut a = lock(&addr.inner);
             a.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+            if let Some(table) = table.as_mut() {
+                let key = Self::key(addr);
+                if a.consumers.is_empty()
+                    && table.get(&key).is_some_and(|i| Arc::ptr_eq(i, &addr.inner))
+                {
+                    table.remove(&key);
+                }
+            }
             if a.consumers.is_empty() {
                 (
                     a.waiting.drain(..).collect(),
@@ -720,16 +761,17 @@ impl<S: EventStore> Hub<S> {
         settled: bool,
         origin: Origin,
     ) -> Routed {
-        let exists = lock(&self.addresses).contains_key(&(
-            Kind::CommandResponse,
-            tenant.clone(),
-            Some(Arc::from(reply)),
-        ));
-        if !exists {
+        let inner = lock(&self.addresses)
+            .get(&(
+                Kind::CommandResponse,
+                tenant.clone(),
+                Some(Arc::from(reply)),
+            ))
+            .cloned();
+        let Some(inner) = inner else {
             return Routed::NoConsumer;
-        }
-        let addr = self.address_with(Kind::CommandResponse, tenant, Some(reply));
-        let mut a = lock(&addr.inner);
+        };
+        let mut a = lock(&inner);
         if let Some(consumer) = a.pick() {
             drop(a);
             deliver(&consumer, payload, settled, origin);
@@ -857,4 +899,67 @@ fn dispatch_waiting(a: &mut Address) {
 /// The `released` outcome.
 pub fn release() -> DeliveryState {
     DeliveryState::Released(fe2o3_amqp_types::messaging::Released {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::SegmentLog;
+
+    fn hub(dir: &std::path::Path) -> Hub<SegmentLog> {
+        let store = SegmentLog::open(dir).expect("open store");
+        let metrics = Metrics::new(&ferry_core::admin::Admin::new());
+        Hub::new(Arc::new(store), metrics, 100)
+    }
+
+    fn conn() -> (ConnHandle, mpsc::UnboundedReceiver<ToConn>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (ConnHandle { id: next_id(), tx }, rx)
+    }
+
+    /// An application that attaches a fresh reply address per request and detaches it afterwards used to
+    /// leave one table entry per reply id behind, walked every second under the global lock.
+    #[test]
+    fn reply_address_churn_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = hub(dir.path());
+        let tenant = TenantId::new("t1").expect("tenant");
+        let (handle, _rx) = conn();
+        for i in 0..1000 {
+            let reply = format!("reply-{i}");
+            let mut addr = hub.address_with(Kind::CommandResponse, &tenant, Some(&reply));
+            let consumer = hub.attach_consumer(&mut addr, handle.clone(), next_id());
+            hub.detach_consumer(&addr, &consumer, Vec::new());
+        }
+        assert_eq!(hub.response_addresses(), 0);
+        // And a response to a reply address nobody holds any more is released, not held.
+        let routed = hub.route_response(&tenant, "reply-1", Bytes::new(), true, Origin::None);
+        assert_eq!(routed, Routed::NoConsumer);
+    }
+
+    /// Two receivers on one reply address: the address lives until the last one leaves, and a receiver
+    /// attaching after the address was dropped gets a working one back.
+    #[test]
+    fn a_reply_address_lives_while_a_receiver_holds_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = hub(dir.path());
+        let tenant = TenantId::new("t1").expect("tenant");
+        let (handle, mut rx) = conn();
+        let mut a = hub.address_with(Kind::CommandResponse, &tenant, Some("r"));
+        let mut b = hub.address_with(Kind::CommandResponse, &tenant, Some("r"));
+        let ca = hub.attach_consumer(&mut a, handle.clone(), next_id());
+        let cb = hub.attach_consumer(&mut b, handle.clone(), next_id());
+        hub.detach_consumer(&a, &ca, Vec::new());
+        assert_eq!(hub.response_addresses(), 1);
+        hub.detach_consumer(&b, &cb, Vec::new());
+        assert_eq!(hub.response_addresses(), 0);
+
+        // `stale` was looked up before the address went; attaching rebinds it to the table's.
+        let mut stale = b.clone();
+        let c = hub.attach_consumer(&mut stale, handle.clone(), next_id());
+        hub.consumer_credit(&stale, &c, 1);
+        let routed = hub.route_response(&tenant, "r", Bytes::from_static(b"x"), true, Origin::None);
+        assert_eq!(routed, Routed::Forwarded);
+        assert!(matches!(rx.try_recv(), Ok(ToConn::Deliver { .. })));
+    }
 }

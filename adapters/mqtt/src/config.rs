@@ -28,6 +28,20 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Most concurrent connections of this instance (0 = no limit).
     pub max_connections: usize,
+    /// Most connections that have not finished their CONNECT (TLS handshake, CONNECT, authentication)
+    /// at once (0 = no limit): beyond, a new connection is closed at accept. Without it, anyone who can
+    /// reach the port holds a socket and a task per connection for `connect_timeout_secs`, as many as
+    /// the file descriptor limit allows.
+    pub max_connecting: usize,
+    /// Most open sockets of this instance, CONNECT done or not (0 = no limit): beyond, a new connection
+    /// is closed at accept, as Mosquitto's `max_connections` does. Keeps descriptors for the adapter's
+    /// own registry and router connections.
+    pub max_sockets: usize,
+    /// Longest keep-alive a client may ask for, in seconds (0 = no maximum). A CONNECT with keep-alive
+    /// 0 ("never idle") or above it gets this one: MQTT 5 clients are told so in the CONNACK (Server
+    /// Keep Alive), MQTT 3.1.1 ones are closed after 1.5 times it without a packet. AWS IoT Core's
+    /// bound.
+    pub max_keep_alive_secs: u16,
     /// Time a client has to send its CONNECT (and, on the TLS listener, before that to finish the
     /// handshake).
     pub connect_timeout_secs: u64,
@@ -68,6 +82,9 @@ impl Default for Config {
             instance_id: "mqtt-0".into(),
             max_payload_bytes: 2048,
             max_connections: 0,
+            max_connecting: 1000,
+            max_sockets: 100_000,
+            max_keep_alive_secs: 1200,
             connect_timeout_secs: 10,
             send_timeout_ms: 5000,
             command_ack_timeout_ms: 1000,

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -40,6 +40,10 @@ pub struct Shared {
     pub volume: ferry_adapter_core::limits::VolumeMeter,
     /// Open authenticated connections of this instance.
     pub connections: AtomicUsize,
+    /// Open sockets of this instance, CONNECT done or not (`max_sockets`).
+    sockets: Arc<AtomicUsize>,
+    /// Connections that have not finished their CONNECT yet (`max_connecting`).
+    connecting: Arc<AtomicUsize>,
     pub shutdown: Shutdown,
     /// This instance's command subscriptions at the router.
     pub command_link: CommandLink,
@@ -225,6 +229,8 @@ pub async fn start_with_metrics(
         metrics: hono.component(session::ADAPTER_TYPE),
         volume: ferry_adapter_core::limits::VolumeMeter::new(),
         connections: AtomicUsize::new(0),
+        sockets: Arc::new(AtomicUsize::new(0)),
+        connecting: Arc::new(AtomicUsize::new(0)),
         shutdown: shutdown.clone(),
         config,
     });
@@ -277,30 +283,88 @@ async fn accept_loops(
     shared: Arc<Shared>,
     shutdown: Shutdown,
 ) {
-    // A client that never finishes its handshake holds a task and a socket: the CONNECT's time bound
-    // applies to the TLS handshake too.
-    let handshake_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
-    let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr| {
+    // The TLS handshake is done here rather than by `ferry_core::net::serve`, so that it counts among
+    // the connections that have not finished their CONNECT (`max_connecting`).
+    let handler = |tls: Option<tokio_rustls::TlsAcceptor>| {
         let shared = shared.clone();
-        async move {
-            let cert = ferry_adapter_core::tls::peer_certificate(&stream);
-            if let Err(e) = session::serve(stream, peer, cert, shared).await {
-                tracing::debug!(%peer, error = %e, "MQTT connection ended");
-            }
+        move |stream: ferry_core::net::Stream, peer: SocketAddr| {
+            let shared = shared.clone();
+            let tls = tls.clone();
+            async move { accept(stream, peer, tls, shared).await }
         }
     };
-    let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler.clone());
+    let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler(None));
     match tls {
         Some((l, acceptor)) => {
-            let tls = ferry_core::net::Tls {
-                acceptor,
-                handshake_timeout,
-            };
             tokio::join!(
                 plain,
-                ferry_core::net::serve(l, Some(tls), shutdown, handler)
+                ferry_core::net::serve(l, None, shutdown, handler(Some(acceptor)))
             );
         }
         None => plain.await,
+    }
+}
+
+/// One accepted connection: within the instance's socket limits, through the TLS handshake (on the TLS
+/// listener), then the MQTT session. A connection beyond a limit is closed at once, unread, as
+/// Mosquitto does: an MQTT refusal would first need the CONNECT, which is what the limit saves.
+async fn accept(
+    stream: ferry_core::net::Stream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    let Some(_socket) = Permit::take(&shared.sockets, shared.config.max_sockets) else {
+        tracing::debug!(%peer, "max_sockets reached: connection closed");
+        return;
+    };
+    let Some(connecting) = Permit::take(&shared.connecting, shared.config.max_connecting) else {
+        tracing::debug!(%peer, "max_connecting reached: connection closed");
+        return;
+    };
+    let stream = match (tls, stream) {
+        (Some(acceptor), ferry_core::net::Stream::Plain(tcp)) => {
+            // A client that never finishes its handshake holds a task and a socket: the CONNECT's
+            // time bound applies to the TLS handshake too.
+            let bound = Duration::from_secs(shared.config.connect_timeout_secs);
+            match tokio::time::timeout(bound, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => ferry_core::net::Stream::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        (_, stream) => stream,
+    };
+    let cert = ferry_adapter_core::tls::peer_certificate(&stream);
+    if let Err(e) = session::serve(stream, peer, cert, connecting, shared).await {
+        tracing::debug!(%peer, error = %e, "MQTT connection ended");
+    }
+}
+
+/// A share of a connection limit, given back when dropped.
+#[derive(Debug)]
+pub struct Permit(Arc<AtomicUsize>);
+
+impl Permit {
+    /// One more of `counter`, unless that would exceed `max` (0: no limit).
+    fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        if max > 0 && now > max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(counter.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -88,6 +88,29 @@ const MAX_PENDING: usize = 128;
 /// What a PUBLISH turned into, awaiting its outcome.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
 
+/// Work whose answer has no place among the PUBACKs (QoS 0 command responses): polled by the
+/// session's task rather than a task each, and counted in its [`MAX_PENDING`]. Created on first use,
+/// as most connections never need it and an idle connection should cost little.
+#[derive(Default)]
+struct Background(Option<FuturesUnordered<Pending>>);
+
+impl Background {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn push(&mut self, work: Pending) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(work);
+    }
+
+    async fn next(&mut self) -> Option<Done> {
+        match &mut self.0 {
+            Some(work) => work.next().await,
+            None => None,
+        }
+    }
+}
+
 /// A finished piece of work whose answer goes to the device in order.
 enum Done {
     /// A QoS 1 PUBLISH's outcome (`Err` holds the Hono error code).
@@ -315,6 +338,7 @@ pub async fn serve<IO>(
     mut io: IO,
     peer: SocketAddr,
     client_cert: Option<CertificateDer<'static>>,
+    connecting: crate::Permit,
     shared: Arc<Shared>,
 ) -> Result<(), SessionError>
 where
@@ -346,7 +370,11 @@ where
             // MQTT 3.1.1 §3.1.2.2: refuse with 0x01 (unacceptable protocol level) before closing, in
             // the 3.1.1 form that MQTT 3.1 clients read as well.
             let mut out = BytesMut::with_capacity(4);
-            wire::write(Version::V311, &Outgoing::ConnAck { code: 0x01 }, &mut out)?;
+            let refusal = Outgoing::ConnAck {
+                code: 0x01,
+                server_keep_alive: None,
+            };
+            wire::write(Version::V311, &refusal, &mut out)?;
             io.write_all(&out).await?;
             return Err(wire::WireError::UnsupportedVersion(level).into());
         }
@@ -354,7 +382,10 @@ where
     };
 
     let mut out = BytesMut::with_capacity(WRITE_BUFFER);
-    let who = match authenticate(&shared, &connect, client_cert.as_ref()).await {
+    let authenticated = authenticate(&shared, &connect, client_cert.as_ref()).await;
+    // Authentication is part of connecting: a flood of CONNECTs waiting for the registry counts too.
+    drop(connecting);
+    let who = match authenticated {
         Ok(who) => who,
         Err(refusal) => {
             shared.metrics.attempt(refusal_outcome(refusal));
@@ -362,7 +393,11 @@ where
                 Version::V311 => refusal.v311_code(),
                 Version::V5 => refusal.v5_reason(),
             };
-            wire::write(version, &Outgoing::ConnAck { code }, &mut out)?;
+            let connack = Outgoing::ConnAck {
+                code,
+                server_keep_alive: None,
+            };
+            wire::write(version, &connack, &mut out)?;
             io.write_all(&out).await?;
             return Err(SessionError::Refused(refusal));
         }
@@ -374,11 +409,14 @@ where
     };
     gauge.inc();
     let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (keep_alive, server_keep_alive) =
+        keep_alive(connect.keep_alive, shared.config.max_keep_alive_secs);
     let mut session = Session {
         shared: shared.clone(),
         version,
         who,
-        keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
+        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        server_keep_alive,
         client_id: connect.client_id,
         peer,
         out,
@@ -401,6 +439,17 @@ where
     gauge.dec();
     shared.connections.fetch_sub(1, Ordering::AcqRel);
     result
+}
+
+/// The keep-alive a session uses, and the Server Keep Alive to tell an MQTT 5 client: the client's,
+/// unless it asks for none (0) or for more than `max` (0: no maximum); then `max`. An MQTT 3.1.1
+/// client cannot be told, and is held to `max` all the same.
+fn keep_alive(requested: u16, max: u16) -> (u16, Option<u16>) {
+    if max > 0 && (requested == 0 || requested > max) {
+        (max, Some(max))
+    } else {
+        (requested, None)
+    }
 }
 
 fn refusal_outcome(r: Refusal) -> &'static str {
@@ -515,6 +564,8 @@ struct Session {
     /// `None`: an unauthenticated device (its topics name tenant and device).
     who: Option<Authenticated>,
     keep_alive: Duration,
+    /// A keep-alive other than the client asked for, told in the CONNACK (MQTT 5 only).
+    server_keep_alive: Option<u16>,
     client_id: String,
     peer: SocketAddr,
     out: BytesMut,
@@ -591,7 +642,10 @@ impl Session {
         let mut ack_timeouts: FuturesUnordered<
             std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,
         > = FuturesUnordered::new();
-        self.write(&Outgoing::ConnAck { code: 0 })?;
+        self.write(&Outgoing::ConnAck {
+            code: 0,
+            server_keep_alive: self.server_keep_alive,
+        })?;
         io.write_all(&self.out).await?;
         self.out.clear();
         match &self.who {
@@ -616,7 +670,9 @@ impl Session {
 
         let mut changes = self.shared.registry.subscribe();
         let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-        // MQTT: the server closes a connection silent for one and a half keep-alive periods (0: never).
+        let mut background = Background::default();
+        // MQTT: the server closes a connection silent for one and a half keep-alive periods (0: never,
+        // only when `max_keep_alive_secs` is 0 too).
         // Measured from the last bytes the device sent, not from whatever else woke the session.
         let idle = self.keep_alive * 3 / 2;
         let mut last_heard = Instant::now();
@@ -630,7 +686,7 @@ impl Session {
             while closing.is_none() {
                 match wire::read(self.version, buf, max_packet) {
                     Ok(Some(p)) => {
-                        if let Err(e) = self.on_packet(p, &mut pending) {
+                        if let Err(e) = self.on_packet(p, &mut pending, &mut background) {
                             closing = Some(e);
                         }
                     }
@@ -669,7 +725,7 @@ impl Session {
                     e => Err(e),
                 };
             }
-            let reading = pending.len() < MAX_PENDING;
+            let reading = pending.len() + background.len() < MAX_PENDING;
             if !reading {
                 // The device is not silent, the adapter is not listening: no keep-alive meanwhile.
                 last_heard = Instant::now();
@@ -690,6 +746,11 @@ impl Session {
                     }
                 }
                 Some(done) = pending.next(), if !pending.is_empty() => {
+                    if let Err(e) = self.on_done(done) {
+                        closing = Some(e);
+                    }
+                }
+                Some(done) = background.next(), if background.len() > 0 => {
                     if let Err(e) = self.on_done(done) {
                         closing = Some(e);
                     }
@@ -756,6 +817,7 @@ impl Session {
         &mut self,
         packet: Incoming,
         pending: &mut FuturesOrdered<Pending>,
+        background: &mut Background,
     ) -> Result<(), SessionError> {
         match packet {
             Incoming::Publish {
@@ -765,7 +827,15 @@ impl Session {
                 payload,
                 content_type,
                 ..
-            } => self.on_publish(&topic, qos, pkid, payload, content_type, pending),
+            } => self.on_publish(
+                &topic,
+                qos,
+                pkid,
+                payload,
+                content_type,
+                pending,
+                background,
+            ),
             Incoming::Subscribe { pkid, filters } => {
                 self.on_subscribe(pkid, filters, pending);
                 Ok(())
@@ -787,6 +857,7 @@ impl Session {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_publish(
         &mut self,
         topic_bytes: &[u8],
@@ -795,6 +866,7 @@ impl Session {
         payload: Bytes,
         content_type: Option<String>,
         pending: &mut FuturesOrdered<Pending>,
+        background: &mut Background,
     ) -> Result<(), SessionError> {
         // HONO-CONTRACT §2.2: an oversized payload is discarded and the device disconnected, whatever
         // the endpoint (command responses included).
@@ -822,6 +894,7 @@ impl Session {
                     payload,
                     content_type,
                     pending,
+                    background,
                 )
             }
         };
@@ -1580,6 +1653,9 @@ impl Session {
     }
 
     /// A command response from the device: back to the application waiting on the command's reply-to.
+    /// Like a message, only from the device itself or from a gateway the registry lets act for it (the
+    /// HTTP adapter's check): the registry's assertion decides, so a device cannot answer another
+    /// device's commands.
     #[allow(clippy::too_many_arguments)]
     fn on_response(
         &mut self,
@@ -1591,8 +1667,9 @@ impl Session {
         payload: Bytes,
         content_type: Option<String>,
         pending: &mut FuturesOrdered<Pending>,
+        background: &mut Background,
     ) -> Result<(), SessionError> {
-        let (tenant, device, _) = self.subject(parsed)?;
+        let (tenant, device, gateway) = self.subject(parsed)?;
         let Some((correlation, reply, _)) = topic::parse_request_id(request_id) else {
             return Err(SessionError::Closed("unknown request id"));
         };
@@ -1626,6 +1703,16 @@ impl Session {
             } else {
                 unauthenticated_tenant(&shared, &tenant).await?
             };
+            match shared
+                .registry
+                .assertion(&tenant, &response.device, gateway.as_ref())
+                .await
+            {
+                Ok(AssertionOutcome::Granted(_)) => {}
+                Ok(AssertionOutcome::NotFound) => return Err(404),
+                Ok(AssertionOutcome::Forbidden) => return Err(403),
+                Err(_) => return Err(503),
+            }
             response.ttl_ms = info
                 .max_ttl_secs(TtlLimit::CommandResponse)
                 .map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX));
@@ -1643,7 +1730,18 @@ impl Session {
             result
         };
         if qos == 0 {
-            tokio::spawn(send);
+            // Fire and forget: a failure goes to the error topic, if the device subscribed to it.
+            background.push(Box::pin(async move {
+                match send.await {
+                    Ok(()) => Done::Nothing,
+                    Err(code) => Done::Failed {
+                        code,
+                        endpoint,
+                        correlation_id,
+                        device_in_topic: None,
+                    },
+                }
+            }));
             return Ok(());
         }
         pending.push_back(Box::pin(async move {
@@ -1777,6 +1875,17 @@ mod tests {
         let mut one_free = inflight;
         one_free.remove(&9);
         assert_eq!(next_packet_id(17, &one_free), Some(9));
+    }
+
+    #[test]
+    fn keep_alive_0_or_above_the_maximum_gets_the_maximum() {
+        assert_eq!(keep_alive(0, 1200), (1200, Some(1200)));
+        assert_eq!(keep_alive(3600, 1200), (1200, Some(1200)));
+        assert_eq!(keep_alive(60, 1200), (60, None));
+        assert_eq!(keep_alive(1200, 1200), (1200, None));
+        // No maximum: what the client asked for, 0 included.
+        assert_eq!(keep_alive(0, 0), (0, None));
+        assert_eq!(keep_alive(u16::MAX, 0), (u16::MAX, None));
     }
 
     #[test]

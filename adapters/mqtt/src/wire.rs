@@ -69,9 +69,11 @@ pub enum Incoming {
 /// What the adapter sends.
 #[derive(Debug, Clone)]
 pub enum Outgoing<'a> {
-    /// `code` is the 3.1.1 return code or the 5.0 reason code (see `connack`).
+    /// `code` is the 3.1.1 return code or the 5.0 reason code (see `connack`); `server_keep_alive`
+    /// (5.0 only) replaces the keep-alive the client asked for.
     ConnAck {
         code: u8,
+        server_keep_alive: Option<u16>,
     },
     /// `reason` is used by 5.0 only (0 success, 0x80 unspecified error, 0x87 not authorized ...).
     PubAck {
@@ -337,17 +339,48 @@ fn v5_puback(reason: u8) -> v5::PubAckReason {
     }
 }
 
+/// CONNACK properties that say only the Server Keep Alive.
+fn connack_keep_alive(seconds: u16) -> v5::ConnAckProperties {
+    v5::ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: None,
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: Some(seconds),
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
 /// Appends `packet` to `out`.
 pub fn write(version: Version, packet: &Outgoing<'_>, out: &mut BytesMut) -> Result<(), WireError> {
     let r = match (version, packet) {
-        (Version::V311, Outgoing::ConnAck { code }) => v4::ConnAck::new(v4_connack(*code), false)
-            .write(out)
-            .map(drop)
-            .map_err(malformed),
-        (Version::V5, Outgoing::ConnAck { code }) => v5::ConnAck {
+        (Version::V311, Outgoing::ConnAck { code, .. }) => {
+            v4::ConnAck::new(v4_connack(*code), false)
+                .write(out)
+                .map(drop)
+                .map_err(malformed)
+        }
+        (
+            Version::V5,
+            Outgoing::ConnAck {
+                code,
+                server_keep_alive,
+            },
+        ) => v5::ConnAck {
             session_present: false,
             code: v5_connack(*code),
-            properties: None,
+            properties: server_keep_alive.map(connack_keep_alive),
         }
         .write(out)
         .map(drop)
@@ -491,6 +524,28 @@ mod tests {
             assert_eq!(c.client_id, "c1");
             assert_eq!(c.keep_alive, 60);
         }
+    }
+
+    #[test]
+    fn an_mqtt5_connack_can_carry_the_server_keep_alive() {
+        let mut out = BytesMut::new();
+        let connack = Outgoing::ConnAck {
+            code: 0,
+            server_keep_alive: Some(1200),
+        };
+        write(Version::V5, &connack, &mut out).expect("encode");
+        match v5::Packet::read(&mut out, None) {
+            Ok(v5::Packet::ConnAck(a)) => {
+                assert_eq!(a.code, v5::ConnectReturnCode::Success);
+                let props = a.properties.expect("properties");
+                assert_eq!(props.server_keep_alive, Some(1200));
+            }
+            other => panic!("{other:?}"),
+        }
+        // MQTT 3.1.1 has no properties: the same CONNACK is a plain one.
+        let mut out = BytesMut::new();
+        write(Version::V311, &connack, &mut out).expect("encode");
+        assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x00]);
     }
 
     #[test]

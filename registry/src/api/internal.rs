@@ -25,6 +25,7 @@ use super::extract::{JsonBody, PathParams, QueryPairs};
 use super::management::{parse_application, parse_credentials, stored_json};
 use super::AppState;
 use crate::error::ApiError;
+use crate::logins::Refusal;
 use crate::store::StoreError;
 
 pub fn routes() -> Router<AppState> {
@@ -251,15 +252,31 @@ pub async fn jwks(State(s): State<AppState>) -> Response {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppLogin {
     name: String,
     password: String,
+    /// The address the login came from, when the caller knows it: failures are also counted per source.
+    #[serde(default)]
+    source: Option<std::net::IpAddr>,
+}
+
+// Written by hand so that a logged request never shows the password.
+impl std::fmt::Debug for AppLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppLogin")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 /// `POST /internal/v1/applications/authenticate`: checks an application user's password (SASL PLAIN at the
-/// router). 200 with the user's tenants and operations, 403 otherwise (unknown names look the same).
+/// router). 200 with the user's tenants and operations, 403 otherwise: unknown names, wrong passwords and
+/// names locked after too many failures look the same, and unknown names cost a bcrypt like known ones
+/// ([`crate::logins`]).
 /// Authenticated by the internal token like the rest of the internal API; routed outside the nest only so
 /// the handler can stay here beside its peers.
 pub async fn authenticate_application(
@@ -273,23 +290,27 @@ pub async fn authenticate_application(
         _ => return Err(ApiError::Unauthorized),
     }
     let denied = || ApiError::Forbidden("unknown application or wrong password".into());
+    // A malformed name cannot exist, so refusing it at once tells nothing.
     let name = match ferry_registry_model::UserName::new(&login.name) {
         Ok(n) => n,
         Err(_) => return Err(denied()),
     };
-    let stored = match s.store.get_application(name.as_str()).await {
-        Ok(a) => a,
-        Err(StoreError::NotFound(_)) => return Err(denied()),
+    let user = match s.store.get_application(name.as_str()).await {
+        Ok(stored) => Some(parse_application(&stored)?),
+        Err(StoreError::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    let user = parse_application(&stored)?;
-    let password = login.password;
-    let (ok, user) = tokio::task::spawn_blocking(move || (user.verify(&password), user))
+    let user = match s
+        .logins
+        .login(&name, login.source, user, login.password)
         .await
-        .map_err(|_| ApiError::bad_request("verification was interrupted"))?;
-    if !ok {
-        return Err(denied());
-    }
+    {
+        Ok(user) => user,
+        Err(Refusal::Denied | Refusal::LockedOut) => return Err(denied()),
+        Err(Refusal::Interrupted) => {
+            return Err(ApiError::bad_request("verification was interrupted"))
+        }
+    };
     let view =
         serde_json::to_value(user.view(&name)).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(view).into_response())

@@ -446,3 +446,156 @@ async fn concurrent_if_match_puts(r: Registry) {
 both!(concurrent_if_match_puts_let_exactly_one_win, |r| {
     concurrent_if_match_puts(r)
 });
+
+/// The registry's count of bcrypt verifications of application passwords.
+fn verifications(r: &Registry) -> u64 {
+    r.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_registry_password_verifications_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A registry whose logins lock after `max_failures` within `lockout_secs`.
+async fn guarded(max_failures: u32, lockout_secs: u64) -> Registry {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.login_max_failures = max_failures;
+    config.login_lockout_secs = lockout_secs;
+    Registry::with_config(config, dir).await
+}
+
+both!(
+    unknown_name_costs_a_bcrypt_like_a_known_one,
+    |r| async move {
+        r.put(
+            "/v1/applications/app1",
+            &json!({ "password": "pw", "tenants": ["t1"] }),
+        )
+        .await;
+        let before = verifications(&r);
+        assert_eq!(
+            authenticate(&r, "app1", "wrong").await.status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(verifications(&r), before + 1, "a known name is verified");
+        assert_eq!(
+            authenticate(&r, "nobody", "wrong").await.status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            verifications(&r),
+            before + 2,
+            "an unknown name is verified against a dummy hash, so timing does not tell it apart"
+        );
+    }
+);
+
+#[tokio::test]
+async fn password_guessing_locks_the_name_without_bcrypt_but_not_other_users() {
+    let r = guarded(3, 600).await;
+    for (name, password) in [("app1", "right"), ("app2", "other")] {
+        r.put(
+            &format!("/v1/applications/{name}"),
+            &json!({ "password": password, "tenants": ["t1"] }),
+        )
+        .await;
+    }
+    for guess in ["a", "b", "c"] {
+        assert_eq!(
+            authenticate(&r, "app1", guess).await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    let before = verifications(&r);
+    let locked = authenticate(&r, "app1", "right").await;
+    assert_eq!(
+        locked.status,
+        StatusCode::FORBIDDEN,
+        "after 3 failures even the right password is refused: {:?}",
+        locked.body
+    );
+    assert_eq!(
+        locked.error(),
+        "unknown application or wrong password",
+        "a lockout looks like any refusal"
+    );
+    assert_eq!(
+        authenticate(&r, "app1", "d").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(verifications(&r), before, "a locked name costs no bcrypt");
+    assert!(r
+        .metrics()
+        .contains("ferry_registry_logins_locked_out_total 2"));
+
+    // Another user is not affected.
+    let other = authenticate(&r, "app2", "other").await;
+    assert_eq!(other.status, StatusCode::OK, "{:?}", other.body);
+
+    // Unknown names are locked alike (a lockout does not tell that a name exists).
+    for guess in ["a", "b", "c"] {
+        authenticate(&r, "nobody", guess).await;
+    }
+    let before = verifications(&r);
+    authenticate(&r, "nobody", "d").await;
+    assert_eq!(verifications(&r), before);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn locked_name_logs_in_again_after_the_window() {
+    let r = guarded(2, 1).await;
+    r.put(
+        "/v1/applications/app1",
+        &json!({ "password": "right", "tenants": ["t1"] }),
+    )
+    .await;
+    for guess in ["a", "b"] {
+        authenticate(&r, "app1", guess).await;
+    }
+    assert_eq!(
+        authenticate(&r, "app1", "right").await.status,
+        StatusCode::FORBIDDEN,
+        "locked"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let ok = authenticate(&r, "app1", "right").await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    // The success cleared the failures: one wrong guess does not lock again.
+    authenticate(&r, "app1", "a").await;
+    assert_eq!(
+        authenticate(&r, "app1", "right").await.status,
+        StatusCode::OK
+    );
+    r.stop().await;
+}
+
+both!(a_source_address_is_optional_and_checked, |r| async move {
+    r.put(
+        "/v1/applications/app1",
+        &json!({ "password": "pw", "tenants": ["t1"] }),
+    )
+    .await;
+    let ok = r
+        .call_with(
+            Method::POST,
+            AUTHENTICATE,
+            Some(INTERNAL),
+            Some(&json!({ "name": "app1", "password": "pw", "source": "192.0.2.7" })),
+            None,
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    let bad = r
+        .call_with(
+            Method::POST,
+            AUTHENTICATE,
+            Some(INTERNAL),
+            Some(&json!({ "name": "app1", "password": "pw", "source": "nowhere" })),
+            None,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
+    assert!(bad.error().contains("source"), "{}", bad.error());
+});

@@ -9,5 +9,6 @@ mod bad_input;
 mod changes;
 mod credentials;
 mod devices;
+mod limits;
 mod server;
 mod tenants;

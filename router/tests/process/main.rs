@@ -10,5 +10,6 @@ mod harness;
 mod support;
 
 mod binary;
+mod hostile;
 mod malformed;
 mod tls;

@@ -24,7 +24,7 @@ const HUGE_FRAME: [u8; 8] = [0x7f, 0xff, 0xff, 0xff, 2, 0, 0, 0];
 
 /// An adapter and a consumer exchanging settled telemetry until told to stop, counting the messages that
 /// went through in `count`; the task fails if one does not arrive within 2 s.
-async fn keep_exchanging(
+pub async fn keep_exchanging(
     p: &Platform,
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU32>,
@@ -56,6 +56,9 @@ async fn keep_exchanging(
                 .await
                 .unwrap_or_else(|| panic!("{body} did not arrive within 2 s"));
             assert_eq!(body_bytes(&d), body.as_bytes());
+            // Disposing counts the delivery towards the receiver's automatic credit refresh (pre-settled
+            // deliveries included); without it the pair would stall after its first 50 messages.
+            let _ = rx.accept(&d).await;
             count.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -66,7 +69,7 @@ async fn keep_exchanging(
 }
 
 /// Waits (at most 10 s) until `more` further messages have gone through.
-async fn wait_for_more(count: &AtomicU32, more: u32) {
+pub async fn wait_for_more(count: &AtomicU32, more: u32) {
     let target = count.load(Ordering::Relaxed) + more;
     for _ in 0..1000 {
         if count.load(Ordering::Relaxed) >= target {

@@ -13,6 +13,8 @@ use serde_json::json;
 #[path = "../e2e/platform.rs"]
 mod platform;
 
+mod hostile;
+
 use platform::{Platform, Raw};
 
 /// The adapter as the tests below configure it: one second for the CONNECT.
