@@ -163,7 +163,12 @@ impl Authenticator {
     }
 
     /// The principal for these credentials, or `None` when they are wrong (or the registry cannot say).
-    pub async fn authenticate(&self, user: &str, password: &str) -> Option<Principal> {
+    pub async fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Option<Principal> {
         if !self.adapter_password.is_empty()
             && constant_time_eq(user.as_bytes(), self.adapter_user.as_bytes())
             && constant_time_eq(password.as_bytes(), self.adapter_password.as_bytes())
@@ -179,7 +184,10 @@ impl Authenticator {
             }
         }
         let registry = self.registry.as_ref()?;
-        match registry.authenticate_application(user, password).await {
+        match registry
+            .authenticate_application(user, password, source)
+            .await
+        {
             Ok(Some(u)) => {
                 let u = Arc::new(u);
                 self.remember(user, password, u.clone());
@@ -236,11 +244,14 @@ mod tests {
         let dump = format!("{:?}", auth.lock());
         assert!(!dump.contains("s3cret-password"), "{dump}");
         assert!(matches!(
-            auth.authenticate("app1", "s3cret-password").await,
+            auth.authenticate("app1", "s3cret-password", None).await,
             Some(Principal::Application(u)) if u.name == "app1"
         ));
-        assert!(auth.authenticate("app1", "wrong").await.is_none());
-        assert!(auth.authenticate("app2", "s3cret-password").await.is_none());
+        assert!(auth.authenticate("app1", "wrong", None).await.is_none());
+        assert!(auth
+            .authenticate("app2", "s3cret-password", None)
+            .await
+            .is_none());
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::EventLimits;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -27,8 +29,25 @@ pub struct Config {
     pub adapter_password: String,
     /// Close connections silent for twice this long; advertised to peers as idle-time-out.
     pub idle_timeout_secs: u64,
-    /// Stored events per tenant beyond which producers get no more credit.
+    /// Most open AMQP connections; beyond, a new one is closed at once.
+    pub max_connections: usize,
+    /// Most open connections of one application user; beyond, a new one gets open + close
+    /// `amqp:resource-limit-exceeded` (the adapters' service credential is not limited).
+    pub max_connections_per_user: usize,
+    /// Most links on one connection; beyond, an attach is refused with `amqp:resource-limit-exceeded`.
+    pub max_links_per_connection: usize,
+    /// Most consumers (receiving links) on one address; beyond, an attach is refused likewise.
+    pub max_consumers_per_address: usize,
+    /// Bytes of deliveries a connection may hold unwritten (its peer reads slowly or not at all) before
+    /// its consumers take no more: producers then get no credit for them.
+    pub max_queued_bytes_per_connection: usize,
+    /// Bytes of stored events over all tenants beyond which every tenant's event producers get no more
+    /// credit (the event store's disk use stays below about twice this).
+    pub max_event_store_bytes: u64,
+    /// Stored events per tenant beyond which its event producers get no more credit.
     pub max_events_per_tenant: u64,
+    /// Bytes of stored events per tenant beyond which its event producers get no more credit.
+    pub max_event_bytes_per_tenant: u64,
     /// Time-to-live of an event without a `ttl` header, in seconds (0 = keep until accepted).
     pub default_event_ttl_secs: u64,
 }
@@ -53,8 +72,17 @@ impl Default for Config {
             adapter_user: "ferry-adapter".into(),
             adapter_password: String::new(),
             idle_timeout_secs: 60,
-            max_events_per_tenant: 100_000,
-            default_event_ttl_secs: 0,
+            max_connections: 10_000,
+            max_connections_per_user: 100,
+            max_links_per_connection: 1024,
+            max_consumers_per_address: 1024,
+            max_queued_bytes_per_connection: crate::hub::DEFAULT_MAX_QUEUED_BYTES,
+            max_event_store_bytes: EventLimits::default().max_bytes,
+            max_events_per_tenant: EventLimits::default().max_events_per_tenant,
+            max_event_bytes_per_tenant: EventLimits::default().max_bytes_per_tenant,
+            // A day: events nobody consumes do not pile up for ever (Hono bounds them only by the
+            // tenant's `max-ttl`, which the adapters apply to the `ttl` they set).
+            default_event_ttl_secs: 86_400,
         }
     }
 }
@@ -75,9 +103,41 @@ impl Config {
         {
             return Err(field("registry_url", "must be an http:// or https:// URL"));
         }
-        if self.max_events_per_tenant == 0 {
-            return Err(field("max_events_per_tenant", "must be at least 1"));
+        for (name, value) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_user", self.max_connections_per_user),
+            ("max_links_per_connection", self.max_links_per_connection),
+            ("max_consumers_per_address", self.max_consumers_per_address),
+            (
+                "max_queued_bytes_per_connection",
+                self.max_queued_bytes_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                return Err(field(name, "must be at least 1"));
+            }
+        }
+        for (name, value) in [
+            ("max_event_store_bytes", self.max_event_store_bytes),
+            ("max_events_per_tenant", self.max_events_per_tenant),
+            (
+                "max_event_bytes_per_tenant",
+                self.max_event_bytes_per_tenant,
+            ),
+        ] {
+            if value == 0 {
+                return Err(field(name, "must be at least 1"));
+            }
         }
         Ok(())
+    }
+
+    /// The event store's limits.
+    pub fn event_limits(&self) -> EventLimits {
+        EventLimits {
+            max_bytes: self.max_event_store_bytes,
+            max_events_per_tenant: self.max_events_per_tenant,
+            max_bytes_per_tenant: self.max_event_bytes_per_tenant,
+        }
     }
 }

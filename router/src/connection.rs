@@ -52,6 +52,12 @@ const INCOMING_WINDOW: u32 = 8192;
 const OUTGOING_WINDOW: u32 = u32::MAX >> 1;
 /// Credit a producer link gets at a time.
 const PRODUCER_WINDOW: u32 = 256;
+/// The most often the router sends heartbeats or checks for idle peers.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
+/// The highest channel a peer may begin a session on (our open's channel-max).
+const CHANNEL_MAX: u16 = 255;
+/// The highest link handle a peer may use in a session (our begin's handle-max).
+const HANDLE_MAX: u32 = 1023;
 /// Largest message accepted, across its transfer frames.
 const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 /// Time allowed for the protocol header and SASL exchange.
@@ -165,6 +171,11 @@ struct Conn<S: EventStore> {
     sessions: HashMap<u16, Session>,
     links: HashMap<LinkId, (u16, u32)>,
     closed: bool,
+    /// Bytes of deliveries (as counted in `handle.queued_bytes`) encoded into `out` since the last write.
+    unwritten: usize,
+    /// Some consumer of this connection was choked (too many bytes held or unsettled): once none is, the
+    /// hub hears their credit again, which wakes the producers that starved meanwhile.
+    choked: bool,
 }
 
 /// Serves one connection until it closes.
@@ -178,31 +189,86 @@ where
     S: EventStore,
 {
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
-    let principal =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut io, &mut inbuf, &shared))
-            .await
-            .map_err(|_| ConnError::Timeout)??;
+    let principal = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut io, &mut inbuf, &shared, peer),
+    )
+    .await
+    .map_err(|_| ConnError::Timeout)??;
     tracing::debug!(%peer, ?principal, "AMQP connection authenticated");
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         shared: shared.clone(),
-        handle: ConnHandle {
-            id: hub::next_id(),
-            tx,
-        },
+        handle: ConnHandle::new(tx),
         principal,
         out: BytesMut::with_capacity(16 * 1024),
         max_frame_out: 512,
         sessions: HashMap::new(),
         links: HashMap::new(),
         closed: false,
+        unwritten: 0,
+        choked: false,
+    };
+    let Some(_user_slot) = UserSlot::take(&shared, &conn.principal) else {
+        let err = error(
+            ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
+            "too many connections for this user",
+        );
+        return conn.refuse_connection(&mut io, err).await;
     };
     shared.hub.metrics.connections.inc();
     let result = conn.run(&mut io, &mut inbuf, &mut rx).await;
     conn.cleanup();
     shared.hub.metrics.connections.dec();
     result
+}
+
+/// An application user's share of `max_connections_per_user`, given back when the connection ends.
+struct UserSlot<'a, S: EventStore> {
+    shared: &'a Shared<S>,
+    user: Option<String>,
+}
+
+impl<'a, S: EventStore> UserSlot<'a, S> {
+    /// `None` when the user already has as many connections as allowed. Adapters are not counted.
+    fn take(shared: &'a Shared<S>, principal: &Principal) -> Option<Self> {
+        let Principal::Application(app) = principal else {
+            return Some(Self { shared, user: None });
+        };
+        let mut per_user = shared
+            .per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = per_user.entry(app.name.clone()).or_insert(0);
+        if *open >= shared.config.max_connections_per_user {
+            return None;
+        }
+        *open += 1;
+        Some(Self {
+            shared,
+            user: Some(app.name.clone()),
+        })
+    }
+}
+
+impl<S: EventStore> Drop for UserSlot<'_, S> {
+    fn drop(&mut self) {
+        let Some(user) = self.user.take() else {
+            return;
+        };
+        let mut per_user = self
+            .shared
+            .per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = per_user.get_mut(&user) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                per_user.remove(&user);
+            }
+        }
+    }
 }
 
 async fn read_more<IO: AsyncRead + Unpin>(
@@ -236,6 +302,7 @@ async fn handshake<IO, S>(
     io: &mut IO,
     buf: &mut BytesMut,
     shared: &Shared<S>,
+    peer: SocketAddr,
 ) -> Result<Principal, ConnError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -278,7 +345,7 @@ where
         let mut parts = response.split(|b| *b == 0);
         let (_authzid, user, pass) = (parts.next(), parts.next(), parts.next());
         match (user.map(std::str::from_utf8), pass.map(std::str::from_utf8)) {
-            (Some(Ok(u)), Some(Ok(p))) => shared.auth.authenticate(u, p).await,
+            (Some(Ok(u)), Some(Ok(p))) => shared.auth.authenticate(u, p, Some(peer.ip())).await,
             _ => None,
         }
     } else {
@@ -376,7 +443,7 @@ impl<S: EventStore> Conn<S> {
                 container_id: "ferry-router".into(),
                 hostname: None,
                 max_frame_size: MAX_FRAME_SIZE.into(),
-                channel_max: 255.into(),
+                channel_max: CHANNEL_MAX.into(),
                 idle_time_out: u32::try_from(our_idle.as_millis()).ok(),
                 outgoing_locales: None,
                 incoming_locales: None,
@@ -390,10 +457,21 @@ impl<S: EventStore> Conn<S> {
         io.write_all(&self.out).await?;
         self.out.clear();
 
-        let heartbeat_every = peer_idle.map_or(Duration::from_secs(3600), |d| d / 2);
-        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        // Heartbeats at half the peer's idle-time-out, but never more often than MIN_HEARTBEAT (a peer asking
+        // for 1 ms would otherwise get 2,000 frames a second); our own idle check runs at half of ours,
+        // whether or not the peer asked for heartbeats.
+        let heartbeat_every = peer_idle.map(|d| (d / 2).max(MIN_HEARTBEAT));
+        let idle_check = (!our_idle.is_zero()).then_some(our_idle / 2);
+        let tick_every = match (heartbeat_every, idle_check) {
+            (Some(h), Some(c)) => h.min(c),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => Duration::from_secs(3600),
+        }
+        .max(MIN_HEARTBEAT);
+        let mut heartbeat = tokio::time::interval(tick_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
         let stop = self.shared.shutdown.clone().wait();
         tokio::pin!(stop);
 
@@ -422,7 +500,10 @@ impl<S: EventStore> Conn<S> {
                             ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
                             "idle timeout",
                         )));
-                    } else if self.out.is_empty() {
+                    } else if heartbeat_every
+                        .is_some_and(|h| last_write.elapsed() + tick_every > h)
+                        && self.out.is_empty()
+                    {
                         codec::encode_heartbeat(&mut self.out);
                     }
                 }
@@ -436,6 +517,11 @@ impl<S: EventStore> Conn<S> {
             if !self.out.is_empty() {
                 io.write_all(&self.out).await?;
                 self.out.clear();
+                self.handle.written(std::mem::take(&mut self.unwritten));
+                last_write = Instant::now();
+            }
+            if self.choked {
+                self.unchoke();
             }
         }
         io.flush().await?;
@@ -455,7 +541,7 @@ impl<S: EventStore> Conn<S> {
                 container_id: "ferry-router".into(),
                 hostname: None,
                 max_frame_size: MAX_FRAME_SIZE.into(),
-                channel_max: 255.into(),
+                channel_max: CHANNEL_MAX.into(),
                 idle_time_out: None,
                 outgoing_locales: None,
                 incoming_locales: None,
@@ -566,6 +652,13 @@ impl<S: EventStore> Conn<S> {
         if self.sessions.contains_key(&channel) {
             return self.session_error("channel already in use");
         }
+        if channel > CHANNEL_MAX {
+            // Our open said channel-max 255: a begin above it is a connection error (AMQP 1.0 §2.7.1).
+            return self.close(Some(error(
+                ErrorCondition::ConnectionError(ConnectionError::FramingError),
+                "channel above channel-max",
+            )));
+        }
         self.sessions.insert(
             channel,
             Session {
@@ -586,7 +679,7 @@ impl<S: EventStore> Conn<S> {
                 next_outgoing_id: 0,
                 incoming_window: INCOMING_WINDOW,
                 outgoing_window: OUTGOING_WINDOW,
-                handle_max: Handle(1023),
+                handle_max: Handle(HANDLE_MAX),
                 offered_capabilities: None,
                 desired_capabilities: None,
                 properties: None,
@@ -643,6 +736,23 @@ impl<S: EventStore> Conn<S> {
         {
             return self.session_error("handle already in use");
         }
+        if handle > HANDLE_MAX {
+            // Our begin said handle-max: beyond it is an error of the session (AMQP 1.0 §2.7.2).
+            return self.close(Some(error(
+                ErrorCondition::ConnectionError(ConnectionError::FramingError),
+                "handle above handle-max",
+            )));
+        }
+        if self.links.len() >= self.shared.config.max_links_per_connection {
+            return self.refuse_attach(
+                channel,
+                &attach,
+                error(
+                    ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
+                    "too many links on this connection",
+                ),
+            );
+        }
         // The peer's role tells the direction: a sending peer sends to us.
         let (direction, address) = match attach.role {
             Role::Sender => (
@@ -690,6 +800,18 @@ impl<S: EventStore> Conn<S> {
             Address::CommandInternal(instance) => hub.address(Kind::CommandInternal, instance),
         };
         let kind = addr.kind.clone();
+        if direction == Direction::Out
+            && hub.consumers(&addr) >= self.shared.config.max_consumers_per_address
+        {
+            return self.refuse_attach(
+                channel,
+                &attach,
+                error(
+                    ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
+                    "too many consumers on this address",
+                ),
+            );
+        }
         // Settle modes of HONO-CONTRACT §1.1 / §1.2; anything else closes the link.
         let rcv_first = matches!(attach.rcv_settle_mode, ReceiverSettleMode::First);
         let snd_settled = matches!(attach.snd_settle_mode, SenderSettleMode::Settled);
@@ -1557,6 +1679,7 @@ impl<S: EventStore> Conn<S> {
             let waiting = std::mem::take(&mut session.waiting);
             for w in waiting {
                 if w.0 == handle {
+                    self.handle.written(w.1.len() + hub::DELIVERY_OVERHEAD);
                     origins.push(w.3);
                 } else {
                     session.waiting.push_back(w);
@@ -1591,6 +1714,36 @@ impl<S: EventStore> Conn<S> {
         }
     }
 
+    /// Once no consumer of this connection is choked any more, tells the hub their credit again (which
+    /// wakes starved producers and dispatches held events and responses).
+    fn unchoke(&mut self) {
+        let max = self.shared.hub.max_queued_bytes;
+        let consumers: Vec<(u16, u32)> = self
+            .sessions
+            .iter()
+            .flat_map(|(channel, s)| {
+                s.links
+                    .iter()
+                    .filter(|(_, l)| l.consumer.is_some())
+                    .map(move |(handle, _)| (*channel, *handle))
+            })
+            .collect();
+        let still = consumers.iter().any(|(channel, handle)| {
+            self.sessions
+                .get(channel)
+                .and_then(|s| s.links.get(handle))
+                .and_then(|l| l.consumer.as_ref())
+                .is_some_and(|c| c.choked(max))
+        });
+        if still {
+            return;
+        }
+        self.choked = false;
+        for (channel, handle) in consumers {
+            self.update_consumer_credit(channel, handle);
+        }
+    }
+
     fn handle_request(&mut self, msg: ToConn) {
         match msg {
             ToConn::Deliver {
@@ -1617,17 +1770,22 @@ impl<S: EventStore> Conn<S> {
     }
 
     fn deliver(&mut self, link_id: LinkId, payload: Bytes, settled: bool, origin: Origin) {
+        let cost = payload.len() + hub::DELIVERY_OVERHEAD;
         let Some((channel, handle)) = self.links.get(&link_id).copied() else {
             // The link left before the delivery reached it; its detach released its credit.
+            self.handle.written(cost);
             return self.shared.hub.settle(origin, hub::release());
         };
         let Some(session) = self.sessions.get_mut(&channel) else {
+            self.handle.written(cost);
             return;
         };
         let Some(link) = session.links.get_mut(&handle) else {
+            self.handle.written(cost);
             return;
         };
         let Some(consumer) = link.consumer.clone() else {
+            self.handle.written(cost);
             return;
         };
         consumer.dequeued();
@@ -1637,10 +1795,14 @@ impl<S: EventStore> Conn<S> {
             .wrapping_sub(link.sent_count);
         if available == 0 || available > i32::MAX as u32 {
             // Raced with a credit change: hand it back rather than send without credit.
+            self.handle.written(cost);
             self.shared
                 .hub
                 .consumer_settled(&consumer, origin, hub::release());
             return;
+        }
+        if consumer.choked(self.shared.hub.max_queued_bytes) {
+            self.choked = true;
         }
         link.sent_count = link.sent_count.wrapping_add(1);
         let drain_pending = link.drain;
@@ -1666,6 +1828,7 @@ impl<S: EventStore> Conn<S> {
         origin: Origin,
         consumer: &Arc<Consumer>,
     ) {
+        self.unwritten += payload.len() + hub::DELIVERY_OVERHEAD;
         let Some(session) = self.sessions.get_mut(&channel) else {
             return;
         };
@@ -1723,6 +1886,7 @@ impl<S: EventStore> Conn<S> {
                 return;
             };
             let Some(consumer) = session.links.get(&handle).and_then(|l| l.consumer.clone()) else {
+                self.handle.written(payload.len() + hub::DELIVERY_OVERHEAD);
                 self.shared.hub.settle(origin, hub::release());
                 continue;
             };

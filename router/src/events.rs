@@ -2,12 +2,14 @@
 //! a consumer accepts them or their TTL passes, and handed back in append order after a restart.
 //!
 //! # Split of work with the router
-//! The router keeps, per tenant, the in-memory queue of undelivered and unsettled events and decides about
-//! redelivery (a consumer that detaches without settling gives its events back to that queue). The store is
-//! only the durable log behind the queue: [`EventStore::append`] before the router answers `accepted` to the
-//! producer, [`EventStore::ack`] when a consumer accepts, [`EventStore::expire`] on a timer, and
-//! [`EventStore::pending`] at start to rebuild the queues. [`EventStore::depth`] lets the router refuse
-//! producer credit once a tenant's backlog reaches its limit, which is what bounds the store.
+//! The router keeps, per tenant, the queue of undelivered and unsettled events **by id only** and decides
+//! about redelivery (a consumer that detaches without settling gives its events back to that queue). The
+//! store is the durable log behind the queue and the only place payloads live: [`EventStore::append`]
+//! before the router answers `accepted` to the producer, [`EventStore::read`] when the router hands events
+//! to a consumer (a batch per dispatch round), [`EventStore::ack`] when a consumer accepts,
+//! [`EventStore::expire`] on a timer, and [`EventStore::pending`] at start to rebuild the queues (ids, no
+//! payloads). [`EventStore::usage`] and [`EventStore::total`] let the router refuse producer credit once a
+//! tenant's backlog or the whole store reaches its limit ([`EventLimits`]), which is what bounds the store.
 //!
 //! The store is a trait so that a deployment can put events into an external broker instead. The trait
 //! returns `impl Future` (no boxing on the hot path); the router is generic over it rather than using `dyn`.
@@ -58,9 +60,11 @@
 //!   log (same id, so append order is unchanged; the later copy wins at recovery), a few MiB per step
 //!   between write batches, and the segment is then deleted. Disk use is so bounded by about twice the live
 //!   bytes plus three segments, with write amplification of at most one copy per unit of garbage reclaimed.
-//! - **Memory**: payloads are not kept in memory. Per live event the index holds roughly 100–200 bytes
-//!   (position, expiry, per-segment membership); [`EventStore::pending`] reads payloads back from disk.
-//!   The router's per-tenant depth limit (it refuses producer credit beyond it) bounds the total.
+//! - **Memory**: payloads are not kept in memory, neither here nor in the router. Per live event the index
+//!   holds roughly 100–200 bytes (position, expiry, per-segment membership) and the router's queue 8 bytes
+//!   (the id); [`EventStore::read`] reads payloads back from disk when they are delivered. The router's
+//!   limits ([`EventLimits`]: bytes in the whole store, events and bytes per tenant; it refuses producer
+//!   credit beyond them) bound the total.
 //! - **Failure**: after a failed write or sync the page cache no longer says what is on disk (the
 //!   "fsyncgate" lesson), so the store refuses every later operation with [`StoreError::Failed`]; a restart
 //!   recovers from what is on disk.
@@ -122,6 +126,71 @@ pub struct StoredEvent {
     pub expires_at_ms: Option<u64>,
 }
 
+/// Payloads read for one dispatch round ([`EventStore::read`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadBatch {
+    /// The live events among the ids looked at, in the order asked for.
+    pub events: Vec<StoredEvent>,
+    /// How many of the ids asked for were looked at (read, or skipped as no longer live); the rest were
+    /// left for a later round because the byte budget was used up.
+    pub looked_at: usize,
+}
+
+/// What a tenant, or the whole store, holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub events: u64,
+    /// What the events take in the store (for [`SegmentLog`], their records on disk).
+    pub bytes: u64,
+}
+
+/// How much the store may hold before the router gives event producers no more credit. Hono's tenant
+/// `resource-limits` have no such limit (only `max-ttl`, which the adapters apply), so these come from the
+/// router's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Bytes of live events over all tenants: the bound on the store's disk use (about twice this, see
+    /// "Compaction") and on the noise one tenant can make for the others.
+    pub max_bytes: u64,
+    pub max_events_per_tenant: u64,
+    pub max_bytes_per_tenant: u64,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1 << 30,
+            max_events_per_tenant: 100_000,
+            max_bytes_per_tenant: 256 << 20,
+        }
+    }
+}
+
+impl EventLimits {
+    /// Whether `tenant`'s usage, with the store's `total`, leaves room for more events: `None` when it
+    /// does, else which limit is reached.
+    pub fn reached(&self, tenant: Usage, total: Usage) -> Option<Limit> {
+        if total.bytes >= self.max_bytes {
+            Some(Limit::Store)
+        } else if tenant.events >= self.max_events_per_tenant
+            || tenant.bytes >= self.max_bytes_per_tenant
+        {
+            Some(Limit::Tenant)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which [`EventLimits`] limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The whole store is full: every tenant's producers wait.
+    Store,
+    /// This tenant's backlog is full: only its producers wait.
+    Tenant,
+}
+
 /// Why the store could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -178,17 +247,36 @@ pub trait EventStore: Send + Sync + 'static {
     /// acknowledged, expired, or another tenant's). Durable lazily: see the module docs.
     fn ack(&self, tenant: &TenantId, id: EventId) -> Result<bool, StoreError>;
 
-    /// Up to `max` live events of `tenant` with ids above `after`, in append order. The router calls this
-    /// at start (and may page through a long backlog) to rebuild its queue.
+    /// The ids of up to `max` live events of `tenant` above `after`, in append order; no payloads. The
+    /// router pages through this at start to rebuild its queue.
     fn pending(
         &self,
         tenant: &TenantId,
         after: Option<EventId>,
         max: usize,
-    ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send + 'static;
+    ) -> impl Future<Output = Result<Vec<EventId>, StoreError>> + Send + 'static;
+
+    /// Reads the events `ids` of `tenant`, in the order given, until about `max_bytes` are read (at least
+    /// one event always is). Ids no longer live (acknowledged, expired, another tenant's) are skipped. The
+    /// events to read are fixed when this is called, so acks and compaction after the call do not change
+    /// the answer.
+    fn read(
+        &self,
+        tenant: &TenantId,
+        ids: Vec<EventId>,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<ReadBatch, StoreError>> + Send + 'static;
+
+    /// How many live events `tenant` has and how many bytes they take.
+    fn usage(&self, tenant: &TenantId) -> Usage;
+
+    /// The same over all tenants.
+    fn total(&self) -> Usage;
 
     /// How many live events `tenant` has.
-    fn depth(&self, tenant: &TenantId) -> u64;
+    fn depth(&self, tenant: &TenantId) -> u64 {
+        self.usage(tenant).events
+    }
 
     /// Removes every event whose `expires_at_ms <= now_ms` and says which.
     fn expire(&self, now_ms: u64) -> Vec<(TenantId, EventId)>;

@@ -12,8 +12,8 @@
 //! it is woken with fresh credit when a consumer grants more. Nothing is buffered for telemetry: a message
 //! that finds no consumer with credit is released (or dropped, when pre-settled).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use fe2o3_amqp_types::messaging::DeliveryState;
 use ferry_core::ids::TenantId;
 use tokio::sync::mpsc;
 
-use crate::events::{EventId, EventStore, NewEvent};
+use crate::events::{EventId, EventLimits, EventStore, Limit, NewEvent, ReadBatch};
 use crate::metrics::Metrics;
 
 /// A link, unique for the life of the process (handles and channels are reused; this is not).
@@ -59,9 +59,32 @@ pub enum ToConn {
 pub struct ConnHandle {
     pub id: u64,
     pub tx: mpsc::UnboundedSender<ToConn>,
+    /// Bytes of deliveries handed to the connection and not yet written to its socket (each counted with
+    /// [`DELIVERY_OVERHEAD`]). Past [`Hub::max_queued_bytes`] its consumers take nothing more, so a peer
+    /// that stops reading makes the router hold a bounded amount, whatever credit it granted.
+    pub queued_bytes: Arc<AtomicUsize>,
 }
 
+/// What a queued delivery costs beside its payload (the request, its origin, the frame header).
+pub const DELIVERY_OVERHEAD: usize = 128;
+
+/// Most deliveries a consumer may leave unsettled; past it, it takes nothing more until it settles some.
+pub const MAX_UNSETTLED_PER_CONSUMER: i64 = 10_000;
+
 impl ConnHandle {
+    pub fn new(tx: mpsc::UnboundedSender<ToConn>) -> Self {
+        Self {
+            id: next_id(),
+            tx,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The connection wrote (or dropped) `bytes` of what it was handed.
+    pub fn written(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
     /// Sends a request; a connection that has gone ignores it (its cleanup already settled everything).
     pub fn send(&self, msg: ToConn) -> bool {
         self.tx.send(msg).is_ok()
@@ -135,6 +158,22 @@ impl Consumer {
         self.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Whether the consumer may take more now: its connection is not holding too many bytes for it, and
+    /// it has not left too many deliveries unsettled.
+    pub fn choked(&self, max_queued_bytes: usize) -> bool {
+        self.conn.queued_bytes.load(Ordering::Acquire) > max_queued_bytes
+            || self.unsettled.load(Ordering::Relaxed) >= MAX_UNSETTLED_PER_CONSUMER
+    }
+
+    /// Its credit as producers and the picker should see it: none while choked.
+    fn usable_credit(&self, max_queued_bytes: usize) -> i64 {
+        if self.choked(max_queued_bytes) {
+            0
+        } else {
+            self.credit.load(Ordering::Acquire).max(0)
+        }
+    }
+
     fn take_credit(&self) -> bool {
         let mut cur = self.credit.load(Ordering::Acquire);
         while cur > 0 {
@@ -168,10 +207,8 @@ struct Address {
     next: usize,
     /// Producers that ran out of credit while no consumer had any; woken when one does.
     starved: Vec<Arc<Producer>>,
-    /// Events: stored and not yet delivered, in append order.
-    queue: VecDeque<QueuedEvent>,
-    /// Events delivered and not yet settled.
-    in_flight: HashMap<EventId, QueuedEvent>,
+    /// Events (of `event/T`): ids only; payloads stay in the store until delivered.
+    events: EventQueue,
     /// Command responses for an application whose receiver is attached but has no credit yet, oldest
     /// first; delivered when it grants some, released at their deadline or when the receiver leaves.
     waiting: VecDeque<WaitingResponse>,
@@ -193,21 +230,60 @@ pub const RESPONSE_CREDIT_WAIT: std::time::Duration = std::time::Duration::from_
 /// Most command responses held per reply address; beyond that they are released at once.
 const MAX_WAITING_RESPONSES: usize = 1024;
 
-#[derive(Debug, Clone)]
-struct QueuedEvent {
-    id: EventId,
-    payload: Bytes,
+/// A tenant's events as the hub tracks them: ids, 8 bytes an event. Payloads are read from the store
+/// when they are delivered, a bounded batch per dispatch round ([`READ_BATCH_EVENTS`],
+/// [`READ_BATCH_BYTES`]), so a backlog costs disk, not memory.
+#[derive(Debug, Default)]
+struct EventQueue {
+    /// Stored and not yet delivered, in append (id) order.
+    ready: VecDeque<EventId>,
+    /// Delivered and not yet settled.
+    in_flight: HashSet<EventId>,
+    /// A dispatch round is reading payloads: it takes what becomes deliverable meanwhile, so rounds of
+    /// one address never overlap (which keeps deliveries in order).
+    reading: bool,
 }
+
+impl EventQueue {
+    /// Puts `id` at its place in append order (at the back, for a new event).
+    fn insert(&mut self, id: EventId) {
+        if self.ready.back().is_none_or(|last| *last < id) {
+            self.ready.push_back(id);
+            return;
+        }
+        let pos = self.ready.partition_point(|q| *q < id);
+        if self.ready.get(pos) != Some(&id) {
+            self.ready.insert(pos, id);
+        }
+    }
+
+    fn remove(&mut self, id: EventId) {
+        if let Ok(pos) = self.ready.binary_search(&id) {
+            self.ready.remove(pos);
+        }
+    }
+}
+
+/// Most events one dispatch round reads from the store.
+const READ_BATCH_EVENTS: usize = 64;
+
+/// About the most payload bytes one dispatch round reads (at least one event, up to the router's 1 MiB
+/// message limit, always is): what a tenant's dispatch holds in memory between store and connections.
+const READ_BATCH_BYTES: usize = 1 << 20;
+
+/// Event ids read per page when the queues are rebuilt at start.
+const RESTORE_PAGE: usize = 4096;
 
 impl Address {
     /// The consumer with credit and the fewest unsettled deliveries (ties take turns); its credit is taken.
-    fn pick(&mut self) -> Option<Arc<Consumer>> {
+    /// A choked consumer ([`Consumer::choked`]) is passed over.
+    fn pick(&mut self, max_queued_bytes: usize) -> Option<Arc<Consumer>> {
         let n = self.consumers.len();
         let mut best: Option<usize> = None;
         for k in 0..n {
             let i = (self.next + k) % n;
             let c = &self.consumers[i];
-            if c.credit.load(Ordering::Acquire) <= 0 {
+            if c.usable_credit(max_queued_bytes) <= 0 {
                 continue;
             }
             let load = c.unsettled.load(Ordering::Relaxed);
@@ -225,6 +301,9 @@ impl Address {
         })
     }
 }
+
+/// Default of [`Hub::max_queued_bytes`].
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 
 /// Credit of a telemetry producer while its address has no consumer: one message at a time, released on
 /// arrival. Small, so that when a consumer attaches, few messages sent on this credit find it still
@@ -275,8 +354,13 @@ pub struct Hub<S: EventStore> {
     last_gateway: Mutex<LastGateways>,
     store: Arc<S>,
     pub metrics: Metrics,
-    /// Most events a tenant may have stored before producers get no more credit.
-    pub max_events_per_tenant: u64,
+    /// How much the event store may hold before event producers get no more credit.
+    event_limits: EventLimits,
+    /// An event producer got no credit because the whole store was full: the next event to leave the
+    /// store wakes every tenant's starved event producers, not only its own tenant's.
+    events_full: AtomicBool,
+    /// Most bytes of deliveries a connection may hold unwritten before its consumers take no more.
+    pub max_queued_bytes: usize,
 }
 
 impl<S: EventStore> std::fmt::Debug for Hub<S> {
@@ -319,8 +403,30 @@ impl<S: EventStore> Hub<S> {
             last_gateway: Mutex::new(HashMap::new()),
             store,
             metrics,
-            max_events_per_tenant,
+            event_limits: EventLimits {
+                max_events_per_tenant,
+                ..EventLimits::default()
+            },
+            events_full: AtomicBool::new(false),
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
+    }
+
+    /// Sets the event store's limits (replacing `new`'s `max_events_per_tenant`).
+    pub fn with_event_limits(mut self, limits: EventLimits) -> Self {
+        self.event_limits = limits;
+        self
+    }
+
+    /// Sets [`Hub::max_queued_bytes`].
+    pub fn with_max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
+        self
+    }
+
+    /// Consumers attached at `addr`.
+    pub fn consumers(&self, addr: &AddressRef) -> usize {
+        lock(&addr.inner).consumers.len()
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -361,22 +467,17 @@ impl<S: EventStore> Hub<S> {
             .count()
     }
 
-    /// Loads the stored events of every tenant into their queues (at start).
+    /// Rebuilds every tenant's event queue from the store's ids (at start; no payload is read).
     pub async fn restore_events(&self) -> Result<(), crate::events::StoreError> {
         for tenant in self.store.tenants() {
             let addr = self.address(Kind::Event, &tenant);
             let mut after = None;
             loop {
-                let page = self.store.pending(&tenant, after, 1024).await?;
+                let page = self.store.pending(&tenant, after, RESTORE_PAGE).await?;
                 let Some(last) = page.last() else { break };
-                after = Some(last.id);
-                let mut a = lock(&addr.inner);
-                for e in page {
-                    a.queue.push_back(QueuedEvent {
-                        id: e.id,
-                        payload: e.payload,
-                    });
-                }
+                after = Some(*last);
+                // Pages come in append order, each after the last.
+                lock(&addr.inner).events.ready.extend(page);
             }
             self.metrics
                 .event_store_depth(&tenant, self.store.depth(&tenant));
@@ -433,7 +534,9 @@ impl<S: EventStore> Hub<S> {
                 }
             }
             Kind::Event => self.dispatch_events(addr),
-            Kind::CommandResponse => dispatch_waiting(&mut lock(&addr.inner)),
+            Kind::CommandResponse => {
+                dispatch_waiting(&mut lock(&addr.inner), self.max_queued_bytes)
+            }
             Kind::Command | Kind::CommandInternal => {}
         }
     }
@@ -512,16 +615,10 @@ impl<S: EventStore> Hub<S> {
                 );
                 {
                     let mut a = lock(&addr.inner);
-                    if let Some(e) = a.in_flight.remove(&id) {
-                        if !done {
-                            // Back to its place in append order, so redelivery keeps the order.
-                            let pos = a
-                                .queue
-                                .iter()
-                                .position(|q| q.id > id)
-                                .unwrap_or(a.queue.len());
-                            a.queue.insert(pos, e);
-                        }
+                    if a.events.in_flight.remove(&id) && !done {
+                        // Back to its place in append order, so redelivery keeps the order. Expired
+                        // meanwhile, it is skipped when the store is asked for its payload.
+                        a.events.insert(id);
                     }
                 }
                 if done {
@@ -532,6 +629,7 @@ impl<S: EventStore> Hub<S> {
                     }
                     self.metrics
                         .event_store_depth(&tenant, self.store.depth(&tenant));
+                    self.wake_event_producers(Some(&addr));
                 } else {
                     self.dispatch_events(&addr);
                 }
@@ -574,7 +672,7 @@ impl<S: EventStore> Hub<S> {
                 let available: i64 = a
                     .consumers
                     .iter()
-                    .map(|c| c.credit.load(Ordering::Acquire).max(0))
+                    .map(|c| c.usable_credit(self.max_queued_bytes))
                     .sum();
                 if available > 0 {
                     u32::try_from(available).unwrap_or(u32::MAX)
@@ -585,11 +683,22 @@ impl<S: EventStore> Hub<S> {
                     0
                 }
             }
+            // Events are stored whether or not anyone consumes; only the store's limits stop them. A
+            // refused producer is woken when an event leaves the store (`wake_event_producers`).
             Kind::Event => {
-                if self.store.depth(&addr.tenant) < self.max_events_per_tenant {
-                    u32::MAX
-                } else {
-                    0
+                let mut a = lock(&addr.inner);
+                let tenant = self.store.usage(&addr.tenant);
+                match self.event_limits.reached(tenant, self.store.total()) {
+                    None => u32::MAX,
+                    Some(limit) => {
+                        if limit == Limit::Store {
+                            self.events_full.store(true, Ordering::Release);
+                        }
+                        if !a.starved.iter().any(|p| Arc::ptr_eq(p, producer)) {
+                            a.starved.push(producer.clone());
+                        }
+                        0
+                    }
                 }
             }
             // Commands, responses and subscription changes are settled at once when they cannot be
@@ -612,15 +721,10 @@ impl<S: EventStore> Hub<S> {
         settled: bool,
         origin: Origin,
     ) -> Routed {
-        let Some(consumer) = lock(&addr.inner).pick() else {
+        let Some(consumer) = lock(&addr.inner).pick(self.max_queued_bytes) else {
             return Routed::NoConsumer;
         };
-        consumer.conn.send(ToConn::Deliver {
-            link: consumer.link,
-            payload,
-            settled,
-            origin,
-        });
+        deliver(&consumer, payload, settled, origin);
         Routed::Forwarded
     }
 
@@ -772,7 +876,7 @@ impl<S: EventStore> Hub<S> {
             return Routed::NoConsumer;
         };
         let mut a = lock(&inner);
-        if let Some(consumer) = a.pick() {
+        if let Some(consumer) = a.pick(self.max_queued_bytes) {
             drop(a);
             deliver(&consumer, payload, settled, origin);
             return Routed::Forwarded;
@@ -819,7 +923,7 @@ impl<S: EventStore> Hub<S> {
         settled: bool,
         origin: Origin,
     ) -> Routed {
-        let Some(consumer) = lock(&addr.inner).pick() else {
+        let Some(consumer) = lock(&addr.inner).pick(self.max_queued_bytes) else {
             return Routed::NoConsumer;
         };
         deliver(&consumer, payload, settled, origin);
@@ -828,7 +932,7 @@ impl<S: EventStore> Hub<S> {
 
     // ---- events ----
 
-    /// Stores an event durably; resolves when it is safe to accept it, and queues it for consumers.
+    /// Stores an event durably; resolves when it is safe to accept it, and queues its id for consumers.
     pub async fn append_event(
         &self,
         addr: &AddressRef,
@@ -836,47 +940,199 @@ impl<S: EventStore> Hub<S> {
     ) -> Result<(), crate::events::StoreError> {
         let payload = event.payload.clone();
         let id = self.store.append(&addr.tenant, event).await?;
-        lock(&addr.inner)
-            .queue
-            .push_back(QueuedEvent { id, payload });
+        lock(&addr.inner).events.insert(id);
         self.metrics
             .event_store_depth(&addr.tenant, self.store.depth(&addr.tenant));
-        self.dispatch_events(addr);
+        self.dispatch(addr, Some((id, payload)));
         Ok(())
     }
 
-    /// Hands queued events to consumers with credit, in order.
+    /// Hands queued events to consumers with credit, in order. The payloads are read from the store off
+    /// the caller's task, a bounded batch at a time.
     pub fn dispatch_events(&self, addr: &AddressRef) {
+        self.dispatch(addr, None);
+    }
+
+    /// `known`: an event whose payload is at hand (the one just appended); when the round is just that
+    /// event, as it is while consumers keep up, it is delivered without reading it back.
+    fn dispatch(&self, addr: &AddressRef, known: Option<(EventId, Bytes)>) {
+        let max_queued = self.max_queued_bytes;
         let mut a = lock(&addr.inner);
-        while !a.queue.is_empty() {
-            let Some(consumer) = a.pick() else { break };
-            let Some(event) = a.queue.pop_front() else {
-                break;
-            };
-            a.in_flight.insert(event.id, event.clone());
-            consumer.conn.send(ToConn::Deliver {
-                link: consumer.link,
-                payload: event.payload,
-                settled: false,
-                origin: Origin::Event {
-                    addr: addr.clone(),
-                    id: event.id,
-                },
-            });
+        let Some(mut ids) = take_batch(&mut a, max_queued, false) else {
+            return;
+        };
+        if let Some((id, payload)) = known {
+            if ids == [id] {
+                deliver_events(&mut a, addr, max_queued, &ids, vec![(id, payload)], 1);
+                match take_batch(&mut a, max_queued, true) {
+                    Some(next) => ids = next,
+                    None => return,
+                }
+            }
         }
+        drop(a);
+        let round = dispatch_rounds(self.store.clone(), addr.clone(), max_queued, ids.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(round);
+        } else {
+            // Only a caller outside any runtime (none in the router) gets here: leave the events queued.
+            tracing::error!("event dispatch called outside a tokio runtime");
+            let mut a = lock(&addr.inner);
+            for id in ids {
+                a.events.insert(id);
+            }
+            a.events.reading = false;
+        }
+    }
+
+    /// Undelivered events of `addr` (ids held in memory; their payloads are on disk).
+    pub fn queued_events(&self, addr: &AddressRef) -> usize {
+        lock(&addr.inner).events.ready.len()
     }
 
     /// Drops expired events from queues and store.
     pub fn expire_events(&self, now_ms: u64) {
+        let mut by_tenant: HashMap<TenantId, Vec<EventId>> = HashMap::new();
         for (tenant, id) in self.store.expire(now_ms) {
+            by_tenant.entry(tenant).or_default().push(id);
+        }
+        for (tenant, ids) in by_tenant {
             let addr = self.address(Kind::Event, &tenant);
-            let mut a = lock(&addr.inner);
-            a.queue.retain(|e| e.id != id);
+            {
+                let mut a = lock(&addr.inner);
+                for id in ids {
+                    // One delivered and unsettled stays in flight; its ack will find it gone.
+                    a.events.remove(id);
+                }
+            }
+            self.metrics
+                .event_store_depth(&tenant, self.store.depth(&tenant));
+            self.wake_event_producers(Some(&addr));
+        }
+        // A producer refused while the store was full can miss the wake of the event that made room (it
+        // was refused on a stale look); this once-a-second call catches it.
+        self.wake_event_producers(None);
+    }
+
+    /// Event producers refused credit get another look once events left the store: those of `addr`, and
+    /// every tenant's when the whole store was full and is no longer.
+    fn wake_event_producers(&self, addr: Option<&AddressRef>) {
+        if self.store.total().bytes >= self.event_limits.max_bytes {
+            return;
+        }
+        let addresses: Vec<Arc<Mutex<Address>>> = if self.events_full.swap(false, Ordering::AcqRel)
+        {
+            lock(&self.addresses)
+                .iter()
+                .filter(|((kind, _, _), _)| *kind == Kind::Event)
+                .map(|(_, a)| a.clone())
+                .collect()
+        } else if let Some(addr) = addr {
+            vec![addr.inner.clone()]
+        } else {
+            return;
+        };
+        for inner in addresses {
+            let starved = std::mem::take(&mut lock(&inner).starved);
+            for p in starved {
+                p.conn.send(ToConn::Wake { link: p.link });
+            }
         }
     }
 }
 
+/// Takes the ids of the next dispatch round when consumers have credit for them, and marks the round as
+/// reading; `None` when there is nothing to deliver, or (unless `continuing` that round) a round is
+/// already reading.
+fn take_batch(a: &mut Address, max_queued: usize, continuing: bool) -> Option<Vec<EventId>> {
+    if a.events.reading && !continuing {
+        return None;
+    }
+    let credit: i64 = a
+        .consumers
+        .iter()
+        .map(|c| c.usable_credit(max_queued))
+        .sum();
+    let n = usize::try_from(credit)
+        .unwrap_or(0)
+        .min(READ_BATCH_EVENTS)
+        .min(a.events.ready.len());
+    a.events.reading = n > 0;
+    (n > 0).then(|| a.events.ready.drain(..n).collect())
+}
+
+/// Reads the payloads of a round and delivers them, then the next rounds while there is credit and
+/// something to deliver. One task per address at a time (`EventQueue::reading`), so deliveries stay in
+/// append order.
+async fn dispatch_rounds<S: EventStore>(
+    store: Arc<S>,
+    addr: AddressRef,
+    max_queued: usize,
+    mut ids: Vec<EventId>,
+) {
+    loop {
+        let read = store
+            .read(&addr.tenant, ids.clone(), READ_BATCH_BYTES)
+            .await;
+        let mut a = lock(&addr.inner);
+        match read {
+            Ok(ReadBatch { events, looked_at }) => {
+                let events = events.into_iter().map(|e| (e.id, e.payload)).collect();
+                deliver_events(&mut a, &addr, max_queued, &ids, events, looked_at);
+            }
+            Err(e) => {
+                // Left queued: the next credit grant, settlement or event tries again.
+                tracing::warn!(tenant = %addr.tenant, error = %e, "cannot read events from the store");
+                for id in ids {
+                    a.events.insert(id);
+                }
+                a.events.reading = false;
+                return;
+            }
+        }
+        match take_batch(&mut a, max_queued, true) {
+            Some(next) => ids = next,
+            None => return,
+        }
+    }
+}
+
+/// Delivers a round's events in order. Credit can shrink while a round reads: what finds no consumer goes
+/// back to the queue, as do the ids the store did not get to (`looked_at`). Ids looked at and not among
+/// `events` are no longer stored (expired meanwhile) and are dropped.
+fn deliver_events(
+    a: &mut Address,
+    addr: &AddressRef,
+    max_queued: usize,
+    ids: &[EventId],
+    events: Vec<(EventId, Bytes)>,
+    looked_at: usize,
+) {
+    let mut back: Vec<EventId> = ids.get(looked_at..).unwrap_or_default().to_vec();
+    let mut events = events.into_iter();
+    while let Some((id, payload)) = events.next() {
+        let Some(consumer) = a.pick(max_queued) else {
+            back.push(id);
+            back.extend(events.map(|(id, _)| id));
+            break;
+        };
+        a.events.in_flight.insert(id);
+        let origin = Origin::Event {
+            addr: addr.clone(),
+            id,
+        };
+        deliver(&consumer, payload, false, origin);
+    }
+    for id in back {
+        a.events.insert(id);
+    }
+}
+
 fn deliver(consumer: &Consumer, payload: Bytes, settled: bool, origin: Origin) {
+    consumer
+        .conn
+        .queued_bytes
+        .fetch_add(payload.len() + DELIVERY_OVERHEAD, Ordering::AcqRel);
     consumer.conn.send(ToConn::Deliver {
         link: consumer.link,
         payload,
@@ -886,9 +1142,11 @@ fn deliver(consumer: &Consumer, payload: Bytes, settled: bool, origin: Origin) {
 }
 
 /// Hands held command responses to the application's receiver while it has credit, oldest first.
-fn dispatch_waiting(a: &mut Address) {
+fn dispatch_waiting(a: &mut Address, max_queued_bytes: usize) {
     while !a.waiting.is_empty() {
-        let Some(consumer) = a.pick() else { break };
+        let Some(consumer) = a.pick(max_queued_bytes) else {
+            break;
+        };
         let Some(w) = a.waiting.pop_front() else {
             break;
         };
@@ -914,7 +1172,7 @@ mod tests {
 
     fn conn() -> (ConnHandle, mpsc::UnboundedReceiver<ToConn>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (ConnHandle { id: next_id(), tx }, rx)
+        (ConnHandle::new(tx), rx)
     }
 
     /// An application that attaches a fresh reply address per request and detaches it afterwards used to

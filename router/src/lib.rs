@@ -22,6 +22,8 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateways;
 pub mod hub;
 pub mod metrics;
@@ -43,6 +45,8 @@ pub struct Shared<S: EventStore> {
     pub refresh_keys: Notify,
     /// Open connections, so that shutdown can wait for them to send their close.
     open_connections: std::sync::atomic::AtomicUsize,
+    /// Open connections per application user (for `max_connections_per_user`).
+    pub per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     all_closed: Notify,
 }
 
@@ -74,8 +78,25 @@ impl<S: EventStore> Shared<S> {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_links_per_connection: usize,
+    pub max_consumers_per_address: usize,
     /// Time-to-live of events that carry none (zero: until accepted).
     pub default_event_ttl: Duration,
+}
+
+impl From<&Config> for EngineConfig {
+    fn from(config: &Config) -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            max_connections: config.max_connections,
+            max_connections_per_user: config.max_connections_per_user,
+            max_links_per_connection: config.max_links_per_connection,
+            max_consumers_per_address: config.max_consumers_per_address,
+            default_event_ttl: Duration::from_secs(config.default_event_ttl_secs),
+        }
+    }
 }
 
 /// A router that is up.
@@ -107,17 +128,16 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
         .context("opening the event store")??;
     let registry = registry::RegistryClient::new(&config.registry_url, &config.registry_token);
     let shared = Arc::new(Shared {
-        hub: hub::Hub::new(Arc::new(store), metrics, config.max_events_per_tenant),
+        hub: hub::Hub::new(Arc::new(store), metrics, config.max_events_per_tenant)
+            .with_max_queued_bytes(config.max_queued_bytes_per_connection)
+            .with_event_limits(config.event_limits()),
         auth: auth::Authenticator::new(
             config.adapter_user.clone(),
             config.adapter_password.clone(),
             Some(registry.clone()),
         ),
         via: gateways::ViaLookup::new(Some(registry.clone())),
-        config: EngineConfig {
-            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
-            default_event_ttl: Duration::from_secs(config.default_event_ttl_secs),
-        },
+        config: EngineConfig::from(&config),
         shutdown: shutdown.clone(),
         verifier: RwLock::new(Arc::new(Verifier::new(
             &Jwks { keys: vec![] },
@@ -125,6 +145,7 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
         ))),
         refresh_keys: Notify::new(),
         open_connections: std::sync::atomic::AtomicUsize::new(0),
+        per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
         all_closed: Notify::new(),
     });
     shared
@@ -247,8 +268,13 @@ async fn accept_loops<S: EventStore>(
     let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr| {
         let shared = shared.clone();
         async move {
-            shared.open_connections.fetch_add(1, Ordering::AcqRel);
-            if let Err(e) = connection::serve(stream, peer, shared.clone()).await {
+            if shared.open_connections.fetch_add(1, Ordering::AcqRel)
+                >= shared.config.max_connections
+            {
+                // Over the process's cap: closed before a byte is read, as a full listen queue would.
+                tracing::debug!(%peer, "too many AMQP connections; closing a new one");
+                drop(stream);
+            } else if let Err(e) = connection::serve(stream, peer, shared.clone()).await {
                 tracing::debug!(%peer, error = %e, "AMQP connection ended");
             }
             if shared.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -92,10 +92,12 @@ impl RegistryClient {
     }
 
     /// `Ok(None)` for wrong credentials; `Err` when the registry cannot answer.
+    /// `source`: the peer's address, so that the registry also counts failed logins per source.
     pub async fn authenticate_application(
         &self,
         name: &str,
         password: &str,
+        source: Option<std::net::IpAddr>,
     ) -> Result<Option<AppUser>, reqwest::Error> {
         let resp = self
             .http
@@ -104,7 +106,7 @@ impl RegistryClient {
                 self.base
             ))
             .bearer_auth(&self.token)
-            .json(&serde_json::json!({ "name": name, "password": password }))
+            .json(&serde_json::json!({ "name": name, "password": password, "source": source }))
             .send()
             .await?;
         if resp.status() == reqwest::StatusCode::FORBIDDEN

@@ -6,8 +6,11 @@
 //! auth id and a salted SHA-256 of the password (the clear password is never kept), and the registry's
 //! change stream forgets it as soon as the credential, the device or the tenant changes. Verifications
 //! run on the blocking pool, at most one per core at a time, so a reconnect storm cannot starve the
-//! runtime or spawn hundreds of threads.
+//! runtime or spawn hundreds of threads; the `guard` module makes unknown names cost the same, locks out
+//! names and addresses that keep failing, and keeps part of that capacity for devices that logged in
+//! before.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,9 +18,13 @@ use std::time::Instant;
 use ferry_core::hono::credential_type;
 use ferry_core::ids::{split_login, AuthId, DeviceId, TenantId};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::registry::{RegistryClient, RegistryError, VerifyKey};
+
+mod guard;
+
+use guard::Guard;
+pub use guard::LoginLimits;
 
 /// An authenticated device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,10 +60,15 @@ pub enum AuthError {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuthStats {
-    /// Passwords checked against a stored hash (bcrypt or SHA-2).
+    /// Passwords checked against a stored hash (bcrypt or SHA-2) or the dummy hash, and certificates
+    /// checked against a CA.
     pub verifications: u64,
     /// Logins answered from the verify cache.
     pub cache_hits: u64,
+    /// Password logins refused without a check because their name or source address was locked out.
+    pub locked_out: u64,
+    /// Password logins waiting for a verification slot now.
+    pub waiting: u64,
 }
 
 /// Authenticates devices; cheap to clone.
@@ -70,8 +82,7 @@ struct AuthInner {
     /// Per-process salt of the verify cache's password digests, so a memory dump does not yield
     /// unsalted password hashes.
     salt: [u8; 16],
-    verify_slots: Semaphore,
-    verifications: AtomicU64,
+    guard: Guard,
     cache_hits: AtomicU64,
 }
 
@@ -83,15 +94,20 @@ impl std::fmt::Debug for DeviceAuthenticator {
 }
 
 impl DeviceAuthenticator {
-    /// An authenticator asking `registry`, whose change stream also purges the verify cache.
+    /// An authenticator asking `registry`, whose change stream also purges the verify cache, with the
+    /// default [`LoginLimits`].
     pub fn new(registry: RegistryClient) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Self::with_limits(registry, LoginLimits::default())
+    }
+
+    /// An authenticator asking `registry`, with `limits` on password logins.
+    pub fn with_limits(registry: RegistryClient, limits: LoginLimits) -> Self {
+        let salt = rand::random();
         Self {
             registry,
             inner: Arc::new(AuthInner {
-                salt: rand::random(),
-                verify_slots: Semaphore::new(cores),
-                verifications: AtomicU64::new(0),
+                salt,
+                guard: Guard::new(limits, salt),
                 cache_hits: AtomicU64::new(0),
             }),
         }
@@ -105,17 +121,27 @@ impl DeviceAuthenticator {
     /// Checks `username` (`auth-id@tenant`, split at the last `@`) and `password` against the tenant's
     /// `hashed-password` credential with that auth id. Checks that the tenant exists and is enabled;
     /// whether this adapter type is enabled for it is the caller's check ([`crate::registry::TenantInfo`]).
+    /// `source` is the peer's address, for counting failures per address ([`LoginLimits`]); a name or
+    /// address locked out after too many failures is refused as [`AuthError::BadCredentials`].
     pub async fn authenticate_password(
         &self,
         username: &str,
         password: &[u8],
+        source: Option<IpAddr>,
     ) -> Result<Device, AuthError> {
         let (auth_id, tenant) = split_login(username).map_err(|_| AuthError::BadCredentials)?;
-        let info = self
-            .registry
-            .tenant(&tenant)
-            .await?
-            .ok_or(AuthError::UnknownTenant)?;
+        let guard = &self.inner.guard;
+        let keys = guard.keys(&tenant, &auth_id, source);
+        // Before the cache too: otherwise a locked-out guesser could go on trying against it.
+        if guard.is_locked(&keys) {
+            return Err(AuthError::BadCredentials);
+        }
+        let Some(info) = self.registry.tenant(&tenant).await? else {
+            // Costs what a wrong password costs, so the time of the answer does not tell which tenants
+            // exist.
+            guard.verify(&keys, None, lossy(password)).await;
+            return Err(AuthError::UnknownTenant);
+        };
         if !info.is_enabled() {
             return Err(AuthError::TenantDisabled);
         }
@@ -127,41 +153,34 @@ impl DeviceAuthenticator {
         let verified = self.registry.inner_verified();
         if let Some(device_id) = verified.get(&key) {
             self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+            guard.succeeded(&keys);
             return Ok(Device {
                 tenant: key.tenant,
                 device_id,
                 auth_id: key.auth_id,
             });
         }
-        let password = std::str::from_utf8(password).map_err(|_| AuthError::BadCredentials)?;
         let epoch = self.registry.epoch();
         let (found, until) = self
             .registry
             .credentials_timed(&key.tenant, credential_type::HASHED_PASSWORD, &key.auth_id)
             .await?;
-        let found = found.ok_or(AuthError::BadCredentials)?;
-        let ok = {
-            let _slot = self
-                .inner
-                .verify_slots
-                .acquire()
-                .await
-                .map_err(|_| AuthError::BadCredentials)?;
-            self.inner.verifications.fetch_add(1, Ordering::Relaxed);
-            let credential = found.clone();
-            let password = password.to_owned();
-            tokio::task::spawn_blocking(move || {
-                credential
-                    .credential
-                    .verify_password(&password, chrono::Utc::now())
-            })
-            .await
-            // A panicking hash implementation refuses the login rather than failing the adapter.
-            .unwrap_or(false)
+        // A password that is not UTF-8 matches no stored one; it is checked against the dummy, so that
+        // it costs (and counts) what any wrong password does.
+        let (usable, password) = match std::str::from_utf8(password) {
+            Ok(p) => (
+                found.filter(|f| guard::has_usable_password(&f.credential, chrono::Utc::now())),
+                p.to_owned(),
+            ),
+            Err(_) => (None, lossy(password)),
         };
-        if !ok {
+        let credential = usable.as_ref().map(|f| f.credential.clone());
+        if !guard.verify(&keys, credential, password).await {
             return Err(AuthError::BadCredentials);
         }
+        let Some(found) = usable else {
+            return Err(AuthError::BadCredentials);
+        };
         // Not if a change arrived meanwhile: the credential we checked may be the stale one.
         if self.registry.epoch() == epoch && until > Instant::now() {
             verified.insert(key.clone(), found.device_id.clone(), until);
@@ -198,7 +217,11 @@ impl DeviceAuthenticator {
                 refusal = AuthError::TenantDisabled;
                 continue;
             }
-            self.inner.verifications.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .guard
+                .counters
+                .verifications
+                .fetch_add(1, Ordering::Relaxed);
             let Some(ca) = tenant
                 .config
                 .trusted_cas_for(&cert.issuer_dn)
@@ -248,9 +271,16 @@ impl DeviceAuthenticator {
 
     #[doc(hidden)]
     pub fn stats(&self) -> AuthStats {
+        let counters = &self.inner.guard.counters;
         AuthStats {
-            verifications: self.inner.verifications.load(Ordering::Relaxed),
+            verifications: counters.verifications.load(Ordering::Relaxed),
             cache_hits: self.inner.cache_hits.load(Ordering::Relaxed),
+            locked_out: counters.locked_out.load(Ordering::Relaxed),
+            waiting: counters.waiting.load(Ordering::Relaxed),
         }
     }
+}
+
+fn lossy(password: &[u8]) -> String {
+    String::from_utf8_lossy(password).into_owned()
 }

@@ -40,6 +40,9 @@ pub struct Config {
     /// `PUT /telemetry/TENANT/DEVICE` (and `/event`, `/command/res`) without credentials is accepted for
     /// tenants whose `hono-http` entry says `device-authentication-required: false`.
     pub authentication_required: bool,
+    /// Limits on password logins: failures per `auth-id@tenant` and per source address before a
+    /// lockout, and verifications at once (`FERRY_HTTP_LOGIN__MAX_FAILURES`, ...).
+    pub login: ferry_adapter_core::auth::LoginLimits,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,6 +71,7 @@ impl Default for Config {
             max_ttd_secs: 60,
             send_timeout_ms: 5000,
             authentication_required: true,
+            login: ferry_adapter_core::auth::LoginLimits::default(),
         }
     }
 }
@@ -93,6 +97,15 @@ impl Config {
         if self.max_payload_bytes == 0 {
             return Err(field("max_payload_bytes", "must be at least 1"));
         }
+        self.login.validate().map_err(|e| match e {
+            ferry_core::config::ConfigError::Field { field, message } => {
+                ferry_core::config::ConfigError::Field {
+                    field: format!("login.{field}"),
+                    message,
+                }
+            }
+            other => other,
+        })?;
         if self.idle_timeout_secs == 0 {
             return Err(field("idle_timeout_secs", "must be at least 1"));
         }
@@ -129,6 +142,22 @@ mod tests {
         assert_eq!(c.max_payload_bytes, 65536);
         let e = c.validate().expect_err("key missing");
         assert_eq!(e.field(), Some("tls"));
+    }
+
+    #[test]
+    fn login_limits_come_from_the_environment_and_are_checked() {
+        let sources = ferry_core::config::Sources {
+            env_prefix: "FERRY_HTTP_".into(),
+            env: vec![
+                ("FERRY_HTTP_LOGIN__MAX_FAILURES".into(), "3".into()),
+                ("FERRY_HTTP_LOGIN__LOCKOUT_SECS".into(), "0".into()),
+            ],
+            ..Default::default()
+        };
+        let c: Config = ferry_core::config::load(&sources).expect("load");
+        assert_eq!(c.login.max_failures, 3);
+        let e = c.validate().expect_err("a lockout of 0 s disables it");
+        assert_eq!(e.field(), Some("login.lockout_secs"));
     }
 
     #[test]

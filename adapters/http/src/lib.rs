@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 pub mod body;
 pub mod commands;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod request;
 pub mod request_id;
@@ -140,7 +142,7 @@ pub async fn start_with_metrics(
     let (command_link, mut incoming) = downstream.commands(&config.instance_id);
     let waiters = commands::Waiters::new(command_link, shutdown.clone());
     let shared = Arc::new(Shared {
-        auth: DeviceAuthenticator::new(registry.clone()),
+        auth: DeviceAuthenticator::with_limits(registry.clone(), config.login.clone()),
         registry,
         downstream,
         metrics: metrics::Metrics::new(&admin, hono),
@@ -201,12 +203,12 @@ async fn accept_loops(
     // Each connection holds a sender; when all are gone, every connection has ended.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let stop = shutdown.clone();
-    let handler = move |stream: ferry_core::net::Stream, _peer: std::net::SocketAddr| {
+    let handler = move |stream: ferry_core::net::Stream, peer: std::net::SocketAddr| {
         let (shared, shutdown, open) = (shared.clone(), stop.clone(), open_tx.clone());
         async move {
             let _open = open;
             let cert = ferry_adapter_core::tls::peer_certificate(&stream).map(Arc::new);
-            serve_connection(stream, cert, shared, shutdown).await;
+            serve_connection(stream, peer, cert, shared, shutdown).await;
         }
     };
     let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler.clone());
@@ -239,6 +241,7 @@ async fn accept_loops(
 /// `idle_timeout_secs`, or shutdown (which lets the request in progress finish).
 async fn serve_connection<IO>(
     io: IO,
+    peer: SocketAddr,
     cert: Option<Arc<rustls::pki_types::CertificateDer<'static>>>,
     shared: Arc<Shared>,
     shutdown: Shutdown,
@@ -246,7 +249,9 @@ async fn serve_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = Duration::from_secs(shared.config.idle_timeout_secs);
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        // The peer's address, for counting failed logins per source (`service::authenticate`).
+        req.extensions_mut().insert(peer);
         let (shared, cert) = (shared.clone(), cert.clone());
         async move { Ok::<_, Infallible>(service::handle(shared, cert.as_deref(), req).await) }
     });

@@ -2,6 +2,7 @@
 //! downstream, and (with `hono-ttd`) wait for a command. Every refusal is a [`Failure`], mapped to its
 //! HTTP status in [`Failure::response`] and nowhere else.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +157,8 @@ where
     if body::declared_length(&parts.headers).is_some_and(|l| l > max as u64) {
         return Err(Failure::TooLarge(max));
     }
-    let who = authenticate(shared, &parts.headers, client_cert, &target).await?;
+    let source = parts.extensions.get::<SocketAddr>().map(SocketAddr::ip);
+    let who = authenticate(shared, &parts.headers, client_cert, &target, source).await?;
     let options = request::options(target.kind, &parts.headers, parts.uri.query())?;
     let content_type = content_type(&parts.headers)?;
     let payload = body::read_bounded(
@@ -183,10 +185,16 @@ async fn authenticate(
     headers: &HeaderMap,
     client_cert: Option<&CertificateDer<'static>>,
     target: &Target<'_>,
+    source: Option<IpAddr>,
 ) -> Result<Who, Failure> {
     let login = match (client_cert, request::basic_credentials(headers)) {
         (Some(cert), _) => shared.auth.authenticate_certificate(cert.as_ref()).await,
-        (None, Some((user, password))) => shared.auth.authenticate_password(&user, &password).await,
+        (None, Some((user, password))) => {
+            shared
+                .auth
+                .authenticate_password(&user, &password, source)
+                .await
+        }
         (None, None) => return unauthenticated(shared, target).await,
     };
     let device = match login {

@@ -58,6 +58,9 @@ pub struct Config {
     /// (`telemetry/TENANT/DEVICE`), for tenants whose `hono-mqtt` entry says
     /// `device-authentication-required: false`.
     pub authentication_required: bool,
+    /// Limits on password logins: failures per `auth-id@tenant` and per source address before a
+    /// lockout, and verifications at once (`FERRY_MQTT_LOGIN__MAX_FAILURES`, ...).
+    pub login: ferry_adapter_core::auth::LoginLimits,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -90,6 +93,7 @@ impl Default for Config {
             command_ack_timeout_ms: 1000,
             connection_events: false,
             authentication_required: true,
+            login: ferry_adapter_core::auth::LoginLimits::default(),
         }
     }
 }
@@ -115,6 +119,15 @@ impl Config {
         if self.max_payload_bytes == 0 {
             return Err(field("max_payload_bytes", "must be at least 1"));
         }
+        self.login.validate().map_err(|e| match e {
+            ferry_core::config::ConfigError::Field { field, message } => {
+                ferry_core::config::ConfigError::Field {
+                    field: format!("login.{field}"),
+                    message,
+                }
+            }
+            other => other,
+        })?;
         Ok(())
     }
 }

@@ -223,7 +223,7 @@ pub async fn start_with_metrics(
         command_link,
         routes: Mutex::new(HashMap::new()),
         gateway_routes: Mutex::new(HashMap::new()),
-        auth: DeviceAuthenticator::new(registry.clone()),
+        auth: DeviceAuthenticator::with_limits(registry.clone(), config.login.clone()),
         registry,
         downstream,
         metrics: hono.component(session::ADAPTER_TYPE),

@@ -382,7 +382,7 @@ where
     };
 
     let mut out = BytesMut::with_capacity(WRITE_BUFFER);
-    let authenticated = authenticate(&shared, &connect, client_cert.as_ref()).await;
+    let authenticated = authenticate(&shared, &connect, client_cert.as_ref(), peer).await;
     // Authentication is part of connecting: a flood of CONNECTs waiting for the registry counts too.
     drop(connecting);
     let who = match authenticated {
@@ -472,12 +472,16 @@ async fn authenticate(
     shared: &Shared,
     connect: &wire::Connect,
     client_cert: Option<&CertificateDer<'static>>,
+    peer: SocketAddr,
 ) -> Result<Option<Authenticated>, Refusal> {
     let login = match (client_cert, &connect.username, &connect.password) {
         // Hono's order: a client certificate decides; a user name sent with it is not looked at.
         (Some(cert), ..) => shared.auth.authenticate_certificate(cert.as_ref()).await,
         (None, Some(user), Some(password)) => {
-            shared.auth.authenticate_password(user, password).await
+            shared
+                .auth
+                .authenticate_password(user, password, Some(peer.ip()))
+                .await
         }
         (None, None, None) if !shared.config.authentication_required => {
             count_connection(shared)?;

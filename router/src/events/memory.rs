@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use ferry_core::ids::TenantId;
 
-use super::{EventId, EventStore, NewEvent, StoreError, StoredEvent};
+use super::{EventId, EventStore, NewEvent, ReadBatch, StoreError, StoredEvent, Usage};
 
 /// Keeps events in memory only: everything is lost when it is dropped. **Not durable**; use it in tests of
 /// the router's queueing, never behind `accepted` in a deployment.
@@ -19,7 +19,32 @@ pub struct InMemoryStore {
 struct Inner {
     next_id: u64,
     tenants: HashMap<TenantId, BTreeMap<EventId, StoredEvent>>,
+    bytes: HashMap<TenantId, u64>,
+    total: Usage,
     expiry: BTreeSet<(u64, EventId, TenantId)>,
+}
+
+fn size(e: &StoredEvent) -> u64 {
+    (e.payload.len() + e.device_id.len()) as u64
+}
+
+impl Inner {
+    fn remove(&mut self, tenant: &TenantId, id: EventId) -> Option<StoredEvent> {
+        let events = self.tenants.get_mut(tenant)?;
+        let ev = events.remove(&id)?;
+        if events.is_empty() {
+            self.tenants.remove(tenant);
+            self.bytes.remove(tenant);
+        } else if let Some(b) = self.bytes.get_mut(tenant) {
+            *b -= size(&ev);
+        }
+        self.total.events -= 1;
+        self.total.bytes -= size(&ev);
+        if let Some(at) = ev.expires_at_ms {
+            self.expiry.remove(&(at, id, tenant.clone()));
+        }
+        Some(ev)
+    }
 }
 
 impl InMemoryStore {
@@ -51,6 +76,9 @@ impl EventStore for InMemoryStore {
             payload: event.payload,
             expires_at_ms: event.expires_at_ms,
         };
+        *inner.bytes.entry(tenant.clone()).or_default() += size(&stored);
+        inner.total.events += 1;
+        inner.total.bytes += size(&stored);
         inner
             .tenants
             .entry(tenant.clone())
@@ -60,20 +88,7 @@ impl EventStore for InMemoryStore {
     }
 
     fn ack(&self, tenant: &TenantId, id: EventId) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        let Some(events) = inner.tenants.get_mut(tenant) else {
-            return Ok(false);
-        };
-        let Some(ev) = events.remove(&id) else {
-            return Ok(false);
-        };
-        if events.is_empty() {
-            inner.tenants.remove(tenant);
-        }
-        if let Some(at) = ev.expires_at_ms {
-            inner.expiry.remove(&(at, id, tenant.clone()));
-        }
-        Ok(true)
+        Ok(self.lock().remove(tenant, id).is_some())
     }
 
     fn pending(
@@ -81,7 +96,7 @@ impl EventStore for InMemoryStore {
         tenant: &TenantId,
         after: Option<EventId>,
         max: usize,
-    ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<EventId>, StoreError>> + Send + 'static {
         let inner = self.lock();
         let from = after.map_or(0, |a| a.0.saturating_add(1));
         let out = inner
@@ -91,18 +106,45 @@ impl EventStore for InMemoryStore {
                 events
                     .range(EventId(from)..)
                     .take(max)
-                    .map(|(_, e)| e.clone())
+                    .map(|(id, _)| *id)
                     .collect()
             })
             .unwrap_or_default();
         std::future::ready(Ok(out))
     }
 
-    fn depth(&self, tenant: &TenantId) -> u64 {
-        self.lock()
-            .tenants
-            .get(tenant)
-            .map_or(0, |e| e.len() as u64)
+    fn read(
+        &self,
+        tenant: &TenantId,
+        ids: Vec<EventId>,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<ReadBatch, StoreError>> + Send + 'static {
+        let inner = self.lock();
+        let mut batch = ReadBatch::default();
+        let mut bytes = 0usize;
+        for id in &ids {
+            if bytes >= max_bytes && !batch.events.is_empty() {
+                break;
+            }
+            batch.looked_at += 1;
+            if let Some(e) = inner.tenants.get(tenant).and_then(|t| t.get(id)) {
+                bytes += e.payload.len();
+                batch.events.push(e.clone());
+            }
+        }
+        std::future::ready(Ok(batch))
+    }
+
+    fn usage(&self, tenant: &TenantId) -> Usage {
+        let inner = self.lock();
+        Usage {
+            events: inner.tenants.get(tenant).map_or(0, |e| e.len() as u64),
+            bytes: inner.bytes.get(tenant).copied().unwrap_or(0),
+        }
+    }
+
+    fn total(&self) -> Usage {
+        self.lock().total
     }
 
     fn expire(&self, now_ms: u64) -> Vec<(TenantId, EventId)> {
@@ -113,12 +155,7 @@ impl EventStore for InMemoryStore {
                 break;
             }
             inner.expiry.pop_first();
-            if let Some(events) = inner.tenants.get_mut(&tenant) {
-                events.remove(&id);
-                if events.is_empty() {
-                    inner.tenants.remove(&tenant);
-                }
-            }
+            inner.remove(&tenant, id);
             gone.push((tenant, id));
         }
         gone

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use super::record::{
     self, Record, SegmentHeader, FRAME_HEADER, MAX_ACKS_PER_RECORD, SEGMENT_HEADER,
 };
-use super::{EventId, EventStore, NewEvent, StoreError, StoredEvent};
+use super::{EventId, EventStore, NewEvent, ReadBatch, StoreError, StoredEvent, Usage};
 
 const SEGMENT_SUFFIX: &str = ".seg";
 
@@ -67,11 +67,15 @@ pub struct SegmentLogStats {
     pub live_events: u64,
     /// Live events copied forward by compaction since open.
     pub relocated: u64,
+    /// Events whose payloads were read back ([`EventStore::read`]) since open.
+    pub read_events: u64,
+    /// Bytes of the records read back since open.
+    pub read_bytes: u64,
 }
 
 /// The durable event store: see the `events` module docs for format, recovery and compaction.
 ///
-/// Needs a tokio runtime only for [`EventStore::pending`], which reads payloads on the blocking pool.
+/// Needs a tokio runtime only for [`EventStore::read`], which reads payloads on the blocking pool.
 /// Dropping it lets the writer finish what is queued and sync the last acks (a short blocking join).
 pub struct SegmentLog {
     shared: Arc<Shared>,
@@ -97,6 +101,8 @@ struct Shared {
     batches: AtomicU64,
     syncs: AtomicU64,
     relocated: AtomicU64,
+    read_events: AtomicU64,
+    read_bytes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -139,6 +145,9 @@ struct Segment {
 #[derive(Default)]
 struct Index {
     tenants: HashMap<TenantId, BTreeMap<EventId, Entry>>,
+    /// Bytes of each tenant's live records (the router's per-tenant byte limit reads it).
+    tenant_bytes: HashMap<TenantId, u64>,
+    live_events: u64,
     expiry: BTreeSet<(u64, EventId, TenantId)>,
     segments: BTreeMap<u64, Segment>,
     live_bytes: u64,
@@ -154,7 +163,16 @@ impl Index {
             seg.live.insert(id, tenant.clone());
         }
         self.live_bytes += u64::from(entry.len);
-        self.tenants.entry(tenant).or_default().insert(id, entry);
+        *self.tenant_bytes.entry(tenant.clone()).or_default() += u64::from(entry.len);
+        if self
+            .tenants
+            .entry(tenant)
+            .or_default()
+            .insert(id, entry)
+            .is_none()
+        {
+            self.live_events += 1;
+        }
     }
 
     fn remove(&mut self, tenant: &TenantId, id: EventId) -> Option<Entry> {
@@ -162,7 +180,11 @@ impl Index {
         let entry = events.remove(&id)?;
         if events.is_empty() {
             self.tenants.remove(tenant);
+            self.tenant_bytes.remove(tenant);
+        } else if let Some(b) = self.tenant_bytes.get_mut(tenant) {
+            *b -= u64::from(entry.len);
         }
+        self.live_events -= 1;
         if let Some(at) = entry.expires_at_ms {
             self.expiry.remove(&(at, id, tenant.clone()));
         }
@@ -242,6 +264,8 @@ impl SegmentLog {
             batches: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             relocated: AtomicU64::new(0),
+            read_events: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -271,8 +295,10 @@ impl SegmentLog {
             segments: ix.segments.len(),
             disk_bytes: ix.disk_bytes,
             live_bytes: ix.live_bytes,
-            live_events: ix.tenants.values().map(|e| e.len() as u64).sum(),
+            live_events: ix.live_events,
             relocated: self.shared.relocated.load(Ordering::Relaxed),
+            read_events: self.shared.read_events.load(Ordering::Relaxed),
+            read_bytes: self.shared.read_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -365,41 +391,82 @@ impl EventStore for SegmentLog {
         tenant: &TenantId,
         after: Option<EventId>,
         max: usize,
-    ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<EventId>, StoreError>> + Send + 'static {
         let from = EventId(after.map_or(0, |a| a.0.saturating_add(1)));
-        let wanted: Vec<(EventId, u64, Arc<File>, Entry)> = {
+        let ids = lock(&self.shared.index)
+            .tenants
+            .get(tenant)
+            .map(|events| events.range(from..).take(max).map(|(id, _)| *id).collect())
+            .unwrap_or_default();
+        std::future::ready(Ok(ids))
+    }
+
+    fn read(
+        &self,
+        tenant: &TenantId,
+        ids: Vec<EventId>,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<ReadBatch, StoreError>> + Send + 'static {
+        // Chosen under the index lock, before any I/O, so the answer is fixed at the call.
+        let (wanted, looked_at) = {
             let ix = lock(&self.shared.index);
-            ix.tenants
-                .get(tenant)
-                .map(|events| {
-                    events
-                        .range(from..)
-                        .take(max)
-                        .filter_map(|(id, e)| {
-                            // An open handle keeps the data readable even if compaction deletes the file.
-                            let seg = ix.segments.get(&e.seg)?;
-                            Some((*id, e.seg, seg.file.clone(), *e))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
+            let mut wanted: Vec<(EventId, u64, Arc<File>, Entry)> = Vec::new();
+            let mut bytes = 0usize;
+            let mut looked_at = 0;
+            if let Some(events) = ix.tenants.get(tenant) {
+                for id in &ids {
+                    if bytes >= max_bytes && !wanted.is_empty() {
+                        break;
+                    }
+                    looked_at += 1;
+                    let Some(e) = events.get(id) else { continue };
+                    // An open handle keeps the data readable even if compaction deletes the file.
+                    let Some(seg) = ix.segments.get(&e.seg) else {
+                        continue;
+                    };
+                    bytes += e.len as usize;
+                    wanted.push((*id, e.seg, seg.file.clone(), *e));
+                }
+            } else {
+                looked_at = ids.len();
+            }
+            (wanted, looked_at)
         };
         let dir = self.shared.dir.clone();
+        let shared = self.shared.clone();
         async move {
             if wanted.is_empty() {
-                return Ok(Vec::new());
+                return Ok(ReadBatch {
+                    events: Vec::new(),
+                    looked_at,
+                });
             }
-            tokio::task::spawn_blocking(move || read_events(&dir, wanted))
+            let bytes: u64 = wanted.iter().map(|w| u64::from(w.3.len)).sum();
+            shared
+                .read_events
+                .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+            shared.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+            let events = tokio::task::spawn_blocking(move || read_events(&dir, wanted))
                 .await
-                .map_err(|_| StoreError::Closed)?
+                .map_err(|_| StoreError::Closed)??;
+            Ok(ReadBatch { events, looked_at })
         }
     }
 
-    fn depth(&self, tenant: &TenantId) -> u64 {
-        lock(&self.shared.index)
-            .tenants
-            .get(tenant)
-            .map_or(0, |e| e.len() as u64)
+    fn usage(&self, tenant: &TenantId) -> Usage {
+        let ix = lock(&self.shared.index);
+        Usage {
+            events: ix.tenants.get(tenant).map_or(0, |e| e.len() as u64),
+            bytes: ix.tenant_bytes.get(tenant).copied().unwrap_or(0),
+        }
+    }
+
+    fn total(&self) -> Usage {
+        let ix = lock(&self.shared.index);
+        Usage {
+            events: ix.live_events,
+            bytes: ix.live_bytes,
+        }
     }
 
     fn expire(&self, now_ms: u64) -> Vec<(TenantId, EventId)> {

@@ -37,7 +37,11 @@ fn small(dir: &Path) -> SegmentLog {
 }
 
 async fn all(store: &impl EventStore, t: &TenantId) -> Vec<StoredEvent> {
-    store.pending(t, None, usize::MAX).await.expect("pending")
+    let ids = store.pending(t, None, usize::MAX).await.expect("pending");
+    let n = ids.len();
+    let batch = store.read(t, ids, usize::MAX).await.expect("read");
+    assert_eq!(batch.looked_at, n, "an unlimited read looks at every id");
+    batch.events
 }
 
 async fn payloads(store: &impl EventStore, t: &TenantId) -> Vec<String> {
@@ -178,10 +182,7 @@ async fn contract(store: &impl EventStore) {
 
     // Paging.
     let page = store.pending(&a, Some(ids[1]), 2).await.expect("pending");
-    assert_eq!(
-        page.iter().map(|e| e.id).collect::<Vec<_>>(),
-        [ids[2], ids[3]]
-    );
+    assert_eq!(page, [ids[2], ids[3]]);
 
     // Acks: once, only by the owning tenant.
     assert!(
@@ -578,7 +579,7 @@ async fn old_live_event_is_moved_so_its_segment_can_go() {
 }
 
 #[tokio::test]
-async fn pending_reads_an_event_whose_segment_was_compacted_meanwhile() {
+async fn read_gets_an_event_whose_segment_was_compacted_meanwhile() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = tenant("t1");
     let store = small(dir.path());
@@ -591,13 +592,14 @@ async fn pending_reads_an_event_whose_segment_was_compacted_meanwhile() {
                 .expect("append"),
         );
     }
-    let pending = store.pending(&t, None, 5);
+    let pending = store.pending(&t, None, 5).await.expect("pending");
+    let read = store.read(&t, pending, usize::MAX);
     for id in &ids[..50] {
         store.ack(&t, *id).expect("ack");
     }
     store.sync().await.expect("sync");
-    // The page was chosen before the acks; its data is still readable through the open handles.
-    assert_eq!(pending.await.expect("pending").len(), 5);
+    // The events were chosen before the acks; their data is still readable through the open handles.
+    assert_eq!(read.await.expect("read").events.len(), 5);
 }
 
 #[tokio::test]
@@ -925,4 +927,114 @@ fn append_throughput() {
             );
         }
     }
+}
+
+// ---- the router's queues over the store ----
+
+/// A router used to read every stored payload back into memory at start (and keep it there): a large
+/// backlog cost its size in RAM before a single consumer asked for it. Now the queues hold ids, and
+/// payloads are read a bounded batch at a time when consumers take them.
+#[tokio::test]
+async fn restart_with_a_large_backlog_reads_no_payloads() {
+    use crate::hub::{ConnHandle, Hub, Kind, ToConn};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = tenant("t1");
+    {
+        let store = open(dir.path());
+        // Queued at the call, so they keep their order and share fsyncs.
+        let appends: Vec<_> = (0..2000u32)
+            .map(|i| {
+                let mut e = event("");
+                e.payload = Bytes::from(format!("{i:0>1024}"));
+                store.append(&t, e)
+            })
+            .collect();
+        for append in appends {
+            append.await.expect("append");
+        }
+    }
+    let store = Arc::new(open(dir.path()));
+    let metrics = crate::metrics::Metrics::new(&ferry_core::admin::Admin::new());
+    let hub = Hub::new(store.clone(), metrics, 100_000);
+    hub.restore_events().await.expect("restore");
+    let addr = hub.address(Kind::Event, &t);
+    assert_eq!(hub.queued_events(&addr), 2000);
+    assert_eq!(
+        store.stats().read_bytes,
+        0,
+        "restoring 2 MB of events read their payloads"
+    );
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut consumer_addr = addr.clone();
+    let consumer = hub.attach_consumer(&mut consumer_addr, ConnHandle::new(tx), 1);
+    hub.consumer_credit(&addr, &consumer, 10);
+    for i in 0..10u32 {
+        let msg = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("an event within 2 s")
+            .expect("channel open");
+        let ToConn::Deliver { payload, .. } = msg else {
+            panic!("expected a delivery, got {msg:?}");
+        };
+        assert_eq!(payload, format!("{i:0>1024}").as_bytes(), "in order");
+    }
+    assert_eq!(
+        store.stats().read_events,
+        10,
+        "only what the consumer took is read"
+    );
+    assert_eq!(hub.queued_events(&addr), 1990);
+}
+
+/// `max_events_per_tenant` used to be the only bound, and per tenant: many tenants (or a few with big
+/// events) could fill any disk. Each limit now refuses on its own, the store-wide one first.
+#[test]
+fn each_event_limit_refuses_on_its_own() {
+    let limits = EventLimits {
+        max_bytes: 1000,
+        max_events_per_tenant: 10,
+        max_bytes_per_tenant: 500,
+    };
+    let usage = |events, bytes| Usage { events, bytes };
+    assert_eq!(limits.reached(usage(9, 499), usage(9, 999)), None);
+    assert_eq!(
+        limits.reached(usage(0, 0), usage(50, 1000)),
+        Some(Limit::Store),
+        "a tenant with nothing stored waits once the store is full"
+    );
+    assert_eq!(
+        limits.reached(usage(10, 10), usage(10, 10)),
+        Some(Limit::Tenant)
+    );
+    assert_eq!(
+        limits.reached(usage(1, 500), usage(1, 500)),
+        Some(Limit::Tenant)
+    );
+}
+
+/// Reads stop at their byte budget (one event always gets through) and say how far they got.
+#[tokio::test]
+async fn read_stops_at_its_byte_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = tenant("t1");
+    let store = open(dir.path());
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            store
+                .append(&t, event(&format!("{i:0>100}")))
+                .await
+                .expect("append"),
+        );
+    }
+    assert!(store.ack(&t, ids[1]).expect("ack"));
+    let batch = store.read(&t, ids.clone(), 1).await.expect("read");
+    assert_eq!((batch.events.len(), batch.looked_at), (1, 1));
+    let batch = store.read(&t, ids.clone(), 250).await.expect("read");
+    let read: Vec<EventId> = batch.events.iter().map(|e| e.id).collect();
+    assert_eq!(read, [ids[0], ids[2]], "the acked one is skipped");
+    assert_eq!(batch.looked_at, 3);
+    assert_eq!(store.usage(&t).events, 9);
+    assert_eq!(store.total(), store.usage(&t));
 }

@@ -131,3 +131,138 @@ async fn events_expire_after_their_ttl() {
         "the expired one is gone"
     );
 }
+
+/// A tenant that floods events fills the store up to `max_event_store_bytes`: then no tenant's event
+/// producer gets credit (the adapters hold the device's PUBACK, then answer 503), while telemetry, which
+/// the store never holds, still flows. Once events leave the store, the waiting producers get credit back.
+#[tokio::test]
+async fn an_event_flood_fills_the_store_and_stops_event_credit_but_not_telemetry() {
+    let mut p = Platform::start().await;
+    p.restart_router_with(|c| c.max_event_store_bytes = 64 * 1024)
+        .await;
+    let mut adapter = p.adapter().await;
+    let mut flood = adapter.sender("event/t1").await;
+    let t1 = p.assertion("t1", "d1").await;
+    let mut stored = 0usize;
+    let stalled = loop {
+        let send = flood.send(device_message("d1", Some(&t1), &[7u8; 1024]));
+        match tokio::time::timeout(Duration::from_secs(2), send).await {
+            Ok(outcome) => {
+                let outcome = outcome.expect("send");
+                assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+                stored += 1;
+                // Ten times the cap: without a global cap the flood never stops.
+                if stored == 640 {
+                    break false;
+                }
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(stalled, "the flood stored {stored} KiB past a 64 KiB cap");
+    // Credit is refused at a top-up, so a producer may use up the window it holds (256) past the cap.
+    assert!(stored <= 256 + 64, "{stored} events stored");
+
+    // Another tenant's events wait too: the cap is the store's, not t1's.
+    let mut other = adapter.sender("event/t2").await;
+    let t2 = p.assertion("t2", "d1").await;
+    let message = device_message("d1", Some(&t2), b"t2 event");
+    let waiting = tokio::spawn(async move {
+        let outcome = other.send(message).await.expect("send");
+        (other, outcome)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "t2's event got credit past the cap");
+
+    // Telemetry of t2 still flows.
+    let mut app2 = p.app("app2", "pw2").await;
+    let mut telemetry = app2.receiver("telemetry/t2", 10).await;
+    let mut tx = adapter.sender("telemetry/t2").await;
+    let send = tokio::spawn(async move {
+        tx.send(device_message("d1", Some(&t2), b"21.5"))
+            .await
+            .expect("send")
+    });
+    let d = recv_within(&mut telemetry, 2000)
+        .await
+        .expect("telemetry flows while the event store is full");
+    telemetry.accept(&d).await.expect("accept");
+    let outcome = send.await.expect("join");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+
+    // t1's application drains its events: t2's producer is woken and its event stored.
+    let mut app1 = p.app("app1", "pw1").await;
+    let mut rx = app1.receiver("event/t1", 100).await;
+    for _ in 0..stored {
+        let d = recv_within(&mut rx, 3000)
+            .await
+            .expect("stored event arrives");
+        rx.accept(&d).await.expect("accept");
+    }
+    let (_other, outcome) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("t2's producer gets credit once the store has room")
+        .expect("join");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+}
+
+/// Events without a `ttl` used to stay until a consumer accepted them, however long that took: with
+/// nobody consuming, they piled up for ever. Now they get `default_event_ttl_secs`, a day by default.
+#[tokio::test]
+async fn an_event_without_ttl_gets_a_day_by_default() {
+    use ferry_router::events::{EventStore, SegmentLog};
+    let mut p = Platform::start().await;
+    let mut adapter = p.adapter().await;
+    let mut tx = adapter.sender("event/t1").await;
+    let token = p.assertion("t1", "d1").await;
+    tx.send(device_message("d1", Some(&token), b"no ttl"))
+        .await
+        .expect("send");
+    adapter.close().await;
+    p.stop_router().await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let store = SegmentLog::open(p.data_dir.path().join("router/events")).expect("open store");
+    let tenant = ferry_core::ids::TenantId::new("t1").expect("tenant");
+    let ids = store.pending(&tenant, None, 10).await.expect("pending");
+    let events = store.read(&tenant, ids, usize::MAX).await.expect("read");
+    let [event] = events.events.as_slice() else {
+        panic!("one event stored: {events:?}");
+    };
+    let expires = event.expires_at_ms.expect("an expiry");
+    let day_ms = 86_400_000;
+    assert!(
+        expires.abs_diff(now_ms + day_ms) < 60_000,
+        "expires in {} ms, not a day",
+        expires.saturating_sub(now_ms)
+    );
+}
+
+#[tokio::test]
+async fn events_without_ttl_expire_after_the_default_ttl() {
+    let mut p = Platform::start().await;
+    p.restart_router_with(|c| c.default_event_ttl_secs = 1)
+        .await;
+    let mut adapter = p.adapter().await;
+    let mut tx = adapter.sender("event/t1").await;
+    let token = p.assertion("t1", "d1").await;
+    tx.send(device_message("d1", Some(&token), b"no ttl"))
+        .await
+        .expect("send");
+    // The TTL, then the expiry tick (once a second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        p.metrics()
+            .contains("ferry_router_event_store_depth{tenant=\"t1\"} 0"),
+        "{}",
+        p.metrics()
+    );
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("event/t1", 10).await;
+    assert!(
+        recv_within(&mut rx, 500).await.is_none(),
+        "an event past the default TTL is not delivered"
+    );
+}

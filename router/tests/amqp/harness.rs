@@ -97,22 +97,31 @@ impl Platform {
     }
 
     pub async fn start_router(&mut self) {
+        self.start_router_with(|_| {}).await;
+    }
+
+    /// Stops the router and starts it again with its config changed by `tweak`.
+    #[allow(dead_code)] // used by the process tests, which share this file
+    pub async fn restart_router_with(&mut self, tweak: impl FnOnce(&mut ferry_router::Config)) {
+        self.stop_router().await;
+        self.start_router_with(tweak).await;
+    }
+
+    pub async fn start_router_with(&mut self, tweak: impl FnOnce(&mut ferry_router::Config)) {
         let (trigger, shutdown) = shutdown::channel();
         self.admin = ferry_core::admin::Admin::new();
-        let started = ferry_router::start(
-            ferry_router::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: self.data_dir.path().join("router"),
-                registry_url: self.registry_url.clone(),
-                registry_token: INTERNAL.into(),
-                adapter_password: ADAPTER_PASSWORD.into(),
-                ..ferry_router::Config::default()
-            },
-            self.admin.clone(),
-            shutdown,
-        )
-        .await
-        .expect("router starts");
+        let mut config = ferry_router::Config {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: self.data_dir.path().join("router"),
+            registry_url: self.registry_url.clone(),
+            registry_token: INTERNAL.into(),
+            adapter_password: ADAPTER_PASSWORD.into(),
+            ..ferry_router::Config::default()
+        };
+        tweak(&mut config);
+        let started = ferry_router::start(config, self.admin.clone(), shutdown)
+            .await
+            .expect("router starts");
         self.amqp = started.addr;
         self.trigger = Some(trigger);
         self.router = Some(started);

@@ -12,4 +12,5 @@ mod support;
 mod binary;
 mod hostile;
 mod malformed;
+mod sequences;
 mod tls;

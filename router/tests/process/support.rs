@@ -273,9 +273,29 @@ impl Raw {
         }
     }
 
+    /// A peer whose socket takes only a few KiB before it must be read (a consumer that stops reading
+    /// fills it at once).
+    pub async fn connect_small_window(addr: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("small receive buffer");
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// A connection through SASL PLAIN as `user` and the AMQP header exchange, ready for Open.
     pub async fn login(addr: SocketAddr, user: &str, password: &str) -> Self {
-        let mut raw = Self::connect(addr).await;
+        Self::connect(addr).await.log_in(user, password).await
+    }
+
+    /// This connection through SASL PLAIN as `user` and the AMQP header exchange, ready for Open.
+    pub async fn log_in(self, user: &str, password: &str) -> Self {
+        let mut raw = self;
         raw.start_sasl().await;
         let mut out = BytesMut::new();
         codec::encode_sasl(

@@ -11,7 +11,7 @@ async fn password_login_pays_bcrypt_once() {
     let p = Platform::start().await;
     let auth = p.authenticator().await;
     let d = auth
-        .authenticate_password("sensor1@t1", b"secret1")
+        .authenticate_password("sensor1@t1", b"secret1", None)
         .await
         .expect("login");
     assert_eq!(
@@ -19,7 +19,7 @@ async fn password_login_pays_bcrypt_once() {
         ("t1", "d1", "sensor1")
     );
     let again = auth
-        .authenticate_password("sensor1@t1", b"secret1")
+        .authenticate_password("sensor1@t1", b"secret1", None)
         .await
         .expect("login");
     assert_eq!(again, d);
@@ -44,14 +44,15 @@ async fn bad_logins_are_told_apart() {
     ] {
         assert!(
             matches!(
-                auth.authenticate_password(user, pw).await,
+                auth.authenticate_password(user, pw, None).await,
                 Err(AuthError::BadCredentials)
             ),
             "{user}"
         );
     }
     assert!(matches!(
-        auth.authenticate_password("sensor1@t9", b"secret1").await,
+        auth.authenticate_password("sensor1@t9", b"secret1", None)
+            .await,
         Err(AuthError::UnknownTenant)
     ));
     p.manage(
@@ -63,7 +64,7 @@ async fn bad_logins_are_told_apart() {
     assert!(
         eventually(Duration::from_secs(1), || async {
             matches!(
-                auth.authenticate_password("x@t2", b"y").await,
+                auth.authenticate_password("x@t2", b"y", None).await,
                 Err(AuthError::TenantDisabled)
             )
         })
@@ -77,7 +78,7 @@ async fn auth_ids_may_contain_at_signs() {
     p.set_password("t1", "d2", "user@example.com", "pw2").await;
     let auth = p.authenticator().await;
     let d = auth
-        .authenticate_password("user@example.com@t1", b"pw2")
+        .authenticate_password("user@example.com@t1", b"pw2", None)
         .await
         .expect("login");
     assert_eq!(d.device_id.as_str(), "d2");
@@ -87,24 +88,25 @@ async fn auth_ids_may_contain_at_signs() {
 async fn changed_password_is_refused_within_a_second() {
     let p = Platform::start().await;
     let auth = p.authenticator().await;
-    auth.authenticate_password("sensor1@t1", b"secret1")
+    auth.authenticate_password("sensor1@t1", b"secret1", None)
         .await
         .expect("login");
-    auth.authenticate_password("sensor1@t1", b"secret1")
+    auth.authenticate_password("sensor1@t1", b"secret1", None)
         .await
         .expect("login from the verify cache");
     p.set_password("t1", "d1", "sensor1", "secret2").await;
     assert!(
         eventually(Duration::from_secs(1), || async {
             matches!(
-                auth.authenticate_password("sensor1@t1", b"secret1").await,
+                auth.authenticate_password("sensor1@t1", b"secret1", None)
+                    .await,
                 Err(AuthError::BadCredentials)
             )
         })
         .await,
         "the old password is refused within a second"
     );
-    auth.authenticate_password("sensor1@t1", b"secret2")
+    auth.authenticate_password("sensor1@t1", b"secret2", None)
         .await
         .expect("the new password works");
 }
@@ -115,7 +117,8 @@ async fn registry_down_is_unavailable() {
     let auth = p.authenticator().await;
     p.stop_registry().await;
     assert!(matches!(
-        auth.authenticate_password("sensor1@t1", b"secret1").await,
+        auth.authenticate_password("sensor1@t1", b"secret1", None)
+            .await,
         Err(AuthError::Unavailable(_))
     ));
 }

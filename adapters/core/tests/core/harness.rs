@@ -10,7 +10,7 @@ use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
-use ferry_adapter_core::auth::DeviceAuthenticator;
+use ferry_adapter_core::auth::{DeviceAuthenticator, LoginLimits};
 use ferry_adapter_core::downstream::{Downstream, DownstreamConfig};
 use ferry_adapter_core::registry::{RegistryClient, RegistryConfig};
 use ferry_core::ids::{DeviceId, TenantId};
@@ -225,6 +225,13 @@ impl Platform {
 
     pub async fn authenticator(&self) -> DeviceAuthenticator {
         DeviceAuthenticator::new(self.following_client(self.registry_config()).await)
+    }
+
+    pub async fn authenticator_with(&self, limits: LoginLimits) -> DeviceAuthenticator {
+        DeviceAuthenticator::with_limits(
+            self.following_client(self.registry_config()).await,
+            limits,
+        )
     }
 
     pub fn downstream_config(&self) -> DownstreamConfig {

@@ -3,5 +3,6 @@
 mod auth;
 mod commands;
 mod downstream;
+mod guessing;
 mod harness;
 mod registry;
