@@ -340,7 +340,7 @@ pub(crate) fn config_map(ctx: &Ctx<'_>, component: Component, config: String) ->
 
 /// Renders a component config as YAML. A `serde_json::Value` always serializes.
 pub(crate) fn yaml(value: &serde_json::Value) -> String {
-    serde_yaml::to_string(value).unwrap_or_default()
+    serde_saphyr::to_string(value).unwrap_or_default()
 }
 
 /// The secret a built object refers to, so tests can check names line up.

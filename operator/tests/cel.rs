@@ -10,7 +10,7 @@ fn schema(file: &str) -> Value {
         .join("../crds")
         .join(file);
     let text = std::fs::read_to_string(&path).expect("committed CRD");
-    let crd: Value = serde_yaml::from_str(&text).expect("CRD YAML");
+    let crd: Value = serde_saphyr::from_str(&text).expect("CRD YAML");
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 

@@ -44,7 +44,7 @@ fn crd_command_prints_both_crds() {
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let docs: Vec<Value> = text
         .split("\n---\n")
-        .map(|d| serde_yaml::from_str(d.trim_start_matches("---\n")).expect("YAML document"))
+        .map(|d| serde_saphyr::from_str(d.trim_start_matches("---\n")).expect("YAML document"))
         .collect();
     let names: Vec<&str> = docs
         .iter()

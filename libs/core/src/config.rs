@@ -30,7 +30,7 @@ pub enum ConfigError {
     #[error("config file {path} is not valid YAML: {source}")]
     Yaml {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("config file {path} must hold a mapping at the top level")]
     NotAMapping { path: PathBuf },
@@ -109,7 +109,7 @@ where
 
 /// The defaults of `T` as YAML, for `--print-default-config`.
 pub fn default_yaml<T: Serialize + Default>() -> String {
-    serde_yaml::to_string(&T::default()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    serde_saphyr::to_string(&T::default()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 
 fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
@@ -120,9 +120,9 @@ fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Value::Object(Map::new()));
     }
-    let value: Value = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+    let value: Value = serde_saphyr::from_str(&text).map_err(|source| ConfigError::Yaml {
         path: path.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     match value {
         Value::Object(_) => Ok(value),
@@ -149,7 +149,9 @@ fn env_layer(defaults: &Value, prefix: &str, env: &[(String, String)]) -> Value 
         let default = path.iter().try_fold(defaults, |v, k| v.get(k.as_str()));
         let value = match default {
             Some(Value::String(_)) => Value::String(raw.clone()),
-            _ => serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone())),
+            _ => {
+                serde_saphyr::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()))
+            }
         };
         insert_path(&mut layer, &path, value);
     }

@@ -197,7 +197,7 @@ impl FakeApi {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
-                .or_else(|_| serde_yaml::from_slice(&bytes))
+                .or_else(|_| serde_saphyr::from_slice(&bytes))
                 .unwrap_or(Value::Null)
         };
         self.calls.lock().expect("lock").push(Call {

@@ -311,7 +311,7 @@ async fn a_consumer_that_grants_huge_credit_and_stops_reading_gets_a_bounded_sha
         .await
         .expect("attach");
     let token = p.assertion("t1", "d1").await;
-    const N: u32 = 20_000;
+    const N: u32 = 40_000;
     let body = vec![b'x'; 1024];
     for i in 0..N {
         let sent = tokio::time::timeout(
@@ -333,9 +333,10 @@ async fn a_consumer_that_grants_huge_credit_and_stops_reading_gets_a_bounded_sha
     let to_good = received.load(Ordering::Relaxed);
     let to_stalled = N - to_good;
     // Pre-settled telemetry is balanced evenly between consumers with credit: unbounded, the stalled
-    // one took half (10,000 here). Bounded: what fits in 256 KiB plus the sockets' buffers.
+    // one took half (20,000 here, ~22 MiB). Bounded: what fits in 256 KiB plus the sockets' buffers
+    // (the kernel grows the router's send buffer on loopback up to 4 MiB: ~4,000 messages seen).
     assert!(
-        to_stalled < N / 5,
+        to_stalled < N / 4,
         "the stalled consumer was handed {to_stalled} of {N} messages"
     );
     drop(tx);

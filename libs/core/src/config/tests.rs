@@ -134,6 +134,6 @@ fn broken_yaml_and_missing_file_are_errors() {
 #[test]
 fn default_yaml_round_trips() {
     let y = default_yaml::<Demo>();
-    let back: Demo = serde_yaml::from_str(&y).expect("round trip");
+    let back: Demo = serde_saphyr::from_str(&y).expect("round trip");
     assert_eq!(back, Demo::default());
 }
