@@ -2,14 +2,20 @@
 //! here, and served to adapters and routers as server-sent events so that their caches are purged at once
 //! rather than when an entry expires (Hono's stale-cache complaint, HONO-CONTRACT §7 #9).
 //!
-//! In-process broadcast: a subscriber that falls behind the channel's capacity is told to `reset` (purge
-//! everything) instead of silently missing changes.
+//! The store announces each write ([`Notice`]). On SQLite (one process) it hands it to this process's
+//! subscribers after the commit. On PostgreSQL (any number of replicas) it sends it with `NOTIFY` inside
+//! the write's own transaction, so a change is announced exactly when it is committed, whichever replica
+//! made it; every replica `LISTEN`s ([`relay_from_postgres`]) and hands what it hears to its subscribers.
+//!
+//! In-process broadcast: a subscriber that falls behind the channel's capacity, or that a replica could
+//! not keep informed (its `LISTEN` connection was lost), is told to `reset` (purge everything) instead of
+//! silently missing changes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 /// What changed.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Tenant,
@@ -19,7 +25,7 @@ pub enum Kind {
 }
 
 /// How it changed.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     Created,
@@ -27,24 +33,75 @@ pub enum Op {
     Deleted,
 }
 
-/// One change, as sent on the stream (`data:` of an SSE `change` event).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Change {
-    pub seq: u64,
+/// A change as the store announces it (and, on PostgreSQL, as `NOTIFY` carries it between replicas).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Notice {
     pub kind: Kind,
     pub op: Op,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 
-/// The sending side, shared by the API handlers.
+impl Notice {
+    pub fn tenant(op: Op, tenant: &str) -> Self {
+        Self::new(Kind::Tenant, op, Some(tenant), None, None)
+    }
+
+    pub fn device(op: Op, tenant: &str, device: &str) -> Self {
+        Self::new(Kind::Device, op, Some(tenant), Some(device), None)
+    }
+
+    pub fn credentials(op: Op, tenant: &str, device: &str) -> Self {
+        Self::new(Kind::Credentials, op, Some(tenant), Some(device), None)
+    }
+
+    pub fn application(op: Op, name: &str) -> Self {
+        Self::new(Kind::Application, op, None, None, Some(name))
+    }
+
+    fn new(
+        kind: Kind,
+        op: Op,
+        tenant: Option<&str>,
+        device: Option<&str>,
+        name: Option<&str>,
+    ) -> Self {
+        Self {
+            kind,
+            op,
+            tenant: tenant.map(str::to_owned),
+            device: device.map(str::to_owned),
+            name: name.map(str::to_owned),
+        }
+    }
+}
+
+/// One change, as sent on the stream (`data:` of an SSE `change` event): the notice and this process's
+/// sequence number for it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Change {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub notice: Notice,
+}
+
+/// What subscribers receive: a change, or "you may have missed changes: purge everything" (the relay
+/// from PostgreSQL lost its connection for a while).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    Change(Change),
+    Reset,
+}
+
+/// The sending side: the store announces its writes here; the SSE handler subscribes.
 #[derive(Debug, Clone)]
 pub struct Changes {
-    tx: broadcast::Sender<Change>,
+    tx: broadcast::Sender<Announcement>,
     seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -63,49 +120,75 @@ impl Changes {
         }
     }
 
-    fn publish(
-        &self,
-        kind: Kind,
-        op: Op,
-        tenant: Option<&str>,
-        device: Option<&str>,
-        name: Option<&str>,
-    ) {
+    /// Hands a change to every subscriber of this process.
+    pub fn publish(&self, notice: Notice) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         // No subscribers is normal (nobody caches yet), so a send error is not an error.
-        let _ = self.tx.send(Change {
-            seq,
-            kind,
-            op,
-            tenant: tenant.map(str::to_owned),
-            device: device.map(str::to_owned),
-            name: name.map(str::to_owned),
-        });
+        let _ = self.tx.send(Announcement::Change(Change { seq, notice }));
     }
 
-    pub fn tenant(&self, op: Op, tenant: &str) {
-        self.publish(Kind::Tenant, op, Some(tenant), None, None);
+    /// Tells every subscriber to purge everything.
+    pub fn reset(&self) {
+        let _ = self.tx.send(Announcement::Reset);
     }
 
-    pub fn device(&self, op: Op, tenant: &str, device: &str) {
-        self.publish(Kind::Device, op, Some(tenant), Some(device), None);
-    }
-
-    pub fn credentials(&self, op: Op, tenant: &str, device: &str) {
-        self.publish(Kind::Credentials, op, Some(tenant), Some(device), None);
-    }
-
-    pub fn application(&self, op: Op, name: &str) {
-        self.publish(Kind::Application, op, None, None, Some(name));
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Announcement> {
         self.tx.subscribe()
     }
 
     /// The sequence number of the last change announced.
     pub fn last_seq(&self) -> u64 {
         self.seq.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The PostgreSQL `NOTIFY` channel the store announces on.
+pub const PG_CHANNEL: &str = "ferry_changes";
+
+/// Subscribes to `url`'s change notices (`LISTEN`). Returns once listening, so that a replica does not
+/// serve the change stream before it hears the other replicas; the caller runs [`relay`] with it.
+pub async fn listen_postgres(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(PG_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Hands every notice heard on `listener` to this process's subscribers until `shutdown`. A lost
+/// connection is re-established (by sqlx, with its `LISTEN`) and the subscribers are told to `reset`,
+/// since notices sent meanwhile are lost; a notice that is not one of ours is logged and skipped.
+pub async fn relay(
+    mut listener: sqlx::postgres::PgListener,
+    changes: Changes,
+    shutdown: ferry_core::shutdown::Shutdown,
+) {
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        let next = tokio::select! {
+            () = &mut stop => return,
+            next = listener.try_recv() => next,
+        };
+        match next {
+            Ok(Some(n)) => match serde_json::from_str::<Notice>(n.payload()) {
+                Ok(notice) => changes.publish(notice),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring a change notice that is not Ferry's")
+                }
+            },
+            // The connection was lost and is re-established on the next call.
+            Ok(None) => {
+                tracing::warn!("lost the PostgreSQL change listener; subscribers purge everything");
+                changes.reset();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL change listener failed; retrying in 1 s");
+                changes.reset();
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 
@@ -117,13 +200,20 @@ mod tests {
     async fn subscribers_see_changes_in_order() {
         let changes = Changes::new(8);
         let mut rx = changes.subscribe();
-        changes.tenant(Op::Created, "t1");
-        changes.device(Op::Deleted, "t1", "d1");
-        let a = rx.recv().await.expect("first");
-        let b = rx.recv().await.expect("second");
-        assert_eq!((a.seq, a.kind, a.op), (1, Kind::Tenant, Op::Created));
+        changes.publish(Notice::tenant(Op::Created, "t1"));
+        changes.publish(Notice::device(Op::Deleted, "t1", "d1"));
+        let Ok(Announcement::Change(a)) = rx.recv().await else {
+            panic!("first")
+        };
+        let Ok(Announcement::Change(b)) = rx.recv().await else {
+            panic!("second")
+        };
         assert_eq!(
-            (b.seq, b.kind, b.device.as_deref()),
+            (a.seq, a.notice.kind, a.notice.op),
+            (1, Kind::Tenant, Op::Created)
+        );
+        assert_eq!(
+            (b.seq, b.notice.kind, b.notice.device.as_deref()),
             (2, Kind::Device, Some("d1"))
         );
     }
@@ -133,7 +223,7 @@ mod tests {
         let changes = Changes::new(2);
         let mut rx = changes.subscribe();
         for i in 0..5 {
-            changes.application(Op::Updated, &format!("a{i}"));
+            changes.publish(Notice::application(Op::Updated, &format!("a{i}")));
         }
         assert!(matches!(
             rx.recv().await,

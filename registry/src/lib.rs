@@ -71,6 +71,18 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
     let store = store::Store::open(config.database_url.as_deref(), &config.data_dir)
         .await
         .context("opening the registry database")?;
+    if store.backend() == store::Backend::Postgres {
+        // Every replica hears every replica's writes (changes.rs); listening before serving means a
+        // subscriber never misses a change committed after its `hello`.
+        let listener = changes::listen_postgres(store.url())
+            .await
+            .context("listening for registry changes on PostgreSQL")?;
+        tokio::spawn(changes::relay(
+            listener,
+            store.changes().clone(),
+            shutdown.clone(),
+        ));
+    }
     let (admin_token, admin_token_path) = token(
         config.admin_token.as_deref(),
         config.admin_token_file.as_deref(),
@@ -121,7 +133,7 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
     };
     let state = api::AppState {
         store: store.clone(),
-        changes: changes::Changes::default(),
+        changes: store.changes().clone(),
         signer: Arc::new(signer),
         tokens: Arc::new(api::Tokens {
             admin: admin_token.clone(),

@@ -13,6 +13,8 @@ use std::str::FromStr;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
+use crate::changes::{Changes, Notice, Op};
+
 /// A row's version, as sent in `ETag` and compared with `If-Match`.
 pub type Version = String;
 
@@ -78,6 +80,9 @@ fn migrator() -> sqlx::migrate::Migrator {
 pub struct Store {
     pool: AnyPool,
     kind: Backend,
+    url: String,
+    /// Where committed writes are announced (see `changes.rs`).
+    changes: Changes,
 }
 
 /// Which database the store runs on.
@@ -157,11 +162,56 @@ impl Store {
             .connect_with(options)
             .await?;
         migrator().run(&pool).await?;
-        Ok(Self { pool, kind })
+        Ok(Self {
+            pool,
+            kind,
+            url,
+            changes: Changes::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.kind
+    }
+
+    /// Where this store announces its committed writes (and, on PostgreSQL, every replica's).
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// The database URL (for the PostgreSQL change relay's own connection).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Commits `tx` and announces `notices`. On PostgreSQL they are sent with `NOTIFY` inside the
+    /// transaction, so every replica hears them when, and only if, the write commits (PostgreSQL drops a
+    /// repeated identical notice within one transaction, which loses nothing here); on SQLite they go
+    /// to this process's subscribers after the commit.
+    async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        notices: &[Notice],
+    ) -> Result<(), StoreError> {
+        if self.kind == Backend::Postgres {
+            for notice in notices {
+                let payload = serde_json::to_string(notice).map_err(|e| {
+                    StoreError::Database(sqlx::Error::Protocol(format!("change notice: {e}")))
+                })?;
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(crate::changes::PG_CHANNEL)
+                    .bind(payload)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        } else {
+            tx.commit().await?;
+            for notice in notices {
+                self.changes.publish(notice.clone());
+            }
+        }
+        Ok(())
     }
 
     /// A write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
@@ -269,7 +319,7 @@ impl Store {
             }
         }
         Self::index_cas(&mut tx, id, keys).await?;
-        tx.commit().await?;
+        self.commit(tx, &[Notice::tenant(Op::Created, id)]).await?;
         Ok(version)
     }
 
@@ -308,7 +358,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         Self::index_cas(&mut tx, id, keys).await?;
-        tx.commit().await?;
+        self.commit(tx, &[Notice::tenant(Op::Updated, id)]).await?;
         Ok(version)
     }
 
@@ -361,7 +411,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx, &[Notice::tenant(Op::Deleted, id)]).await?;
         Ok(())
     }
 
@@ -454,7 +504,8 @@ impl Store {
             .bind(new_version())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx, &[Notice::device(Op::Created, tenant, device)])
+            .await?;
         Ok(version)
     }
 
@@ -489,7 +540,8 @@ impl Store {
         .bind(device)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx, &[Notice::device(Op::Updated, tenant, device)])
+            .await?;
         Ok(version)
     }
 
@@ -511,7 +563,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit(
+            tx,
+            &[
+                Notice::device(Op::Deleted, tenant, device),
+                Notice::credentials(Op::Deleted, tenant, device),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -525,12 +584,28 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        let ids: Vec<String> = sqlx::query("SELECT device_id FROM devices WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         let n = sqlx::query("DELETE FROM devices WHERE tenant_id = $1")
             .bind(tenant)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        let deleted: Vec<Notice> = ids
+            .iter()
+            .flat_map(|d| {
+                [
+                    Notice::device(Op::Deleted, tenant, d),
+                    Notice::credentials(Op::Deleted, tenant, d),
+                ]
+            })
+            .collect();
+        self.commit(tx, &deleted).await?;
         Ok(n)
     }
 
@@ -623,7 +698,8 @@ impl Store {
             .bind(device)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx, &[Notice::credentials(Op::Updated, tenant, device)])
+            .await?;
         Ok(version)
     }
 
@@ -675,7 +751,8 @@ impl Store {
                         .bind(name)
                         .execute(&mut *tx)
                         .await?;
-                    tx.commit().await?;
+                    self.commit(tx, &[Notice::application(Op::Updated, name)])
+                        .await?;
                     return Ok((version, false));
                 }
                 Err(StoreError::NotFound(_)) => {
@@ -697,7 +774,8 @@ impl Store {
                             r?;
                         }
                     }
-                    tx.commit().await?;
+                    self.commit(tx, &[Notice::application(Op::Created, name)])
+                        .await?;
                     return Ok((version, true));
                 }
                 Err(e) => return Err(e),
@@ -734,7 +812,8 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx, &[Notice::application(Op::Deleted, name)])
+            .await?;
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::extract::{JsonBody, PathParams, QueryPairs};
 use super::management::{parse_application, parse_credentials, stored_json};
 use super::AppState;
+use crate::changes::Announcement;
 use crate::error::ApiError;
 use crate::logins::Refusal;
 use crate::store::StoreError;
@@ -326,11 +327,13 @@ async fn changes(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Eve
         .data(json!({ "seq": s.changes.last_seq() }).to_string());
     let updates = stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
-            Ok(change) => Event::default()
+            Ok(Announcement::Change(change)) => Event::default()
                 .event("change")
                 .id(change.seq.to_string())
                 .data(serde_json::to_string(&change).unwrap_or_default()),
-            Err(RecvError::Lagged(_)) => Event::default().event("reset").data("{}"),
+            Ok(Announcement::Reset) | Err(RecvError::Lagged(_)) => {
+                Event::default().event("reset").data("{}")
+            }
             Err(RecvError::Closed) => return None,
         };
         Some((Ok(event), rx))

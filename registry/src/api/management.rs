@@ -18,7 +18,6 @@ use serde_json::{json, Map, Value};
 use super::extract::{IfMatch, JsonBody, PathParams, QueryPairs};
 use super::search::Search;
 use super::AppState;
-use crate::changes::Op;
 use crate::error::ApiError;
 use crate::store::{Limits, Stored, TenantKeys};
 use axum::extract::State;
@@ -164,7 +163,6 @@ async fn create_tenant(
         .create_tenant(&id, &text, &tenant_keys(&body))
         .await?;
     s.metrics.tenants.inc();
-    s.changes.tenant(Op::Created, &id);
     Ok(created(format!("/v1/tenants/{id}"), &version, &id))
 }
 
@@ -186,7 +184,6 @@ async fn update_tenant(
         .store
         .update_tenant(id.as_str(), &text, &tenant_keys(&body), if_match.as_deref())
         .await?;
-    s.changes.tenant(Op::Updated, id.as_str());
     Ok(no_content(Some(&version)))
 }
 
@@ -200,7 +197,6 @@ async fn delete_tenant(
         .delete_tenant(id.as_str(), if_match.as_deref())
         .await?;
     s.metrics.tenants.dec();
-    s.changes.tenant(Op::Deleted, id.as_str());
     Ok(no_content(None))
 }
 
@@ -276,7 +272,6 @@ async fn create_device(
         .store
         .create_device(tenant.as_str(), &id, &body, limits)
         .await?;
-    s.changes.device(Op::Created, tenant.as_str(), &id);
     Ok(created(format!("/v1/devices/{tenant}/{id}"), &version, &id))
 }
 
@@ -303,7 +298,6 @@ async fn update_device(
         .store
         .update_device(tenant.as_str(), id.as_str(), &body, if_match.as_deref())
         .await?;
-    s.changes.device(Op::Updated, tenant.as_str(), id.as_str());
     Ok(no_content(Some(&version)))
 }
 
@@ -317,9 +311,6 @@ async fn delete_device(
     s.store
         .delete_device(tenant.as_str(), id.as_str(), if_match.as_deref())
         .await?;
-    s.changes.device(Op::Deleted, tenant.as_str(), id.as_str());
-    s.changes
-        .credentials(Op::Deleted, tenant.as_str(), id.as_str());
     Ok(no_content(None))
 }
 
@@ -328,12 +319,7 @@ async fn delete_all_devices(
     path: PathParams,
 ) -> Result<Response, ApiError> {
     let tenant = TenantId::new(one(&path, 0))?;
-    let devices = s.store.list_devices(tenant.as_str()).await?;
     s.store.delete_all_devices(tenant.as_str()).await?;
-    for d in &devices {
-        s.changes.device(Op::Deleted, tenant.as_str(), &d.id);
-        s.changes.credentials(Op::Deleted, tenant.as_str(), &d.id);
-    }
     Ok(no_content(None))
 }
 
@@ -460,8 +446,6 @@ async fn set_credentials(
             if_match.as_deref(),
         )
         .await?;
-    s.changes
-        .credentials(Op::Updated, tenant.as_str(), device.as_str());
     Ok(no_content(Some(&version)))
 }
 
@@ -507,14 +491,6 @@ async fn put_application(
         .store
         .put_application(name.as_str(), &to_json(&user)?, if_match.as_deref())
         .await?;
-    s.changes.application(
-        if was_created {
-            Op::Created
-        } else {
-            Op::Updated
-        },
-        name.as_str(),
-    );
     if was_created {
         Ok(created(
             format!("/v1/applications/{}", name.as_str()),
@@ -546,7 +522,6 @@ async fn delete_application(
     s.store
         .delete_application(name.as_str(), if_match.as_deref())
         .await?;
-    s.changes.application(Op::Deleted, name.as_str());
     Ok(no_content(None))
 }
 
