@@ -8,11 +8,13 @@
 //! Everything here fails loudly instead of skipping: a test whose dependency is missing must
 //! fail with a message saying how to get it (run `scripts/test`), never pass silently.
 
+mod nats;
 mod net;
 mod pki;
 mod postgres;
 mod programs;
 
+pub use nats::NatsServer;
 pub use net::free_port;
 pub use pki::{client_subject_dn, TestPki};
 pub use postgres::{postgres_database, PgDatabase, POSTGRES_URL_ENV};

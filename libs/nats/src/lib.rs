@@ -1,0 +1,49 @@
+//! Ferry's cluster-mode bus: NATS with JetStream (docs/cluster.md).
+//!
+//! One place for what every component needs to take part in cluster mode: the `messaging` setting and
+//! its NATS connection settings ([`config`]), the subject names that carry Hono's addresses
+//! ([`subjects`]), the headers Ferry sets beside a message ([`headers`]), and the JetStream streams it
+//! provisions ([`streams`]). The components pick embedded or NATS messaging once, at start; nothing on a
+//! message's path asks which.
+
+pub mod config;
+pub mod headers;
+pub mod streams;
+pub mod subjects;
+
+use std::time::Duration;
+
+pub use config::{Messaging, MessagingMode, NatsConfig};
+
+/// Why a NATS operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("JetStream stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+}
+
+/// Connects to NATS with `config`, naming the connection `name` (shown by the server's monitoring, e.g.
+/// `ferry-router-0`). The client reconnects by itself for as long as the process runs; the first
+/// connection must succeed within the configured timeout.
+pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, Error> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .require_tls(config.tls_required);
+    if let Some(user) = &config.user {
+        options = options.user_and_password(user.clone(), config.password()?.unwrap_or_default());
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    let client = options.connect(config.urls.as_slice()).await?;
+    Ok(client)
+}
