@@ -18,10 +18,10 @@ use std::time::Duration;
 use anyhow::ensure;
 use clap::{Args, ValueEnum};
 
-use crate::all::SummaryRow;
-use crate::http::thousands;
 use crate::machine::{self, Machine};
 use crate::platform::BinArgs;
+use crate::report::thousands;
+use crate::summary::SummaryRow;
 use crate::{cpu, report};
 pub use gen::Mode;
 use peers::Broker;
@@ -249,7 +249,7 @@ pub async fn run(args: &AmqpArgs) -> anyhow::Result<()> {
     println!("{section}");
     if !args.no_report {
         report::update_section(&args.report, SECTION, &section)?;
-        crate::all::update_summary(&args.report)?;
+        crate::summary::update_summary(&args.report)?;
         eprintln!("updated section `{SECTION}` of {}", args.report.display());
     }
     let ferry_errors: u64 = rows

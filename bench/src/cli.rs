@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::pin::Pinning;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry-bench",
@@ -81,20 +83,6 @@ impl Endpoint {
             Endpoint::Assertions => "assertion issuance",
         }
     }
-}
-
-/// Where the system under test and the load generator run.
-#[derive(Debug, Clone, Args)]
-pub struct Pinning {
-    /// CPUs (taskset list) for the system under test.
-    #[arg(long, default_value = "0")]
-    pub server_cpus: String,
-    /// CPUs (taskset list) for the load generator; the process re-executes itself under taskset.
-    #[arg(long, default_value = "1")]
-    pub client_cpus: String,
-    /// Do not pin anything (figures are then not comparable with pinned ones).
-    #[arg(long)]
-    pub no_pin: bool,
 }
 
 /// Load shape shared by the HTTP scenarios.

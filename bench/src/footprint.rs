@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::all::SummaryRow;
 use crate::machine::{self, Machine};
 use crate::platform::{self, BinArgs, Platform, Proc};
 use crate::report;
+use crate::summary::SummaryRow;
 
 /// The report section this scenario owns.
 pub const SECTION: &str = "b9";
@@ -197,7 +197,7 @@ pub async fn run(args: &FootprintArgs) -> anyhow::Result<()> {
     println!("{section}");
     if !args.no_report {
         report::update_section(&args.report, SECTION, &section)?;
-        crate::all::update_summary(&args.report)?;
+        crate::summary::update_summary(&args.report)?;
         eprintln!("updated section `{SECTION}` of {}", args.report.display());
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));

@@ -8,7 +8,6 @@
 //! answers `202`. Zero loss: every `202` of the adapter must reach the consumer.
 
 pub mod bare;
-pub mod gen;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,12 +18,13 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use http::{HeaderValue, StatusCode, Uri};
 
-use crate::all::SummaryRow;
 use crate::amqp::client::{Client, Consumer, Login};
+use crate::load::{self, Counts, Rotation, Shape, Template, Workload};
 use crate::machine::{self, Machine};
 use crate::platform::{self, BinArgs, Binaries, Platform, Proc};
+use crate::report::thousands;
+use crate::summary::SummaryRow;
 use crate::{cpu, report};
-use gen::{Counts, Shape, Template};
 
 /// The report section this scenario owns.
 pub const SECTION: &str = "b8";
@@ -215,8 +215,13 @@ pub async fn run(args: &HttpArgs) -> anyhow::Result<()> {
         .collect();
     for n in 1..=args.runs {
         for (i, (target, sut)) in suts.iter_mut().enumerate() {
-            let templates = Arc::new(templates(args, sut.addr(), &body)?);
-            let run = measure(sut, templates, shape).await?;
+            let workload = Arc::new(Workload {
+                addr: sut.addr(),
+                templates: templates(args, sut.addr(), &body)?,
+                rotation: Rotation::PerConnection,
+                expect: StatusCode::ACCEPTED,
+            });
+            let run = measure(sut, workload, shape).await?;
             eprintln!(
                 "{} run {n}/{}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, server {:.0} µs/req ({:.0} % core), \
                  generator {:.0} % core, others {:.0} % core, errors {}, lost {}",
@@ -246,7 +251,7 @@ pub async fn run(args: &HttpArgs) -> anyhow::Result<()> {
     println!("{section}");
     if !args.no_report {
         report::update_section(&args.report, SECTION, &section)?;
-        crate::all::update_summary(&args.report)?;
+        crate::summary::update_summary(&args.report)?;
         eprintln!("updated section `{SECTION}` of {}", args.report.display());
     }
     let errors: u64 = rows.iter().map(|r| r.errors() + r.lost()).sum();
@@ -270,13 +275,25 @@ fn templates(
     (0..args.devices.min(args.connections).max(1))
         .map(|i| {
             Ok(Template {
+                method: http::Method::POST,
                 uri: Uri::from_static("/telemetry"),
-                host: HeaderValue::from_str(&addr.to_string())?,
-                authorization: gen::basic_auth(
-                    &format!("a-{i}@{}", platform::TENANT),
-                    &platform::device_password(i),
-                )?,
-                content_type: HeaderValue::from_static("application/octet-stream"),
+                headers: vec![
+                    (
+                        http::header::HOST,
+                        HeaderValue::from_str(&addr.to_string())?,
+                    ),
+                    (
+                        http::header::AUTHORIZATION,
+                        load::basic_auth(
+                            &format!("a-{i}@{}", platform::TENANT),
+                            &platform::device_password(i),
+                        )?,
+                    ),
+                    (
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                ],
                 body: body.clone(),
             })
         })
@@ -306,7 +323,7 @@ async fn start_ferry(args: &HttpArgs, cpus: Option<&str>, body: &Bytes) -> anyho
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..50 {
         // 503 until the adapter's link to the router has credit.
-        status = conn.status(first_request(first)).await?;
+        status = conn.status(first.request()).await?;
         if status == StatusCode::ACCEPTED {
             break;
         }
@@ -328,17 +345,6 @@ async fn start_ferry(args: &HttpArgs, cpus: Option<&str>, body: &Bytes) -> anyho
     })
 }
 
-fn first_request(t: &Template) -> http::Request<http_body_util::Full<Bytes>> {
-    let mut req = http::Request::new(http_body_util::Full::new(t.body.clone()));
-    *req.method_mut() = http::Method::POST;
-    *req.uri_mut() = t.uri.clone();
-    let h = req.headers_mut();
-    h.insert(http::header::HOST, t.host.clone());
-    h.insert(http::header::AUTHORIZATION, t.authorization.clone());
-    h.insert(http::header::CONTENT_TYPE, t.content_type.clone());
-    req
-}
-
 async fn start_hyper(cpus: Option<&str>) -> anyhow::Result<Sut> {
     let addr = platform::free_port()?;
     let exe = std::env::current_exe().context("locating this executable")?;
@@ -357,17 +363,13 @@ async fn start_hyper(cpus: Option<&str>) -> anyhow::Result<Sut> {
     Ok(Sut::Hyper { proc, addr })
 }
 
-async fn measure(
-    sut: &mut Sut,
-    templates: Arc<Vec<Template>>,
-    shape: Shape,
-) -> anyhow::Result<Run> {
+async fn measure(sut: &mut Sut, workload: Arc<Workload>, shape: Shape) -> anyhow::Result<Run> {
     let before_received = match sut {
         Sut::Ferry { consumer, .. } => consumer.received(),
         Sut::Hyper { .. } => 0,
     };
     let pids = sut.pids();
-    let running = gen::start(sut.addr(), templates, StatusCode::ACCEPTED, shape).await?;
+    let running = load::start(workload, shape).await?;
     running.window_start().await;
     let s0 = sample(&pids)?;
     running.window_end().await;
@@ -418,19 +420,6 @@ fn sample(pids: &[(String, u32)]) -> anyhow::Result<Sample> {
         generator: cpu::own_cpu()?,
         machine: cpu::machine_busy()?,
     })
-}
-
-/// `12345.6` → `12,346`.
-pub fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// What bounds a run: the saturated core, if any, or the whole machine when background load filled it.

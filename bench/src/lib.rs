@@ -21,6 +21,7 @@ pub mod platform;
 pub mod postgres;
 pub mod registry;
 pub mod report;
+pub mod summary;
 
 use anyhow::Context as _;
 
@@ -80,7 +81,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             .build()
             .context("starting the tokio runtime")?
             .block_on(mqtt::idle::worker(args)),
-        cli::Scenario::Summary { report } => all::update_summary(&report),
+        cli::Scenario::Summary { report } => summary::update_summary(&report),
         cli::Scenario::BareHyper { bind } => {
             generator_runtime(None)?.block_on(http::bare::serve(bind))
         }

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, ValueEnum};
 
-use crate::cli::Pinning;
 use crate::cpu;
+use crate::pin::Pinning;
 use traffic::{PublisherSpec, ReceiverSpec};
 use wire::Login;
 
@@ -533,7 +533,7 @@ pub(crate) fn publish_section(args: &MqttArgs, name: &str, text: &str) -> anyhow
         crate::report::update_section(&args.report, name, text)?;
         eprintln!("updated section `{name}` of {}", args.report.display());
         // The summary at the top of the report is rebuilt from every section's summary lines.
-        crate::all::update_summary(&args.report)?;
+        crate::summary::update_summary(&args.report)?;
     }
     Ok(())
 }

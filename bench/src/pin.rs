@@ -6,6 +6,21 @@ use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
+use clap::Args;
+
+/// Where the system under test and the load generator run.
+#[derive(Debug, Clone, Args)]
+pub struct Pinning {
+    /// CPUs (taskset list) for the system under test.
+    #[arg(long, default_value = "0")]
+    pub server_cpus: String,
+    /// CPUs (taskset list) for the load generator; the process re-executes itself under taskset.
+    #[arg(long, default_value = "1")]
+    pub client_cpus: String,
+    /// Do not pin anything (figures are then not comparable with pinned ones).
+    #[arg(long)]
+    pub no_pin: bool,
+}
 
 /// Set on the re-executed generator, so that a pinning that does not take is an error instead of a loop.
 const REEXEC_ENV: &str = "FERRY_BENCH_PINNED";

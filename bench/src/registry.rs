@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{Backend, Endpoint, RegistryArgs};
 use crate::client::{Base, Conn};
-use crate::load::{self, Counts, Shape, Workload};
+use crate::load::{self, Counts, Rotation, Shape, Template, Workload};
 use crate::machine::{self, Machine};
 use crate::postgres::{self, FreshDatabase};
 use crate::{cpu, report};
@@ -297,10 +297,15 @@ fn workload(
     let uris = (0..devices)
         .map(|i| Uri::try_from(path(i)).context("building a request URI"))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let base = Base::new(addr, &tokens.internal)?;
     Ok(Workload {
-        base: Base::new(addr, &tokens.internal)?,
-        method,
-        uris,
+        addr,
+        templates: uris
+            .into_iter()
+            .map(|uri| Template::for_base(&base, method.clone(), uri, Bytes::new()))
+            .collect(),
+        rotation: Rotation::All,
+        expect: StatusCode::OK,
     })
 }
 
@@ -337,8 +342,16 @@ async fn check_answers(addr: std::net::SocketAddr, tokens: &Tokens) -> anyhow::R
     let mut conn = Conn::open(addr).await?;
     for endpoint in [Endpoint::Credentials, Endpoint::Assertions] {
         let w = workload(endpoint, addr, tokens, 1)?;
-        let uri = w.uris.first().context("a request")?.to_string();
-        let body = send(&mut conn, &base, w.method, uri.clone(), String::new()).await?;
+        let first = w.templates.first().context("a request")?;
+        let uri = first.uri.to_string();
+        let body = send(
+            &mut conn,
+            &base,
+            first.method.clone(),
+            uri.clone(),
+            String::new(),
+        )
+        .await?;
         let body: Value =
             serde_json::from_slice(&body).with_context(|| format!("{uri} answered no JSON"))?;
         let key = if endpoint == Endpoint::Credentials {
@@ -535,6 +548,7 @@ mod tests {
         Run {
             counts: Counts {
                 ok: rate,
+                ok_total: rate,
                 errors,
                 first_error: None,
                 window: Duration::from_secs(1),

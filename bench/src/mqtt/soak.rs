@@ -13,7 +13,7 @@ use super::stats::{quantile_ms, thousands, RateSearch};
 use super::throughput::measure_open;
 use super::traffic::{Plan, Traffic, TrafficSpec};
 use super::{procs, CpuSample, CpuUse, Flow, Kind, MqttArgs, Sut};
-use crate::cli::Pinning;
+use crate::pin::Pinning;
 use crate::report;
 
 /// What the soak publishes.

@@ -71,18 +71,7 @@ pub fn median_index(values: &[f64]) -> Option<usize> {
     idx.get(values.len().saturating_sub(1) / 2).copied()
 }
 
-/// `12345.6` → `12,346`.
-pub fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::report::thousands;
 
 /// `ferry / peer` as `1.23×`, or `–` without a peer figure.
 pub fn ratio(ferry: f64, peer: f64) -> String {

@@ -529,7 +529,7 @@ pub(crate) fn summary_marker(
     note: String,
     date: &str,
 ) -> String {
-    let row = crate::all::SummaryRow {
+    let row = crate::summary::SummaryRow {
         id: id.to_owned(),
         peer,
         ferry,
