@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use fe2o3_amqp_types::definitions::{AmqpError, ConnectionError, ErrorCondition};
 use fe2o3_amqp_types::messaging::{Accepted, DeliveryState, Rejected};
 use fe2o3_amqp_types::performatives::{Close, End, Performative};
@@ -282,32 +282,34 @@ impl<S: EventStore> Conn<S> {
     fn handle_input(&mut self, inbuf: &mut BytesMut) {
         while !self.closed {
             match codec::decode_frame(inbuf, MAX_FRAME_SIZE) {
-                Ok(Some((frame, n))) => {
-                    // The payload borrows the buffer; copy the little we keep before consuming it.
-                    match frame {
-                        Frame::Amqp {
-                            channel,
-                            performative: Some(p),
-                            payload,
-                        } => {
-                            let payload = Bytes::copy_from_slice(payload);
-                            let _ = inbuf.split_to(n);
-                            self.handle_frame(channel, p, payload);
-                        }
-                        Frame::Amqp {
-                            performative: None, ..
-                        } => {
-                            let _ = inbuf.split_to(n);
-                        }
-                        Frame::Sasl(_) => {
-                            let _ = inbuf.split_to(n);
-                            self.close(Some(error(
-                                ErrorCondition::ConnectionError(ConnectionError::FramingError),
-                                "SASL frame after the SASL exchange",
-                            )));
-                        }
+                Ok(Some((frame, n))) => match frame {
+                    Frame::Amqp {
+                        channel,
+                        performative: Some(p),
+                        payload,
+                    } => {
+                        // The payload borrows the buffer and is the frame's tail: split the frame off
+                        // and keep a slice of it, sharing the read buffer instead of copying.
+                        let payload = if payload.is_empty() {
+                            inbuf.advance(n);
+                            Bytes::new()
+                        } else {
+                            let start = n - payload.len();
+                            inbuf.split_to(n).freeze().slice(start..)
+                        };
+                        self.handle_frame(channel, p, payload);
                     }
-                }
+                    Frame::Amqp {
+                        performative: None, ..
+                    } => inbuf.advance(n),
+                    Frame::Sasl(_) => {
+                        inbuf.advance(n);
+                        self.close(Some(error(
+                            ErrorCondition::ConnectionError(ConnectionError::FramingError),
+                            "SASL frame after the SASL exchange",
+                        )));
+                    }
+                },
                 Ok(None) => return,
                 Err(e) => {
                     self.close(Some(error(e.condition(), e.to_string())));
