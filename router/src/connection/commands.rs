@@ -31,6 +31,14 @@ fn with_via(message: &Bytes, gateway: Option<&str>) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// A message forwarded as it came, in an allocation of its own. It arrived as a slice of the connection's
+/// read buffer, and held in a consumer's queue it would keep that whole buffer alive, which the byte
+/// accounting per connection (`queued_bytes`) does not see. Rewritten messages (device messages, commands
+/// with a `via`) are new allocations already.
+fn own(message: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(message)
+}
+
 impl<S: EventStore> Conn<S> {
     /// HONO-CONTRACT §1.3: an application's command on `command/T`, with `to` = `command/T/DEVICE`, a
     /// `subject` and a message or correlation id, goes to the adapter instance holding the device;
@@ -90,9 +98,9 @@ impl<S: EventStore> Conn<S> {
         match self.shared.hub.command_target(&addr.tenant, &device) {
             CommandTarget::Device(instance) => {
                 let payload = if has_via {
-                    with_via(&message, None).unwrap_or(message)
+                    with_via(&message, None).unwrap_or_else(|| own(&message))
                 } else {
-                    message
+                    own(&message)
                 };
                 let routed = self
                     .shared
@@ -156,10 +164,10 @@ impl<S: EventStore> Conn<S> {
         match target {
             Some((tenant, reply)) => {
                 let origin = self.origin(channel, delivery_id, settled);
-                let routed = self
-                    .shared
-                    .hub
-                    .route_response(&tenant, &reply, message, settled, origin);
+                let routed =
+                    self.shared
+                        .hub
+                        .route_response(&tenant, &reply, own(&message), settled, origin);
                 self.routed(
                     Incoming {
                         channel,
