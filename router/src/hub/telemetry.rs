@@ -1,0 +1,118 @@
+//! Producers and telemetry: how much credit a producer may hold (telemetry: what its consumers will take;
+//! events: what the store may still hold), and telemetry routed straight to a consumer with credit.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::link::{deliver, ConnHandle, LinkId, Origin, Producer};
+use super::{lock, AddressRef, Hub, Kind, Routed};
+use crate::events::{EventStore, Limit};
+
+/// Credit of a telemetry producer while its address has no consumer: one message at a time, released on
+/// arrival. Small, so that when a consumer attaches, few messages sent on this credit find it still
+/// without credit of its own.
+pub const NO_CONSUMER_CREDIT: u32 = 1;
+
+impl<S: EventStore> Hub<S> {
+    pub fn attach_producer(
+        &self,
+        conn: ConnHandle,
+        link: LinkId,
+        unsettled: bool,
+    ) -> Arc<Producer> {
+        Arc::new(Producer {
+            conn,
+            link,
+            unsettled,
+        })
+    }
+
+    /// How much credit a producer on `addr` may hold now (0: none; it is then remembered and woken when
+    /// consumers grant credit). Telemetry is never buffered, so a telemetry producer may hold no more
+    /// than the address's consumers will take: the sum of their credit. Several producers on one
+    /// address can still over-commit it between two grants; what finds no consumer is released.
+    ///
+    /// An address without any consumer gives an `unsettled` producer [`NO_CONSUMER_CREDIT`]: its messages
+    /// are released at once, so the adapter can tell "nobody consumes" (an immediate `released`: the
+    /// device hears 503 at once) from "consumers are busy" (no credit: the message waits, and the
+    /// device's PUBACK with it). Pre-settled (and mixed) producers get no credit then, as before: they
+    /// would learn nothing from the drop.
+    pub fn producer_credit_limit(&self, addr: &AddressRef, producer: &Arc<Producer>) -> u32 {
+        match addr.kind {
+            Kind::Telemetry => {
+                let mut a = lock(&addr.inner);
+                if a.consumers.is_empty() && producer.unsettled {
+                    return NO_CONSUMER_CREDIT;
+                }
+                let available: i64 = a
+                    .consumers
+                    .iter()
+                    .map(|c| c.usable_credit(self.max_queued_bytes))
+                    .sum();
+                if available > 0 {
+                    u32::try_from(available).unwrap_or(u32::MAX)
+                } else {
+                    if !a.starved.iter().any(|p| Arc::ptr_eq(p, producer)) {
+                        a.starved.push(producer.clone());
+                    }
+                    0
+                }
+            }
+            // Events are stored whether or not anyone consumes; only the store's limits stop them. A
+            // refused producer is woken when an event leaves the store (`wake_event_producers`).
+            Kind::Event => {
+                let mut a = lock(&addr.inner);
+                let tenant = self.store.usage(&addr.tenant);
+                match self.event_limits.reached(tenant, self.store.total()) {
+                    None => u32::MAX,
+                    Some(limit) => {
+                        if limit == Limit::Store {
+                            self.events_full.store(true, Ordering::Release);
+                        }
+                        if !a.starved.iter().any(|p| Arc::ptr_eq(p, producer)) {
+                            a.starved.push(producer.clone());
+                        }
+                        0
+                    }
+                }
+            }
+            // Commands, responses and subscription changes are settled at once when they cannot be
+            // delivered; the producer's window bounds what is in flight.
+            Kind::Command | Kind::CommandResponse | Kind::CommandInternal => u32::MAX,
+        }
+    }
+
+    pub fn detach_producer(&self, addr: &AddressRef, producer: &Arc<Producer>) {
+        lock(&addr.inner)
+            .starved
+            .retain(|p| !Arc::ptr_eq(p, producer));
+    }
+
+    /// Routes one telemetry message to a consumer with credit.
+    pub fn route_telemetry(
+        &self,
+        addr: &AddressRef,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+    ) -> Routed {
+        self.route_direct(addr, payload, settled, origin)
+    }
+
+    /// Hands a message to a consumer of `addr` with credit; nothing is buffered.
+    pub(super) fn route_direct(
+        &self,
+        addr: &AddressRef,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+    ) -> Routed {
+        let Some(consumer) = lock(&addr.inner).pick(self.max_queued_bytes) else {
+            return Routed::NoConsumer;
+        };
+        deliver(&consumer, payload, settled, origin);
+        Routed::Forwarded
+    }
+}

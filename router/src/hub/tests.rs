@@ -1,0 +1,62 @@
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::events::SegmentLog;
+
+fn hub(dir: &std::path::Path) -> Hub<SegmentLog> {
+    let store = SegmentLog::open(dir).expect("open store");
+    let metrics = Metrics::new(&ferry_core::admin::Admin::new());
+    Hub::new(Arc::new(store), metrics, 100)
+}
+
+fn conn() -> (ConnHandle, mpsc::UnboundedReceiver<ToConn>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (ConnHandle::new(tx), rx)
+}
+
+/// An application that attaches a fresh reply address per request and detaches it afterwards used to
+/// leave one table entry per reply id behind, walked every second under the global lock.
+#[test]
+fn reply_address_churn_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = hub(dir.path());
+    let tenant = TenantId::new("t1").expect("tenant");
+    let (handle, _rx) = conn();
+    for i in 0..1000 {
+        let reply = format!("reply-{i}");
+        let mut addr = hub.address_with(Kind::CommandResponse, &tenant, Some(&reply));
+        let consumer = hub.attach_consumer(&mut addr, handle.clone(), next_id());
+        hub.detach_consumer(&addr, &consumer, Vec::new());
+    }
+    assert_eq!(hub.response_addresses(), 0);
+    // And a response to a reply address nobody holds any more is released, not held.
+    let routed = hub.route_response(&tenant, "reply-1", Bytes::new(), true, Origin::None);
+    assert_eq!(routed, Routed::NoConsumer);
+}
+
+/// Two receivers on one reply address: the address lives until the last one leaves, and a receiver
+/// attaching after the address was dropped gets a working one back.
+#[test]
+fn a_reply_address_lives_while_a_receiver_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = hub(dir.path());
+    let tenant = TenantId::new("t1").expect("tenant");
+    let (handle, mut rx) = conn();
+    let mut a = hub.address_with(Kind::CommandResponse, &tenant, Some("r"));
+    let mut b = hub.address_with(Kind::CommandResponse, &tenant, Some("r"));
+    let ca = hub.attach_consumer(&mut a, handle.clone(), next_id());
+    let cb = hub.attach_consumer(&mut b, handle.clone(), next_id());
+    hub.detach_consumer(&a, &ca, Vec::new());
+    assert_eq!(hub.response_addresses(), 1);
+    hub.detach_consumer(&b, &cb, Vec::new());
+    assert_eq!(hub.response_addresses(), 0);
+
+    // `stale` was looked up before the address went; attaching rebinds it to the table's.
+    let mut stale = b.clone();
+    let c = hub.attach_consumer(&mut stale, handle.clone(), next_id());
+    hub.consumer_credit(&stale, &c, 1);
+    let routed = hub.route_response(&tenant, "r", Bytes::from_static(b"x"), true, Origin::None);
+    assert_eq!(routed, Routed::Forwarded);
+    assert!(matches!(rx.try_recv(), Ok(ToConn::Deliver { .. })));
+}
