@@ -54,6 +54,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The device-message pipeline on this adapter's registry client, router connection and counters.
+    pub fn pipeline(&self) -> ferry_adapter_core::pipeline::Pipeline<'_> {
+        ferry_adapter_core::pipeline::Pipeline {
+            adapter: session::ADAPTER_TYPE,
+            registry: &self.registry,
+            downstream: &self.downstream,
+            volume: &self.volume,
+            metrics: &self.metrics,
+            command_link: Some(&self.command_link),
+        }
+    }
+
     fn routes(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<(TenantId, DeviceId), session::CommandTarget>> {
@@ -76,13 +88,6 @@ impl Shared {
         } else {
             false
         }
-    }
-
-    /// Whether `device`'s commands go to `session`.
-    pub fn routes_to(&self, tenant: &TenantId, device: &DeviceId, session: u64) -> bool {
-        self.routes()
-            .get(&(tenant.clone(), device.clone()))
-            .is_some_and(|t| t.session == session)
     }
 
     /// Sends the commands that the router addresses to `gateway` (`via`) to this session from now on.
