@@ -49,8 +49,9 @@ mod subscribe;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use commands::direction as command_direction;
 use commands::CommandSub;
-pub use commands::CommandTarget;
+pub use commands::{CommandTarget, NotTaken, COMMAND_QUEUE};
 use connect::{authenticate, keep_alive, refusal_outcome};
 use notify::Notification;
 
@@ -251,7 +252,7 @@ where
         None => shared.metrics.unauthenticated(),
     };
     gauge.inc();
-    let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let (keep_alive, server_keep_alive) =
         keep_alive(connect.keep_alive, shared.config.max_keep_alive_secs);
     let mut session = Session {
@@ -296,7 +297,7 @@ struct Session {
     peer: SocketAddr,
     out: BytesMut,
     id: u64,
-    commands_tx: tokio::sync::mpsc::UnboundedSender<Box<Command>>,
+    commands_tx: tokio::sync::mpsc::Sender<Box<Command>>,
     /// Command subscriptions: the device whose commands come, the filter they mirror (parsed and as the
     /// device wrote it), the QoS granted.
     command_subs: Vec<CommandSub>,
@@ -345,7 +346,7 @@ impl Session {
         io: &mut IO,
         buf: &mut BytesMut,
         max_packet: usize,
-        mut commands: tokio::sync::mpsc::UnboundedReceiver<Box<Command>>,
+        mut commands: tokio::sync::mpsc::Receiver<Box<Command>>,
     ) -> Result<(), SessionError> {
         let mut ack_timeouts: FuturesUnordered<
             std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,

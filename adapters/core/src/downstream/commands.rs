@@ -8,6 +8,7 @@
 //! [`Command`] handle, from any task, without touching the link (a channel to the owning task).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,7 +57,9 @@ pub struct Command {
 
 #[derive(Debug)]
 struct Settle {
-    tx: mpsc::UnboundedSender<Disposition>,
+    tx: mpsc::Sender<Disposition>,
+    /// Settlements dropped because the queue was full ([`CommandLink::dropped_settlements`]).
+    dropped: Arc<AtomicU64>,
     generation: u64,
     info: DeliveryInfo,
 }
@@ -98,12 +101,21 @@ impl Command {
 
     fn settle_with(&mut self, state: DeliveryState) {
         if let Some(s) = self.settle.take() {
-            // The link task may be gone (connection lost); the router released the command then.
-            let _ = s.tx.send(Disposition {
+            let disposition = Disposition {
                 generation: s.generation,
                 info: s.info,
                 state,
-            });
+            };
+            match s.tx.try_send(disposition) {
+                Ok(()) => {}
+                // The link task is gone (connection lost); the router released the command then.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                // See [`SETTLE_QUEUE`]: the command stays unsettled until its link ends.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("command settlement queue full; settlement dropped");
+                }
+            }
         }
     }
 }
@@ -148,9 +160,27 @@ struct Shared {
     instance_id: String,
     /// What should be registered; re-sent in full after a reconnect.
     devices: Mutex<HashSet<Registration>>,
-    control: mpsc::UnboundedSender<Control>,
+    control: mpsc::Sender<Control>,
     timeouts: (Duration, Duration),
+    /// `set-last-gw` updates dropped because the control queue was full.
+    dropped_updates: AtomicU64,
+    /// Command settlements dropped because the settlement queue was full.
+    dropped_settlements: Arc<AtomicU64>,
 }
+
+/// Registrations and `set-last-gw` updates waiting for the control link. Full: a registration waits and
+/// tries again within its bound, as when the link has no credit (the device set is replayed on
+/// reconnect in any case); a `set-last-gw`, which nobody waits for, is dropped and counted
+/// ([`CommandLink::dropped_updates`]). Sessions that subscribe faster than the router answers fill it.
+const CONTROL_QUEUE: usize = 1024;
+
+/// Settlements (accept, release, reject) of commands handed to devices, on their way to the link task.
+/// Each comes from a command the router delivered unsettled, and the router holds at most 10,000
+/// unsettled commands per consumer (`MAX_UNSETTLED_PER_CONSUMER`), so twice that covers a link and the
+/// stale settlements of the one before it. Full (it should never be): the settlement is dropped and
+/// counted ([`CommandLink::dropped_settlements`]); the command stays unsettled at the router until the
+/// link ends, and the router releases it then.
+const SETTLE_QUEUE: usize = 20_000;
 
 /// A message on the control link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,14 +255,28 @@ impl CommandLink {
 
     /// Tells the router that `device` last sent a message through `gateway`, so that among several
     /// gateways subscribed for it, its commands go to this one. Not waited for; lost while disconnected.
+    /// Dropped, and counted, when the control queue is full ([`CONTROL_QUEUE`]).
     pub fn set_last_gateway(&self, tenant: &TenantId, device: &DeviceId, gateway: &DeviceId) {
-        let _ = self.shared.control.send(Control {
+        let sent = self.shared.control.try_send(Control {
             update: Update::LastGateway,
             tenant: tenant.clone(),
             device: device.clone(),
             gateway: Some(gateway.clone()),
             reply: None,
         });
+        if let Err(mpsc::error::TrySendError::Full(_)) = sent {
+            self.shared.dropped_updates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `set-last-gw` updates dropped because the control queue was full.
+    pub fn dropped_updates(&self) -> u64 {
+        self.shared.dropped_updates.load(Ordering::Relaxed)
+    }
+
+    /// Command settlements dropped because the settlement queue was full (see [`SETTLE_QUEUE`]).
+    pub fn dropped_settlements(&self) -> u64 {
+        self.shared.dropped_settlements.load(Ordering::Relaxed)
     }
 
     /// The devices currently registered (or to be registered on reconnect).
@@ -255,7 +299,7 @@ impl CommandLink {
         let mut first = true;
         loop {
             let (reply, rx) = oneshot::channel();
-            {
+            let queued = {
                 // Under the lock, so that the wire sees updates in the order the set does.
                 let mut devices = self
                     .shared
@@ -278,18 +322,26 @@ impl CommandLink {
                     return Ok(());
                 }
                 first = false;
-                self.shared
-                    .control
-                    .send(Control {
-                        update,
-                        tenant: tenant.clone(),
-                        device: device.clone(),
-                        gateway: None,
-                        reply: Some(reply),
-                    })
-                    .map_err(|_| DownstreamError::Disconnected)?;
-            }
+                let queued = self.shared.control.try_send(Control {
+                    update,
+                    tenant: tenant.clone(),
+                    device: device.clone(),
+                    gateway: None,
+                    reply: Some(reply),
+                });
+                match queued {
+                    Ok(()) => true,
+                    // The control queue is full: tried again like an update without credit.
+                    Err(mpsc::error::TrySendError::Full(_)) => false,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(DownstreamError::Disconnected)
+                    }
+                }
+            };
             let result = async {
+                if !queued {
+                    return Err(DownstreamError::NoCredit);
+                }
                 let delivery = tokio::time::timeout_at(deadline, rx)
                     .await
                     .map_err(|_| DownstreamError::Timeout)?
@@ -362,12 +414,15 @@ pub(super) fn open(
     inner: &Arc<Inner>,
     instance_id: &str,
 ) -> (CommandLink, mpsc::Receiver<Command>) {
-    let (control, control_rx) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let dropped_settlements = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared {
         instance_id: instance_id.to_owned(),
         devices: Mutex::new(HashSet::new()),
         control,
         timeouts: (inner.config.no_credit_timeout, inner.config.outcome_timeout),
+        dropped_updates: AtomicU64::new(0),
+        dropped_settlements: dropped_settlements.clone(),
     });
     let credit = inner.config.command_credit.max(1);
     // As deep as the link's credit: the router sends no more than that unsettled, so forwarding never
@@ -384,6 +439,7 @@ pub(super) fn open(
         attach_timeout: inner.config.connect_timeout,
         instance_id: instance_id.to_owned(),
         control_closed: false,
+        dropped_settlements,
     };
     tokio::spawn(task.run());
     (CommandLink { shared }, rx)
@@ -393,7 +449,7 @@ struct Task {
     shared: std::sync::Weak<Shared>,
     sessions: watch::Receiver<Option<Arc<SessionSlot>>>,
     shutdown: ferry_core::shutdown::Shutdown,
-    control: mpsc::UnboundedReceiver<Control>,
+    control: mpsc::Receiver<Control>,
     commands: mpsc::Sender<Command>,
     credit: u32,
     no_credit_timeout: Duration,
@@ -401,6 +457,7 @@ struct Task {
     instance_id: String,
     /// Every [`CommandLink`] is gone: no more registrations will come.
     control_closed: bool,
+    dropped_settlements: Arc<AtomicU64>,
 }
 
 /// Why a connected phase ended.
@@ -415,7 +472,7 @@ impl Task {
     async fn run(mut self) {
         let stop = self.shutdown.clone().wait();
         tokio::pin!(stop);
-        let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Disposition>();
+        let (settle_tx, mut settle_rx) = mpsc::channel::<Disposition>(SETTLE_QUEUE);
         let mut attempts_on_this_session = 0u32;
         let mut last_generation = 0;
         loop {
@@ -479,8 +536,8 @@ impl Task {
     async fn connected(
         &mut self,
         session: &Arc<SessionSlot>,
-        settle_tx: &mpsc::UnboundedSender<Disposition>,
-        settle_rx: &mut mpsc::UnboundedReceiver<Disposition>,
+        settle_tx: &mpsc::Sender<Disposition>,
+        settle_rx: &mut mpsc::Receiver<Disposition>,
     ) -> End {
         let address = format!("command_internal/{}", self.instance_id);
         let attach = async {
@@ -615,7 +672,7 @@ impl Task {
         &self,
         delivery: Delivery<Body<Value>>,
         generation: u64,
-        settle_tx: &mpsc::UnboundedSender<Disposition>,
+        settle_tx: &mpsc::Sender<Disposition>,
     ) -> Result<(), (DeliveryInfo, DeliveryState)> {
         let info = DeliveryInfo::from(&delivery);
         let mut command = match parse(delivery) {
@@ -626,6 +683,7 @@ impl Task {
         };
         command.settle = Some(Settle {
             tx: settle_tx.clone(),
+            dropped: self.dropped_settlements.clone(),
             generation,
             info: info.clone(),
         });
@@ -750,6 +808,56 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link whose control queue holds `capacity` updates and is never drained (the link task is
+    /// stuck, or the router does not answer).
+    fn stuck_link(capacity: usize) -> (CommandLink, mpsc::Receiver<Control>) {
+        let (control, rx) = mpsc::channel(capacity);
+        let shared = Arc::new(Shared {
+            instance_id: "test".to_owned(),
+            devices: Mutex::new(HashSet::new()),
+            control,
+            timeouts: (Duration::from_millis(20), Duration::from_millis(20)),
+            dropped_updates: AtomicU64::new(0),
+            dropped_settlements: Arc::new(AtomicU64::new(0)),
+        });
+        (CommandLink { shared }, rx)
+    }
+
+    #[tokio::test]
+    async fn last_gateway_updates_beyond_a_full_queue_are_dropped_and_counted() {
+        let (link, _rx) = stuck_link(1);
+        let tenant = TenantId::new("t").expect("id");
+        let (device, gateway) = (
+            DeviceId::new("d").expect("id"),
+            DeviceId::new("g").expect("id"),
+        );
+        link.set_last_gateway(&tenant, &device, &gateway);
+        assert_eq!(link.dropped_updates(), 0);
+        link.set_last_gateway(&tenant, &device, &gateway);
+        link.set_last_gateway(&tenant, &device, &gateway);
+        assert_eq!(link.dropped_updates(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_registration_behind_a_full_queue_retries_within_its_bound_and_is_remembered() {
+        let (link, _rx) = stuck_link(1);
+        let tenant = TenantId::new("t").expect("id");
+        let gateway = DeviceId::new("g").expect("id");
+        link.set_last_gateway(&tenant, &gateway, &gateway);
+        let started = tokio::time::Instant::now();
+        let result = link
+            .register(&tenant, &DeviceId::new("d").expect("id"))
+            .await;
+        assert!(
+            matches!(result, Err(DownstreamError::NoCredit)),
+            "{result:?}"
+        );
+        // Tried again until the bound (2 x credit wait + outcome wait), not refused at once.
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        // Registered on the next replay all the same.
+        assert_eq!(link.registered(), 1);
+    }
 
     #[test]
     fn message_ids_become_text() {

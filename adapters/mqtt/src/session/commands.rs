@@ -22,26 +22,60 @@ pub(super) struct CommandSub {
     pub(super) qos: u8,
 }
 
+/// Commands from the router waiting for a session to write them to its device. The session takes them
+/// as fast as it can write to the socket, so a full queue means the device is not reading (or the
+/// session is stuck behind a slow socket write): a command beyond it is released at once, so that the
+/// application may retry, and counted as undeliverable ([`CommandTarget::offer`]).
+pub const COMMAND_QUEUE: usize = 128;
+
 /// A session's command subscription for one device.
 #[derive(Debug, Clone)]
 pub struct CommandTarget {
     pub session: u64,
     /// Boxed, because the channel allocates its first block of slots with the session: a command is
     /// some 300 bytes, and every idle connection would pay for 32 of them.
-    pub tx: tokio::sync::mpsc::UnboundedSender<Box<ferry_adapter_core::downstream::Command>>,
+    pub tx: tokio::sync::mpsc::Sender<Box<Command>>,
+}
+
+/// Why a session did not take a command; the command is handed back to be settled.
+#[derive(Debug)]
+pub enum NotTaken {
+    /// The session's queue is full ([`COMMAND_QUEUE`]).
+    Full(Box<Command>),
+    /// The session has ended.
+    Gone(Box<Command>),
+}
+
+impl CommandTarget {
+    /// Queues `command` for the session, without waiting.
+    pub fn offer(&self, command: Command) -> Result<(), NotTaken> {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send(Box::new(command)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(c)) => Err(NotTaken::Full(c)),
+            Err(TrySendError::Closed(c)) => Err(NotTaken::Gone(c)),
+        }
+    }
+}
+
+/// Hono's `direction` label of a command.
+pub(crate) fn direction(command: &Command) -> &'static str {
+    if command.reply_to.is_some() {
+        "request"
+    } else {
+        "one-way"
+    }
 }
 
 impl Session {
     /// Hono's command metrics for a command handed (or not) to the device.
     pub(super) fn count_command(&self, command: &Command, status: Status) {
-        let direction = if command.reply_to.is_some() {
-            "request"
-        } else {
-            "one-way"
-        };
-        self.shared
-            .metrics
-            .command(&command.tenant, direction, status, command.payload.len());
+        self.shared.metrics.command(
+            &command.tenant,
+            direction(command),
+            status,
+            command.payload.len(),
+        );
     }
     /// Publishes a command to the device on the topic its subscription mirrors; returns the packet id
     /// when the device must PUBACK it (QoS 1).
