@@ -17,16 +17,19 @@ use fe2o3_amqp::link::delivery::{Delivery, DeliveryInfo};
 use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{
-    Accepted, ApplicationProperties, Body, Data, DeliveryState, Message, MessageId, Properties,
-    Rejected, Released,
+    Accepted, ApplicationProperties, Body, Data, DeliveryState, Message, Properties, Rejected,
+    Released,
 };
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 use fe2o3_amqp::{Receiver, Sendable, Sender};
 use ferry_core::hono::{app_property, command_internal};
 use ferry_core::ids::{DeviceId, TenantId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{outcome_of, DownstreamError, Inner, SessionSlot};
+
+mod parse;
+use parse::parse;
 
 /// A command for one of this instance's devices. Settle it with [`Command::accept`],
 /// [`Command::release`] or [`Command::reject`]; dropping it unsettled releases it (the application
@@ -708,194 +711,5 @@ fn terminal(state: DeliveryState) -> fe2o3_amqp::link::receiver::TerminalDeliver
     }
 }
 
-/// Reads a command as the router forwards it (`to` = `command/TENANT/DEVICE`).
-fn parse(delivery: Delivery<Body<Value>>) -> Result<Command, &'static str> {
-    let message = delivery.into_message();
-    let props = message.properties.ok_or("no properties")?;
-    let to = props.to.as_deref().ok_or("no to")?;
-    let rest = to
-        .strip_prefix("command/")
-        .or_else(|| to.strip_prefix("c/"))
-        .ok_or("to is not a command address")?;
-    let (tenant, device) = rest.split_once('/').ok_or("to names no device")?;
-    let tenant = TenantId::new(tenant).map_err(|_| "invalid tenant in to")?;
-    let device = DeviceId::new(device).map_err(|_| "invalid device in to")?;
-    let name = props.subject.ok_or("no subject")?;
-    let payload = match message.body {
-        Body::Data(batch) => {
-            let mut parts = batch.into_iter();
-            match (parts.next(), parts.next()) {
-                (None, _) => Bytes::new(),
-                (Some(one), None) => Bytes::from(one.0.into_vec()),
-                (Some(first), Some(second)) => {
-                    let mut all = first.0.into_vec();
-                    all.extend_from_slice(&second.0);
-                    for p in parts {
-                        all.extend_from_slice(&p.0);
-                    }
-                    Bytes::from(all)
-                }
-            }
-        }
-        Body::Empty => Bytes::new(),
-        Body::Value(v) => match v.0 {
-            Value::Binary(b) => Bytes::from(b.into_vec()),
-            Value::String(s) => Bytes::from(s.into_bytes()),
-            Value::Null => Bytes::new(),
-            _ => return Err("body must be a Data section"),
-        },
-        _ => return Err("body must be a Data section"),
-    };
-    if props.message_id.is_none() && props.correlation_id.is_none() {
-        return Err("neither message-id nor correlation-id");
-    }
-    let via = match message
-        .application_properties
-        .as_ref()
-        .and_then(|p| p.get(app_property::VIA))
-    {
-        None => None,
-        Some(SimpleValue::String(gw)) => {
-            Some(DeviceId::new(gw).map_err(|_| "invalid gateway in via")?)
-        }
-        Some(_) => return Err("via must be a string"),
-    };
-    Ok(Command {
-        tenant,
-        device,
-        name,
-        payload,
-        content_type: props.content_type.map(|s| s.0),
-        message_id: props.message_id.map(id_string),
-        correlation_id: props.correlation_id.map(id_string),
-        reply_to: props.reply_to,
-        via,
-        settle: None,
-    })
-}
-
-/// A message id as text: strings as they are, numbers in decimal, UUIDs hyphenated, binary as hex.
-/// Responses carry it back as a string.
-fn id_string(id: MessageId) -> String {
-    match id {
-        MessageId::String(s) => s,
-        MessageId::Ulong(n) => n.to_string(),
-        MessageId::Uuid(u) => {
-            let b = u.into_inner();
-            let hex = hex(&b);
-            format!(
-                "{}-{}-{}-{}-{}",
-                &hex[0..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..32]
-            )
-        }
-        MessageId::Binary(b) => hex(&b),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A link whose control queue holds `capacity` updates and is never drained (the link task is
-    /// stuck, or the router does not answer).
-    fn stuck_link(capacity: usize) -> (CommandLink, mpsc::Receiver<Control>) {
-        let (control, rx) = mpsc::channel(capacity);
-        let shared = Arc::new(Shared {
-            instance_id: "test".to_owned(),
-            devices: Mutex::new(HashSet::new()),
-            control,
-            timeouts: (Duration::from_millis(20), Duration::from_millis(20)),
-            dropped_updates: AtomicU64::new(0),
-            dropped_settlements: Arc::new(AtomicU64::new(0)),
-        });
-        (CommandLink { shared }, rx)
-    }
-
-    #[tokio::test]
-    async fn last_gateway_updates_beyond_a_full_queue_are_dropped_and_counted() {
-        let (link, _rx) = stuck_link(1);
-        let tenant = TenantId::new("t").expect("id");
-        let (device, gateway) = (
-            DeviceId::new("d").expect("id"),
-            DeviceId::new("g").expect("id"),
-        );
-        link.set_last_gateway(&tenant, &device, &gateway);
-        assert_eq!(link.dropped_updates(), 0);
-        link.set_last_gateway(&tenant, &device, &gateway);
-        link.set_last_gateway(&tenant, &device, &gateway);
-        assert_eq!(link.dropped_updates(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_registration_behind_a_full_queue_retries_within_its_bound_and_is_remembered() {
-        let (link, _rx) = stuck_link(1);
-        let tenant = TenantId::new("t").expect("id");
-        let gateway = DeviceId::new("g").expect("id");
-        link.set_last_gateway(&tenant, &gateway, &gateway);
-        let started = tokio::time::Instant::now();
-        let result = link
-            .register(&tenant, &DeviceId::new("d").expect("id"))
-            .await;
-        assert!(
-            matches!(result, Err(DownstreamError::NoCredit)),
-            "{result:?}"
-        );
-        // Tried again until the bound (2 x credit wait + outcome wait), not refused at once.
-        assert!(started.elapsed() >= Duration::from_millis(30));
-        // Registered on the next replay all the same.
-        assert_eq!(link.registered(), 1);
-    }
-
-    #[test]
-    fn message_ids_become_text() {
-        assert_eq!(id_string(MessageId::String("a".into())), "a");
-        assert_eq!(id_string(MessageId::Ulong(42)), "42");
-        assert_eq!(
-            id_string(MessageId::Binary(Binary::from(vec![0xab, 0x01]))),
-            "ab01"
-        );
-        let uuid = fe2o3_amqp::types::primitives::Uuid::from([
-            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc,
-            0xde, 0xf0,
-        ]);
-        assert_eq!(
-            id_string(MessageId::Uuid(uuid)),
-            "12345678-9abc-def0-1234-56789abcdef0"
-        );
-    }
-
-    #[test]
-    fn reject_uses_standard_conditions_when_it_can() {
-        match rejected("amqp:resource-limit-exceeded", "too many") {
-            DeliveryState::Rejected(Rejected { error: Some(e) }) => {
-                assert_eq!(
-                    e.condition,
-                    ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded)
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        match rejected("hono:bad-request", "bad") {
-            DeliveryState::Rejected(Rejected { error: Some(e) }) => {
-                assert_eq!(
-                    e.condition,
-                    ErrorCondition::Custom(Symbol::from("hono:bad-request"))
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-}
+mod tests;

@@ -1,6 +1,7 @@
 //! PUBLISH: telemetry, events and command responses from the device, through the shared device
 //! pipeline; their outcomes become PUBACKs, error-topic reports or a disconnect (HONO-CONTRACT §2.2).
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,36 +125,29 @@ impl Session {
         if qos == 0 {
             // Fire and forget: the device hears of a failure only on its error topic.
             if self.error_sub.is_some() {
-                pending.push_back(Box::pin(async move {
-                    match send.await {
-                        Outcome::Accepted => Done::Nothing,
-                        outcome => Done::Failed {
-                            outcome,
-                            report: ErrorReport {
-                                endpoint,
-                                correlation_id,
-                                device_in_topic,
-                            },
-                        },
-                    }
-                }));
+                pending.push_back(unacknowledged(
+                    send,
+                    ErrorReport {
+                        endpoint,
+                        correlation_id,
+                        device_in_topic,
+                    },
+                ));
             } else {
                 tokio::spawn(send);
             }
             return Ok(());
         }
-        pending.push_back(Box::pin(async move {
-            Done::PubAck {
-                pkid,
-                on_error,
-                outcome: send.await,
-                report: ErrorReport {
-                    endpoint,
-                    correlation_id,
-                    device_in_topic,
-                },
-            }
-        }));
+        pending.push_back(acknowledged(
+            send,
+            pkid,
+            on_error,
+            ErrorReport {
+                endpoint,
+                correlation_id,
+                device_in_topic,
+            },
+        ));
         Ok(())
     }
     /// Whether the router should hear (again) that this gateway sends for `device`: the first time in
@@ -337,33 +331,56 @@ impl Session {
         let send = async move { shared.pipeline().respond(check, subject, response).await };
         if qos == 0 {
             // Fire and forget: a failure goes to the error topic, if the device subscribed to it.
-            background.push(Box::pin(async move {
-                match send.await {
-                    Outcome::Accepted => Done::Nothing,
-                    outcome => Done::Failed {
-                        outcome,
-                        report: ErrorReport {
-                            endpoint,
-                            correlation_id,
-                            device_in_topic: None,
-                        },
-                    },
-                }
-            }));
-            return Ok(());
-        }
-        pending.push_back(Box::pin(async move {
-            Done::PubAck {
-                pkid,
-                on_error,
-                outcome: send.await,
-                report: ErrorReport {
+            background.push(unacknowledged(
+                send,
+                ErrorReport {
                     endpoint,
                     correlation_id,
                     device_in_topic: None,
                 },
-            }
-        }));
+            ));
+            return Ok(());
+        }
+        pending.push_back(acknowledged(
+            send,
+            pkid,
+            on_error,
+            ErrorReport {
+                endpoint,
+                correlation_id,
+                device_in_topic: None,
+            },
+        ));
         Ok(())
     }
+}
+
+/// A QoS 0 PUBLISH's `send`: only a failure has something to tell, on the error topic.
+fn unacknowledged(
+    send: impl Future<Output = Outcome> + Send + 'static,
+    report: ErrorReport,
+) -> Pending {
+    Box::pin(async move {
+        match send.await {
+            Outcome::Accepted => Done::Nothing,
+            outcome => Done::Failed { outcome, report },
+        }
+    })
+}
+
+/// A QoS 1 PUBLISH's `send`: its outcome, for the PUBACK (or what stands in for it, [`Session::answer`]).
+fn acknowledged(
+    send: impl Future<Output = Outcome> + Send + 'static,
+    pkid: u16,
+    on_error: OnError,
+    report: ErrorReport,
+) -> Pending {
+    Box::pin(async move {
+        Done::PubAck {
+            pkid,
+            on_error,
+            outcome: send.await,
+            report,
+        }
+    })
 }
