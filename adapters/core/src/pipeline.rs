@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_core::ids::{DeviceId, TenantId};
 
+use crate::auth::{AuthError, Device};
 use crate::downstream::{
     CommandLink, CommandResponse, DeviceMessage, Downstream, MessageKind, PropertyValue,
     SendOutcome,
@@ -18,13 +19,14 @@ use crate::limits::{TenantVolume, VolumeMeter};
 use crate::metrics::{AdapterMetrics, Status, Ttd};
 use crate::registry::{Assertion, AssertionOutcome, RegistryClient, TenantInfo, TtlLimit};
 
-/// What became of a device's message or command response. Denials (401/403/404) stay apart from the
-/// adapter's own trouble (503) and from the tenant's quota (429).
+/// What became of a device's message or command response: `Ok` the router took it (accepted by a
+/// consumer, or written pre-settled for QoS 0), or why not.
+pub type Outcome = Result<(), Refused>;
+
+/// Why a device's message or command response did not go through. Denials (401/403/404) stay apart
+/// from the adapter's own trouble (503) and from the tenant's quota (429).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The router took it: accepted by a consumer (QoS 1, events, responses), or written pre-settled
-    /// (QoS 0).
-    Accepted,
+pub enum Refused {
     /// An unauthenticated device for a tenant that is unknown or wants its devices to authenticate
     /// (the two look alike, so tenants cannot be probed).
     Unauthorized,
@@ -48,11 +50,10 @@ pub enum Outcome {
     NoResponseReceiver,
 }
 
-impl Outcome {
-    /// Hono's error code for the outcome (HONO-CONTRACT §2.2 error topic, HTTP status).
+impl Refused {
+    /// Hono's error code (HONO-CONTRACT §2.2 error topic, HTTP status).
     pub fn code(self) -> u16 {
         match self {
-            Self::Accepted => 202,
             Self::Unauthorized => 401,
             Self::TenantDisabled | Self::AdapterDisabled | Self::GatewayForbidden => 403,
             Self::NotFound => 404,
@@ -64,8 +65,8 @@ impl Outcome {
         }
     }
 
-    /// Whether the device was denied (as opposed to the message failing for a reason of the tenant's
-    /// quota or the adapter's own).
+    /// Whether the device was denied (as opposed to the message failing for the tenant's quota or the
+    /// adapter's own trouble).
     pub fn is_denied(self) -> bool {
         matches!(
             self,
@@ -84,7 +85,7 @@ pub enum TenantCheck {
     /// Already looked up and checked by the adapter (HTTP, before the body is read).
     Checked(Arc<TenantInfo>),
     /// An authenticated device (MQTT): its tenant was checked at CONNECT and the registry's change
-    /// stream ends the session when that changes; a tenant gone since is [`Outcome::NotFound`].
+    /// stream ends the session when that changes; a tenant gone since is [`Refused::NotFound`].
     /// `volume` is the tenant's data volume count when the session holds it already.
     Authenticated(Option<Arc<TenantVolume>>),
     /// An unauthenticated device: the tenant must exist and be enabled, use this adapter, and not
@@ -180,10 +181,10 @@ impl Pipeline<'_> {
         subject: Subject,
         upload: Upload,
         before_send: F,
-    ) -> Result<W, Outcome>
+    ) -> Result<W, Refused>
     where
         F: FnOnce(&TenantInfo) -> Fut,
-        Fut: Future<Output = Result<(Option<i32>, W), Outcome>>,
+        Fut: Future<Output = Result<(Option<i32>, W), Refused>>,
     {
         let Subject {
             tenant,
@@ -203,7 +204,7 @@ impl Pipeline<'_> {
         if !volume.admit(&info, size, chrono::Utc::now()) {
             self.metrics
                 .telemetry(&tenant, kind, qos, Status::Unprocessable, Ttd::None, size);
-            return Err(Outcome::QuotaExceeded);
+            return Err(Refused::QuotaExceeded);
         }
         let (ttd, waiting) = before_send(&info).await?;
         let mut msg = DeviceMessage {
@@ -233,7 +234,7 @@ impl Pipeline<'_> {
         if !forwarded {
             self.metrics
                 .telemetry(&tenant, kind, qos, Status::Undeliverable, Ttd::None, size);
-            return Err(Outcome::NoConsumer);
+            return Err(Refused::NoConsumer);
         }
         if ttd.is_none() {
             self.metrics
@@ -252,28 +253,13 @@ impl Pipeline<'_> {
         let sent = self
             .forward(check, subject, upload, |_| async { Ok((None, ())) })
             .await;
-        match sent {
-            Ok(_) => Outcome::Accepted,
-            Err(outcome) => outcome,
-        }
+        sent.map(drop)
     }
 
     /// A command response: tenant, assertion (a device answers only its own commands, or a gateway
     /// those of a device it may act for), data volume when `metered`, then to the application waiting
     /// on the command's reply-to, with the tenant's TTL limit for responses.
     pub async fn respond(&self, check: TenantCheck, subject: Subject, r: Response) -> Outcome {
-        match self.respond_checked(check, subject, r).await {
-            Ok(()) => Outcome::Accepted,
-            Err(outcome) => outcome,
-        }
-    }
-
-    async fn respond_checked(
-        &self,
-        check: TenantCheck,
-        subject: Subject,
-        r: Response,
-    ) -> Result<(), Outcome> {
         let Subject {
             tenant,
             device,
@@ -287,7 +273,7 @@ impl Pipeline<'_> {
             if !volume.admit(&info, size, chrono::Utc::now()) {
                 self.metrics
                     .command(&tenant, "response", Status::Unprocessable, size);
-                return Err(Outcome::QuotaExceeded);
+                return Err(Refused::QuotaExceeded);
             }
         }
         let response = CommandResponse {
@@ -315,8 +301,34 @@ impl Pipeline<'_> {
         if accepted {
             Ok(())
         } else {
-            Err(Outcome::NoResponseReceiver)
+            Err(Refused::NoResponseReceiver)
         }
+    }
+
+    /// Step 1 for a device that logged in (at CONNECT, or per HTTP request): the login's result, then its
+    /// tenant: known, enabled and using this adapter (HONO-CONTRACT §2.1, §2.2). An unknown tenant
+    /// looks like bad credentials, so a device cannot probe for tenants.
+    pub async fn login(
+        &self,
+        login: Result<Device, AuthError>,
+    ) -> Result<(Device, Arc<TenantInfo>), Refused> {
+        let device = login.map_err(|e| match e {
+            AuthError::BadCredentials | AuthError::UnknownTenant => Refused::Unauthorized,
+            AuthError::TenantDisabled => Refused::TenantDisabled,
+            AuthError::Unavailable(_) => Refused::RegistryUnavailable,
+        })?;
+        let tenant = match self.registry.tenant(&device.tenant).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(Refused::Unauthorized),
+            Err(_) => return Err(Refused::RegistryUnavailable),
+        };
+        if !tenant.is_enabled() {
+            return Err(Refused::TenantDisabled);
+        }
+        if !tenant.is_adapter_enabled(self.adapter) {
+            return Err(Refused::AdapterDisabled);
+        }
+        Ok((device, tenant))
     }
 
     /// Step 1: the tenant, checked as `check` says, and its data volume count when known.
@@ -324,13 +336,13 @@ impl Pipeline<'_> {
         &self,
         tenant: &TenantId,
         check: TenantCheck,
-    ) -> Result<(Arc<TenantInfo>, Option<Arc<TenantVolume>>), Outcome> {
+    ) -> Result<(Arc<TenantInfo>, Option<Arc<TenantVolume>>), Refused> {
         match check {
             TenantCheck::Checked(info) => Ok((info, None)),
             TenantCheck::Authenticated(volume) => match self.registry.tenant(tenant).await {
                 Ok(Some(info)) => Ok((info, volume)),
-                Ok(None) => Err(Outcome::NotFound),
-                Err(_) => Err(Outcome::RegistryUnavailable),
+                Ok(None) => Err(Refused::NotFound),
+                Err(_) => Err(Refused::RegistryUnavailable),
             },
             TenantCheck::Unauthenticated => Ok((self.unauthenticated_tenant(tenant).await?, None)),
         }
@@ -341,16 +353,16 @@ impl Pipeline<'_> {
     pub async fn unauthenticated_tenant(
         &self,
         tenant: &TenantId,
-    ) -> Result<Arc<TenantInfo>, Outcome> {
+    ) -> Result<Arc<TenantInfo>, Refused> {
         match self.registry.tenant(tenant).await {
-            Ok(Some(t)) if !t.is_enabled() => Err(Outcome::TenantDisabled),
-            Ok(Some(t)) if !t.is_adapter_enabled(self.adapter) => Err(Outcome::AdapterDisabled),
+            Ok(Some(t)) if !t.is_enabled() => Err(Refused::TenantDisabled),
+            Ok(Some(t)) if !t.is_adapter_enabled(self.adapter) => Err(Refused::AdapterDisabled),
             Ok(Some(t)) if t.is_device_authentication_required(self.adapter) => {
-                Err(Outcome::Unauthorized)
+                Err(Refused::Unauthorized)
             }
             Ok(Some(t)) => Ok(t),
-            Ok(None) => Err(Outcome::Unauthorized),
-            Err(_) => Err(Outcome::RegistryUnavailable),
+            Ok(None) => Err(Refused::Unauthorized),
+            Err(_) => Err(Refused::RegistryUnavailable),
         }
     }
 
@@ -360,12 +372,12 @@ impl Pipeline<'_> {
         tenant: &TenantId,
         device: &DeviceId,
         gateway: Option<&DeviceId>,
-    ) -> Result<Arc<Assertion>, Outcome> {
+    ) -> Result<Arc<Assertion>, Refused> {
         match self.registry.assertion(tenant, device, gateway).await {
             Ok(AssertionOutcome::Granted(a)) => Ok(a),
-            Ok(AssertionOutcome::NotFound) => Err(Outcome::NotFound),
-            Ok(AssertionOutcome::Forbidden) => Err(Outcome::GatewayForbidden),
-            Err(_) => Err(Outcome::RegistryUnavailable),
+            Ok(AssertionOutcome::NotFound) => Err(Refused::NotFound),
+            Ok(AssertionOutcome::Forbidden) => Err(Refused::GatewayForbidden),
+            Err(_) => Err(Refused::RegistryUnavailable),
         }
     }
 }
@@ -377,25 +389,25 @@ mod tests {
     #[test]
     fn denials_stay_apart_from_trouble() {
         for o in [
-            Outcome::Unauthorized,
-            Outcome::TenantDisabled,
-            Outcome::AdapterDisabled,
-            Outcome::GatewayForbidden,
-            Outcome::NotFound,
+            Refused::Unauthorized,
+            Refused::TenantDisabled,
+            Refused::AdapterDisabled,
+            Refused::GatewayForbidden,
+            Refused::NotFound,
         ] {
             assert!(o.is_denied(), "{o:?}");
             assert!((401..=404).contains(&o.code()), "{o:?}");
         }
         for o in [
-            Outcome::RegistryUnavailable,
-            Outcome::CommandsUnavailable,
-            Outcome::NoConsumer,
-            Outcome::NoResponseReceiver,
+            Refused::RegistryUnavailable,
+            Refused::CommandsUnavailable,
+            Refused::NoConsumer,
+            Refused::NoResponseReceiver,
         ] {
             assert!(!o.is_denied(), "{o:?}");
             assert_eq!(o.code(), 503, "{o:?}");
         }
-        assert_eq!(Outcome::QuotaExceeded.code(), 429);
-        assert!(!Outcome::QuotaExceeded.is_denied());
+        assert_eq!(Refused::QuotaExceeded.code(), 429);
+        assert!(!Refused::QuotaExceeded.is_denied());
     }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_adapter_core::auth::{AuthError, Device};
+use ferry_adapter_core::auth::Device;
 use ferry_adapter_core::downstream::MessageKind;
-use ferry_adapter_core::pipeline::{self, Outcome, Pipeline, Subject, TenantCheck, Upload};
+use ferry_adapter_core::pipeline::{self, Pipeline, Refused, Subject, TenantCheck, Upload};
 use ferry_adapter_core::registry::TenantInfo;
 use ferry_core::ids::{AuthId, DeviceId};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -198,30 +198,7 @@ async fn authenticate(
         }
         (None, None) => return unauthenticated(shared, target).await,
     };
-    let device = match login {
-        Ok(d) => d,
-        // An unknown tenant looks like bad credentials, so a device cannot probe for tenants.
-        Err(AuthError::BadCredentials | AuthError::UnknownTenant) => {
-            return Err(Failure::Unauthorized)
-        }
-        Err(AuthError::TenantDisabled) => return Err(Failure::Forbidden("tenant disabled")),
-        Err(AuthError::Unavailable(_)) => {
-            return Err(Failure::Unavailable("device registry unavailable"))
-        }
-    };
-    let tenant = match shared.registry.tenant(&device.tenant).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return Err(Failure::Unauthorized),
-        Err(_) => return Err(Failure::Unavailable("device registry unavailable")),
-    };
-    if !tenant.is_enabled() {
-        return Err(Failure::Forbidden("tenant disabled"));
-    }
-    if !tenant.is_adapter_enabled(ADAPTER_TYPE) {
-        return Err(Failure::Forbidden(
-            "the HTTP adapter is not enabled for this tenant",
-        ));
-    }
+    let (device, tenant) = pipeline(shared).login(login).await?;
     Ok(Who { device, tenant })
 }
 
@@ -297,26 +274,27 @@ fn status(code: StatusCode) -> Response<ResponseBody> {
     r
 }
 
-/// The pipeline's outcome on HTTP's wire (HONO-CONTRACT §2.3): 202, or the refusal's status. The one
-/// place where an [`Outcome`] becomes a status code.
-fn answer(outcome: Outcome) -> Result<Response<ResponseBody>, Failure> {
-    Err(match outcome {
-        Outcome::Accepted => return Ok(status(StatusCode::ACCEPTED)),
-        Outcome::Unauthorized => Failure::Unauthorized,
-        Outcome::TenantDisabled => Failure::Forbidden("tenant disabled"),
-        Outcome::AdapterDisabled => {
-            Failure::Forbidden("the HTTP adapter is not enabled for this tenant")
+impl From<Refused> for Failure {
+    /// The pipeline's refusals on HTTP's wire (HONO-CONTRACT §2.3): the one place where a [`Refused`]
+    /// becomes a status code (an accepted message is 202, or 200 with a command).
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unauthorized => Self::Unauthorized,
+            Refused::TenantDisabled => Self::Forbidden("tenant disabled"),
+            Refused::AdapterDisabled => {
+                Self::Forbidden("the HTTP adapter is not enabled for this tenant")
+            }
+            Refused::GatewayForbidden => Self::Forbidden("the gateway may not act for this device"),
+            Refused::NotFound => Self::NotFound("device unknown or disabled"),
+            Refused::QuotaExceeded => Self::TooManyRequests,
+            Refused::RegistryUnavailable => Self::Unavailable("device registry unavailable"),
+            Refused::CommandsUnavailable => Self::Unavailable("cannot subscribe to commands"),
+            Refused::NoConsumer => Self::Unavailable("no consumer accepted the message"),
+            Refused::NoResponseReceiver => {
+                Self::Unavailable("no application waits for this response")
+            }
         }
-        Outcome::GatewayForbidden => Failure::Forbidden("the gateway may not act for this device"),
-        Outcome::NotFound => Failure::NotFound("device unknown or disabled"),
-        Outcome::QuotaExceeded => Failure::TooManyRequests,
-        Outcome::RegistryUnavailable => Failure::Unavailable("device registry unavailable"),
-        Outcome::CommandsUnavailable => Failure::Unavailable("cannot subscribe to commands"),
-        Outcome::NoConsumer => Failure::Unavailable("no consumer accepted the message"),
-        Outcome::NoResponseReceiver => {
-            Failure::Unavailable("no application waits for this response")
-        }
-    })
+    }
 }
 
 fn pipeline(shared: &Shared) -> Pipeline<'_> {
@@ -402,7 +380,7 @@ async fn upload(
             let waiter = commands
                 .wait_for(tenant_id, device, by_gateway)
                 .await
-                .map_err(|_| Outcome::CommandsUnavailable)?;
+                .map_err(|_| Refused::CommandsUnavailable)?;
             Ok((
                 Some(i32::try_from(ttd).unwrap_or(i32::MAX)),
                 Some((waiter, ttd)),
@@ -417,10 +395,7 @@ async fn upload(
             subscribe,
         )
         .await;
-    let mut waiting = match sent {
-        Ok(w) => w,
-        Err(outcome) => return answer(outcome),
-    };
+    let mut waiting = sent?;
     // A forwarded message with a `ttd` is counted here, once the wait is over.
     let record = |outcome| {
         shared.metrics.telemetry(
@@ -433,7 +408,7 @@ async fn upload(
         );
     };
     let Some((waiter, ttd)) = waiting.as_mut() else {
-        return answer(Outcome::Accepted);
+        return Ok(status(StatusCode::ACCEPTED));
     };
     match waiter.next(Duration::from_secs(*ttd)).await {
         None => {
@@ -522,8 +497,8 @@ async fn respond(
         device,
         gateway,
     };
-    let outcome = pipeline(shared)
+    pipeline(shared)
         .respond(TenantCheck::Checked(who.tenant.clone()), subject, response)
-        .await;
-    answer(outcome)
+        .await?;
+    Ok(status(StatusCode::ACCEPTED))
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferry_adapter_core::downstream::Command;
 use ferry_adapter_core::limits::TenantVolume;
-use ferry_adapter_core::pipeline::Outcome;
+use ferry_adapter_core::pipeline::{Outcome, Refused};
 use ferry_adapter_core::registry::{Assertion, ChangeKind};
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::connack::Refusal;
+use crate::connack::{self, Refusal};
 use crate::metrics::Status;
 use crate::topic::{OnError, Subscription};
 use crate::wire::{self, Incoming, Outgoing, Reason, Version};
@@ -138,7 +138,7 @@ enum Done {
     },
     /// A QoS 0 PUBLISH that failed: only the error topic hears of it.
     Failed {
-        outcome: Outcome,
+        refused: Refused,
         report: ErrorReport,
     },
     SubAck {
@@ -215,7 +215,7 @@ where
             // the 3.1.1 form that MQTT 3.1 clients read as well.
             let mut out = BytesMut::with_capacity(4);
             let refusal = Outgoing::ConnAck {
-                code: 0x01,
+                code: connack::UNACCEPTABLE_PROTOCOL_LEVEL,
                 server_keep_alive: None,
             };
             wire::write(Version::V311, &refusal, &mut out)?;
@@ -352,7 +352,7 @@ impl Session {
             std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,
         > = FuturesUnordered::new();
         self.write(&Outgoing::ConnAck {
-            code: 0,
+            code: connack::ACCEPTED,
             server_keep_alive: self.server_keep_alive,
         })?;
         io.write_all(&self.out).await?;
@@ -553,8 +553,8 @@ impl Session {
                 outcome,
                 report,
             } => self.answer(pkid, on_error, outcome, &report),
-            Done::Failed { outcome, report } => {
-                self.report_error(outcome, &report);
+            Done::Failed { refused, report } => {
+                self.report_error(refused, &report);
                 Ok(())
             }
             Done::SubAck { pkid, granted } => self.write(&Outgoing::SubAck {

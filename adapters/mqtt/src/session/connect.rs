@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use ferry_adapter_core::auth::AuthError;
 use ferry_adapter_core::registry::AssertionOutcome;
 use rustls::pki_types::CertificateDer;
 
@@ -61,31 +60,11 @@ pub(super) async fn authenticate(
         }
         _ => return Err(Refusal::BadCredentials),
     };
-    let device = match login {
-        Ok(d) => d,
-        Err(AuthError::BadCredentials | AuthError::UnknownTenant) => {
-            return Err(Refusal::BadCredentials)
-        }
-        Err(AuthError::TenantDisabled) => return Err(Refusal::NotAuthorized),
-        Err(AuthError::Unavailable(_)) => return Err(Refusal::RegistryUnavailable),
-    };
-    let tenant = match shared.registry.tenant(&device.tenant).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return Err(Refusal::BadCredentials),
-        Err(_) => return Err(Refusal::RegistryUnavailable),
-    };
-    if !tenant.is_enabled() || !tenant.is_adapter_enabled(ADAPTER_TYPE) {
-        return Err(Refusal::NotAuthorized);
-    }
-    let assertion = match shared
-        .registry
+    let pipeline = shared.pipeline();
+    let (device, tenant) = pipeline.login(login).await?;
+    let assertion = pipeline
         .assertion(&device.tenant, &device.device_id, None)
-        .await
-    {
-        Ok(AssertionOutcome::Granted(a)) => a,
-        Ok(_) => return Err(Refusal::NotAuthorized),
-        Err(_) => return Err(Refusal::RegistryUnavailable),
-    };
+        .await?;
     let volume = shared.volume.tenant(&device.tenant);
     if volume.is_exhausted(&tenant, chrono::Utc::now()) {
         return Err(Refusal::DataVolume);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_adapter_core::downstream::{MessageKind, PropertyValue, RESERVED_PROPERTIES};
-use ferry_adapter_core::pipeline::{self, Outcome, Subject, TenantCheck, Upload};
+use ferry_adapter_core::pipeline::{self, Outcome, Refused, Subject, TenantCheck, Upload};
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::FuturesOrdered;
 
@@ -209,46 +209,47 @@ impl Session {
         outcome: Outcome,
         report: &ErrorReport,
     ) -> Result<(), SessionError> {
-        if outcome != Outcome::Accepted
-            && self.report_error(outcome, report)
-            && on_error == OnError::Default
-        {
-            // With an error subscription the default is to report and go on (§2.2).
-            let reason = match outcome {
-                Outcome::QuotaExceeded => Reason::QuotaExceeded,
-                _ => Reason::UnspecifiedError,
-            };
-            return self.write(&Outgoing::PubAck { pkid, reason });
+        if let Err(refused) = outcome {
+            if self.report_error(refused, report) && on_error == OnError::Default {
+                // With an error subscription the default is to report and go on (§2.2).
+                let reason = match refused {
+                    Refused::QuotaExceeded => Reason::QuotaExceeded,
+                    _ => Reason::UnspecifiedError,
+                };
+                return self.write(&Outgoing::PubAck { pkid, reason });
+            }
         }
         match (outcome, on_error) {
-            (Outcome::Accepted, _) | (_, OnError::Ignore) => self.write(&Outgoing::PubAck {
+            (Ok(()), _) | (Err(_), OnError::Ignore) => self.write(&Outgoing::PubAck {
                 pkid,
                 reason: Reason::Success,
             }),
-            (_, OnError::SkipAck) => Ok(()),
-            (o, _) if o.is_denied() => Err(SessionError::Closed("device not allowed to publish")),
+            (Err(_), OnError::SkipAck) => Ok(()),
+            (Err(r), _) if r.is_denied() => {
+                Err(SessionError::Closed("device not allowed to publish"))
+            }
             // The tenant's data volume is used up: the message is discarded and the connection stays
             // (HONO-CONTRACT §5, "MQTT drop"). MQTT 5 says why in the PUBACK (0x97 quota exceeded);
             // MQTT 3.1.1 has no negative PUBACK, so the message stays unacknowledged.
-            (Outcome::QuotaExceeded, OnError::Default) => match self.version {
+            (Err(Refused::QuotaExceeded), OnError::Default) => match self.version {
                 Version::V5 => self.write(&Outgoing::PubAck {
                     pkid,
                     reason: Reason::QuotaExceeded,
                 }),
                 Version::V311 => Ok(()),
             },
-            (_, OnError::Default | OnError::Disconnect) => {
+            (Err(_), OnError::Default | OnError::Disconnect) => {
                 Err(SessionError::Closed("message not accepted downstream"))
             }
         }
     }
 
     /// Publishes an error report when the device subscribed to its error topic; says whether it did.
-    pub(super) fn report_error(&mut self, outcome: Outcome, report: &ErrorReport) -> bool {
+    pub(super) fn report_error(&mut self, refused: Refused, report: &ErrorReport) -> bool {
         let Some(sub) = self.error_sub.clone() else {
             return false;
         };
-        let code = outcome.code();
+        let code = refused.code();
         let topic = topic::error_topic(
             &sub,
             report.device_in_topic.as_deref(),
@@ -256,18 +257,17 @@ impl Session {
             Some(&report.correlation_id),
             code,
         );
-        let message = match outcome {
-            Outcome::TenantDisabled | Outcome::AdapterDisabled | Outcome::GatewayForbidden => {
+        let message = match refused {
+            Refused::TenantDisabled | Refused::AdapterDisabled | Refused::GatewayForbidden => {
                 "not allowed to publish for this device"
             }
-            Outcome::Unauthorized => "the tenant requires devices to authenticate",
-            Outcome::NotFound => "device unknown or disabled",
-            Outcome::QuotaExceeded => "the tenant's data volume is used up",
-            Outcome::Accepted
-            | Outcome::RegistryUnavailable
-            | Outcome::CommandsUnavailable
-            | Outcome::NoConsumer
-            | Outcome::NoResponseReceiver => "no consumer accepted the message",
+            Refused::Unauthorized => "the tenant requires devices to authenticate",
+            Refused::NotFound => "device unknown or disabled",
+            Refused::QuotaExceeded => "the tenant's data volume is used up",
+            Refused::RegistryUnavailable
+            | Refused::CommandsUnavailable
+            | Refused::NoConsumer
+            | Refused::NoResponseReceiver => "no consumer accepted the message",
         };
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let payload = topic::error_payload(code, message, &report.correlation_id, &timestamp);
@@ -362,8 +362,8 @@ fn unacknowledged(
 ) -> Pending {
     Box::pin(async move {
         match send.await {
-            Outcome::Accepted => Done::Nothing,
-            outcome => Done::Failed { outcome, report },
+            Ok(()) => Done::Nothing,
+            Err(refused) => Done::Failed { refused, report },
         }
     })
 }
