@@ -186,22 +186,19 @@ impl Pipeline<'_> {
         F: FnOnce(&TenantInfo) -> Fut,
         Fut: Future<Output = Result<(Option<i32>, W), Refused>>,
     {
+        let (info, volume, assertion) = self.check(check, &subject).await?;
         let Subject {
             tenant,
             device,
             gateway,
         } = subject;
-        let (info, volume) = self.tenant(&tenant, check).await?;
-        let assertion = self.assertion(&tenant, &device, gateway.as_ref()).await?;
         if let (Some(gateway), Some(link), true) =
             (&gateway, self.command_link, upload.tell_last_gateway)
         {
             link.set_last_gateway(&tenant, &device, gateway);
         }
         let (kind, qos, size) = (upload.kind, upload.qos, upload.payload.len());
-        // The tenant's data volume (HONO-CONTRACT §5): counted by this instance, no registry call.
-        let volume = volume.unwrap_or_else(|| self.volume.tenant(&tenant));
-        if !volume.admit(&info, size, chrono::Utc::now()) {
+        if !self.admit(&tenant, &info, volume, size) {
             self.metrics
                 .telemetry(&tenant, kind, qos, Status::Unprocessable, Ttd::None, size);
             return Err(Refused::QuotaExceeded);
@@ -260,21 +257,13 @@ impl Pipeline<'_> {
     /// those of a device it may act for), data volume when `metered`, then to the application waiting
     /// on the command's reply-to, with the tenant's TTL limit for responses.
     pub async fn respond(&self, check: TenantCheck, subject: Subject, r: Response) -> Outcome {
-        let Subject {
-            tenant,
-            device,
-            gateway,
-        } = subject;
-        let (info, volume) = self.tenant(&tenant, check).await?;
-        self.assertion(&tenant, &device, gateway.as_ref()).await?;
+        let (info, volume, _) = self.check(check, &subject).await?;
+        let Subject { tenant, device, .. } = subject;
         let size = r.payload.len();
-        if r.metered {
-            let volume = volume.unwrap_or_else(|| self.volume.tenant(&tenant));
-            if !volume.admit(&info, size, chrono::Utc::now()) {
-                self.metrics
-                    .command(&tenant, "response", Status::Unprocessable, size);
-                return Err(Refused::QuotaExceeded);
-            }
+        if r.metered && !self.admit(&tenant, &info, volume, size) {
+            self.metrics
+                .command(&tenant, "response", Status::Unprocessable, size);
+            return Err(Refused::QuotaExceeded);
         }
         let response = CommandResponse {
             tenant: tenant.clone(),
@@ -329,6 +318,32 @@ impl Pipeline<'_> {
             return Err(Refused::AdapterDisabled);
         }
         Ok((device, tenant))
+    }
+
+    /// Steps 1 and 2: the tenant, checked as `check` says, and the device's registration assertion.
+    async fn check(
+        &self,
+        check: TenantCheck,
+        subject: &Subject,
+    ) -> Result<(Arc<TenantInfo>, Option<Arc<TenantVolume>>, Arc<Assertion>), Refused> {
+        let (info, volume) = self.tenant(&subject.tenant, check).await?;
+        let assertion = self
+            .assertion(&subject.tenant, &subject.device, subject.gateway.as_ref())
+            .await?;
+        Ok((info, volume, assertion))
+    }
+
+    /// Step 3: the tenant's data volume (HONO-CONTRACT §5), counted by this instance with no registry
+    /// call; `volume` is the tenant's count when the caller holds it.
+    fn admit(
+        &self,
+        tenant: &TenantId,
+        info: &TenantInfo,
+        volume: Option<Arc<TenantVolume>>,
+        size: usize,
+    ) -> bool {
+        let volume = volume.unwrap_or_else(|| self.volume.tenant(tenant));
+        volume.admit(info, size, chrono::Utc::now())
     }
 
     /// Step 1: the tenant, checked as `check` says, and its data volume count when known.
