@@ -13,7 +13,7 @@ use ferry_core::ids::{DeviceId, TenantId};
 use crate::auth::{AuthError, Device};
 use crate::downstream::{
     CommandLink, CommandResponse, DeviceMessage, Downstream, MessageKind, PropertyValue,
-    SendOutcome,
+    SendOutcome, RESERVED_PROPERTIES,
 };
 use crate::limits::{TenantVolume, VolumeMeter};
 use crate::metrics::{AdapterMetrics, Status, Ttd};
@@ -204,6 +204,9 @@ impl Pipeline<'_> {
             return Err(Refused::QuotaExceeded);
         }
         let (ttd, waiting) = before_send(&info).await?;
+        let mut extra_properties = upload.extra_properties;
+        // A device's property never overrides what the adapter itself asserts about the message.
+        extra_properties.retain(|(k, _)| !RESERVED_PROPERTIES.contains(&k.as_str()));
         let mut msg = DeviceMessage {
             kind,
             tenant: tenant.clone(),
@@ -216,7 +219,7 @@ impl Pipeline<'_> {
             orig_address: upload.orig_address,
             ttl_ms: None,
             ttd,
-            extra_properties: upload.extra_properties,
+            extra_properties,
         };
         // Message value > device defaults > tenant defaults; TTL capped by the tenant (§2.1).
         msg.apply_defaults(&info, &assertion.defaults, upload.ttl_secs);

@@ -74,6 +74,23 @@ struct Disposition {
 }
 
 impl Command {
+    /// A command that no router link waits for: settling it does nothing. For commands an adapter
+    /// makes itself, and for tests of what adapters do with commands.
+    pub fn unlinked(tenant: TenantId, device: DeviceId, name: impl Into<String>) -> Self {
+        Command {
+            tenant,
+            device,
+            name: name.into(),
+            payload: Bytes::new(),
+            content_type: None,
+            message_id: None,
+            correlation_id: None,
+            reply_to: None,
+            via: None,
+            settle: None,
+        }
+    }
+
     /// The id a response carries: the command's correlation-id if it has one, else its message-id.
     pub fn response_correlation_id(&self) -> Option<&str> {
         self.correlation_id

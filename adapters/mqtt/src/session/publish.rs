@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_adapter_core::downstream::{MessageKind, PropertyValue, RESERVED_PROPERTIES};
+use ferry_adapter_core::downstream::{MessageKind, PropertyValue};
 use ferry_adapter_core::pipeline::{self, Outcome, Refused, Subject, TenantCheck, Upload};
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::FuturesOrdered;
@@ -77,8 +77,6 @@ impl Session {
             .bag
             .extra
             .iter()
-            // A bag entry never overrides what the adapter itself asserts about the message.
-            .filter(|(k, _)| !RESERVED_PROPERTIES.contains(&k.as_ref()))
             .map(|(k, v)| (k.to_string(), PropertyValue::String(v.to_string())))
             .collect();
         let check = match &self.who {

@@ -1,4 +1,4 @@
-use super::commands::next_packet_id;
+use super::commands::{next_packet_id, NotTaken};
 use super::connect::keep_alive;
 use super::notify::Notification;
 use super::*;
@@ -49,4 +49,23 @@ fn connection_events_carry_hono_s_body() {
     assert_eq!(t.content_type, content_type::EMPTY_NOTIFICATION);
     assert!(t.payload.is_empty());
     assert_eq!(t.ttd, Some(-1));
+}
+
+#[tokio::test]
+async fn a_command_beyond_a_full_session_queue_is_handed_back_to_be_released() {
+    let command = || {
+        Command::unlinked(
+            TenantId::new("t").expect("id"),
+            DeviceId::new("d").expect("id"),
+            "setBrightness",
+        )
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
+    let target = CommandTarget { session: 1, tx };
+    for _ in 0..COMMAND_QUEUE {
+        assert!(target.offer(command()).is_ok());
+    }
+    assert!(matches!(target.offer(command()), Err(NotTaken::Full(_))));
+    drop(rx);
+    assert!(matches!(target.offer(command()), Err(NotTaken::Gone(_))));
 }
