@@ -1,6 +1,8 @@
 use super::parse::id_string;
-use fe2o3_amqp::types::messaging::MessageId;
+use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition};
+use fe2o3_amqp::types::messaging::{MessageId, Rejected};
 use fe2o3_amqp::types::primitives::Binary;
+use fe2o3_amqp::types::primitives::Symbol;
 
 use super::*;
 
