@@ -10,6 +10,8 @@
 //! * [`downstream`]: the adapter's AMQP connection to the router: telemetry and events with Hono's
 //!   properties and the device's registration assertion, command subscriptions, incoming commands and
 //!   command responses, with the contract's defaults and TTL limits;
+//! * [`pipeline`]: the steps every device message takes (tenant, assertion, data volume, build, send),
+//!   ending in a typed [`pipeline::Outcome`] that each adapter maps to its wire in one place;
 //! * [`limits`]: the tenant's data volume, counted per adapter instance;
 //! * [`metrics`]: Hono's adapter metric families, once per process, labelled by adapter.
 
@@ -19,6 +21,7 @@ pub mod auth;
 pub mod downstream;
 pub mod limits;
 pub mod metrics;
+pub mod pipeline;
 pub mod registry;
 pub mod tls;
 pub mod x509;

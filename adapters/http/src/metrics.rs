@@ -26,7 +26,7 @@ impl Metrics {
     /// The adapter's metrics: Hono's families from `hono`, its own registered with `admin`.
     pub fn new(admin: &ferry_core::admin::Admin, hono: &HonoMetrics) -> Self {
         let m = Self {
-            hono: hono.component(crate::service::ADAPTER_TYPE),
+            hono: hono.component(ferry_core::hono::adapter_type::HTTP),
             requests: Family::default(),
         };
         admin.register(
@@ -35,6 +35,11 @@ impl Metrics {
             m.requests.clone(),
         );
         m
+    }
+
+    /// Hono's families, labelled `hono-http` (what the shared pipeline counts into).
+    pub fn hono(&self) -> &ferry_adapter_core::metrics::AdapterMetrics {
+        &self.hono
     }
 
     pub fn telemetry(

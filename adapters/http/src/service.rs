@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_adapter_core::auth::{AuthError, Device};
-use ferry_adapter_core::downstream::{CommandResponse, DeviceMessage, MessageKind, SendOutcome};
-use ferry_adapter_core::registry::{Assertion, AssertionOutcome, TenantInfo, TtlLimit};
+use ferry_adapter_core::auth::Device;
+use ferry_adapter_core::downstream::MessageKind;
+use ferry_adapter_core::pipeline::{self, Pipeline, Refused, Subject, TenantCheck, Upload};
+use ferry_adapter_core::registry::TenantInfo;
 use ferry_core::ids::{AuthId, DeviceId};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use rustls::pki_types::CertificateDer;
@@ -197,30 +198,7 @@ async fn authenticate(
         }
         (None, None) => return unauthenticated(shared, target).await,
     };
-    let device = match login {
-        Ok(d) => d,
-        // An unknown tenant looks like bad credentials, so a device cannot probe for tenants.
-        Err(AuthError::BadCredentials | AuthError::UnknownTenant) => {
-            return Err(Failure::Unauthorized)
-        }
-        Err(AuthError::TenantDisabled) => return Err(Failure::Forbidden("tenant disabled")),
-        Err(AuthError::Unavailable(_)) => {
-            return Err(Failure::Unavailable("device registry unavailable"))
-        }
-    };
-    let tenant = match shared.registry.tenant(&device.tenant).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return Err(Failure::Unauthorized),
-        Err(_) => return Err(Failure::Unavailable("device registry unavailable")),
-    };
-    if !tenant.is_enabled() {
-        return Err(Failure::Forbidden("tenant disabled"));
-    }
-    if !tenant.is_adapter_enabled(ADAPTER_TYPE) {
-        return Err(Failure::Forbidden(
-            "the HTTP adapter is not enabled for this tenant",
-        ));
-    }
+    let (device, tenant) = pipeline(shared).login(login).await?;
     Ok(Who { device, tenant })
 }
 
@@ -290,32 +268,52 @@ fn subject(who: &Who, target: &Target<'_>) -> Result<(DeviceId, Option<DeviceId>
     })
 }
 
-/// The registration assertion for `device` (through `gateway`): 404 unknown or disabled, 403 a gateway
-/// that may not act for it.
-async fn assertion(
-    shared: &Shared,
-    who: &Who,
-    device: &DeviceId,
-    gateway: Option<&DeviceId>,
-) -> Result<Arc<Assertion>, Failure> {
-    match shared
-        .registry
-        .assertion(&who.device.tenant, device, gateway)
-        .await
-    {
-        Ok(AssertionOutcome::Granted(a)) => Ok(a),
-        Ok(AssertionOutcome::NotFound) => Err(Failure::NotFound("device unknown or disabled")),
-        Ok(AssertionOutcome::Forbidden) => Err(Failure::Forbidden(
-            "the gateway may not act for this device",
-        )),
-        Err(_) => Err(Failure::Unavailable("device registry unavailable")),
-    }
-}
-
 fn status(code: StatusCode) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::empty());
     *r.status_mut() = code;
     r
+}
+
+impl From<Refused> for Failure {
+    /// The pipeline's refusals on HTTP's wire (HONO-CONTRACT §2.3): the one place where a [`Refused`]
+    /// becomes a status code (an accepted message is 202, or 200 with a command).
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unauthorized => Self::Unauthorized,
+            Refused::TenantDisabled => Self::Forbidden("tenant disabled"),
+            Refused::AdapterDisabled => {
+                Self::Forbidden("the HTTP adapter is not enabled for this tenant")
+            }
+            Refused::GatewayForbidden => Self::Forbidden("the gateway may not act for this device"),
+            Refused::NotFound => Self::NotFound("device unknown or disabled"),
+            Refused::QuotaExceeded => Self::TooManyRequests,
+            Refused::RegistryUnavailable => Self::Unavailable("device registry unavailable"),
+            Refused::CommandsUnavailable => Self::Unavailable("cannot subscribe to commands"),
+            Refused::NoConsumer => Self::Unavailable("no consumer accepted the message"),
+            Refused::NoResponseReceiver => {
+                Self::Unavailable("no application waits for this response")
+            }
+        }
+    }
+}
+
+fn pipeline(shared: &Shared) -> Pipeline<'_> {
+    Pipeline {
+        adapter: ADAPTER_TYPE,
+        registry: &shared.registry,
+        downstream: &shared.downstream,
+        volume: &shared.volume,
+        metrics: shared.metrics.hono(),
+        command_link: None,
+    }
+}
+
+/// The tenant's `max-ttd` (HONO-CONTRACT §2.3), [`DEFAULT_MAX_TTD_SECS`] when its adapter entry sets none.
+fn max_ttd(tenant: &TenantInfo) -> u64 {
+    tenant
+        .adapter_option(ADAPTER_TYPE, "max-ttd")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(DEFAULT_MAX_TTD_SECS)
 }
 
 /// Telemetry or an event: downstream, then the wait for a command when the device asked for one.
@@ -343,89 +341,76 @@ async fn upload(
         }
         _ => {}
     }
-    let assertion = assertion(shared, who, &device, gateway.as_ref()).await?;
     let kind = match target.kind {
         Kind::Event => MessageKind::Event,
         _ => MessageKind::Telemetry,
     };
-    let tenant = &who.tenant;
+    let qos = options.qos;
     let size = payload.len();
-    // The tenant's data volume (HONO-CONTRACT §5): this instance's count, no registry call.
-    if !shared
-        .volume
-        .tenant(&who.device.tenant)
-        .admit(tenant, size, chrono::Utc::now())
-    {
-        shared.metrics.telemetry(
-            &who.device.tenant,
-            kind,
-            options.qos,
-            Status::Unprocessable,
-            TtdOutcome::None,
-            size,
-        );
-        return Err(Failure::TooManyRequests);
-    }
-    let ttd = options.ttd.map(|requested| {
-        let tenant_max = tenant
-            .adapter_option(ADAPTER_TYPE, "max-ttd")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(DEFAULT_MAX_TTD_SECS);
-        requested.min(tenant_max).min(shared.config.max_ttd_secs)
-    });
-    let ttd = ttd.filter(|t| *t > 0);
-    // Subscribed before the message leaves: an application that reacts to its `ttd` at once must find
-    // the device reachable.
-    let mut waiter = match ttd {
-        None => None,
-        Some(_) => Some(
-            shared
-                .commands
-                .wait_for(&who.device.tenant, &device, gateway.is_some())
-                .await
-                .map_err(|_| Failure::Unavailable("cannot subscribe to commands"))?,
-        ),
-    };
-    let mut msg = DeviceMessage {
-        kind,
+    let subject = Subject {
         tenant: who.device.tenant.clone(),
-        device_id: device.clone(),
-        qos: options.qos,
+        device: device.clone(),
+        gateway: gateway.clone(),
+    };
+    let upload = Upload {
+        kind,
+        qos,
         content_type,
         payload,
-        assertion: assertion.token.clone(),
-        orig_adapter: ADAPTER_TYPE,
         orig_address: path.to_owned(),
-        ttl_ms: None,
-        ttd: ttd.map(|t| i32::try_from(t).unwrap_or(i32::MAX)),
+        ttl_secs: options.ttl,
         extra_properties: Vec::new(),
+        tell_last_gateway: false,
     };
-    // Message value > device defaults > tenant defaults; TTL capped by the tenant (HONO-CONTRACT §2.1).
-    msg.apply_defaults(tenant, &assertion.defaults, options.ttl);
-    let forwarded = matches!(shared.downstream.send(msg).await, Ok(o) if o.is_accepted());
+    let commands = &shared.commands;
+    let max_ttd_secs = shared.config.max_ttd_secs;
+    let by_gateway = gateway.is_some();
+    // Subscribed before the message leaves: an application that reacts to its `ttd` at once must find
+    // the device reachable.
+    let subscribe = |tenant: &TenantInfo| {
+        let ttd = options
+            .ttd
+            .map(|requested| requested.min(max_ttd(tenant)).min(max_ttd_secs))
+            .filter(|t| *t > 0);
+        let (tenant_id, device) = (&who.device.tenant, &device);
+        async move {
+            let Some(ttd) = ttd else {
+                return Ok((None, None));
+            };
+            let waiter = commands
+                .wait_for(tenant_id, device, by_gateway)
+                .await
+                .map_err(|_| Refused::CommandsUnavailable)?;
+            Ok((
+                Some(i32::try_from(ttd).unwrap_or(i32::MAX)),
+                Some((waiter, ttd)),
+            ))
+        }
+    };
+    let sent = pipeline(shared)
+        .forward(
+            TenantCheck::Checked(who.tenant.clone()),
+            subject,
+            upload,
+            subscribe,
+        )
+        .await;
+    let mut waiting = sent?;
+    // A forwarded message with a `ttd` is counted here, once the wait is over.
     let record = |outcome| {
         shared.metrics.telemetry(
             &who.device.tenant,
             kind,
-            options.qos,
-            if forwarded {
-                Status::Forwarded
-            } else {
-                Status::Undeliverable
-            },
+            qos,
+            Status::Forwarded,
             outcome,
             size,
         );
     };
-    if !forwarded {
-        record(TtdOutcome::None);
-        return Err(Failure::Unavailable("no consumer accepted the message"));
-    }
-    let (Some(waiter), Some(ttd)) = (waiter.as_mut(), ttd) else {
-        record(TtdOutcome::None);
+    let Some((waiter, ttd)) = waiting.as_mut() else {
         return Ok(status(StatusCode::ACCEPTED));
     };
-    match waiter.next(Duration::from_secs(ttd)).await {
+    match waiter.next(Duration::from_secs(*ttd)).await {
         None => {
             record(TtdOutcome::Expired);
             Ok(status(StatusCode::ACCEPTED))
@@ -498,47 +483,22 @@ async fn respond(
     let status_code = options
         .status
         .ok_or(Failure::BadRequest("hono-cmd-status is missing"))?;
-    assertion(shared, who, &device, gateway.as_ref()).await?;
     let tenant = &who.device.tenant;
-    let size = payload.len();
-    if !shared
-        .volume
-        .tenant(tenant)
-        .admit(&who.tenant, size, chrono::Utc::now())
-    {
-        shared
-            .metrics
-            .command(tenant, "response", Status::Unprocessable, size);
-        return Err(Failure::TooManyRequests);
-    }
-    let response = CommandResponse {
-        tenant: tenant.clone(),
+    let response = pipeline::Response {
         reply_to: response_address(tenant, &device, reply, stripped),
-        device,
         correlation_id: correlation.to_owned(),
         status: status_code,
         content_type,
         payload,
-        ttl_ms: who
-            .tenant
-            .max_ttl_secs(TtlLimit::CommandResponse)
-            .map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX)),
+        metered: true,
     };
-    let accepted = matches!(
-        shared.downstream.send_response(response).await,
-        Ok(SendOutcome::Accepted)
-    );
-    let outcome = if accepted {
-        Status::Forwarded
-    } else {
-        Status::Undeliverable
+    let subject = Subject {
+        tenant: tenant.clone(),
+        device,
+        gateway,
     };
-    shared.metrics.command(tenant, "response", outcome, size);
-    if accepted {
-        Ok(status(StatusCode::ACCEPTED))
-    } else {
-        Err(Failure::Unavailable(
-            "no application waits for this response",
-        ))
-    }
+    pipeline(shared)
+        .respond(TenantCheck::Checked(who.tenant.clone()), subject, response)
+        .await?;
+    Ok(status(StatusCode::ACCEPTED))
 }

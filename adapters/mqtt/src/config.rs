@@ -45,7 +45,8 @@ pub struct Config {
     /// Time a client has to send its CONNECT (and, on the TLS listener, before that to finish the
     /// handshake).
     pub connect_timeout_secs: u64,
-    /// How long the router may take to settle a QoS 1 message before the device is told it failed.
+    /// How long the router may take to settle a QoS 1 message, an event or a command response before
+    /// the device is told it failed (at least 1).
     pub send_timeout_ms: u64,
     /// How long a device has to PUBACK a QoS 1 command (Hono's `sendMessageToDeviceTimeout`).
     pub command_ack_timeout_ms: u64,
@@ -118,6 +119,9 @@ impl Config {
         }
         if self.max_payload_bytes == 0 {
             return Err(field("max_payload_bytes", "must be at least 1"));
+        }
+        if self.send_timeout_ms == 0 {
+            return Err(field("send_timeout_ms", "must be at least 1"));
         }
         self.login.validate().map_err(|e| match e {
             ferry_core::config::ConfigError::Field { field, message } => {

@@ -1,6 +1,15 @@
 //! Why a CONNECT was refused, and the CONNACK code that says so in MQTT 3.1.1 and 5.0
 //! (HONO-CONTRACT.md §2.2). The one place where connection refusals meet the wire.
 
+use ferry_adapter_core::pipeline::Refused;
+
+/// CONNACK code of an accepted connection (3.1.1 and 5.0).
+pub const ACCEPTED: u8 = 0x00;
+
+/// MQTT 3.1.1 §3.1.2.2: the protocol level is not supported (in the 3.1.1 form, which MQTT 3.1 clients
+/// read as well).
+pub const UNACCEPTABLE_PROTOCOL_LEVEL: u8 = 0x01;
+
 /// Why the adapter refuses a connection.
 ///
 /// Where the cases not named in the contract go, following Hono:
@@ -31,6 +40,24 @@ pub enum Refusal {
     NotAuthorized,
     /// Anything else.
     Other,
+}
+
+impl From<Refused> for Refusal {
+    /// The device pipeline's refusals at CONNECT (its login, tenant and assertion steps).
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unauthorized => Refusal::BadCredentials,
+            Refused::TenantDisabled
+            | Refused::AdapterDisabled
+            | Refused::NotFound
+            | Refused::GatewayForbidden => Refusal::NotAuthorized,
+            Refused::QuotaExceeded => Refusal::DataVolume,
+            Refused::RegistryUnavailable => Refusal::RegistryUnavailable,
+            Refused::CommandsUnavailable | Refused::NoConsumer | Refused::NoResponseReceiver => {
+                Refusal::Other
+            }
+        }
+    }
 }
 
 impl Refusal {

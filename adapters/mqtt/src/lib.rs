@@ -54,6 +54,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The device-message pipeline on this adapter's registry client, router connection and counters.
+    pub fn pipeline(&self) -> ferry_adapter_core::pipeline::Pipeline<'_> {
+        ferry_adapter_core::pipeline::Pipeline {
+            adapter: session::ADAPTER_TYPE,
+            registry: &self.registry,
+            downstream: &self.downstream,
+            volume: &self.volume,
+            metrics: &self.metrics,
+            command_link: Some(&self.command_link),
+        }
+    }
+
     fn routes(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<(TenantId, DeviceId), session::CommandTarget>> {
@@ -76,13 +88,6 @@ impl Shared {
         } else {
             false
         }
-    }
-
-    /// Whether `device`'s commands go to `session`.
-    pub fn routes_to(&self, tenant: &TenantId, device: &DeviceId, session: u64) -> bool {
-        self.routes()
-            .get(&(tenant.clone(), device.clone()))
-            .is_some_and(|t| t.session == session)
     }
 
     /// Sends the commands that the router addresses to `gateway` (`via`) to this session from now on.
@@ -119,13 +124,24 @@ impl Shared {
                 .cloned(),
             (None, None) => None,
         };
-        match target {
-            Some(t) => {
-                if let Err(e) = t.tx.send(Box::new(command)) {
-                    e.0.release();
-                }
+        let Some(target) = target else {
+            command.release();
+            return;
+        };
+        match target.offer(command) {
+            Ok(()) => {}
+            Err(session::NotTaken::Gone(c)) => c.release(),
+            Err(session::NotTaken::Full(c)) => {
+                // The device is not reading its commands: released, so the application may retry.
+                tracing::debug!(tenant = %c.tenant, device = %c.device, "session's command queue full");
+                self.metrics.command(
+                    &c.tenant,
+                    session::command_direction(&c),
+                    metrics::Status::Undeliverable,
+                    c.payload.len(),
+                );
+                c.release();
             }
-            None => command.release(),
         }
     }
 }
@@ -184,14 +200,15 @@ pub async fn start_with_metrics(
         let shutdown = shutdown.clone();
         tokio::spawn(async move { registry.follow_changes(shutdown).await });
     }
-    let downstream = Downstream::start(
-        DownstreamConfig::new(
-            config.router_address.clone(),
-            config.router_user.clone(),
-            config.router_password.clone(),
-        ),
-        shutdown.clone(),
+    let mut downstream_config = DownstreamConfig::new(
+        config.router_address.clone(),
+        config.router_user.clone(),
+        config.router_password.clone(),
     );
+    // How long a QoS 1 message, an event or a command response may wait for the router's outcome
+    // before the device is told it failed (as HTTP's `send_timeout_ms`).
+    downstream_config.outcome_timeout = Duration::from_millis(config.send_timeout_ms);
+    let downstream = Downstream::start(downstream_config, shutdown.clone());
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding MQTT to {}", config.bind))?;

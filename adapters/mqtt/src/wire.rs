@@ -66,6 +66,18 @@ pub enum Incoming {
     Other,
 }
 
+/// The MQTT 5.0 reason codes the session sends in a PUBACK or DISCONNECT (MQTT 3.1.1 has none: a
+/// 3.1.1 PUBACK is always a success, and a 3.1.1 server closes without a DISCONNECT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    Success = 0x00,
+    UnspecifiedError = 0x80,
+    KeepAliveTimeout = 0x8D,
+    PacketTooLarge = 0x95,
+    QuotaExceeded = 0x97,
+}
+
 /// What the adapter sends.
 #[derive(Debug, Clone)]
 pub enum Outgoing<'a> {
@@ -75,10 +87,10 @@ pub enum Outgoing<'a> {
         code: u8,
         server_keep_alive: Option<u16>,
     },
-    /// `reason` is used by 5.0 only (0 success, 0x80 unspecified error, 0x87 not authorized ...).
+    /// `reason` is used by 5.0 only.
     PubAck {
         pkid: u16,
-        reason: u8,
+        reason: Reason,
     },
     /// `Some(qos)` granted, `None` failure (0x80).
     SubAck {
@@ -98,7 +110,7 @@ pub enum Outgoing<'a> {
     },
     /// 5.0 only; a 3.1.1 server just closes the connection.
     Disconnect {
-        reason: u8,
+        reason: Reason,
     },
 }
 
@@ -325,17 +337,14 @@ fn v5_connack(reason: u8) -> v5::ConnectReturnCode {
     }
 }
 
-fn v5_puback(reason: u8) -> v5::PubAckReason {
+fn v5_puback(reason: Reason) -> v5::PubAckReason {
     use v5::PubAckReason as R;
     match reason {
-        0x00 => R::Success,
-        0x10 => R::NoMatchingSubscribers,
-        0x87 => R::NotAuthorized,
-        0x90 => R::TopicNameInvalid,
-        0x97 => R::QuotaExceeded,
-        0x99 => R::PayloadFormatInvalid,
-        0x83 => R::ImplementationSpecificError,
-        _ => R::UnspecifiedError,
+        Reason::Success => R::Success,
+        Reason::QuotaExceeded => R::QuotaExceeded,
+        Reason::UnspecifiedError | Reason::KeepAliveTimeout | Reason::PacketTooLarge => {
+            R::UnspecifiedError
+        }
     }
 }
 
@@ -467,7 +476,7 @@ pub fn write(version: Version, packet: &Outgoing<'_>, out: &mut BytesMut) -> Res
         (Version::V311, Outgoing::Disconnect { .. }) => Ok(()),
         (Version::V5, Outgoing::Disconnect { reason }) => {
             // DISCONNECT with a reason code and no properties: 0xE0, length 1, reason.
-            out.extend_from_slice(&[0xE0, 0x01, *reason]);
+            out.extend_from_slice(&[0xE0, 0x01, *reason as u8]);
             Ok(())
         }
     };

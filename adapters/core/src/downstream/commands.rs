@@ -8,18 +8,17 @@
 //! [`Command`] handle, from any task, without touching the link (a channel to the owning task).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use fe2o3_amqp::link::delivery::{Delivery, DeliveryInfo};
 use fe2o3_amqp::link::receiver::CreditMode;
-use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, SenderSettleMode};
+use fe2o3_amqp::types::definitions::SenderSettleMode;
 use fe2o3_amqp::types::messaging::{
-    Accepted, ApplicationProperties, Body, Data, DeliveryState, Message, MessageId, Properties,
-    Rejected, Released,
+    ApplicationProperties, Body, Data, DeliveryState, Message, Properties, Released,
 };
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::primitives::{Binary, Value};
 use fe2o3_amqp::{Receiver, Sendable, Sender};
 use ferry_core::hono::{app_property, command_internal};
 use ferry_core::ids::{DeviceId, TenantId};
@@ -27,105 +26,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{outcome_of, DownstreamError, Inner, SessionSlot};
 
-/// A command for one of this instance's devices. Settle it with [`Command::accept`],
-/// [`Command::release`] or [`Command::reject`]; dropping it unsettled releases it (the application
-/// may retry).
-#[derive(Debug)]
-pub struct Command {
-    /// The tenant of the command's address.
-    pub tenant: TenantId,
-    /// The device the command is for (`to` = `command/TENANT/DEVICE`).
-    pub device: DeviceId,
-    /// The command name (AMQP `subject`).
-    pub name: String,
-    /// The command's body (empty when it has none).
-    pub payload: Bytes,
-    /// AMQP `content-type`.
-    pub content_type: Option<String>,
-    /// AMQP `message-id`, as text.
-    pub message_id: Option<String>,
-    /// AMQP `correlation-id`, as text.
-    pub correlation_id: Option<String>,
-    /// Where the response goes; `None` for a one-way command.
-    pub reply_to: Option<String>,
-    /// The gateway the router chose for the command (application property `via`): the device has no
-    /// subscription of its own, and this gateway subscribed for all its devices.
-    pub via: Option<DeviceId>,
-    settle: Option<Settle>,
-}
-
-#[derive(Debug)]
-struct Settle {
-    tx: mpsc::UnboundedSender<Disposition>,
-    generation: u64,
-    info: DeliveryInfo,
-}
-
-struct Disposition {
-    generation: u64,
-    info: DeliveryInfo,
-    state: DeliveryState,
-}
-
-impl Command {
-    /// The id a response carries: the command's correlation-id if it has one, else its message-id.
-    pub fn response_correlation_id(&self) -> Option<&str> {
-        self.correlation_id
-            .as_deref()
-            .or(self.message_id.as_deref())
-    }
-
-    /// Whether the application expects no response.
-    pub fn is_one_way(&self) -> bool {
-        self.reply_to.is_none()
-    }
-
-    /// Handed to the device: the application sees `accepted`.
-    pub fn accept(mut self) {
-        self.settle_with(DeliveryState::Accepted(Accepted {}));
-    }
-
-    /// Not delivered (device gone, no acknowledgement in time): `released`, the application may retry.
-    pub fn release(mut self) {
-        self.settle_with(DeliveryState::Released(Released {}));
-    }
-
-    /// Malformed or over a limit: `rejected` with `condition` (e.g. `amqp:resource-limit-exceeded`,
-    /// `hono:bad-request`).
-    pub fn reject(mut self, condition: &str, description: &str) {
-        self.settle_with(rejected(condition, description));
-    }
-
-    fn settle_with(&mut self, state: DeliveryState) {
-        if let Some(s) = self.settle.take() {
-            // The link task may be gone (connection lost); the router released the command then.
-            let _ = s.tx.send(Disposition {
-                generation: s.generation,
-                info: s.info,
-                state,
-            });
-        }
-    }
-}
-
-impl Drop for Command {
-    fn drop(&mut self) {
-        self.settle_with(DeliveryState::Released(Released {}));
-    }
-}
-
-fn rejected(condition: &str, description: &str) -> DeliveryState {
-    let condition = AmqpError::try_from(condition)
-        .map(ErrorCondition::AmqpError)
-        .unwrap_or_else(|_| ErrorCondition::Custom(Symbol::from(condition)));
-    DeliveryState::Rejected(Rejected {
-        error: Some(definitions::Error::new(
-            condition,
-            Some(description.to_owned()),
-            None,
-        )),
-    })
-}
+mod command;
+mod parse;
+pub use command::Command;
+use command::{rejected, Disposition, Settle};
+use parse::parse;
 
 /// Registers and unregisters this instance's devices at the router; cheap to clone.
 #[derive(Clone)]
@@ -148,9 +53,27 @@ struct Shared {
     instance_id: String,
     /// What should be registered; re-sent in full after a reconnect.
     devices: Mutex<HashSet<Registration>>,
-    control: mpsc::UnboundedSender<Control>,
+    control: mpsc::Sender<Control>,
     timeouts: (Duration, Duration),
+    /// `set-last-gw` updates dropped because the control queue was full.
+    dropped_updates: AtomicU64,
+    /// Command settlements dropped because the settlement queue was full.
+    dropped_settlements: Arc<AtomicU64>,
 }
+
+/// Registrations and `set-last-gw` updates waiting for the control link. Full: a registration waits and
+/// tries again within its bound, as when the link has no credit (the device set is replayed on
+/// reconnect in any case); a `set-last-gw`, which nobody waits for, is dropped and counted
+/// ([`CommandLink::dropped_updates`]). Sessions that subscribe faster than the router answers fill it.
+const CONTROL_QUEUE: usize = 1024;
+
+/// Settlements (accept, release, reject) of commands handed to devices, on their way to the link task.
+/// Each comes from a command the router delivered unsettled, and the router holds at most 10,000
+/// unsettled commands per consumer (`MAX_UNSETTLED_PER_CONSUMER`), so twice that covers a link and the
+/// stale settlements of the one before it. Full (it should never be): the settlement is dropped and
+/// counted ([`CommandLink::dropped_settlements`]); the command stays unsettled at the router until the
+/// link ends, and the router releases it then.
+const SETTLE_QUEUE: usize = 20_000;
 
 /// A message on the control link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,14 +148,28 @@ impl CommandLink {
 
     /// Tells the router that `device` last sent a message through `gateway`, so that among several
     /// gateways subscribed for it, its commands go to this one. Not waited for; lost while disconnected.
+    /// Dropped, and counted, when the control queue is full ([`CONTROL_QUEUE`]).
     pub fn set_last_gateway(&self, tenant: &TenantId, device: &DeviceId, gateway: &DeviceId) {
-        let _ = self.shared.control.send(Control {
+        let sent = self.shared.control.try_send(Control {
             update: Update::LastGateway,
             tenant: tenant.clone(),
             device: device.clone(),
             gateway: Some(gateway.clone()),
             reply: None,
         });
+        if let Err(mpsc::error::TrySendError::Full(_)) = sent {
+            self.shared.dropped_updates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `set-last-gw` updates dropped because the control queue was full.
+    pub fn dropped_updates(&self) -> u64 {
+        self.shared.dropped_updates.load(Ordering::Relaxed)
+    }
+
+    /// Command settlements dropped because the settlement queue was full (see [`SETTLE_QUEUE`]).
+    pub fn dropped_settlements(&self) -> u64 {
+        self.shared.dropped_settlements.load(Ordering::Relaxed)
     }
 
     /// The devices currently registered (or to be registered on reconnect).
@@ -255,7 +192,7 @@ impl CommandLink {
         let mut first = true;
         loop {
             let (reply, rx) = oneshot::channel();
-            {
+            let queued = {
                 // Under the lock, so that the wire sees updates in the order the set does.
                 let mut devices = self
                     .shared
@@ -278,18 +215,26 @@ impl CommandLink {
                     return Ok(());
                 }
                 first = false;
-                self.shared
-                    .control
-                    .send(Control {
-                        update,
-                        tenant: tenant.clone(),
-                        device: device.clone(),
-                        gateway: None,
-                        reply: Some(reply),
-                    })
-                    .map_err(|_| DownstreamError::Disconnected)?;
-            }
+                let queued = self.shared.control.try_send(Control {
+                    update,
+                    tenant: tenant.clone(),
+                    device: device.clone(),
+                    gateway: None,
+                    reply: Some(reply),
+                });
+                match queued {
+                    Ok(()) => true,
+                    // The control queue is full: tried again like an update without credit.
+                    Err(mpsc::error::TrySendError::Full(_)) => false,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(DownstreamError::Disconnected)
+                    }
+                }
+            };
             let result = async {
+                if !queued {
+                    return Err(DownstreamError::NoCredit);
+                }
                 let delivery = tokio::time::timeout_at(deadline, rx)
                     .await
                     .map_err(|_| DownstreamError::Timeout)?
@@ -362,12 +307,15 @@ pub(super) fn open(
     inner: &Arc<Inner>,
     instance_id: &str,
 ) -> (CommandLink, mpsc::Receiver<Command>) {
-    let (control, control_rx) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let dropped_settlements = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared {
         instance_id: instance_id.to_owned(),
         devices: Mutex::new(HashSet::new()),
         control,
         timeouts: (inner.config.no_credit_timeout, inner.config.outcome_timeout),
+        dropped_updates: AtomicU64::new(0),
+        dropped_settlements: dropped_settlements.clone(),
     });
     let credit = inner.config.command_credit.max(1);
     // As deep as the link's credit: the router sends no more than that unsettled, so forwarding never
@@ -384,6 +332,7 @@ pub(super) fn open(
         attach_timeout: inner.config.connect_timeout,
         instance_id: instance_id.to_owned(),
         control_closed: false,
+        dropped_settlements,
     };
     tokio::spawn(task.run());
     (CommandLink { shared }, rx)
@@ -393,7 +342,7 @@ struct Task {
     shared: std::sync::Weak<Shared>,
     sessions: watch::Receiver<Option<Arc<SessionSlot>>>,
     shutdown: ferry_core::shutdown::Shutdown,
-    control: mpsc::UnboundedReceiver<Control>,
+    control: mpsc::Receiver<Control>,
     commands: mpsc::Sender<Command>,
     credit: u32,
     no_credit_timeout: Duration,
@@ -401,6 +350,7 @@ struct Task {
     instance_id: String,
     /// Every [`CommandLink`] is gone: no more registrations will come.
     control_closed: bool,
+    dropped_settlements: Arc<AtomicU64>,
 }
 
 /// Why a connected phase ended.
@@ -415,7 +365,7 @@ impl Task {
     async fn run(mut self) {
         let stop = self.shutdown.clone().wait();
         tokio::pin!(stop);
-        let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Disposition>();
+        let (settle_tx, mut settle_rx) = mpsc::channel::<Disposition>(SETTLE_QUEUE);
         let mut attempts_on_this_session = 0u32;
         let mut last_generation = 0;
         loop {
@@ -479,8 +429,8 @@ impl Task {
     async fn connected(
         &mut self,
         session: &Arc<SessionSlot>,
-        settle_tx: &mpsc::UnboundedSender<Disposition>,
-        settle_rx: &mut mpsc::UnboundedReceiver<Disposition>,
+        settle_tx: &mpsc::Sender<Disposition>,
+        settle_rx: &mut mpsc::Receiver<Disposition>,
     ) -> End {
         let address = format!("command_internal/{}", self.instance_id);
         let attach = async {
@@ -615,7 +565,7 @@ impl Task {
         &self,
         delivery: Delivery<Body<Value>>,
         generation: u64,
-        settle_tx: &mpsc::UnboundedSender<Disposition>,
+        settle_tx: &mpsc::Sender<Disposition>,
     ) -> Result<(), (DeliveryInfo, DeliveryState)> {
         let info = DeliveryInfo::from(&delivery);
         let mut command = match parse(delivery) {
@@ -626,6 +576,7 @@ impl Task {
         };
         command.settle = Some(Settle {
             tx: settle_tx.clone(),
+            dropped: self.dropped_settlements.clone(),
             generation,
             info: info.clone(),
         });
@@ -650,144 +601,5 @@ fn terminal(state: DeliveryState) -> fe2o3_amqp::link::receiver::TerminalDeliver
     }
 }
 
-/// Reads a command as the router forwards it (`to` = `command/TENANT/DEVICE`).
-fn parse(delivery: Delivery<Body<Value>>) -> Result<Command, &'static str> {
-    let message = delivery.into_message();
-    let props = message.properties.ok_or("no properties")?;
-    let to = props.to.as_deref().ok_or("no to")?;
-    let rest = to
-        .strip_prefix("command/")
-        .or_else(|| to.strip_prefix("c/"))
-        .ok_or("to is not a command address")?;
-    let (tenant, device) = rest.split_once('/').ok_or("to names no device")?;
-    let tenant = TenantId::new(tenant).map_err(|_| "invalid tenant in to")?;
-    let device = DeviceId::new(device).map_err(|_| "invalid device in to")?;
-    let name = props.subject.ok_or("no subject")?;
-    let payload = match message.body {
-        Body::Data(batch) => {
-            let mut parts = batch.into_iter();
-            match (parts.next(), parts.next()) {
-                (None, _) => Bytes::new(),
-                (Some(one), None) => Bytes::from(one.0.into_vec()),
-                (Some(first), Some(second)) => {
-                    let mut all = first.0.into_vec();
-                    all.extend_from_slice(&second.0);
-                    for p in parts {
-                        all.extend_from_slice(&p.0);
-                    }
-                    Bytes::from(all)
-                }
-            }
-        }
-        Body::Empty => Bytes::new(),
-        Body::Value(v) => match v.0 {
-            Value::Binary(b) => Bytes::from(b.into_vec()),
-            Value::String(s) => Bytes::from(s.into_bytes()),
-            Value::Null => Bytes::new(),
-            _ => return Err("body must be a Data section"),
-        },
-        _ => return Err("body must be a Data section"),
-    };
-    if props.message_id.is_none() && props.correlation_id.is_none() {
-        return Err("neither message-id nor correlation-id");
-    }
-    let via = match message
-        .application_properties
-        .as_ref()
-        .and_then(|p| p.get(app_property::VIA))
-    {
-        None => None,
-        Some(SimpleValue::String(gw)) => {
-            Some(DeviceId::new(gw).map_err(|_| "invalid gateway in via")?)
-        }
-        Some(_) => return Err("via must be a string"),
-    };
-    Ok(Command {
-        tenant,
-        device,
-        name,
-        payload,
-        content_type: props.content_type.map(|s| s.0),
-        message_id: props.message_id.map(id_string),
-        correlation_id: props.correlation_id.map(id_string),
-        reply_to: props.reply_to,
-        via,
-        settle: None,
-    })
-}
-
-/// A message id as text: strings as they are, numbers in decimal, UUIDs hyphenated, binary as hex.
-/// Responses carry it back as a string.
-fn id_string(id: MessageId) -> String {
-    match id {
-        MessageId::String(s) => s,
-        MessageId::Ulong(n) => n.to_string(),
-        MessageId::Uuid(u) => {
-            let b = u.into_inner();
-            let hex = hex(&b);
-            format!(
-                "{}-{}-{}-{}-{}",
-                &hex[0..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..32]
-            )
-        }
-        MessageId::Binary(b) => hex(&b),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn message_ids_become_text() {
-        assert_eq!(id_string(MessageId::String("a".into())), "a");
-        assert_eq!(id_string(MessageId::Ulong(42)), "42");
-        assert_eq!(
-            id_string(MessageId::Binary(Binary::from(vec![0xab, 0x01]))),
-            "ab01"
-        );
-        let uuid = fe2o3_amqp::types::primitives::Uuid::from([
-            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc,
-            0xde, 0xf0,
-        ]);
-        assert_eq!(
-            id_string(MessageId::Uuid(uuid)),
-            "12345678-9abc-def0-1234-56789abcdef0"
-        );
-    }
-
-    #[test]
-    fn reject_uses_standard_conditions_when_it_can() {
-        match rejected("amqp:resource-limit-exceeded", "too many") {
-            DeliveryState::Rejected(Rejected { error: Some(e) }) => {
-                assert_eq!(
-                    e.condition,
-                    ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded)
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        match rejected("hono:bad-request", "bad") {
-            DeliveryState::Rejected(Rejected { error: Some(e) }) => {
-                assert_eq!(
-                    e.condition,
-                    ErrorCondition::Custom(Symbol::from("hono:bad-request"))
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-}
+mod tests;

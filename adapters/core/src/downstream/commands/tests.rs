@@ -1,0 +1,97 @@
+use super::parse::id_string;
+use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition};
+use fe2o3_amqp::types::messaging::{MessageId, Rejected};
+use fe2o3_amqp::types::primitives::Binary;
+use fe2o3_amqp::types::primitives::Symbol;
+
+use super::*;
+
+/// A link whose control queue holds `capacity` updates and is never drained (the link task is
+/// stuck, or the router does not answer).
+fn stuck_link(capacity: usize) -> (CommandLink, mpsc::Receiver<Control>) {
+    let (control, rx) = mpsc::channel(capacity);
+    let shared = Arc::new(Shared {
+        instance_id: "test".to_owned(),
+        devices: Mutex::new(HashSet::new()),
+        control,
+        timeouts: (Duration::from_millis(20), Duration::from_millis(20)),
+        dropped_updates: AtomicU64::new(0),
+        dropped_settlements: Arc::new(AtomicU64::new(0)),
+    });
+    (CommandLink { shared }, rx)
+}
+
+#[tokio::test]
+async fn last_gateway_updates_beyond_a_full_queue_are_dropped_and_counted() {
+    let (link, _rx) = stuck_link(1);
+    let tenant = TenantId::new("t").expect("id");
+    let (device, gateway) = (
+        DeviceId::new("d").expect("id"),
+        DeviceId::new("g").expect("id"),
+    );
+    link.set_last_gateway(&tenant, &device, &gateway);
+    assert_eq!(link.dropped_updates(), 0);
+    link.set_last_gateway(&tenant, &device, &gateway);
+    link.set_last_gateway(&tenant, &device, &gateway);
+    assert_eq!(link.dropped_updates(), 2);
+}
+
+#[tokio::test]
+async fn a_registration_behind_a_full_queue_retries_within_its_bound_and_is_remembered() {
+    let (link, _rx) = stuck_link(1);
+    let tenant = TenantId::new("t").expect("id");
+    let gateway = DeviceId::new("g").expect("id");
+    link.set_last_gateway(&tenant, &gateway, &gateway);
+    let started = tokio::time::Instant::now();
+    let result = link
+        .register(&tenant, &DeviceId::new("d").expect("id"))
+        .await;
+    assert!(
+        matches!(result, Err(DownstreamError::NoCredit)),
+        "{result:?}"
+    );
+    // Tried again until the bound (2 x credit wait + outcome wait), not refused at once.
+    assert!(started.elapsed() >= Duration::from_millis(30));
+    // Registered on the next replay all the same.
+    assert_eq!(link.registered(), 1);
+}
+
+#[test]
+fn message_ids_become_text() {
+    assert_eq!(id_string(MessageId::String("a".into())), "a");
+    assert_eq!(id_string(MessageId::Ulong(42)), "42");
+    assert_eq!(
+        id_string(MessageId::Binary(Binary::from(vec![0xab, 0x01]))),
+        "ab01"
+    );
+    let uuid = fe2o3_amqp::types::primitives::Uuid::from([
+        0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde,
+        0xf0,
+    ]);
+    assert_eq!(
+        id_string(MessageId::Uuid(uuid)),
+        "12345678-9abc-def0-1234-56789abcdef0"
+    );
+}
+
+#[test]
+fn reject_uses_standard_conditions_when_it_can() {
+    match rejected("amqp:resource-limit-exceeded", "too many") {
+        DeliveryState::Rejected(Rejected { error: Some(e) }) => {
+            assert_eq!(
+                e.condition,
+                ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match rejected("hono:bad-request", "bad") {
+        DeliveryState::Rejected(Rejected { error: Some(e) }) => {
+            assert_eq!(
+                e.condition,
+                ErrorCondition::Custom(Symbol::from("hono:bad-request"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
