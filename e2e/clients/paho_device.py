@@ -3,18 +3,25 @@
 Usage:
   paho_device.py events HOST PORT USER PASSWORD COUNT
       publish COUNT events (QoS 1, body {"seq": i}) one after the other, each waiting for its PUBACK
+  paho_device.py telemetry HOST PORT USER PASSWORD COUNT
+      publish COUNT QoS 1 telemetry messages (body {"seq": i}) one after the other, each waiting for its PUBACK
+  paho_device.py flood HOST PORT USER PASSWORD SIZE RATE STOP_FILE SECONDS
+      publish QoS 0 telemetry of SIZE bytes, RATE messages a second (0: as fast as paho can), until
+      STOP_FILE exists or SECONDS have passed
   paho_device.py commands HOST PORT USER PASSWORD FILTER TIMEOUT
       subscribe to FILTER (e.g. command///req/#), answer each request/response command on
       command///res/REQ-ID/200 with {"done": true, "echo": PAYLOAD}; stay until TIMEOUT or disconnected
 
 Prints one JSON object a line: {"connected": RC}, {"acked": I}, {"subscribed": [CODES]},
-{"command": {"topic": ..., "payload": ...}}, {"disconnected": RC}, {"done": N}, {"timeout": true}.
+{"command": {"topic": ..., "payload": ...}}, {"disconnected": RC}, {"done": N}, {"timeout": true},
+{"flooding": SIZE}, {"flooded": N}.
 Exits when the adapter drops the connection (no reconnect).
 """
 import json
 import os
 import sys
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 
@@ -47,7 +54,7 @@ def client(user, password):
     return c, connected
 
 
-def events(host, port, user, password, count):
+def events(host, port, user, password, count, topic="event"):
     c, connected = client(user, password)
     c.connect(host, int(port), keepalive=30)
     c.loop_start()
@@ -55,7 +62,7 @@ def events(host, port, user, password, count):
         emit(timeout=True)
         os._exit(1)
     for i in range(int(count)):
-        info = c.publish("event", json.dumps({"seq": i}).encode(), qos=1)
+        info = c.publish(topic, json.dumps({"seq": i}).encode(), qos=1)
         info.wait_for_publish(10)
         if not info.is_published():
             emit(timeout=True, not_acked=i)
@@ -65,6 +72,34 @@ def events(host, port, user, password, count):
     c.on_disconnect = None
     c.disconnect()
     c.loop_stop()
+
+
+def telemetry(host, port, user, password, count):
+    events(host, port, user, password, count, topic="telemetry")
+
+
+def flood(host, port, user, password, size, rate, stop_file, seconds):
+    c, connected = client(user, password)
+    c.max_queued_messages_set(1000)
+    c.connect(host, int(port), keepalive=30)
+    c.loop_start()
+    if not connected.wait(10):
+        emit(timeout=True)
+        os._exit(1)
+    emit(flooding=int(size))
+    body, sent, rate = b"x" * int(size), 0, int(rate)
+    start = time.monotonic()
+    deadline = start + float(seconds)
+    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+        for _ in range(100):
+            if c.publish("telemetry", body, qos=0).rc == mqtt.MQTT_ERR_SUCCESS:
+                sent += 1
+        # Paced: the next hundred when they are due.
+        ahead = sent / rate - (time.monotonic() - start) if rate else 0
+        time.sleep(max(ahead, 0.001))
+    emit(flooded=sent)
+    # Not disconnect(): paho would first write out what it still has queued.
+    os._exit(0)
 
 
 def commands(host, port, user, password, topic_filter, timeout):
@@ -96,4 +131,4 @@ def commands(host, port, user, password, topic_filter, timeout):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    {"events": events, "commands": commands}[mode](*args)
+    {"events": events, "telemetry": telemetry, "flood": flood, "commands": commands}[mode](*args)

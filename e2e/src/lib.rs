@@ -440,6 +440,48 @@ pub fn paho_device(mode: &str, port: u16, args: &[&str]) -> Process {
     Process::spawn("paho_device.py", cmd)
 }
 
+/// The hostile AMQP application user of the noisy-neighbour story
+/// (`e2e/clients/amqp_flooder.py MODE 127.0.0.1 PORT ARGS`), its sockets bound to `source` (a loopback
+/// address other than 127.0.0.1, so the router sees another host).
+pub fn amqp_flooder(mode: &str, source: &str, port: u16, args: &[&str]) -> Process {
+    let mut cmd = Command::new(test_python());
+    cmd.arg(clients_dir().join("amqp_flooder.py"))
+        .args([mode, "127.0.0.1", &port.to_string()])
+        .args(args)
+        .env("FLOOD_SOURCE", source);
+    Process::spawn(&format!("amqp_flooder.py {mode}"), cmd)
+}
+
+/// The resident set size of process `pid` in KiB (`VmRSS` in /proc/PID/status); `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The sum of the Prometheus samples named `name` that carry every one of `labels` (`("tenant", "A")`),
+/// in the text of a `/metrics` answer; 0 when there are none.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let set = rest.strip_prefix('{')?.strip_suffix('}')?;
+            labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|pair| pair == format!("{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// A consumer that is attached: waits for its `attached` line.
 pub fn attached(consumer: Process) -> Process {
     consumer.expect("attached", Duration::from_secs(10));

@@ -6,6 +6,7 @@ mod commands;
 mod disabled;
 mod events;
 mod gateways;
+mod noisy;
 mod refusals;
 mod telemetry;
 mod tenants;
