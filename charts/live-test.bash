@@ -138,10 +138,15 @@ YAML
     fi
     note "tenant $tenant_id, application live-app (password from Secret $app_secret)"
 
-    section "Live: device through the management API, telemetry through MQTT, consumed over AMQP"
+    section "Live: device through the management API, telemetry through MQTT, consumed over AMQPS"
     local registry amqp mqtt registry_port amqp_port mqtt_port
     registry=$(endpoint registry)
-    amqp=$(endpoint amqp)
+    # Applications get AMQPS only (spec.router.plainAmqp is off): verify the router's certificate
+    # against the one the operator generated (its names include localhost, where the port is forwarded).
+    [ -z "$("$KUBECTL" -n "$LIVE_NS" get addressspace ferry -o 'jsonpath={.status.endpoints.amqp}')" ] || die "plain AMQP is offered to applications although spec.router.plainAmqp is off"
+    amqp=$(endpoint amqps)
+    "$KUBECTL" -n "$LIVE_NS" get secret ferry-tls -o go-template='{{index .data "tls.crt"}}' | base64 -d >"$WORK/ca.crt"
+    [ -s "$WORK/ca.crt" ] || die "no certificate in Secret ferry-tls"
     mqtt=$(endpoint mqtt)
     # Endpoints are in-cluster "service.namespace.svc:port": forward each Service's port.
     port_forward_endpoint registry "$registry"
@@ -159,8 +164,8 @@ YAML
         "$api/credentials/$tenant_id/dev-1" || die "setting dev-1's password failed"
     note "device dev-1 with a password"
 
-    local url="amqp://live-app:$app_password@127.0.0.1:$amqp_port"
-    "$proton_python" "$CHART/examples/consumer.py" --count 1 "$url" "telemetry/$tenant_id" \
+    local url="amqps://live-app:$app_password@localhost:$amqp_port"
+    "$proton_python" "$CHART/examples/consumer.py" --count 1 --ca "$WORK/ca.crt" "$url" "telemetry/$tenant_id" \
         >"$WORK/proton.out" 2>"$WORK/proton.err" &
     local consumer=$!
     cleanup_actions+=("kill $consumer 2>/dev/null")
@@ -176,7 +181,7 @@ YAML
 
     # The rhea example too, when node can load rhea (e2e/clients installs it).
     if command -v node >/dev/null && NODE_PATH=e2e/clients/node_modules node -e 'require("rhea")' 2>/dev/null; then
-        COUNT=1 NODE_PATH=e2e/clients/node_modules node "$CHART/examples/consumer.js" "$url" "telemetry/$tenant_id" \
+        CA="$WORK/ca.crt" COUNT=1 NODE_PATH=e2e/clients/node_modules node "$CHART/examples/consumer.js" "$url" "telemetry/$tenant_id" \
             >"$WORK/rhea.out" 2>"$WORK/rhea.err" &
         local rhea=$!
         cleanup_actions+=("kill $rhea 2>/dev/null")

@@ -223,12 +223,66 @@ for values in "" "$CHART"/ci/*.yaml; do
         for e in "${counts[@]}"; do expect+=(--expect "$e"); done
     else
         expect+=(--expect AddressSpace=1 --expect Tenant=0 --expect ClusterRole=1 --expect ClusterRoleBinding=1
-            --expect Role=1 --expect RoleBinding=1 --expect ServiceAccount=1 --expect Service=1 --expect ServiceMonitor=0)
+            --expect Role=1 --expect RoleBinding=1 --expect ServiceAccount=1 --expect Service=1 --expect ServiceMonitor=0
+            --expect NetworkPolicy=1)
     fi
     "$HELM" template ferry "$CHART" "${args[@]}" >"$WORK/$name.yaml"
     note "values: ${values:-(default)}"
     validate --require-hardened "${expect[@]}" --crds "$CHART/crds" "$WORK/$name.yaml"
 done
+
+# What the chart tells the operator (NetworkPolicies, allowed registries and Secrets, its pods'
+# labels) and the permissions the operator needs for what it then builds.
+operator_env() { # FILE NAME: the value of the operator container's env NAME
+    "$PY" - "$1" "$2" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("kind") == "Deployment":
+        for env in doc["spec"]["template"]["spec"]["containers"][0].get("env", []):
+            if env["name"] == sys.argv[2]:
+                print(env.get("value", ""))
+PY
+}
+expect_env() { # FILE NAME VALUE
+    local got
+    got=$(operator_env "$1" "$2")
+    [ "$got" = "$3" ] || die "$(basename "$1"): operator env $2 is '$got', expected '$3'"
+}
+expect_env "$WORK/default.yaml" FERRY_OPERATOR_NETWORK_POLICIES true
+expect_env "$WORK/default.yaml" FERRY_OPERATOR_ALLOWED_IMAGE_REGISTRIES '[]'
+expect_env "$WORK/default.yaml" FERRY_OPERATOR_ALLOWED_SECRETS '[]'
+expect_env "$WORK/default.yaml" FERRY_OPERATOR_OPERATOR_POD_LABELS \
+    '{"app.kubernetes.io/component":"operator","app.kubernetes.io/instance":"ferry","app.kubernetes.io/name":"ferry"}'
+expect_env "$WORK/network-policies-off.yaml" FERRY_OPERATOR_NETWORK_POLICIES false
+expect_env "$WORK/hardening.yaml" FERRY_OPERATOR_ALLOWED_IMAGE_REGISTRIES '["registry.example.com/mirror"]'
+expect_env "$WORK/hardening.yaml" FERRY_OPERATOR_ALLOWED_SECRETS '["ferry-system/corp-tls","ferry-postgres"]'
+note "operator env: NetworkPolicies on by default and off with networkPolicies.enabled=false; allowed registries and Secrets passed as JSON lists"
+# The operator's own policy selects exactly the operator's pods and opens only the admin port.
+"$PY" - "$WORK/default.yaml" <<'PY' || die "the operator's NetworkPolicy does not select its pods or opens more than its admin port"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+pods = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["metadata"]["labels"]
+selector = policy["spec"]["podSelector"]["matchLabels"]
+assert all(pods.get(k) == v for k, v in selector.items()), (selector, pods)
+assert policy["spec"]["policyTypes"] == ["Ingress"]
+assert policy["spec"]["ingress"] == [{"ports": [{"port": 9090, "protocol": "TCP"}]}], policy["spec"]["ingress"]
+PY
+for values in default watch-namespace; do
+    for resource in poddisruptionbudgets networkpolicies; do
+        "$PY" - "$WORK/$values.yaml" "$resource" <<'PY' || die "$values: the operator's RBAC lacks get/create/patch/delete on $resource"
+import sys, yaml
+verbs = set()
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc["kind"] in ("ClusterRole", "Role") and not doc["metadata"]["name"].endswith("leader-election"):
+        for rule in doc["rules"]:
+            if sys.argv[2] in rule["resources"]:
+                verbs |= set(rule["verbs"])
+sys.exit(0 if {"get", "create", "patch", "delete"} <= verbs else 1)
+PY
+    done
+done
+note "the operator may manage PodDisruptionBudgets and NetworkPolicies (ClusterRole and namespaced Role)"
 
 # ---------------------------------------------------------------------------------------------
 section "Examples, docs, NOTES.txt, package"
@@ -260,7 +314,7 @@ fi
     --set watchNamespace=edge >"$WORK/notes-bare.txt"
 for want in "kubectl -n iot wait addressspace/ferry --for=condition=Ready" \
     "kubectl -n iot wait tenant/my-tenant --for=condition=Ready" "status.adminTokenSecret" \
-    "status.endpoints.amqp" "my-tenant-applications" "/v1/credentials/my-tenant/my-device" \
+    "status.endpoints.amqps" "consumer.py --ca ca.crt" "get secret ferry-tls" "NetworkPolicies are on" "my-tenant-applications" "/v1/credentials/my-tenant/my-device" \
     "telemetry/my-tenant event/my-tenant"; do
     grep -qF -- "$want" "$WORK/notes-default.txt" || die "NOTES.txt (default values) lacks: $want"
 done

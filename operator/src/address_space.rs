@@ -1,6 +1,8 @@
-//! The `AddressSpace` reconcile: validate and build ([`crate::build`]), create the generated Secrets
-//! that are missing, server-side apply every object, delete a disabled component's objects, then write
-//! the status from the workloads' readiness and record an event when the phase changes.
+//! The `AddressSpace` reconcile: validate and build ([`crate::build`]), check every Secret the pods would
+//! mount (allowed for Ferry, present), create the generated Secrets that are missing, server-side apply
+//! every object, delete a disabled component's objects, then write the status from the workloads'
+//! readiness and record an event when the phase changes. A refused spec or Secret gets `Ready=False`
+//! with the reason, and nothing is applied.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +10,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -15,7 +19,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
 
-use crate::build::{self, names, BuildError, Component, GeneratedSecret, Kind};
+use crate::build::{self, names, policy, BuildError, Component, GeneratedSecret, Kind};
 use crate::context::Context;
 use crate::crd::{AddressSpace, AddressSpaceStatus, Phase};
 use crate::error::{is_conflict, is_not_found, Error};
@@ -24,6 +28,8 @@ use crate::status::{self, Readiness};
 const KIND: &str = "AddressSpace";
 /// How soon to look again while components are starting.
 const PENDING_REQUEUE: Duration = Duration::from_secs(10);
+/// How soon to look again at an address space refused for a Secret (labels are not watched).
+const REFUSED_REQUEUE: Duration = Duration::from_secs(60);
 
 /// Reconciles one address space (the controller's entry point).
 pub async fn reconcile(space: Arc<AddressSpace>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -58,26 +64,64 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
 
     let desired = match build::address_space(space, &ctx.defaults()) {
         Ok(d) => d,
-        Err(e @ BuildError::InvalidSpec(_)) => {
-            let message = e.to_string();
-            let status = status::address_space_failed(
-                previous,
-                "InvalidSpec",
-                &message,
-                generation,
-                Timestamp::now(),
-            );
-            patch_status(ctx, &namespace, &name, &status).await?;
-            ctx.event(space, EventType::Warning, "InvalidSpec", message)
-                .await;
+        Err(e) => {
+            let Some(reason) = e.refusal_reason() else {
+                return Err(e.into());
+            };
+            refuse(ctx, space, Phase::Failed, reason, e.to_string()).await?;
             return Ok(Action::await_change());
         }
-        Err(e) => return Err(e.into()),
     };
 
+    // Every Secret the pods would mount, generated or the user's, before anything is written: one that
+    // is not made for Ferry refuses the whole address space; a missing one of the user's holds it back
+    // (the pods would mount whatever appears under that name later, unchecked).
     let secrets: Api<Secret> = ctx.api(&namespace);
+    let owner_uid = space.metadata.uid.as_deref().unwrap_or_default();
+    let allowed = &ctx.config.allowed_secrets;
+    let mut refused = Vec::new();
+    let mut to_generate = Vec::new();
     for wanted in &desired.secrets {
-        if ensure_secret(&secrets, wanted).await? {
+        match secrets.get_opt(&wanted.name).await? {
+            Some(existing) => {
+                if let Err(why) = policy::secret_allowed(&existing.metadata, owner_uid, allowed) {
+                    refused.push(why);
+                }
+                check_keys(&existing, wanted)?;
+            }
+            None => to_generate.push(wanted),
+        }
+    }
+    let mut missing = Vec::new();
+    for (secret, key) in &desired.referenced {
+        match secrets.get_opt(secret).await? {
+            Some(s) => {
+                if let Err(why) = policy::secret_allowed(&s.metadata, owner_uid, allowed) {
+                    if !refused.contains(&why) {
+                        refused.push(why);
+                    }
+                }
+                if crate::context::secret_value(&s, key).is_none() {
+                    missing.push(format!("Secret {secret} (key {key})"));
+                }
+            }
+            None => missing.push(format!("Secret {secret} (key {key})")),
+        }
+    }
+    if !refused.is_empty() {
+        refuse(
+            ctx,
+            space,
+            Phase::Failed,
+            "SecretNotAllowed",
+            refused.join("; "),
+        )
+        .await?;
+        // A label added to the Secret changes nothing the controller watches: look again later.
+        return Ok(Action::requeue(REFUSED_REQUEUE));
+    }
+    for wanted in to_generate {
+        if create_secret(&secrets, wanted).await? {
             ctx.event(
                 space,
                 EventType::Normal,
@@ -87,27 +131,19 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
             .await;
         }
     }
-
-    // The user's Secrets: a missing one keeps the pods from starting; say which, and go on (the pods
-    // start by themselves once it appears).
-    let mut missing = Vec::new();
-    for (secret, key) in &desired.referenced {
-        let present = secrets
-            .get_opt(secret)
-            .await?
-            .is_some_and(|s| crate::context::secret_value(&s, key).is_some());
-        if !present {
-            missing.push(format!("Secret {secret} (key {key})"));
-        }
-    }
     if !missing.is_empty() {
-        ctx.event(
+        refuse(
+            ctx,
             space,
-            EventType::Warning,
+            Phase::Pending,
             "SecretMissing",
-            format!("waiting for {}", missing.join(", ")),
+            format!(
+                "waiting for {}; nothing is deployed until it exists",
+                missing.join(", ")
+            ),
         )
-        .await;
+        .await?;
+        return Ok(Action::requeue(PENDING_REQUEUE));
     }
 
     for o in &desired.config_maps {
@@ -117,6 +153,12 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
         ctx.apply(o).await?;
     }
     for o in &desired.services {
+        ctx.apply(o).await?;
+    }
+    for o in &desired.network_policies {
+        ctx.apply(o).await?;
+    }
+    for o in &desired.pod_disruption_budgets {
         ctx.apply(o).await?;
     }
     let mut readiness: HashMap<String, Readiness> = HashMap::new();
@@ -136,13 +178,7 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
         .iter()
         .map(|c| (*c, readiness.get(&names::workload(&name, *c)).copied()))
         .collect();
-    let mut status =
-        status::address_space(previous, &desired, &observed, generation, Timestamp::now());
-    if let Some(ready) = status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
-        if !missing.is_empty() && ready.status != "True" {
-            ready.message = format!("{}; waiting for {}", ready.message, missing.join(", "));
-        }
-    }
+    let status = status::address_space(previous, &desired, &observed, generation, Timestamp::now());
     patch_status(ctx, &namespace, &name, &status).await?;
     let phase = status.phase.unwrap_or(Phase::Pending);
     if previous.and_then(|s| s.phase) != Some(phase) {
@@ -171,13 +207,32 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
     })
 }
 
-/// Creates a generated Secret when it does not exist (`true` when it did not); an existing one is kept
-/// as it is, but must hold the keys the pods read.
-async fn ensure_secret(api: &Api<Secret>, wanted: &GeneratedSecret) -> Result<bool, Error> {
-    if let Some(existing) = api.get_opt(&wanted.name).await? {
-        check_keys(&existing, wanted)?;
-        return Ok(false);
-    }
+/// The status (`Ready` false with `reason`, phase `phase`) and a warning event of an address space whose
+/// objects are not applied.
+async fn refuse(
+    ctx: &Context,
+    space: &AddressSpace,
+    phase: Phase,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    let namespace = space.namespace().unwrap_or_default();
+    let status = status::address_space_blocked(
+        space.status.as_ref(),
+        phase,
+        reason,
+        &message,
+        space.metadata.generation,
+        Timestamp::now(),
+    );
+    patch_status(ctx, &namespace, &space.name_any(), &status).await?;
+    ctx.event(space, EventType::Warning, reason, message).await;
+    Ok(())
+}
+
+/// Creates a generated Secret that did not exist (`true` when this call created it). An existing one is
+/// kept as it is: it must be allowed and hold the keys the pods read (checked before).
+async fn create_secret(api: &Api<Secret>, wanted: &GeneratedSecret) -> Result<bool, Error> {
     match api
         .create(&PostParams::default(), &wanted.generate()?)
         .await
@@ -221,6 +276,16 @@ async fn delete_if_present(
             .map(drop),
         Kind::Service => ctx
             .api::<Service>(namespace)
+            .delete(name, &dp)
+            .await
+            .map(drop),
+        Kind::PodDisruptionBudget => ctx
+            .api::<PodDisruptionBudget>(namespace)
+            .delete(name, &dp)
+            .await
+            .map(drop),
+        Kind::NetworkPolicy => ctx
+            .api::<NetworkPolicy>(namespace)
             .delete(name, &dp)
             .await
             .map(drop),

@@ -2,22 +2,33 @@
 //! objects that should exist. No API calls happen here, so every branch is unit-tested (`build/tests.rs`).
 //!
 //! Component configuration goes into ConfigMaps as the YAML each component reads with `--config`;
-//! secrets never do: tokens and passwords reach the pods as `FERRY_<COMPONENT>_*` environment variables
-//! from Secret keys, or as files from Secret volumes. A hash of each component's config is put on its pod
+//! secrets never do: they reach the pods as files from Secret volumes where the component reads a file
+//! (the registry's `admin_token_file`, `internal_token_file`, `signing_key_file`), else as
+//! `FERRY_<COMPONENT>_*` environment variables from Secret keys (router and adapters have no token-file
+//! settings yet; docs/kubernetes.md lists them). A hash of each component's config is put on its pod
 //! template, so a config change rolls the pods.
+//!
+//! What the operator allows is checked here too ([`policy`]): image registries against the operator's
+//! list; the Secrets a spec names are checked by the reconcile, which reads them, with
+//! [`policy::secret_allowed`].
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource as _;
 
 use crate::crd::{AddressSpace, Endpoints};
 
 mod adapter;
+mod disruption;
 pub mod names;
+mod network;
 mod pod;
+pub mod policy;
 mod registry;
 mod router;
 pub mod secrets;
@@ -42,11 +53,22 @@ pub const CONFIG_HASH_ANNOTATION: &str = "ferry.dev/config-hash";
 /// The key of the component config in its ConfigMap; mounted at `/etc/ferry/config.yaml`.
 pub const CONFIG_KEY: &str = "config.yaml";
 
-/// What the operator needs besides the resource: its own defaults.
+/// What the operator needs besides the resource: its own defaults and what it allows.
 #[derive(Debug, Clone)]
 pub struct Defaults {
     pub image_registry: String,
     pub image_tag: String,
+    /// Registries an address space may take images from besides `image_registry`.
+    pub allowed_image_registries: Vec<String>,
+    /// Where the operator's pods are, for the registry's NetworkPolicy; `None`: no NetworkPolicies.
+    pub network_policies: Option<OperatorPods>,
+}
+
+/// The operator's pods as a NetworkPolicy peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorPods {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Why the desired objects cannot be built.
@@ -56,6 +78,24 @@ pub enum BuildError {
     MissingMetadata(&'static str),
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+    /// The spec is valid but asks for something the operator does not allow (`reason` is the status
+    /// condition's reason).
+    #[error("{message}")]
+    NotAllowed {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl BuildError {
+    /// The reason of the `Ready` condition of a refused spec (`None`: not a refusal, retried).
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidSpec(_) => Some("InvalidSpec"),
+            Self::NotAllowed { reason, .. } => Some(reason),
+            Self::MissingMetadata(_) => None,
+        }
+    }
 }
 
 /// The kinds of object an address space owns, for the ones that must be removed.
@@ -64,6 +104,8 @@ pub enum Kind {
     ConfigMap,
     Deployment,
     Service,
+    PodDisruptionBudget,
+    NetworkPolicy,
 }
 
 /// Every object one `AddressSpace` should have, and the ones it should no longer have.
@@ -74,6 +116,8 @@ pub struct Desired {
     pub services: Vec<Service>,
     pub deployments: Vec<Deployment>,
     pub stateful_sets: Vec<StatefulSet>,
+    pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
+    pub network_policies: Vec<NetworkPolicy>,
     /// Secrets to create when absent (never overwritten: they hold generated keys and passwords).
     pub secrets: Vec<GeneratedSecret>,
     /// Objects of a disabled component, to delete when present.
@@ -150,6 +194,7 @@ pub(crate) struct Ctx<'a> {
     pub spec: &'a crate::crd::AddressSpaceSpec,
     pub image_registry: &'a str,
     pub image_tag: &'a str,
+    pub operator_pods: Option<&'a OperatorPods>,
 }
 
 impl Ctx<'_> {
@@ -251,6 +296,7 @@ pub fn address_space(space: &AddressSpace, defaults: &Defaults) -> Result<Desire
         .controller_owner_ref(&())
         .ok_or(BuildError::MissingMetadata("uid"))?;
     validate(space)?;
+    policy::check_image_registry(&space.spec, defaults)?;
     let ctx = Ctx {
         name,
         namespace,
@@ -258,6 +304,7 @@ pub fn address_space(space: &AddressSpace, defaults: &Defaults) -> Result<Desire
         spec: &space.spec,
         image_registry: &defaults.image_registry,
         image_tag: &defaults.image_tag,
+        operator_pods: defaults.network_policies.as_ref(),
     };
     let mut desired = Desired {
         admin_token_secret: names::admin_token(name),
@@ -275,6 +322,8 @@ pub fn address_space(space: &AddressSpace, defaults: &Defaults) -> Result<Desire
     router::build(&ctx, &mut desired);
     adapter::build(&ctx, Component::MqttAdapter, &mut desired);
     adapter::build(&ctx, Component::HttpAdapter, &mut desired);
+    disruption::build(&ctx, &mut desired);
+    network::build(&ctx, &mut desired);
     Ok(desired)
 }
 

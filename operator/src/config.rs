@@ -1,5 +1,6 @@
 //! The operator's configuration (`FERRY_OPERATOR_*`, see docs/operator.md).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,20 @@ pub struct Config {
     pub registry_url: Option<String>,
     /// Seconds between reconciles of a healthy resource (drift repair, readiness polling).
     pub resync_secs: u64,
+    /// Image registries (and path prefixes) an `AddressSpace` may name in `spec.image.registry`, besides
+    /// `image_registry`, which is always allowed. An entry allows itself and the paths below it
+    /// (`registry.example.com/iot` allows `registry.example.com/iot/ferry`, not `.../iot-x`).
+    pub allowed_image_registries: Vec<String>,
+    /// Secrets an `AddressSpace` may have mounted although they lack the label `ferry.dev/allow: "true"`:
+    /// `namespace/name`, or `name` for that name in any namespace.
+    pub allowed_secrets: Vec<String>,
+    /// Build a NetworkPolicy per component of every address space (docs/kubernetes.md).
+    pub network_policies: bool,
+    /// The namespace of the operator's pods, which the registry's NetworkPolicy lets in (the chart sets
+    /// it from the pod's namespace, `POD_NAMESPACE`).
+    pub operator_namespace: String,
+    /// Labels of the operator's pods, which the registry's NetworkPolicy lets in.
+    pub operator_pod_labels: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -44,6 +59,14 @@ impl Default for Config {
             watch_namespace: None,
             registry_url: None,
             resync_secs: 300,
+            allowed_image_registries: Vec::new(),
+            allowed_secrets: Vec::new(),
+            network_policies: true,
+            operator_namespace: "default".into(),
+            operator_pod_labels: BTreeMap::from([
+                ("app.kubernetes.io/part-of".into(), "ferry".into()),
+                ("app.kubernetes.io/component".into(), "operator".into()),
+            ]),
         }
     }
 }
@@ -74,6 +97,34 @@ impl Config {
         }
         if self.resync_secs == 0 {
             return Err(field("resync_secs", "must be at least 1"));
+        }
+        if self
+            .allowed_image_registries
+            .iter()
+            .any(|r| r.trim_end_matches('/').is_empty() || r.contains(char::is_whitespace))
+        {
+            return Err(field(
+                "allowed_image_registries",
+                "entries must be registries or path prefixes without spaces, e.g. registry.example.com/ferry",
+            ));
+        }
+        if self
+            .allowed_secrets
+            .iter()
+            .any(|s| s.is_empty() || s.split('/').count() > 2 || s.split('/').any(str::is_empty))
+        {
+            return Err(field(
+                "allowed_secrets",
+                "entries must be `namespace/name` or `name`",
+            ));
+        }
+        if self.network_policies
+            && (self.operator_namespace.is_empty() || self.operator_pod_labels.is_empty())
+        {
+            return Err(field(
+                "operator_pod_labels",
+                "operator_namespace and operator_pod_labels must be set when network_policies is on (the registry's NetworkPolicy lets the operator in by them)",
+            ));
         }
         Ok(())
     }
@@ -113,6 +164,77 @@ fn is_service_link(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hardening_settings_are_checked_and_load_from_the_environment() {
+        let sources = ferry_core::config::Sources {
+            env_prefix: "FERRY_OPERATOR_".into(),
+            env: vec![
+                (
+                    "FERRY_OPERATOR_ALLOWED_IMAGE_REGISTRIES".into(),
+                    r#"["registry.example.com/iot"]"#.into(),
+                ),
+                (
+                    "FERRY_OPERATOR_ALLOWED_SECRETS".into(),
+                    r#"["prod/corp-cert", "pg"]"#.into(),
+                ),
+                ("FERRY_OPERATOR_NETWORK_POLICIES".into(), "false".into()),
+                (
+                    "FERRY_OPERATOR_OPERATOR_POD_LABELS".into(),
+                    r#"{"app.kubernetes.io/name": "ferry", "app.kubernetes.io/component": "operator"}"#
+                        .into(),
+                ),
+            ],
+            ..Default::default()
+        };
+        let c: Config = ferry_core::config::load(&sources).expect("loads");
+        c.validate().expect("valid");
+        assert_eq!(c.allowed_image_registries, ["registry.example.com/iot"]);
+        assert_eq!(c.allowed_secrets, ["prod/corp-cert", "pg"]);
+        assert!(!c.network_policies);
+        assert_eq!(c.operator_pod_labels["app.kubernetes.io/name"], "ferry");
+        assert!(Config::default().network_policies, "on by default");
+
+        for (bad, field) in [
+            (
+                Config {
+                    allowed_image_registries: vec!["/".into()],
+                    ..Config::default()
+                },
+                "allowed_image_registries",
+            ),
+            (
+                Config {
+                    allowed_secrets: vec!["a/b/c".into()],
+                    ..Config::default()
+                },
+                "allowed_secrets",
+            ),
+            (
+                Config {
+                    allowed_secrets: vec!["prod/".into()],
+                    ..Config::default()
+                },
+                "allowed_secrets",
+            ),
+            (
+                Config {
+                    operator_pod_labels: BTreeMap::new(),
+                    ..Config::default()
+                },
+                "operator_pod_labels",
+            ),
+        ] {
+            assert_eq!(bad.validate().expect_err(field).field(), Some(field));
+        }
+        // Without NetworkPolicies the operator's pods need not be known.
+        let off = Config {
+            network_policies: false,
+            operator_pod_labels: BTreeMap::new(),
+            ..Config::default()
+        };
+        off.validate().expect("valid");
+    }
 
     #[test]
     fn service_link_variables_are_not_config() {

@@ -10,7 +10,7 @@ use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::build::{self, names, Defaults};
+use crate::build::{self, names, Defaults, OperatorPods};
 use crate::crd::AddressSpace;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -59,6 +59,11 @@ impl Context {
         Defaults {
             image_registry: self.config.image_registry.clone(),
             image_tag: self.config.image_tag.clone(),
+            allowed_image_registries: self.config.allowed_image_registries.clone(),
+            network_policies: self.config.network_policies.then(|| OperatorPods {
+                namespace: self.config.operator_namespace.clone(),
+                labels: self.config.operator_pod_labels.clone(),
+            }),
         }
     }
 

@@ -66,6 +66,7 @@ async fn main() -> ExitCode {
     // The pod's own name and namespace (downward API) unless the operator's env says otherwise.
     for (from, to) in [
         ("POD_NAMESPACE", "LEASE_NAMESPACE"),
+        ("POD_NAMESPACE", "OPERATOR_NAMESPACE"),
         ("POD_NAME", "IDENTITY"),
     ] {
         let key = format!("FERRY_OPERATOR_{to}");

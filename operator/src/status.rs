@@ -201,6 +201,19 @@ pub fn address_space_failed(
     generation: Option<i64>,
     now: Timestamp,
 ) -> AddressSpaceStatus {
+    address_space_blocked(previous, Phase::Failed, reason, message, generation, now)
+}
+
+/// The status of an address space whose objects were not applied this time: `Ready` is false with
+/// `reason` and `message`, the phase is `phase`, the rest is kept.
+pub fn address_space_blocked(
+    previous: Option<&AddressSpaceStatus>,
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> AddressSpaceStatus {
     let mut status = previous.cloned().unwrap_or_default();
     set_condition(
         &mut status.conditions,
@@ -211,7 +224,7 @@ pub fn address_space_failed(
         generation,
         now,
     );
-    status.phase = Some(Phase::Failed);
+    status.phase = Some(phase);
     status.observed_generation = generation;
     status
 }

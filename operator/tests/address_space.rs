@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 const NS: &str = "/api/v1/namespaces/prod";
 const APPS: &str = "/apis/apps/v1/namespaces/prod";
 const SPACE: &str = "/apis/ferry.dev/v1alpha1/namespaces/prod/addressspaces/iot";
+const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies";
+const PDB: &str = "/apis/policy/v1/namespaces/prod/poddisruptionbudgets";
 
 fn context(client: kube::Client) -> Arc<Context> {
     let config = Config {
@@ -89,14 +91,18 @@ async fn create_applies_every_object_with_server_side_apply_and_reports_pending(
     let calls = api.take_calls_without_events();
     let lines: Vec<String> = calls.iter().map(|c| c.line()).collect();
     let mut expected = Vec::new();
-    for s in [
+    let generated = [
         "iot-admin-token",
         "iot-internal-token",
         "iot-signing-key",
         "iot-adapter-credentials",
         "iot-tls",
-    ] {
+    ];
+    // Every Secret is looked at before anything is written.
+    for s in generated {
         expected.push(format!("GET {NS}/secrets/{s}"));
+    }
+    for _ in generated {
         expected.push(format!("POST {NS}/secrets"));
     }
     for c in ["registry", "router", "mqtt-adapter", "http-adapter"] {
@@ -108,16 +114,24 @@ async fn create_applies_every_object_with_server_side_apply_and_reports_pending(
     for s in [
         "iot-registry",
         "iot-router",
+        "iot-router-internal",
         "iot-router-headless",
         "iot-mqtt-adapter",
         "iot-http-adapter",
     ] {
         expected.push(format!("PATCH {NS}/services/{s}"));
     }
+    for c in ["registry", "router", "mqtt-adapter", "http-adapter"] {
+        expected.push(format!("PATCH {NETPOL}/iot-{c}"));
+    }
     for d in ["iot-registry", "iot-mqtt-adapter", "iot-http-adapter"] {
         expected.push(format!("PATCH {APPS}/deployments/{d}"));
     }
     expected.push(format!("PATCH {APPS}/statefulsets/iot-router"));
+    // One replica each: no disruption budget (one left from a larger scale is deleted).
+    for c in ["registry", "router", "mqtt-adapter", "http-adapter"] {
+        expected.push(format!("DELETE {PDB}/iot-{c}"));
+    }
     expected.push(format!("PATCH {SPACE}/status"));
     assert_eq!(lines, expected);
 
@@ -157,8 +171,13 @@ async fn create_applies_every_object_with_server_side_apply_and_reports_pending(
         Some("iot-admin-token")
     );
     assert_eq!(
+        status.endpoints.as_ref().and_then(|e| e.amqps.as_deref()),
+        Some("iot-router.prod.svc:5671")
+    );
+    assert_eq!(
         status.endpoints.as_ref().and_then(|e| e.amqp.as_deref()),
-        Some("iot-router.prod.svc:5672")
+        None,
+        "plain AMQP is not offered to applications"
     );
     assert_eq!(
         condition(&space, "RegistryReady"),
@@ -192,10 +211,11 @@ async fn generated_secrets_are_never_regenerated() {
     assert_eq!(secret_token(&api, "iot-signing-key", "signing.key"), key);
     assert_eq!(secret_token(&api, "iot-tls", "tls.crt"), cert);
 
-    // A user's own Secret of that name is kept as long as it has the key...
+    // A user's own Secret of that name is kept when it is labelled for Ferry and has the key...
     api.put(
         &format!("{NS}/secrets/iot-admin-token"),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "iot-admin-token", "namespace": "prod"},
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "iot-admin-token", "namespace": "prod", "labels": {"ferry.dev/allow": "true"}},
                "stringData": {"token": "chosen-by-the-user"}}),
     );
     reconcile(&api, &ctx).await.expect("user secret");
@@ -204,10 +224,16 @@ async fn generated_secrets_are_never_regenerated() {
             .expect("secret")["stringData"]["token"],
         "chosen-by-the-user"
     );
+    assert_eq!(
+        stored_space(&api).status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Pending)
+    );
     // ...and refused, with a warning, when it lacks it.
     api.put(
         &format!("{NS}/secrets/iot-admin-token"),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "iot-admin-token", "namespace": "prod"}, "data": {}}),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "iot-admin-token", "namespace": "prod", "labels": {"ferry.dev/allow": "true"}},
+               "data": {}}),
     );
     let e = reconcile(&api, &ctx).await.expect_err("incomplete secret");
     assert!(
@@ -308,8 +334,18 @@ async fn update_scales_and_a_disabled_adapter_is_deleted() {
             format!("{APPS}/deployments/iot-http-adapter"),
             format!("{NS}/services/iot-http-adapter"),
             format!("{NS}/configmaps/iot-http-adapter-config"),
+            format!("{PDB}/iot-registry"),
+            format!("{PDB}/iot-http-adapter"),
+            format!("{NETPOL}/iot-http-adapter"),
         ]
     );
+    // Three routers and two MQTT adapters may lose one pod at a time to a drain.
+    for name in ["iot-router", "iot-mqtt-adapter"] {
+        let pdb = api
+            .get(&format!("{PDB}/{name}"))
+            .unwrap_or_else(|| panic!("no budget {name}"));
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{name}");
+    }
     assert!(api
         .get(&format!("{APPS}/deployments/iot-http-adapter"))
         .is_none());
@@ -408,8 +444,26 @@ fn spec_defaults_round_trip() {
     assert_eq!(spec, AddressSpaceSpec::default());
 }
 
+/// The calls that wrote something, other than the address space's status.
+fn writes(api: &FakeApi) -> Vec<String> {
+    api.take_calls_without_events()
+        .iter()
+        .filter(|c| c.method != http::Method::GET && !c.path.ends_with("/status"))
+        .map(|c| c.line())
+        .collect()
+}
+
+fn ready_condition(space: &AddressSpace) -> (String, String, String) {
+    let c = space
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .expect("Ready");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
 #[tokio::test]
-async fn a_missing_user_secret_is_named_in_the_status_and_an_event() {
+async fn a_missing_user_secret_holds_everything_back_until_it_exists() {
     let (client, api) = FakeApi::start();
     let ctx = context(client);
     create_space(
@@ -417,44 +471,232 @@ async fn a_missing_user_secret_is_named_in_the_status_and_an_event() {
         json!({"tls": {"secretName": "corp-cert"},
                "registry": {"replicas": 2, "database": {"type": "postgresql", "postgresql": {"secretName": "pg"}}}}),
     );
-    reconcile(&api, &ctx).await.expect("reconcile");
+    let action = reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
     assert!(
         api.get(&format!("{NS}/secrets/iot-tls")).is_none(),
         "no certificate generated"
     );
+    // Only the generated Secrets were written: no workload would mount a Secret nobody checked.
+    let written = writes(&api);
+    assert!(
+        written.iter().all(|l| l == &format!("POST {NS}/secrets")),
+        "{written:?}"
+    );
     assert!(api
-        .get(&format!("{NS}/persistentvolumeclaims/iot-registry-data"))
+        .get(&format!("{APPS}/deployments/iot-registry"))
         .is_none());
     let space = stored_space(&api);
-    let ready = space
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .expect("Ready")
-        .message
-        .clone();
-    assert!(ready.contains("Secret corp-cert (key tls.crt)"), "{ready}");
-    assert!(ready.contains("Secret pg (key url)"), "{ready}");
+    assert_eq!(
+        space.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Pending)
+    );
+    let (status, reason, message) = ready_condition(&space);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretMissing")
+    );
+    assert!(
+        message.contains("Secret corp-cert (key tls.crt)"),
+        "{message}"
+    );
+    assert!(message.contains("Secret pg (key url)"), "{message}");
     assert!(api.event_reasons().contains(&"SecretMissing".to_owned()));
-    let registry = api
-        .get(&format!("{APPS}/deployments/iot-registry"))
-        .expect("registry");
-    assert_eq!(registry["spec"]["replicas"], 2);
 
-    // Once the Secrets exist the message is gone.
+    // Once the Secrets exist (made for Ferry), everything is applied and the message is gone.
     api.put(
         &format!("{NS}/secrets/corp-cert"),
-        json!({"metadata": {"name": "corp-cert"},
+        json!({"metadata": {"name": "corp-cert", "namespace": "prod", "labels": {"ferry.dev/allow": "true"}},
         "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}),
     );
     api.put(
         &format!("{NS}/secrets/pg"),
-        json!({"metadata": {"name": "pg"}, "data": {"url": "cG9zdGdyZXM6Ly8="}}),
+        json!({"metadata": {"name": "pg", "namespace": "prod", "labels": {"ferry.dev/allow": "true"}},
+               "data": {"url": "cG9zdGdyZXM6Ly8="}}),
     );
     reconcile(&api, &ctx).await.expect("reconcile");
+    let registry = api
+        .get(&format!("{APPS}/deployments/iot-registry"))
+        .expect("registry");
+    assert_eq!(registry["spec"]["replicas"], 2);
+    assert_eq!(
+        api.get(&format!("{PDB}/iot-registry")).expect("budget")["spec"]["maxUnavailable"],
+        1
+    );
     let space = stored_space(&api);
-    let ready = &space.status.as_ref().expect("status").conditions;
-    assert!(ready
+    assert_eq!(ready_condition(&space).1, "ComponentsNotReady");
+    assert!(space
+        .status
+        .as_ref()
+        .expect("status")
+        .conditions
         .iter()
-        .all(|c| !c.message.contains("waiting for Secret")));
+        .all(|c| !c.message.contains("Secret")));
+}
+
+#[tokio::test]
+async fn a_user_secret_not_made_for_ferry_refuses_the_address_space() {
+    let (client, api) = FakeApi::start();
+    let ctx = context(client);
+    create_space(&api, json!({"tls": {"secretName": "kube-admin-cert"}}));
+    api.put(
+        &format!("{NS}/secrets/kube-admin-cert"),
+        json!({"metadata": {"name": "kube-admin-cert", "namespace": "prod"},
+               "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}),
+    );
+    let action = reconcile(&api, &ctx).await.expect("handled");
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert_eq!(writes(&api), Vec::<String>::new(), "nothing is deployed");
+    let space = stored_space(&api);
+    assert_eq!(
+        space.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Failed)
+    );
+    let (status, reason, message) = ready_condition(&space);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretNotAllowed")
+    );
+    assert!(
+        message.contains("Secret kube-admin-cert is not allowed for Ferry"),
+        "{message}"
+    );
+    assert!(message.contains("ferry.dev/allow=true"), "{message}");
+    assert!(api.event_reasons().contains(&"SecretNotAllowed".to_owned()));
+
+    // Named in the operator's list, it is mounted.
+    let listed = Arc::new(Context::new(
+        ctx.client.clone(),
+        Config {
+            allowed_secrets: vec!["prod/kube-admin-cert".into()],
+            ..ctx.config.clone()
+        },
+        Metrics::default(),
+    ));
+    reconcile(&api, &listed).await.expect("allowed by name");
+    let router = api
+        .get(&format!("{APPS}/statefulsets/iot-router"))
+        .expect("router deployed");
+    let volumes = router["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .clone();
+    assert!(volumes
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "kube-admin-cert"));
+}
+
+#[tokio::test]
+async fn a_generated_secret_name_taken_by_a_foreign_secret_is_refused() {
+    let (client, api) = FakeApi::start();
+    let ctx = context(client);
+    create_space(&api, json!({}));
+    // Someone else's Secret where the operator would generate the internal token.
+    api.put(
+        &format!("{NS}/secrets/iot-internal-token"),
+        json!({"metadata": {"name": "iot-internal-token", "namespace": "prod",
+                            "ownerReferences": [{"apiVersion": "ferry.dev/v1alpha1", "kind": "AddressSpace",
+                                                 "name": "other", "uid": "other-uid", "controller": true}]},
+               "data": {"token": "c2VjcmV0"}}),
+    );
+    reconcile(&api, &ctx).await.expect("handled");
+    assert_eq!(
+        writes(&api),
+        Vec::<String>::new(),
+        "nothing generated or deployed"
+    );
+    let (_, reason, message) = ready_condition(&stored_space(&api));
+    assert_eq!(reason, "SecretNotAllowed");
+    assert!(message.contains("iot-internal-token"), "{message}");
+}
+
+#[tokio::test]
+async fn an_image_registry_the_operator_does_not_allow_is_refused() {
+    let (client, api) = FakeApi::start();
+    let ctx = context(client);
+    create_space(
+        &api,
+        json!({"image": {"registry": "evil.example.com/ferry"}}),
+    );
+    let action = reconcile(&api, &ctx).await.expect("handled");
+    assert_eq!(action, Action::await_change());
+    let lines: Vec<String> = api
+        .take_calls_without_events()
+        .iter()
+        .map(|c| c.line())
+        .collect();
+    assert_eq!(
+        lines,
+        [format!("PATCH {SPACE}/status")],
+        "nothing is deployed"
+    );
+    let space = stored_space(&api);
+    assert_eq!(
+        space.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Failed)
+    );
+    let (status, reason, message) = ready_condition(&space);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ImageRegistryNotAllowed")
+    );
+    assert!(message.contains("\"evil.example.com/ferry\""), "{message}");
+    assert!(message.contains("allowed: ghcr.io/ferry-iot"), "{message}");
+    assert!(api
+        .event_reasons()
+        .contains(&"ImageRegistryNotAllowed".to_owned()));
+
+    // The operator's list lets it through.
+    let allowing = Arc::new(Context::new(
+        ctx.client.clone(),
+        Config {
+            allowed_image_registries: vec!["evil.example.com".into()],
+            ..ctx.config.clone()
+        },
+        Metrics::default(),
+    ));
+    reconcile(&api, &allowing).await.expect("allowed");
+    let router = api
+        .get(&format!("{APPS}/statefulsets/iot-router"))
+        .expect("router");
+    assert_eq!(
+        router["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!(
+            "evil.example.com/ferry/ferry-router:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[tokio::test]
+async fn network_policies_follow_the_operator_setting() {
+    let (client, api) = FakeApi::start();
+    let ctx = context(client);
+    create_space(&api, json!({}));
+    reconcile(&api, &ctx).await.expect("on");
+    let registry = api
+        .get(&format!("{NETPOL}/iot-registry"))
+        .expect("registry policy");
+    assert_eq!(registry["spec"]["ingress"][0]["ports"][0]["port"], 28080);
+    assert_eq!(
+        registry["spec"]["ingress"][0]["from"][1]["namespaceSelector"]["matchLabels"]
+            ["kubernetes.io/metadata.name"],
+        "default"
+    );
+
+    let off = Arc::new(Context::new(
+        ctx.client.clone(),
+        Config {
+            network_policies: false,
+            ..ctx.config.clone()
+        },
+        Metrics::default(),
+    ));
+    reconcile(&api, &off).await.expect("off");
+    for c in ["registry", "router", "mqtt-adapter", "http-adapter"] {
+        assert!(
+            api.get(&format!("{NETPOL}/iot-{c}")).is_none(),
+            "iot-{c} removed"
+        );
+    }
 }

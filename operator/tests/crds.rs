@@ -99,7 +99,7 @@ fn address_space_schema_validates_what_the_contract_says() {
         .iter()
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(columns, ["Phase", "Ready", "AMQP", "Age"]);
+    assert_eq!(columns, ["Phase", "Ready", "AMQPS", "Age"]);
 
     let spec = &schema(&crd)["properties"]["spec"]["properties"];
     let registry = &spec["registry"];
@@ -134,6 +134,20 @@ fn address_space_schema_validates_what_the_contract_says() {
     assert_eq!(
         spec["router"]["properties"]["service"]["properties"]["type"]["enum"],
         serde_json::json!(["ClusterIP", "NodePort", "LoadBalancer"])
+    );
+    // Plain AMQP for applications is off unless asked for.
+    assert_eq!(spec["router"]["properties"]["plainAmqp"]["type"], "boolean");
+    assert_eq!(spec["router"]["properties"]["plainAmqp"]["default"], false);
+    // Image references are built from these: no spaces, `@` or second `:` that could start another
+    // reference (charts/test.sh checks values against the same patterns).
+    let image = &spec["image"]["properties"];
+    assert_eq!(
+        image["registry"]["pattern"],
+        "^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[A-Za-z0-9._-]+)*$"
+    );
+    assert_eq!(
+        image["tag"]["pattern"],
+        "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
     );
     let mqtt = &spec["adapters"]["properties"]["mqtt"]["properties"];
     assert_eq!(mqtt["enabled"]["default"], true);

@@ -1,7 +1,9 @@
 // Prints the telemetry and events of a Ferry tenant: a minimal rhea (Node.js, `npm install rhea`) application.
 //
+//   [CA=ca.crt] node consumer.js amqps://USER:PASSWORD@HOST:PORT ADDRESS...
 //   node consumer.js amqp://USER:PASSWORD@HOST:PORT ADDRESS...
 //
+// amqps:// is AMQP over TLS (the router's port 5671); CA names the PEM file to verify the router against.
 // ADDRESS is telemetry/TENANT or event/TENANT; USER and PASSWORD are an application user of the tenant.
 // Prints "attached ADDRESS" on stderr once a link is open, then one line per message: address, device id,
 // content type and payload. Set COUNT=N to stop after N messages.
@@ -10,19 +12,25 @@ const rhea = require('rhea');
 
 const [url, ...addresses] = process.argv.slice(2);
 if (!url || addresses.length === 0) {
-    console.error('usage: node consumer.js amqp://USER:PASSWORD@HOST:PORT ADDRESS...');
+    console.error('usage: [CA=ca.crt] node consumer.js amqps://USER:PASSWORD@HOST:PORT ADDRESS...');
     process.exit(2);
 }
 const u = new URL(url);
 const count = Number(process.env.COUNT || 0);
 let received = 0;
 
+const tls = u.protocol === 'amqps:';
 const connection = rhea.connect({
     host: u.hostname,
-    port: Number(u.port || 5672),
+    port: Number(u.port || (tls ? 5671 : 5672)),
     username: decodeURIComponent(u.username), // SASL PLAIN
     password: decodeURIComponent(u.password),
     reconnect: false,
+    ...(tls && {
+        transport: 'tls',
+        servername: u.hostname,
+        ...(process.env.CA && { ca: [require('fs').readFileSync(process.env.CA)] }),
+    }),
 });
 for (const address of addresses) {
     connection.open_receiver({ source: address }); // auto-accepts each message

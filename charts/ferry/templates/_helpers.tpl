@@ -112,8 +112,35 @@ The operator's permissions on the objects it watches and owns (K8S-CONTRACT.md).
 - apiGroups: [""]
   resources: ["services", "configmaps", "secrets", "persistentvolumeclaims"]
   verbs: ["get", "create", "patch", "delete"]
+# Disruption budgets of components with several replicas, and (networkPolicies.enabled) each
+# component's NetworkPolicy; deleted when no longer wanted.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
 # Events on the custom resources.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Fails the release when the chart's AddressSpace names an image registry the operator would refuse
+(the operator checks every AddressSpace the same way, in its status).
+*/}}
+{{- define "ferry.checkImageRegistry" -}}
+{{- $wanted := trimSuffix "/" (((.Values.addressSpace.spec | default dict).image | default dict).registry | default "") }}
+{{- if and .Values.addressSpace.create $wanted }}
+{{- $allowed := list (trimSuffix "/" .Values.image.registry) }}
+{{- range .Values.security.allowedImageRegistries }}{{ $allowed = append $allowed (trimSuffix "/" .) }}{{ end }}
+{{- $ok := false }}
+{{- range $allowed }}
+{{- if or (eq $wanted .) (hasPrefix (printf "%s/" .) $wanted) }}{{ $ok = true }}{{ end }}
+{{- end }}
+{{- if not $ok }}
+{{- fail (printf "addressSpace.spec.image.registry %q is not an allowed image registry (allowed: %s); add it to security.allowedImageRegistries" $wanted (join ", " $allowed)) }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -2,6 +2,8 @@
 //! or, when disabled, the names of those objects to delete.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+
+use super::pod::no_loss_rollout;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::json;
 
@@ -35,7 +37,7 @@ pub(crate) fn config(ctx: &Ctx<'_>, component: Component) -> serde_json::Value {
         "tls": { "cert_path": format!("{TLS_DIR}/tls.crt"), "key_path": format!("{TLS_DIR}/tls.key") },
         "admin_bind": format!("0.0.0.0:{}", ports::ADMIN),
         "registry_url": ctx.registry_url(),
-        "router_address": ctx.address(&names::router(ctx.name), ports::AMQP),
+        "router_address": ctx.address(&names::router_internal(ctx.name), ports::AMQP),
         "router_user": ADAPTER_USER,
     })
 }
@@ -75,6 +77,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, component: Component, desired: &mut Desired) 
                 match_labels: Some(ctx.selector(component)),
                 ..LabelSelector::default()
             },
+            strategy: Some(no_loss_rollout()),
             template: pod.template(ctx, hash),
             ..DeploymentSpec::default()
         }),

@@ -15,6 +15,11 @@ pub fn router(space: &str) -> String {
     workload(space, Component::Router)
 }
 
+/// The router's adapter-facing Service: plain AMQP 5672, for the adapters only (NetworkPolicy).
+pub fn router_internal(space: &str) -> String {
+    format!("{space}-router-internal")
+}
+
 /// The router's headless Service (stable pod DNS names for the StatefulSet).
 pub fn router_headless(space: &str) -> String {
     format!("{space}-router-headless")

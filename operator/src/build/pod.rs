@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
     Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{ports, Component, Ctx, CONFIG_HASH_ANNOTATION, CONFIG_KEY};
@@ -206,9 +207,42 @@ impl PodBuilder {
                 // space named `ferry`: an unknown config key, and the component would exit 64.
                 enable_service_links: Some(false),
                 termination_grace_period_seconds: Some(30),
+                topology_spread_constraints: Some(spread(ctx, self.component)),
                 ..PodSpec::default()
             }),
         }
+    }
+}
+
+/// Replicas of a component spread over zones and nodes, softly (`ScheduleAnyway`): a cluster with one
+/// zone, or fewer nodes than replicas, still schedules them all, only less spread. Zone first, so one
+/// zone going away takes as few replicas as possible.
+fn spread(ctx: &Ctx<'_>, component: Component) -> Vec<TopologySpreadConstraint> {
+    ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(ctx.selector(component)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// A rolling update that starts each new pod, and waits for it to be ready, before it stops an old one:
+/// the replicas ready never fall below the ones wanted during a roll (the PodDisruptionBudget covers
+/// drains, not rollouts).
+pub(crate) fn no_loss_rollout() -> DeploymentStrategy {
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::Int(0)),
+            max_surge: Some(IntOrString::Int(1)),
+        }),
     }
 }
 

@@ -100,9 +100,13 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
                 ..LabelSelector::default()
             },
             // One writer on the SQLite volume: the old pod must be gone before the new one opens it.
-            strategy: Some(DeploymentStrategy {
-                type_: Some(if sqlite { "Recreate" } else { "RollingUpdate" }.to_owned()),
-                ..DeploymentStrategy::default()
+            strategy: Some(if sqlite {
+                DeploymentStrategy {
+                    type_: Some("Recreate".to_owned()),
+                    ..DeploymentStrategy::default()
+                }
+            } else {
+                super::pod::no_loss_rollout()
             }),
             template: pod.template(ctx, hash),
             ..DeploymentSpec::default()

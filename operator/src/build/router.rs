@@ -1,5 +1,12 @@
 //! The router: a StatefulSet (each replica keeps its event store on its own volume), its Service of the
-//! requested type, a headless Service for the pods' stable names, and its config.
+//! requested type (AMQPS for applications; plain AMQP too with `spec.router.plainAmqp`), an internal
+//! Service with the plain port for the adapters, a headless Service for the pods' stable names, and its
+//! config.
+//!
+//! The router has no setting that switches its plain listener off, and the adapters speak only plain
+//! AMQP to it. So "plain AMQP off" means: not on the application-facing Service, not in the status,
+//! and (NetworkPolicy) reachable only from this address space's adapters. With no adapter enabled at
+//! all, the plain listener binds to the pod's loopback, which is as off as the router allows.
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -15,8 +22,14 @@ pub const ADAPTER_USER: &str = "ferry-adapter";
 
 /// The router's config file (fields of `ferry_router::Config`).
 pub(crate) fn config(ctx: &Ctx<'_>) -> serde_json::Value {
+    let adapters = ctx.spec.adapters.mqtt.enabled || ctx.spec.adapters.http.enabled;
+    let plain_host = if ctx.spec.router.plain_amqp || adapters {
+        "0.0.0.0"
+    } else {
+        "127.0.0.1"
+    };
     json!({
-        "bind": format!("0.0.0.0:{}", ports::AMQP),
+        "bind": format!("{plain_host}:{}", ports::AMQP),
         "tls_bind": format!("0.0.0.0:{}", ports::AMQPS),
         "tls": { "cert_path": format!("{TLS_DIR}/tls.crt"), "key_path": format!("{TLS_DIR}/tls.key") },
         "admin_bind": format!("0.0.0.0:{}", ports::ADMIN),
@@ -76,12 +89,25 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
         }),
         ..StatefulSet::default()
     });
+    let public: &[(&str, i32)] = if spec.plain_amqp {
+        &[("amqp", ports::AMQP), ("amqps", ports::AMQPS)]
+    } else {
+        &[("amqps", ports::AMQPS)]
+    };
     desired.services.push(service(
         ctx,
         name.clone(),
         component,
         spec.service.kind.as_str(),
-        &[("amqp", ports::AMQP), ("amqps", ports::AMQPS)],
+        public,
+        false,
+    ));
+    desired.services.push(service(
+        ctx,
+        names::router_internal(ctx.name),
+        component,
+        "ClusterIP",
+        &[("amqp", ports::AMQP)],
         false,
     ));
     desired.services.push(service(
@@ -96,6 +122,6 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
         ],
         true,
     ));
-    desired.endpoints.amqp = Some(ctx.address(&name, ports::AMQP));
+    desired.endpoints.amqp = spec.plain_amqp.then(|| ctx.address(&name, ports::AMQP));
     desired.endpoints.amqps = Some(ctx.address(&name, ports::AMQPS));
 }

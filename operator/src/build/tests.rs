@@ -30,6 +30,11 @@ fn defaults() -> Defaults {
     Defaults {
         image_registry: "ghcr.io/ferry-iot".into(),
         image_tag: "0.1.0".into(),
+        allowed_image_registries: vec!["registry.example.com/iot".into()],
+        network_policies: Some(OperatorPods {
+            namespace: "ferry-system".into(),
+            labels: BTreeMap::from([("app.kubernetes.io/component".into(), "operator".into())]),
+        }),
     }
 }
 
@@ -110,6 +115,7 @@ fn default_spec_builds_every_component_on_sqlite_with_generated_tls() {
         [
             "iot-registry",
             "iot-router",
+            "iot-router-internal",
             "iot-router-headless",
             "iot-mqtt-adapter",
             "iot-http-adapter"
@@ -130,14 +136,18 @@ fn default_spec_builds_every_component_on_sqlite_with_generated_tls() {
             "iot-tls"
         ]
     );
-    assert!(d.absent.is_empty());
+    // One replica each: no disruption budgets (and any left from a larger scale go).
+    assert!(d
+        .absent
+        .iter()
+        .all(|(kind, _)| *kind == Kind::PodDisruptionBudget));
     assert!(d.referenced.is_empty());
     assert_eq!(d.admin_token_secret, "iot-admin-token");
     assert_eq!(
         d.endpoints,
         Endpoints {
             registry: Some("iot-registry.prod.svc:28080".into()),
-            amqp: Some("iot-router.prod.svc:5672".into()),
+            amqp: None,
             amqps: Some("iot-router.prod.svc:5671".into()),
             mqtt: Some("iot-mqtt-adapter.prod.svc:1883".into()),
             mqtts: Some("iot-mqtt-adapter.prod.svc:8883".into()),
@@ -271,12 +281,19 @@ fn disabled_adapter_has_no_objects_and_is_listed_for_deletion() {
     );
     assert!(!names_of(&d.services).contains(&"iot-mqtt-adapter".to_owned()));
     assert!(!names_of(&d.config_maps).contains(&"iot-mqtt-adapter-config".to_owned()));
+    let absent: Vec<_> = d
+        .absent
+        .iter()
+        .filter(|(kind, _)| *kind != Kind::PodDisruptionBudget)
+        .cloned()
+        .collect();
     assert_eq!(
-        d.absent,
+        absent,
         [
             (Kind::Deployment, "iot-mqtt-adapter".to_owned()),
             (Kind::Service, "iot-mqtt-adapter".to_owned()),
             (Kind::ConfigMap, "iot-mqtt-adapter-config".to_owned()),
+            (Kind::NetworkPolicy, "iot-mqtt-adapter".to_owned()),
         ]
     );
     assert_eq!(d.endpoints.mqtt, None);
@@ -290,7 +307,14 @@ fn disabled_adapter_has_no_objects_and_is_listed_for_deletion() {
         names_of(&d.deployments),
         ["iot-registry", "iot-mqtt-adapter"]
     );
-    assert_eq!(d.absent.len(), 3);
+    assert_eq!(
+        d.absent
+            .iter()
+            .filter(|(kind, name)| *kind != Kind::PodDisruptionBudget
+                && name.starts_with("iot-http-adapter"))
+            .count(),
+        4
+    );
     assert_eq!(d.endpoints.https, None);
 }
 
@@ -587,7 +611,11 @@ fn images_come_from_the_spec_or_the_operator_defaults() {
     spec.image.registry = Some("registry.local:5000/ferry/".into());
     spec.image.tag = Some("dev".into());
     spec.image.pull_policy = PullPolicy::Always;
-    let d = build(spec);
+    let allowing = Defaults {
+        allowed_image_registries: vec!["registry.local:5000/ferry".into()],
+        ..defaults()
+    };
+    let d = address_space(&space(spec), &allowing).expect("an allowed registry");
     assert_eq!(image(&d), "registry.local:5000/ferry/ferry-router:dev");
     assert_eq!(
         pod(router_template(&d)).containers[0]
@@ -771,7 +799,7 @@ fn every_rendered_config_is_accepted_by_its_component() {
         );
         mqtt.validate().expect("mqtt config");
         assert_eq!(mqtt.admin_bind.map(|a| a.port()), Some(ports::ADMIN as u16));
-        assert_eq!(mqtt.router_address, "iot-router.prod.svc:5672");
+        assert_eq!(mqtt.router_address, "iot-router-internal.prod.svc:5672");
         assert_eq!(mqtt.router_user, router.adapter_user);
         assert_eq!(mqtt.instance_id, "iot-mqtt-adapter-7d9f-x2k4q");
         assert_eq!(mqtt.bind.port(), 1883);
@@ -787,6 +815,8 @@ fn every_rendered_config_is_accepted_by_its_component() {
         assert_eq!(http.router_password, "s3cr3t-Value_from-a-Secret");
     }
 }
+
+mod hardening;
 
 mod tenant_body {
     use crate::build::tenant::{is_owned_by, is_up_to_date, registry_tenant, OWNER_EXT};

@@ -27,7 +27,11 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "AMQP", type_ = "string", json_path = ".status.endpoints.amqp"),
+    printcolumn(
+        name = "AMQPS",
+        type_ = "string",
+        json_path = ".status.endpoints.amqps"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -58,10 +62,14 @@ pub struct AddressSpaceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ImageSpec {
     /// Image registry and path prefix, e.g. `ghcr.io/ferry-iot`; the operator's default when absent.
+    /// It must be one the operator allows (its own, or one of the chart's
+    /// `security.allowedImageRegistries`); another one is refused with reason `ImageRegistryNotAllowed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[A-Za-z0-9._-]+)*$"))]
     pub registry: Option<String>,
     /// Image tag; the operator's default (its own version) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"))]
     pub tag: Option<String>,
     #[serde(default)]
     pub pull_policy: PullPolicy,
@@ -174,8 +182,15 @@ pub struct RouterSpec {
     /// The event store's volume (one per replica).
     #[serde(default)]
     pub storage: StorageSpec,
+    /// The application-facing Service: AMQPS 5671 always; plain AMQP 5672 only with `plainAmqp`.
     #[serde(default)]
     pub service: ServiceSpec,
+    /// Also offer plain AMQP (5672, no TLS) to applications: on the router's Service, in
+    /// `status.endpoints.amqp` and through the NetworkPolicy. Off by default: applications use AMQPS.
+    /// (The adapters reach the router's plain port through the internal `<name>-router-internal`
+    /// Service either way, until they can speak AMQPS; only Ferry's adapters may.)
+    #[serde(default)]
+    pub plain_amqp: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::resources_schema")]
     pub resources: Option<ResourceRequirements>,
@@ -187,6 +202,7 @@ impl Default for RouterSpec {
             replicas: 1,
             storage: StorageSpec::default(),
             service: ServiceSpec::default(),
+            plain_amqp: false,
             resources: None,
         }
     }
