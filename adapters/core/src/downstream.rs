@@ -256,7 +256,12 @@ impl Downstream {
         } else {
             self.inner.config.unsettled_credit_timeout
         };
-        let delivery = self.submit(route, sendable, wait).await?;
+        let shed = if presettled {
+            Shed::WhenFull
+        } else {
+            Shed::Never
+        };
+        let delivery = self.submit(route, sendable, wait, shed).await?;
         if presettled {
             return Ok(SendOutcome::Presettled);
         }
@@ -275,7 +280,9 @@ impl Downstream {
             settled: None,
         };
         let wait = self.inner.config.unsettled_credit_timeout;
-        let delivery = self.submit(Route::Responses, sendable, wait).await?;
+        let delivery = self
+            .submit(Route::Responses, sendable, wait, Shed::Never)
+            .await?;
         outcome_of(delivery, self.inner.config.outcome_timeout).await
     }
 
@@ -295,12 +302,14 @@ impl Downstream {
     }
 
     /// Queues `sendable` on its route's link (attaching the link first if need be) and returns the
-    /// delivery once written; it may wait `wait` for credit.
+    /// delivery once written; it may wait `wait` for credit. With [`Shed::WhenFull`], a full link queue
+    /// fails it at once instead of waiting for room.
     async fn submit(
         &self,
         route: Route<'_>,
         sendable: Sendable<Data>,
         wait: Duration,
+        shed: Shed,
     ) -> Result<Delivery, DownstreamError> {
         let deadline = Instant::now() + wait;
         let (reply, replied) = oneshot::channel();
@@ -312,6 +321,10 @@ impl Downstream {
         };
         let queue_behind = match self.try_push(route, job) {
             Push::Done => None,
+            // Pre-settled telemetry (QoS 0) is shed at the edge: a full queue means the link has had no
+            // credit for a while, and a message waiting for room would be one more held per publish,
+            // as many as devices send (a flood held hundreds of MiB).
+            Push::Full(..) if shed == Shed::WhenFull => return Err(DownstreamError::NoCredit),
             Push::Full(tx, job) => Some((tx, job)),
             Push::NoLink(job) => Some((self.open_link(route)?, job)),
         };
@@ -391,6 +404,15 @@ impl Downstream {
         }));
         Ok(tx)
     }
+}
+
+/// What to do with a message when its link's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shed {
+    /// Fail it at once with [`DownstreamError::NoCredit`] (pre-settled telemetry).
+    WhenFull,
+    /// Wait for room until the message's deadline (QoS 1, events, responses: the device waits too).
+    Never,
 }
 
 /// Where [`Downstream::try_push`] left the job.

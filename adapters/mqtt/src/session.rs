@@ -104,11 +104,25 @@ const MAX_PENDING: usize = 128;
 /// What a PUBLISH turned into, awaiting its outcome.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
 
-/// Work whose answer has no place among the PUBACKs (QoS 0 command responses): polled by the
-/// session's task rather than a task each, and counted in its [`MAX_PENDING`]. Created on first use,
-/// as most connections never need it and an idle connection should cost little.
+/// Work whose answer has no place among the PUBACKs (QoS 0 telemetry, events and command responses):
+/// polled by the session's task rather than a task each, and counted in its [`MAX_PENDING`]. Created on
+/// first use, as most connections never need it and an idle connection should cost little. What is
+/// still under way when the session ends is finished by a task of its own (a device that publishes QoS
+/// 0 and disconnects at once, as `mosquitto_pub` does, loses nothing); at most [`MAX_PENDING`] such
+/// sends, each bounded by its own timeouts.
 #[derive(Default)]
 struct Background(Option<FuturesUnordered<Pending>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let Some(work) = self.0.take().filter(|w| !w.is_empty()) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(work.for_each(|_| std::future::ready(())));
+        }
+    }
+}
 
 impl Background {
     fn len(&self) -> usize {

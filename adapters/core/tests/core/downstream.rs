@@ -231,6 +231,51 @@ async fn qos1_waits_for_a_busy_consumers_credit_and_fails_only_after_the_bound()
     }
 }
 
+/// A QoS 0 flood while consumers give no credit: what does not fit in the link's queue is shed at once
+/// (`NoCredit`) instead of each message waiting for room until its deadline, which held one message per
+/// publish (a three-device flood grew `ferry up` by hundreds of MiB).
+#[tokio::test]
+async fn a_qos0_flood_beyond_the_link_queue_is_shed_at_once() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    let _busy = fe2o3_amqp::Receiver::builder()
+        .name("busy")
+        .source("telemetry/t1")
+        .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual)
+        .attach(&mut app.session)
+        .await
+        .expect("attach");
+    let mut config = p.downstream_config();
+    config.link_queue = 8;
+    config.no_credit_timeout = Duration::from_secs(10);
+    let down = Downstream::start(config, p.clients_shutdown.clone());
+    assert!(down.wait_connected(Duration::from_secs(5)).await);
+    let token = assertion(&p, "t1", "d1").await;
+    let sends: Vec<_> = (0..200)
+        .map(|_| {
+            let (d, msg) = (
+                down.clone(),
+                message(MessageKind::Telemetry, "t1", "d1", 0, &token, b"flood"),
+            );
+            tokio::spawn(async move { d.send(msg).await })
+        })
+        .collect();
+    // Everything beyond what the queue (and the link task) holds fails long before the 10 s bound.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let finished = sends.iter().filter(|s| s.is_finished()).count();
+    assert!(
+        finished >= 180,
+        "only {finished} of 200 QoS 0 sends were shed; the rest wait for room"
+    );
+    for s in sends {
+        if s.is_finished() {
+            assert_eq!(s.await.expect("join"), Err(DownstreamError::NoCredit));
+        } else {
+            s.abort();
+        }
+    }
+}
+
 #[tokio::test]
 async fn messages_queued_behind_a_slow_consumer_wait_their_turn_instead_of_failing() {
     let p = Platform::start().await;

@@ -43,7 +43,7 @@ pub struct Platform {
     router: Option<ferry_router::Started>,
     /// Fires when the platform is dropped, ending the clients' background tasks.
     clients_trigger: Trigger,
-    clients_shutdown: Shutdown,
+    pub clients_shutdown: Shutdown,
 }
 
 impl Platform {

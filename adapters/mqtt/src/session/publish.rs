@@ -132,7 +132,13 @@ impl Session {
                     },
                 ));
             } else {
-                tokio::spawn(send);
+                // Counted with the session's unanswered work like everything else: a device that
+                // publishes faster than its messages are forwarded or shed is read more slowly, instead
+                // of each message becoming a task of its own (a QoS 0 flood held hundreds of MiB).
+                background.push(Box::pin(async move {
+                    let _ = send.await;
+                    Done::Nothing
+                }));
             }
             return Ok(());
         }
