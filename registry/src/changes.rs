@@ -5,41 +5,12 @@
 //! In-process broadcast: a subscriber that falls behind the channel's capacity is told to `reset` (purge
 //! everything) instead of silently missing changes.
 
-use serde::Serialize;
+use ferry_core::ids::{DeviceId, TenantId};
 use tokio::sync::broadcast;
 
-/// What changed.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Tenant,
-    Device,
-    Credentials,
-    Application,
-}
-
-/// How it changed.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    Created,
-    Updated,
-    Deleted,
-}
-
-/// One change, as sent on the stream (`data:` of an SSE `change` event).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Change {
-    pub seq: u64,
-    pub kind: Kind,
-    pub op: Op,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
+/// The event type is the one the clients read (`ferry_registry_model::Change`), under the names the
+/// handlers use.
+pub use ferry_registry_model::{Change, ChangeKind as Kind, ChangeOp as Op};
 
 /// The sending side, shared by the API handlers.
 #[derive(Debug, Clone)]
@@ -73,12 +44,14 @@ impl Changes {
     ) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         // No subscribers is normal (nobody caches yet), so a send error is not an error.
+        // The handlers pass ids they validated; one that would not parse is sent as absent, which makes
+        // clients purge more (everything of the kind), never less.
         let _ = self.tx.send(Change {
             seq,
             kind,
-            op,
-            tenant: tenant.map(str::to_owned),
-            device: device.map(str::to_owned),
+            op: Some(op),
+            tenant: tenant.and_then(|t| TenantId::new(t).ok()),
+            device: device.and_then(|d| DeviceId::new(d).ok()),
             name: name.map(str::to_owned),
         });
     }
@@ -121,9 +94,9 @@ mod tests {
         changes.device(Op::Deleted, "t1", "d1");
         let a = rx.recv().await.expect("first");
         let b = rx.recv().await.expect("second");
-        assert_eq!((a.seq, a.kind, a.op), (1, Kind::Tenant, Op::Created));
+        assert_eq!((a.seq, a.kind, a.op), (1, Kind::Tenant, Some(Op::Created)));
         assert_eq!(
-            (b.seq, b.kind, b.device.as_deref()),
+            (b.seq, b.kind, b.device.as_ref().map(DeviceId::as_str)),
             (2, Kind::Device, Some("d1"))
         );
     }
