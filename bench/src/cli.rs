@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Scenario {
     /// Registry internal API: credential lookups and assertion issuance per second (SQLite, PostgreSQL).
     Registry(RegistryArgs),
+    /// Registration assertions in-process: issue and uncached verify, µs per token.
+    Assertion(crate::assertion::AssertionArgs),
     /// Durable event appends per second: the router's segment log vs SQLite (per-event and batched commits).
     Events(EventsArgs),
     /// B9: idle RSS and time to ready of every Ferry binary.

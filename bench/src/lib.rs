@@ -7,6 +7,7 @@
 
 pub mod all;
 pub mod amqp;
+pub mod assertion;
 pub mod cli;
 pub mod client;
 pub mod cpu;
@@ -39,6 +40,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 .context("starting the tokio runtime")?;
             runtime.block_on(registry::run(&args))
         }
+        cli::Scenario::Assertion(args) => assertion::run(&args),
         cli::Scenario::Events(args) => {
             if let Some(cpus) = &args.cpus {
                 pin::ensure_pinned(cpus)?;

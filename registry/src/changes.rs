@@ -11,27 +11,12 @@
 //! not keep informed (its `LISTEN` connection was lost), is told to `reset` (purge everything) instead of
 //! silently missing changes.
 
+use ferry_core::ids::{DeviceId, TenantId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-/// What changed.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Tenant,
-    Device,
-    Credentials,
-    Application,
-}
-
-/// How it changed.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    Created,
-    Updated,
-    Deleted,
-}
+/// The wire event (`ferry_registry_model::Change`, what the clients read), under the names the handlers use.
+pub use ferry_registry_model::{Change, ChangeKind as Kind, ChangeOp as Op};
 
 /// A change as the store announces it (and, on PostgreSQL, as `NOTIFY` carries it between replicas).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -81,15 +66,6 @@ impl Notice {
     }
 }
 
-/// One change, as sent on the stream (`data:` of an SSE `change` event): the notice and this process's
-/// sequence number for it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Change {
-    pub seq: u64,
-    #[serde(flatten)]
-    pub notice: Notice,
-}
-
 /// What subscribers receive: a change, or "you may have missed changes: purge everything" (the relay
 /// from PostgreSQL lost its connection for a while).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +100,16 @@ impl Changes {
     pub fn publish(&self, notice: Notice) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         // No subscribers is normal (nobody caches yet), so a send error is not an error.
-        let _ = self.tx.send(Announcement::Change(Change { seq, notice }));
+        // The handlers pass ids they validated; one that would not parse is sent as absent, which makes
+        // clients purge more (everything of the kind), never less.
+        let _ = self.tx.send(Announcement::Change(Change {
+            seq,
+            kind: notice.kind,
+            op: Some(notice.op),
+            tenant: notice.tenant.and_then(|t| TenantId::new(&t).ok()),
+            device: notice.device.and_then(|d| DeviceId::new(&d).ok()),
+            name: notice.name,
+        }));
     }
 
     /// Tells every subscriber to purge everything.
@@ -209,11 +194,11 @@ mod tests {
             panic!("second")
         };
         assert_eq!(
-            (a.seq, a.notice.kind, a.notice.op),
-            (1, Kind::Tenant, Op::Created)
+            (a.seq, a.kind, a.op),
+            (1, Kind::Tenant, Some(Op::Created))
         );
         assert_eq!(
-            (b.seq, b.notice.kind, b.notice.device.as_deref()),
+            (b.seq, b.kind, b.device.as_ref().map(DeviceId::as_str)),
             (2, Kind::Device, Some("d1"))
         );
     }

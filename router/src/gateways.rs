@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::ids::TenantId;
 
-use crate::registry::{Change, RegistryClient};
+use crate::registry::{Change, ChangeKind, RegistryClient};
 
 /// How long an answer is used without asking again (changes purge it earlier).
 pub const TTL: Duration = Duration::from_secs(60);
@@ -85,11 +85,11 @@ impl ViaLookup {
     pub fn purge(&self, change: Option<&Change>) {
         let mut cache = self.cache();
         match change {
-            Some(c) if c.kind == "application" => {}
+            Some(c) if c.kind == ChangeKind::Application => {}
             Some(Change {
                 tenant: Some(tenant),
                 ..
-            }) => cache.retain(|(t, _), _| t.as_str() != tenant),
+            }) => cache.retain(|(t, _), _| t != tenant),
             _ => cache.clear(),
         }
     }
@@ -99,11 +99,14 @@ impl ViaLookup {
 mod tests {
     use super::*;
 
-    fn change(kind: &str, tenant: Option<&str>) -> Change {
+    fn change(kind: ChangeKind, tenant: Option<&str>) -> Change {
         Change {
-            kind: kind.into(),
+            seq: 1,
+            kind,
+            op: Some(ferry_registry_client::ChangeOp::Updated),
+            tenant: tenant.map(|t| TenantId::new(t).expect("id")),
+            device: None,
             name: None,
-            tenant: tenant.map(str::to_owned),
         }
     }
 
@@ -118,9 +121,9 @@ mod tests {
                 (Instant::now(), Arc::from(vec![Arc::from("gw")])),
             );
         }
-        lookup.purge(Some(&change("application", None)));
+        lookup.purge(Some(&change(ChangeKind::Application, None)));
         assert_eq!(lookup.cache().len(), 3);
-        lookup.purge(Some(&change("device", Some("t1"))));
+        lookup.purge(Some(&change(ChangeKind::Device, Some("t1"))));
         assert_eq!(lookup.cache().len(), 1);
         assert_eq!(&*lookup.via(&t2, "a").await[0], "gw");
         // No registry: an unknown device has no gateways.
@@ -142,7 +145,9 @@ mod tests {
     #[tokio::test]
     async fn lookups_beyond_the_bound_are_answered_at_once_without_a_registry_call() {
         let (_listener, url) = silent_registry().await;
-        let lookup = Arc::new(ViaLookup::new(Some(RegistryClient::new(&url, "token"))));
+        let lookup = Arc::new(ViaLookup::new(Some(
+            RegistryClient::new(&url, "token").expect("client"),
+        )));
         let t1 = TenantId::new("t1").expect("id");
         let mut stuck = Vec::new();
         for i in 0..MAX_CONCURRENT_LOOKUPS {

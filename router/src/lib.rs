@@ -126,7 +126,8 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
     let store = tokio::task::spawn_blocking(move || SegmentLog::open(&store_dir))
         .await
         .context("opening the event store")??;
-    let registry = registry::RegistryClient::new(&config.registry_url, &config.registry_token);
+    let registry = registry::RegistryClient::new(&config.registry_url, &config.registry_token)
+        .context("building the registry client")?;
     let shared = Arc::new(Shared {
         hub: hub::Hub::new(Arc::new(store), metrics, config.max_events_per_tenant)
             .with_max_queued_bytes(config.max_queued_bytes_per_connection)
@@ -218,7 +219,9 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
                 .follow_changes(shutdown, move |change| {
                     s.via.purge(change.as_ref());
                     match change {
-                        Some(c) if c.kind == "application" => s.auth.purge(c.name.as_deref()),
+                        Some(c) if c.kind == registry::ChangeKind::Application => {
+                            s.auth.purge(c.name.as_deref());
+                        }
                         Some(_) => {}
                         None => s.auth.purge(None),
                     }

@@ -1,94 +1,41 @@
-//! The router's client of the registry's internal API: JWKS, application-user authentication and the
-//! change stream (docs/registry.md).
+//! The router's use of the registry's internal API (docs/registry.md): JWKS, application-user
+//! authentication, a device's gateways and the change stream, all through `ferry-registry-client`.
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use serde::Deserialize;
+use ferry_registry_client::{Client, ClientConfig, StreamConfig, StreamEvent, StreamSignal};
 
-/// An application user as the registry reports it after authentication.
-#[derive(Debug, Clone, Deserialize)]
-pub struct AppUser {
-    pub name: String,
-    pub tenants: Vec<String>,
-    #[serde(default)]
-    pub operations: Vec<String>,
-}
+pub use ferry_registry_client::{AppUser, Change, ChangeKind, Error as RegistryError};
 
-impl AppUser {
-    pub fn allows_tenant(&self, tenant: &ferry_core::ids::TenantId) -> bool {
-        self.tenants
-            .iter()
-            .any(|t| t == "*" || t == tenant.as_str())
-    }
+/// Bound on one request to the registry.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-    pub fn allows(&self, operation: &str) -> bool {
-        self.operations.iter().any(|o| o == operation)
-    }
-}
-
-/// A change announced by the registry.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Change {
-    pub kind: String,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub tenant: Option<String>,
-}
-
+/// The registry client of a router; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+    client: Client,
 }
 
 impl RegistryClient {
-    pub fn new(base: &str, token: &str) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
+    /// A client of the registry at `base`, authenticating with the internal API's `token`.
+    pub fn new(base: &str, token: &str) -> Result<Self, reqwest::Error> {
+        let client = Client::new(&ClientConfig {
+            url: base.to_owned(),
             token: token.to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
-        }
+            request_timeout: REQUEST_TIMEOUT,
+        })?;
+        Ok(Self { client })
     }
 
-    pub async fn jwks(&self) -> Result<ferry_core::assertion::Jwks, reqwest::Error> {
-        self.http
-            .get(format!("{}/internal/v1/jwks", self.base))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await
+    /// The registry's public keys for verifying assertions.
+    pub async fn jwks(&self) -> Result<ferry_core::assertion::Jwks, RegistryError> {
+        self.client.jwks().await
     }
 
     /// The gateways that may act for a device (`via` of its registration assertion, members of its
     /// `viaGroups` included); empty for an unknown or disabled device.
-    pub async fn via(&self, tenant: &str, device: &str) -> Result<Vec<String>, reqwest::Error> {
-        #[derive(Deserialize)]
-        struct Assertion {
-            #[serde(default)]
-            via: Vec<String>,
-        }
-        let resp = self
-            .http
-            .post(format!(
-                "{}/internal/v1/assertions/{}/{}",
-                self.base,
-                percent_encoding::utf8_percent_encode(tenant, percent_encoding::NON_ALPHANUMERIC),
-                percent_encoding::utf8_percent_encode(device, percent_encoding::NON_ALPHANUMERIC),
-            ))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(Vec::new());
-        }
-        Ok(resp.error_for_status()?.json::<Assertion>().await?.via)
+    pub async fn via(&self, tenant: &str, device: &str) -> Result<Vec<String>, RegistryError> {
+        self.client.via(tenant, device).await
     }
 
     /// `Ok(None)` for wrong credentials; `Err` when the registry cannot answer.
@@ -98,87 +45,27 @@ impl RegistryClient {
         name: &str,
         password: &str,
         source: Option<std::net::IpAddr>,
-    ) -> Result<Option<AppUser>, reqwest::Error> {
-        let resp = self
-            .http
-            .post(format!(
-                "{}/internal/v1/applications/authenticate",
-                self.base
-            ))
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({ "name": name, "password": password, "source": source }))
-            .send()
-            .await?;
-        if resp.status() == reqwest::StatusCode::FORBIDDEN
-            || resp.status() == reqwest::StatusCode::BAD_REQUEST
-        {
-            return Ok(None);
-        }
-        Ok(Some(resp.error_for_status()?.json().await?))
+    ) -> Result<Option<AppUser>, RegistryError> {
+        self.client
+            .authenticate_application(name, password, source)
+            .await
     }
 
     /// Follows the change stream until `shutdown`, calling `on_change` for each change (and with `None`
-    /// for a reset or a reconnect, when everything must be purged).
+    /// for a reset or a (re)connect, when everything must be purged).
     pub async fn follow_changes(
         &self,
         shutdown: ferry_core::shutdown::Shutdown,
-        on_change: impl Fn(Option<Change>) + Send,
+        mut on_change: impl FnMut(Option<Change>) + Send,
     ) {
-        let stop = shutdown.clone().wait();
-        tokio::pin!(stop);
-        loop {
-            let stream = async {
-                let resp = self
-                    .http
-                    .get(format!("{}/internal/v1/changes", self.base))
-                    .bearer_auth(&self.token)
-                    .timeout(Duration::from_secs(24 * 3600))
-                    .send()
-                    .await
-                    .and_then(reqwest::Response::error_for_status);
-                let Ok(resp) = resp else { return };
-                on_change(None);
-                let mut body = resp.bytes_stream();
-                let mut buf = String::new();
-                while let Some(Ok(chunk)) = body.next().await {
-                    buf.push_str(&String::from_utf8_lossy(&chunk));
-                    while let Some(end) = buf.find("\n\n") {
-                        let block: String = buf.drain(..end + 2).collect();
-                        let mut event = "";
-                        let mut data = String::new();
-                        for line in block.lines() {
-                            if let Some(v) = line.strip_prefix("event:") {
-                                event = if v.trim() == "change" {
-                                    "change"
-                                } else if v.trim() == "reset" {
-                                    "reset"
-                                } else {
-                                    ""
-                                };
-                            } else if let Some(v) = line.strip_prefix("data:") {
-                                data.push_str(v.trim());
-                            }
-                        }
-                        match event {
-                            "change" => {
-                                if let Ok(c) = serde_json::from_str::<Change>(&data) {
-                                    on_change(Some(c));
-                                }
-                            }
-                            "reset" => on_change(None),
-                            _ => {}
-                        }
-                    }
+        self.client
+            .follow_changes(shutdown, &StreamConfig::default(), |signal| match signal {
+                StreamSignal::Connected | StreamSignal::Event(StreamEvent::Reset) => {
+                    on_change(None)
                 }
-            };
-            tokio::select! {
-                () = &mut stop => return,
-                () = stream => {}
-            }
-            tokio::select! {
-                () = &mut stop => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+                StreamSignal::Event(StreamEvent::Change(c)) => on_change(Some(c)),
+                StreamSignal::Event(StreamEvent::Hello) | StreamSignal::Lost => {}
+            })
+            .await;
     }
 }

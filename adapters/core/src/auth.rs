@@ -9,6 +9,10 @@
 //! runtime or spawn hundreds of threads; the `guard` module makes unknown names cost the same, locks out
 //! names and addresses that keep failing, and keeps part of that capacity for devices that logged in
 //! before.
+//!
+//! The verify caches live here, not in the registry client: the authenticator registers itself with the
+//! client ([`crate::registry::RegistryClient`]) to be told of every change before it is re-broadcast, so
+//! the dependency runs one way (auth uses the registry client, never the reverse).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +23,8 @@ use ferry_core::hono::credential_type;
 use ferry_core::ids::{split_login, AuthId, DeviceId, TenantId};
 use sha2::{Digest, Sha256};
 
-use crate::registry::{RegistryClient, RegistryError, VerifyKey};
+use crate::registry::cache::TtlCache;
+use crate::registry::{Change, ChangeKind, Purge, RegistryClient, RegistryError};
 
 mod guard;
 
@@ -78,7 +83,19 @@ pub struct DeviceAuthenticator {
     inner: Arc<AuthInner>,
 }
 
+/// Key of the verified-password cache: the password only as a salted SHA-256, never in clear.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct VerifyKey {
+    tenant: TenantId,
+    auth_id: AuthId,
+    digest: [u8; 32],
+}
+
 struct AuthInner {
+    /// Passwords already verified, with their device.
+    verified: TtlCache<VerifyKey, DeviceId>,
+    /// Client certificates (by SHA-256 of their DER) already verified, with their device.
+    certs: TtlCache<[u8; 32], Device>,
     /// Per-process salt of the verify cache's password digests, so a memory dump does not yield
     /// unsalted password hashes.
     salt: [u8; 16],
@@ -103,14 +120,17 @@ impl DeviceAuthenticator {
     /// An authenticator asking `registry`, with `limits` on password logins.
     pub fn with_limits(registry: RegistryClient, limits: LoginLimits) -> Self {
         let salt = rand::random();
-        Self {
-            registry,
-            inner: Arc::new(AuthInner {
-                salt,
-                guard: Guard::new(limits, salt),
-                cache_hits: AtomicU64::new(0),
-            }),
-        }
+        let capacity = registry.config().cache_capacity;
+        let inner = Arc::new(AuthInner {
+            verified: TtlCache::new(capacity),
+            certs: TtlCache::new(capacity),
+            salt,
+            guard: Guard::new(limits, salt),
+            cache_hits: AtomicU64::new(0),
+        });
+        let purger: std::sync::Weak<dyn Purge> = Arc::downgrade(&inner) as _;
+        registry.add_purger(purger);
+        Self { registry, inner }
     }
 
     /// The registry client this authenticator asks.
@@ -150,7 +170,7 @@ impl DeviceAuthenticator {
             auth_id,
             digest: self.digest(password),
         };
-        let verified = self.registry.inner_verified();
+        let verified = &self.inner.verified;
         if let Some(device_id) = verified.get(&key) {
             self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
             guard.succeeded(&keys);
@@ -201,7 +221,7 @@ impl DeviceAuthenticator {
     /// expires, or the registry announces a change of the tenant or device.
     pub async fn authenticate_certificate(&self, der: &[u8]) -> Result<Device, AuthError> {
         let digest: [u8; 32] = Sha256::digest(der).into();
-        let cache = self.registry.inner_certs();
+        let cache = &self.inner.certs;
         if let Some(device) = cache.get(&digest) {
             self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(device);
@@ -277,6 +297,29 @@ impl DeviceAuthenticator {
             cache_hits: self.inner.cache_hits.load(Ordering::Relaxed),
             locked_out: counters.locked_out.load(Ordering::Relaxed),
             waiting: counters.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Purge for AuthInner {
+    /// Drops every verified password and certificate the change may have made stale.
+    fn purge(&self, change: &Change) {
+        match (change.kind, &change.tenant, &change.device) {
+            (ChangeKind::Application, ..) => {}
+            (ChangeKind::Tenant, Some(t), _) => {
+                self.certs.purge_where(|_, v| &v.tenant == t);
+                self.verified.purge_where(|k, _| &k.tenant == t);
+            }
+            (ChangeKind::Device | ChangeKind::Credentials, Some(t), Some(d)) => {
+                self.verified.purge_where(|k, v| &k.tenant == t && v == d);
+                self.certs
+                    .purge_where(|_, v| &v.tenant == t && &v.device_id == d);
+            }
+            // A reset, or a change that cannot be placed: everything may be stale.
+            _ => {
+                self.verified.clear();
+                self.certs.clear();
+            }
         }
     }
 }

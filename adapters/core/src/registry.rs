@@ -1,31 +1,34 @@
-//! The adapters' client of the registry's internal API (docs/registry.md): tenants, credentials and
-//! registration assertions, each cached for as long as the registry's `Cache-Control: max-age` allows
+//! The adapters' view of the registry's internal API (docs/registry.md), over `ferry-registry-client`:
+//! tenants, credentials and registration assertions, each cached for as long as the registry's `Cache-Control: max-age` allows
 //! (negative answers briefly), and purged as soon as the registry's change stream announces a change.
 //!
 //! Per-message lookups ([`RegistryClient::assertion`], [`RegistryClient::tenant`]) are answered from the
 //! cache without building an owned key; a miss coalesces concurrent requests for the same key. The
 //! registry being unreachable ([`RegistryError`]) is never confused with "unknown" or "not allowed":
 //! adapters answer the former with 503 / CONNACK "server unavailable", the latter with 401/403/404.
+//!
+//! Whoever keeps other state derived from the registry's answers (the authenticator's verify caches,
+//! [`crate::auth`]) registers a [`Purge`] and is told of each change after these caches were purged and
+//! before the change is re-broadcast ([`RegistryClient::subscribe`]).
 
-mod cache;
-mod changes;
+pub(crate) mod cache;
 mod tenant;
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_core::ids::{AuthId, DeviceId, TenantId};
 use ferry_core::shutdown::Shutdown;
-use futures_util::StreamExt;
+use ferry_registry_client::{
+    Answer, Client, ClientConfig, StreamConfig, StreamEvent, StreamSignal,
+};
 use quick_cache::Equivalent;
-use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use cache::{Epoch, TtlCache};
-pub use changes::{Change, ChangeKind, ChangeOp};
-use changes::{SseParser, StreamEvent};
+pub use ferry_registry_client::{Change, ChangeKind, ChangeOp};
 pub use tenant::{TenantInfo, TtlLimit};
 
 /// A credential found by (tenant, type, auth-id), with the device it belongs to. The registry's full
@@ -83,30 +86,9 @@ pub enum RegistryError {
     Unavailable(#[source] UnavailableCause),
 }
 
-/// Why the registry counts as unavailable.
-#[derive(Debug, thiserror::Error)]
-pub enum UnavailableCause {
-    /// Connecting, sending or reading failed, or timed out.
-    #[error("request failed: {0}")]
-    Http(#[from] reqwest::Error),
-    /// A status other than 200, 403 and 404 (a 5xx, or 401 for a wrong internal token).
-    #[error("{what}: unexpected status {status}")]
-    Status {
-        /// The lookup (`tenant`, `credentials`, `assertion`).
-        what: &'static str,
-        /// The HTTP status.
-        status: u16,
-    },
-    /// A body this client cannot read.
-    #[error("{what}: malformed answer: {source}")]
-    Malformed {
-        /// The lookup (`tenant`, `credentials`, `assertion`).
-        what: &'static str,
-        /// The parse error.
-        #[source]
-        source: serde_json::Error,
-    },
-}
+/// Why the registry counts as unavailable: connecting, sending or reading failed or timed out, an
+/// unexpected status, or a body this client cannot read.
+pub use ferry_registry_client::Error as UnavailableCause;
 
 impl From<UnavailableCause> for RegistryError {
     fn from(cause: UnavailableCause) -> Self {
@@ -237,31 +219,24 @@ impl Equivalent<AssertionKey> for AssertionKeyRef<'_> {
     }
 }
 
-/// Key of the verified-password cache: the password only as a salted SHA-256, never in clear.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub(crate) struct VerifyKey {
-    pub(crate) tenant: TenantId,
-    pub(crate) auth_id: AuthId,
-    pub(crate) digest: [u8; 32],
+/// State kept outside this client that a registry change may make stale.
+pub(crate) trait Purge: Send + Sync {
+    /// Forgets what `change` may have made stale; called synchronously, before the change is
+    /// re-broadcast and after [`RegistryClient::epoch`] advanced.
+    fn purge(&self, change: &Change);
 }
 
 struct Inner {
     config: RegistryConfig,
-    base: String,
-    http: reqwest::Client,
-    /// Without a total timeout: the change stream is open for as long as the process runs.
-    stream_http: reqwest::Client,
+    client: Client,
     tenants: TtlCache<TenantId, Option<Arc<TenantInfo>>>,
     credentials: TtlCache<CredKey, Option<Arc<FoundCredential>>>,
     assertions: TtlCache<AssertionKey, AssertionOutcome>,
-    /// Owned by [`crate::auth`], kept here so that a change purges it before it is re-broadcast.
-    pub(crate) verified: TtlCache<VerifyKey, DeviceId>,
     /// Tenants by the subject DN of a CA they trust.
     tenants_by_ca: TtlCache<String, Arc<[Arc<TenantInfo>]>>,
-    /// Client certificates (by SHA-256 of their DER) already verified, with their device; owned by
-    /// [`crate::auth`] like `verified`.
-    pub(crate) certs: TtlCache<[u8; 32], crate::auth::Device>,
     epoch: Epoch,
+    /// Other holders of registry-derived state ([`Purge`]); dropped ones are pruned on the next change.
+    purgers: Mutex<Vec<Weak<dyn Purge>>>,
     changes: broadcast::Sender<Change>,
     following: AtomicBool,
     tenant_requests: AtomicU64,
@@ -280,56 +255,30 @@ pub struct RegistryClient {
 impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryClient")
-            .field("url", &self.inner.base)
+            .field("url", &self.inner.client.base_url())
             .finish_non_exhaustive()
     }
-}
-
-/// What one lookup request came back with.
-enum Answer<T> {
-    Found(T, Duration),
-    NotFound,
-    Forbidden,
-}
-
-#[derive(Deserialize)]
-struct WireAssertion {
-    #[serde(rename = "device-id")]
-    device_id: DeviceId,
-    assertion: String,
-    expires: i64,
-    #[serde(default)]
-    via: Vec<DeviceId>,
-    #[serde(default)]
-    defaults: serde_json::Map<String, serde_json::Value>,
 }
 
 impl RegistryClient {
     /// A client with empty caches. Call [`Self::follow_changes`] (in a task) to keep them honest.
     pub fn new(config: RegistryConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout)
-            .tcp_nodelay(true)
-            .build()?;
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(config.request_timeout)
-            .tcp_nodelay(true)
-            .build()?;
+        let client = Client::new(&ClientConfig {
+            url: config.url.clone(),
+            token: config.token.clone(),
+            request_timeout: config.request_timeout,
+        })?;
         let capacity = config.cache_capacity;
         Ok(Self {
             inner: Arc::new(Inner {
-                base: config.url.trim_end_matches('/').to_owned(),
                 config,
-                http,
-                stream_http,
+                client,
                 tenants: TtlCache::new(capacity.min(10_000)),
                 credentials: TtlCache::new(capacity),
                 assertions: TtlCache::new(capacity),
-                verified: TtlCache::new(capacity),
                 tenants_by_ca: TtlCache::new(capacity.min(10_000)),
-                certs: TtlCache::new(capacity),
                 epoch: Epoch::default(),
+                purgers: Mutex::new(Vec::new()),
                 changes: broadcast::channel(1024).0,
                 following: AtomicBool::new(false),
                 tenant_requests: AtomicU64::new(0),
@@ -346,12 +295,23 @@ impl RegistryClient {
         &self.inner.config
     }
 
-    pub(crate) fn inner_verified(&self) -> &TtlCache<VerifyKey, DeviceId> {
-        &self.inner.verified
+    /// Registers `purger` to be told of every change (for as long as it lives).
+    pub(crate) fn add_purger(&self, purger: Weak<dyn Purge>) {
+        self.purgers().push(purger);
     }
 
-    pub(crate) fn inner_certs(&self) -> &TtlCache<[u8; 32], crate::auth::Device> {
-        &self.inner.certs
+    fn purgers(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn Purge>>> {
+        self.inner
+            .purgers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long an answer with this `max-age` is kept.
+    fn ttl(&self, max_age: Option<Duration>) -> Duration {
+        max_age
+            .unwrap_or(self.inner.config.default_max_age)
+            .min(self.inner.config.max_age_cap)
     }
 
     /// The tenants that trust a CA with this subject DN (RFC 2253), in the registry's order; empty when
@@ -365,23 +325,13 @@ impl RegistryClient {
         }
         let load = async {
             self.inner.tenant_requests.fetch_add(1, Ordering::Relaxed);
-            let req = self
-                .inner
-                .http
-                .get(format!("{}/internal/v1/tenants", self.inner.base))
-                .query(&[("subject-dn", subject_dn)]);
-            Ok(match self.request(req, "tenant").await? {
-                Answer::Found(body, ttl) => {
-                    #[derive(Deserialize)]
-                    struct Found {
-                        tenants: Vec<serde_json::Value>,
-                    }
-                    let found: Found = parse(&body, "tenant")?;
-                    let mut tenants = Vec::with_capacity(found.tenants.len());
-                    for mut value in found.tenants {
+            Ok(match self.inner.client.tenants_by_ca(subject_dn).await? {
+                Answer::Found(found, max_age) => {
+                    let mut tenants = Vec::with_capacity(found.len());
+                    for mut value in found {
                         tenants.push(Arc::new(tenant_info(&mut value, None)?));
                     }
-                    (Arc::from(tenants), ttl)
+                    (Arc::from(tenants), self.ttl(max_age))
                 }
                 Answer::NotFound | Answer::Forbidden => {
                     (Arc::from(Vec::new()), self.inner.config.negative_ttl)
@@ -405,15 +355,11 @@ impl RegistryClient {
         }
         let load = async {
             self.inner.tenant_requests.fetch_add(1, Ordering::Relaxed);
-            let req = self
-                .inner
-                .http
-                .get(format!("{}/internal/v1/tenants/{id}", self.inner.base));
-            Ok(match self.request(req, "tenant").await? {
-                Answer::Found(body, ttl) => {
-                    let mut value: serde_json::Value = parse(&body, "tenant")?;
-                    (Some(Arc::new(tenant_info(&mut value, Some(id))?)), ttl)
-                }
+            Ok(match self.inner.client.tenant(id).await? {
+                Answer::Found(mut value, max_age) => (
+                    Some(Arc::new(tenant_info(&mut value, Some(id))?)),
+                    self.ttl(max_age),
+                ),
                 Answer::NotFound | Answer::Forbidden => (None, self.inner.config.negative_ttl),
             })
         };
@@ -460,19 +406,13 @@ impl RegistryClient {
             self.inner
                 .credential_requests
                 .fetch_add(1, Ordering::Relaxed);
-            let req = self
+            let answer = self
                 .inner
-                .http
-                .get(format!(
-                    "{}/internal/v1/credentials/{tenant}",
-                    self.inner.base
-                ))
-                .query(&[("type", cred_type), ("auth-id", auth_id.as_str())]);
-            Ok(match self.request(req, "credentials").await? {
-                Answer::Found(body, ttl) => {
-                    let found: FoundCredential = parse(&body, "credentials")?;
-                    (Some(Arc::new(found)), ttl)
-                }
+                .client
+                .credentials(tenant, cred_type, auth_id)
+                .await?;
+            Ok(match answer {
+                Answer::Found(found, max_age) => (Some(Arc::new(found)), self.ttl(max_age)),
                 Answer::NotFound | Answer::Forbidden => (None, self.inner.config.negative_ttl),
             })
         };
@@ -509,29 +449,27 @@ impl RegistryClient {
             self.inner
                 .assertion_requests
                 .fetch_add(1, Ordering::Relaxed);
-            let mut req = self.inner.http.post(format!(
-                "{}/internal/v1/assertions/{tenant}/{device}",
-                self.inner.base
-            ));
-            if let Some(gw) = gateway {
-                req = req.query(&[("gateway", gw.as_str())]);
-            }
-            Ok(match self.request(req, "assertion").await? {
-                Answer::Found(body, max_age) => {
-                    let wire: WireAssertion = parse(&body, "assertion")?;
-                    let ttl = self.assertion_ttl(wire.expires, max_age);
-                    let assertion = Assertion {
-                        device_id: wire.device_id,
-                        token: wire.assertion.into(),
-                        expires: wire.expires,
-                        via: wire.via,
-                        defaults: wire.defaults,
-                    };
-                    (AssertionOutcome::Granted(Arc::new(assertion)), ttl)
-                }
-                Answer::NotFound => (AssertionOutcome::NotFound, self.inner.config.negative_ttl),
-                Answer::Forbidden => (AssertionOutcome::Forbidden, self.inner.config.negative_ttl),
-            })
+            Ok(
+                match self.inner.client.assertion(tenant, device, gateway).await? {
+                    Answer::Found(wire, max_age) => {
+                        let ttl = self.assertion_ttl(wire.expires, self.ttl(max_age));
+                        let assertion = Assertion {
+                            device_id: wire.device_id,
+                            token: wire.assertion.into(),
+                            expires: wire.expires,
+                            via: wire.via,
+                            defaults: wire.defaults,
+                        };
+                        (AssertionOutcome::Granted(Arc::new(assertion)), ttl)
+                    }
+                    Answer::NotFound => {
+                        (AssertionOutcome::NotFound, self.inner.config.negative_ttl)
+                    }
+                    Answer::Forbidden => {
+                        (AssertionOutcome::Forbidden, self.inner.config.negative_ttl)
+                    }
+                },
+            )
         };
         self.inner
             .assertions
@@ -545,25 +483,6 @@ impl RegistryClient {
         let left = u64::try_from(expires.saturating_sub(now)).unwrap_or(0);
         let usable = Duration::from_secs(left).saturating_sub(self.inner.config.assertion_margin);
         usable.min(max_age)
-    }
-
-    async fn request(
-        &self,
-        req: reqwest::RequestBuilder,
-        what: &'static str,
-    ) -> Result<Answer<bytes::Bytes>, RegistryError> {
-        let resp = req.bearer_auth(&self.inner.config.token).send().await?;
-        match resp.status().as_u16() {
-            200 => {
-                let ttl = max_age(resp.headers())
-                    .unwrap_or(self.inner.config.default_max_age)
-                    .min(self.inner.config.max_age_cap);
-                Ok(Answer::Found(resp.bytes().await?, ttl))
-            }
-            404 => Ok(Answer::NotFound),
-            403 => Ok(Answer::Forbidden),
-            status => Err(UnavailableCause::Status { what, status }.into()),
-        }
     }
 
     /// A receiver of every change, after the caches were purged for it. A receiver that lags (more than
@@ -593,69 +512,25 @@ impl RegistryClient {
     /// re-broadcasts every change ([`Self::subscribe`]). Reconnects with backoff (100 ms doubling to
     /// 5 s); every (re)connect and `reset` purges everything, since changes may have been missed.
     pub async fn follow_changes(&self, shutdown: Shutdown) {
-        let stop = shutdown.wait();
-        tokio::pin!(stop);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let connected = tokio::select! {
-                () = &mut stop => break,
-                c = self.stream_once() => c,
-            };
-            self.inner.following.store(false, Ordering::Release);
-            if connected {
-                backoff = Duration::from_millis(100);
-            }
-            tokio::select! {
-                () = &mut stop => break,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-        self.inner.following.store(false, Ordering::Release);
-    }
-
-    /// One connection of the change stream; true if it was established.
-    async fn stream_once(&self) -> bool {
-        let resp = self
-            .inner
-            .stream_http
-            .get(format!("{}/internal/v1/changes", self.inner.base))
-            .bearer_auth(&self.inner.config.token)
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status);
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "registry change stream not available");
-                return false;
-            }
+        let config = StreamConfig {
+            idle_timeout: self.inner.config.change_stream_idle_timeout,
+            ..StreamConfig::default()
         };
-        // The registry subscribed us before answering, so nothing after this purge is missed.
         self.inner
-            .change_stream_connects
-            .fetch_add(1, Ordering::Relaxed);
-        self.inner.following.store(true, Ordering::Release);
-        self.apply(StreamEvent::Reset);
-        let mut body = resp.bytes_stream();
-        let mut parser = SseParser::default();
-        let idle = self.inner.config.change_stream_idle_timeout;
-        loop {
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(Ok(chunk))) => parser.feed(&chunk, |e| self.apply(e)),
-                Ok(Some(Err(e))) => {
-                    tracing::debug!(error = %e, "registry change stream broke");
-                    break;
+            .client
+            .follow_changes(shutdown, &config, |signal| match signal {
+                StreamSignal::Connected => {
+                    // The registry subscribed us before answering, so nothing after this purge is missed.
+                    self.inner
+                        .change_stream_connects
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.inner.following.store(true, Ordering::Release);
+                    self.apply(StreamEvent::Reset);
                 }
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::debug!("registry change stream silent; reconnecting");
-                    break;
-                }
-            }
-        }
-        true
+                StreamSignal::Event(event) => self.apply(event),
+                StreamSignal::Lost => self.inner.following.store(false, Ordering::Release),
+            })
+            .await;
     }
 
     fn apply(&self, event: StreamEvent) {
@@ -675,16 +550,26 @@ impl RegistryClient {
         let i = &self.inner;
         // First, so that a lookup already in flight does not cache a pre-change answer.
         i.epoch.advance();
+        self.purge_own(change);
+        self.purgers().retain(|p| match p.upgrade() {
+            Some(p) => {
+                p.purge(change);
+                true
+            }
+            None => false,
+        });
+    }
+
+    fn purge_own(&self, change: &Change) {
+        let i = &self.inner;
         match (change.kind, &change.tenant, &change.device) {
             (ChangeKind::Application, ..) => {}
             (ChangeKind::Tenant, Some(t), _) => {
                 i.tenants.remove(t);
                 // Trusted CAs may have moved between tenants: rare enough to forget them all.
                 i.tenants_by_ca.clear();
-                i.certs.purge_where(|_, v| &v.tenant == t);
                 i.credentials.purge_where(|k, _| &k.tenant == t);
                 i.assertions.purge_where(|k, _| &k.tenant == t);
-                i.verified.purge_where(|k, _| &k.tenant == t);
             }
             (ChangeKind::Device, Some(t), Some(d)) => {
                 i.assertions.purge_where(|k, v| {
@@ -696,27 +581,19 @@ impl RegistryClient {
                 i.credentials.purge_where(|k, v| {
                     &k.tenant == t && v.as_ref().is_none_or(|c| &c.device_id == d)
                 });
-                i.verified.purge_where(|k, v| &k.tenant == t && v == d);
-                i.certs
-                    .purge_where(|_, v| &v.tenant == t && &v.device_id == d);
             }
             (ChangeKind::Credentials, Some(t), Some(d)) => {
                 // Negative entries too: the change may have added the auth id someone looked for.
                 i.credentials.purge_where(|k, v| {
                     &k.tenant == t && v.as_ref().is_none_or(|c| &c.device_id == d)
                 });
-                i.verified.purge_where(|k, v| &k.tenant == t && v == d);
-                i.certs
-                    .purge_where(|_, v| &v.tenant == t && &v.device_id == d);
             }
             // A reset, or a change this client cannot place: everything may be stale.
             _ => {
                 i.tenants.clear();
                 i.credentials.clear();
                 i.assertions.clear();
-                i.verified.clear();
                 i.tenants_by_ca.clear();
-                i.certs.clear();
             }
         }
     }
@@ -741,41 +618,10 @@ fn tenant_info(
     Ok(TenantInfo { id, config })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    what: &'static str,
-) -> Result<T, RegistryError> {
-    serde_json::from_slice(body)
-        .map_err(|source| UnavailableCause::Malformed { what, source }.into())
-}
-
-/// `max-age` of a `Cache-Control` header.
-fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get_all(reqwest::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|d| d.trim().strip_prefix("max-age="))
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
-
-    #[test]
-    fn max_age_is_read_from_cache_control() {
-        let mut h = reqwest::header::HeaderMap::new();
-        assert_eq!(max_age(&h), None);
-        h.insert(
-            reqwest::header::CACHE_CONTROL,
-            reqwest::header::HeaderValue::from_static("private, max-age=42"),
-        );
-        assert_eq!(max_age(&h), Some(Duration::from_secs(42)));
-    }
 
     #[test]
     fn borrowed_keys_hash_like_owned_ones() {

@@ -11,6 +11,13 @@
 //!
 //! Only the compact JWS form with `alg: EdDSA` (Ed25519) is produced or accepted; anything else is refused
 //! rather than interpreted, and no input, however hostile, makes verification panic.
+//!
+//! Encoding, signature checks and claim decoding are the `jsonwebtoken` crate's (on `ring`, which rustls
+//! already brings). What stays here is what it does not do the way Ferry needs (docs/decisions.md): the
+//! size bound before any decoding, exactly one algorithm and refusing `crit` (checked on the header
+//! before the crate sees the token), a signature of exactly 64 bytes, claims only as a JSON object,
+//! weak (small-order) public keys refused when the JWKS is read, the clock-skew window against the
+//! caller's `now`, and the verified-token cache.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -22,7 +29,8 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ids::{DeviceId, TenantId};
@@ -40,6 +48,13 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 const KEY_FILE_PREFIX: &str = "ed25519:";
 /// A key file is one short line; anything much longer is not ours, and reading it whole is pointless.
 const MAX_KEY_FILE_LEN: u64 = 1024;
+/// An Ed25519 signature is 64 bytes: 86 characters of base64url without padding.
+const SIGNATURE_B64_LEN: usize = 86;
+/// PKCS#8 v1 (RFC 8410) of an Ed25519 private key, up to the 32-byte seed that follows: the form in which
+/// `jsonwebtoken` (through ring) takes the key.
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 /// The kid is a prefix of the public key: long enough to never collide between a registry's keys, short
 /// enough not to bloat every token.
 const KID_KEY_BYTES: usize = 12;
@@ -109,9 +124,13 @@ pub enum KeyError {
 /// The registry's Ed25519 key for signing assertions, with the `kid` that names it in tokens and the JWKS.
 #[derive(Clone)]
 pub struct SigningKey {
+    /// The key itself: generation, the seed for key files, the public half for the JWKS.
     key: ed25519_dalek::SigningKey,
     kid: String,
-    /// The encoded header is the same for every token, so it is built once.
+    /// The same key for `jsonwebtoken`, which signs.
+    encoding: EncodingKey,
+    /// The encoded header is the same for every token, so it is built once (and byte for byte as before
+    /// the move to `jsonwebtoken`, whose `Header` would put `typ` first).
     header_b64: String,
 }
 
@@ -207,6 +226,10 @@ impl SigningKey {
 
     /// Separate from [`Self::from_dalek`] so tests can forge a key that claims another key's kid.
     fn with_kid(key: ed25519_dalek::SigningKey, kid: String) -> Self {
+        let mut pkcs8 = [0u8; 48];
+        pkcs8[..16].copy_from_slice(&PKCS8_ED25519_PREFIX);
+        pkcs8[16..].copy_from_slice(key.as_bytes());
+        let encoding = EncodingKey::from_ed_der(&pkcs8);
         let header = HeaderOut {
             alg: ALG,
             typ: "JWT",
@@ -218,6 +241,7 @@ impl SigningKey {
         Self {
             key,
             kid,
+            encoding,
             header_b64,
         }
     }
@@ -235,9 +259,12 @@ impl SigningKey {
         token.push_str(&self.header_b64);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = self.key.sign(token.as_bytes());
+        // The key is a well-formed PKCS#8 document built from a 32-byte seed: signing cannot fail.
+        let signature =
+            jsonwebtoken::crypto::sign(token.as_bytes(), &self.encoding, Algorithm::EdDSA)
+                .expect("an Ed25519 key from a seed always signs");
         token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
+        token.push_str(&signature);
         token
     }
 
@@ -397,7 +424,7 @@ pub struct Jwk {
 
 impl Jwk {
     /// The kid and Ed25519 public key, or why this key is unusable for verifying assertions.
-    fn ed25519(&self) -> Result<(&str, VerifyingKey), &'static str> {
+    fn ed25519(&self) -> Result<(&str, DecodingKey), &'static str> {
         if self.kty != "OKP" || self.crv.as_deref() != Some("Ed25519") {
             return Err("not an Ed25519 key");
         }
@@ -415,7 +442,12 @@ impl Jwk {
             .and_then(|b| b.try_into().ok())
             .ok_or("x is not base64url of 32 bytes")?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| "x is not a valid Ed25519 point")?;
-        Ok((kid, key))
+        // ring's check (under jsonwebtoken) accepts signatures under a small-order key, which anyone can
+        // forge; ed25519-dalek's `verify_strict`, used before, refused them. Such a key is never used.
+        if key.is_weak() {
+            return Err("x is a small-order (weak) Ed25519 key");
+        }
+        Ok((kid, DecodingKey::from_ed_der(&bytes)))
     }
 }
 
@@ -489,7 +521,10 @@ impl Default for VerifierConfig {
 /// Cheap to share (`Arc<Verifier>`), safe to use from many tasks. To take up a new JWKS, build a new
 /// verifier; its cache starts empty, which also drops tokens signed with keys the new set no longer has.
 pub struct Verifier {
-    keys: HashMap<Box<str>, VerifyingKey>,
+    keys: HashMap<Box<str>, DecodingKey>,
+    /// EdDSA only; no claim required or checked by `jsonwebtoken` (the time window is checked here,
+    /// against the caller's `now`, and tenant and device by [`Verifier::check`]).
+    validation: Validation,
     leeway: i64,
     /// Keyed by the whole token: the token string determines its claims, so a hit needs no re-check of
     /// the signature, only of the time window.
@@ -533,8 +568,15 @@ impl Verifier {
                 "JWKS has no usable Ed25519 key; every registration assertion will be refused"
             );
         }
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
         Self {
             keys,
+            validation,
             leeway: i64::try_from(config.leeway_secs).unwrap_or(i64::MAX),
             cache: quick_cache::sync::Cache::new(config.cache_capacity),
         }
@@ -611,7 +653,7 @@ impl Verifier {
 
     fn verify_uncached(&self, token: &str) -> Result<Claims, VerifyError> {
         let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        let (Some(header_b64), Some(_payload), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(VerifyError::malformed(
@@ -639,23 +681,59 @@ impl Verifier {
                 kid: kid.into_owned(),
             })?;
 
-        let signature: [u8; 64] = decode_b64(signature_b64, "signature is not base64url")?
-            .try_into()
-            .map_err(|_| VerifyError::malformed("signature is not 64 bytes"))?;
-        let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
-        // Strict: refuses non-canonical signatures and small-order keys, so no second valid encoding of a
-        // token exists to slip past anything keyed on the token string.
-        key.verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&signature))
-            .map_err(|_| VerifyError::BadSignature)?;
-
-        let payload = decode_b64(payload_b64, "payload is not base64url")?;
-        from_json_object(&payload)
-            .map_err(|e| VerifyError::Malformed(Cow::Owned(format!("claims: {e}"))))
+        // A signature of another length would only fail the check, and the caller should hear
+        // "malformed" (amqp:decode-error), as it did before, rather than "bad signature".
+        if signature_b64.len() != SIGNATURE_B64_LEN {
+            return Err(VerifyError::malformed("signature is not 64 bytes"));
+        }
+        // ring refuses non-canonical signatures (S ≥ L), and weak keys never got into `keys`, so no second
+        // valid encoding of a token exists to slip past anything keyed on the token string.
+        match jsonwebtoken::decode::<ObjectClaims>(token, key, &self.validation) {
+            Ok(data) => Ok(data.claims.0),
+            Err(e) => Err(verify_error(e.into_kind())),
+        }
     }
 }
 
-/// Derived `Deserialize` also accepts a JSON array of the fields in order; JWS header and claims are
-/// objects by definition, and accepting other shapes would only widen what a forger can try.
+/// What a `jsonwebtoken` refusal means here. The header was checked before, so a refusal is about the
+/// signature or the parts' encoding.
+fn verify_error(kind: jsonwebtoken::errors::ErrorKind) -> VerifyError {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::InvalidSignature => VerifyError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            VerifyError::UnsupportedAlgorithm
+        }
+        ErrorKind::Base64(_) => VerifyError::malformed("token part is not base64url"),
+        ErrorKind::Json(e) => VerifyError::Malformed(Cow::Owned(format!("claims: {e}"))),
+        ErrorKind::Utf8(_) => VerifyError::malformed("token part is not UTF-8"),
+        _ => VerifyError::malformed("token is not a compact JWS"),
+    }
+}
+
+/// [`Claims`], read only from a JSON object: derived `Deserialize` also accepts an array of the fields in
+/// order, and claims are an object by definition; accepting other shapes would only widen what a forger
+/// can try.
+struct ObjectClaims(Claims);
+
+impl<'de> Deserialize<'de> for ObjectClaims {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Claims;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Claims, A::Error> {
+                Claims::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object).map(ObjectClaims)
+    }
+}
+
+/// Derived `Deserialize` also accepts a JSON array of the fields in order; a JWS header is an object by
+/// definition, and accepting other shapes would only widen what a forger can try.
 fn from_json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, serde_json::Error> {
     if json.trim_ascii_start().first() != Some(&b'{') {
         return Err(serde::de::Error::custom("not a JSON object"));

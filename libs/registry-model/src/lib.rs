@@ -8,12 +8,14 @@
 //!   path ([`Credential::redacted`]);
 //! * secret verification for adapters ([`Credential::verify_password`], [`Credential::psk_key`]);
 //! * Ferry's application users for AMQP consumers ([`ApplicationUser`]);
+//! * the change stream's event ([`Change`]), sent by the registry and read by its clients;
 //! * search support for `filterJson` / `sortJson` ([`Filter`], [`Sort`]).
 //!
 //! Every input and output type derives `schemars::JsonSchema`; the registry builds its OpenAPI document
 //! from them.
 
 mod app_user;
+mod change;
 mod credentials;
 mod device;
 mod error;
@@ -25,6 +27,7 @@ mod tenant;
 pub use app_user::{
     ApplicationUser, ApplicationUserInput, ApplicationUserView, Operation, TenantGrant, UserName,
 };
+pub use change::{Change, ChangeKind, ChangeOp};
 pub use credentials::{
     prepare_for_storage, redact_all, validate_credentials, Credential, DeviceCredential,
     PasswordData, PskData, RpkData, Secret, TypedCredential, X509Data,

@@ -1,4 +1,5 @@
 use super::*;
+use ed25519_dalek::Signer as _;
 
 const NOW: i64 = 1_700_000_000;
 
