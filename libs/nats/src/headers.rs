@@ -21,3 +21,9 @@ pub const DEVICE: &str = "Ferry-Device";
 pub fn ttl(secs: u64) -> String {
     format!("{secs}s")
 }
+
+/// On a telemetry request: the device sent it without wanting delivery confirmed (HTTP QoS 0). The
+/// router answers `accepted` as soon as a consumer took it (pre-settled) instead of waiting for the
+/// application's outcome; with no consumer it answers `released`, and with no router NATS answers "no
+/// responders", which is Hono's 503 either way. MQTT QoS 0 is published without a reply subject at all.
+pub const PRESETTLED: &str = "Ferry-Presettled";

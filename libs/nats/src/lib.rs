@@ -2,12 +2,14 @@
 //!
 //! One place for what every component needs to take part in cluster mode: the `messaging` setting and
 //! its NATS connection settings ([`config`]), the subject names that carry Hono's addresses
-//! ([`subjects`]), the headers Ferry sets beside a message ([`headers`]), and the JetStream streams it
-//! provisions ([`streams`]). The components pick embedded or NATS messaging once, at start; nothing on a
+//! ([`subjects`]), the headers Ferry sets beside a message ([`headers`]), the outcomes carried in replies
+//! ([`outcome`]), the JetStream streams it provisions ([`streams`]) and the command routes ([`routes`]). The components pick embedded or NATS messaging once, at start; nothing on a
 //! message's path asks which.
 
 pub mod config;
 pub mod headers;
+pub mod outcome;
+pub mod routes;
 pub mod streams;
 pub mod subjects;
 
