@@ -193,10 +193,7 @@ mod tests {
         let Ok(Announcement::Change(b)) = rx.recv().await else {
             panic!("second")
         };
-        assert_eq!(
-            (a.seq, a.kind, a.op),
-            (1, Kind::Tenant, Some(Op::Created))
-        );
+        assert_eq!((a.seq, a.kind, a.op), (1, Kind::Tenant, Some(Op::Created)));
         assert_eq!(
             (b.seq, b.kind, b.device.as_ref().map(DeviceId::as_str)),
             (2, Kind::Device, Some("d1"))

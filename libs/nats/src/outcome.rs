@@ -116,7 +116,13 @@ mod tests {
 
     #[test]
     fn anything_else_is_not_an_outcome() {
-        for body in [&b""[..], b"ok", b"accepted\n", b"\xff", &[b'r'; MAX_LEN + 1]] {
+        for body in [
+            &b""[..],
+            b"ok",
+            b"accepted\n",
+            b"\xff",
+            &[b'r'; MAX_LEN + 1],
+        ] {
             assert_eq!(Outcome::decode(body), None, "{body:?}");
         }
     }

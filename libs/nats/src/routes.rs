@@ -121,7 +121,10 @@ pub async fn delete_if(store: &kv::Store, key: &str, value: &[u8]) -> Result<boo
     if entry.operation != kv::Operation::Put || entry.value.as_ref() != value {
         return Ok(false);
     }
-    match store.delete_expect_revision(key, Some(entry.revision)).await {
+    match store
+        .delete_expect_revision(key, Some(entry.revision))
+        .await
+    {
         Ok(()) => Ok(true),
         // Someone wrote it meanwhile: theirs stands.
         Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(false),
@@ -135,11 +138,21 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_stay_valid() {
-        for (t, d) in [("t1", "d1"), ("a.b", "*"), ("DEFAULT_TENANT", "dev ice/é"), ("x", ">")] {
-            for kind in [RouteKind::Device, RouteKind::Gateway, RouteKind::LastGateway] {
+        for (t, d) in [
+            ("t1", "d1"),
+            ("a.b", "*"),
+            ("DEFAULT_TENANT", "dev ice/é"),
+            ("x", ">"),
+        ] {
+            for kind in [
+                RouteKind::Device,
+                RouteKind::Gateway,
+                RouteKind::LastGateway,
+            ] {
                 let k = key(kind, t, d);
                 assert!(
-                    k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b)),
+                    k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b)),
                     "{k} is not a valid key"
                 );
                 assert_eq!(k.matches('.').count(), 2, "{k}");
@@ -150,7 +163,13 @@ mod tests {
 
     #[test]
     fn foreign_keys_are_not_routes() {
-        for k in ["device.t1", "device.t1.d1.x", "other.t1.d1", "device.=!!.d1", "device..d1"] {
+        for k in [
+            "device.t1",
+            "device.t1.d1.x",
+            "other.t1.d1",
+            "device.=!!.d1",
+            "device..d1",
+        ] {
             assert_eq!(parse_key(k), None, "{k}");
         }
     }
