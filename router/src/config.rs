@@ -50,6 +50,12 @@ pub struct Config {
     pub max_event_bytes_per_tenant: u64,
     /// Time-to-live of an event without a `ttl` header, in seconds (0 = keep until accepted).
     pub default_event_ttl_secs: u64,
+    /// `embedded` (this router routes in memory and keeps the event store) or `nats` (cluster mode:
+    /// NATS with JetStream is the bus, this router keeps no state; docs/cluster.md).
+    pub messaging: ferry_nats::Messaging,
+    /// Cluster mode: how long an event handed to an application may stay unsettled before JetStream
+    /// gives it to another router (when this one died), in seconds.
+    pub event_redelivery_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -83,6 +89,8 @@ impl Default for Config {
             // A day: events nobody consumes do not pile up for ever (Hono bounds them only by the
             // tenant's `max-ttl`, which the adapters apply to the `ttl` they set).
             default_event_ttl_secs: 86_400,
+            messaging: ferry_nats::Messaging::default(),
+            event_redelivery_secs: ferry_nats::streams::EVENT_ACK_WAIT.as_secs(),
         }
     }
 }
@@ -98,6 +106,10 @@ impl Config {
                 "tls",
                 "cert_path and key_path must be given together",
             ));
+        }
+        self.messaging.validate()?;
+        if self.event_redelivery_secs == 0 {
+            return Err(field("event_redelivery_secs", "must be at least 1"));
         }
         if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
         {

@@ -45,6 +45,7 @@ mod commands;
 mod credit;
 mod handshake;
 mod routing;
+pub(crate) use routing::check_device_message;
 mod session;
 mod transfer;
 

@@ -104,6 +104,7 @@ impl Engine {
             open_connections: AtomicUsize::new(0),
             per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
             all_closed: Notify::new(),
+            bus: None,
         });
         let expiring = shared.clone();
         tokio::spawn(async move {

@@ -48,8 +48,8 @@ use commands::{dispatch_waiting, CommandRoutes, GatewayRoutes, LastGateways, Wai
 pub use commands::{CommandTarget, RESPONSE_CREDIT_WAIT};
 use events::EventQueue;
 pub use link::{
-    next_id, release, ConnHandle, Consumer, LinkId, Origin, Producer, ToConn, DELIVERY_OVERHEAD,
-    MAX_UNSETTLED_PER_CONSUMER,
+    next_id, release, ConnHandle, Consumer, LinkId, Origin, Producer, Remote, ToConn,
+    DELIVERY_OVERHEAD, MAX_UNSETTLED_PER_CONSUMER,
 };
 pub use telemetry::NO_CONSUMER_CREDIT;
 
@@ -93,6 +93,9 @@ struct Address {
     /// Command responses for an application whose receiver is attached but has no credit yet, oldest
     /// first; delivered when it grants some, released at their deadline or when the receiver leaves.
     waiting: VecDeque<WaitingResponse>,
+    /// Signalled when a consumer grants credit: a task that takes messages from the cluster bus for this
+    /// address waits on it instead of polling ([`Hub::credit_signal`]).
+    credit_signal: Arc<tokio::sync::Notify>,
 }
 
 impl Address {
@@ -181,6 +184,13 @@ pub struct AddressRef {
     inner: Arc<Mutex<Address>>,
 }
 
+impl AddressRef {
+    /// The reply id of a `command_response/T/REPLY` address.
+    pub fn sub(&self) -> Option<&Arc<str>> {
+        self.sub.as_ref()
+    }
+}
+
 /// The scope of addresses that belong to no tenant.
 pub fn internal_scope() -> TenantId {
     TenantId::new("ferry.internal").expect("a valid id")
@@ -219,6 +229,32 @@ impl<S: EventStore> Hub<S> {
     /// Consumers attached at `addr`.
     pub fn consumers(&self, addr: &AddressRef) -> usize {
         lock(&addr.inner).consumers.len()
+    }
+
+    /// What `addr`'s consumers will take now: the sum of their usable credit.
+    pub fn available_credit(&self, addr: &AddressRef) -> i64 {
+        lock(&addr.inner)
+            .consumers
+            .iter()
+            .map(|c| c.usable_credit(self.max_queued_bytes))
+            .sum()
+    }
+
+    /// Signalled whenever a consumer of `addr` grants credit.
+    pub fn credit_signal(&self, addr: &AddressRef) -> Arc<tokio::sync::Notify> {
+        lock(&addr.inner).credit_signal.clone()
+    }
+
+    /// Hands a message taken from the cluster bus to a consumer of `addr` with credit (an event from
+    /// the tenant's JetStream consumer, unsettled); nothing is buffered.
+    pub fn route_remote(
+        &self,
+        addr: &AddressRef,
+        payload: bytes::Bytes,
+        settled: bool,
+        origin: Origin,
+    ) -> Routed {
+        self.route_direct(addr, payload, settled, origin)
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -300,6 +336,7 @@ impl<S: EventStore> Hub<S> {
         if available == 0 {
             return;
         }
+        lock(&addr.inner).credit_signal.notify_one();
         match addr.kind {
             Kind::Telemetry => {
                 let starved = std::mem::take(&mut lock(&addr.inner).starved);
@@ -370,6 +407,10 @@ impl<S: EventStore> Hub<S> {
     pub fn settle(&self, origin: Origin, state: DeliveryState) {
         match origin {
             Origin::None => {}
+            Origin::Remote(remote) => {
+                // The task has gone (its address has no consumer left): the bus redelivers.
+                let _ = remote.tx.send((remote.id, state));
+            }
             Origin::Producer {
                 conn,
                 channel,

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub mod auth;
+pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -48,6 +49,8 @@ pub struct Shared<S: EventStore> {
     /// Open connections per application user (for `max_connections_per_user`).
     pub per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     all_closed: Notify,
+    /// Cluster mode: the NATS bus ([`bus`]); `None` in embedded mode.
+    pub bus: Option<Arc<bus::Bus>>,
 }
 
 impl<S: EventStore> std::fmt::Debug for Shared<S> {
@@ -118,14 +121,48 @@ pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Re
     start(config, admin, shutdown).await?.join().await
 }
 
-/// Opens the event store, binds the listeners and starts serving.
+/// Opens the event store (embedded mode) or connects to NATS (cluster mode), binds the listeners and
+/// starts serving.
 pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    match config.messaging.mode {
+        ferry_nats::MessagingMode::Embedded => {
+            let store_dir = config.data_dir.join("events");
+            let store = tokio::task::spawn_blocking(move || SegmentLog::open(&store_dir))
+                .await
+                .context("opening the event store")??;
+            serve(config, admin, shutdown, store, None).await
+        }
+        ferry_nats::MessagingMode::Nats => {
+            let name = format!("ferry-router-{}", std::process::id());
+            let bus = bus::Bus::connect(
+                &config.messaging.nats,
+                &name,
+                Duration::from_secs(config.event_redelivery_secs),
+            )
+            .await
+            .context("connecting to NATS (messaging.nats)")?;
+            // Events live in JetStream; this store stays empty (producer links are refused).
+            serve(
+                config,
+                admin,
+                shutdown,
+                events::InMemoryStore::default(),
+                Some(Arc::new(bus)),
+            )
+            .await
+        }
+    }
+}
+
+async fn serve<S: EventStore>(
+    config: Config,
+    admin: Admin,
+    shutdown: Shutdown,
+    store: S,
+    bus: Option<Arc<bus::Bus>>,
+) -> anyhow::Result<Started> {
     let readiness = admin.readiness("router");
     let metrics = metrics::Metrics::new(&admin);
-    let store_dir = config.data_dir.join("events");
-    let store = tokio::task::spawn_blocking(move || SegmentLog::open(&store_dir))
-        .await
-        .context("opening the event store")??;
     let registry = registry::RegistryClient::new(&config.registry_url, &config.registry_token)
         .context("building the registry client")?;
     let shared = Arc::new(Shared {
@@ -148,7 +185,23 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
         open_connections: std::sync::atomic::AtomicUsize::new(0),
         per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
         all_closed: Notify::new(),
+        bus: bus.clone(),
     });
+    if let Some(bus) = &bus {
+        tokio::spawn(bus.clone().follow_routes(shared.clone(), shutdown.clone()));
+        let ready = admin.readiness("nats");
+        let bus = bus.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => ready.set(bus.is_connected()),
+                    () = shutdown.clone().wait() => return,
+                }
+            }
+        });
+    }
     shared
         .hub
         .restore_events()

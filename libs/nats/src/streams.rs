@@ -82,6 +82,24 @@ pub async fn event_stream(
         .map_err(|e| failed(e.to_string()))
 }
 
+/// `tenant`'s event stream as it is, created with the default limits if no adapter has created it yet
+/// (a router must not change the limits an adapter set from the tenant's settings).
+pub async fn open_event_stream(
+    js: &jetstream::Context,
+    tenant: &str,
+    replicas: usize,
+) -> Result<stream::Stream, Error> {
+    let name = event_stream_name(tenant);
+    if let Ok(s) = js.get_stream(&name).await {
+        return Ok(s);
+    }
+    match event_stream(js, tenant, EventLimits::default(), replicas).await {
+        Ok(s) => Ok(s),
+        // Created by someone else meanwhile.
+        Err(e) => js.get_stream(&name).await.map_err(|_| e),
+    }
+}
+
 /// The durable pull consumer all routers share on a tenant's event stream. `max_ack_pending` bounds
 /// what all routers together hold unacknowledged for the tenant; an event held longer than `ack_wait`
 /// ([`EVENT_ACK_WAIT`] in production) is handed out again.

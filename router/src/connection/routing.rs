@@ -104,6 +104,21 @@ impl<S: EventStore> Conn<S> {
             Address::CommandResponses => hub.address(Kind::CommandResponse, &hub::internal_scope()),
             Address::CommandInternal(instance) => hub.address(Kind::CommandInternal, instance),
         };
+        // Cluster mode: adapters publish to NATS and take their commands from it; a router serves
+        // applications only (an embedded-mode adapter pointed at it would have its events kept in no
+        // durable store).
+        if self.shared.bus.is_some()
+            && matches!(
+                (&address, direction),
+                (Address::Telemetry(_) | Address::Event(_), Direction::In)
+                    | (Address::CommandResponses | Address::CommandInternal(_), _)
+            )
+        {
+            return Err(error(
+                ErrorCondition::AmqpError(AmqpError::NotAllowed),
+                "this router runs in cluster mode: adapters use NATS (messaging.mode: nats)",
+            ));
+        }
         if direction == Direction::Out
             && hub.consumers(&addr) >= self.shared.config.max_consumers_per_address
         {
@@ -132,6 +147,9 @@ impl<S: EventStore> Conn<S> {
             }
             Direction::Out => {
                 link.consumer = Some(hub.attach_consumer(&mut link.addr, self.handle.clone(), id));
+                if let Some(bus) = &self.shared.bus {
+                    bus.consumer_attached(&self.shared, &link.addr);
+                }
             }
         }
         hub.metrics.links.inc();
@@ -145,6 +163,9 @@ impl<S: EventStore> Conn<S> {
         hub.metrics.links.dec();
         if let Some(consumer) = &link.consumer {
             hub.detach_consumer(&link.addr, consumer, released);
+            if let Some(bus) = &self.shared.bus {
+                bus.consumer_detached(&link.addr);
+            }
         }
         if let Some(producer) = &link.producer {
             hub.detach_producer(&link.addr, producer);
@@ -280,71 +301,12 @@ impl<S: EventStore> Conn<S> {
         Some(now.saturating_add(ttl_ms))
     }
 
-    /// HONO-CONTRACT §4: the registration assertion must be there and valid for this tenant and device;
-    /// it is stripped and the `resource` annotation added.
     fn check_and_rewrite(
         &self,
         addr: &AddressRef,
         message: &Bytes,
     ) -> Result<Bytes, DeliveryState> {
-        let decode = |why: &str| rejected(ErrorCondition::AmqpError(AmqpError::DecodeError), why);
-        let precondition = |why: &str| {
-            rejected(
-                ErrorCondition::AmqpError(AmqpError::PreconditionFailed),
-                why,
-            )
-        };
-        let view = codec::parse_message(message).map_err(|_| decode("malformed message"))?;
-        let properties = view
-            .properties()
-            .map_err(|_| decode("malformed properties"))?;
-        if properties
-            .as_ref()
-            .and_then(|p| p.content_type.as_ref())
-            .is_none()
-        {
-            return Err(decode("content-type is missing"));
-        }
-        if view.single_data().is_none() {
-            return Err(decode("the body must be one Data section"));
-        }
-        let device = view
-            .app_property_str(ferry_core::hono::app_property::DEVICE_ID)
-            .ok_or_else(|| decode("device_id is missing"))?;
-        let device =
-            ferry_core::ids::DeviceId::new(device).map_err(|_| decode("device_id is invalid"))?;
-        let token = view
-            .app_property_str(ferry_core::hono::app_property::REG_ASSERTION)
-            .ok_or_else(|| decode("reg_assertion is missing"))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let verifier = self.shared.verifier();
-        if let Err(e) = verifier.check(token, &addr.tenant, &device, now) {
-            if e.is_decode_error() {
-                return Err(decode("reg_assertion is malformed"));
-            }
-            if let ferry_core::assertion::VerifyError::UnknownKey { .. } = e {
-                self.shared.refresh_keys.notify_one();
-            }
-            return Err(precondition("device non-existent/disabled"));
-        }
-        let resource = format!("{}/{}/{}", addr.kind.name(), addr.tenant, device);
-        let mut out = Vec::with_capacity(message.len() + resource.len() + 16);
-        codec::rewrite_message(
-            &view,
-            &MessageEdit {
-                strip_app_properties: &[ferry_core::hono::app_property::REG_ASSERTION],
-                add_message_annotations: &[(
-                    ferry_core::hono::annotation::RESOURCE,
-                    Value::String(resource),
-                )],
-                ..MessageEdit::default()
-            },
-            &mut out,
-        )
-        .map_err(|_| decode("message cannot be rewritten"))?;
-        Ok(Bytes::from(out))
+        check_device_message(&self.shared, addr, message)
     }
 
     pub(super) fn handle_request(&mut self, msg: ToConn) {
@@ -421,4 +383,72 @@ impl<S: EventStore> Conn<S> {
             self.finish_drain(channel, handle);
         }
     }
+}
+
+/// HONO-CONTRACT §4: the registration assertion must be there and valid for this tenant and device;
+/// it is stripped and the `resource` annotation added. For messages from an adapter's link and from the
+/// cluster bus alike.
+pub(crate) fn check_device_message<S: EventStore>(
+    shared: &Shared<S>,
+    addr: &AddressRef,
+    message: &Bytes,
+) -> Result<Bytes, DeliveryState> {
+    let decode = |why: &str| rejected(ErrorCondition::AmqpError(AmqpError::DecodeError), why);
+    let precondition = |why: &str| {
+        rejected(
+            ErrorCondition::AmqpError(AmqpError::PreconditionFailed),
+            why,
+        )
+    };
+    let view = codec::parse_message(message).map_err(|_| decode("malformed message"))?;
+    let properties = view
+        .properties()
+        .map_err(|_| decode("malformed properties"))?;
+    if properties
+        .as_ref()
+        .and_then(|p| p.content_type.as_ref())
+        .is_none()
+    {
+        return Err(decode("content-type is missing"));
+    }
+    if view.single_data().is_none() {
+        return Err(decode("the body must be one Data section"));
+    }
+    let device = view
+        .app_property_str(ferry_core::hono::app_property::DEVICE_ID)
+        .ok_or_else(|| decode("device_id is missing"))?;
+    let device =
+        ferry_core::ids::DeviceId::new(device).map_err(|_| decode("device_id is invalid"))?;
+    let token = view
+        .app_property_str(ferry_core::hono::app_property::REG_ASSERTION)
+        .ok_or_else(|| decode("reg_assertion is missing"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let verifier = shared.verifier();
+    if let Err(e) = verifier.check(token, &addr.tenant, &device, now) {
+        if e.is_decode_error() {
+            return Err(decode("reg_assertion is malformed"));
+        }
+        if let ferry_core::assertion::VerifyError::UnknownKey { .. } = e {
+            shared.refresh_keys.notify_one();
+        }
+        return Err(precondition("device non-existent/disabled"));
+    }
+    let resource = format!("{}/{}/{}", addr.kind.name(), addr.tenant, device);
+    let mut out = Vec::with_capacity(message.len() + resource.len() + 16);
+    codec::rewrite_message(
+        &view,
+        &MessageEdit {
+            strip_app_properties: &[ferry_core::hono::app_property::REG_ASSERTION],
+            add_message_annotations: &[(
+                ferry_core::hono::annotation::RESOURCE,
+                Value::String(resource),
+            )],
+            ..MessageEdit::default()
+        },
+        &mut out,
+    )
+    .map_err(|_| decode("message cannot be rewritten"))?;
+    Ok(Bytes::from(out))
 }

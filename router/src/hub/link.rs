@@ -93,6 +93,16 @@ pub enum Origin {
     },
     /// A stored event: accepted removes it, anything else puts it back in the queue.
     Event { addr: AddressRef, id: EventId },
+    /// A message that came from the cluster bus (NATS): the outcome goes to the task that took it, which
+    /// answers the NATS request or acknowledges the JetStream message ([`crate::bus`]).
+    Remote(Remote),
+}
+
+/// Where the outcome of a message from the bus goes: the task that took it, under the id it gave.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub tx: mpsc::UnboundedSender<(u64, DeliveryState)>,
+    pub id: u64,
 }
 
 /// A consumer link's registration at an address.

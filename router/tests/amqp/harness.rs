@@ -27,13 +27,36 @@ pub struct Platform {
     http: reqwest::Client,
     trigger: Option<Trigger>,
     router: Option<ferry_router::Started>,
-    _registry_trigger: Trigger,
+    _registry_trigger: Option<Trigger>,
 }
 
 impl Platform {
     /// Registry with tenants t1 and t2, devices d1, d2 (t1) and d1 (t2), application users
     /// `app1` (t1, all operations) and `app2` (t2); then a router.
     pub async fn start() -> Self {
+        let mut p = Self::start_without_router().await;
+        p.start_router().await;
+        p
+    }
+
+    /// Another router's platform on `first`'s registry (its own data directory and admin), without its
+    /// router yet.
+    #[allow(dead_code)]
+    pub async fn on_registry(first: &Platform) -> Self {
+        Self {
+            registry_url: first.registry_url.clone(),
+            amqp: "127.0.0.1:1".parse().expect("addr"),
+            admin: ferry_core::admin::Admin::new(),
+            data_dir: tempfile::tempdir().expect("tempdir"),
+            http: reqwest::Client::new(),
+            trigger: None,
+            router: None,
+            _registry_trigger: None,
+        }
+    }
+
+    /// The registry with its tenants, devices and application users, and no router yet.
+    pub async fn start_without_router() -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let (registry_trigger, registry_shutdown) = shutdown::channel();
         let registry = ferry_registry::start(
@@ -61,7 +84,7 @@ impl Platform {
             http,
             trigger: None,
             router: None,
-            _registry_trigger: registry_trigger,
+            _registry_trigger: Some(registry_trigger),
         };
         for t in ["t1", "t2"] {
             p.manage(
@@ -91,8 +114,6 @@ impl Platform {
             json!({ "password": "pw2", "tenants": ["t2"] }),
         )
         .await;
-        let mut p = p;
-        p.start_router().await;
         p
     }
 

@@ -4,6 +4,7 @@
 mod harness;
 
 mod assertions;
+mod cluster;
 mod commands;
 mod events;
 mod security;
