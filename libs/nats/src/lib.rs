@@ -9,6 +9,7 @@
 pub mod config;
 pub mod headers;
 pub mod outcome;
+pub mod permissions;
 pub mod routes;
 pub mod streams;
 pub mod subjects;

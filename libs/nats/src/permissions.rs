@@ -1,0 +1,112 @@
+//! Who may do what on NATS: one user per component kind, with the subjects it needs and nothing more
+//! (docs/cluster.md "Security"). Rendered into nats-server's `authorization` block by `ferry up
+//! --cluster` (and, later, the operator), and tested against a real server.
+//!
+//! - **Adapters** publish device traffic (`ferry.telemetry.>`, `ferry.event.>`, `ferry.command_response.>`),
+//!   take commands (`ferry.command.>`), write command routes, and create and fill the tenants' event
+//!   streams. They cannot subscribe to telemetry, events or responses, and cannot read a stream's
+//!   messages through the JetStream API (no consumer can be created).
+//! - **Routers** take telemetry and responses, pull events through the shared durable consumers and
+//!   acknowledge them, send commands, and read and prune command routes. They cannot publish telemetry
+//!   or events as a device.
+//!
+//! Both answer requests on `_INBOX.>` (NATS's reply subjects).
+
+use crate::routes::BUCKET;
+
+/// Subjects a component kind may publish to and subscribe to, and what it may never publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub publish_deny: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+fn own(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The adapters' permissions.
+pub fn adapter() -> Permissions {
+    let kv = format!("$KV.{BUCKET}.>");
+    let kv_stream = format!("KV_{BUCKET}");
+    Permissions {
+        publish: [
+            "ferry.telemetry.>",
+            "ferry.event.>",
+            "ferry.command_response.>",
+            "_INBOX.>",
+            "$JS.API.INFO",
+            // Subject wildcards match whole tokens only, so "the FERRY_EVENTS_ streams" cannot be
+            // said: an adapter may create and update any stream. It still cannot read one (no
+            // consumer, no direct or message get but the route bucket's), so the most a stolen
+            // adapter credential does with this is fill storage, not read device traffic.
+            "$JS.API.STREAM.CREATE.*",
+            "$JS.API.STREAM.UPDATE.*",
+            "$JS.API.STREAM.INFO.*",
+            kv.as_str(),
+            &format!("$JS.API.STREAM.CREATE.{kv_stream}"),
+            &format!("$JS.API.STREAM.INFO.{kv_stream}"),
+            &format!("$JS.API.STREAM.MSG.GET.{kv_stream}"),
+            &format!("$JS.API.DIRECT.GET.{kv_stream}.>"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+        publish_deny: Vec::new(),
+        subscribe: own(&["ferry.command.>", "_INBOX.>"]),
+    }
+}
+
+/// The routers' permissions.
+pub fn router() -> Permissions {
+    Permissions {
+        publish: own(&[
+            "ferry.command.>",
+            "_INBOX.>",
+            "$JS.API.>",
+            "$JS.ACK.>",
+            &format!("$KV.{BUCKET}.>"),
+        ]),
+        publish_deny: own(&["ferry.telemetry.>", "ferry.event.>"]),
+        subscribe: own(&["ferry.telemetry.>", "ferry.command_response.>", "_INBOX.>"]),
+    }
+}
+
+/// nats-server's `authorization { users = [...] }` block for the given users (name, password,
+/// permissions). Names and passwords are quoted; a `"` or `\` in them is refused (`None`).
+pub fn authorization(users: &[(&str, &str, &Permissions)]) -> Option<String> {
+    let quote = |s: &str| (!s.contains(['"', '\\', '\n'])).then(|| format!("\"{s}\""));
+    let list = |l: &[String]| -> Option<String> {
+        let items: Option<Vec<String>> = l.iter().map(|s| quote(s)).collect();
+        Some(format!("[{}]", items?.join(", ")))
+    };
+    let mut out = String::from("authorization {\n  users = [\n");
+    for (user, password, p) in users {
+        let mut publish = format!("allow: {}", list(&p.publish)?);
+        if !p.publish_deny.is_empty() {
+            publish.push_str(&format!(", deny: {}", list(&p.publish_deny)?));
+        }
+        out.push_str(&format!(
+            "    {{ user: {}, password: {}, permissions: {{ publish: {{ {publish} }}, subscribe: {{ allow: {} }} }} }}\n",
+            quote(user)?,
+            quote(password)?,
+            list(&p.subscribe)?,
+        ));
+    }
+    out.push_str("  ]\n}\n");
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_cannot_break_out_of_the_block() {
+        assert!(authorization(&[("a\"b", "pw", &adapter())]).is_none());
+        assert!(authorization(&[("a", "p\\w", &router())]).is_none());
+        let block = authorization(&[("ferry-adapter", "pw", &adapter())]).expect("renders");
+        assert!(block.contains("user: \"ferry-adapter\""), "{block}");
+    }
+}
