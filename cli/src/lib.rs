@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+mod cluster;
 pub mod command;
 pub mod consume;
 pub mod manage;

@@ -41,10 +41,27 @@ pub struct UpArgs {
     /// print the commands that send and receive telemetry with them.
     #[arg(long)]
     pub demo: bool,
+    /// Cluster mode on this machine, for trying it: three nats-server nodes (from PATH), two routers, two
+    /// MQTT adapters, an HTTP adapter and a registry as child processes (docs/cluster.md). Ports count
+    /// up from the ones given (second router on --amqp-port + 1, ...).
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: a PostgreSQL URL for the registry, which then runs two replicas.
+    #[arg(long, requires = "cluster")]
+    pub postgres: Option<String>,
+    /// With --cluster: client port of the first NATS node (the others follow).
+    #[arg(long, default_value_t = 4222)]
+    pub nats_port: u16,
+    /// With --cluster: cluster (route) port of the first NATS node.
+    #[arg(long, default_value_t = 6222)]
+    pub nats_cluster_port: u16,
 }
 
 /// Runs every component until Ctrl-C / SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    if args.cluster {
+        return crate::cluster::up(args).await;
+    }
     let data_dir = args
         .data_dir
         .clone()
@@ -167,7 +184,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// `ferry up --demo`: a tenant, a device with a password and an application user to try Ferry with.
-mod demo {
+pub(crate) mod demo {
     use std::net::SocketAddr;
     use std::path::Path;
 
@@ -315,7 +332,7 @@ mod demo {
     }
 
     #[cfg(unix)]
-    fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut f = std::fs::OpenOptions::new()
@@ -328,7 +345,7 @@ mod demo {
     }
 
     #[cfg(not(unix))]
-    fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         std::fs::write(path, text)
     }
 

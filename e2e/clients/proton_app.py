@@ -3,6 +3,9 @@
 Usage:
   proton_app.py consume URL ADDRESS COUNT TIMEOUT
       receive COUNT messages from ADDRESS (e.g. telemetry/TENANT), accepting each
+  proton_app.py hold URL ADDRESS CREDIT TIMEOUT
+      receive from ADDRESS with CREDIT and settle nothing (an application that hangs, or is about to
+      crash), until TIMEOUT
   proton_app.py command URL TENANT DEVICE NAME PAYLOAD TIMEOUT
       send a request/response command to DEVICE, again while it is `released` (device not reachable
       yet), and wait for the device's response
@@ -78,6 +81,29 @@ class Consume(MessagingHandler):
     def on_transport_error(self, event):
         cond = event.transport.condition
         emit(transport_error=cond.name if cond else None, description=cond.description if cond else None)
+
+    def on_timer_task(self, event):
+        emit(timeout=True, got=self.got)
+        event.container.stop()
+
+
+class Hold(MessagingHandler):
+    def __init__(self, url, address, credit, timeout):
+        super().__init__(prefetch=int(credit), auto_accept=False, auto_settle=False)
+        self.url, self.address, self.timeout = url, address, float(timeout)
+        self.got = 0
+
+    def on_start(self, event):
+        event.container.create_receiver(connect(event, self.url), self.address)
+        event.container.schedule(self.timeout, self)
+
+    def on_link_opened(self, event):
+        if event.receiver and event.receiver.remote_source.address:
+            emit(attached=self.address)
+
+    def on_message(self, event):
+        self.got += 1
+        emit(message=describe(event.message), held=self.got)
 
     def on_timer_task(self, event):
         emit(timeout=True, got=self.got)
@@ -160,4 +186,4 @@ class Command(MessagingHandler):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    Container({"consume": Consume, "command": Command}[mode](*args)).run()
+    Container({"consume": Consume, "hold": Hold, "command": Command}[mode](*args)).run()
