@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub mod auth;
+pub mod console;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -43,6 +44,12 @@ pub struct Shared<S: EventStore> {
     verifier: RwLock<Arc<Verifier>>,
     /// Signalled when a token names a key we do not know: the JWKS is fetched again.
     pub refresh_keys: Notify,
+    /// Presence, the tenants' live taps and the console's commands (docs/console.md).
+    pub bridge: Arc<ferry_core::console::RouterBridge>,
+    /// Devices whose last-seen was reported recently, as hashes of (tenant, device) with the time slot
+    /// reported (see [`console::SEEN_SLOT_SECS`]): last-seen costs the presence store one update per
+    /// device and slot, not one per message.
+    pub seen: console::SeenFilter,
     /// Open connections, so that shutdown can wait for them to send their close.
     open_connections: std::sync::atomic::AtomicUsize,
     /// Open connections per application user (for `max_connections_per_user`).
@@ -120,6 +127,21 @@ pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Re
 
 /// Opens the event store, binds the listeners and starts serving.
 pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    let bridge = ferry_core::console::RouterBridge::new(Arc::new(
+        ferry_core::console::MemoryPresence::default(),
+    ));
+    start_with_bridge(config, admin, shutdown, bridge).await
+}
+
+/// [`start`], recording presence into `bridge`, publishing device messages to its taps and serving its
+/// commands: `ferry up` hands the same bridge to the registry, which serves the presence API and the
+/// console from it.
+pub async fn start_with_bridge(
+    config: Config,
+    admin: Admin,
+    shutdown: Shutdown,
+    bridge: Arc<ferry_core::console::RouterBridge>,
+) -> anyhow::Result<Started> {
     let readiness = admin.readiness("router");
     let metrics = metrics::Metrics::new(&admin);
     let store_dir = config.data_dir.join("events");
@@ -145,6 +167,8 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             VerifierConfig::default(),
         ))),
         refresh_keys: Notify::new(),
+        bridge: bridge.clone(),
+        seen: console::SeenFilter::default(),
         open_connections: std::sync::atomic::AtomicUsize::new(0),
         per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
         all_closed: Notify::new(),
@@ -251,6 +275,13 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
         });
     }
 
+    if let Some(commands) = bridge.take_commands() {
+        tokio::spawn(console::serve_commands(
+            shared.clone(),
+            commands,
+            shutdown.clone(),
+        ));
+    }
     let task = tokio::spawn(accept_loops(listener, tls, shared, shutdown));
     tracing::info!(%addr, ?tls_addr, "router listening");
     Ok(Started {
