@@ -141,12 +141,9 @@ impl Metrics {
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let timeout = state.settings.request_timeout;
-    let management = management::routes()
-        .merge(console::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        require_admin,
-    ));
+    let management = management::routes().merge(console::routes()).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), require_admin),
+    );
     let internal = internal::routes().route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_internal,

@@ -422,12 +422,17 @@ async fn await_outcome<S: EventStore>(
                 if let Some(c) = consumer {
                     c.dequeued();
                     c.conn.written(payload.len() + hub::DELIVERY_OVERHEAD);
-                    shared
-                        .hub
-                        .consumer_settled(c, origin, DeliveryState::Accepted(fe2o3_amqp_types::messaging::Accepted {}));
+                    shared.hub.consumer_settled(
+                        c,
+                        origin,
+                        DeliveryState::Accepted(fe2o3_amqp_types::messaging::Accepted {}),
+                    );
                 }
                 let r = CommandResult {
-                    outcome: result.as_ref().map_or("accepted", |r| r.outcome.as_str()).into(),
+                    outcome: result
+                        .as_ref()
+                        .map_or("accepted", |r| r.outcome.as_str())
+                        .into(),
                     error: None,
                     response,
                 };

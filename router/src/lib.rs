@@ -18,10 +18,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub mod auth;
-pub mod console;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -55,7 +55,11 @@ fn a_paho_device_shows_online_while_connected_and_offline_after() {
 
     // Never seen: known device, nothing known of its presence.
     let (status, body) = get(&ferry, &token, path);
-    assert_eq!((status, &body["connected"]), (200, &Value::Bool(false)), "{body}");
+    assert_eq!(
+        (status, &body["connected"]),
+        (200, &Value::Bool(false)),
+        "{body}"
+    );
 
     // A device that only connects (no command subscription, no message) is online.
     let mut device = paho_device(
@@ -67,7 +71,10 @@ fn a_paho_device_shows_online_while_connected_and_offline_after() {
     let (online, took) = presence_becomes(&ferry, &token, path, true);
     assert!(took < Duration::from_secs(1), "online after {took:?}");
     assert_eq!(online["adapter"], "hono-mqtt", "{online}");
-    assert!(online["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{online}");
+    assert!(
+        online["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{online}"
+    );
     assert!(online["last-seen"].is_string(), "{online}");
 
     // The connected filter of the device search.
@@ -75,7 +82,10 @@ fn a_paho_device_shows_online_while_connected_and_offline_after() {
     assert_eq!(status, 200, "{found}");
     assert_eq!(found["result"][0]["id"], "pump-1", "{found}");
     let (status, _) = get(&ferry, &token, "/v1/devices/plant?connected=false");
-    assert_eq!(status, 404, "no offline device: Hono's 404 for an empty search");
+    assert_eq!(
+        status, 404,
+        "no offline device: Hono's 404 for an empty search"
+    );
     let (status, body) = get(&ferry, &token, "/v1/devices/plant?connected=maybe");
     assert_eq!(status, 400, "{body}");
 

@@ -235,7 +235,9 @@ impl MemoryPresence {
 
     fn apply(&self, u: PresenceUpdate) {
         let mut all = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
-        let known = all.get(&u.tenant).is_some_and(|ds| ds.contains_key(&u.device));
+        let known = all
+            .get(&u.tenant)
+            .is_some_and(|ds| ds.contains_key(&u.device));
         if !known {
             if u.change == PresenceChange::Seen && self.len() >= self.cap {
                 // Last-seen of a device nobody tracks is not worth evicting for.
@@ -285,7 +287,9 @@ impl MemoryPresence {
                 entry.connection = connection;
             }
             PresenceChange::Disconnected { connection } => {
-                if connection.is_some() && entry.connection.is_some() && connection != entry.connection
+                if connection.is_some()
+                    && entry.connection.is_some()
+                    && connection != entry.connection
                 {
                     // An older connection ended; a newer one holds the device.
                     return;
@@ -433,7 +437,9 @@ impl Taps {
 /// Why the live view cannot start.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TapError {
-    #[error("too many live views open (at most {MAX_TAPS_PER_TENANT} per tenant, {MAX_TAPS} in all)")]
+    #[error(
+        "too many live views open (at most {MAX_TAPS_PER_TENANT} per tenant, {MAX_TAPS} in all)"
+    )]
     TooMany,
 }
 
@@ -510,12 +516,9 @@ impl RouterBridge {
             .take()
     }
 
-    /// Queues a command for the router; `Err` (with the request back) when the queue is full or no
-    /// router serves it.
-    pub fn send_command(&self, request: CommandRequest) -> Result<(), CommandRequest> {
-        self.commands.try_send(request).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-        })
+    /// Queues a command for the router; false when the queue is full or no router serves it.
+    pub fn send_command(&self, request: CommandRequest) -> bool {
+        self.commands.try_send(request).is_ok()
     }
 
     /// Starts watching `tenant`'s device messages.
@@ -591,7 +594,14 @@ mod tests {
             },
             at: now + 2,
         });
-        assert!(store.get(&t, &d).await.expect("ok").expect("known").connected);
+        assert!(
+            store
+                .get(&t, &d)
+                .await
+                .expect("ok")
+                .expect("known")
+                .connected
+        );
     }
 
     #[test]
@@ -642,7 +652,14 @@ mod tests {
             },
             at: unix_now() - 5,
         });
-        assert!(!store.get(&t, &d).await.expect("ok").expect("known").connected);
+        assert!(
+            !store
+                .get(&t, &d)
+                .await
+                .expect("ok")
+                .expect("known")
+                .connected
+        );
     }
 
     #[test]
@@ -656,7 +673,7 @@ mod tests {
         store.record(connect("t", "new", now));
         assert_eq!(store.len(), 10);
         let (t, new) = ids("t", "new");
-        assert!(store.devices.lock().expect("lock")[&t].get(&new).is_none());
+        assert!(!store.devices.lock().expect("lock")[&t].contains_key(&new));
         let (_, d0) = ids("t", "d0");
         store.record(PresenceUpdate {
             tenant: t.clone(),
@@ -666,7 +683,7 @@ mod tests {
         });
         store.record(connect("t", "new", now));
         assert_eq!(store.len(), 10);
-        assert!(store.devices.lock().expect("lock")[&t].get(&new).is_some());
+        assert!(store.devices.lock().expect("lock")[&t].contains_key(&new));
     }
 
     #[tokio::test]

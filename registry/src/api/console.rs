@@ -50,7 +50,10 @@ pub fn pages() -> Router<AppState> {
         .route("/console", get(|| async { asset("index.html") }))
         .route("/console/", get(|| async { asset("index.html") }))
         .route("/console/console.js", get(|| async { asset("console.js") }))
-        .route("/console/console.css", get(|| async { asset("console.css") }))
+        .route(
+            "/console/console.css",
+            get(|| async { asset("console.css") }),
+        )
 }
 
 fn asset(name: &str) -> Response {
@@ -83,7 +86,10 @@ fn asset(name: &str) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
@@ -263,7 +269,7 @@ async fn command(
         timeout: Duration::from_millis(timeout_ms),
         reply,
     };
-    if bridge.send_command(request).is_err() {
+    if !bridge.send_command(request) {
         return Err(ApiError::NotAvailable(
             "too many console commands in flight; try again".into(),
         ));

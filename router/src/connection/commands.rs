@@ -242,11 +242,9 @@ impl<S: EventStore> Conn<S> {
                 }
                 Some(CONNECTED) => return crate::console::report(&self.shared, &view, true),
                 Some(DISCONNECTED) => return crate::console::report(&self.shared, &view, false),
-                _ => {
-                    return Err(
-                        "subject must be register, unregister, set-last-gw, connected or disconnected",
-                    )
-                }
+                _ => return Err(
+                    "subject must be register, unregister, set-last-gw, connected or disconnected",
+                ),
             };
             let mut entries: Vec<(String, String, bool)> = Vec::new();
             if let (Some(t), Some(d)) = (

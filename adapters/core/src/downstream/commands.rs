@@ -87,7 +87,9 @@ enum Update {
     /// `device` last sent through the gateway in [`Control::gateway`].
     LastGateway,
     /// Presence (docs/console.md): `device` connected to this instance, or went.
-    Presence { connected: bool },
+    Presence {
+        connected: bool,
+    },
 }
 
 struct Control {
