@@ -71,7 +71,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let sources = Sources::from_env("FERRY_REGISTRY_", None)
         .flag("bind", Some(SocketAddr::new(args.bind, args.registry_port)))
         .flag("data_dir", Some(&data_dir))
-        .flag("admin_token", args.admin_token.as_deref());
+        .flag("admin_token", args.admin_token.as_deref())
+        // The console is on under `ferry up` unless FERRY_REGISTRY_CONSOLE says otherwise.
+        .flag(
+            "console",
+            std::env::var_os("FERRY_REGISTRY_CONSOLE")
+                .is_none()
+                .then_some(true),
+        );
     let registry_config: ferry_registry::Config = config::load(&sources)?;
     registry_config.validate()?;
 
@@ -98,7 +105,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let admin = ferry_core::admin::Admin::new();
     let shutdown = ferry_core::shutdown::on_signal();
     let started = std::time::Instant::now();
-    let registry = ferry_registry::start(registry_config, admin.clone(), shutdown.clone()).await?;
+    // Presence, live messages and console commands: held and served by the router, read and asked for
+    // by the registry's API (docs/console.md).
+    let bridge = ferry_core::console::RouterBridge::new(std::sync::Arc::new(
+        ferry_core::console::MemoryPresence::default(),
+    ));
+    let console = registry_config.console;
+    let registry = ferry_registry::start_with_bridge(
+        registry_config,
+        admin.clone(),
+        shutdown.clone(),
+        Some(bridge.clone()),
+    )
+    .await?;
     // In one process the adapters and the router share the registry's internal token:
     // it is the adapters' service credential at the router.
     router_config.registry_url = registry.url();
@@ -106,7 +125,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if router_config.adapter_password.is_empty() {
         router_config.adapter_password = registry.internal_token.clone();
     }
-    let router = ferry_router::start(router_config, admin.clone(), shutdown.clone()).await?;
+    let router =
+        ferry_router::start_with_bridge(router_config, admin.clone(), shutdown.clone(), bridge)
+            .await?;
     mqtt_config.registry_url = registry.url();
     mqtt_config.registry_token = registry.internal_token.clone();
     mqtt_config.router_address = format!("127.0.0.1:{}", router.addr.port());
@@ -138,6 +159,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("  registry (Hono management API)  {}/v1", registry.url());
     println!("  admin token                     {token_hint}");
+    if console {
+        println!(
+            "  web console                     {}/console  (sign in with the admin token)",
+            registry.url()
+        );
+    }
     println!(
         "  AMQP 1.0 for applications       amqp://{}  (SASL PLAIN, application users)",
         router.addr

@@ -28,6 +28,7 @@ use crate::error::ApiError;
 use crate::logins::{LoginCounters, LoginGuard};
 use crate::store::Store;
 
+pub mod console;
 pub mod extract;
 pub mod internal;
 pub mod management;
@@ -45,6 +46,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub logins: LoginGuard,
     pub shutdown: Shutdown,
+    /// Presence, live messages and commands (docs/console.md); `None` when no router runs in this
+    /// process.
+    pub bridge: Option<Arc<ferry_core::console::RouterBridge>>,
 }
 
 /// The bearer tokens the API accepts.
@@ -63,6 +67,8 @@ pub struct Settings {
     /// A request not answered within this time gets 503.
     pub request_timeout: Duration,
     pub hash: HashOptions,
+    /// Serve the console under `/console`.
+    pub console: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,16 +141,21 @@ impl Metrics {
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let timeout = state.settings.request_timeout;
-    let management = management::routes().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        require_admin,
-    ));
+    let management = management::routes().merge(console::routes()).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), require_admin),
+    );
     let internal = internal::routes().route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_internal,
     ));
+    let pages = if state.settings.console {
+        console::pages()
+    } else {
+        Router::new()
+    };
     Router::new()
         .nest("/v1", management)
+        .merge(pages)
         .nest("/internal/v1", internal)
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/internal/v1/jwks", get(internal::jwks))

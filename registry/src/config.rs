@@ -59,6 +59,8 @@ pub struct Config {
     /// Password verifications (bcrypt) run at once; unset = one per core. Half of them (rounded down)
     /// are kept for names that have logged in successfully before.
     pub password_verify_concurrency: Option<usize>,
+    /// Serve the web console under `/console` (docs/console.md). `ferry up` turns it on.
+    pub console: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -94,6 +96,7 @@ impl Default for Config {
             login_lockout_secs: 60,
             login_tracked_max: 10_000,
             password_verify_concurrency: None,
+            console: false,
         }
     }
 }

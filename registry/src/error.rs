@@ -32,6 +32,11 @@ pub enum ApiError {
     Unavailable(#[source] StoreError),
     #[error("request not completed within {0} s")]
     Timeout(u64),
+    /// A backend other than the database is missing or busy (the router, for presence and the console).
+    #[error("{0}")]
+    NotAvailable(String),
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 impl ApiError {
@@ -46,7 +51,10 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) | Self::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Timeout(_) | Self::NotAvailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

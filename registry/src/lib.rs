@@ -67,6 +67,17 @@ pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Re
 
 /// Opens storage, binds the ports and starts serving; returns once the registry accepts requests.
 pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    start_with_bridge(config, admin, shutdown, None).await
+}
+
+/// [`start`], with the router's [`RouterBridge`](ferry_core::console::RouterBridge) for the presence
+/// API and the console (`ferry up` runs both in one process; docs/console.md).
+pub async fn start_with_bridge(
+    config: Config,
+    admin: Admin,
+    shutdown: Shutdown,
+    bridge: Option<Arc<ferry_core::console::RouterBridge>>,
+) -> anyhow::Result<Started> {
     let readiness = admin.readiness("registry");
     let store = store::Store::open(config.database_url.as_deref(), &config.data_dir)
         .await
@@ -145,10 +156,12 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             max_body_bytes: config.max_body_bytes,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
             hash,
+            console: config.console,
         }),
         metrics,
         logins: login_guard,
         shutdown: shutdown.clone(),
+        bridge,
     };
 
     let listener = TcpListener::bind(config.bind)

@@ -101,6 +101,10 @@ impl Engine {
                 VerifierConfig::default(),
             ))),
             refresh_keys: Notify::new(),
+            bridge: ferry_core::console::RouterBridge::new(Arc::new(
+                ferry_core::console::MemoryPresence::default(),
+            )),
+            seen: crate::console::SeenFilter::default(),
             open_connections: AtomicUsize::new(0),
             per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
             all_closed: Notify::new(),

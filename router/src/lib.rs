@@ -22,6 +22,7 @@ pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -44,6 +45,12 @@ pub struct Shared<S: EventStore> {
     verifier: RwLock<Arc<Verifier>>,
     /// Signalled when a token names a key we do not know: the JWKS is fetched again.
     pub refresh_keys: Notify,
+    /// Presence, the tenants' live taps and the console's commands (docs/console.md).
+    pub bridge: Arc<ferry_core::console::RouterBridge>,
+    /// Devices whose last-seen was reported recently, as hashes of (tenant, device) with the time slot
+    /// reported (see [`console::SEEN_SLOT_SECS`]): last-seen costs the presence store one update per
+    /// device and slot, not one per message.
+    pub seen: console::SeenFilter,
     /// Open connections, so that shutdown can wait for them to send their close.
     open_connections: std::sync::atomic::AtomicUsize,
     /// Open connections per application user (for `max_connections_per_user`).
@@ -124,13 +131,28 @@ pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Re
 /// Opens the event store (embedded mode) or connects to NATS (cluster mode), binds the listeners and
 /// starts serving.
 pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
+    let bridge = ferry_core::console::RouterBridge::new(Arc::new(
+        ferry_core::console::MemoryPresence::default(),
+    ));
+    start_with_bridge(config, admin, shutdown, bridge).await
+}
+
+/// [`start`], recording presence into `bridge`, publishing device messages to its taps and serving its
+/// commands: `ferry up` hands the same bridge to the registry, which serves the presence API and the
+/// console from it.
+pub async fn start_with_bridge(
+    config: Config,
+    admin: Admin,
+    shutdown: Shutdown,
+    bridge: Arc<ferry_core::console::RouterBridge>,
+) -> anyhow::Result<Started> {
     match config.messaging.mode {
         ferry_nats::MessagingMode::Embedded => {
             let store_dir = config.data_dir.join("events");
             let store = tokio::task::spawn_blocking(move || SegmentLog::open(&store_dir))
                 .await
                 .context("opening the event store")??;
-            serve(config, admin, shutdown, store, None).await
+            serve(config, admin, shutdown, store, None, bridge).await
         }
         ferry_nats::MessagingMode::Nats => {
             let name = format!("ferry-router-{}", std::process::id());
@@ -148,6 +170,7 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
                 shutdown,
                 events::InMemoryStore::default(),
                 Some(Arc::new(bus)),
+                bridge,
             )
             .await
         }
@@ -160,6 +183,7 @@ async fn serve<S: EventStore>(
     shutdown: Shutdown,
     store: S,
     bus: Option<Arc<bus::Bus>>,
+    bridge: Arc<ferry_core::console::RouterBridge>,
 ) -> anyhow::Result<Started> {
     let readiness = admin.readiness("router");
     let metrics = metrics::Metrics::new(&admin);
@@ -182,6 +206,8 @@ async fn serve<S: EventStore>(
             VerifierConfig::default(),
         ))),
         refresh_keys: Notify::new(),
+        bridge: bridge.clone(),
+        seen: console::SeenFilter::default(),
         open_connections: std::sync::atomic::AtomicUsize::new(0),
         per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
         all_closed: Notify::new(),
@@ -304,6 +330,13 @@ async fn serve<S: EventStore>(
         });
     }
 
+    if let Some(commands) = bridge.take_commands() {
+        tokio::spawn(console::serve_commands(
+            shared.clone(),
+            commands,
+            shutdown.clone(),
+        ));
+    }
     let task = tokio::spawn(accept_loops(listener, tls, shared, shutdown));
     tracing::info!(%addr, ?tls_addr, "router listening");
     Ok(Started {

@@ -289,6 +289,7 @@ where
         changes: None,
         notices: None,
         announced: false,
+        presence_reported: false,
     };
     let result = session
         .run(&mut io, &mut buf, max_packet, commands_rx)
@@ -330,6 +331,8 @@ struct Session {
     notices: Option<oneshot::Receiver<()>>,
     /// Whether a `connected` connection event went out (so a `disconnected` one follows).
     announced: bool,
+    /// The router was told this device connected (and will be told when it goes).
+    presence_reported: bool,
 }
 
 /// Initial capacity of a session's read and write buffers.
@@ -378,6 +381,19 @@ impl Session {
             None => {
                 tracing::debug!(peer = %self.peer, client = %self.client_id, "unauthenticated device connected");
             }
+        }
+        // Presence (docs/console.md): the router hears of every authenticated connection, whether
+        // or not applications get connection events.
+        if let Some(who) = &self.who {
+            self.shared.command_link.report_presence(
+                &who.tenant,
+                &who.device,
+                ferry_core::hono::adapter_type::MQTT,
+                &self.remote_id(),
+                self.id,
+                true,
+            );
+            self.presence_reported = true;
         }
         // Connection events are for authenticated devices only (HONO-CONTRACT §1.2).
         if let (true, Some(who)) = (self.shared.config.connection_events, &self.who) {

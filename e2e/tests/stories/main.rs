@@ -3,6 +3,7 @@
 //! `scripts/test -p ferry-e2e -E 'test(NAME)'`.
 
 mod commands;
+mod console;
 mod disabled;
 mod events;
 mod gateways;

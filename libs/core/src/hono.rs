@@ -83,6 +83,15 @@ pub mod command_internal {
     pub const UNREGISTER: &str = "unregister";
     /// Remember the gateway a device last sent through (`tenant_id`, `device_id`, `gateway_id`).
     pub const SET_LAST_GATEWAY: &str = "set-last-gw";
+    /// Presence (docs/console.md): a device connected to this instance (`tenant_id`, `device_id`,
+    /// `orig_adapter`, optional `gateway_id` and [`REMOTE_ID`]), or went.
+    pub const CONNECTED: &str = "connected";
+    pub const DISCONNECTED: &str = "disconnected";
+    /// Application property of [`CONNECTED`]: the MQTT client id (or peer address).
+    pub const REMOTE_ID: &str = "remote_id";
+    /// Application property of [`CONNECTED`] and [`DISCONNECTED`]: which connection (instance and
+    /// session), so that the end of an older one does not hide a newer one.
+    pub const CONNECTION_ID: &str = "connection_id";
     /// Boolean application property (and bulk-body field): the registration is a gateway's subscription
     /// for all the devices that list it in their `via`.
     pub const ALL_DEVICES: &str = "all_devices";

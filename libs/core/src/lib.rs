@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod assertion;
 pub mod config;
+pub mod console;
 pub mod hono;
 pub mod ids;
 pub mod logs;

@@ -340,8 +340,22 @@ async fn search_devices(
             )))
         }
     };
+    let connected = match q.get("connected") {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "connected must be true or false, not {other}"
+            )))
+        }
+    };
     // An unknown tenant is a 404 even before the search finds nothing.
     s.store.get_tenant(tenant.as_str()).await?;
+    let online = match connected {
+        Some(_) => Some(super::console::connected_devices(&s, &tenant).await?),
+        None => None,
+    };
     let stored = s.store.list_devices(tenant.as_str()).await?;
     let mut items = Vec::with_capacity(stored.len());
     for d in &stored {
@@ -352,6 +366,12 @@ async fn search_devices(
         items.retain(|d| {
             let id = d.get("id").and_then(Value::as_str).unwrap_or_default();
             gateways.contains(id) == want
+        });
+    }
+    if let (Some(want), Some(online)) = (connected, &online) {
+        items.retain(|d| {
+            let id = d.get("id").and_then(Value::as_str).unwrap_or_default();
+            online.contains(id) == want
         });
     }
     search_result(&search, items)

@@ -38,6 +38,8 @@ fn error_responses(codes: &[u16]) -> Map<String, Value> {
                 409 => "Conflict: the resource or a unique key already exists",
                 412 => "If-Match does not match the resource version",
                 413 => "Request body too large",
+                429 => "Too many live views open",
+                503 => "Storage unavailable, or no router in this process (presence, live view, commands)",
                 _ => "Error",
             };
             (
@@ -120,6 +122,38 @@ fn build() -> Value {
             "result": { "type": "array", "items": { "type": "object" } } } }),
     );
 
+    schemas.insert(
+        "Presence".into(),
+        json!({ "type": "object", "required": ["connected"], "description": "A device's presence (Ferry extension; docs/console.md). Only `connected` when nothing is known of the device since the router started.", "properties": {
+            "connected": { "type": "boolean" },
+            "since": { "type": "string", "format": "date-time", "description": "Start of the current (or last) connection" },
+            "adapter": { "type": "string", "description": "Adapter type of that connection, e.g. hono-mqtt" },
+            "gateway": { "type": "string" },
+            "remote-id": { "type": "string", "description": "MQTT client id or peer address" },
+            "last-seen": { "type": "string", "format": "date-time", "description": "Last connect, disconnect or message (coarse: 5 s)" },
+            "disconnected-at": { "type": "string", "format": "date-time" } } }),
+    );
+    schemas.insert(
+        "ConsoleCommand".into(),
+        json!({ "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "name": { "type": "string", "description": "Command name (AMQP subject), 1-256 characters" },
+            "payload": { "type": "string", "maxLength": 8192 },
+            "content-type": { "type": "string" },
+            "one-way": { "type": "boolean", "default": false, "description": "true: no reply-to, no response awaited" },
+            "timeout-ms": { "type": "integer", "minimum": 1, "maximum": 20000, "default": 10000 } } }),
+    );
+    schemas.insert(
+        "CommandResult".into(),
+        json!({ "type": "object", "required": ["outcome"], "properties": {
+            "outcome": { "type": "string", "enum": ["accepted", "released", "rejected", "modified", "timeout"],
+                         "description": "The disposition the command got (Hono: released = device not connected or did not take it)" },
+            "error": { "type": "string" },
+            "response": { "type": "object", "properties": {
+                "status": { "type": ["integer", "null"] },
+                "content-type": { "type": "string" },
+                "payload": { "type": "string", "description": "UTF-8 (invalid bytes replaced), at most 1 KiB" } } } } }),
+    );
+
     let id = |name: &str, desc: &str| json!({ "name": name, "in": "path", "required": true, "description": desc, "schema": { "type": "string" } });
     let query = |name: &str, desc: &str, schema: Value| json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema });
     let parameters = json!({
@@ -132,6 +166,7 @@ fn build() -> Value {
         "pageOffset": query("pageOffset", "Results to skip", json!({ "type": "integer", "minimum": 0, "default": 0 })),
         "filterJson": query("filterJson", "{\"field\":\"/pointer\",\"op\":\"eq\",\"value\":...}; repeatable, * and ? wildcards", json!({ "type": "string" })),
         "sortJson": query("sortJson", "{\"field\":\"/pointer\",\"direction\":\"asc\"|\"desc\"}", json!({ "type": "string" })),
+        "connected": query("connected", "Only devices connected now (true) or not (false); Ferry extension", json!({ "type": "boolean" })),
         "isGateway": query("isGateway", "Only gateways (true) or only non-gateways (false)", json!({ "type": "boolean" })),
     });
 
@@ -157,7 +192,7 @@ fn build() -> Value {
         "/v1/devices/{tenantId}": {
             "post": op(Op { summary: "Create a device with a generated id", params: &["tenantId"], body: Some("Device"),
                 ok: created("Device created"), errors: &[400, 401, 403, 404, 409, 413] }),
-            "get": op(Op { summary: "Search devices", params: &["tenantId", "pageSize", "pageOffset", "filterJson", "sortJson", "isGateway"], body: None,
+            "get": op(Op { summary: "Search devices", params: &["tenantId", "pageSize", "pageOffset", "filterJson", "sortJson", "isGateway", "connected"], body: None,
                 ok: (200, "Matching devices", Some(schema_ref("SearchResult"))), errors: &[400, 401, 404] }),
             "delete": op(Op { summary: "Delete every device of the tenant", params: &["tenantId"], body: None,
                 ok: (204, "Deleted", None), errors: &[400, 401, 404] }),
@@ -171,6 +206,26 @@ fn build() -> Value {
                 ok: (204, "Updated", None), errors: &[400, 401, 403, 404, 412, 413] }),
             "delete": op(Op { summary: "Delete a device and its credentials", params: &["tenantId", "deviceId", "ifMatch"], body: None,
                 ok: (204, "Deleted", None), errors: &[401, 403, 404, 412] }),
+        },
+        "/v1/devices/{tenantId}/{deviceId}/presence": {
+            "get": op(Op { summary: "Whether the device is connected now, since when, through which adapter (Ferry extension)", params: &["tenantId", "deviceId"], body: None,
+                ok: (200, "The device's presence", Some(schema_ref("Presence"))), errors: &[400, 401, 404, 503] }),
+        },
+        "/v1/live/{tenantId}": {
+            "get": {
+                "summary": "The tenant's telemetry and events as they pass the router, as server-sent events `message` and `dropped` (Ferry extension; a copy, applications lose nothing; at most 50 messages a second)",
+                "parameters": [schema_ref_param("tenantId")],
+                "responses": {
+                    "200": { "description": "An event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
+                    "400": error_responses(&[400])["400"], "401": error_responses(&[401])["401"],
+                    "404": error_responses(&[404])["404"], "429": error_responses(&[429])["429"],
+                    "503": error_responses(&[503])["503"],
+                },
+            },
+        },
+        "/v1/commands/{tenantId}/{deviceId}": {
+            "post": op(Op { summary: "Send a command to the device as an application would, and wait for its outcome and response (Ferry extension)", params: &["tenantId", "deviceId"], body: Some("ConsoleCommand"),
+                ok: (200, "What became of the command", Some(schema_ref("CommandResult"))), errors: &[400, 401, 404, 413, 503] }),
         },
         "/v1/credentials/{tenantId}/{deviceId}": {
             "get": op(Op { summary: "Get a device's credentials (secret metadata, no secret data)", params: &["tenantId", "deviceId"], body: None,

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use fe2o3_amqp_types::definitions::{AmqpError, ErrorCondition};
 use fe2o3_amqp_types::messaging::DeliveryState;
 use ferry_core::hono::app_property;
-use ferry_core::hono::command_internal::{ALL_DEVICES, REGISTER, SET_LAST_GATEWAY, UNREGISTER};
+use ferry_core::hono::command_internal::{
+    ALL_DEVICES, CONNECTED, DISCONNECTED, REGISTER, SET_LAST_GATEWAY, UNREGISTER,
+};
 
 use super::routing::Incoming;
 use super::{accepted, rejected, Conn};
@@ -202,7 +204,8 @@ impl<S: EventStore> Conn<S> {
     /// or `unregister`, with application properties `tenant_id` and `device_id` (and `all_devices` =
     /// true for a gateway's subscription for all its devices), or a JSON body
     /// `[{"tenant_id": .., "device_id": .., "all_devices": ..}, ...]` to change many at once (after a
-    /// reconnect); or subject `set-last-gw` with `tenant_id`, `device_id` and `gateway_id`.
+    /// reconnect); or subject `set-last-gw` with `tenant_id`, `device_id` and `gateway_id`; or a presence
+    /// report, `connected` / `disconnected` (docs/console.md).
     pub(super) fn subscription(
         &mut self,
         channel: u16,
@@ -237,7 +240,11 @@ impl<S: EventStore> Conn<S> {
                         .set_last_gateway(&tenant, device.as_str(), gateway.as_str());
                     return Ok(());
                 }
-                _ => return Err("subject must be register, unregister or set-last-gw"),
+                Some(CONNECTED) => return crate::console::report(&self.shared, &view, true),
+                Some(DISCONNECTED) => return crate::console::report(&self.shared, &view, false),
+                _ => return Err(
+                    "subject must be register, unregister, set-last-gw, connected or disconnected",
+                ),
             };
             let mut entries: Vec<(String, String, bool)> = Vec::new();
             if let (Some(t), Some(d)) = (

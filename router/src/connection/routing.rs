@@ -435,6 +435,17 @@ pub(crate) fn check_device_message<S: EventStore>(
         }
         return Err(precondition("device non-existent/disabled"));
     }
+    crate::console::observe(
+        shared,
+        &addr.kind,
+        &addr.tenant,
+        &device,
+        &view,
+        properties
+            .as_ref()
+            .and_then(|p| p.content_type.as_ref())
+            .map(|c| c.as_str()),
+    );
     let resource = format!("{}/{}/{}", addr.kind.name(), addr.tenant, device);
     let mut out = Vec::with_capacity(message.len() + resource.len() + 16);
     codec::rewrite_message(

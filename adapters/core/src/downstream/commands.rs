@@ -86,6 +86,10 @@ enum Update {
     },
     /// `device` last sent through the gateway in [`Control::gateway`].
     LastGateway,
+    /// Presence (docs/console.md): `device` connected to this instance, or went.
+    Presence {
+        connected: bool,
+    },
 }
 
 struct Control {
@@ -93,6 +97,8 @@ struct Control {
     tenant: TenantId,
     device: DeviceId,
     gateway: Option<DeviceId>,
+    /// The adapter type, remote id and connection id of a [`Update::Presence`] report.
+    presence: Option<(&'static str, String, String)>,
     /// `None`: nobody waits for the outcome.
     reply: Option<oneshot::Sender<Result<super::link::Delivery, DownstreamError>>>,
 }
@@ -155,6 +161,37 @@ impl CommandLink {
             tenant: tenant.clone(),
             device: device.clone(),
             gateway: Some(gateway.clone()),
+            presence: None,
+            reply: None,
+        });
+        if let Err(mpsc::error::TrySendError::Full(_)) = sent {
+            self.shared.dropped_updates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells the router that `device` connected to this instance through `adapter` (`connected` =
+    /// true, with the MQTT client id or peer address as `remote_id`) or went, for the presence API
+    /// (docs/console.md). `session` tells this instance's connections apart. Not waited for; lost while disconnected from the router; dropped, and
+    /// counted, when the control queue is full, like [`CommandLink::set_last_gateway`].
+    pub fn report_presence(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        adapter: &'static str,
+        remote_id: &str,
+        session: u64,
+        connected: bool,
+    ) {
+        let sent = self.shared.control.try_send(Control {
+            update: Update::Presence { connected },
+            tenant: tenant.clone(),
+            device: device.clone(),
+            gateway: None,
+            presence: Some((
+                adapter,
+                remote_id.chars().take(256).collect(),
+                format!("{}/{session}", self.shared.instance_id),
+            )),
             reply: None,
         });
         if let Err(mpsc::error::TrySendError::Full(_)) = sent {
@@ -208,7 +245,7 @@ impl CommandLink {
                         let key = (tenant.clone(), device.clone(), all_devices);
                         first && devices.remove(&key) || !devices.contains(&key)
                     }
-                    Update::LastGateway => true,
+                    Update::LastGateway | Update::Presence { .. } => true,
                 };
                 if !still_wanted {
                     // A newer update of the same entry took over; it is on its way.
@@ -220,6 +257,7 @@ impl CommandLink {
                     tenant: tenant.clone(),
                     device: device.clone(),
                     gateway: None,
+                    presence: None,
                     reply: Some(reply),
                 });
                 match queued {
@@ -266,6 +304,8 @@ fn subscription(c: Option<&Control>, body: Vec<u8>) -> Sendable<Data> {
         None | Some(Update::Register { .. }) => command_internal::REGISTER,
         Some(Update::Unregister { .. }) => command_internal::UNREGISTER,
         Some(Update::LastGateway) => command_internal::SET_LAST_GATEWAY,
+        Some(Update::Presence { connected: true }) => command_internal::CONNECTED,
+        Some(Update::Presence { connected: false }) => command_internal::DISCONNECTED,
     };
     let properties = Properties {
         subject: Some(subject.to_owned()),
@@ -277,6 +317,12 @@ fn subscription(c: Option<&Control>, body: Vec<u8>) -> Sendable<Data> {
             .insert(app_property::DEVICE_ID, c.device.as_str());
         if let Some(gateway) = &c.gateway {
             props = props.insert(app_property::GATEWAY_ID, gateway.as_str());
+        }
+        if let Some((adapter, remote_id, connection)) = &c.presence {
+            props = props
+                .insert(app_property::ORIG_ADAPTER, *adapter)
+                .insert(command_internal::REMOTE_ID, remote_id.as_str())
+                .insert(command_internal::CONNECTION_ID, connection.as_str());
         }
         if let Update::Register { all_devices: true } | Update::Unregister { all_devices: true } =
             c.update

@@ -393,6 +393,16 @@ impl Session {
                 notifications.push(Notification::ttd(device, gateway, 0, filter));
             }
         }
+        if self.presence_reported {
+            self.shared.command_link.report_presence(
+                &who.tenant,
+                &who.device,
+                ferry_core::hono::adapter_type::MQTT,
+                &self.remote_id(),
+                self.id,
+                false,
+            );
+        }
         if self.announced {
             let remote_id = self.remote_id();
             notifications.push(Notification::connection(

@@ -1,0 +1,187 @@
+//! The presence API and the web console (docs/console.md), as an operator sees them against `ferry up`:
+//! a paho device's presence follows its connection, and a real headless Chromium drives the console.
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{clients_dir, curl, paho_device, proton_app, test_python, Ferry, Process};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn admin_token(ferry: &Ferry) -> String {
+    std::fs::read_to_string(ferry.data_dir.join("admin-token"))
+        .expect("ferry up wrote its admin token")
+        .trim()
+        .to_owned()
+}
+
+fn get(ferry: &Ferry, token: &str, path: &str) -> (u16, Value) {
+    let r = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{}{path}", ferry.registry),
+    ]);
+    let body = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    (r.status, body)
+}
+
+/// Polls the device's presence until `connected` is `want`; returns it and how long that took.
+fn presence_becomes(ferry: &Ferry, token: &str, path: &str, want: bool) -> (Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get(ferry, token, path);
+        assert_eq!(status, 200, "{path}: {body}");
+        if body["connected"] == want {
+            return (body, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{path} did not become connected={want}: {body}\nferry up:\n{}",
+            ferry.process.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_paho_device_shows_online_while_connected_and_offline_after() {
+    let ferry = Ferry::up();
+    let token = admin_token(&ferry);
+    ferry.tenant("plant");
+    ferry.tenant("other");
+    ferry.device_with_password("plant", "pump-1", "pump1", "pw-pump");
+    ferry.device("other", "valve-9", "{}");
+    let path = "/v1/devices/plant/pump-1/presence";
+
+    // Never seen: known device, nothing known of its presence.
+    let (status, body) = get(&ferry, &token, path);
+    assert_eq!(
+        (status, &body["connected"]),
+        (200, &Value::Bool(false)),
+        "{body}"
+    );
+
+    // A device that only connects (no command subscription, no message) is online.
+    let mut device = paho_device(
+        "commands",
+        ferry.mqtt,
+        &["pump1@plant", "pw-pump", "nothing/to/see", "20"],
+    );
+    device.expect("connected", WAIT);
+    let (online, took) = presence_becomes(&ferry, &token, path, true);
+    assert!(took < Duration::from_secs(1), "online after {took:?}");
+    assert_eq!(online["adapter"], "hono-mqtt", "{online}");
+    assert!(
+        online["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{online}"
+    );
+    assert!(online["last-seen"].is_string(), "{online}");
+
+    // The connected filter of the device search.
+    let (status, found) = get(&ferry, &token, "/v1/devices/plant?connected=true");
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["result"][0]["id"], "pump-1", "{found}");
+    let (status, _) = get(&ferry, &token, "/v1/devices/plant?connected=false");
+    assert_eq!(
+        status, 404,
+        "no offline device: Hono's 404 for an empty search"
+    );
+    let (status, body) = get(&ferry, &token, "/v1/devices/plant?connected=maybe");
+    assert_eq!(status, 400, "{body}");
+
+    // The device goes (its process dies, the socket closes): offline within a second.
+    device.kill();
+    let (offline, took) = presence_becomes(&ferry, &token, path, false);
+    assert!(took < Duration::from_secs(1), "offline after {took:?}");
+    assert!(offline["disconnected-at"].is_string(), "{offline}");
+
+    // Unknown devices and tenants are 404; another tenant's device is not visible through this one.
+    let (status, body) = get(&ferry, &token, "/v1/devices/plant/nobody/presence");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get(&ferry, &token, "/v1/devices/other/pump-1/presence");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get(&ferry, &token, "/v1/devices/nowhere/pump-1/presence");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get(&ferry, &token, "/v1/devices/plant/bad%20id/presence");
+    assert_eq!(status, 400, "{body}");
+
+    // Only the admin token: a wrong one, the internal (adapters') token and an application user's
+    // Basic credentials are all refused, on presence and on the live view.
+    let internal = std::fs::read_to_string(ferry.data_dir.join("internal-token"))
+        .expect("internal token")
+        .trim()
+        .to_owned();
+    for bad in ["wrong", internal.as_str()] {
+        let (status, _) = get(&ferry, bad, path);
+        assert_eq!(status, 401);
+        let (status, _) = get(&ferry, bad, "/v1/live/plant");
+        assert_eq!(status, 401);
+    }
+    ferry.application("plant-app", "pw-app", &["plant"]);
+    let r = curl(&[
+        "-u",
+        "plant-app:pw-app",
+        &format!("{}{path}", ferry.registry),
+    ]);
+    assert_eq!(r.status, 401, "{}", r.body);
+}
+
+#[test]
+fn the_console_in_headless_chromium_manages_devices_and_shows_presence_telemetry_and_commands() {
+    let ferry = Ferry::up_with(&["--demo"]);
+    let token = admin_token(&ferry);
+    let shots = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ferry-target"))
+        .join("console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let mut cmd = std::process::Command::new(test_python());
+    cmd.arg(clients_dir().join("console_browser.py"))
+        .arg(&ferry.registry)
+        .arg(&token)
+        .arg(ferry.mqtt.to_string())
+        .arg(&shots);
+    // The live view shows what flows to applications: an application consumes the tenant's telemetry,
+    // as the demo's instructions suggest (without one, devices' telemetry gets no credit).
+    ferry.application("console-test-app", "pw-console", &["console-t"]);
+    let mut browser = Process::spawn("console_browser.py", cmd);
+    let mut consumer: Option<Process> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = browser.line(left) else {
+            panic!(
+                "console_browser.py ended or hung without passing; its output:\n{}\nferry up:\n{}",
+                browser.log(),
+                ferry.process.log()
+            );
+        };
+        if line.contains("\"need_consumer\"") {
+            consumer = Some(proton_app(&[
+                "consume",
+                &ferry.amqp_url("console-test-app", "pw-console"),
+                "telemetry/console-t",
+                "1000",
+                "60",
+            ]));
+            if let Some(c) = &consumer {
+                c.expect("attached", WAIT);
+            }
+            // Tells the script the consumer is there.
+            std::fs::write(shots.join("consumer-ready"), b"1").expect("flag file");
+        }
+        if line.contains("\"passed\"") {
+            break;
+        }
+        if line.contains("\"failed\"") {
+            panic!(
+                "the console test failed: {line}\nits output:\n{}\nferry up:\n{}",
+                browser.log(),
+                ferry.process.log()
+            );
+        }
+    }
+    let status = browser.wait_exit(WAIT);
+    assert!(status.success(), "{}", browser.log());
+    drop(consumer);
+}
