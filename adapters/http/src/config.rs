@@ -43,6 +43,10 @@ pub struct Config {
     /// Limits on password logins: failures per `auth-id@tenant` and per source address before a
     /// lockout, and verifications at once (`FERRY_HTTP_LOGIN__MAX_FAILURES`, ...).
     pub login: ferry_adapter_core::auth::LoginLimits,
+    /// Embedded (to the router over AMQP 1.0, the default) or cluster mode (NATS with JetStream:
+    /// `FERRY_HTTP_MESSAGING__MODE=nats`, `FERRY_HTTP_MESSAGING__NATS__URLS='[nats://a:4222]'`); in cluster
+    /// mode the `router_*` settings are not used.
+    pub messaging: ferry_nats::Messaging,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -72,6 +76,7 @@ impl Default for Config {
             send_timeout_ms: 5000,
             authentication_required: true,
             login: ferry_adapter_core::auth::LoginLimits::default(),
+            messaging: ferry_nats::Messaging::default(),
         }
     }
 }
@@ -106,6 +111,8 @@ impl Config {
             }
             other => other,
         })?;
+        // Names its fields from `messaging` down (`messaging.nats.urls`).
+        self.messaging.validate()?;
         if self.idle_timeout_secs == 0 {
             return Err(field("idle_timeout_secs", "must be at least 1"));
         }

@@ -62,6 +62,10 @@ pub struct Config {
     /// Limits on password logins: failures per `auth-id@tenant` and per source address before a
     /// lockout, and verifications at once (`FERRY_MQTT_LOGIN__MAX_FAILURES`, ...).
     pub login: ferry_adapter_core::auth::LoginLimits,
+    /// Embedded (to the router over AMQP 1.0, the default) or cluster mode (NATS with JetStream:
+    /// `FERRY_MQTT_MESSAGING__MODE=nats`, `FERRY_MQTT_MESSAGING__NATS__URLS='[nats://a:4222]'`); in cluster
+    /// mode the `router_*` settings are not used.
+    pub messaging: ferry_nats::Messaging,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -95,6 +99,7 @@ impl Default for Config {
             connection_events: false,
             authentication_required: true,
             login: ferry_adapter_core::auth::LoginLimits::default(),
+            messaging: ferry_nats::Messaging::default(),
         }
     }
 }
@@ -132,6 +137,8 @@ impl Config {
             }
             other => other,
         })?;
+        // Names its fields from `messaging` down (`messaging.nats.urls`).
+        self.messaging.validate()?;
         Ok(())
     }
 }
