@@ -135,6 +135,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn messaging_comes_from_the_environment_and_is_checked_with_its_path() {
+        let load = |urls: &str| {
+            let sources = ferry_core::config::Sources {
+                env_prefix: "FERRY_HTTP_".into(),
+                env: vec![
+                    ("FERRY_HTTP_MESSAGING__MODE".into(), "nats".into()),
+                    ("FERRY_HTTP_MESSAGING__NATS__URLS".into(), urls.into()),
+                ],
+                ..Default::default()
+            };
+            ferry_core::config::load::<Config>(&sources).expect("load")
+        };
+        let c = load("[\"nats://127.0.0.1:4222\"]");
+        assert_eq!(c.messaging.mode, ferry_nats::MessagingMode::Nats);
+        assert_eq!(c.messaging.nats.urls, ["nats://127.0.0.1:4222"]);
+        c.validate().expect("valid");
+        let e = load("[http://x]").validate().expect_err("not a NATS URL");
+        assert_eq!(e.field(), Some("messaging.nats.urls"));
+        assert_eq!(
+            Config::default().messaging.mode,
+            ferry_nats::MessagingMode::Embedded
+        );
+    }
+
+    #[test]
     fn defaults_are_valid_and_env_overrides_them() {
         Config::default().validate().expect("defaults");
         let sources = ferry_core::config::Sources {

@@ -142,3 +142,33 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messaging_comes_from_the_environment_and_is_checked_with_its_path() {
+        let load = |urls: &str| {
+            let sources = ferry_core::config::Sources {
+                env_prefix: "FERRY_MQTT_".into(),
+                env: vec![
+                    ("FERRY_MQTT_MESSAGING__MODE".into(), "nats".into()),
+                    ("FERRY_MQTT_MESSAGING__NATS__URLS".into(), urls.into()),
+                ],
+                ..Default::default()
+            };
+            ferry_core::config::load::<Config>(&sources).expect("load")
+        };
+        let c = load("[\"nats://127.0.0.1:4222\"]");
+        assert_eq!(c.messaging.mode, ferry_nats::MessagingMode::Nats);
+        assert_eq!(c.messaging.nats.urls, ["nats://127.0.0.1:4222"]);
+        c.validate().expect("valid");
+        let e = load("[http://x]").validate().expect_err("not a NATS URL");
+        assert_eq!(e.field(), Some("messaging.nats.urls"));
+        assert_eq!(
+            Config::default().messaging.mode,
+            ferry_nats::MessagingMode::Embedded
+        );
+    }
+}
