@@ -37,10 +37,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use commands::{Command, CommandLink};
-pub use nats::NatsDownstreamConfig;
 pub use message::{
     CommandResponse, DeviceMessage, MessageKind, PropertyValue, SendOutcome, RESERVED_PROPERTIES,
 };
+pub use nats::NatsDownstreamConfig;
 
 use link::{Delivery, Job, LinkSpec};
 

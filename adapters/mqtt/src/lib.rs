@@ -16,11 +16,11 @@ use ferry_adapter_core::auth::DeviceAuthenticator;
 use ferry_adapter_core::downstream::{
     CommandLink, Downstream, DownstreamConfig, NatsDownstreamConfig,
 };
-use ferry_nats::MessagingMode;
 use ferry_adapter_core::registry::{RegistryClient, RegistryConfig};
 use ferry_core::admin::Admin;
 use ferry_core::ids::{DeviceId, TenantId};
 use ferry_core::shutdown::Shutdown;
+use ferry_nats::MessagingMode;
 use tokio::net::TcpListener;
 
 pub mod config;

@@ -29,8 +29,8 @@ use super::{outcome_of, DownstreamError, Inner, SessionSlot};
 mod command;
 mod parse;
 pub use command::Command;
-pub(super) use command::{NatsSettle, Settle};
 use command::{rejected, Disposition, LinkSettle};
+pub(super) use command::{NatsSettle, Settle};
 use parse::parse;
 pub(super) use parse::parse_message;
 

@@ -451,10 +451,8 @@ fn publish_now(
 ) -> Result<(), DownstreamError> {
     // `unconstrained`: tokio's cooperative budget must not make a publish that has room look full.
     let sent = match headers {
-        Some(h) => {
-            tokio::task::unconstrained(client.publish_with_headers(subject, h, payload))
-                .now_or_never()
-        }
+        Some(h) => tokio::task::unconstrained(client.publish_with_headers(subject, h, payload))
+            .now_or_never(),
         None => tokio::task::unconstrained(client.publish(subject, payload)).now_or_never(),
     };
     match sent {
@@ -630,7 +628,12 @@ impl Routes {
         self.delete(RouteKind::Gateway, tenant, gateway).await
     }
 
-    pub(super) fn set_last_gateway(&self, tenant: &TenantId, device: &DeviceId, gateway: &DeviceId) {
+    pub(super) fn set_last_gateway(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        gateway: &DeviceId,
+    ) {
         {
             let mut known = lock(&self.last_gateway);
             if known.get(tenant).and_then(|d| d.get(device)) == Some(gateway) {
@@ -715,11 +718,8 @@ impl Routes {
         if self.client.connection_state() != State::Connected {
             return Err(DownstreamError::NotConnected);
         }
-        match tokio::time::timeout(
-            self.timeout,
-            routes::delete_if(&self.kv, &key, &self.value),
-        )
-        .await
+        match tokio::time::timeout(self.timeout, routes::delete_if(&self.kv, &key, &self.value))
+            .await
         {
             Err(_) => Err(DownstreamError::Timeout),
             Ok(Err(e)) => {
@@ -793,10 +793,15 @@ async fn replay_on_reconnect(
             return;
         };
         let now = stats.connects.load(Ordering::Relaxed);
-        if now != seen && routes.client.connection_state() == State::Connected && routes.replay().await
+        if now != seen
+            && routes.client.connection_state() == State::Connected
+            && routes.replay().await
         {
             seen = now;
-            tracing::info!(routes = routes.registered(), "command routes put again after a reconnect");
+            tracing::info!(
+                routes = routes.registered(),
+                "command routes put again after a reconnect"
+            );
         }
     }
 }
@@ -815,7 +820,12 @@ mod tests {
             response_subject("command_response/t1/app/r9"),
             Some(subjects::command_response("t1", "app/r9"))
         );
-        for bad in ["command_response/t1", "command/t1/r", "command_response//r", ""] {
+        for bad in [
+            "command_response/t1",
+            "command/t1/r",
+            "command_response//r",
+            "",
+        ] {
             assert_eq!(response_subject(bad), None, "{bad}");
         }
     }

@@ -113,7 +113,11 @@ fn amqp(payload: &[u8]) -> Message<Body<Value>> {
 }
 
 fn device_id_of(m: &Message<Body<Value>>) -> Option<&SimpleValue> {
-    m.application_properties.as_ref()?.0.as_inner().get("device_id")
+    m.application_properties
+        .as_ref()?
+        .0
+        .as_inner()
+        .get("device_id")
 }
 
 #[tokio::test]
@@ -145,10 +149,17 @@ async fn qos1_is_accepted_only_after_the_routers_reply() {
             .map(|v| v.as_str()),
         Some("d1")
     );
-    assert!(m.headers.as_ref().and_then(|h| h.get(headers::PRESETTLED)).is_none());
+    assert!(m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::PRESETTLED))
+        .is_none());
     let a = amqp(&m.payload);
     assert_eq!(device_id_of(&a), Some(&SimpleValue::String("d1".into())));
-    assert!(matches!(a.body, Body::Data(_)), "the payload is one Data section");
+    assert!(
+        matches!(a.body, Body::Data(_)),
+        "the payload is one Data section"
+    );
 
     // A rejection keeps its condition.
     let bus2 = Bus::start().await;
@@ -188,7 +199,11 @@ async fn qos1_without_a_router_fails_at_once_and_a_silent_router_times_out() {
     );
 
     // A router that takes the message and never answers: busy, after the bound.
-    let _never = bus.router.subscribe(subjects::telemetry("t2")).await.expect("sub");
+    let _never = bus
+        .router
+        .subscribe(subjects::telemetry("t2"))
+        .await
+        .expect("sub");
     bus.router.flush().await.expect("flush");
     let started = Instant::now();
     assert_eq!(
@@ -219,7 +234,10 @@ async fn http_qos0_asks_the_router_and_hears_nobody_consumes() {
     assert!(outcome.is_accepted(), "{outcome:?}");
     let m = seen.recv().await.expect("seen");
     assert!(
-        m.headers.as_ref().and_then(|h| h.get(headers::PRESETTLED)).is_some(),
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get(headers::PRESETTLED))
+            .is_some(),
         "marked pre-settled"
     );
 
@@ -243,7 +261,11 @@ async fn mqtt_qos0_is_published_without_waiting() {
         ds.send(message(MessageKind::Telemetry, "t1", 0)).await,
         Ok(SendOutcome::Presettled)
     );
-    let mut sub = bus.router.subscribe(subjects::telemetry("t1")).await.expect("sub");
+    let mut sub = bus
+        .router
+        .subscribe(subjects::telemetry("t1"))
+        .await
+        .expect("sub");
     bus.router.flush().await.expect("flush");
     for _ in 0..10 {
         assert_eq!(
@@ -405,10 +427,9 @@ async fn a_command_request_becomes_a_command_and_its_settlement_the_reply() {
     assert_eq!(accepted.await.expect("task"), Some(Outcome::Accepted));
 
     let router = bus.router.clone();
-    let dropped =
-        tokio::spawn(
-            async move { command_request(&router, command_payload("command/t1/d1", None)).await },
-        );
+    let dropped = tokio::spawn(async move {
+        command_request(&router, command_payload("command/t1/d1", None)).await
+    });
     let c = commands.recv().await.expect("a command");
     drop(c);
     assert_eq!(dropped.await.expect("task"), Some(Outcome::Released));
@@ -448,7 +469,10 @@ async fn command_responses_go_to_the_router_holding_the_reply_to() {
             Duration::ZERO,
         )
         .await;
-    assert_eq!(ds.send_response(response()).await, Ok(SendOutcome::Accepted));
+    assert_eq!(
+        ds.send_response(response()).await,
+        Ok(SendOutcome::Accepted)
+    );
     let m = seen.recv().await.expect("seen");
     let a = amqp(&m.payload);
     assert_eq!(
@@ -490,8 +514,13 @@ async fn routes_are_written_to_the_bucket_and_a_newer_route_survives_unregister(
         value(routes::key(RouteKind::Device, "t1", "d1")).await,
         Some(b"mqtt-2".to_vec())
     );
-    link.unregister_gateway(&t1, &gw).await.expect("unregister gw");
-    assert_eq!(value(routes::key(RouteKind::Gateway, "t1", "gw")).await, None);
+    link.unregister_gateway(&t1, &gw)
+        .await
+        .expect("unregister gw");
+    assert_eq!(
+        value(routes::key(RouteKind::Gateway, "t1", "gw")).await,
+        None
+    );
 
     // The last gateway is written when it changes, not per message.
     let key = routes::key(RouteKind::LastGateway, "t1", "d2");
