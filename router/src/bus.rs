@@ -155,21 +155,33 @@ impl Bus {
         let shared = shared.clone();
         let addr = addr.clone();
         tokio::spawn(async move {
-            let result = match &key {
-                TakerKey::Telemetry(_) => bus.take_telemetry(&shared, &addr, &stop).await,
-                TakerKey::Event(_) => bus.take_events(&shared, &addr, &stop).await,
-                TakerKey::Response(..) => bus.take_responses(&shared, &addr, &stop).await,
+            let current = |bus: &Bus| {
+                lock(&bus.takers)
+                    .get(&key)
+                    .is_some_and(|t| Arc::ptr_eq(&t.stop, &stop))
             };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, address = ?key, "taking messages from NATS failed");
-            }
-            // Gone for good (stopped, or failed): the next attach starts a new one.
-            let mut takers = lock(&bus.takers);
-            if takers
-                .get(&key)
-                .is_some_and(|t| Arc::ptr_eq(&t.stop, &stop))
-            {
-                takers.remove(&key);
+            loop {
+                let result = match &key {
+                    TakerKey::Telemetry(_) => bus.take_telemetry(&shared, &addr, &stop).await,
+                    TakerKey::Event(_) => bus.take_events(&shared, &addr, &stop).await,
+                    TakerKey::Response(..) => bus.take_responses(&shared, &addr, &stop).await,
+                };
+                match result {
+                    // Stopped: its last consumer left.
+                    Ok(()) => break,
+                    // NATS failed under it (a node went, a request timed out): again, for as long
+                    // as the address has consumers here.
+                    Err(e) => {
+                        tracing::warn!(error = %e, address = ?key, "taking messages from NATS failed; retrying");
+                        if !current(&bus) {
+                            break;
+                        }
+                        tokio::select! {
+                            () = stop.notified() => break,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
             }
         });
     }

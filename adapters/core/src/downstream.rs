@@ -1,3 +1,7 @@
+//! Where an adapter's messages go. [`Downstream`] is one of two implementations, chosen once at start by
+//! the `messaging` setting: NATS with JetStream in cluster mode ([`nats`], docs/cluster.md "Adapters on
+//! NATS"), or, in embedded mode, what the rest of this module is about:
+//!
 //! The adapter's AMQP 1.0 connection to the router (docs/router.md): device messages out on
 //! `telemetry/T` and `event/T`, commands in on `command_internal/INSTANCE`, responses out on
 //! `command_response`.
@@ -15,6 +19,7 @@
 mod commands;
 mod link;
 mod message;
+mod nats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +40,7 @@ pub use commands::{Command, CommandLink};
 pub use message::{
     CommandResponse, DeviceMessage, MessageKind, PropertyValue, SendOutcome, RESERVED_PROPERTIES,
 };
+pub use nats::NatsDownstreamConfig;
 
 use link::{Delivery, Job, LinkSpec};
 
@@ -189,25 +195,116 @@ impl Route<'_> {
     }
 }
 
-/// The adapter's connection to the router; cheap to clone.
+/// Where the adapter's messages go: the router over AMQP 1.0 (embedded mode) or NATS (cluster mode),
+/// chosen once, when the adapter starts; cheap to clone. Both answer in the same terms
+/// ([`SendOutcome`], [`DownstreamError`]), so the adapters do not know which one they use.
 #[derive(Clone)]
 pub struct Downstream {
-    inner: Arc<Inner>,
+    imp: Imp,
+}
+
+#[derive(Clone)]
+enum Imp {
+    Amqp(Amqp),
+    Nats(Arc<nats::Nats>),
 }
 
 impl std::fmt::Debug for Downstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Downstream")
-            .field("address", &self.inner.config.address)
-            .field("connected", &self.is_connected())
+        let mut d = f.debug_struct("Downstream");
+        match &self.imp {
+            Imp::Amqp(a) => d.field("address", &a.inner.config.address),
+            Imp::Nats(n) => d.field("nats", &n.name()),
+        };
+        d.field("connected", &self.is_connected())
             .finish_non_exhaustive()
     }
 }
 
 impl Downstream {
-    /// Starts connecting (in the background, reconnecting until `shutdown`). Sends fail with
-    /// [`DownstreamError::NotConnected`] until the connection is up; see [`Self::wait_connected`].
+    /// Starts connecting to the router (in the background, reconnecting until `shutdown`). Sends fail
+    /// with [`DownstreamError::NotConnected`] until the connection is up; see [`Self::wait_connected`].
     pub fn start(config: DownstreamConfig, shutdown: Shutdown) -> Self {
+        Self {
+            imp: Imp::Amqp(Amqp::start(config, shutdown)),
+        }
+    }
+
+    /// Connects to NATS (cluster mode, docs/cluster.md "Adapters on NATS"); the first connection must
+    /// succeed within the configured timeout, later ones are re-established in the background until
+    /// `shutdown`.
+    pub async fn connect_nats(
+        config: NatsDownstreamConfig,
+        shutdown: Shutdown,
+    ) -> Result<Self, ferry_nats::Error> {
+        Ok(Self {
+            imp: Imp::Nats(nats::Nats::connect(config, shutdown).await?),
+        })
+    }
+
+    /// Whether the connection to the router (or NATS) is up (for readiness).
+    pub fn is_connected(&self) -> bool {
+        match &self.imp {
+            Imp::Amqp(a) => a.is_connected(),
+            Imp::Nats(n) => n.is_connected(),
+        }
+    }
+
+    /// Waits until connected, at most `within`; true if connected.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        match &self.imp {
+            Imp::Amqp(a) => a.wait_connected(within).await,
+            Imp::Nats(n) => n.wait_connected(within).await,
+        }
+    }
+
+    /// Sends a device message and, unless it goes pre-settled, waits for the router's outcome.
+    pub async fn send(&self, msg: DeviceMessage) -> Result<SendOutcome, DownstreamError> {
+        match &self.imp {
+            Imp::Amqp(a) => a.send(msg).await,
+            Imp::Nats(n) => n.send(msg).await,
+        }
+    }
+
+    /// Sends a command response to `command_response` (`to` = the command's reply-to) and waits for the
+    /// router's outcome (`released` when no application waits for it).
+    pub async fn send_response(
+        &self,
+        response: CommandResponse,
+    ) -> Result<SendOutcome, DownstreamError> {
+        match &self.imp {
+            Imp::Amqp(a) => a.send_response(response).await,
+            Imp::Nats(n) => n.send_response(response).await,
+        }
+    }
+
+    /// Opens this instance's command subscription: the returned [`CommandLink`] registers devices, the
+    /// receiver yields their commands. Call once per instance; registrations follow reconnects. Dropping
+    /// both ends ends the subscription.
+    pub fn commands(&self, instance_id: &str) -> (CommandLink, mpsc::Receiver<Command>) {
+        match &self.imp {
+            Imp::Amqp(a) => a.commands(instance_id),
+            Imp::Nats(n) => n.commands(instance_id),
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn stats(&self) -> DownstreamStats {
+        match &self.imp {
+            Imp::Amqp(a) => a.stats(),
+            Imp::Nats(n) => n.stats(),
+        }
+    }
+}
+
+/// The AMQP 1.0 connection to the router (embedded mode).
+#[derive(Clone)]
+struct Amqp {
+    inner: Arc<Inner>,
+}
+
+impl Amqp {
+    fn start(config: DownstreamConfig, shutdown: Shutdown) -> Self {
         let inner = Arc::new(Inner {
             config,
             session: watch::channel(None).0,
@@ -290,7 +387,8 @@ impl Downstream {
     /// registers devices, the receiver yields their commands. Call once per instance; the links follow
     /// reconnects and re-register every device. Dropping both ends closes the links.
     pub fn commands(&self, instance_id: &str) -> (CommandLink, mpsc::Receiver<Command>) {
-        commands::open(&self.inner, instance_id)
+        let (link, rx) = commands::open(&self.inner, instance_id);
+        (CommandLink::amqp(link), rx)
     }
 
     #[doc(hidden)]
@@ -415,7 +513,7 @@ enum Shed {
     Never,
 }
 
-/// Where [`Downstream::try_push`] left the job.
+/// Where [`Amqp::try_push`] left the job.
 enum Push {
     Done,
     Full(mpsc::Sender<Job>, Job),

@@ -7,7 +7,7 @@
 //! * [`auth`]: device login (`auth-id@tenant` + password, or a client certificate checked against the
 //!   tenant's trusted CA: [`x509`], [`tls`]) with verify caches, so bcrypt and signature checks are paid
 //!   once per device and secret, not per connect;
-//! * [`downstream`]: the adapter's AMQP connection to the router: telemetry and events with Hono's
+//! * [`downstream`]: the adapter's AMQP connection to the router (or NATS in cluster mode): telemetry and events with Hono's
 //!   properties and the device's registration assertion, command subscriptions, incoming commands and
 //!   command responses, with the contract's defaults and TTL limits;
 //! * [`pipeline`]: the steps every device message takes (tenant, assertion, data volume, build, send),

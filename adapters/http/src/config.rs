@@ -43,6 +43,10 @@ pub struct Config {
     /// Limits on password logins: failures per `auth-id@tenant` and per source address before a
     /// lockout, and verifications at once (`FERRY_HTTP_LOGIN__MAX_FAILURES`, ...).
     pub login: ferry_adapter_core::auth::LoginLimits,
+    /// Embedded (to the router over AMQP 1.0, the default) or cluster mode (NATS with JetStream:
+    /// `FERRY_HTTP_MESSAGING__MODE=nats`, `FERRY_HTTP_MESSAGING__NATS__URLS='[nats://a:4222]'`); in cluster
+    /// mode the `router_*` settings are not used.
+    pub messaging: ferry_nats::Messaging,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -72,6 +76,7 @@ impl Default for Config {
             send_timeout_ms: 5000,
             authentication_required: true,
             login: ferry_adapter_core::auth::LoginLimits::default(),
+            messaging: ferry_nats::Messaging::default(),
         }
     }
 }
@@ -106,6 +111,8 @@ impl Config {
             }
             other => other,
         })?;
+        // Names its fields from `messaging` down (`messaging.nats.urls`).
+        self.messaging.validate()?;
         if self.idle_timeout_secs == 0 {
             return Err(field("idle_timeout_secs", "must be at least 1"));
         }
@@ -126,6 +133,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messaging_comes_from_the_environment_and_is_checked_with_its_path() {
+        let load = |urls: &str| {
+            let sources = ferry_core::config::Sources {
+                env_prefix: "FERRY_HTTP_".into(),
+                env: vec![
+                    ("FERRY_HTTP_MESSAGING__MODE".into(), "nats".into()),
+                    ("FERRY_HTTP_MESSAGING__NATS__URLS".into(), urls.into()),
+                ],
+                ..Default::default()
+            };
+            ferry_core::config::load::<Config>(&sources).expect("load")
+        };
+        let c = load("[\"nats://127.0.0.1:4222\"]");
+        assert_eq!(c.messaging.mode, ferry_nats::MessagingMode::Nats);
+        assert_eq!(c.messaging.nats.urls, ["nats://127.0.0.1:4222"]);
+        c.validate().expect("valid");
+        let e = load("[http://x]").validate().expect_err("not a NATS URL");
+        assert_eq!(e.field(), Some("messaging.nats.urls"));
+        assert_eq!(
+            Config::default().messaging.mode,
+            ferry_nats::MessagingMode::Embedded
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_env_overrides_them() {

@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_adapter_core::auth::DeviceAuthenticator;
-use ferry_adapter_core::downstream::{Downstream, DownstreamConfig};
+use ferry_adapter_core::downstream::{Downstream, DownstreamConfig, NatsDownstreamConfig};
 use ferry_adapter_core::registry::{RegistryClient, RegistryConfig};
 use ferry_core::admin::Admin;
 use ferry_core::shutdown::Shutdown;
+use ferry_nats::MessagingMode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -113,7 +114,21 @@ pub async fn start_with_metrics(
     );
     downstream_config.outcome_timeout = Duration::from_millis(config.send_timeout_ms);
     downstream_config.container_id = format!("ferry-http-{}", config.instance_id);
-    let downstream = Downstream::start(downstream_config, shutdown.clone());
+    let downstream = match config.messaging.mode {
+        MessagingMode::Embedded => Downstream::start(downstream_config, shutdown.clone()),
+        MessagingMode::Nats => {
+            let mut nats = NatsDownstreamConfig::new(
+                config.messaging.nats.clone(),
+                format!("ferry-http-{}", config.instance_id),
+            );
+            nats.outcome_timeout = downstream_config.outcome_timeout;
+            // Hono's HTTP adapter answers QoS 0 with 503 when nobody consumes: ask the router.
+            nats.confirm_qos0 = true;
+            Downstream::connect_nats(nats, shutdown.clone())
+                .await
+                .context("connecting to NATS (messaging.nats)")?
+        }
+    };
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding HTTP to {}", config.bind))?;

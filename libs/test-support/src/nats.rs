@@ -56,6 +56,15 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
+    /// Starts the server again after [`Self::kill`]: same port, same config, same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let config =
+            std::fs::read_to_string(self.dir.path().join("nats.conf")).expect("read nats.conf");
+        self.child = spawn(self.dir.path(), "nats.conf", &config);
+        self.wait_until_ready();
+    }
+
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

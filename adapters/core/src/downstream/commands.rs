@@ -29,21 +29,141 @@ use super::{outcome_of, DownstreamError, Inner, SessionSlot};
 mod command;
 mod parse;
 pub use command::Command;
-use command::{rejected, Disposition, Settle};
+use command::{rejected, Disposition, LinkSettle};
+pub(super) use command::{NatsSettle, Settle};
 use parse::parse;
+pub(super) use parse::parse_message;
 
-/// Registers and unregisters this instance's devices at the router; cheap to clone.
+/// Registers and unregisters this instance's devices: at the router over `command_internal` (embedded
+/// mode) or as routes in NATS's key-value bucket (cluster mode); cheap to clone.
 #[derive(Clone)]
 pub struct CommandLink {
-    shared: Arc<Shared>,
+    imp: LinkImp,
+}
+
+#[derive(Clone)]
+enum LinkImp {
+    Amqp(AmqpLink),
+    Nats(Arc<super::nats::Routes>),
 }
 
 impl std::fmt::Debug for CommandLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandLink")
-            .field("instance_id", &self.shared.instance_id)
+            .field("instance_id", &self.instance_id())
             .finish_non_exhaustive()
     }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $l:ident => $e:expr) => {
+        match &$self.imp {
+            LinkImp::Amqp($l) => $e,
+            LinkImp::Nats($l) => $e,
+        }
+    };
+}
+
+impl CommandLink {
+    pub(super) fn amqp(link: AmqpLink) -> Self {
+        Self {
+            imp: LinkImp::Amqp(link),
+        }
+    }
+
+    pub(super) fn nats(routes: Arc<super::nats::Routes>) -> Self {
+        Self {
+            imp: LinkImp::Nats(routes),
+        }
+    }
+
+    /// This adapter instance's id (its address `command_internal/ID`, its subject `ferry.command.ID`).
+    pub fn instance_id(&self) -> &str {
+        dispatch!(self, l => l.instance_id())
+    }
+
+    /// Routes `device`'s commands to this instance. The device is remembered even when this fails
+    /// (not connected): it is registered when the connection comes back.
+    pub async fn register(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        dispatch!(self, l => l.register(tenant, device).await)
+    }
+
+    /// Stops routing `device`'s commands to this instance.
+    pub async fn unregister(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        dispatch!(self, l => l.unregister(tenant, device).await)
+    }
+
+    /// Routes to this instance the commands of every device that lists `gateway` in its `via` and has no
+    /// subscription of its own (a gateway's `c//+/q/#`); they arrive with [`Command::via`] = `gateway`.
+    /// The gateway's own commands need [`CommandLink::register`] as well.
+    pub async fn register_gateway(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        dispatch!(self, l => l.register_gateway(tenant, gateway).await)
+    }
+
+    /// Ends [`CommandLink::register_gateway`].
+    pub async fn unregister_gateway(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceId,
+    ) -> Result<(), DownstreamError> {
+        dispatch!(self, l => l.unregister_gateway(tenant, gateway).await)
+    }
+
+    /// Presence for the console (docs/console.md): on the AMQP link to an embedded router; in cluster
+    /// mode not reported yet (presence is held by the embedded router only).
+    pub fn report_presence(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        adapter: &'static str,
+        remote_id: &str,
+        session: u64,
+        connected: bool,
+    ) {
+        if let LinkImp::Amqp(l) = &self.imp {
+            l.report_presence(tenant, device, adapter, remote_id, session, connected);
+        }
+    }
+
+    /// Records that `device` last sent a message through `gateway`, so that among several gateways
+    /// subscribed for it, its commands go to this one. Not waited for; lost while disconnected; dropped
+    /// and counted when its queue is full.
+    pub fn set_last_gateway(&self, tenant: &TenantId, device: &DeviceId, gateway: &DeviceId) {
+        dispatch!(self, l => l.set_last_gateway(tenant, device, gateway))
+    }
+
+    /// Last-gateway updates dropped because their queue was full.
+    pub fn dropped_updates(&self) -> u64 {
+        dispatch!(self, l => l.dropped_updates())
+    }
+
+    /// Command settlements dropped because their queue was full.
+    pub fn dropped_settlements(&self) -> u64 {
+        dispatch!(self, l => l.dropped_settlements())
+    }
+
+    /// The devices currently registered (or to be registered on reconnect).
+    pub fn registered(&self) -> usize {
+        dispatch!(self, l => l.registered())
+    }
+}
+
+/// The `command_internal` control link to the router (embedded mode).
+#[derive(Clone)]
+pub(super) struct AmqpLink {
+    shared: Arc<Shared>,
 }
 
 /// A registration: tenant, device, and whether it is a gateway's subscription for all its devices.
@@ -103,7 +223,7 @@ struct Control {
     reply: Option<oneshot::Sender<Result<super::link::Delivery, DownstreamError>>>,
 }
 
-impl CommandLink {
+impl AmqpLink {
     /// This adapter instance's id (its address `command_internal/ID`).
     pub fn instance_id(&self) -> &str {
         &self.shared.instance_id
@@ -349,10 +469,7 @@ fn subscription(c: Option<&Control>, body: Vec<u8>) -> Sendable<Data> {
 /// Most devices per bulk registration message.
 const BULK: usize = 1000;
 
-pub(super) fn open(
-    inner: &Arc<Inner>,
-    instance_id: &str,
-) -> (CommandLink, mpsc::Receiver<Command>) {
+pub(super) fn open(inner: &Arc<Inner>, instance_id: &str) -> (AmqpLink, mpsc::Receiver<Command>) {
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let dropped_settlements = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared {
@@ -381,7 +498,7 @@ pub(super) fn open(
         dropped_settlements,
     };
     tokio::spawn(task.run());
-    (CommandLink { shared }, rx)
+    (AmqpLink { shared }, rx)
 }
 
 struct Task {
@@ -620,12 +737,12 @@ impl Task {
                 return Err((info, rejected("hono:bad-request", why)));
             }
         };
-        command.settle = Some(Settle {
+        command.settle = Some(Settle::Link(LinkSettle {
             tx: settle_tx.clone(),
             dropped: self.dropped_settlements.clone(),
             generation,
             info: info.clone(),
-        });
+        }));
         match self.commands.send(command).await {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendError(mut c)) => {

@@ -347,7 +347,7 @@ impl SendOutcome {
 }
 
 /// The symbolic name of an error condition (`amqp:precondition-failed`).
-fn condition_name(c: &definitions::ErrorCondition) -> Option<String> {
+pub(super) fn condition_name(c: &definitions::ErrorCondition) -> Option<String> {
     match serde_amqp::to_value(c).ok()? {
         serde_amqp::Value::Symbol(s) => Some(s.0),
         _ => None,

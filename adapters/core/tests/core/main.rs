@@ -5,4 +5,5 @@ mod commands;
 mod downstream;
 mod guessing;
 mod harness;
+mod nats;
 mod registry;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ferry_core::shutdown::{self, Trigger};
 use serde_json::{json, Value};
 
+mod cluster;
 mod connections;
 mod device_auth;
 mod limits;

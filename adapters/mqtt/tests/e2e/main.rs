@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 #[allow(dead_code)]
 mod platform;
 
+mod cluster;
 mod connection_events;
 mod device_auth;
 mod limits;

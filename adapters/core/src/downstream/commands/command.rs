@@ -36,11 +36,37 @@ pub struct Command {
     /// The gateway the router chose for the command (application property `via`): the device has no
     /// subscription of its own, and this gateway subscribed for all its devices.
     pub via: Option<DeviceId>,
-    pub(super) settle: Option<Settle>,
+    pub(in crate::downstream) settle: Option<Settle>,
+}
+
+/// How a command is settled: where it came from.
+#[derive(Debug)]
+pub(in crate::downstream) enum Settle {
+    /// A delivery on the `command_internal` link (embedded mode).
+    Link(LinkSettle),
+    /// A NATS request (cluster mode).
+    Nats(NatsSettle),
+}
+
+/// The reply to a command that came as a NATS request, and the slot it holds among the commands this
+/// instance has unsettled.
+pub(in crate::downstream) struct NatsSettle {
+    pub(in crate::downstream) client: async_nats::Client,
+    pub(in crate::downstream) reply: async_nats::Subject,
+    pub(in crate::downstream) dropped: Arc<AtomicU64>,
+    pub(in crate::downstream) _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for NatsSettle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettle")
+            .field("reply", &self.reply)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
-pub(super) struct Settle {
+pub(in crate::downstream) struct LinkSettle {
     pub(super) tx: mpsc::Sender<Disposition>,
     /// Settlements dropped because the queue was full ([`CommandLink::dropped_settlements`]).
     pub(super) dropped: Arc<AtomicU64>,
@@ -101,22 +127,28 @@ impl Command {
     }
 
     fn settle_with(&mut self, state: DeliveryState) {
-        if let Some(s) = self.settle.take() {
-            let disposition = Disposition {
-                generation: s.generation,
-                info: s.info,
-                state,
-            };
-            match s.tx.try_send(disposition) {
-                Ok(()) => {}
-                // The link task is gone (connection lost); the router released the command then.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-                // See [`SETTLE_QUEUE`]: the command stays unsettled until its link ends.
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("command settlement queue full; settlement dropped");
-                }
-            }
+        match self.settle.take() {
+            None => {}
+            Some(Settle::Nats(s)) => crate::downstream::nats::settle(s, &state),
+            Some(Settle::Link(s)) => settle_on_link(s, state),
+        }
+    }
+}
+
+fn settle_on_link(s: LinkSettle, state: DeliveryState) {
+    let disposition = Disposition {
+        generation: s.generation,
+        info: s.info,
+        state,
+    };
+    match s.tx.try_send(disposition) {
+        Ok(()) => {}
+        // The link task is gone (connection lost); the router released the command then.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+        // See [`SETTLE_QUEUE`]: the command stays unsettled until its link ends.
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("command settlement queue full; settlement dropped");
         }
     }
 }

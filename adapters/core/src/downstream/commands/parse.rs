@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use fe2o3_amqp::link::delivery::Delivery;
-use fe2o3_amqp::types::messaging::{Body, MessageId};
+use fe2o3_amqp::types::messaging::{Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use ferry_core::hono::app_property;
 use ferry_core::ids::{DeviceId, TenantId};
@@ -11,7 +11,13 @@ use super::Command;
 
 /// Reads a command as the router forwards it (`to` = `command/TENANT/DEVICE`).
 pub(super) fn parse(delivery: Delivery<Body<Value>>) -> Result<Command, &'static str> {
-    let message = delivery.into_message();
+    parse_message(delivery.into_message())
+}
+
+/// [`parse`] for the message alone (a command that came over NATS).
+pub(in crate::downstream) fn parse_message(
+    message: Message<Body<Value>>,
+) -> Result<Command, &'static str> {
     let props = message.properties.ok_or("no properties")?;
     let to = props.to.as_deref().ok_or("no to")?;
     let rest = to

@@ -8,7 +8,7 @@ use super::*;
 
 /// A link whose control queue holds `capacity` updates and is never drained (the link task is
 /// stuck, or the router does not answer).
-fn stuck_link(capacity: usize) -> (CommandLink, mpsc::Receiver<Control>) {
+fn stuck_link(capacity: usize) -> (AmqpLink, mpsc::Receiver<Control>) {
     let (control, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
         instance_id: "test".to_owned(),
@@ -18,7 +18,7 @@ fn stuck_link(capacity: usize) -> (CommandLink, mpsc::Receiver<Control>) {
         dropped_updates: AtomicU64::new(0),
         dropped_settlements: Arc::new(AtomicU64::new(0)),
     });
-    (CommandLink { shared }, rx)
+    (AmqpLink { shared }, rx)
 }
 
 #[tokio::test]

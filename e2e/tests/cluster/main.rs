@@ -1,0 +1,290 @@
+//! Cluster mode end to end: `ferry up --cluster` (three NATS nodes with JetStream, two routers, two MQTT
+//! adapters, an HTTP adapter, registries; every part its own process) with clients no one here wrote:
+//! paho-mqtt and mosquitto devices, curl, Qpid Proton and rhea applications. What a Hono device or
+//! application sees must not tell it which mode it talks to; what survives which failure is in
+//! docs/cluster.md.
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{attached, curl, paho_device, proton_app, rhea_app, Cluster, Manager, Process};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A tenant `plant` with device `press-1` (`press1@plant` / `pw-press`) and application `ops`.
+fn plant(c: &Cluster) {
+    c.tenant("plant");
+    c.device_with_password("plant", "press-1", "press1", "pw-press");
+    c.application("ops", "pw-ops", &["plant"]);
+}
+
+/// The `seq` of each message a paho device sent, as the application got them.
+fn seqs(messages: &[Value]) -> Vec<i64> {
+    let mut s: Vec<i64> = messages
+        .iter()
+        .map(|m| {
+            let body: Value =
+                serde_json::from_str(m["body"].as_str().expect("text body")).expect("a JSON body");
+            body["seq"].as_i64().expect("seq")
+        })
+        .collect();
+    s.sort_unstable();
+    s
+}
+
+/// The messages a consumer printed so far.
+fn received(p: &Process) -> Vec<Value> {
+    p.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v.get("message").cloned())
+        .collect()
+}
+
+#[test]
+fn a_device_on_adapter_2_reaches_applications_on_both_routers_which_share_the_tenants_telemetry() {
+    let c = Cluster::up(None);
+    plant(&c);
+    let on_router_1 = attached(proton_app(&[
+        "consume",
+        &c.amqp_url(0, "ops", "pw-ops"),
+        "telemetry/plant",
+        "1000",
+        "30",
+    ]));
+    let on_router_2 = attached(rhea_app(&[
+        "consume",
+        &c.amqp_url(1, "ops", "pw-ops"),
+        "telemetry/plant",
+        "1000",
+        "30",
+    ]));
+    // QoS 1 through MQTT adapter 2: each PUBACK comes after an application accepted the message.
+    let mut device = paho_device("telemetry", c.mqtt[1], &["press1@plant", "pw-press", "40"]);
+    assert_eq!(device.expect("done", WAIT), 40, "{}", device.log());
+    assert!(device.wait_exit(WAIT).success());
+    std::thread::sleep(Duration::from_millis(500));
+    let (one, two) = (received(&on_router_1), received(&on_router_2));
+    let mut all = one.clone();
+    all.extend(two.iter().cloned());
+    assert_eq!(
+        seqs(&all),
+        (0..40).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
+    assert!(
+        !one.is_empty() && !two.is_empty(),
+        "both routers' consumers got some: {} / {}",
+        one.len(),
+        two.len()
+    );
+    for m in &all {
+        assert_eq!(m["properties"]["device_id"], "press-1");
+        assert_eq!(m["properties"]["orig_adapter"], "hono-mqtt");
+        assert!(m["properties"].get("reg_assertion").is_none(), "{m}");
+    }
+}
+
+#[test]
+fn without_a_consumer_http_telemetry_gets_503_and_events_are_stored_until_an_application_comes() {
+    let c = Cluster::up(None);
+    plant(&c);
+    let telemetry = curl(&[
+        "-u",
+        "press1@plant:pw-press",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{\"t\": 1}",
+        &c.http_url("/telemetry"),
+    ]);
+    assert_eq!(telemetry.status, 503, "nobody consumes: {telemetry:?}");
+    // Events: acknowledged (stored, replicated) although nobody consumes.
+    let mut device = paho_device("events", c.mqtt[0], &["press1@plant", "pw-press", "5"]);
+    assert_eq!(device.expect("done", WAIT), 5, "{}", device.log());
+    assert!(device.wait_exit(WAIT).success());
+    let event = curl(&[
+        "-u",
+        "press1@plant:pw-press",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{\"seq\": 5}",
+        &c.http_url("/event"),
+    ]);
+    assert_eq!(event.status, 202, "{event:?}");
+    // An application on router 2 gets them all.
+    let app = attached(proton_app(&[
+        "consume",
+        &c.amqp_url(1, "ops", "pw-ops"),
+        "event/plant",
+        "6",
+        "20",
+    ]));
+    let events = app.messages(6, WAIT);
+    assert_eq!(seqs(&events), [0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn events_held_by_a_router_killed_with_kill_9_and_a_lost_nats_node_are_all_delivered_again() {
+    let c = Cluster::up(None);
+    plant(&c);
+    // Router 1's application takes the events and settles none of them.
+    let holder = attached(proton_app(&[
+        "hold",
+        &c.amqp_url(0, "ops", "pw-ops"),
+        "event/plant",
+        "100",
+        "60",
+    ]));
+    let mut device = paho_device("events", c.mqtt[0], &["press1@plant", "pw-press", "20"]);
+    assert_eq!(device.expect("done", WAIT), 20, "{}", device.log());
+    assert!(device.wait_exit(WAIT).success());
+    let deadline = Instant::now() + WAIT;
+    while received(&holder).len() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        received(&holder).len(),
+        20,
+        "router 1 handed out every event"
+    );
+    // Router 1 crashes holding all 20 unsettled, and one of the three NATS nodes with it.
+    c.kill9("router-1");
+    c.kill9("nats-1");
+    // Router 2 gets every one of them (after the redelivery wait) and accepts them.
+    let app = attached(proton_app(&[
+        "consume",
+        &c.amqp_url(1, "ops", "pw-ops"),
+        "event/plant",
+        "20",
+        "60",
+    ]));
+    let events = app.messages(20, Duration::from_secs(60));
+    assert_eq!(seqs(&events), (0..20).collect::<Vec<_>>(), "no event lost");
+}
+
+#[test]
+fn commands_from_router_2_reach_devices_on_either_adapter_and_responses_return() {
+    let c = Cluster::up(None);
+    plant(&c);
+    c.device_with_password("plant", "press-2", "press2", "pw-press2");
+    let first = paho_device(
+        "commands",
+        c.mqtt[0],
+        &["press1@plant", "pw-press", "command///req/#", "30"],
+    );
+    assert_eq!(first.expect("subscribed", WAIT), serde_json::json!([1]));
+    let second = paho_device(
+        "commands",
+        c.mqtt[1],
+        &["press2@plant", "pw-press2", "command///req/#", "30"],
+    );
+    assert_eq!(second.expect("subscribed", WAIT), serde_json::json!([1]));
+    for device in ["press-1", "press-2"] {
+        let app = proton_app(&[
+            "command",
+            &c.amqp_url(1, "ops", "pw-ops"),
+            "plant",
+            device,
+            "stop",
+            "{\"now\": true}",
+            "20",
+        ]);
+        let response = app.expect("response", WAIT);
+        assert_eq!(response["properties"]["status"], 200, "{response}");
+        assert_eq!(app.expect("done", WAIT), 1);
+    }
+    assert!(first.log().contains("\"command\""), "{}", first.log());
+    assert!(second.log().contains("\"command\""), "{}", second.log());
+}
+
+#[test]
+fn a_killed_adapters_devices_get_released_commands_at_once_instead_of_a_hang() {
+    let c = Cluster::up(None);
+    plant(&c);
+    let device = paho_device(
+        "commands",
+        c.mqtt[1],
+        &["press1@plant", "pw-press", "command///req/#", "60"],
+    );
+    assert_eq!(device.expect("subscribed", WAIT), serde_json::json!([1]));
+    c.kill9("mqtt-2");
+    let started = Instant::now();
+    let app = proton_app(&[
+        "command",
+        &c.amqp_url(0, "ops", "pw-ops"),
+        "plant",
+        "press-1",
+        "stop",
+        "{}",
+        "5",
+    ]);
+    let outcome = app.expect("outcome", WAIT);
+    assert_eq!(
+        outcome, "released",
+        "Hono's outcome for an unreachable device"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_device_disabled_through_registry_2_is_cut_off_within_a_second_on_an_adapter_following_registry_1(
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let db = runtime.block_on(ferry_test_support::postgres_database());
+    let c = Cluster::up(Some(db.url()));
+    assert_eq!(c.registries.len(), 2);
+    plant(&c);
+    // MQTT adapter 1 follows registry 1.
+    let device = paho_device(
+        "commands",
+        c.mqtt[0],
+        &["press1@plant", "pw-press", "command///req/#", "30"],
+    );
+    assert_eq!(device.expect("subscribed", WAIT), serde_json::json!([1]));
+    let through_2 = Manager {
+        registry: c.registries[1].clone(),
+        data_dir: c.manager.data_dir.clone(),
+        token: None,
+    };
+    through_2.manage(&[
+        "device",
+        "update",
+        "plant",
+        "press-1",
+        "--json",
+        r#"{"enabled": false}"#,
+    ]);
+    let disabled_at = Instant::now();
+    let dropped = device.expect("disconnected", Duration::from_secs(5));
+    let after = disabled_at.elapsed();
+    assert!(
+        after < Duration::from_secs(1),
+        "cut off after {after:?} ({dropped})"
+    );
+}
+
+#[test]
+fn another_tenants_application_gets_nothing_in_cluster_mode() {
+    let c = Cluster::up(None);
+    plant(&c);
+    c.tenant("other");
+    c.application("spy", "pw-spy", &["other"]);
+    let spy = proton_app(&[
+        "consume",
+        &c.amqp_url(1, "spy", "pw-spy"),
+        "telemetry/plant",
+        "1",
+        "5",
+    ]);
+    let refused = spy.expect("link_error", WAIT);
+    assert_eq!(refused, "amqp:unauthorized-access", "{}", spy.log());
+}
