@@ -250,14 +250,25 @@ impl Nats {
         payload: Bytes,
     ) -> Result<SendOutcome, DownstreamError> {
         let within = self.config.outcome_timeout;
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(payload)
-            .timeout(Some(within));
-        // The outer bound also covers the wait for room in the client's buffer.
-        let reply = tokio::time::timeout(within, self.client.send_request(subject, request))
+        let deadline = tokio::time::Instant::now() + within;
+        let ask = |subject: Subject| {
+            let request = async_nats::Request::new()
+                .headers(headers.clone())
+                .payload(payload.clone())
+                .timeout(Some(within));
+            // The outer bound also covers the wait for room in the client's buffer.
+            tokio::time::timeout_at(deadline, self.client.send_request(subject, request))
+        };
+        let mut reply = ask(subject.clone())
             .await
             .map_err(|_| DownstreamError::Timeout)?;
+        // Interest travels between NATS nodes (and reaches a publishing connection) a moment after a
+        // router subscribed: "no responders" is asked once more after a short pause before it counts
+        // as "nobody consumes", which still answers the device at once.
+        if matches!(&reply, Err(e) if e.kind() == RequestErrorKind::NoResponders) {
+            tokio::time::sleep(NO_RESPONDERS_RECHECK).await;
+            reply = ask(subject).await.map_err(|_| DownstreamError::Timeout)?;
+        }
         match reply {
             Ok(m) => Ok(send_outcome(&m.payload)),
             Err(e) => match e.kind() {
@@ -844,3 +855,6 @@ mod tests {
         assert_eq!(send_outcome(b"garbage"), SendOutcome::Released);
     }
 }
+
+/// Pause before "no responders" is asked again (see `Nats::request`).
+const NO_RESPONDERS_RECHECK: Duration = Duration::from_millis(50);

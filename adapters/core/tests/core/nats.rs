@@ -214,7 +214,6 @@ async fn qos1_without_a_router_fails_at_once_and_a_silent_router_times_out() {
 }
 
 #[tokio::test]
-#[ignore = "flaky, rarely: right after a no-responders answer, a request to a subject whose responder has just subscribed (and flushed) can again see no responders (issue 13 note; run with --run-ignored)"]
 async fn http_qos0_asks_the_router_and_hears_nobody_consumes() {
     let bus = Bus::start().await;
     let mut config = bus.config();
