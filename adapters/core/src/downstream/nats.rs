@@ -785,6 +785,9 @@ async fn write_last_gateways(
 /// How often the connection's reconnect count is looked at.
 const RECONNECT_POLL: Duration = Duration::from_millis(200);
 
+/// Pause before "no responders" is asked again (see `Nats::request`).
+const NO_RESPONDERS_RECHECK: Duration = Duration::from_millis(50);
+
 /// After every reconnect, puts this instance's routes again (a router may have deleted them as dead
 /// while this instance was away).
 async fn replay_on_reconnect(
@@ -855,6 +858,3 @@ mod tests {
         assert_eq!(send_outcome(b"garbage"), SendOutcome::Released);
     }
 }
-
-/// Pause before "no responders" is asked again (see `Nats::request`).
-const NO_RESPONDERS_RECHECK: Duration = Duration::from_millis(50);
