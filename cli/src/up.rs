@@ -79,28 +79,24 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 .is_none()
                 .then_some(true),
         );
-    let registry_config: ferry_registry::Config = config::load(&sources)?;
-    registry_config.validate()?;
+    let registry_config: ferry_registry::Config = config::load_checked(&sources)?;
 
     let router_sources = Sources::from_env("FERRY_ROUTER_", None)
         .flag("bind", Some(SocketAddr::new(args.bind, args.amqp_port)))
         .flag("data_dir", Some(&data_dir));
-    let mut router_config: ferry_router::Config = config::load(&router_sources)?;
-    router_config.validate()?;
+    let mut router_config: ferry_router::Config = config::load_checked(&router_sources)?;
 
     let mqtt_sources = Sources::from_env("FERRY_MQTT_", None).flag(
         "bind",
         Some(SocketAddr::new(args.mqtt_bind, args.mqtt_port)),
     );
-    let mut mqtt_config: ferry_mqtt_adapter::Config = config::load(&mqtt_sources)?;
-    mqtt_config.validate()?;
+    let mut mqtt_config: ferry_mqtt_adapter::Config = config::load_checked(&mqtt_sources)?;
 
     let http_sources = Sources::from_env("FERRY_HTTP_", None).flag(
         "bind",
         Some(SocketAddr::new(args.mqtt_bind, args.http_port)),
     );
-    let mut http_config: ferry_http_adapter::Config = config::load(&http_sources)?;
-    http_config.validate()?;
+    let mut http_config: ferry_http_adapter::Config = config::load_checked(&http_sources)?;
 
     let admin = ferry_core::admin::Admin::new();
     let shutdown = ferry_core::shutdown::on_signal();

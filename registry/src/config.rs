@@ -17,6 +17,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `postgres://…` for PostgreSQL (or `sqlite://…`); unset = SQLite in `data_dir`.
     pub database_url: Option<String>,
+    /// The database URL from a file (a mounted Secret: it holds the database password).
+    pub database_url_file: Option<PathBuf>,
     /// Bearer token for the management API; else read from `admin_token_file`; else generated into
     /// `data_dir/admin-token`.
     pub admin_token: Option<String>,
@@ -63,12 +65,8 @@ pub struct Config {
     pub console: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    pub cert_path: Option<PathBuf>,
-    pub key_path: Option<PathBuf>,
-}
+/// The listener certificate and key: one `tls` section for every component.
+pub use ferry_core::tls::TlsConfig;
 
 impl Default for Config {
     fn default() -> Self {
@@ -77,6 +75,7 @@ impl Default for Config {
             admin_bind: None,
             data_dir: PathBuf::from("ferry-data"),
             database_url: None,
+            database_url_file: None,
             admin_token: None,
             admin_token_file: None,
             internal_token: None,
@@ -101,6 +100,25 @@ impl Default for Config {
     }
 }
 
+impl ferry_core::config::Settings for Config {
+    fn check(&self) -> Result<(), ferry_core::config::ConfigError> {
+        self.validate()
+    }
+
+    fn read_secrets(&mut self) -> Result<(), ferry_core::config::ConfigError> {
+        // The tokens and the signing key are read (or generated) by the registry itself at start.
+        if let Some(path) = self.database_url_file.take() {
+            let url = ferry_core::config::secret(
+                "database_url",
+                self.database_url.as_deref().unwrap_or_default(),
+                Some(&path),
+            )?;
+            self.database_url = Some(url);
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Refuses combinations serde cannot see; the error names the field.
     pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
@@ -108,12 +126,7 @@ impl Config {
             field: field.to_owned(),
             message: message.to_owned(),
         };
-        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
-            return Err(field(
-                "tls",
-                "cert_path and key_path must be given together",
-            ));
-        }
+        self.tls.validate("tls")?;
         if !(4..=31).contains(&self.max_bcrypt_cost) {
             return Err(field("max_bcrypt_cost", "must be between 4 and 31"));
         }

@@ -49,6 +49,9 @@ use crate::Shared;
 /// Commands an adapter instance may have in flight from this router.
 const COMMAND_CREDIT: u32 = 256;
 
+/// How long a new subscription may take to be in place at the NATS server.
+const SUBSCRIBED_WITHIN: Duration = Duration::from_secs(5);
+
 /// How long an adapter instance may take to settle a command (its device may be slow to answer).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -221,6 +224,9 @@ impl Bus {
                 subjects::ROUTERS.to_owned(),
             )
             .await?;
+        // In place at the server before anything else: devices sending right after an application
+        // attached are not told "nobody consumes".
+        ferry_nats::round_trip(&self.client, SUBSCRIBED_WITHIN).await?;
         let (tx, mut outcomes) = mpsc::unbounded_channel();
         let mut waiting: HashMap<u64, async_nats::Subject> = HashMap::new();
         let mut next = 0u64;
@@ -295,6 +301,7 @@ impl Bus {
             .client
             .subscribe(subjects::command_response(addr.tenant.as_str(), &reply_id))
             .await?;
+        ferry_nats::round_trip(&self.client, SUBSCRIBED_WITHIN).await?;
         let (tx, mut outcomes) = mpsc::unbounded_channel();
         let mut waiting: HashMap<u64, async_nats::Subject> = HashMap::new();
         let mut next = 0u64;

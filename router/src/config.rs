@@ -23,10 +23,17 @@ pub struct Config {
     pub registry_url: String,
     /// Bearer token of the registry's internal API.
     pub registry_token: String,
+    /// The token from a file (a mounted Secret) instead of `registry_token`.
+    pub registry_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) an `https` registry's certificate must chain to (the public web roots
+    /// without one).
+    pub registry_ca_file: Option<PathBuf>,
     /// SASL PLAIN user name of the protocol adapters' service credential.
     pub adapter_user: String,
     /// Its password; empty disables adapter logins.
     pub adapter_password: String,
+    /// The password from a file (a mounted Secret) instead of `adapter_password`.
+    pub adapter_password_file: Option<PathBuf>,
     /// Close connections silent for twice this long; advertised to peers as idle-time-out.
     pub idle_timeout_secs: u64,
     /// Most open AMQP connections; beyond, a new one is closed at once.
@@ -58,12 +65,8 @@ pub struct Config {
     pub event_redelivery_secs: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    pub cert_path: Option<PathBuf>,
-    pub key_path: Option<PathBuf>,
-}
+/// The listener certificate and key: one `tls` section for every component.
+pub use ferry_core::tls::TlsConfig;
 
 impl Default for Config {
     fn default() -> Self {
@@ -75,8 +78,11 @@ impl Default for Config {
             data_dir: PathBuf::from("ferry-data"),
             registry_url: "http://127.0.0.1:28080".into(),
             registry_token: String::new(),
+            registry_token_file: None,
+            registry_ca_file: None,
             adapter_user: "ferry-adapter".into(),
             adapter_password: String::new(),
+            adapter_password_file: None,
             idle_timeout_secs: 60,
             max_connections: 10_000,
             max_connections_per_user: 100,
@@ -95,18 +101,33 @@ impl Default for Config {
     }
 }
 
+impl ferry_core::config::Settings for Config {
+    fn check(&self) -> Result<(), ferry_core::config::ConfigError> {
+        self.validate()
+    }
+
+    fn read_secrets(&mut self) -> Result<(), ferry_core::config::ConfigError> {
+        use ferry_core::config::read_secret;
+        read_secret(
+            "registry_token",
+            &mut self.registry_token,
+            &mut self.registry_token_file,
+        )?;
+        read_secret(
+            "adapter_password",
+            &mut self.adapter_password,
+            &mut self.adapter_password_file,
+        )
+    }
+}
+
 impl Config {
     pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
         let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
             field: field.to_owned(),
             message: message.to_owned(),
         };
-        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
-            return Err(field(
-                "tls",
-                "cert_path and key_path must be given together",
-            ));
-        }
+        self.tls.validate("tls")?;
         self.messaging.validate()?;
         if self.event_redelivery_secs == 0 {
             return Err(field("event_redelivery_secs", "must be at least 1"));

@@ -72,7 +72,8 @@ impl Engine {
         let (trigger, shutdown) = ferry_core::shutdown::channel();
         let registry = setup.registry.as_ref().map(|(url, token)| {
             // Only a TLS backend that cannot start makes this fail; the fuzz harness needs none.
-            registry::RegistryClient::new(url, token).expect("the registry's HTTP client builds")
+            registry::RegistryClient::new(url, token, None)
+                .expect("the registry's HTTP client builds")
         });
         let metrics = metrics::Metrics::new(&ferry_core::admin::Admin::new());
         // The deployed defaults for every limit, as `start` takes them from the config.

@@ -146,7 +146,7 @@ mod tests {
     async fn lookups_beyond_the_bound_are_answered_at_once_without_a_registry_call() {
         let (_listener, url) = silent_registry().await;
         let lookup = Arc::new(ViaLookup::new(Some(
-            RegistryClient::new(&url, "token").expect("client"),
+            RegistryClient::new(&url, "token", None).expect("client"),
         )));
         let t1 = TenantId::new("t1").expect("id");
         let mut stuck = Vec::new();

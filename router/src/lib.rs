@@ -187,8 +187,12 @@ async fn serve<S: EventStore>(
 ) -> anyhow::Result<Started> {
     let readiness = admin.readiness("router");
     let metrics = metrics::Metrics::new(&admin);
-    let registry = registry::RegistryClient::new(&config.registry_url, &config.registry_token)
-        .context("building the registry client")?;
+    let registry = registry::RegistryClient::new(
+        &config.registry_url,
+        &config.registry_token,
+        config.registry_ca_file.as_deref(),
+    )
+    .context("building the registry client")?;
     let shared = Arc::new(Shared {
         hub: hub::Hub::new(Arc::new(store), metrics, config.max_events_per_tenant)
             .with_max_queued_bytes(config.max_queued_bytes_per_connection)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferry_core::config::{self, Sources, EXIT_CONFIG};
+use ferry_core::config::{self, Sources};
 
 #[derive(Parser)]
 #[command(
@@ -44,15 +44,7 @@ async fn main() -> ExitCode {
         .flag("bind", cli.bind)
         .flag("data_dir", cli.data_dir)
         .flag("registry_url", cli.registry_url);
-    let config = match config::load::<ferry_router::Config>(&sources)
-        .and_then(|c| c.validate().map(|()| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferry-router: bad configuration: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
-    };
+    let config: ferry_router::Config = config::load_or_exit("ferry-router", &sources);
     ferry_core::logs::init(cli.log_json);
     let admin = ferry_core::admin::Admin::new();
     match ferry_router::run(config, admin, ferry_core::shutdown::on_signal()).await {

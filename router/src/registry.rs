@@ -18,11 +18,16 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     /// A client of the registry at `base`, authenticating with the internal API's `token`.
-    pub fn new(base: &str, token: &str) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        base: &str,
+        token: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, RegistryError> {
         let client = Client::new(&ClientConfig {
             url: base.to_owned(),
             token: token.to_owned(),
             request_timeout: REQUEST_TIMEOUT,
+            ca_file: ca_file.map(ToOwned::to_owned),
         })?;
         Ok(Self { client })
     }

@@ -74,6 +74,26 @@ pub struct DownstreamConfig {
     pub link_queue: usize,
     /// Credit of the command receiver: commands the router may have unsettled at this instance.
     pub command_credit: u32,
+    /// TLS to the router (AMQPS); plain AMQP without it.
+    pub tls: Option<RouterTls>,
+}
+
+/// TLS towards the router: the connector (which CAs are trusted) and the name the router's certificate
+/// must carry.
+#[derive(Clone)]
+pub struct RouterTls {
+    /// Trusts the configured CA (or the public web roots).
+    pub connector: tokio_rustls::TlsConnector,
+    /// The router's host, as its certificate must name it.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for RouterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DownstreamConfig {
@@ -95,6 +115,7 @@ impl DownstreamConfig {
             max_reconnect_delay: Duration::from_secs(5),
             link_queue: 256,
             command_credit: 256,
+            tls: None,
         }
     }
 }
@@ -680,12 +701,10 @@ type Opened = (
 );
 
 async fn connect(config: &DownstreamConfig) -> Result<Opened, String> {
-    let open = async {
-        let stream = tokio::net::TcpStream::connect(&config.address)
-            .await
-            .map_err(|e| e.to_string())?;
-        // fe2o3's own `open(url)` leaves Nagle on, which stalls pre-settled sends (FE2O3-NOTES.md).
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    async fn open<Io>(config: &DownstreamConfig, stream: Io) -> Result<Opened, String>
+    where
+        Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+    {
         let mut conn = Connection::builder()
             .container_id(config.container_id.clone())
             .sasl_profile(SaslProfile::Plain {
@@ -697,6 +716,24 @@ async fn connect(config: &DownstreamConfig) -> Result<Opened, String> {
             .map_err(|e| e.to_string())?;
         let session = Session::begin(&mut conn).await.map_err(|e| e.to_string())?;
         Ok((conn, session))
+    }
+    let open = async {
+        let stream = tokio::net::TcpStream::connect(&config.address)
+            .await
+            .map_err(|e| e.to_string())?;
+        // fe2o3's own `open(url)` leaves Nagle on, which stalls pre-settled sends (FE2O3-NOTES.md).
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        match &config.tls {
+            None => open(config, stream).await,
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                open(config, stream).await
+            }
+        }
     };
     tokio::time::timeout(config.connect_timeout, open)
         .await

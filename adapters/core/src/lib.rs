@@ -12,6 +12,7 @@
 //!   command responses, with the contract's defaults and TTL limits;
 //! * [`pipeline`]: the steps every device message takes (tenant, assertion, data volume, build, send),
 //!   ending in a typed [`pipeline::Outcome`] that each adapter maps to its wire in one place;
+//! * [`upstream`]: how an adapter reaches the registry and its downstream, from the settings both share;
 //! * [`limits`]: the tenant's data volume, counted per adapter instance;
 //! * [`metrics`]: Hono's adapter metric families, once per process, labelled by adapter.
 
@@ -24,4 +25,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod tls;
+pub mod upstream;
 pub mod x509;

@@ -58,6 +58,8 @@ pub struct RegistryConfig {
     pub cache_capacity: usize,
     /// The change stream is reconnected when nothing (not even the 15 s keep-alive) arrived this long.
     pub change_stream_idle_timeout: Duration,
+    /// CA certificate (PEM) an `https` registry's certificate must chain to (`registry_ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RegistryConfig {
@@ -73,6 +75,7 @@ impl RegistryConfig {
             assertion_margin: Duration::from_secs(15),
             cache_capacity: 100_000,
             change_stream_idle_timeout: Duration::from_secs(45),
+            ca_file: None,
         }
     }
 }
@@ -262,11 +265,12 @@ impl std::fmt::Debug for RegistryClient {
 
 impl RegistryClient {
     /// A client with empty caches. Call [`Self::follow_changes`] (in a task) to keep them honest.
-    pub fn new(config: RegistryConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
         let client = Client::new(&ClientConfig {
             url: config.url.clone(),
             token: config.token.clone(),
             request_timeout: config.request_timeout,
+            ca_file: config.ca_file.clone(),
         })?;
         let capacity = config.cache_capacity;
         Ok(Self {

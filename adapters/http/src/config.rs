@@ -15,13 +15,25 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Separate admin server (`/live`, `/ready`, `/metrics`).
     pub admin_bind: Option<SocketAddr>,
-    /// The registry's base URL and internal token.
+    /// The registry's base URL (`https://...` for TLS) and internal token.
     pub registry_url: String,
     pub registry_token: String,
-    /// The router's AMQP address and the adapters' service credential there.
+    /// The internal token from a file (a mounted Secret) instead of `registry_token`.
+    pub registry_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) an `https` registry's certificate must chain to (the public web roots
+    /// without one).
+    pub registry_ca_file: Option<PathBuf>,
+    /// The router's AMQP address (`host:port`) and the adapters' service credential there.
     pub router_address: String,
     pub router_user: String,
     pub router_password: String,
+    /// The password from a file (a mounted Secret) instead of `router_password`.
+    pub router_password_file: Option<PathBuf>,
+    /// Talk to the router over TLS (AMQPS; its `tls_bind` port), verifying its certificate for the
+    /// host of `router_address`.
+    pub router_tls: bool,
+    /// CA certificate (PEM) the router's certificate must chain to (the public web roots without one).
+    pub router_ca_file: Option<PathBuf>,
     /// This adapter instance's id, unique among instances (its command address at the router).
     pub instance_id: String,
     /// Largest request body accepted (Hono's `maxPayloadSize`, 2048 as in the MQTT adapter); larger: 413.
@@ -49,12 +61,8 @@ pub struct Config {
     pub messaging: ferry_nats::Messaging,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    pub cert_path: Option<PathBuf>,
-    pub key_path: Option<PathBuf>,
-}
+/// The listener certificate and key: one `tls` section for every component.
+pub use ferry_core::tls::TlsConfig;
 
 impl Default for Config {
     fn default() -> Self {
@@ -65,9 +73,14 @@ impl Default for Config {
             admin_bind: None,
             registry_url: "http://127.0.0.1:28080".into(),
             registry_token: String::new(),
+            registry_token_file: None,
+            registry_ca_file: None,
             router_address: "127.0.0.1:15672".into(),
             router_user: "ferry-adapter".into(),
             router_password: String::new(),
+            router_password_file: None,
+            router_tls: false,
+            router_ca_file: None,
             instance_id: "http-0".into(),
             max_payload_bytes: 2048,
             idle_timeout_secs: 75,
@@ -81,18 +94,53 @@ impl Default for Config {
     }
 }
 
+impl ferry_core::config::Settings for Config {
+    fn check(&self) -> Result<(), ferry_core::config::ConfigError> {
+        self.validate()
+    }
+
+    fn read_secrets(&mut self) -> Result<(), ferry_core::config::ConfigError> {
+        use ferry_core::config::read_secret;
+        read_secret(
+            "registry_token",
+            &mut self.registry_token,
+            &mut self.registry_token_file,
+        )?;
+        read_secret(
+            "router_password",
+            &mut self.router_password,
+            &mut self.router_password_file,
+        )
+        // The NATS password file is read when connecting (`messaging.nats.password_file`).
+    }
+}
+
 impl Config {
+    /// What this adapter connects to, for [`ferry_adapter_core::upstream::connect`].
+    pub fn upstream(&self) -> ferry_adapter_core::upstream::Upstream {
+        ferry_adapter_core::upstream::Upstream {
+            adapter: "http",
+            instance_id: self.instance_id.clone(),
+            registry_url: self.registry_url.clone(),
+            registry_token: self.registry_token.clone(),
+            registry_ca_file: self.registry_ca_file.clone(),
+            router_address: self.router_address.clone(),
+            router_user: self.router_user.clone(),
+            router_password: self.router_password.clone(),
+            router_tls: self.router_tls,
+            router_ca_file: self.router_ca_file.clone(),
+            send_timeout: std::time::Duration::from_millis(self.send_timeout_ms),
+            confirm_qos0: true,
+            messaging: self.messaging.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
         let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
             field: field.to_owned(),
             message: message.to_owned(),
         };
-        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
-            return Err(field(
-                "tls",
-                "cert_path and key_path must be given together",
-            ));
-        }
+        self.tls.validate("tls")?;
         if ferry_core::ids::TenantId::new(&self.instance_id).is_err() {
             return Err(field(
                 "instance_id",

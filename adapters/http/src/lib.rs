@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_adapter_core::auth::DeviceAuthenticator;
-use ferry_adapter_core::downstream::{Downstream, DownstreamConfig, NatsDownstreamConfig};
-use ferry_adapter_core::registry::{RegistryClient, RegistryConfig};
+use ferry_adapter_core::downstream::Downstream;
+use ferry_adapter_core::registry::RegistryClient;
 use ferry_core::admin::Admin;
 use ferry_core::shutdown::Shutdown;
-use ferry_nats::MessagingMode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -96,39 +95,10 @@ pub async fn start_with_metrics(
     shutdown: Shutdown,
 ) -> anyhow::Result<Started> {
     let readiness = admin.readiness("http-adapter");
-    let registry = RegistryClient::new(RegistryConfig::new(
-        config.registry_url.clone(),
-        config.registry_token.clone(),
-    ))
-    .context("registry client")?;
-    {
-        // Purges the caches as devices, credentials and tenants change: each request is checked anew.
-        let registry = registry.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { registry.follow_changes(shutdown).await });
-    }
-    let mut downstream_config = DownstreamConfig::new(
-        config.router_address.clone(),
-        config.router_user.clone(),
-        config.router_password.clone(),
-    );
-    downstream_config.outcome_timeout = Duration::from_millis(config.send_timeout_ms);
-    downstream_config.container_id = format!("ferry-http-{}", config.instance_id);
-    let downstream = match config.messaging.mode {
-        MessagingMode::Embedded => Downstream::start(downstream_config, shutdown.clone()),
-        MessagingMode::Nats => {
-            let mut nats = NatsDownstreamConfig::new(
-                config.messaging.nats.clone(),
-                format!("ferry-http-{}", config.instance_id),
-            );
-            nats.outcome_timeout = downstream_config.outcome_timeout;
-            // Hono's HTTP adapter answers QoS 0 with 503 when nobody consumes: ask the router.
-            nats.confirm_qos0 = true;
-            Downstream::connect_nats(nats, shutdown.clone())
-                .await
-                .context("connecting to NATS (messaging.nats)")?
-        }
-    };
+    let (registry, downstream) =
+        ferry_adapter_core::upstream::connect(&config.upstream(), &shutdown)
+            .await
+            .context("connecting upstream")?;
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding HTTP to {}", config.bind))?;

@@ -13,14 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_adapter_core::auth::DeviceAuthenticator;
-use ferry_adapter_core::downstream::{
-    CommandLink, Downstream, DownstreamConfig, NatsDownstreamConfig,
-};
-use ferry_adapter_core::registry::{RegistryClient, RegistryConfig};
+use ferry_adapter_core::downstream::{CommandLink, Downstream};
+use ferry_adapter_core::registry::RegistryClient;
 use ferry_core::admin::Admin;
 use ferry_core::ids::{DeviceId, TenantId};
 use ferry_core::shutdown::Shutdown;
-use ferry_nats::MessagingMode;
 use tokio::net::TcpListener;
 
 pub mod config;
@@ -193,38 +190,10 @@ pub async fn start_with_metrics(
     shutdown: Shutdown,
 ) -> anyhow::Result<Started> {
     let readiness = admin.readiness("mqtt-adapter");
-    let registry = RegistryClient::new(RegistryConfig::new(
-        config.registry_url.clone(),
-        config.registry_token.clone(),
-    ))
-    .context("registry client")?;
-    {
-        let registry = registry.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { registry.follow_changes(shutdown).await });
-    }
-    let mut downstream_config = DownstreamConfig::new(
-        config.router_address.clone(),
-        config.router_user.clone(),
-        config.router_password.clone(),
-    );
-    // How long a QoS 1 message, an event or a command response may wait for the router's outcome
-    // before the device is told it failed (as HTTP's `send_timeout_ms`).
-    downstream_config.outcome_timeout = Duration::from_millis(config.send_timeout_ms);
-    let downstream = match config.messaging.mode {
-        MessagingMode::Embedded => Downstream::start(downstream_config, shutdown.clone()),
-        MessagingMode::Nats => {
-            let mut nats = NatsDownstreamConfig::new(
-                config.messaging.nats.clone(),
-                format!("ferry-mqtt-{}", config.instance_id),
-            );
-            nats.outcome_timeout = downstream_config.outcome_timeout;
-            // QoS 0 is fire-and-forget: a plain publish that never waits.
-            Downstream::connect_nats(nats, shutdown.clone())
-                .await
-                .context("connecting to NATS (messaging.nats)")?
-        }
-    };
+    let (registry, downstream) =
+        ferry_adapter_core::upstream::connect(&config.upstream(), &shutdown)
+            .await
+            .context("connecting upstream")?;
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding MQTT to {}", config.bind))?;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferry_core::config::{self, Sources, EXIT_CONFIG};
+use ferry_core::config::{self, Sources};
 
 #[derive(Parser)]
 #[command(
@@ -35,15 +35,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let sources = Sources::from_env("FERRY_MQTT_", cli.config).flag("bind", cli.bind);
-    let config = match config::load::<ferry_mqtt_adapter::Config>(&sources)
-        .and_then(|c| c.validate().map(|()| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferry-mqtt-adapter: bad configuration: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
-    };
+    let config: ferry_mqtt_adapter::Config = config::load_or_exit("ferry-mqtt-adapter", &sources);
     ferry_core::logs::init(cli.log_json);
     let admin = ferry_core::admin::Admin::new();
     match ferry_mqtt_adapter::run(config, admin, ferry_core::shutdown::on_signal()).await {

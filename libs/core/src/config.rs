@@ -34,6 +34,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} must hold a mapping at the top level")]
     NotAMapping { path: PathBuf },
+    #[error("config field `{field}`: cannot read {path}: {source}")]
+    ReadFile {
+        field: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config field `{field}`: {message}")]
     Field { field: String, message: String },
 }
@@ -42,7 +48,7 @@ impl ConfigError {
     /// The dotted path of the offending field, when one is known.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Self::Field { field, .. } => Some(field),
+            Self::Field { field, .. } | Self::ReadFile { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -217,6 +223,73 @@ fn deserialize<T: DeserializeOwned>(tree: Value) -> Result<T, ConfigError> {
 fn unknown_field_name(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("unknown field `")?;
     rest.split('`').next()
+}
+
+/// What [`load_checked`] asks of a component's `Config` beyond serde.
+pub trait Settings: DeserializeOwned + Serialize + Default {
+    /// Refuses settings that could not work; the error names the field.
+    fn check(&self) -> Result<(), ConfigError>;
+    /// Reads the secrets given as files (`*_file`, see [`secret`]) into their settings.
+    fn read_secrets(&mut self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// [`load`], then the secret files read and the result checked: a configuration the component can
+/// start with, or why not.
+pub fn load_checked<T: Settings>(sources: &Sources) -> Result<T, ConfigError> {
+    let mut config = load::<T>(sources)?;
+    config.read_secrets()?;
+    config.check()?;
+    Ok(config)
+}
+
+/// [`load_checked`] for a binary's `main`: on bad configuration, says why on stderr (prefixed with
+/// `program`) and exits with [`EXIT_CONFIG`] before anything is bound or started.
+pub fn load_or_exit<T: Settings>(program: &str, sources: &Sources) -> T {
+    match load_checked(sources) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{program}: bad configuration: {e}");
+            std::process::exit(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Reads `file` (when set) into `value` and forgets the file, for [`Settings::read_secrets`]; `field`
+/// names the inline setting.
+pub fn read_secret(
+    field: &str,
+    value: &mut String,
+    file: &mut Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    if let Some(path) = file.take() {
+        *value = secret(field, value, Some(&path))?;
+    }
+    Ok(())
+}
+
+/// A secret setting given either inline (`value`, e.g. from the environment) or as a file (`file`, a
+/// mounted Kubernetes Secret; its one trailing newline is not part of the secret). Giving both is
+/// refused; giving neither yields the empty string. `field` names the inline setting.
+pub fn secret(field: &str, value: &str, file: Option<&Path>) -> Result<String, ConfigError> {
+    match file {
+        None => Ok(value.to_owned()),
+        Some(_) if !value.is_empty() => Err(ConfigError::Field {
+            field: field.to_owned(),
+            message: format!("give {field} or {field}_file, not both"),
+        }),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                field: format!("{field}_file"),
+                path: path.to_owned(),
+                source,
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            Ok(text.to_owned())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub enum Error {
     },
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
+    #[error("NATS round trip: {0}")]
+    RoundTrip(String),
     #[error("JetStream stream {stream}: {message}")]
     Stream { stream: String, message: String },
 }
@@ -49,4 +51,32 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
     }
     let client = options.connect(config.urls.as_slice()).await?;
     Ok(client)
+}
+
+/// Waits until the NATS server has processed everything `client` sent before this call: its
+/// subscriptions are in place and its messages routed.
+///
+/// `async_nats::Client::flush` only writes the client's buffer to the socket; the server may still
+/// be reading it when `flush` returns, so a message another connection publishes right after can
+/// find no interest and be dropped. This sends a message to a fresh inbox the client subscribes to
+/// and waits for it to come back, which the server does only after everything before it. (Interest
+/// reaches the other nodes of a cluster a moment later still.)
+pub async fn round_trip(client: &async_nats::Client, within: Duration) -> Result<(), Error> {
+    use futures_util::StreamExt;
+    let fail = |e: &dyn std::fmt::Display| Error::RoundTrip(e.to_string());
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| fail(&e))?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| fail(&e))?;
+    client.flush().await.map_err(|e| fail(&e))?;
+    match tokio::time::timeout(within, echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(fail(&"the connection closed")),
+        Err(_) => Err(fail(&format!("no echo within {within:?}"))),
+    }
 }

@@ -49,8 +49,11 @@ async fn an_adapter_cannot_read_telemetry_and_a_router_cannot_send_it() {
         .subscribe(subjects::telemetry("t1"))
         .await
         .expect("subscribe");
-    adapter.flush().await.expect("flush");
-    router.flush().await.expect("flush");
+    // The denial reaches the adapter as an error event; the router's interest must be in place
+    // before the adapter publishes (flush only writes the socket).
+    ferry_nats::round_trip(&router, Duration::from_secs(5))
+        .await
+        .expect("subscribed");
     adapter
         .publish(
             subjects::telemetry("t1"),

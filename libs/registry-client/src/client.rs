@@ -1,6 +1,7 @@
 //! [`Client`]: one typed method per endpoint of the internal API, no caching.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_core::ids::{AuthId, DeviceId, TenantId};
@@ -19,6 +20,9 @@ pub struct ClientConfig {
     /// Bound on one request (connect + answer); beyond it the registry counts as unavailable. Not applied
     /// to the change stream, which is open for as long as the process runs.
     pub request_timeout: Duration,
+    /// CA certificate (PEM) that an `https` registry's certificate must chain to; without it, the
+    /// public web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The registry could not give an answer: unreachable, timed out, an error status, or a body this client
@@ -45,6 +49,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The CA file could not be used (only when the client is made).
+    #[error("registry CA: {0}")]
+    Ca(#[from] ferry_core::tls::TlsError),
 }
 
 /// What a lookup came back with.
@@ -114,16 +121,30 @@ pub struct Client {
 
 impl Client {
     /// A client of the registry at `config.url`.
-    pub fn new(config: &ClientConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout)
-            .tcp_nodelay(true)
-            .build()?;
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(config.request_timeout)
-            .tcp_nodelay(true)
-            .build()?;
+    pub fn new(config: &ClientConfig) -> Result<Self, Error> {
+        let trust = |mut builder: reqwest::ClientBuilder| -> Result<_, Error> {
+            if let Some(ca) = &config.ca_file {
+                // Only the given CA: an internal link trusts nothing else.
+                builder = builder.tls_built_in_root_certs(false);
+                for der in ferry_core::tls::ca_certificates(ca)? {
+                    builder = builder.add_root_certificate(reqwest::Certificate::from_der(&der)?);
+                }
+            }
+            Ok(builder)
+        };
+        let http = trust(
+            reqwest::Client::builder()
+                .timeout(config.request_timeout)
+                .connect_timeout(config.request_timeout)
+                .tcp_nodelay(true),
+        )?
+        .build()?;
+        let stream_http = trust(
+            reqwest::Client::builder()
+                .connect_timeout(config.request_timeout)
+                .tcp_nodelay(true),
+        )?
+        .build()?;
         Ok(Self {
             base: config.url.trim_end_matches('/').to_owned(),
             token: config.token.clone(),

@@ -58,7 +58,9 @@ async fn curl_on_nats_gets_503_without_a_router_and_202_once_one_accepts() {
         .subscribe(subjects::telemetry("t1"))
         .await
         .expect("subscribe");
-    client.flush().await.expect("flush");
+    ferry_nats::round_trip(&client, Duration::from_secs(5))
+        .await
+        .expect("subscribed");
     let (tx, mut seen) = tokio::sync::mpsc::channel(16);
     let replier = client.clone();
     tokio::spawn(async move {

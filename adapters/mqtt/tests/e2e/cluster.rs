@@ -33,7 +33,9 @@ async fn accepting_router(
         .await
         .expect("router connects");
     let mut sub = client.subscribe(subject).await.expect("subscribe");
-    client.flush().await.expect("flush");
+    ferry_nats::round_trip(&client, Duration::from_secs(5))
+        .await
+        .expect("subscribed");
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {

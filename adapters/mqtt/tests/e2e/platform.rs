@@ -38,6 +38,23 @@ impl Platform {
 
     /// Starts the platform with the adapter's configuration adjusted by `configure`.
     pub async fn start_with(configure: impl FnOnce(&mut ferry_mqtt_adapter::Config)) -> Self {
+        Self::start_with_internal_tls(None, configure).await
+    }
+
+    /// [`Self::start_with`]; with `pki`, the registry serves HTTPS and the router AMQPS with its server
+    /// certificate, and the adapter is set to reach both over TLS trusting `pki`'s CA (before
+    /// `configure` may change that). Applications still use the router's plain port.
+    pub async fn start_with_internal_tls(
+        pki: Option<&ferry_test_support::TestPki>,
+        configure: impl FnOnce(&mut ferry_mqtt_adapter::Config),
+    ) -> Self {
+        let server_tls = || match pki {
+            Some(pki) => ferry_core::tls::TlsConfig {
+                cert_path: Some(pki.server_cert_path.clone()),
+                key_path: Some(pki.server_key_path.clone()),
+            },
+            None => ferry_core::tls::TlsConfig::default(),
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let mut triggers = Vec::new();
         let (t, s) = shutdown::channel();
@@ -49,6 +66,7 @@ impl Platform {
                 admin_token: Some(ADMIN.into()),
                 internal_token: Some(INTERNAL.into()),
                 bcrypt_cost: 4,
+                tls: server_tls(),
                 ..ferry_registry::Config::default()
             },
             ferry_core::admin::Admin::new(),
@@ -63,8 +81,11 @@ impl Platform {
             ferry_router::Config {
                 bind: "127.0.0.1:0".parse().expect("addr"),
                 data_dir: dir.path().join("router"),
+                tls_bind: "127.0.0.1:0".parse().expect("addr"),
+                tls: server_tls(),
                 registry_url: registry.url(),
                 registry_token: INTERNAL.into(),
+                registry_ca_file: pki.map(|p| p.ca_cert_path.clone()),
                 adapter_password: INTERNAL.into(),
                 ..ferry_router::Config::default()
             },
@@ -86,8 +107,11 @@ impl Platform {
             tls_bind: "127.0.0.1:0".parse().expect("addr"),
             registry_url: registry.url(),
             registry_token: INTERNAL.into(),
-            router_address: router.addr.to_string(),
+            registry_ca_file: pki.map(|p| p.ca_cert_path.clone()),
+            router_address: router.tls_addr.unwrap_or(router.addr).to_string(),
             router_password: INTERNAL.into(),
+            router_tls: pki.is_some(),
+            router_ca_file: pki.map(|p| p.ca_cert_path.clone()),
             ..ferry_mqtt_adapter::Config::default()
         };
         configure(&mut config);
@@ -103,7 +127,15 @@ impl Platform {
             admin,
             _dir: dir,
             _triggers: triggers,
-            http: reqwest::Client::new(),
+            http: match pki {
+                Some(pki) => reqwest::Client::builder()
+                    .add_root_certificate(
+                        reqwest::Certificate::from_pem(pki.ca_cert_pem.as_bytes()).expect("CA"),
+                    )
+                    .build()
+                    .expect("client"),
+                None => reqwest::Client::new(),
+            },
         };
         p.manage(reqwest::Method::POST, "/v1/tenants/t1", json!({}))
             .await;

@@ -137,3 +137,57 @@ fn default_yaml_round_trips() {
     let back: Demo = serde_saphyr::from_str(&y).expect("round trip");
     assert_eq!(back, Demo::default());
 }
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WithSecret {
+    password: String,
+    password_file: Option<PathBuf>,
+    tls: crate::tls::TlsConfig,
+}
+
+impl Settings for WithSecret {
+    fn check(&self) -> Result<(), ConfigError> {
+        self.tls.validate("tls")
+    }
+
+    fn read_secrets(&mut self) -> Result<(), ConfigError> {
+        read_secret("password", &mut self.password, &mut self.password_file)
+    }
+}
+
+#[test]
+fn secrets_come_from_files_without_their_newline_and_not_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("password");
+    std::fs::write(&file, "s3cret\n").expect("write");
+    let path = file.to_str().expect("utf-8");
+
+    let c: WithSecret =
+        load_checked(&sources(None, &[("FERRY_DEMO_PASSWORD_FILE", path)])).expect("loads");
+    assert_eq!(c.password, "s3cret");
+    assert_eq!(c.password_file, None, "read once, then forgotten");
+
+    let e = load_checked::<WithSecret>(&sources(
+        None,
+        &[
+            ("FERRY_DEMO_PASSWORD_FILE", path),
+            ("FERRY_DEMO_PASSWORD", "inline"),
+        ],
+    ))
+    .expect_err("both");
+    assert_eq!(e.field(), Some("password"));
+
+    let missing = dir.path().join("absent");
+    let e = load_checked::<WithSecret>(&sources(
+        None,
+        &[("FERRY_DEMO_PASSWORD_FILE", missing.to_str().expect("utf-8"))],
+    ))
+    .expect_err("missing file");
+    assert_eq!(e.field(), Some("password_file"));
+    assert!(e.to_string().contains("absent"), "{e}");
+
+    let e = load_checked::<WithSecret>(&sources(None, &[("FERRY_DEMO_TLS__CERT_PATH", "/c")]))
+        .expect_err("a certificate without its key");
+    assert_eq!(e.field(), Some("tls"));
+}
