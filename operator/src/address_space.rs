@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -178,7 +178,24 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
         .iter()
         .map(|c| (*c, readiness.get(&names::workload(&name, *c)).copied()))
         .collect();
-    let status = status::address_space(previous, &desired, &observed, generation, Timestamp::now());
+    let messaging = match build::nats::Bus::of(&space.spec) {
+        build::nats::Bus::Embedded => status::Messaging::Embedded,
+        build::nats::Bus::External(_) => status::Messaging::External,
+        build::nats::Bus::Managed(_) => status::Messaging::Managed(
+            readiness
+                .get(&names::nats(&name))
+                .copied()
+                .unwrap_or_default(),
+        ),
+    };
+    let status = status::address_space(
+        previous,
+        &desired,
+        &observed,
+        messaging,
+        generation,
+        Timestamp::now(),
+    );
     patch_status(ctx, &namespace, &name, &status).await?;
     let phase = status.phase.unwrap_or(Phase::Pending);
     if previous.and_then(|s| s.phase) != Some(phase) {
@@ -271,6 +288,11 @@ async fn delete_if_present(
             .map(drop),
         Kind::Deployment => ctx
             .api::<Deployment>(namespace)
+            .delete(name, &dp)
+            .await
+            .map(drop),
+        Kind::StatefulSet => ctx
+            .api::<StatefulSet>(namespace)
             .delete(name, &dp)
             .await
             .map(drop),

@@ -64,6 +64,8 @@ impl Context {
                 namespace: self.config.operator_namespace.clone(),
                 labels: self.config.operator_pod_labels.clone(),
             }),
+            nats_image: self.config.nats_image.clone(),
+            internal_tls_fields: build::INTERNAL_TLS_FIELDS,
         }
     }
 
