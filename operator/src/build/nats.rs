@@ -232,6 +232,19 @@ pub fn server_config(space: &str, namespace: &str, replicas: i32, base: &str) ->
 
 pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
     let Bus::Managed(spec) = &ctx.bus else {
+        if let Bus::External(e) = &ctx.bus {
+            // The user's Secrets: checked (made for Ferry, present) before any pod mounts them.
+            for key in ["adapter", "router"] {
+                desired
+                    .referenced
+                    .push((e.credentials_secret.clone(), key.to_owned()));
+            }
+            if let Some(ca) = &e.ca {
+                desired
+                    .referenced
+                    .push((ca.secret_name.clone(), ca.key.clone()));
+            }
+        }
         let name = names::nats(ctx.name);
         desired.absent.extend([
             (Kind::StatefulSet, name.clone()),
@@ -440,4 +453,71 @@ fn health(path: &str, failure_threshold: i32) -> Probe {
         failure_threshold: Some(failure_threshold),
         ..Probe::default()
     }
+}
+
+/// Writes what a managed NATS node of `space` reads, with `dir` in place of [`BASE_DIR`]: the config
+/// (`config/nats.conf`, returned), the `authorization` block (`auth/auth.conf`), the certificate
+/// (`tls/`) and the users' passwords (`users/adapter`, `users/router`), all freshly generated as the
+/// operator would. For checking the rendered config with a real
+/// server: `POD_NAME=x nats-server -t -c <path>` (charts/test.sh, `--example nats-config`).
+pub fn write_node_files(
+    space: &crate::crd::AddressSpace,
+    defaults: &super::Defaults,
+    dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let desired = super::address_space(space, defaults)?;
+    let Bus::Managed(managed) = Bus::of(&space.spec) else {
+        anyhow::bail!("the address space does not run managed NATS");
+    };
+    let (name, namespace) = (
+        space.metadata.name.as_deref().unwrap_or_default(),
+        space.metadata.namespace.as_deref().unwrap_or_default(),
+    );
+    let deployed = desired
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(names::nats_config(name).as_str()))
+        .and_then(|c| c.data.as_ref()?.get(CONFIG_KEY).cloned())
+        .context("no NATS ConfigMap")?;
+    let base = dir.to_str().context("directory name is not UTF-8")?;
+    let local = server_config(name, namespace, managed.replicas, base);
+    anyhow::ensure!(
+        local.replace(base, BASE_DIR) == deployed,
+        "the local config differs from the deployed one beyond its base directory"
+    );
+    let write = |path: std::path::PathBuf, content: &[u8]| -> anyhow::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))
+    };
+    for secret in &desired.secrets {
+        let files: &[(&str, &str)] = match secret.kind {
+            super::secrets::SecretKind::Tls => &[
+                ("tls.crt", "tls/tls.crt"),
+                ("tls.key", "tls/tls.key"),
+                ("ca.crt", "tls/ca.crt"),
+            ],
+            // The passwords too, as the component pods have them (`password_file`).
+            super::secrets::SecretKind::NatsUsers => &[
+                ("auth.conf", "auth/auth.conf"),
+                ("adapter", "users/adapter"),
+                ("router", "users/router"),
+            ],
+            _ => continue,
+        };
+        let generated = secret.generate()?;
+        let data = generated.data.unwrap_or_default();
+        for (key, file) in files {
+            let value = data.get(*key).context("generated Secret lacks a key")?;
+            write(dir.join(file), &value.0)?;
+        }
+    }
+    for d in ["data", "run"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let config = dir.join("config").join(CONFIG_KEY);
+    write(config.clone(), local.as_bytes())?;
+    Ok(config)
 }

@@ -827,6 +827,7 @@ fn every_rendered_config_is_accepted_by_its_component() {
 }
 
 mod hardening;
+mod messaging;
 
 mod tenant_body {
     use crate::build::tenant::{is_owned_by, is_up_to_date, registry_tenant, OWNER_EXT};
