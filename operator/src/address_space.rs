@@ -88,6 +88,12 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
                     refused.push(why);
                 }
                 check_keys(&existing, wanted)?;
+                let stale = wanted.stale_derived_keys(&existing);
+                if !stale.is_empty()
+                    && policy::secret_allowed(&existing.metadata, owner_uid, allowed).is_ok()
+                {
+                    refresh_derived(&secrets, &wanted.name, stale).await?;
+                }
             }
             None => to_generate.push(wanted),
         }
@@ -259,6 +265,31 @@ async fn create_secret(api: &Api<Secret>, wanted: &GeneratedSecret) -> Result<bo
         Err(e) if is_conflict(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Rewrites keys of a generated Secret that are derived from its other keys (the NATS `auth.conf`).
+async fn refresh_derived(
+    api: &Api<Secret>,
+    name: &str,
+    keys: Vec<(String, String)>,
+) -> Result<(), Error> {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, serde_json::Value> = keys
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": data })),
+    )
+    .await?;
+    Ok(())
 }
 
 fn check_keys(secret: &Secret, wanted: &GeneratedSecret) -> Result<(), Error> {

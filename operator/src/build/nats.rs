@@ -195,6 +195,7 @@ pub fn server_config(space: &str, namespace: &str, replicas: i32, base: &str) ->
     };
     let mut out = format!(
         "# Rendered by ferry-operator for AddressSpace {namespace}/{space}; the operator rewrites it.\n\
+         # Users' permissions {permissions} (auth.conf follows them; a change rolls the nodes).\n\
          server_name: $POD_NAME\n\
          listen: \"0.0.0.0:{client}\"\n\
          http: \"0.0.0.0:{monitor}\"\n\
@@ -205,6 +206,7 @@ pub fn server_config(space: &str, namespace: &str, replicas: i32, base: &str) ->
          {tls}\
          jetstream {{\n  store_dir: \"{base}/data\"\n}}\n",
         tls = tls("", false),
+        permissions = permissions_fingerprint(),
         client = ports::NATS_CLIENT,
         monitor = ports::NATS_MONITOR,
     );
@@ -228,6 +230,17 @@ pub fn server_config(space: &str, namespace: &str, replicas: i32, base: &str) ->
     }
     out.push_str("include \"../auth/auth.conf\"\n");
     out
+}
+
+/// A short hash of the users' permissions: in the node config, so that an operator whose
+/// `ferry_nats::permissions` changed rolls the nodes, which then read the re-rendered `auth.conf`.
+fn permissions_fingerprint() -> String {
+    let rendered = ferry_nats::permissions::authorization(&[
+        (ADAPTER_USER, "-", &ferry_nats::permissions::adapter()),
+        (ROUTER_USER, "-", &ferry_nats::permissions::router()),
+    ])
+    .unwrap_or_default();
+    config_hash(&rendered)
 }
 
 pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {

@@ -50,6 +50,9 @@ pub(crate) fn config(ctx: &Ctx<'_>) -> serde_json::Value {
     }
     if let Some(messaging) = nats::messaging(ctx, Component::Router) {
         config["messaging"] = messaging;
+        if let Some(c) = config.as_object_mut() {
+            c.remove("data_dir");
+        }
     }
     config
 }
@@ -92,8 +95,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
         .resources(spec.resources.as_ref(), "100m", "128Mi");
 
     if ctx.bus.is_nats() {
-        // Nothing to keep: JetStream holds the events. The data directory is scratch space.
-        let pod = pod.empty_dir("data", DATA_DIR);
+        // Nothing to keep and no volume: JetStream holds the events (the router reads no data_dir).
         desired.deployments.push(Deployment {
             metadata: ctx.meta(name.clone(), Some(component)),
             spec: Some(DeploymentSpec {

@@ -94,17 +94,11 @@ impl GeneratedSecret {
                 type_ = "kubernetes.io/tls";
             }
             SecretKind::NatsUsers => {
-                let (adapter, router) = match self.sans.as_slice() {
-                    [a, r] => (a.as_str(), r.as_str()),
-                    _ => ("ferry-adapter", "ferry-router"),
-                };
                 let (adapter_pw, router_pw) = (random_token(), random_token());
-                let block = ferry_nats::permissions::authorization(&[
-                    (adapter, &adapter_pw, &ferry_nats::permissions::adapter()),
-                    (router, &router_pw, &ferry_nats::permissions::router()),
-                ])
-                // The names are the operator's own constants and the passwords base64url.
-                .expect("user names and base64url passwords need no escaping");
+                let block = self
+                    .nats_auth(&adapter_pw, &router_pw)
+                    // The names are the operator's own constants and the passwords base64url.
+                    .expect("user names and base64url passwords need no escaping");
                 put("adapter", adapter_pw);
                 put("router", router_pw);
                 put("auth.conf", block);
@@ -116,6 +110,46 @@ impl GeneratedSecret {
             type_: Some(type_.to_owned()),
             ..Secret::default()
         })
+    }
+}
+
+impl GeneratedSecret {
+    /// nats-server's `authorization` block for the two users with these passwords and the permissions
+    /// of `ferry_nats::permissions` ([`SecretKind::NatsUsers`]); `None` for a password it cannot quote.
+    fn nats_auth(&self, adapter_pw: &str, router_pw: &str) -> Option<String> {
+        let (adapter, router) = match self.sans.as_slice() {
+            [a, r] => (a.as_str(), r.as_str()),
+            _ => (super::nats::ADAPTER_USER, super::nats::ROUTER_USER),
+        };
+        ferry_nats::permissions::authorization(&[
+            (adapter, adapter_pw, &ferry_nats::permissions::adapter()),
+            (router, router_pw, &ferry_nats::permissions::router()),
+        ])
+    }
+
+    /// The keys of an existing Secret that are derived from its other keys and no longer match them:
+    /// the NATS `auth.conf`, re-rendered from the kept passwords when the permissions changed (an
+    /// operator upgrade). Passwords and keys are never replaced.
+    pub fn stale_derived_keys(&self, existing: &Secret) -> Vec<(String, String)> {
+        if self.kind != SecretKind::NatsUsers {
+            return Vec::new();
+        }
+        let value = |k: &str| {
+            existing
+                .data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        };
+        let (Some(adapter_pw), Some(router_pw)) = (value("adapter"), value("router")) else {
+            return Vec::new();
+        };
+        match self.nats_auth(adapter_pw.trim(), router_pw.trim()) {
+            Some(wanted) if value("auth.conf").as_deref() != Some(wanted.as_str()) => {
+                vec![("auth.conf".to_owned(), wanted)]
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
