@@ -710,3 +710,85 @@ fn the_generated_certificate_chains_to_the_generated_ca_for_every_internal_name(
         .verify_server_cert(&leaf[0], &[], &elsewhere, &[], UnixTime::now())
         .is_err());
 }
+
+/// Loads a rendered config as the component does, or says why it refuses it.
+fn try_load<T>(config: &str, prefix: &str, env: Vec<(String, String)>) -> Result<T, String>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Default,
+{
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+    let sources = ferry_core::config::Sources {
+        file: Some(path),
+        env_prefix: prefix.to_owned(),
+        env,
+        ..Default::default()
+    };
+    ferry_core::config::load(&sources).map_err(|e| e.to_string())
+}
+
+/// [`INTERNAL_TLS_FIELDS`] must be on exactly when the components accept the settings it renders: off,
+/// the components of this tree refuse them (so the switch stays off); on, every rendered config is
+/// accepted and valid. Adding the fields to the components without flipping the switch fails here.
+#[test]
+fn internal_tls_fields_are_rendered_exactly_when_the_components_know_them() {
+    let mut postgres = AddressSpaceSpec::default();
+    postgres.registry.database.kind = DatabaseKind::Postgresql;
+    postgres.registry.database.postgresql = Some(PostgresqlSpec {
+        secret_name: "pg".into(),
+        key: "url".into(),
+    });
+    for spec in [AddressSpaceSpec::default(), postgres, managed(3)] {
+        let nats = nats::Bus::of(&spec).is_nats();
+        let d = with_tls_fields(spec);
+        let router_template = if nats {
+            template_of_deployment(&d, "iot-router")
+        } else {
+            router_template(&d)
+        };
+        let results = [
+            try_load::<ferry_registry::Config>(
+                &config_of(&d, Component::Registry),
+                "FERRY_REGISTRY_",
+                pod_env(template_of_deployment(&d, "iot-registry")),
+            )
+            .and_then(|c| c.validate().map_err(|e| e.to_string())),
+            try_load::<ferry_router::Config>(
+                &config_of(&d, Component::Router),
+                "FERRY_ROUTER_",
+                pod_env(router_template),
+            )
+            .and_then(|c| c.validate().map_err(|e| e.to_string())),
+            try_load::<ferry_mqtt_adapter::Config>(
+                &config_of(&d, Component::MqttAdapter),
+                "FERRY_MQTT_",
+                pod_env(template_of_deployment(&d, "iot-mqtt-adapter")),
+            )
+            .and_then(|c| c.validate().map_err(|e| e.to_string())),
+            try_load::<ferry_http_adapter::Config>(
+                &config_of(&d, Component::HttpAdapter),
+                "FERRY_HTTP_",
+                pod_env(template_of_deployment(&d, "iot-http-adapter")),
+            )
+            .and_then(|c| c.validate().map_err(|e| e.to_string())),
+        ];
+        if INTERNAL_TLS_FIELDS {
+            for r in &results {
+                assert!(r.is_ok(), "{r:?}");
+            }
+        } else {
+            // The router and the adapters do not know the new keys yet.
+            for r in &results[1..] {
+                let refused = r
+                    .as_ref()
+                    .err()
+                    .is_some_and(|e| e.contains("unknown field"));
+                assert!(
+                    refused,
+                    "{r:?}: not refused for an unknown field although the switch is off; if the components know the fields now, flip INTERNAL_TLS_FIELDS"
+                );
+            }
+        }
+    }
+}
