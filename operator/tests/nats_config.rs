@@ -2,7 +2,8 @@
 //! (`scripts/test` installs it; a missing one fails the test): the config passes `nats-server -t`, and
 //! a single node started from it serves the components' own NATS client (`ferry_nats::connect`, with
 //! the `messaging` section the operator renders for them) over TLS with the users' permissions, and
-//! refuses a client without the CA or with a wrong password.
+//! refuses a client without the CA or with a wrong password; and three nodes started from them form a
+//! JetStream cluster over TLS-verified routes that keeps an event when a node dies.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -85,7 +86,16 @@ impl Drop for Server {
 /// The router's or an adapter's `messaging.nats` as the operator renders it, with the local server's
 /// address and the local files in place of the pod's.
 fn client_config(component: build::Component, dir: &Path, port: u16) -> ferry_nats::NatsConfig {
-    let desired = build::address_space(&space(1), &defaults()).expect("builds");
+    client_config_for(1, component, dir, &[port])
+}
+
+fn client_config_for(
+    replicas: i32,
+    component: build::Component,
+    dir: &Path,
+    ports: &[u16],
+) -> ferry_nats::NatsConfig {
+    let desired = build::address_space(&space(replicas), &defaults()).expect("builds");
     let name = build::names::config("iot", component);
     let yaml = desired
         .config_maps
@@ -99,7 +109,11 @@ fn client_config(component: build::Component, dir: &Path, port: u16) -> ferry_na
     assert_eq!(messaging.mode, ferry_nats::MessagingMode::Nats);
     let mut nats = messaging.nats;
     assert!(nats.tls_required && nats.tls_ca.is_some() && nats.password_file.is_some());
-    nats.urls = vec![format!("tls://localhost:{port}")];
+    assert_eq!(nats.urls.len(), ports.len(), "one URL per node");
+    nats.urls = ports
+        .iter()
+        .map(|p| format!("tls://localhost:{p}"))
+        .collect();
     let user = if component == build::Component::Router {
         "router"
     } else {
@@ -154,34 +168,56 @@ async fn a_node_started_from_the_rendered_files_serves_the_components_over_tls_w
         .expect("subscribe");
     // An adapter may not read telemetry: its subscription is refused by the server.
     let mut snooping = adapter.subscribe("ferry.telemetry.>").await.expect("sent");
-    router.flush().await.expect("flush");
-    adapter
-        .publish("ferry.telemetry.t1", "hello".into())
-        .await
-        .expect("publish");
-    adapter.flush().await.expect("flush");
-    let got = tokio::time::timeout(Duration::from_secs(5), telemetry.next())
-        .await
-        .expect("delivered")
-        .expect("message");
-    assert_eq!(got.payload.as_ref(), b"hello");
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), snooping.next())
+    // The client's flush does not wait for the server, so the router's subscription may arrive after
+    // a publish: publish until it gets through.
+    let mut delivered = None;
+    for _ in 0..50 {
+        adapter
+            .publish("ferry.telemetry.t1", "hello".into())
             .await
-            .map_or(true, |m| m.is_none()),
-        "an adapter received telemetry"
+            .expect("publish");
+        adapter.flush().await.expect("flush");
+        if let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(100), telemetry.next()).await
+        {
+            delivered = Some(m);
+            break;
+        }
+    }
+    assert_eq!(
+        delivered
+            .expect("the router receives the adapter's telemetry")
+            .payload
+            .as_ref(),
+        b"hello"
     );
-    // A router may not publish telemetry as a device.
+    // A router may not publish telemetry as a device; the adapter's next message still arrives.
     router
         .publish("ferry.telemetry.t1", "forged".into())
         .await
         .expect("sent");
-    router.flush().await.ok();
+    router.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    adapter
+        .publish("ferry.telemetry.t1", "after".into())
+        .await
+        .expect("publish");
+    adapter.flush().await.expect("flush");
+    let mut seen = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(700), telemetry.next()).await
+    {
+        seen.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    assert!(seen.contains(&"after".to_owned()), "{seen:?}");
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), telemetry.next())
+        !seen.contains(&"forged".to_owned()),
+        "a router's telemetry was delivered: {seen:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), snooping.next())
             .await
-            .is_err(),
-        "a router's telemetry was delivered"
+            .map_or(true, |m| m.is_none()),
+        "an adapter received telemetry"
     );
 
     // Without the CA (system roots only) the server's certificate is not trusted.
@@ -194,4 +230,141 @@ async fn a_node_started_from_the_rendered_files_serves_the_components_over_tls_w
     let mut bad = adapter_config.clone();
     bad.password_file = Some(wrong);
     assert!(ferry_nats::connect(&bad, "bad").await.is_err());
+}
+
+/// Starts node `i` of three from the rendered files: only the addresses change (free local ports, and
+/// `localhost`, which the certificate names, for the nodes' DNS names) and each node its own data.
+fn start_node(dir: &Path, i: usize, client: &[u16], cluster: &[u16], monitor: &[u16]) -> Server {
+    let rendered = std::fs::read_to_string(dir.join("config/nats.conf")).expect("read");
+    let mut text = rendered
+        .replace("0.0.0.0:4222", &format!("127.0.0.1:{}", client[i]))
+        .replace("0.0.0.0:6222", &format!("127.0.0.1:{}", cluster[i]))
+        .replace("0.0.0.0:8222", &format!("127.0.0.1:{}", monitor[i]))
+        .replace(
+            &format!("{}/data", dir.display()),
+            &format!("{}/data-{i}", dir.display()),
+        )
+        .replace(
+            &format!("{}/run/nats.pid", dir.display()),
+            &format!("{}/run/nats-{i}.pid", dir.display()),
+        );
+    for (j, port) in cluster.iter().enumerate() {
+        text = text.replace(
+            &format!("iot-nats-{j}.iot-nats-headless.prod.svc:6222"),
+            &format!("localhost:{port}"),
+        );
+    }
+    assert!(!text.contains("svc:6222"), "every route rewritten:\n{text}");
+    // Beside the rendered one, so that its `include "../auth/auth.conf"` resolves the same way.
+    let config = dir.join(format!("config/node-{i}.conf"));
+    std::fs::write(&config, text).expect("write");
+    Server(
+        Command::new(require_program("nats-server"))
+            .arg("-c")
+            .arg(&config)
+            .env("POD_NAME", format!("iot-nats-{i}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server"),
+    )
+}
+
+#[tokio::test]
+async fn three_nodes_from_the_rendered_files_form_a_cluster_that_keeps_an_event_when_one_dies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    nats::write_node_files(&space(3), &defaults(), dir.path()).expect("files");
+    let ports = |_| (0..3).map(|_| free_port()).collect::<Vec<u16>>();
+    let (client, cluster, monitor) = (ports(0), ports(1), ports(2));
+    let mut nodes: Vec<Option<Server>> = (0..3)
+        .map(|i| Some(start_node(dir.path(), i, &client, &cluster, &monitor)))
+        .collect();
+
+    let adapter_config = client_config_for(3, build::Component::MqttAdapter, dir.path(), &client);
+    let router_config = client_config_for(3, build::Component::Router, dir.path(), &client);
+    // Streams on all three nodes, as the operator tells the components for a three-node cluster.
+    assert_eq!(adapter_config.replicas, 3);
+    let mut adapter = None;
+    for _ in 0..50 {
+        if let Ok(c) = ferry_nats::connect(&adapter_config, "adapter").await {
+            adapter = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let adapter = adapter.expect("the adapter connects");
+    let js = async_nats::jetstream::new(adapter.clone());
+    // The stream needs the cluster formed (routes up, a meta leader elected): retry for a while.
+    let mut stream = None;
+    let mut last = String::new();
+    for _ in 0..150 {
+        match ferry_nats::streams::event_stream(
+            &js,
+            "t1",
+            ferry_nats::streams::EventLimits::default(),
+            adapter_config.replicas,
+        )
+        .await
+        {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut stream = stream.unwrap_or_else(|| {
+        panic!("no three-replica stream: the nodes did not form a cluster over their TLS routes: {last}")
+    });
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.config.num_replicas, 3);
+    assert_eq!(
+        info.cluster.as_ref().map(|c| c.replicas.len()),
+        Some(2),
+        "a leader and two replicas on the other nodes"
+    );
+
+    // Accepted means stored on a majority.
+    js.publish(ferry_nats::subjects::event("t1"), "door open".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    // A node dies: the event is still there for a router on the others.
+    nodes[0].take();
+    let mut survivors = router_config.clone();
+    survivors.urls.remove(0);
+    let router = ferry_nats::connect(&survivors, "router")
+        .await
+        .expect("the router connects to the survivors");
+    let router_js = async_nats::jetstream::new(router);
+    let mut consumer = None;
+    for _ in 0..100 {
+        if let Ok(s) = ferry_nats::streams::open_event_stream(&router_js, "t1", 3).await {
+            if let Ok(c) =
+                ferry_nats::streams::event_consumer(&s, 10, Duration::from_secs(30)).await
+            {
+                consumer = Some(c);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let consumer = consumer.expect("the shared event consumer on two of three nodes");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .expect("fetch");
+    let event = tokio::time::timeout(Duration::from_secs(15), batch.next())
+        .await
+        .expect("delivered")
+        .expect("one event")
+        .expect("message");
+    assert_eq!(event.payload.as_ref(), b"door open");
+    event.ack().await.expect("ack");
 }
