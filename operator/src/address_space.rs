@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -88,6 +88,12 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
                     refused.push(why);
                 }
                 check_keys(&existing, wanted)?;
+                let stale = wanted.stale_derived_keys(&existing);
+                if !stale.is_empty()
+                    && policy::secret_allowed(&existing.metadata, owner_uid, allowed).is_ok()
+                {
+                    refresh_derived(&secrets, &wanted.name, stale).await?;
+                }
             }
             None => to_generate.push(wanted),
         }
@@ -178,7 +184,24 @@ async fn reconcile_inner(space: &AddressSpace, ctx: &Context) -> Result<Action, 
         .iter()
         .map(|c| (*c, readiness.get(&names::workload(&name, *c)).copied()))
         .collect();
-    let status = status::address_space(previous, &desired, &observed, generation, Timestamp::now());
+    let messaging = match build::nats::Bus::of(&space.spec) {
+        build::nats::Bus::Embedded => status::Messaging::Embedded,
+        build::nats::Bus::External(_) => status::Messaging::External,
+        build::nats::Bus::Managed(_) => status::Messaging::Managed(
+            readiness
+                .get(&names::nats(&name))
+                .copied()
+                .unwrap_or_default(),
+        ),
+    };
+    let status = status::address_space(
+        previous,
+        &desired,
+        &observed,
+        messaging,
+        generation,
+        Timestamp::now(),
+    );
     patch_status(ctx, &namespace, &name, &status).await?;
     let phase = status.phase.unwrap_or(Phase::Pending);
     if previous.and_then(|s| s.phase) != Some(phase) {
@@ -244,6 +267,31 @@ async fn create_secret(api: &Api<Secret>, wanted: &GeneratedSecret) -> Result<bo
     }
 }
 
+/// Rewrites keys of a generated Secret that are derived from its other keys (the NATS `auth.conf`).
+async fn refresh_derived(
+    api: &Api<Secret>,
+    name: &str,
+    keys: Vec<(String, String)>,
+) -> Result<(), Error> {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, serde_json::Value> = keys
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": data })),
+    )
+    .await?;
+    Ok(())
+}
+
 fn check_keys(secret: &Secret, wanted: &GeneratedSecret) -> Result<(), Error> {
     for key in wanted.keys() {
         if crate::context::secret_value(secret, key).is_none_or(|v| v.is_empty()) {
@@ -271,6 +319,11 @@ async fn delete_if_present(
             .map(drop),
         Kind::Deployment => ctx
             .api::<Deployment>(namespace)
+            .delete(name, &dp)
+            .await
+            .map(drop),
+        Kind::StatefulSet => ctx
+            .api::<StatefulSet>(namespace)
             .delete(name, &dp)
             .await
             .map(drop),

@@ -8,6 +8,12 @@
 //! settings yet; docs/kubernetes.md lists them). A hash of each component's config is put on its pod
 //! template, so a config change rolls the pods.
 //!
+//! Messaging (`spec.messaging`): in `embedded` mode the router is a StatefulSet with its event store on
+//! a volume and the adapters send to it over AMQP; in `nats` mode the router is a stateless Deployment,
+//! and router and adapters get a `messaging` section pointing at NATS, either one the user runs
+//! (`external`) or a cluster the operator runs ([`nats`]). The objects of the other mode are listed in
+//! [`Desired::absent`] so that switching modes deletes them.
+//!
 //! What the operator allows is checked here too ([`policy`]): image registries against the operator's
 //! list; the Secrets a spec names are checked by the reconcile, which reads them, with
 //! [`policy::secret_allowed`].
@@ -26,6 +32,7 @@ use crate::crd::{AddressSpace, Endpoints};
 mod adapter;
 mod disruption;
 pub mod names;
+pub mod nats;
 mod network;
 mod pod;
 pub mod policy;
@@ -46,7 +53,20 @@ pub mod ports {
     pub const MQTTS: i32 = 8883;
     pub const HTTP: i32 = 8080;
     pub const HTTPS: i32 = 8443;
+    pub const NATS_CLIENT: i32 = 4222;
+    pub const NATS_CLUSTER: i32 = 6222;
+    pub const NATS_MONITOR: i32 = 8222;
 }
+
+/// Whether the builders render the client-side TLS and secret-file settings the components are being
+/// given on the main line (`router_tls`, `router_ca_file`, `registry_ca_file`, `registry_token_file`,
+/// `router_password_file`, `adapter_password_file`, `database_url_file`) and, with them, serve the
+/// registry over https. Off until those fields exist in the component crates (a component refuses an
+/// unknown key); flip it at the merge. Tests build both ways through [`Defaults::internal_tls_fields`].
+pub const INTERNAL_TLS_FIELDS: bool = false;
+
+/// The NATS image the operator runs for a managed cluster unless the spec names another one.
+pub const DEFAULT_NATS_IMAGE: &str = "docker.io/library/nats:2.11";
 
 /// The annotation on each pod template that carries the hash of the component's config.
 pub const CONFIG_HASH_ANNOTATION: &str = "ferry.dev/config-hash";
@@ -62,6 +82,10 @@ pub struct Defaults {
     pub allowed_image_registries: Vec<String>,
     /// Where the operator's pods are, for the registry's NetworkPolicy; `None`: no NetworkPolicies.
     pub network_policies: Option<OperatorPods>,
+    /// The image of managed NATS nodes; its registry is allowed like `image_registry`.
+    pub nats_image: String,
+    /// See [`INTERNAL_TLS_FIELDS`].
+    pub internal_tls_fields: bool,
 }
 
 /// The operator's pods as a NetworkPolicy peer.
@@ -103,6 +127,7 @@ impl BuildError {
 pub enum Kind {
     ConfigMap,
     Deployment,
+    StatefulSet,
     Service,
     PodDisruptionBudget,
     NetworkPolicy,
@@ -135,6 +160,8 @@ pub enum Component {
     Router,
     MqttAdapter,
     HttpAdapter,
+    /// A managed NATS node (not in [`Component::ALL`]: it exists only in managed `nats` mode).
+    Nats,
 }
 
 impl Component {
@@ -152,6 +179,7 @@ impl Component {
             Self::Router => "router",
             Self::MqttAdapter => "mqtt-adapter",
             Self::HttpAdapter => "http-adapter",
+            Self::Nats => "nats",
         }
     }
 
@@ -162,6 +190,7 @@ impl Component {
             Self::Router => "ferry-router",
             Self::MqttAdapter => "ferry-mqtt-adapter",
             Self::HttpAdapter => "ferry-http-adapter",
+            Self::Nats => "nats-server",
         }
     }
 
@@ -172,6 +201,7 @@ impl Component {
             Self::Router => "RouterReady",
             Self::MqttAdapter => "MqttAdapterReady",
             Self::HttpAdapter => "HttpAdapterReady",
+            Self::Nats => "MessagingReady",
         }
     }
 
@@ -182,6 +212,7 @@ impl Component {
             Self::Router => "FERRY_ROUTER_",
             Self::MqttAdapter => "FERRY_MQTT_",
             Self::HttpAdapter => "FERRY_HTTP_",
+            Self::Nats => "NATS_",
         }
     }
 }
@@ -195,6 +226,10 @@ pub(crate) struct Ctx<'a> {
     pub image_registry: &'a str,
     pub image_tag: &'a str,
     pub operator_pods: Option<&'a OperatorPods>,
+    pub nats_image: &'a str,
+    pub internal_tls_fields: bool,
+    /// `spec.messaging` resolved (a `nats` spec without `external` is a managed cluster).
+    pub bus: nats::Bus<'a>,
 }
 
 impl Ctx<'_> {
@@ -264,11 +299,24 @@ impl Ctx<'_> {
         format!("{service}.{}.svc:{port}", self.namespace)
     }
 
+    /// The registry's internal URL: https (verified against the address space's CA) with
+    /// [`Defaults::internal_tls_fields`], else http.
     pub fn registry_url(&self) -> String {
         format!(
-            "http://{}",
+            "{}://{}",
+            if self.internal_tls_fields {
+                "https"
+            } else {
+                "http"
+            },
             self.address(&names::registry(self.name), ports::REGISTRY)
         )
+    }
+
+    /// Whether the adapters reach the router over AMQPS and can verify its certificate: the generated
+    /// certificate (the address space's CA), or the user's with its CA named (`spec.tls.caKey`).
+    pub fn router_tls(&self) -> bool {
+        self.internal_tls_fields && self.spec.tls.as_ref().is_none_or(|t| t.ca_key.is_some())
     }
 
     /// The Secret with the certificate of the TLS endpoints.
@@ -297,6 +345,10 @@ pub fn address_space(space: &AddressSpace, defaults: &Defaults) -> Result<Desire
         .ok_or(BuildError::MissingMetadata("uid"))?;
     validate(space)?;
     policy::check_image_registry(&space.spec, defaults)?;
+    let bus = nats::Bus::of(&space.spec);
+    if let nats::Bus::Managed(managed) = &bus {
+        policy::check_nats_image(managed, defaults)?;
+    }
     let ctx = Ctx {
         name,
         namespace,
@@ -305,6 +357,9 @@ pub fn address_space(space: &AddressSpace, defaults: &Defaults) -> Result<Desire
         image_registry: &defaults.image_registry,
         image_tag: &defaults.image_tag,
         operator_pods: defaults.network_policies.as_ref(),
+        nats_image: &defaults.nats_image,
+        internal_tls_fields: defaults.internal_tls_fields,
+        bus,
     };
     let mut desired = Desired {
         admin_token_secret: names::admin_token(name),
@@ -312,13 +367,17 @@ pub fn address_space(space: &AddressSpace, defaults: &Defaults) -> Result<Desire
     };
     desired.secrets = secrets::wanted(&ctx);
     if let Some(tls) = &space.spec.tls {
-        for key in ["tls.crt", "tls.key"] {
+        for key in ["tls.crt", "tls.key"]
+            .into_iter()
+            .chain(tls.ca_key.as_deref())
+        {
             desired
                 .referenced
                 .push((tls.secret_name.clone(), key.to_owned()));
         }
     }
     registry::build(&ctx, &mut desired);
+    nats::build(&ctx, &mut desired);
     router::build(&ctx, &mut desired);
     adapter::build(&ctx, Component::MqttAdapter, &mut desired);
     adapter::build(&ctx, Component::HttpAdapter, &mut desired);
@@ -357,6 +416,36 @@ pub fn validate(space: &AddressSpace) -> Result<(), BuildError> {
         }
         _ => {}
     }
+    if let Some(nats) = spec
+        .messaging
+        .nats
+        .as_ref()
+        .filter(|_| spec.messaging.mode == crate::crd::MessagingMode::Nats)
+    {
+        if nats.external.is_some() && nats.managed.is_some() {
+            return bad("give messaging.nats.external or messaging.nats.managed, not both");
+        }
+        if let Some(m) = &nats.managed {
+            if !nats::valid_cluster_size(m.replicas) {
+                return bad("messaging.nats.managed.replicas must be 1 or an odd number of at least 3: JetStream needs a majority of its nodes");
+            }
+        }
+        if let Some(e) = &nats.external {
+            if e.urls.is_empty() {
+                return bad("messaging.nats.external.urls must name at least one NATS server");
+            }
+            if let Some(u) = e.urls.iter().find(|u| {
+                !(u.starts_with("tls://") || u.starts_with("nats://")) || u.contains(['"', '\\'])
+            }) {
+                return Err(BuildError::InvalidSpec(format!(
+                    "messaging.nats.external.urls: {u:?} is not a tls:// or nats:// URL"
+                )));
+            }
+            if !(1..=5).contains(&e.stream_replicas) {
+                return bad("messaging.nats.external.streamReplicas must be 1 to 5");
+            }
+        }
+    }
     // Object names are `<name>-mqtt-adapter-config` and the like: keep them within DNS label limits.
     if space.metadata.name.as_deref().is_some_and(|n| n.len() > 40) {
         return bad(
@@ -390,6 +479,42 @@ pub(crate) fn config_map(ctx: &Ctx<'_>, component: Component, config: String) ->
 /// Renders a component config as YAML. A `serde_json::Value` always serializes.
 pub(crate) fn yaml(value: &serde_json::Value) -> String {
     serde_saphyr::to_string(value).unwrap_or_default()
+}
+
+/// Secret keys mounted as files in a pod's [`pod::SECRETS_DIR`]: (Secret, key, file name).
+pub(crate) mod secret_files {
+    use super::{names, Ctx};
+
+    pub type File = (String, String, String);
+
+    /// `ca.crt`: the address space's CA (registry, router, managed NATS certificates chain to it).
+    pub fn ca(ctx: &Ctx<'_>) -> File {
+        (
+            names::tls(ctx.name),
+            "ca.crt".to_owned(),
+            "ca.crt".to_owned(),
+        )
+    }
+
+    /// `registry-token`: the registry's internal API token.
+    pub fn registry_token(ctx: &Ctx<'_>) -> File {
+        (
+            names::internal_token(ctx.name),
+            "token".to_owned(),
+            "registry-token".to_owned(),
+        )
+    }
+
+    /// The files without repeats (one path may appear once in a projected volume).
+    pub fn unique(files: Vec<File>) -> Vec<File> {
+        let mut out: Vec<File> = Vec::with_capacity(files.len());
+        for f in files {
+            if !out.iter().any(|o| o.2 == f.2) {
+                out.push(f);
+            }
+        }
+        out
+    }
 }
 
 /// The secret a built object refers to, so tests can check names line up.

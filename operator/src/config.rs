@@ -44,6 +44,8 @@ pub struct Config {
     pub operator_namespace: String,
     /// Labels of the operator's pods, which the registry's NetworkPolicy lets in.
     pub operator_pod_labels: BTreeMap<String, String>,
+    /// The image of managed NATS nodes (`spec.messaging.nats.managed`); its registry is allowed.
+    pub nats_image: String,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
                 ("app.kubernetes.io/part-of".into(), "ferry".into()),
                 ("app.kubernetes.io/component".into(), "operator".into()),
             ]),
+            nats_image: crate::build::DEFAULT_NATS_IMAGE.into(),
         }
     }
 }
@@ -83,6 +86,12 @@ impl Config {
         }
         if self.image_tag.is_empty() {
             return Err(field("image_tag", "must not be empty"));
+        }
+        if self.nats_image.is_empty() || self.nats_image.contains(char::is_whitespace) {
+            return Err(field(
+                "nats_image",
+                "must be an image reference, e.g. docker.io/library/nats:2.11",
+            ));
         }
         if self.leader_election && (self.lease_name.is_empty() || self.lease_namespace.is_empty()) {
             return Err(field(

@@ -64,6 +64,8 @@ impl Context {
                 namespace: self.config.operator_namespace.clone(),
                 labels: self.config.operator_pod_labels.clone(),
             }),
+            nats_image: self.config.nats_image.clone(),
+            internal_tls_fields: build::INTERNAL_TLS_FIELDS,
         }
     }
 
@@ -130,12 +132,39 @@ impl Context {
         let base = match &self.config.registry_url {
             Some(url) => url.clone(),
             None => format!(
-                "http://{}.{namespace}.svc:{}",
+                "{}://{}.{namespace}.svc:{}",
+                if build::INTERNAL_TLS_FIELDS {
+                    "https"
+                } else {
+                    "http"
+                },
                 names::registry(&name),
                 build::ports::REGISTRY
             ),
         };
-        Ok(RegistryClient::new(self.http.clone(), &base, token))
+        let http = if base.starts_with("https://") {
+            self.http_trusting(&namespace, &names::tls(&name)).await?
+        } else {
+            self.http.clone()
+        };
+        Ok(RegistryClient::new(http, &base, token))
+    }
+
+    /// An HTTP client that trusts the CA of the address space's generated certificate (key `ca.crt`
+    /// of `secret`) besides the system's roots: the registry serves https with that certificate.
+    async fn http_trusting(&self, namespace: &str, secret: &str) -> Result<reqwest::Client, Error> {
+        let tls = self.api::<Secret>(namespace).get(secret).await?;
+        let incomplete = || Error::SecretIncomplete {
+            name: secret.to_owned(),
+            key: "ca.crt".to_owned(),
+        };
+        let pem = secret_value(&tls, "ca.crt").ok_or_else(incomplete)?;
+        let ca = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|_| incomplete())?;
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .add_root_certificate(ca)
+            .build()
+            .map_err(|_| incomplete())
     }
 }
 

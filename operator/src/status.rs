@@ -106,17 +106,72 @@ impl Readiness {
     }
 }
 
+/// The bus as the status reports it (`MessagingReady`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Messaging {
+    /// Embedded mode: nothing beyond the router to be ready; `True`, reason `Embedded`.
+    Embedded,
+    /// A NATS cluster run by someone else: the operator cannot see its health (the components' own
+    /// readiness shows whether they reach it); `True`, reason `External`.
+    External,
+    /// A managed cluster: its StatefulSet's readiness.
+    Managed(Readiness),
+}
+
 /// The status of an address space whose objects were applied: one condition per component (a disabled
-/// adapter counts as ready), `Ready` when all are, and the phase.
+/// adapter counts as ready), `MessagingReady`, `Ready` when all are, and the phase.
 pub fn address_space(
     previous: Option<&AddressSpaceStatus>,
     desired: &Desired,
     observed: &[(Component, Option<Readiness>)],
+    messaging: Messaging,
     generation: Option<i64>,
     now: Timestamp,
 ) -> AddressSpaceStatus {
     let mut conditions = previous.map(|s| s.conditions.clone()).unwrap_or_default();
     let mut not_ready = Vec::new();
+    let (ok, reason, message) = match messaging {
+        Messaging::Embedded => (
+            true,
+            "Embedded",
+            "adapters send to the router over AMQP".to_owned(),
+        ),
+        Messaging::External => (
+            true,
+            "External",
+            "NATS is run outside the operator".to_owned(),
+        ),
+        Messaging::Managed(r) if r.is_ready() => (
+            true,
+            "ReplicasReady",
+            format!("{}/{} NATS nodes ready", r.ready, r.wanted),
+        ),
+        Messaging::Managed(r) if !r.current => (
+            false,
+            "RolloutPending",
+            format!(
+                "{}/{} NATS nodes ready; the new spec is not rolled out yet",
+                r.ready, r.wanted
+            ),
+        ),
+        Messaging::Managed(r) => (
+            false,
+            "ReplicasNotReady",
+            format!("{}/{} NATS nodes ready", r.ready, r.wanted),
+        ),
+    };
+    if !ok {
+        not_ready.push("messaging");
+    }
+    set_condition(
+        &mut conditions,
+        Component::Nats.condition(),
+        ok,
+        reason,
+        message,
+        generation,
+        now,
+    );
     for (component, readiness) in observed {
         let (ok, reason, message) = match readiness {
             None => (
@@ -293,6 +348,36 @@ mod tests {
     }
 
     #[test]
+    fn messaging_readiness_feeds_ready() {
+        let now = Timestamp::now();
+        let d = Desired::default();
+        let nodes = |ready| {
+            Messaging::Managed(Readiness {
+                wanted: 3,
+                ready,
+                current: true,
+            })
+        };
+        let all = observed((1, 1), (2, 2), Some((2, 2)));
+        let starting = address_space(None, &d, &all, nodes(2), Some(1), now);
+        assert_eq!(
+            condition(&starting, "MessagingReady").message,
+            "2/3 NATS nodes ready"
+        );
+        assert_eq!(
+            condition(&starting, "Ready").message,
+            "not ready: messaging"
+        );
+        assert_eq!(starting.phase, Some(Phase::Pending));
+        let ready = address_space(Some(&starting), &d, &all, nodes(3), Some(1), now);
+        assert!(is_true(&ready.conditions, "MessagingReady"));
+        assert_eq!(ready.phase, Some(Phase::Ready));
+        let external = address_space(None, &d, &all, Messaging::External, Some(1), now);
+        assert_eq!(condition(&external, "MessagingReady").reason, "External");
+        assert!(is_true(&external.conditions, "Ready"));
+    }
+
+    #[test]
     fn phase_and_conditions_follow_readiness() {
         let now = Timestamp::now();
         let d = Desired::default();
@@ -300,6 +385,7 @@ mod tests {
             None,
             &d,
             &observed((1, 0), (2, 1), Some((1, 1))),
+            Messaging::Embedded,
             Some(1),
             now,
         );
@@ -321,6 +407,7 @@ mod tests {
             Some(&starting),
             &d,
             &observed((1, 1), (2, 2), None),
+            Messaging::Embedded,
             Some(1),
             later,
         );
@@ -338,6 +425,7 @@ mod tests {
             Some(&ready),
             &d,
             &observed((1, 1), (2, 1), None),
+            Messaging::Embedded,
             Some(2),
             later,
         );
@@ -353,8 +441,17 @@ mod tests {
                 current: false,
             }),
         )];
-        let s = address_space(Some(&ready), &d, &rolling, Some(2), later);
+        let s = address_space(
+            Some(&ready),
+            &d,
+            &rolling,
+            Messaging::Embedded,
+            Some(2),
+            later,
+        );
         assert_eq!(condition(&s, "RegistryReady").reason, "RolloutPending");
+
+        assert_eq!(condition(&ready, "MessagingReady").reason, "Embedded");
 
         let failed = address_space_failed(Some(&degraded), "InvalidSpec", "bad", Some(3), later);
         assert_eq!(failed.phase, Some(Phase::Failed));

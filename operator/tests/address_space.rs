@@ -128,10 +128,19 @@ async fn create_applies_every_object_with_server_side_apply_and_reports_pending(
         expected.push(format!("PATCH {APPS}/deployments/{d}"));
     }
     expected.push(format!("PATCH {APPS}/statefulsets/iot-router"));
+    // Embedded mode: whatever nats mode left (managed NATS, the router's Deployment) is deleted.
+    expected.extend([
+        format!("DELETE {APPS}/statefulsets/iot-nats"),
+        format!("DELETE {NS}/services/iot-nats"),
+        format!("DELETE {NS}/services/iot-nats-headless"),
+        format!("DELETE {NS}/configmaps/iot-nats-config"),
+        format!("DELETE {APPS}/deployments/iot-router"),
+    ]);
     // One replica each: no disruption budget (one left from a larger scale is deleted).
-    for c in ["registry", "router", "mqtt-adapter", "http-adapter"] {
+    for c in ["registry", "router", "mqtt-adapter", "http-adapter", "nats"] {
         expected.push(format!("DELETE {PDB}/iot-{c}"));
     }
+    expected.push(format!("DELETE {NETPOL}/iot-nats"));
     expected.push(format!("PATCH {SPACE}/status"));
     assert_eq!(lines, expected);
 
@@ -327,6 +336,7 @@ async fn update_scales_and_a_disabled_adapter_is_deleted() {
         .iter()
         .filter(|c| c.method == http::Method::DELETE)
         .map(|c| c.path.clone())
+        .filter(|p| !p.contains("iot-nats") && !p.ends_with("/deployments/iot-router"))
         .collect();
     assert_eq!(
         deletes,
@@ -474,8 +484,8 @@ async fn a_missing_user_secret_holds_everything_back_until_it_exists() {
     let action = reconcile(&api, &ctx).await.expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(10)));
     assert!(
-        api.get(&format!("{NS}/secrets/iot-tls")).is_none(),
-        "no certificate generated"
+        api.get(&format!("{NS}/secrets/iot-tls")).is_some(),
+        "the internal certificate is generated beside the user's"
     );
     // Only the generated Secrets were written: no workload would mount a Secret nobody checked.
     let written = writes(&api);

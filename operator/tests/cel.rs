@@ -146,3 +146,53 @@ fn trusted_ca_needs_a_certificate_or_a_key() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn managed_nats_runs_an_odd_number_of_nodes_and_nats_is_external_or_managed() {
+    let s = schema("addressspaces.ferry.dev.yaml");
+    let managed = |replicas: i64| {
+        space(json!({"messaging": {"mode": "nats", "nats": {"managed": {"replicas": replicas}}}}))
+    };
+    for ok in [1, 3, 5] {
+        assert!(broken(&s, managed(ok), None).is_empty(), "{ok} nodes");
+    }
+    for refused in [2, 4] {
+        let errors = broken(&s, managed(refused), None);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("odd number of at least 3")),
+            "{refused} nodes: {errors:?}"
+        );
+    }
+    assert!(
+        broken(&s, space(json!({"messaging": {"mode": "nats"}})), None).is_empty(),
+        "managed with its defaults"
+    );
+    let external = json!({"urls": ["tls://nats:4222"], "credentialsSecret": "corp-nats"});
+    assert!(broken(
+        &s,
+        space(json!({"messaging": {"mode": "nats", "nats": {"external": external}}})),
+        None
+    )
+    .is_empty());
+    let errors = broken(
+        &s,
+        space(
+            json!({"messaging": {"mode": "nats", "nats": {"external": external, "managed": {}}}}),
+        ),
+        None,
+    );
+    assert!(errors.iter().any(|e| e.contains("not both")), "{errors:?}");
+    let errors = broken(
+        &s,
+        space(json!({"messaging": {"mode": "embedded", "nats": {"managed": {}}}})),
+        None,
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("only read with messaging.mode nats")),
+        "{errors:?}"
+    );
+}

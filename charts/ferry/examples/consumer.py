@@ -6,7 +6,8 @@
 
 amqps:// is AMQP over TLS (the router's port 5671, the one applications reach in Kubernetes); --ca names
 the PEM file of the CA (or self-signed certificate) to verify the router against, host name included
-(the operator's self-signed certificate names the router's Services and "localhost").
+(the operator's generated certificate names the router's Services and "localhost"; its CA is the key
+ca.crt of the Secret <name>-tls).
 
 ADDRESS is telemetry/TENANT or event/TENANT. USER and PASSWORD are an application user of the tenant
 (the Tenant's spec.applications; the password is in the Secret named by the Tenant's

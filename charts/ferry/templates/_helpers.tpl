@@ -143,4 +143,33 @@ Fails the release when the chart's AddressSpace names an image registry the oper
 {{- fail (printf "addressSpace.spec.image.registry %q is not an allowed image registry (allowed: %s); add it to security.allowedImageRegistries" $wanted (join ", " $allowed)) }}
 {{- end }}
 {{- end }}
+{{- include "ferry.checkNatsImage" . }}
+{{- end }}
+
+{{/*
+The same for a managed NATS image (spec.messaging.nats.managed.image): its registry path (the
+reference without its last segment) must be image.nats's, image.registry or an allowed one.
+*/}}
+{{- define "ferry.checkNatsImage" -}}
+{{- $messaging := (.Values.addressSpace.spec | default dict).messaging | default dict }}
+{{- $managed := (($messaging.nats | default dict).managed | default dict) }}
+{{- if and .Values.addressSpace.create (hasKey ($messaging.nats | default dict) "external") (hasKey ($messaging.nats | default dict) "managed") }}
+{{- fail "addressSpace.spec.messaging.nats: give external or managed, not both" }}
+{{- end }}
+{{- $image := $managed.image | default "" }}
+{{- if and .Values.addressSpace.create $image }}
+{{- $path := (splitList "@" $image | first) }}
+{{- $parts := splitList "/" $path }}
+{{- $wanted := join "/" (initial $parts) }}
+{{- $natsParts := splitList "/" (splitList "@" .Values.image.nats | first) }}
+{{- $allowed := list (join "/" (initial $natsParts)) (trimSuffix "/" .Values.image.registry) }}
+{{- range .Values.security.allowedImageRegistries }}{{ $allowed = append $allowed (trimSuffix "/" .) }}{{ end }}
+{{- $ok := false }}
+{{- range $allowed }}
+{{- if and . (or (eq $wanted .) (hasPrefix (printf "%s/" .) $wanted)) }}{{ $ok = true }}{{ end }}
+{{- end }}
+{{- if not $ok }}
+{{- fail (printf "addressSpace.spec.messaging.nats.managed.image %q: registry %q is not an allowed image registry (allowed: %s); add it to security.allowedImageRegistries" $image $wanted (join ", " $allowed)) }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -7,9 +7,12 @@ use super::pod::no_loss_rollout;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::json;
 
-use super::pod::{PodBuilder, TLS_DIR};
+use super::pod::{PodBuilder, SECRETS_DIR, TLS_DIR};
 use super::router::ADAPTER_USER;
-use super::{config_hash, config_map, names, ports, service, yaml, Component, Ctx, Desired, Kind};
+use super::{
+    config_hash, config_map, names, nats, ports, secret_files, service, yaml, Component, Ctx,
+    Desired, Kind,
+};
 use crate::crd::AdapterSpec;
 
 /// The plain and TLS ports and their names.
@@ -28,18 +31,61 @@ fn spec<'a>(ctx: &'a Ctx<'_>, component: Component) -> &'a AdapterSpec {
 }
 
 /// The adapter's config file (fields of `ferry_mqtt_adapter::Config` / `ferry_http_adapter::Config`).
-/// `instance_id` comes from the pod name (env), the secrets from Secret keys (env).
+/// `instance_id` comes from the pod name (env); the secrets from Secret files, or (without
+/// [`super::Defaults::internal_tls_fields`]) from Secret keys in the environment. In `nats` mode the
+/// adapter talks to NATS, not to the router.
 pub(crate) fn config(ctx: &Ctx<'_>, component: Component) -> serde_json::Value {
     let [(_, plain), (_, tls)] = endpoints(component);
-    json!({
+    let mut config = json!({
         "bind": format!("0.0.0.0:{plain}"),
         "tls_bind": format!("0.0.0.0:{tls}"),
         "tls": { "cert_path": format!("{TLS_DIR}/tls.crt"), "key_path": format!("{TLS_DIR}/tls.key") },
         "admin_bind": format!("0.0.0.0:{}", ports::ADMIN),
         "registry_url": ctx.registry_url(),
-        "router_address": ctx.address(&names::router_internal(ctx.name), ports::AMQP),
-        "router_user": ADAPTER_USER,
-    })
+    });
+    if ctx.internal_tls_fields {
+        config["registry_ca_file"] = json!(format!("{SECRETS_DIR}/ca.crt"));
+        config["registry_token_file"] = json!(format!("{SECRETS_DIR}/registry-token"));
+    }
+    match nats::messaging(ctx, component) {
+        Some(messaging) => config["messaging"] = messaging,
+        None => {
+            let router_tls = ctx.router_tls();
+            let port = if router_tls {
+                ports::AMQPS
+            } else {
+                ports::AMQP
+            };
+            config["router_address"] = json!(ctx.address(&names::router_internal(ctx.name), port));
+            config["router_user"] = json!(ADAPTER_USER);
+            if ctx.internal_tls_fields {
+                config["router_tls"] = json!(router_tls);
+                config["router_password_file"] = json!(format!("{SECRETS_DIR}/router-password"));
+                if router_tls {
+                    config["router_ca_file"] = json!(format!("{SECRETS_DIR}/{}", router_ca(ctx).2));
+                }
+            }
+        }
+    }
+    config
+}
+
+/// The CA that the router's certificate chains to: the address space's, or the one named with the
+/// user's certificate (`spec.tls.caKey`).
+fn router_ca(ctx: &Ctx<'_>) -> secret_files::File {
+    match ctx
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| Some((t, t.ca_key.as_ref()?)))
+    {
+        Some((tls, key)) => (
+            tls.secret_name.clone(),
+            key.clone(),
+            "router-ca.crt".to_owned(),
+        ),
+        None => secret_files::ca(ctx),
+    }
 }
 
 pub(crate) fn build(ctx: &Ctx<'_>, component: Component, desired: &mut Desired) {
@@ -57,16 +103,36 @@ pub(crate) fn build(ctx: &Ctx<'_>, component: Component, desired: &mut Desired) 
     let hash = config_hash(&format!("{config}\ntls={}", ctx.tls_secret()));
     desired.config_maps.push(config_map(ctx, component, config));
     let [(plain_name, plain), (tls_name, tls)] = endpoints(component);
-    let pod = PodBuilder::new(ctx, component)
+    let embedded = !ctx.bus.is_nats();
+    let mut files = nats::client_files(ctx, component);
+    let mut pod = PodBuilder::new(ctx, component)
         .port(plain_name, plain)
         .port(tls_name, tls)
-        .env_field("INSTANCE_ID", "metadata.name")
-        .env_secret("REGISTRY_TOKEN", &names::internal_token(ctx.name), "token")
-        .env_secret(
-            "ROUTER_PASSWORD",
-            &names::adapter_credentials(ctx.name),
-            "password",
-        )
+        .env_field("INSTANCE_ID", "metadata.name");
+    if ctx.internal_tls_fields {
+        files.extend([secret_files::ca(ctx), secret_files::registry_token(ctx)]);
+        if embedded {
+            files.push((
+                names::adapter_credentials(ctx.name),
+                "password".to_owned(),
+                "router-password".to_owned(),
+            ));
+            if ctx.router_tls() {
+                files.push(router_ca(ctx));
+            }
+        }
+    } else {
+        pod = pod.env_secret("REGISTRY_TOKEN", &names::internal_token(ctx.name), "token");
+        if embedded {
+            pod = pod.env_secret(
+                "ROUTER_PASSWORD",
+                &names::adapter_credentials(ctx.name),
+                "password",
+            );
+        }
+    }
+    let pod = pod
+        .secret_files("secrets", &secret_files::unique(files), SECRETS_DIR)
         .secret_volume("tls", &ctx.tls_secret(), TLS_DIR)
         .resources(spec.resources.as_ref(), "50m", "64Mi");
     desired.deployments.push(Deployment {

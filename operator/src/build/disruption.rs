@@ -7,6 +7,9 @@
 //! `maxUnavailable: 0`) would block every drain of that node until someone deletes the budget. A single
 //! pod is simply moved, and its clients reconnect (scale to 2 to drain without an outage). The budget of a
 //! component scaled back to one replica (or disabled) is deleted.
+//!
+//! Managed NATS gets the same budget: with streams on three nodes, one node away keeps a majority of
+//! every stream, so accepted events stay readable and new ones are still acknowledged.
 
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -23,11 +26,15 @@ fn replicas(ctx: &Ctx<'_>, component: Component) -> i32 {
         Component::MqttAdapter if spec.adapters.mqtt.enabled => spec.adapters.mqtt.replicas,
         Component::HttpAdapter if spec.adapters.http.enabled => spec.adapters.http.replicas,
         Component::MqttAdapter | Component::HttpAdapter => 0,
+        Component::Nats => match &ctx.bus {
+            super::nats::Bus::Managed(m) => m.replicas,
+            _ => 0,
+        },
     }
 }
 
 pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
-    for component in Component::ALL {
+    for component in Component::ALL.into_iter().chain([Component::Nats]) {
         let name = names::workload(ctx.name, component);
         if replicas(ctx, component) < 2 {
             desired.absent.push((Kind::PodDisruptionBudget, name));

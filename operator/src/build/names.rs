@@ -54,7 +54,27 @@ pub fn adapter_credentials(space: &str) -> String {
     format!("{space}-adapter-credentials")
 }
 
-/// The generated self-signed certificate (when `spec.tls` is absent).
+/// Managed NATS: the StatefulSet and its client Service (4222).
+pub fn nats(space: &str) -> String {
+    workload(space, Component::Nats)
+}
+
+/// Managed NATS: the headless Service of the nodes' names and cluster routes.
+pub fn nats_headless(space: &str) -> String {
+    format!("{space}-nats-headless")
+}
+
+/// Managed NATS: the ConfigMap with `nats.conf`.
+pub fn nats_config(space: &str) -> String {
+    config(space, Component::Nats)
+}
+
+/// Managed NATS: keys `adapter`, `router` (passwords) and `auth.conf`.
+pub fn nats_users(space: &str) -> String {
+    format!("{space}-nats-users")
+}
+
+/// The generated certificate: `tls.crt`, `tls.key` and `ca.crt` (the address space's CA).
 pub fn tls(space: &str) -> String {
     format!("{space}-tls")
 }

@@ -11,8 +11,15 @@
 //!
 //! Only ingress is restricted (egress to DNS, PostgreSQL and the API server stays open). Policies add
 //! up: a user's own NetworkPolicy that selects the same pods lets more in (e.g. a management client in
-//! another namespace). Cluster mode will add `<name>-nats` the same way: client port 4222 from this
-//! address space's router and adapter pods, cluster port 6222 from the NATS pods themselves.
+//! another namespace).
+//!
+//! Managed NATS (`<name>-nats`):
+//!
+//! | pods | port | from |
+//! |---|---|---|
+//! | NATS | 4222 (clients) | this address space's router and adapter pods |
+//! | NATS | 6222 (cluster routes) | this address space's NATS pods |
+//! | NATS | 8222 (monitoring) | anyone, like the components' admin port (Prometheus exporters) |
 
 use std::collections::BTreeMap;
 
@@ -26,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{names, ports, Component, Ctx, Desired, Kind, OperatorPods};
 
 pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
-    for component in Component::ALL {
+    for component in Component::ALL.into_iter().chain([Component::Nats]) {
         let name = names::workload(ctx.name, component);
         let rules = match ctx.operator_pods {
             Some(operator) if enabled(ctx, component) => rules(ctx, component, operator),
@@ -55,6 +62,7 @@ fn enabled(ctx: &Ctx<'_>, component: Component) -> bool {
         Component::MqttAdapter => ctx.spec.adapters.mqtt.enabled,
         Component::HttpAdapter => ctx.spec.adapters.http.enabled,
         Component::Registry | Component::Router => true,
+        Component::Nats => matches!(ctx.bus, super::nats::Bus::Managed(_)),
     }
 }
 
@@ -97,6 +105,24 @@ fn rules(
         }
         Component::MqttAdapter => vec![rule(&[ports::MQTT, ports::MQTTS, ports::ADMIN], None)],
         Component::HttpAdapter => vec![rule(&[ports::HTTP, ports::HTTPS, ports::ADMIN], None)],
+        Component::Nats => vec![
+            rule(
+                &[ports::NATS_CLIENT],
+                Some(vec![own_pods(
+                    ctx,
+                    &[
+                        Component::Router,
+                        Component::MqttAdapter,
+                        Component::HttpAdapter,
+                    ],
+                )]),
+            ),
+            rule(
+                &[ports::NATS_CLUSTER],
+                Some(vec![own_pods(ctx, &[Component::Nats])]),
+            ),
+            rule(&[ports::NATS_MONITOR], None),
+        ],
     }
 }
 

@@ -24,6 +24,13 @@ pub const CONFIG_PATH: &str = "/etc/ferry/config.yaml";
 pub const DATA_DIR: &str = "/var/lib/ferry";
 /// Where the TLS Secret is mounted.
 pub const TLS_DIR: &str = "/etc/ferry/tls";
+/// Where the address space's generated certificate (`<name>-tls`: `ca.crt`, `tls.crt`, `tls.key`) is
+/// mounted in the pods that serve internal links over TLS (registry).
+pub const INTERNAL_TLS_DIR: &str = "/etc/ferry/internal-tls";
+/// Where secret files are mounted, one file per key: `ca.crt` (the address space's CA),
+/// `registry-token`, `router-password`, `adapter-password`, `database-url`, `nats-password`,
+/// `nats-ca.crt` (an external NATS's CA), `router-ca.crt` (the CA of the user's certificate).
+pub const SECRETS_DIR: &str = "/etc/ferry/secrets";
 
 /// A pod under construction: the container plus its volumes.
 pub(crate) struct PodBuilder {
@@ -140,6 +147,46 @@ impl PodBuilder {
         self.mount(volume, dir, true)
     }
 
+    /// Mounts the given keys of Secrets as files in one read-only projected volume at `dir`:
+    /// (Secret, key, file name).
+    pub fn secret_files(
+        mut self,
+        volume: &str,
+        files: &[(String, String, String)],
+        dir: &str,
+    ) -> Self {
+        use k8s_openapi::api::core::v1::{
+            KeyToPath, ProjectedVolumeSource, SecretProjection, VolumeProjection,
+        };
+        if files.is_empty() {
+            return self;
+        }
+        let sources = files
+            .iter()
+            .map(|(secret, key, file)| VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: secret.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: key.clone(),
+                        path: file.clone(),
+                        mode: None,
+                    }]),
+                    optional: Some(false),
+                }),
+                ..VolumeProjection::default()
+            })
+            .collect();
+        self.volumes.push(Volume {
+            name: volume.to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(sources),
+                default_mode: Some(0o440),
+            }),
+            ..Volume::default()
+        });
+        self.mount(volume, dir, true)
+    }
+
     /// A writable emptyDir at `dir`.
     pub fn empty_dir(mut self, volume: &str, dir: &str) -> Self {
         self.volumes.push(Volume {
@@ -217,7 +264,7 @@ impl PodBuilder {
 /// Replicas of a component spread over zones and nodes, softly (`ScheduleAnyway`): a cluster with one
 /// zone, or fewer nodes than replicas, still schedules them all, only less spread. Zone first, so one
 /// zone going away takes as few replicas as possible.
-fn spread(ctx: &Ctx<'_>, component: Component) -> Vec<TopologySpreadConstraint> {
+pub(crate) fn spread(ctx: &Ctx<'_>, component: Component) -> Vec<TopologySpreadConstraint> {
     ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
         .into_iter()
         .map(|key| TopologySpreadConstraint {
@@ -246,7 +293,7 @@ pub(crate) fn no_loss_rollout() -> DeploymentStrategy {
     }
 }
 
-fn port(name: &str, number: i32) -> ContainerPort {
+pub(crate) fn port(name: &str, number: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_owned()),
         container_port: number,
@@ -255,7 +302,7 @@ fn port(name: &str, number: i32) -> ContainerPort {
     }
 }
 
-fn mount(volume: &str, dir: &str, read_only: bool) -> VolumeMount {
+pub(crate) fn mount(volume: &str, dir: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: volume.to_owned(),
         mount_path: dir.to_owned(),
@@ -278,7 +325,7 @@ fn probe(path: &str, failure_threshold: i32) -> Probe {
     }
 }
 
-fn pod_security() -> PodSecurityContext {
+pub(crate) fn pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(RUNTIME_UID),
@@ -292,7 +339,7 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
-fn container_security() -> SecurityContext {
+pub(crate) fn container_security() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(RUNTIME_UID),

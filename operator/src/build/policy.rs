@@ -37,6 +37,42 @@ pub fn check_image_registry(
     })
 }
 
+/// Refuses a managed NATS image (`spec.messaging.nats.managed.image`) unless its registry path (the
+/// reference without its last path segment) is the operator's NATS image's, its own, or one it allows.
+pub fn check_nats_image(
+    managed: &crate::crd::ManagedNatsSpec,
+    defaults: &Defaults,
+) -> Result<(), BuildError> {
+    let Some(image) = managed.image.as_deref() else {
+        return Ok(());
+    };
+    let wanted = image_path(image);
+    let allowed: Vec<&str> = [
+        image_path(&defaults.nats_image),
+        defaults.image_registry.as_str(),
+    ]
+    .into_iter()
+    .chain(defaults.allowed_image_registries.iter().map(String::as_str))
+    .map(|r| r.trim_end_matches('/'))
+    .collect();
+    if allowed.iter().any(|a| registry_within(wanted, a)) {
+        return Ok(());
+    }
+    Err(BuildError::NotAllowed {
+        reason: "ImageRegistryNotAllowed",
+        message: format!(
+            "spec.messaging.nats.managed.image {image:?}: registry {wanted:?} is not allowed by the operator (allowed: {}); ask the cluster's administrator to add it to the chart's security.allowedImageRegistries",
+            allowed.join(", ")
+        ),
+    })
+}
+
+/// `registry/path` of `registry/path/name:tag@digest`.
+fn image_path(image: &str) -> &str {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    no_digest.rsplit_once('/').map_or("", |(path, _)| path)
+}
+
 /// `wanted` is `allowed` or a path below it (a whole path segment: `a/b` is within `a`, `a-b` is not).
 fn registry_within(wanted: &str, allowed: &str) -> bool {
     !allowed.is_empty()

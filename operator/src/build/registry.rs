@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::json;
 
-use super::pod::{PodBuilder, DATA_DIR};
+use super::pod::{PodBuilder, DATA_DIR, INTERNAL_TLS_DIR, SECRETS_DIR};
 use super::{config_hash, config_map, names, ports, service, yaml, Component, Ctx, Desired};
 use crate::crd::DatabaseKind;
 
@@ -20,23 +20,35 @@ const ADMIN_TOKEN_DIR: &str = "/etc/ferry/admin-token";
 const INTERNAL_TOKEN_DIR: &str = "/etc/ferry/internal-token";
 const SIGNING_KEY_DIR: &str = "/etc/ferry/signing-key";
 
-/// The registry's config file (fields of `ferry_registry::Config`).
-pub(crate) fn config() -> serde_json::Value {
-    json!({
+/// The registry's config file (fields of `ferry_registry::Config`). With
+/// [`super::Defaults::internal_tls_fields`] it serves its API over TLS with the address space's
+/// certificate and reads the PostgreSQL URL from a file.
+pub(crate) fn config(ctx: &Ctx<'_>) -> serde_json::Value {
+    let mut config = json!({
         "bind": format!("0.0.0.0:{}", ports::REGISTRY),
         "admin_bind": format!("0.0.0.0:{}", ports::ADMIN),
         "data_dir": DATA_DIR,
         "admin_token_file": format!("{ADMIN_TOKEN_DIR}/token"),
         "internal_token_file": format!("{INTERNAL_TOKEN_DIR}/token"),
         "signing_key_file": format!("{SIGNING_KEY_DIR}/signing.key"),
-    })
+    });
+    if ctx.internal_tls_fields {
+        config["tls"] = json!({
+            "cert_path": format!("{INTERNAL_TLS_DIR}/tls.crt"),
+            "key_path": format!("{INTERNAL_TLS_DIR}/tls.key"),
+        });
+        if ctx.spec.registry.database.kind == DatabaseKind::Postgresql {
+            config["database_url_file"] = json!(format!("{SECRETS_DIR}/database-url"));
+        }
+    }
+    config
 }
 
 pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
     let component = Component::Registry;
     let spec = &ctx.spec.registry;
     let name = names::registry(ctx.name);
-    let config = yaml(&config());
+    let config = yaml(&config(ctx));
     let hash = config_hash(&config);
     desired.config_maps.push(config_map(ctx, component, config));
 
@@ -58,15 +70,29 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
             SIGNING_KEY_DIR,
         )
         .resources(spec.resources.as_ref(), "50m", "64Mi");
+    if ctx.internal_tls_fields {
+        pod = pod.secret_volume("internal-tls", &names::tls(ctx.name), INTERNAL_TLS_DIR);
+    }
     let sqlite = spec.database.kind == DatabaseKind::Sqlite;
     match (&spec.database.kind, &spec.database.postgresql) {
         (DatabaseKind::Postgresql, Some(pg)) => {
             desired
                 .referenced
                 .push((pg.secret_name.clone(), pg.key.clone()));
-            pod = pod
-                .env_secret("DATABASE_URL", &pg.secret_name, &pg.key)
-                .empty_dir("data", DATA_DIR);
+            pod = if ctx.internal_tls_fields {
+                pod.secret_files(
+                    "secrets",
+                    &[(
+                        pg.secret_name.clone(),
+                        pg.key.clone(),
+                        "database-url".to_owned(),
+                    )],
+                    SECRETS_DIR,
+                )
+            } else {
+                pod.env_secret("DATABASE_URL", &pg.secret_name, &pg.key)
+            }
+            .empty_dir("data", DATA_DIR);
         }
         _ => {
             let claim = names::registry_data(ctx.name);

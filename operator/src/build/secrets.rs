@@ -1,7 +1,15 @@
 //! The Secrets an address space generates when they do not exist: the admin and internal tokens, the
-//! assertion signing key, the adapters' service credential and (without `spec.tls`) a self-signed
-//! certificate. They are created once and never rewritten: a new signing key or token would lock out
-//! every pod that still holds the old one.
+//! assertion signing key, the adapters' service credential, the address space's certificate
+//! (`<name>-tls`: a CA of its own and a certificate it issued for every internal and public name, used
+//! by the internal links always and by the public endpoints unless `spec.tls` names another one), and
+//! in managed `nats` mode the NATS users' passwords with the `authorization` block rendered from them.
+//! They are created once and never rewritten: a new signing key or token would lock out every pod that
+//! still holds the old one.
+//!
+//! The CA's key is not kept: every name the certificate needs is known when it is generated (the pods
+//! of StatefulSets are covered by wildcards), so nothing is ever issued again. A new certificate means
+//! deleting `<name>-tls`; the operator generates a new CA and certificate, and clients that verify
+//! the public endpoints need the new `ca.crt`.
 
 use std::collections::BTreeMap;
 
@@ -24,8 +32,10 @@ pub enum SecretKind {
     SigningKey,
     /// `username`, `password`.
     AdapterCredentials,
-    /// `tls.crt`, `tls.key` (type `kubernetes.io/tls`).
+    /// `tls.crt`, `tls.key` (type `kubernetes.io/tls`) and `ca.crt`, the CA that issued it.
     Tls,
+    /// `adapter`, `router` (passwords) and `auth.conf` (nats-server's `authorization` block).
+    NatsUsers,
 }
 
 /// A Secret to create when absent.
@@ -34,7 +44,8 @@ pub struct GeneratedSecret {
     pub name: String,
     pub kind: SecretKind,
     meta: ObjectMeta,
-    /// DNS names of the certificate (for [`SecretKind::Tls`]).
+    /// DNS names of the certificate (for [`SecretKind::Tls`]); the adapter and router user names (for
+    /// [`SecretKind::NatsUsers`]).
     sans: Vec<String>,
 }
 
@@ -45,7 +56,8 @@ impl GeneratedSecret {
             SecretKind::AdminToken | SecretKind::InternalToken => &["token"],
             SecretKind::SigningKey => &["signing.key"],
             SecretKind::AdapterCredentials => &["username", "password"],
-            SecretKind::Tls => &["tls.crt", "tls.key"],
+            SecretKind::Tls => &["tls.crt", "tls.key", "ca.crt"],
+            SecretKind::NatsUsers => &["adapter", "router", "auth.conf"],
         }
     }
 
@@ -75,10 +87,21 @@ impl GeneratedSecret {
                 put("password", random_token());
             }
             SecretKind::Tls => {
-                let certified = rcgen::generate_simple_self_signed(self.sans.clone())?;
-                put("tls.crt", certified.cert.pem());
-                put("tls.key", certified.key_pair.serialize_pem());
+                let issued = issue(&self.name, &self.sans)?;
+                put("tls.crt", issued.cert);
+                put("tls.key", issued.key);
+                put("ca.crt", issued.ca);
                 type_ = "kubernetes.io/tls";
+            }
+            SecretKind::NatsUsers => {
+                let (adapter_pw, router_pw) = (random_token(), random_token());
+                let block = self
+                    .nats_auth(&adapter_pw, &router_pw)
+                    // The names are the operator's own constants and the passwords base64url.
+                    .expect("user names and base64url passwords need no escaping");
+                put("adapter", adapter_pw);
+                put("router", router_pw);
+                put("auth.conf", block);
             }
         }
         Ok(Secret {
@@ -88,6 +111,89 @@ impl GeneratedSecret {
             ..Secret::default()
         })
     }
+}
+
+impl GeneratedSecret {
+    /// nats-server's `authorization` block for the two users with these passwords and the permissions
+    /// of `ferry_nats::permissions` ([`SecretKind::NatsUsers`]); `None` for a password it cannot quote.
+    fn nats_auth(&self, adapter_pw: &str, router_pw: &str) -> Option<String> {
+        let (adapter, router) = match self.sans.as_slice() {
+            [a, r] => (a.as_str(), r.as_str()),
+            _ => (super::nats::ADAPTER_USER, super::nats::ROUTER_USER),
+        };
+        ferry_nats::permissions::authorization(&[
+            (adapter, adapter_pw, &ferry_nats::permissions::adapter()),
+            (router, router_pw, &ferry_nats::permissions::router()),
+        ])
+    }
+
+    /// The keys of an existing Secret that are derived from its other keys and no longer match them:
+    /// the NATS `auth.conf`, re-rendered from the kept passwords when the permissions changed (an
+    /// operator upgrade). Passwords and keys are never replaced.
+    pub fn stale_derived_keys(&self, existing: &Secret) -> Vec<(String, String)> {
+        if self.kind != SecretKind::NatsUsers {
+            return Vec::new();
+        }
+        let value = |k: &str| {
+            existing
+                .data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        };
+        let (Some(adapter_pw), Some(router_pw)) = (value("adapter"), value("router")) else {
+            return Vec::new();
+        };
+        match self.nats_auth(adapter_pw.trim(), router_pw.trim()) {
+            Some(wanted) if value("auth.conf").as_deref() != Some(wanted.as_str()) => {
+                vec![("auth.conf".to_owned(), wanted)]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A certificate (PEM) for `sans` issued by a new CA, its key, and the CA's certificate.
+pub struct Issued {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+/// Generates a CA named after `label` and a certificate for `sans` it signed (usable by servers and,
+/// for NATS routes, as a client). The CA's key is dropped.
+pub fn issue(label: &str, sans: &[String]) -> Result<Issued, rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{label} CA (ferry-operator)"));
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(sans.to_vec())?;
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        sans.first().cloned().unwrap_or_else(|| label.to_owned()),
+    );
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
+    Ok(Issued {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        ca: ca_cert.pem(),
+    })
 }
 
 /// 32 random bytes, base64url: a token or password.
@@ -118,35 +224,46 @@ pub(crate) fn wanted(ctx: &Ctx<'_>) -> Vec<GeneratedSecret> {
             vec![],
         ),
     ];
-    if ctx.spec.tls.is_none() {
+    // Generated also beside a user's certificate: the internal links (registry, NATS) use it.
+    out.push(secret(
+        names::tls(ctx.name),
+        SecretKind::Tls,
+        tls_names(ctx),
+    ));
+    if let super::nats::Bus::Managed(_) = ctx.bus {
+        let (adapter, router) = super::nats::users(ctx);
         out.push(secret(
-            names::tls(ctx.name),
-            SecretKind::Tls,
-            tls_names(ctx),
+            names::nats_users(ctx.name),
+            SecretKind::NatsUsers,
+            vec![adapter.to_owned(), router.to_owned()],
         ));
     }
     out
 }
 
 /// The names clients use for the TLS endpoints: each Service's short, namespaced and `svc` forms, and
-/// the router pods' names under the headless Service.
+/// the router's and NATS nodes' pod names under their headless Services. NATS names are in whatever
+/// the mode, so that switching to managed NATS later needs no new certificate.
 fn tls_names(ctx: &Ctx<'_>) -> Vec<String> {
-    let mut sans = Vec::with_capacity(13);
-    for component in [
-        Component::Router,
-        Component::MqttAdapter,
-        Component::HttpAdapter,
+    let mut sans = Vec::with_capacity(24);
+    for service in [
+        names::router(ctx.name),
+        names::router_internal(ctx.name),
+        names::workload(ctx.name, Component::MqttAdapter),
+        names::workload(ctx.name, Component::HttpAdapter),
+        names::registry(ctx.name),
+        names::nats(ctx.name),
     ] {
-        let service = names::workload(ctx.name, component);
         sans.push(format!("{service}.{}.svc", ctx.namespace));
         sans.push(format!("{service}.{}", ctx.namespace));
         sans.push(service);
     }
-    sans.push(format!(
-        "*.{}.{}.svc",
+    for headless in [
         names::router_headless(ctx.name),
-        ctx.namespace
-    ));
+        names::nats_headless(ctx.name),
+    ] {
+        sans.push(format!("*.{headless}.{}.svc", ctx.namespace));
+    }
     sans.push("localhost".to_owned());
     sans
 }

@@ -35,6 +35,8 @@ fn defaults() -> Defaults {
             namespace: "ferry-system".into(),
             labels: BTreeMap::from([("app.kubernetes.io/component".into(), "operator".into())]),
         }),
+        nats_image: DEFAULT_NATS_IMAGE.into(),
+        internal_tls_fields: false,
     }
 }
 
@@ -136,11 +138,14 @@ fn default_spec_builds_every_component_on_sqlite_with_generated_tls() {
             "iot-tls"
         ]
     );
-    // One replica each: no disruption budgets (and any left from a larger scale go).
+    // One replica each: no disruption budgets (and any left from a larger scale go); embedded mode:
+    // no managed NATS and no router Deployment (left from nats mode).
     assert!(d
         .absent
         .iter()
-        .all(|(kind, _)| *kind == Kind::PodDisruptionBudget));
+        .all(|(kind, name)| *kind == Kind::PodDisruptionBudget
+            || name.starts_with("iot-nats")
+            || (*kind, name.as_str()) == (Kind::Deployment, "iot-router")));
     assert!(d.referenced.is_empty());
     assert_eq!(d.admin_token_secret, "iot-admin-token");
     assert_eq!(
@@ -242,10 +247,11 @@ fn postgresql_registry_reads_its_url_from_the_secret_and_scales() {
 }
 
 #[test]
-fn given_tls_secret_is_mounted_and_none_is_generated() {
+fn given_tls_secret_serves_the_endpoints_and_the_generated_one_the_internal_links() {
     let mut spec = AddressSpaceSpec::default();
     spec.tls = Some(TlsSpec {
         secret_name: "corp-cert".into(),
+        ca_key: None,
     });
     let d = build(spec);
     assert_eq!(
@@ -255,8 +261,8 @@ fn given_tls_secret_is_mounted_and_none_is_generated() {
             ("corp-cert".to_owned(), "tls.key".to_owned())
         ]
     );
-    assert!(!secret_names(&d).contains(&"iot-tls"));
-    assert!(d.secrets.iter().all(|s| s.kind != SecretKind::Tls));
+    // The address space's own certificate and CA are still generated: the registry and NATS use them.
+    assert!(secret_names(&d).contains(&"iot-tls"));
     let tls = pod(router_template(&d))
         .volumes
         .iter()
@@ -284,7 +290,11 @@ fn disabled_adapter_has_no_objects_and_is_listed_for_deletion() {
     let absent: Vec<_> = d
         .absent
         .iter()
-        .filter(|(kind, _)| *kind != Kind::PodDisruptionBudget)
+        .filter(|(kind, name)| {
+            *kind != Kind::PodDisruptionBudget
+                && !name.starts_with("iot-nats")
+                && name != "iot-router"
+        })
         .cloned()
         .collect();
     assert_eq!(
@@ -817,6 +827,7 @@ fn every_rendered_config_is_accepted_by_its_component() {
 }
 
 mod hardening;
+mod messaging;
 
 mod tenant_body {
     use crate::build::tenant::{is_owned_by, is_up_to_date, registry_tenant, OWNER_EXT};

@@ -56,6 +56,9 @@ pub struct AddressSpaceSpec {
     /// `<name>-tls` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// How adapters and routers exchange messages: `embedded` (one router, the default) or `nats`.
+    #[serde(default)]
+    pub messaging: MessagingSpec,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -274,6 +277,135 @@ pub struct TlsSpec {
     /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) in the same namespace.
     #[schemars(length(min = 1))]
     pub secret_name: String,
+    /// The key of that Secret holding the CA certificate the certificate chains to (cert-manager writes
+    /// `ca.crt`). With it, the adapters reach the router over AMQPS and verify it; without it, over
+    /// plain AMQP on the internal Service, which only the adapters may reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
+}
+
+/// The bus between adapters and routers (docs/kubernetes.md "Messaging").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.mode == 'nats' || !has(self.nats)").message("messaging.nats is only read with messaging.mode nats"))]
+pub struct MessagingSpec {
+    /// `embedded`: adapters send to the router over AMQP and routers keep their own event store (one
+    /// router replica does the work). `nats`: NATS with JetStream is the bus and every component scales.
+    #[serde(default)]
+    pub mode: MessagingMode,
+    /// The NATS cluster (`mode: nats`): `external` or `managed`; managed with its defaults when neither
+    /// is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsSpec>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MessagingMode {
+    #[default]
+    Embedded,
+    Nats,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.external) && has(self.managed))").message("give messaging.nats.external or messaging.nats.managed, not both"))]
+pub struct NatsSpec {
+    /// A NATS cluster run by someone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalNatsSpec>,
+    /// A NATS cluster the operator runs for this address space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedNatsSpec>,
+}
+
+/// An existing NATS cluster with JetStream.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalNatsSpec {
+    /// Server URLs, `tls://host:4222` or `nats://host:4222`.
+    #[schemars(length(min = 1))]
+    pub urls: Vec<String>,
+    /// A Secret whose keys `adapter` and `router` hold the passwords of the two NATS users.
+    #[schemars(length(min = 1))]
+    pub credentials_secret: String,
+    /// The NATS user names.
+    #[serde(default)]
+    pub users: NatsUsers,
+    /// The CA certificate the servers' certificates chain to; the system's roots when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKeyRef>,
+    /// Replicas of the JetStream streams and buckets Ferry creates (at most the cluster's size).
+    #[serde(default = "three")]
+    #[schemars(range(min = 1, max = 5))]
+    pub stream_replicas: i32,
+}
+
+/// The NATS users of the adapters and the routers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsUsers {
+    #[serde(default = "adapter_user")]
+    #[schemars(length(min = 1))]
+    pub adapter: String,
+    #[serde(default = "router_user")]
+    #[schemars(length(min = 1))]
+    pub router: String,
+}
+
+impl Default for NatsUsers {
+    fn default() -> Self {
+        Self {
+            adapter: adapter_user(),
+            router: router_user(),
+        }
+    }
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1))]
+    pub secret_name: String,
+    #[serde(default = "ca_key")]
+    pub key: String,
+}
+
+/// A NATS cluster with JetStream run by the operator: a StatefulSet of the official `nats` image, TLS
+/// from the address space's CA, one user per component kind.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.replicas == 1 || (self.replicas >= 3 && self.replicas % 2 == 1)").message("messaging.nats.managed.replicas must be 1 or an odd number of at least 3: JetStream needs a majority of its nodes"))]
+pub struct ManagedNatsSpec {
+    /// NATS nodes; each stream is kept on min(3, replicas) of them.
+    #[serde(default = "three")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// The JetStream volume of each node.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// The NATS image (`registry/path/nats:tag`); the operator's default when absent. Its registry must
+    /// be one the operator allows, as for `spec.image.registry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[A-Za-z0-9._-]+)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+    ))]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ManagedNatsSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 3,
+            storage: StorageSpec::default(),
+            image: None,
+            resources: None,
+        }
+    }
 }
 
 /// What the operator observed.
@@ -343,6 +475,22 @@ fn yes() -> bool {
 
 fn one_gi() -> String {
     "1Gi".to_owned()
+}
+
+fn three() -> i32 {
+    3
+}
+
+fn adapter_user() -> String {
+    "ferry-adapter".to_owned()
+}
+
+fn router_user() -> String {
+    "ferry-router".to_owned()
+}
+
+fn ca_key() -> String {
+    "ca.crt".to_owned()
 }
 
 fn url_key() -> String {

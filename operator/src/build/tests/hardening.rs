@@ -76,7 +76,8 @@ fn one_replica_gets_no_disruption_budget_and_more_get_max_unavailable_one() {
             "iot-registry",
             "iot-router",
             "iot-mqtt-adapter",
-            "iot-http-adapter"
+            "iot-http-adapter",
+            "iot-nats"
         ],
         "a budget left from a larger scale is removed"
     );
@@ -94,7 +95,7 @@ fn one_replica_gets_no_disruption_budget_and_more_get_max_unavailable_one() {
     );
     assert_eq!(
         absent_of(&d, Kind::PodDisruptionBudget),
-        ["iot-http-adapter"]
+        ["iot-http-adapter", "iot-nats"]
     );
     let templates = templates(&d);
     for pdb in &d.pod_disruption_budgets {
@@ -306,7 +307,8 @@ fn network_policies_let_only_ferry_reach_internal_ports() {
             "iot-http-adapter"
         ]
     );
-    assert!(absent_of(&d, Kind::NetworkPolicy).is_empty());
+    // Embedded mode: no managed NATS, so its policy goes (if one is left from nats mode).
+    assert_eq!(absent_of(&d, Kind::NetworkPolicy), ["iot-nats"]);
     // Each policy selects its component's pods, and only those; ingress only.
     for (component, t) in templates(&d) {
         let selecting: Vec<&str> = d
@@ -400,7 +402,10 @@ fn plain_amqp_opens_the_plain_port_and_a_disabled_adapter_loses_its_policy() {
         names_of(&d.network_policies),
         ["iot-registry", "iot-router", "iot-mqtt-adapter"]
     );
-    assert_eq!(absent_of(&d, Kind::NetworkPolicy), ["iot-http-adapter"]);
+    assert_eq!(
+        absent_of(&d, Kind::NetworkPolicy),
+        ["iot-http-adapter", "iot-nats"]
+    );
 }
 
 #[test]
@@ -415,7 +420,8 @@ fn without_network_policies_none_is_built_and_old_ones_are_removed() {
             "iot-registry",
             "iot-router",
             "iot-mqtt-adapter",
-            "iot-http-adapter"
+            "iot-http-adapter",
+            "iot-nats"
         ]
     );
 }
