@@ -63,7 +63,7 @@ pub mod ports {
 /// `router_password_file`, `adapter_password_file`, `database_url_file`) and, with them, serve the
 /// registry over https. Off until those fields exist in the component crates (a component refuses an
 /// unknown key); flip it at the merge. Tests build both ways through [`Defaults::internal_tls_fields`].
-pub const INTERNAL_TLS_FIELDS: bool = false;
+pub const INTERNAL_TLS_FIELDS: bool = true;
 
 /// The NATS image the operator runs for a managed cluster unless the spec names another one.
 pub const DEFAULT_NATS_IMAGE: &str = "docker.io/library/nats:2.11";
