@@ -607,6 +607,30 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Cluster {
+    /// A failed story shows what every part logged last (the processes' logs die with the temp dir).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let logs = self._dir.path().join("cluster").join("logs");
+        let Ok(entries) = std::fs::read_dir(&logs) else {
+            return;
+        };
+        let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            eprintln!("--- {} (last {} lines)", file.display(), tail.len());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 impl std::ops::Deref for Cluster {
     type Target = Manager;
 

@@ -17,6 +17,8 @@
 //! a command routed to it finds no responder on [`crate::subjects::command`] and fails at once with
 //! `released` (Hono's outcome for an unreachable device), and the router deletes the dead route.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use base64::Engine;
 
@@ -89,25 +91,50 @@ fn key_id(token: &str) -> Option<String> {
 }
 
 /// Opens the bucket, creating it with `replicas` replicas if it does not exist yet.
+///
+/// Right after a NATS cluster starts, JetStream has no meta leader for a moment and its API requests go
+/// unanswered: each attempt is bounded (a second or two) and tried again, for up to half a minute,
+/// instead of waiting out the context's full request timeout twice.
 pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, Error> {
-    if let Ok(store) = js.get_key_value(BUCKET).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: BUCKET.to_owned(),
-        description: "Ferry: which adapter instance serves which device's commands".to_owned(),
-        history: 1,
-        max_value_size: 1024,
-        storage: StorageType::File,
-        num_replicas: replicas,
-        ..kv::Config::default()
-    })
-    .await
-    .map_err(|e| Error::Stream {
+    let failed = |message: String| Error::Stream {
         stream: BUCKET.to_owned(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let attempt = || async {
+        if let Ok(store) = js.get_key_value(BUCKET).await {
+            return Ok(store);
+        }
+        js.create_key_value(kv::Config {
+            bucket: BUCKET.to_owned(),
+            description: "Ferry: which adapter instance serves which device's commands".to_owned(),
+            history: 1,
+            max_value_size: 1024,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..kv::Config::default()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))
+    };
+    let deadline = tokio::time::Instant::now() + BUCKET_WITHIN;
+    loop {
+        let last = match tokio::time::timeout(BUCKET_ATTEMPT, attempt()).await {
+            Ok(Ok(store)) => return Ok(store),
+            Ok(Err(e)) => e,
+            Err(_) => failed(format!(
+                "JetStream did not answer within {BUCKET_ATTEMPT:?}"
+            )),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
+
+/// How long [`bucket`] keeps trying, and the bound on one try.
+const BUCKET_WITHIN: Duration = Duration::from_secs(30);
+const BUCKET_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Deletes `key` if its value is still `value` (a newer route written meanwhile is kept).
 pub async fn delete_if(store: &kv::Store, key: &str, value: &[u8]) -> Result<bool, Error> {

@@ -334,7 +334,7 @@ impl Nats {
         if let Some(age) = read(&self.streams).get(tenant) {
             return Ok(*age);
         }
-        let find = async {
+        let once = || async {
             let name = streams::event_stream_name(tenant.as_str());
             if let Ok(mut s) = self.js.get_stream(&name).await {
                 if let Ok(info) = s.info().await {
@@ -350,13 +350,22 @@ impl Nats {
             .await
             .map(|s| s.cached_info().config.max_age)
         };
-        let age = match tokio::time::timeout(self.config.outcome_timeout, find).await {
-            Err(_) => return Err(DownstreamError::Timeout),
-            Ok(Err(e)) => {
-                tracing::warn!(%tenant, error = %e, "cannot create the tenant's event stream");
-                return Err(DownstreamError::Disconnected);
+        // JetStream refuses to place a replicated stream for a moment while its cluster forms or a
+        // node comes back ("insufficient resources", no meta leader): asked again until the bound.
+        let find = async {
+            loop {
+                match once().await {
+                    Ok(age) => break age,
+                    Err(e) => {
+                        tracing::debug!(%tenant, error = %e, "the tenant's event stream is not there yet");
+                        tokio::time::sleep(STREAM_RETRY).await;
+                    }
+                }
             }
-            Ok(Ok(age)) => age,
+        };
+        let Ok(age) = tokio::time::timeout(self.config.outcome_timeout, find).await else {
+            tracing::warn!(%tenant, "cannot create the tenant's event stream in time");
+            return Err(DownstreamError::Timeout);
         };
         write(&self.streams).insert(tenant.clone(), age);
         Ok(age)
@@ -787,6 +796,9 @@ const RECONNECT_POLL: Duration = Duration::from_millis(200);
 
 /// Pause before "no responders" is asked again (see `Nats::request`).
 const NO_RESPONDERS_RECHECK: Duration = Duration::from_millis(50);
+
+/// Pause before a tenant's event stream is looked up or created again (see `Nats::event_stream`).
+const STREAM_RETRY: Duration = Duration::from_millis(200);
 
 /// After every reconnect, puts this instance's routes again (a router may have deleted them as dead
 /// while this instance was away).

@@ -290,6 +290,48 @@ async fn mqtt_qos0_is_published_without_waiting() {
     }
 }
 
+/// JetStream may refuse a tenant's stream for a moment (a cluster forming, a node coming back): the
+/// event waits for it within the outcome bound instead of failing (and disconnecting its device) at
+/// once; past the bound it fails as "busy".
+#[tokio::test]
+async fn an_event_waits_within_the_bound_for_its_stream_to_be_possible() {
+    let bus = Bus::start().await;
+    let js = jetstream::new(bus.router.clone());
+    // Another stream holds the tenant's subject, so the tenant's own cannot be made yet.
+    let squat = |name: &str| jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subjects::event("t1")],
+        ..Default::default()
+    };
+    js.create_stream(squat("SQUATTER")).await.expect("squatter");
+    let ds = bus.downstream(bus.config()).await;
+    let js2 = js.clone();
+    let freed = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        js2.delete_stream("SQUATTER").await.expect("deleted");
+    });
+    assert_eq!(
+        ds.send(message(MessageKind::Event, "t1", 1)).await,
+        Ok(SendOutcome::Accepted)
+    );
+    freed.await.expect("join");
+
+    // A squatter that stays: "busy" after the bound (1.5 s here), nothing stored elsewhere.
+    js.create_stream(jetstream::stream::Config {
+        name: "SQUATTER2".into(),
+        subjects: vec![subjects::event("t2")],
+        ..Default::default()
+    })
+    .await
+    .expect("squatter for t2");
+    let started = Instant::now();
+    assert_eq!(
+        ds.send(message(MessageKind::Event, "t2", 1)).await,
+        Err(DownstreamError::Timeout)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+}
+
 #[tokio::test]
 async fn an_event_is_stored_in_its_tenants_stream_before_it_is_accepted() {
     let bus = Bus::start().await;
