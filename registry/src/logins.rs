@@ -12,17 +12,18 @@
 //!   are kept for names that have logged in successfully before, so a flood of unknown names or wrong
 //!   passwords queues behind itself while those users still get in.
 //!
-//! Both maps are bounded (`tracked_max`): when full, expired entries go first, then the oldest.
+//! Both maps are bounded (`tracked_max`): when full, expired entries go first, then the oldest. The
+//! counting, the maps and the slots are `ferry_core::lockout`'s, shared with the adapters' device logins.
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::lockout::{Failures, Proven, Slots};
 
 use ferry_registry_model::{ApplicationUser, HashOptions, UserName};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// The guard's settings (from the registry's config).
 #[derive(Debug, Clone, Copy)]
@@ -53,13 +54,6 @@ enum Key {
     Source(IpAddr),
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    since: Instant,
-    locked_until: Option<Instant>,
-}
-
 /// The login guard; cheap to clone.
 #[derive(Clone)]
 pub struct LoginGuard {
@@ -68,13 +62,10 @@ pub struct LoginGuard {
 
 struct Inner {
     limits: LoginLimits,
-    failures: Mutex<HashMap<Key, Failures>>,
-    /// Names that have logged in successfully, with the time of the last success.
-    proven: Mutex<HashMap<String, Instant>>,
-    /// Slots anyone may take.
-    shared: Arc<Semaphore>,
-    /// Slots only proven names may take.
-    reserved: Arc<Semaphore>,
+    failures: Failures<Key>,
+    /// Names that have logged in successfully.
+    proven: Proven<String>,
+    slots: Slots,
     /// Verified instead of a stored user when the name is unknown.
     dummy: ApplicationUser,
     counters: LoginCounters,
@@ -115,15 +106,12 @@ impl LoginGuard {
             operations: ferry_registry_model::Operation::ALL.to_vec(),
         }
         .into_stored(hash)?;
-        let slots = limits.verify_concurrency.max(1);
-        let reserved = slots / 2;
         Ok(Self {
             inner: Arc::new(Inner {
                 limits,
-                failures: Mutex::new(HashMap::new()),
-                proven: Mutex::new(HashMap::new()),
-                shared: Arc::new(Semaphore::new(slots - reserved)),
-                reserved: Arc::new(Semaphore::new(reserved)),
+                failures: Failures::new(limits.lockout, limits.tracked_max),
+                proven: Proven::new(limits.tracked_max),
+                slots: Slots::new(limits.verify_concurrency),
                 dummy,
                 counters,
             }),
@@ -180,32 +168,13 @@ impl LoginGuard {
     /// A verification slot: proven names may take a reserved one, others only a shared one. Waiting is
     /// bounded by the request timeout.
     async fn slot(&self, name: &UserName) -> Option<OwnedSemaphorePermit> {
-        let shared = self.inner.shared.clone();
-        let proven = lock(&self.inner.proven).contains_key(name.as_str());
-        if !proven {
-            return shared.acquire_owned().await.ok();
-        }
-        let reserved = self.inner.reserved.clone();
-        tokio::select! {
-            p = reserved.acquire_owned() => p.ok(),
-            p = shared.acquire_owned() => p.ok(),
-        }
+        let proven = self.inner.proven.contains(&name.as_str().to_owned());
+        self.inner.slots.take(proven).await
     }
 
     /// Whether any of `keys` is locked now; forgets lockouts that have passed.
     fn locked(&self, keys: &[Key]) -> bool {
-        let now = Instant::now();
-        let mut failures = lock(&self.inner.failures);
-        let mut locked = false;
-        for key in keys {
-            match failures.get(key).and_then(|f| f.locked_until) {
-                Some(until) if until > now => locked = true,
-                Some(_) => {
-                    failures.remove(key);
-                }
-                None => {}
-            }
-        }
+        let locked = self.inner.failures.is_locked(keys);
         if locked {
             self.inner.counters.locked_out.inc();
         }
@@ -213,49 +182,21 @@ impl LoginGuard {
     }
 
     fn failed(&self, keys: &[Key]) {
-        let now = Instant::now();
-        let limits = self.inner.limits;
-        let mut failures = lock(&self.inner.failures);
         for key in keys {
-            if !failures.contains_key(key) {
-                make_room(&mut failures, limits.tracked_max, |f| {
-                    f.locked_until.unwrap_or(f.since + limits.lockout) <= now
-                });
-            }
-            let f = failures.entry(key.clone()).or_insert(Failures {
-                count: 0,
-                since: now,
-                locked_until: None,
-            });
-            if now.duration_since(f.since) > limits.lockout {
-                *f = Failures {
-                    count: 0,
-                    since: now,
-                    locked_until: None,
-                };
-            }
-            f.count = f.count.saturating_add(1);
-            if f.count >= limits.max_failures {
-                f.locked_until = Some(now + limits.lockout);
-            }
+            self.inner
+                .failures
+                .failed(key, self.inner.limits.max_failures);
         }
     }
 
     fn succeeded(&self, name: &UserName, keys: &[Key]) {
-        {
-            let mut failures = lock(&self.inner.failures);
-            // The name's failures go; a source's stay, it may be guessing other names.
-            for key in keys {
-                if matches!(key, Key::Name(_)) {
-                    failures.remove(key);
-                }
+        // The name's failures go; a source's stay, it may be guessing other names.
+        for key in keys {
+            if matches!(key, Key::Name(_)) {
+                self.inner.failures.forget(key);
             }
         }
-        let mut proven = lock(&self.inner.proven);
-        if !proven.contains_key(name.as_str()) {
-            make_room(&mut proven, self.inner.limits.tracked_max, |_| false);
-        }
-        proven.insert(name.as_str().to_owned(), Instant::now());
+        self.inner.proven.insert(name.as_str().to_owned());
     }
 
     /// The counters (for tests).
@@ -269,49 +210,6 @@ fn keys(name: &UserName, source: Option<IpAddr>) -> Vec<Key> {
     let mut keys = vec![Key::Name(name.as_str().to_owned())];
     keys.extend(source.map(Key::Source));
     keys
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Ordering of map entries by age, for eviction when a map is full.
-trait Age {
-    fn age(&self) -> Instant;
-}
-
-impl Age for Failures {
-    fn age(&self) -> Instant {
-        self.since
-    }
-}
-
-impl Age for Instant {
-    fn age(&self) -> Instant {
-        *self
-    }
-}
-
-/// Makes room for one more entry: drops `expired` ones, then (if still full) the oldest. Linear, but only
-/// when the map is full, and each new key has cost a bcrypt.
-fn make_room<K: Clone + Eq + Hash, V: Age>(
-    map: &mut HashMap<K, V>,
-    max: usize,
-    expired: impl Fn(&V) -> bool,
-) {
-    if map.len() < max {
-        return;
-    }
-    map.retain(|_, v| !expired(v));
-    if map.len() >= max {
-        if let Some(oldest) = map
-            .iter()
-            .min_by_key(|(_, v)| v.age())
-            .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-    }
 }
 
 #[cfg(test)]

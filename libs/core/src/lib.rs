@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod hono;
 pub mod ids;
+pub mod lockout;
 pub mod logs;
 pub mod net;
 pub mod shutdown;

@@ -16,19 +16,18 @@
 //!
 //! Both maps are bounded (`tracked_max`): when full, expired entries go first, then the oldest.
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use ferry_core::config::ConfigError;
 use ferry_core::ids::{AuthId, TenantId};
+use ferry_core::lockout::{Failures, Proven, Slots};
 use ferry_registry_model::{Credential, HashFunction, PasswordData};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Limits on device password logins; a section of an adapter's `Config` (e.g. `login`, so
 /// `FERRY_MQTT_LOGIN__MAX_FAILURES`).
@@ -122,20 +121,6 @@ impl Keys {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    since: Instant,
-    locked_until: Option<Instant>,
-}
-
-#[derive(Default)]
-struct State {
-    failures: HashMap<Key, Failures>,
-    /// Names that have logged in successfully, with the time of the last success.
-    proven: HashMap<NameKey, Instant>,
-}
-
 /// Counters for [`super::AuthStats`].
 #[derive(Default)]
 pub(super) struct Counters {
@@ -147,11 +132,10 @@ pub(super) struct Counters {
 pub(super) struct Guard {
     limits: LoginLimits,
     salt: [u8; 16],
-    state: Mutex<State>,
-    /// Slots anyone may take.
-    shared: Arc<Semaphore>,
-    /// Slots only proven names may take.
-    reserved: Arc<Semaphore>,
+    failures: Failures<Key>,
+    /// Names that have logged in successfully.
+    proven: Proven<NameKey>,
+    slots: Slots,
     dummies: Arc<Dummies>,
     pub(super) counters: Counters,
 }
@@ -162,13 +146,12 @@ impl Guard {
             .verify_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
             .max(1);
-        let reserved = slots / 2;
         Self {
+            failures: Failures::new(limits.lockout(), limits.tracked_max),
+            proven: Proven::new(limits.tracked_max),
+            slots: Slots::new(slots),
             limits,
             salt,
-            state: Mutex::new(State::default()),
-            shared: Arc::new(Semaphore::new(slots - reserved)),
-            reserved: Arc::new(Semaphore::new(reserved)),
             dummies: Arc::new(Dummies::new()),
             counters: Counters::default(),
         }
@@ -192,19 +175,7 @@ impl Guard {
 
     /// Whether any of `keys` is locked now (counted); forgets lockouts that have passed.
     pub(super) fn is_locked(&self, keys: &Keys) -> bool {
-        let now = Instant::now();
-        let mut state = lock(&self.state);
-        let mut locked = false;
-        for key in keys.iter() {
-            match state.failures.get(&key).and_then(|f| f.locked_until) {
-                Some(until) if until > now => locked = true,
-                Some(_) => {
-                    state.failures.remove(&key);
-                }
-                None => {}
-            }
-        }
-        drop(state);
+        let locked = self.failures.is_locked(keys.iter());
         if locked {
             self.counters.locked_out.fetch_add(1, Ordering::Relaxed);
         }
@@ -263,62 +234,24 @@ impl Guard {
     /// A verification slot: proven names may take a reserved one, others only a shared one.
     async fn slot(&self, keys: &Keys) -> Option<OwnedSemaphorePermit> {
         let _waiting = Waiting::new(&self.counters.waiting);
-        let shared = self.shared.clone();
-        let proven = lock(&self.state).proven.contains_key(&keys.name);
-        if !proven {
-            return shared.acquire_owned().await.ok();
-        }
-        let reserved = self.reserved.clone();
-        tokio::select! {
-            p = reserved.acquire_owned() => p.ok(),
-            p = shared.acquire_owned() => p.ok(),
-        }
+        self.slots.take(self.proven.contains(&keys.name)).await
     }
 
     fn failed(&self, keys: &Keys) {
-        let now = Instant::now();
-        let limits = &self.limits;
-        let lockout = limits.lockout();
-        let mut state = lock(&self.state);
         for key in keys.iter() {
             let max = match key {
-                Key::Name(_) => limits.max_failures,
-                Key::Source(_) => limits.source_max_failures,
+                Key::Name(_) => self.limits.max_failures,
+                Key::Source(_) => self.limits.source_max_failures,
             };
-            if !state.failures.contains_key(&key) {
-                make_room(&mut state.failures, limits.tracked_max, |f| {
-                    f.locked_until.unwrap_or(f.since + lockout) <= now
-                });
-            }
-            let f = state.failures.entry(key).or_insert(Failures {
-                count: 0,
-                since: now,
-                locked_until: None,
-            });
-            if now.duration_since(f.since) > lockout {
-                *f = Failures {
-                    count: 0,
-                    since: now,
-                    locked_until: None,
-                };
-            }
-            f.count = f.count.saturating_add(1);
-            if f.count >= max {
-                f.locked_until = Some(now + lockout);
-            }
+            self.failures.failed(&key, max);
         }
     }
 
     /// A successful login (verified or from the verify cache).
     pub(super) fn succeeded(&self, keys: &Keys) {
-        let tracked_max = self.limits.tracked_max;
-        let mut state = lock(&self.state);
         // The name's failures go; a source's stay, it may be guessing other names.
-        state.failures.remove(&Key::Name(keys.name));
-        if !state.proven.contains_key(&keys.name) {
-            make_room(&mut state.proven, tracked_max, |_| false);
-        }
-        state.proven.insert(keys.name, Instant::now());
+        self.failures.forget(&Key::Name(keys.name));
+        self.proven.insert(keys.name);
     }
 }
 
@@ -428,49 +361,6 @@ pub(super) fn has_usable_password(
     match credential {
         Credential::HashedPassword(c) => c.active_secrets(now).next().is_some(),
         _ => false,
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Ordering of map entries by age, for eviction when a map is full.
-trait Age {
-    fn age(&self) -> Instant;
-}
-
-impl Age for Failures {
-    fn age(&self) -> Instant {
-        self.since
-    }
-}
-
-impl Age for Instant {
-    fn age(&self) -> Instant {
-        *self
-    }
-}
-
-/// Makes room for one more entry: drops `expired` ones, then (if still full) the oldest. Linear, but only
-/// when the map is full, and each new key has cost a verification.
-fn make_room<K: Clone + Eq + Hash, V: Age>(
-    map: &mut HashMap<K, V>,
-    max: usize,
-    expired: impl Fn(&V) -> bool,
-) {
-    if map.len() < max {
-        return;
-    }
-    map.retain(|_, v| !expired(v));
-    if map.len() >= max {
-        if let Some(oldest) = map
-            .iter()
-            .min_by_key(|(_, v)| v.age())
-            .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
     }
 }
 
