@@ -78,8 +78,8 @@ async fn start_all(
     parts: &mut Vec<Part>,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let host = args.bind;
-    let device_host = args.mqtt_bind;
+    let host = args.listen;
+    let device_host = args.device_listen();
     // Passwords of the two NATS users, kept so that a second run reuses the JetStream store.
     let adapter_pw = secret(&dir.join("nats-adapter-password"))?;
     let router_pw = secret(&dir.join("nats-router-password"))?;
@@ -251,6 +251,7 @@ async fn start_all(
         started.elapsed().as_millis(),
         data_dir.display()
     );
+    println!("{}", args.reach());
     println!(
         "  registry (Hono management API)  {}",
         registry_urls

@@ -31,12 +31,13 @@ pub struct UpArgs {
     /// Admin token for the management API; generated into the data directory when not given.
     #[arg(long, env = "FERRY_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
-    /// Address to bind the registry and the AMQP endpoint to.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind: std::net::IpAddr,
-    /// Address to bind the device endpoints (MQTT, HTTP) to; devices are usually elsewhere on the network.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub mqtt_bind: std::net::IpAddr,
+    /// Address every endpoint listens on: loopback by default, as Mosquitto does unconfigured;
+    /// `--listen 0.0.0.0` exposes the registry, AMQP, MQTT and HTTP to the network.
+    #[arg(long, default_value = "127.0.0.1", alias = "bind")]
+    pub listen: std::net::IpAddr,
+    /// Only the device endpoints (MQTT, HTTP) on another address than `--listen`.
+    #[arg(long, hide = true)]
+    pub mqtt_bind: Option<std::net::IpAddr>,
     /// Also create a demo tenant, device and application user (once; kept in the data directory) and
     /// print the commands that send and receive telemetry with them.
     #[arg(long)]
@@ -57,6 +58,39 @@ pub struct UpArgs {
     pub nats_cluster_port: u16,
 }
 
+impl UpArgs {
+    /// Where the device endpoints listen.
+    pub fn device_listen(&self) -> std::net::IpAddr {
+        self.mqtt_bind.unwrap_or(self.listen)
+    }
+
+    /// The line that says who can reach the endpoints.
+    pub fn reach(&self) -> String {
+        let (all, devices) = (self.listen, self.device_listen());
+        let scope = |ip: std::net::IpAddr| {
+            if ip.is_loopback() {
+                "this machine only"
+            } else if ip.is_unspecified() {
+                "the network"
+            } else {
+                "that address"
+            }
+        };
+        if all == devices {
+            format!(
+                "  listening on {all} ({}; --listen ADDR to change)",
+                scope(all)
+            )
+        } else {
+            format!(
+                "  listening on {all} ({}), device endpoints on {devices} ({})",
+                scope(all),
+                scope(devices)
+            )
+        }
+    }
+}
+
 /// Runs every component until Ctrl-C / SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.cluster {
@@ -69,7 +103,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let sources = Sources::from_env("FERRY_REGISTRY_", None)
-        .flag("bind", Some(SocketAddr::new(args.bind, args.registry_port)))
+        .flag(
+            "bind",
+            Some(SocketAddr::new(args.listen, args.registry_port)),
+        )
         .flag("data_dir", Some(&data_dir))
         .flag("admin_token", args.admin_token.as_deref())
         // The console is on under `ferry up` unless FERRY_REGISTRY_CONSOLE says otherwise.
@@ -82,19 +119,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let registry_config: ferry_registry::Config = config::load_checked(&sources)?;
 
     let router_sources = Sources::from_env("FERRY_ROUTER_", None)
-        .flag("bind", Some(SocketAddr::new(args.bind, args.amqp_port)))
+        .flag("bind", Some(SocketAddr::new(args.listen, args.amqp_port)))
         .flag("data_dir", Some(&data_dir));
     let mut router_config: ferry_router::Config = config::load_checked(&router_sources)?;
 
     let mqtt_sources = Sources::from_env("FERRY_MQTT_", None).flag(
         "bind",
-        Some(SocketAddr::new(args.mqtt_bind, args.mqtt_port)),
+        Some(SocketAddr::new(args.device_listen(), args.mqtt_port)),
     );
     let mut mqtt_config: ferry_mqtt_adapter::Config = config::load_checked(&mqtt_sources)?;
 
     let http_sources = Sources::from_env("FERRY_HTTP_", None).flag(
         "bind",
-        Some(SocketAddr::new(args.mqtt_bind, args.http_port)),
+        Some(SocketAddr::new(args.device_listen(), args.http_port)),
     );
     let mut http_config: ferry_http_adapter::Config = config::load_checked(&http_sources)?;
 
@@ -153,6 +190,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         started.elapsed().as_millis(),
         data_dir.display()
     );
+    println!("{}", args.reach());
     println!("  registry (Hono management API)  {}/v1", registry.url());
     println!("  admin token                     {token_hint}");
     if console {

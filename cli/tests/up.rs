@@ -44,8 +44,6 @@ fn ferry_up_with(data_dir: &Path, extra: &[&str]) -> Up {
             &mqtt.to_string(),
             "--http-port",
             &http.to_string(),
-            "--mqtt-bind",
-            "127.0.0.1",
             "--data-dir",
         ])
         .arg(data_dir)
@@ -287,6 +285,27 @@ fn quick_start_creates_tenant_device_and_password() {
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+}
+
+/// Unconfigured, nothing is reachable from the network (Mosquitto 2's rule), and `ferry up` says so.
+#[test]
+fn every_endpoint_listens_on_loopback_by_default_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = ferry_up(dir.path());
+    let printed = up.first_lines.join("\n");
+    assert!(
+        printed.contains("listening on 127.0.0.1 (this machine only; --listen ADDR to change)"),
+        "{printed}"
+    );
+    for line in up.first_lines.iter().filter(|l| l.contains("://")) {
+        assert!(!line.contains("0.0.0.0"), "{line}");
+    }
+    for port in [up.mqtt, up.http, up.amqp] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "port {port} on loopback"
+        );
+    }
 }
 
 #[test]

@@ -77,6 +77,12 @@ impl<S: EventStore> Shared<S> {
 
     fn set_keys(&self, jwks: &Jwks) {
         let v = Arc::new(Verifier::new(jwks, VerifierConfig::default()));
+        // Said of what the registry sent, not of the empty verifier the router starts with.
+        if !v.has_keys() {
+            tracing::warn!(
+                "the registry's JWKS has no usable Ed25519 key; every registration assertion will be refused"
+            );
+        }
         *self
             .verifier
             .write()

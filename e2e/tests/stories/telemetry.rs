@@ -76,6 +76,14 @@ fn telemetry_from_mosquitto_pub_and_curl_reaches_a_rhea_application() {
             "{m}"
         );
     }
+    // What a newcomer reads in `ferry up`'s log sent to a pipe: no colour codes, and no warning that
+    // assertions will be refused when they are not (messages just went through).
+    let log = ferry.process.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a piped log:\n{log}"
+    );
+    assert!(!log.contains("JWKS"), "a false JWKS warning:\n{log}");
 }
 
 #[test]

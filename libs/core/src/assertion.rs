@@ -544,6 +544,11 @@ struct HeaderIn<'a> {
 }
 
 impl Verifier {
+    /// Whether any key is trusted (a verifier without one refuses every assertion).
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     /// A verifier trusting the usable Ed25519 keys of `jwks`. Keys of other types or curves, keys without
     /// a kid and undecodable keys are skipped (and logged), not errors: a JWKS may legitimately carry keys
     /// for other purposes.
@@ -562,11 +567,6 @@ impl Verifier {
                     tracing::debug!(kid = ?jwk.kid, kty = %jwk.kty, reason, "skipping JWK")
                 }
             }
-        }
-        if keys.is_empty() {
-            tracing::warn!(
-                "JWKS has no usable Ed25519 key; every registration assertion will be refused"
-            );
         }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.required_spec_claims.clear();

@@ -1,5 +1,7 @@
 //! Log output through `tracing`: human-readable by default, JSON lines on request (`--log-json` or
-//! `FERRY_LOG_JSON=1`), filtered by `RUST_LOG` (default `info`).
+//! `FERRY_LOG_JSON=1`), filtered by `RUST_LOG` (default `info`), in colour only when stderr is a terminal.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,7 +12,9 @@ pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log sent to a file or a pipe carries no escape codes.
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = if json {
         builder.json().try_init()
     } else {
