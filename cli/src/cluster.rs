@@ -83,6 +83,7 @@ async fn start_all(
     // Passwords of the two NATS users, kept so that a second run reuses the JetStream store.
     let adapter_pw = secret(&dir.join("nats-adapter-password"))?;
     let router_pw = secret(&dir.join("nats-router-password"))?;
+    let registry_pw = secret(&dir.join("nats-registry-password"))?;
     let nats_urls: Vec<String> = (0..NATS_NODES)
         .map(|i| format!("nats://127.0.0.1:{}", args.nats_port + i))
         .collect();
@@ -96,6 +97,11 @@ async fn start_all(
             "ferry-router",
             &router_pw,
             &ferry_nats::permissions::router(),
+        ),
+        (
+            "ferry-registry",
+            &registry_pw,
+            &ferry_nats::permissions::registry(),
         ),
     ])
     .context("rendering the NATS users")?;
@@ -123,6 +129,17 @@ async fn start_all(
         wait_tcp(parts, ("127.0.0.1", args.nats_port + i)).await?;
     }
 
+    let urls_value = format!("[{}]", nats_urls.join(", "));
+    let messaging = |cmd: &mut Command, prefix: &str, user: &str, pw: &str| {
+        cmd.env(format!("{prefix}MESSAGING__MODE"), "nats")
+            .env(format!("{prefix}MESSAGING__NATS__URLS"), &urls_value)
+            .env(format!("{prefix}MESSAGING__NATS__USER"), user)
+            .env(format!("{prefix}MESSAGING__NATS__PASSWORD"), pw)
+            .env(
+                format!("{prefix}MESSAGING__NATS__REPLICAS"),
+                NATS_NODES.to_string(),
+            );
+    };
     // Registries: the first keeps its tokens and key in the data directory as `ferry up`'s does; a
     // second (PostgreSQL only) reads the same files.
     let registries: u16 = if args.postgres.is_some() { 2 } else { 1 };
@@ -146,6 +163,8 @@ async fn start_all(
         if let Some(url) = &args.postgres {
             cmd.env("FERRY_REGISTRY_DATABASE_URL", url);
         }
+        // The presence API reads what the adapters and routers keep in NATS.
+        messaging(&mut cmd, "FERRY_REGISTRY_", "ferry-registry", &registry_pw);
         if i > 0 {
             if args.admin_token.is_none() {
                 cmd.env(
@@ -171,17 +190,6 @@ async fn start_all(
     let admin_token = match &args.admin_token {
         Some(t) => t.clone(),
         None => read_token(&data_dir.join("admin-token"))?,
-    };
-    let urls_value = format!("[{}]", nats_urls.join(", "));
-    let messaging = |cmd: &mut Command, prefix: &str, user: &str, pw: &str| {
-        cmd.env(format!("{prefix}MESSAGING__MODE"), "nats")
-            .env(format!("{prefix}MESSAGING__NATS__URLS"), &urls_value)
-            .env(format!("{prefix}MESSAGING__NATS__USER"), user)
-            .env(format!("{prefix}MESSAGING__NATS__PASSWORD"), pw)
-            .env(
-                format!("{prefix}MESSAGING__NATS__REPLICAS"),
-                NATS_NODES.to_string(),
-            );
     };
     let mut ready = Vec::new();
     let mut amqp = Vec::new();

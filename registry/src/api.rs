@@ -49,6 +49,9 @@ pub struct AppState {
     /// Presence, live messages and commands (docs/console.md); `None` when no router runs in this
     /// process.
     pub bridge: Option<Arc<ferry_core::console::RouterBridge>>,
+    /// Where presence is read: the bridge's (embedded), NATS's presence bucket (cluster mode), or
+    /// nowhere.
+    pub presence: Option<Arc<dyn ferry_core::console::PresenceStore>>,
 }
 
 /// The bearer tokens the API accepts.

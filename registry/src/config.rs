@@ -19,6 +19,10 @@ pub struct Config {
     pub database_url: Option<String>,
     /// The database URL from a file (a mounted Secret: it holds the database password).
     pub database_url_file: Option<PathBuf>,
+    /// Cluster mode (`mode: nats`): the presence API reads the devices' presence from NATS, where the
+    /// adapters and routers keep it (docs/console.md). Embedded (the default): from the router in the
+    /// same process, if any.
+    pub messaging: ferry_nats::Messaging,
     /// Bearer token for the management API; else read from `admin_token_file`; else generated into
     /// `data_dir/admin-token`.
     pub admin_token: Option<String>,
@@ -76,6 +80,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ferry-data"),
             database_url: None,
             database_url_file: None,
+            messaging: ferry_nats::Messaging::default(),
             admin_token: None,
             admin_token_file: None,
             internal_token: None,
@@ -127,6 +132,7 @@ impl Config {
             message: message.to_owned(),
         };
         self.tls.validate("tls")?;
+        self.messaging.validate()?;
         if !(4..=31).contains(&self.max_bcrypt_cost) {
             return Err(field("max_bcrypt_cost", "must be between 4 and 31"));
         }

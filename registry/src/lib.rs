@@ -79,6 +79,23 @@ pub async fn start_with_bridge(
     bridge: Option<Arc<ferry_core::console::RouterBridge>>,
 ) -> anyhow::Result<Started> {
     let readiness = admin.readiness("registry");
+    let presence: Option<Arc<dyn ferry_core::console::PresenceStore>> =
+        match (&bridge, config.messaging.mode) {
+            (Some(b), _) => Some(b.presence.clone()),
+            (None, ferry_nats::MessagingMode::Nats) => {
+                // Cluster mode: the adapters and routers keep presence in NATS; the registry reads it.
+                let client = ferry_nats::connect(&config.messaging.nats, "ferry-registry")
+                    .await
+                    .context("connecting to NATS (messaging.nats)")?;
+                let js = async_nats::jetstream::new(client);
+                let presence =
+                    ferry_nats::presence::NatsPresence::open(&js, config.messaging.nats.replicas)
+                        .await
+                        .context("opening the presence bucket (messaging.nats)")?;
+                Some(Arc::new(presence))
+            }
+            (None, ferry_nats::MessagingMode::Embedded) => None,
+        };
     let store = store::Store::open(config.database_url.as_deref(), &config.data_dir)
         .await
         .context("opening the registry database")?;
@@ -161,6 +178,7 @@ pub async fn start_with_bridge(
         metrics,
         logins: login_guard,
         shutdown: shutdown.clone(),
+        presence,
         bridge,
     };
 

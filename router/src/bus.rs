@@ -118,6 +118,11 @@ impl Bus {
         })
     }
 
+    /// The JetStream context (for the presence bucket).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// Whether the connection to NATS is up (for readiness).
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected

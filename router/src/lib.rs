@@ -135,12 +135,28 @@ pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Re
 }
 
 /// Opens the event store (embedded mode) or connects to NATS (cluster mode), binds the listeners and
-/// starts serving.
+/// starts serving. Presence is kept in memory (embedded) or in NATS's presence bucket (cluster mode),
+/// where the registry reads it.
 pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<Started> {
-    let bridge = ferry_core::console::RouterBridge::new(Arc::new(
-        ferry_core::console::MemoryPresence::default(),
-    ));
-    start_with_bridge(config, admin, shutdown, bridge).await
+    match config.messaging.mode {
+        ferry_nats::MessagingMode::Embedded => {
+            let bridge = ferry_core::console::RouterBridge::new(Arc::new(
+                ferry_core::console::MemoryPresence::default(),
+            ));
+            start_with_bridge(config, admin, shutdown, bridge).await
+        }
+        ferry_nats::MessagingMode::Nats => {
+            let bus = connect_bus(&config).await?;
+            let presence = ferry_nats::presence::NatsPresence::open(
+                bus.jetstream(),
+                config.messaging.nats.replicas,
+            )
+            .await
+            .context("opening the presence bucket (messaging.nats)")?;
+            let bridge = ferry_core::console::RouterBridge::new(Arc::new(presence));
+            serve_on_bus(config, admin, shutdown, bus, bridge).await
+        }
+    }
 }
 
 /// [`start`], recording presence into `bridge`, publishing device messages to its taps and serving its
@@ -161,26 +177,40 @@ pub async fn start_with_bridge(
             serve(config, admin, shutdown, store, None, bridge).await
         }
         ferry_nats::MessagingMode::Nats => {
-            let name = format!("ferry-router-{}", std::process::id());
-            let bus = bus::Bus::connect(
-                &config.messaging.nats,
-                &name,
-                Duration::from_secs(config.event_redelivery_secs),
-            )
-            .await
-            .context("connecting to NATS (messaging.nats)")?;
-            // Events live in JetStream; this store stays empty (producer links are refused).
-            serve(
-                config,
-                admin,
-                shutdown,
-                events::InMemoryStore::default(),
-                Some(Arc::new(bus)),
-                bridge,
-            )
-            .await
+            let bus = connect_bus(&config).await?;
+            serve_on_bus(config, admin, shutdown, bus, bridge).await
         }
     }
+}
+
+async fn connect_bus(config: &Config) -> anyhow::Result<bus::Bus> {
+    let name = format!("ferry-router-{}", std::process::id());
+    bus::Bus::connect(
+        &config.messaging.nats,
+        &name,
+        Duration::from_secs(config.event_redelivery_secs),
+    )
+    .await
+    .context("connecting to NATS (messaging.nats)")
+}
+
+async fn serve_on_bus(
+    config: Config,
+    admin: Admin,
+    shutdown: Shutdown,
+    bus: bus::Bus,
+    bridge: Arc<ferry_core::console::RouterBridge>,
+) -> anyhow::Result<Started> {
+    // Events live in JetStream; this store stays empty (producer links are refused).
+    serve(
+        config,
+        admin,
+        shutdown,
+        events::InMemoryStore::default(),
+        Some(Arc::new(bus)),
+        bridge,
+    )
+    .await
 }
 
 async fn serve<S: EventStore>(

@@ -288,3 +288,60 @@ fn another_tenants_application_gets_nothing_in_cluster_mode() {
     let refused = spy.expect("link_error", WAIT);
     assert_eq!(refused, "amqp:unauthorized-access", "{}", spy.log());
 }
+
+/// The presence API in cluster mode: the adapters and routers keep presence in NATS, the registry reads
+/// it there, so it follows a paho device on adapter 2 and survives both routers being killed.
+#[test]
+fn presence_is_kept_in_nats_and_survives_losing_every_router() {
+    let c = Cluster::up(None);
+    plant(&c);
+    let token = std::fs::read_to_string(c.data_dir.join("admin-token"))
+        .expect("the admin token")
+        .trim()
+        .to_owned();
+    let presence = || -> Value {
+        let r = curl(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{}/v1/devices/plant/press-1/presence", c.registry),
+        ]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).expect("JSON")
+    };
+    let becomes = |want: bool| -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let p = presence();
+            if p["connected"] == want {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "presence did not become connected={want}: {p}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(presence()["connected"], false);
+
+    let mut device = paho_device(
+        "commands",
+        c.mqtt[1],
+        &["press1@plant", "pw-press", "nothing/to/see", "60"],
+    );
+    device.expect("connected", WAIT);
+    let online = becomes(true);
+    assert_eq!(online["adapter"], "hono-mqtt", "{online}");
+    assert!(online["since"].is_string(), "{online}");
+
+    // Every router goes: nothing they held was presence.
+    c.kill9("router-1");
+    c.kill9("router-2");
+    let still = presence();
+    assert_eq!(still["connected"], true, "{still}");
+    assert_eq!(still["since"], online["since"], "{still}");
+
+    device.kill();
+    let offline = becomes(false);
+    assert!(offline["disconnected-at"].is_string(), "{offline}");
+}

@@ -121,8 +121,10 @@ pub trait PresenceStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<DeviceId>, PresenceError>>;
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
+/// What a store keeps of one device, and how an update changes it: the same rules for the router's
+/// memory ([`MemoryPresence`]) and a shared store (cluster mode keeps it as JSON in NATS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PresenceRecord {
     connected: bool,
     since: Option<u64>,
     adapter: Option<String>,
@@ -134,12 +136,75 @@ struct Entry {
     disconnected_at: Option<u64>,
 }
 
-impl Entry {
-    fn connected_at(&self, now: u64) -> bool {
+type Entry = PresenceRecord;
+
+impl PresenceRecord {
+    /// Nothing known yet but that the device was about at `at`.
+    pub fn new(at: u64) -> Self {
+        Self {
+            connected: false,
+            since: None,
+            adapter: None,
+            gateway: None,
+            remote_id: None,
+            until: None,
+            connection: None,
+            last_seen: at,
+            disconnected_at: None,
+        }
+    }
+
+    /// Whether the device is connected at `now` (a `ttd` may have run out).
+    pub fn connected_at(&self, now: u64) -> bool {
         self.connected && self.until.is_none_or(|u| u > now)
     }
 
-    fn view(&self, now: u64) -> Presence {
+    /// Applies `change` made at `at`.
+    pub fn apply(&mut self, change: PresenceChange, at: u64) {
+        let entry = self;
+        entry.last_seen = entry.last_seen.max(at);
+        match change {
+            PresenceChange::Connected {
+                adapter,
+                gateway,
+                remote_id,
+                until,
+                connection,
+            } => {
+                // A ttd renewal of a connection already known keeps its start.
+                let same = entry.connected_at(at) && entry.adapter.as_deref() == Some(&adapter);
+                if !same {
+                    entry.since = Some(at);
+                }
+                entry.connected = true;
+                entry.adapter = Some(adapter);
+                entry.gateway = gateway;
+                if remote_id.is_some() {
+                    entry.remote_id = remote_id;
+                }
+                entry.until = until;
+                entry.connection = connection;
+            }
+            PresenceChange::Disconnected { connection } => {
+                if connection.is_some()
+                    && entry.connection.is_some()
+                    && connection != entry.connection
+                {
+                    // An older connection ended; a newer one holds the device.
+                    return;
+                }
+                if entry.connected {
+                    entry.disconnected_at = Some(at);
+                }
+                entry.connected = false;
+                entry.until = None;
+            }
+            PresenceChange::Seen => {}
+        }
+    }
+
+    /// As the management API shows it at `now`.
+    pub fn view(&self, now: u64) -> Presence {
         Presence {
             connected: self.connected_at(now),
             since: self.since.map(rfc3339),
@@ -248,60 +313,11 @@ impl MemoryPresence {
             }
             self.len.fetch_add(1, Ordering::Relaxed);
         }
-        let entry = all
-            .entry(u.tenant)
+        all.entry(u.tenant)
             .or_default()
             .entry(u.device)
-            .or_insert_with(|| Entry {
-                connected: false,
-                since: None,
-                adapter: None,
-                gateway: None,
-                remote_id: None,
-                until: None,
-                connection: None,
-                last_seen: u.at,
-                disconnected_at: None,
-            });
-        entry.last_seen = entry.last_seen.max(u.at);
-        match u.change {
-            PresenceChange::Connected {
-                adapter,
-                gateway,
-                remote_id,
-                until,
-                connection,
-            } => {
-                // A ttd renewal of a connection already known keeps its start.
-                let same = entry.connected_at(u.at) && entry.adapter.as_deref() == Some(&adapter);
-                if !same {
-                    entry.since = Some(u.at);
-                }
-                entry.connected = true;
-                entry.adapter = Some(adapter);
-                entry.gateway = gateway;
-                if remote_id.is_some() {
-                    entry.remote_id = remote_id;
-                }
-                entry.until = until;
-                entry.connection = connection;
-            }
-            PresenceChange::Disconnected { connection } => {
-                if connection.is_some()
-                    && entry.connection.is_some()
-                    && connection != entry.connection
-                {
-                    // An older connection ended; a newer one holds the device.
-                    return;
-                }
-                if entry.connected {
-                    entry.disconnected_at = Some(u.at);
-                }
-                entry.connected = false;
-                entry.until = None;
-            }
-            PresenceChange::Seen => {}
-        }
+            .or_insert_with(|| Entry::new(u.at))
+            .apply(u.change, u.at);
     }
 }
 

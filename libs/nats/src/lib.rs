@@ -10,6 +10,7 @@ pub mod config;
 pub mod headers;
 pub mod outcome;
 pub mod permissions;
+pub mod presence;
 pub mod routes;
 pub mod streams;
 pub mod subjects;
@@ -78,5 +79,43 @@ pub async fn round_trip(client: &async_nats::Client, within: Duration) -> Result
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(fail(&"the connection closed")),
         Err(_) => Err(fail(&format!("no echo within {within:?}"))),
+    }
+}
+
+/// Opens the key-value bucket `config` names, creating it as configured if it does not exist yet.
+///
+/// Right after a NATS cluster starts, JetStream has no meta leader for a moment and its API requests go
+/// unanswered: each attempt is bounded (two seconds) and tried again, for up to half a minute, instead of
+/// waiting out the context's full request timeout.
+pub async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store, Error> {
+    const WITHIN: Duration = Duration::from_secs(30);
+    const ATTEMPT: Duration = Duration::from_secs(2);
+    let name = config.bucket.clone();
+    let failed = |message: String| Error::Stream {
+        stream: name.clone(),
+        message,
+    };
+    let attempt = || async {
+        if let Ok(store) = js.get_key_value(&name).await {
+            return Ok(store);
+        }
+        js.create_key_value(config.clone())
+            .await
+            .map_err(|e| failed(e.to_string()))
+    };
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let last = match tokio::time::timeout(ATTEMPT, attempt()).await {
+            Ok(Ok(store)) => return Ok(store),
+            Ok(Err(e)) => e,
+            Err(_) => failed(format!("JetStream did not answer within {ATTEMPT:?}")),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

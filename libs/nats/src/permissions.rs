@@ -10,9 +10,24 @@
 //!   acknowledge them, send commands, and read and prune command routes. They cannot publish telemetry
 //!   or events as a device.
 //!
-//! Both answer requests on `_INBOX.>` (NATS's reply subjects).
+//! - **Registries** read device presence (the presence bucket) for the presence API, and nothing else.
+//!
+//! Adapters and routers write presence. All answer requests on `_INBOX.>` (NATS's reply subjects).
 
+use crate::presence::BUCKET as PRESENCE;
 use crate::routes::BUCKET;
+
+/// Publish subjects that open, read and write the key-value bucket `bucket`.
+fn bucket_access(bucket: &str) -> Vec<String> {
+    let stream = format!("KV_{bucket}");
+    vec![
+        format!("$KV.{bucket}.>"),
+        format!("$JS.API.STREAM.CREATE.{stream}"),
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+    ]
+}
 
 /// Subjects a component kind may publish to and subscribe to, and what it may never publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +43,6 @@ fn own(list: &[&str]) -> Vec<String> {
 
 /// The adapters' permissions.
 pub fn adapter() -> Permissions {
-    let kv = format!("$KV.{BUCKET}.>");
-    let kv_stream = format!("KV_{BUCKET}");
     Permissions {
         publish: [
             "ferry.telemetry.>",
@@ -44,14 +57,11 @@ pub fn adapter() -> Permissions {
             "$JS.API.STREAM.CREATE.*",
             "$JS.API.STREAM.UPDATE.*",
             "$JS.API.STREAM.INFO.*",
-            kv.as_str(),
-            &format!("$JS.API.STREAM.CREATE.{kv_stream}"),
-            &format!("$JS.API.STREAM.INFO.{kv_stream}"),
-            &format!("$JS.API.STREAM.MSG.GET.{kv_stream}"),
-            &format!("$JS.API.DIRECT.GET.{kv_stream}.>"),
         ]
         .iter()
         .map(|s| (*s).to_owned())
+        .chain(bucket_access(BUCKET))
+        .chain(bucket_access(PRESENCE))
         .collect(),
         publish_deny: Vec::new(),
         subscribe: own(&["ferry.command.>", "_INBOX.>"]),
@@ -70,6 +80,28 @@ pub fn router() -> Permissions {
         ]),
         publish_deny: own(&["ferry.telemetry.>", "ferry.event.>"]),
         subscribe: own(&["ferry.telemetry.>", "ferry.command_response.>", "_INBOX.>"]),
+    }
+}
+
+/// The registries' permissions: read the presence bucket (a key, and its list of keys through an
+/// ordered consumer), nothing of the device traffic.
+pub fn registry() -> Permissions {
+    let stream = format!("KV_{PRESENCE}");
+    let mut publish = bucket_access(PRESENCE);
+    // Writing presence is the adapters' and routers' job.
+    publish.retain(|s| !s.starts_with("$KV."));
+    publish.extend([
+        "_INBOX.>".to_owned(),
+        "$JS.API.INFO".to_owned(),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]);
+    Permissions {
+        publish,
+        publish_deny: Vec::new(),
+        subscribe: own(&["_INBOX.>"]),
     }
 }
 

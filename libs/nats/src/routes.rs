@@ -17,8 +17,6 @@
 //! a command routed to it finds no responder on [`crate::subjects::command`] and fails at once with
 //! `released` (Hono's outcome for an unreachable device), and the router deletes the dead route.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use base64::Engine;
 
@@ -69,7 +67,7 @@ pub fn parse_key(key: &str) -> Option<(RouteKind, String, String)> {
 
 /// An id as one key token: like [`crate::subjects::token`], but the encoded form starts with `=` (key
 /// tokens may not hold `~`).
-fn key_token(s: &str) -> String {
+pub(crate) fn key_token(s: &str) -> String {
     let t = crate::subjects::token(s);
     match t.strip_prefix('~') {
         Some(encoded) => format!("={encoded}"),
@@ -77,7 +75,7 @@ fn key_token(s: &str) -> String {
     }
 }
 
-fn key_id(token: &str) -> Option<String> {
+pub(crate) fn key_id(token: &str) -> Option<String> {
     match token.strip_prefix('=') {
         Some(encoded) => {
             let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -91,20 +89,10 @@ fn key_id(token: &str) -> Option<String> {
 }
 
 /// Opens the bucket, creating it with `replicas` replicas if it does not exist yet.
-///
-/// Right after a NATS cluster starts, JetStream has no meta leader for a moment and its API requests go
-/// unanswered: each attempt is bounded (a second or two) and tried again, for up to half a minute,
-/// instead of waiting out the context's full request timeout twice.
 pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, Error> {
-    let failed = |message: String| Error::Stream {
-        stream: BUCKET.to_owned(),
-        message,
-    };
-    let attempt = || async {
-        if let Ok(store) = js.get_key_value(BUCKET).await {
-            return Ok(store);
-        }
-        js.create_key_value(kv::Config {
+    crate::open_bucket(
+        js,
+        kv::Config {
             bucket: BUCKET.to_owned(),
             description: "Ferry: which adapter instance serves which device's commands".to_owned(),
             history: 1,
@@ -112,29 +100,10 @@ pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Stor
             storage: StorageType::File,
             num_replicas: replicas,
             ..kv::Config::default()
-        })
-        .await
-        .map_err(|e| failed(e.to_string()))
-    };
-    let deadline = tokio::time::Instant::now() + BUCKET_WITHIN;
-    loop {
-        let last = match tokio::time::timeout(BUCKET_ATTEMPT, attempt()).await {
-            Ok(Ok(store)) => return Ok(store),
-            Ok(Err(e)) => e,
-            Err(_) => failed(format!(
-                "JetStream did not answer within {BUCKET_ATTEMPT:?}"
-            )),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(last);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        },
+    )
+    .await
 }
-
-/// How long [`bucket`] keeps trying, and the bound on one try.
-const BUCKET_WITHIN: Duration = Duration::from_secs(30);
-const BUCKET_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Deletes `key` if its value is still `value` (a newer route written meanwhile is kept).
 pub async fn delete_if(store: &kv::Store, key: &str, value: &[u8]) -> Result<bool, Error> {

@@ -16,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ferry_core::console::{CommandRequest, Presence, RouterBridge};
+use ferry_core::console::{CommandRequest, Presence, PresenceStore, RouterBridge};
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
@@ -103,6 +103,15 @@ fn bridge(s: &AppState) -> Result<&Arc<RouterBridge>, ApiError> {
     })
 }
 
+fn presence_store(s: &AppState) -> Result<&Arc<dyn PresenceStore>, ApiError> {
+    s.presence.as_ref().ok_or_else(|| {
+        ApiError::NotAvailable(
+            "presence needs the router in the same process (ferry up) or messaging.mode nats"
+                .into(),
+        )
+    })
+}
+
 fn ids(path: &PathParams) -> Result<(TenantId, DeviceId), ApiError> {
     let tenant = TenantId::new(path.0.first().map_or("", String::as_str))?;
     let device = DeviceId::new(path.0.get(1).map_or("", String::as_str))?;
@@ -114,9 +123,7 @@ fn ids(path: &PathParams) -> Result<(TenantId, DeviceId), ApiError> {
 async fn presence(State(s): State<AppState>, path: PathParams) -> Result<Response, ApiError> {
     let (tenant, device) = ids(&path)?;
     s.store.get_device(tenant.as_str(), device.as_str()).await?;
-    let bridge = bridge(&s)?;
-    let found = bridge
-        .presence
+    let found = presence_store(&s)?
         .get(&tenant, &device)
         .await
         .map_err(|e| ApiError::NotAvailable(e.to_string()))?;
@@ -128,9 +135,7 @@ pub async fn connected_devices(
     s: &AppState,
     tenant: &TenantId,
 ) -> Result<std::collections::HashSet<String>, ApiError> {
-    let bridge = bridge(s)?;
-    let list = bridge
-        .presence
+    let list = presence_store(s)?
         .connected(tenant)
         .await
         .map_err(|e| ApiError::NotAvailable(e.to_string()))?;

@@ -121,8 +121,8 @@ impl CommandLink {
         dispatch!(self, l => l.unregister_gateway(tenant, gateway).await)
     }
 
-    /// Presence for the console (docs/console.md): on the AMQP link to an embedded router; in cluster
-    /// mode not reported yet (presence is held by the embedded router only).
+    /// Presence for the console (docs/console.md): on the AMQP link to an embedded router, which holds
+    /// it; in cluster mode written to NATS's presence bucket.
     pub fn report_presence(
         &self,
         tenant: &TenantId,
@@ -132,9 +132,7 @@ impl CommandLink {
         session: u64,
         connected: bool,
     ) {
-        if let LinkImp::Amqp(l) = &self.imp {
-            l.report_presence(tenant, device, adapter, remote_id, session, connected);
-        }
+        dispatch!(self, l => l.report_presence(tenant, device, adapter, remote_id, session, connected))
     }
 
     /// Records that `device` last sent a message through `gateway`, so that among several gateways

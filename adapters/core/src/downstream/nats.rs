@@ -94,6 +94,8 @@ pub(crate) struct Nats {
     js: jetstream::Context,
     /// The bucket of command routes, opened at connect.
     routes_kv: kv::Store,
+    /// Device presence, shared with the routers and read by the registry (docs/console.md).
+    presence: ferry_nats::presence::NatsPresence,
     subjects: RwLock<HashMap<TenantId, TenantSubjects>>,
     /// Event streams known to exist, with their `max_age` (the cap on an event's TTL).
     streams: RwLock<HashMap<TenantId, Duration>>,
@@ -110,12 +112,14 @@ impl Nats {
             .timeout(config.outcome_timeout)
             .build(client.clone());
         let routes_kv = routes::bucket(&js, config.nats.replicas).await?;
+        let presence = ferry_nats::presence::NatsPresence::open(&js, config.nats.replicas).await?;
         tracing::info!(name = %config.connection_name, urls = ?config.nats.urls, "connected to NATS");
         Ok(Arc::new(Self {
             config,
             client,
             js,
             routes_kv,
+            presence,
             subjects: RwLock::default(),
             streams: RwLock::default(),
             shutdown,
@@ -381,6 +385,7 @@ impl Nats {
             instance_id: instance_id.to_owned(),
             value: Bytes::from(instance_id.to_owned()),
             kv: self.routes_kv.clone(),
+            presence: self.presence.clone(),
             client: self.client.clone(),
             timeout: self.config.outcome_timeout,
             held: Mutex::new(HashSet::new()),
@@ -605,6 +610,7 @@ pub(crate) struct Routes {
     updates: mpsc::Sender<(TenantId, DeviceId, DeviceId)>,
     dropped_updates: AtomicU64,
     dropped_settlements: Arc<AtomicU64>,
+    presence: ferry_nats::presence::NatsPresence,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -612,6 +618,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Routes {
+    /// `device` connected to this instance (or went): written to the presence bucket, not waited for.
+    pub(super) fn report_presence(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        adapter: &'static str,
+        remote_id: &str,
+        session: u64,
+        connected: bool,
+    ) {
+        use ferry_core::console::{PresenceChange, PresenceStore as _, PresenceUpdate};
+        let connection = Some(format!("{}/{session}", self.instance_id));
+        let change = if connected {
+            PresenceChange::Connected {
+                adapter: adapter.to_owned(),
+                gateway: None,
+                remote_id: Some(remote_id.chars().take(256).collect()),
+                until: None,
+                connection,
+            }
+        } else {
+            PresenceChange::Disconnected { connection }
+        };
+        self.presence.record(PresenceUpdate {
+            tenant: tenant.clone(),
+            device: device.clone(),
+            change,
+            at: ferry_core::console::unix_now(),
+        });
+    }
+
     pub(super) fn instance_id(&self) -> &str {
         &self.instance_id
     }
