@@ -217,6 +217,55 @@ async fn two_routers_share_one_tenants_telemetry() {
     assert!(n1 > 0 && n2 > 0, "both routers took some: {n1} / {n2}");
 }
 
+/// A router whose consumers have no credit left leaves the tenant's queue group until they grant some,
+/// so NATS hands the telemetry to the router whose consumer can take it instead of to one that would
+/// release it.
+#[tokio::test]
+async fn a_router_without_credit_leaves_telemetry_to_one_with_credit() {
+    let nats = NatsServer::start();
+    let (p1, client) = cluster(&nats).await;
+    let (p2, _) = cluster_on(&nats, &p1).await;
+    let mut a1 = p1.app("app1", "pw1").await;
+    let mut a2 = p2.app("app1", "pw1").await;
+    let mut r1 = a1.receiver("telemetry/t1", 2).await;
+    let mut r2 = a2.receiver("telemetry/t1", 100).await;
+    let subject = subjects::telemetry("t1");
+    until_subscribed(&client, &subject).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let token = p1.assertion("t1", "d1").await;
+    let mut released = 0;
+    for i in 0..40 {
+        let m = encode(&device_message(
+            "d1",
+            Some(&token),
+            format!("m{i}").as_bytes(),
+        ));
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::PRESETTLED, "1");
+        let answer = client
+            .request_with_headers(subject.clone(), h, m)
+            .await
+            .expect("answer");
+        if Outcome::decode(&answer.payload) != Some(Outcome::Accepted) {
+            released += 1;
+        }
+    }
+    assert_eq!(
+        released, 0,
+        "messages released while another router had credit"
+    );
+    let mut n1 = 0;
+    while recv_within(&mut r1, 300).await.is_some() {
+        n1 += 1;
+    }
+    let mut n2 = 0;
+    while recv_within(&mut r2, 300).await.is_some() {
+        n2 += 1;
+    }
+    assert!(n1 <= 2, "router 1 sent beyond its consumer's credit: {n1}");
+    assert_eq!(n1 + n2, 40, "every message once");
+}
+
 /// A second router on the same registry and NATS.
 async fn cluster_on(nats: &NatsServer, first: &Platform) -> (Platform, async_nats::Client) {
     let url = nats.url();
