@@ -608,8 +608,29 @@ pub struct Cluster {
 }
 
 impl Drop for Cluster {
-    /// A failed story shows what every part logged last (the processes' logs die with the temp dir).
+    /// Stops `ferry up --cluster` as Ctrl-C would (it stops its parts), and kills whatever part is left:
+    /// a SIGKILL of the parent alone would leave every part running. A failed story first shows what
+    /// every part logged last (the processes' logs die with the temp dir).
     fn drop(&mut self) {
+        self.show_logs_if_failed();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.process.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.process.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in self.pids.values() {
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Cluster {
+    fn show_logs_if_failed(&self) {
         if !std::thread::panicking() {
             return;
         }
