@@ -86,7 +86,6 @@ impl Rendered {
             allowed_image_registries: Vec::new(),
             network_policies: None,
             nats_image: build::DEFAULT_NATS_IMAGE.into(),
-            internal_tls_fields: build::INTERNAL_TLS_FIELDS,
         };
         let desired = build::address_space(&space(), &defaults).expect("the operator builds it");
         let secrets = desired
