@@ -1,15 +1,17 @@
 //! The operator's rendering end to end, without Kubernetes: the objects `ferry-operator` builds for an
-//! AddressSpace in `nats` mode with a managed NATS cluster of three nodes and a generated certificate
-//! (its own CA), run as local processes: three `nats-server` nodes, `ferry-registry` (SQLite), a
-//! router and both adapters. Each process gets what its pod would get: the files of its volume mounts
-//! (the ConfigMap's `config.yaml` or `nats.conf`, the Secrets' keys, generated as the operator does),
-//! its environment and its arguments. The one change is [`localize`]: in-pod paths become directories
-//! under the test's, and the in-cluster names and ports become local ones.
+//! AddressSpace with a generated certificate (its own CA), run as local processes: in `nats` mode with
+//! a managed NATS cluster, three `nats-server` nodes, `ferry-registry` (SQLite), a router and both
+//! adapters; in embedded mode the same without NATS. Each process gets what its pod would get: the
+//! files of its volume mounts (the ConfigMap's `config.yaml` or `nats.conf`, the Secrets' keys,
+//! generated as the operator does), its environment and its arguments. The one change is [`localize`]:
+//! in-pod paths become directories under the test's, and the in-cluster names and ports become local
+//! ones.
 //!
 //! They reach each other over TLS verified against the generated CA (adapters and router → registry
-//! over https, → NATS over TLS with their users' password files; NATS routes with client
-//! certificates); a paho device's telemetry and event arrive at a Qpid Proton application on the
-//! router's AMQPS port; clients without the CA (curl, Proton) are refused.
+//! over https; → NATS over TLS with their users' password files, NATS routes with client certificates;
+//! in embedded mode adapters → router over AMQPS); a paho device's telemetry and event arrive at a
+//! Qpid Proton application on the router's AMQPS port; clients without the CA (curl, Proton) are
+//! refused.
 //!
 //! Host names: the generated certificate names the in-cluster DNS names and `localhost` (for
 //! `kubectl port-forward`), not 127.0.0.1. So the in-cluster names are rewritten to `localhost`, which
@@ -54,32 +56,35 @@ fn localize(rendered: &str, root: &Path, addresses: &[(String, String)]) -> Stri
     text
 }
 
-fn space() -> AddressSpace {
+/// An address space in `mode` (`nats`: a managed cluster of [`NODES`]), with no `spec.tls` (the
+/// operator generates the certificate and its CA), and one registry on SQLite.
+fn space(mode: MessagingMode) -> AddressSpace {
     let mut spec = AddressSpaceSpec::default();
-    spec.messaging.mode = MessagingMode::Nats;
-    spec.messaging.nats = Some(NatsSpec {
-        external: None,
-        managed: Some(ManagedNatsSpec {
-            replicas: NODES as i32,
-            ..ManagedNatsSpec::default()
-        }),
-    });
-    // No `spec.tls`: the operator generates the certificate and its CA. SQLite, one registry.
+    if mode == MessagingMode::Nats {
+        spec.messaging.mode = MessagingMode::Nats;
+        spec.messaging.nats = Some(NatsSpec {
+            external: None,
+            managed: Some(ManagedNatsSpec {
+                replicas: NODES as i32,
+                ..ManagedNatsSpec::default()
+            }),
+        });
+    }
     let mut s = AddressSpace::new(SPACE, spec);
     s.metadata.namespace = Some(NAMESPACE.into());
     s.metadata.uid = Some("uid-1".into());
     s
 }
 
-/// The objects the operator builds for [`space`], with its generated Secrets filled in as the reconcile
-/// creates them.
+/// The objects the operator builds for an address space, with its generated Secrets filled in as the
+/// reconcile creates them.
 struct Rendered {
     desired: Desired,
     secrets: BTreeMap<String, Secret>,
 }
 
 impl Rendered {
-    fn new() -> Self {
+    fn new(space: &AddressSpace) -> Self {
         let defaults = build::Defaults {
             image_registry: "ghcr.io/ferry-iot".into(),
             image_tag: "test".into(),
@@ -87,7 +92,7 @@ impl Rendered {
             network_policies: None,
             nats_image: build::DEFAULT_NATS_IMAGE.into(),
         };
-        let desired = build::address_space(&space(), &defaults).expect("the operator builds it");
+        let desired = build::address_space(space, &defaults).expect("the operator builds it");
         let secrets = desired
             .secrets
             .iter()
@@ -114,26 +119,31 @@ impl Rendered {
             .unwrap_or_else(|| panic!("no ConfigMap {name}"))
     }
 
-    fn deployment(&self, name: &str) -> &PodTemplateSpec {
-        &self
-            .desired
+    fn deployment(&self, name: &str) -> Option<&PodTemplateSpec> {
+        self.desired
             .deployments
             .iter()
             .find(|d| d.metadata.name.as_deref() == Some(name))
             .and_then(|d| d.spec.as_ref())
-            .unwrap_or_else(|| panic!("no Deployment {name}"))
-            .template
+            .map(|s| &s.template)
     }
 
-    fn stateful_set(&self, name: &str) -> &PodTemplateSpec {
-        &self
-            .desired
+    /// The pod template of the Deployment or StatefulSet `name`, and the name its first pod gets.
+    fn workload(&self, name: &str) -> (String, &PodTemplateSpec) {
+        match (self.deployment(name), self.stateful_set(name)) {
+            (Some(t), None) => (format!("{name}-7d9f-x2k4q"), t),
+            (None, Some(t)) => (format!("{name}-0"), t),
+            _ => panic!("not exactly one Deployment or StatefulSet {name}"),
+        }
+    }
+
+    fn stateful_set(&self, name: &str) -> Option<&PodTemplateSpec> {
+        self.desired
             .stateful_sets
             .iter()
             .find(|d| d.metadata.name.as_deref() == Some(name))
             .and_then(|d| d.spec.as_ref())
-            .unwrap_or_else(|| panic!("no StatefulSet {name}"))
-            .template
+            .map(|s| &s.template)
     }
 }
 
@@ -341,37 +351,41 @@ fn manage(registry: u16, ca: &Path, token: &str, method: &str, path: &str, body:
 #[test]
 fn the_rendered_nats_mode_runs_over_tls_verified_against_the_generated_ca_and_carries_paho_to_proton(
 ) {
-    let rendered = Rendered::new();
+    carries_paho_to_proton_over_verified_tls(&space(MessagingMode::Nats));
+}
+
+/// Embedded mode: the adapters send to the router over AMQPS on its internal Service (`router_tls`,
+/// `router_ca_file`: the router's certificate is the generated one), the router keeps events on its
+/// volume.
+#[test]
+fn the_rendered_embedded_mode_runs_over_tls_verified_against_the_generated_ca_and_carries_paho_to_proton(
+) {
+    carries_paho_to_proton_over_verified_tls(&space(MessagingMode::Embedded));
+}
+
+/// Runs every pod of `space` as rendered (the NATS nodes when there are some), then: curl without the
+/// CA is refused by the registry; tenant, device and application are made over https with the admin
+/// token; router and adapters become ready (which needs the registry over https, and NATS over TLS or
+/// the router over AMQPS); Proton without the CA is refused at AMQPS, Proton with it receives a paho
+/// device's telemetry and event.
+fn carries_paho_to_proton_over_verified_tls(space: &AddressSpace) {
+    let rendered = Rendered::new(space);
     let dir = tempfile::tempdir().expect("tempdir");
-    let nats_template = rendered.stateful_set(&names::nats(SPACE));
-    let nodes: Vec<Pod> = (0..NODES)
-        .map(|i| {
-            Pod::new(
-                &format!("{}-{i}", names::nats(SPACE)),
-                nats_template,
-                dir.path(),
-            )
-        })
-        .collect();
-    let registry = Pod::new(
-        "registry",
-        rendered.deployment(&names::registry(SPACE)),
-        dir.path(),
-    );
-    let router = Pod::new(
-        "router",
-        rendered.deployment(&names::router(SPACE)),
-        dir.path(),
-    );
+    let nodes: Vec<Pod> = match rendered.stateful_set(&names::nats(SPACE)) {
+        Some(template) => (0..NODES)
+            .map(|i| Pod::new(&format!("{}-{i}", names::nats(SPACE)), template, dir.path()))
+            .collect(),
+        None => Vec::new(),
+    };
+    let pod = |name: String| {
+        let (pod_name, template) = rendered.workload(&name);
+        Pod::new(&pod_name, template, dir.path())
+    };
+    let registry = pod(names::registry(SPACE));
+    let router = pod(names::router(SPACE));
     let adapters: Vec<Pod> = [Component::MqttAdapter, Component::HttpAdapter]
         .into_iter()
-        .map(|c| {
-            Pod::new(
-                &format!("{}-0", names::workload(SPACE, c)),
-                rendered.deployment(&names::workload(SPACE, c)),
-                dir.path(),
-            )
-        })
+        .map(|c| pod(names::workload(SPACE, c)))
         .collect();
 
     // The cluster's DNS: each in-cluster address the configs name, as `localhost` with a local port.
@@ -383,6 +397,12 @@ fn the_rendered_nats_mode_runs_over_tls_verified_against_the_generated_ca_and_ca
         ),
         format!("localhost:{}", registry.port("http")),
     )];
+    for (port, name) in [(ports::AMQPS, "amqps"), (ports::AMQP, "amqp")] {
+        cluster.push((
+            format!("{}.{NAMESPACE}.svc:{port}", names::router_internal(SPACE)),
+            format!("localhost:{}", router.port(name)),
+        ));
+    }
     for (i, node) in nodes.iter().enumerate() {
         for (port, name) in [
             (ports::NATS_CLIENT, "client"),
