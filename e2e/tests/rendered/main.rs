@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferry_e2e::{
-    attached, binary, curl, paho_device, proton_app, proton_app_trusting, require_program, text,
+    binary, curl, paho_device, proton_app, proton_app_trusting, require_program, text,
     wait_http_ok, HttpResponse, Process,
 };
 use ferry_operator::build::{self, names, ports, Component, Desired};
@@ -37,7 +37,9 @@ use serde_json::{json, Value};
 const SPACE: &str = "iot";
 const NAMESPACE: &str = "prod";
 const NODES: usize = 3;
-const WAIT: Duration = Duration::from_secs(20);
+/// Generous: nine processes start, and bcrypt hashes at the registry's default cost, on a machine that
+/// runs the rest of the suite beside them.
+const WAIT: Duration = Duration::from_secs(60);
 /// Where the pods' files live in the images: the operator's mounts are all under these.
 const POD_ROOTS: [&str; 3] = ["/etc/ferry", "/var/lib/ferry", "/etc/nats"];
 
@@ -291,21 +293,28 @@ impl<'a> Pod<'a> {
         Process::spawn(&self.name, cmd)
     }
 
-    /// Waits until the pod's readiness probe (an HTTP GET on one of its ports) answers 200.
+    /// Waits until the pod's startup probe, when it has one, and then its readiness probe (HTTP GETs
+    /// on its ports) answer 200.
+    ///
+    /// For the NATS nodes the startup probe (`/healthz`) is the one that says the JetStream cluster
+    /// has formed; the readiness probe passes on a node alone. A router or adapter started before
+    /// then exits (the first stream it creates finds "no suitable peers for placement") and, in a
+    /// cluster, is restarted by the kubelet; here the test starts them once the nodes have started.
     fn wait_ready(&self, process: &Process) {
-        let get = container(self.template)
-            .readiness_probe
-            .as_ref()
-            .and_then(|p| p.http_get.as_ref())
-            .expect("an HTTP readiness probe");
-        let port = match &get.port {
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => {
-                self.port(name)
-            }
-            other => panic!("{}: probe on an unnamed port {other:?}", self.name),
-        };
-        let path = get.path.as_deref().unwrap_or("/");
-        wait_http_ok(&self.name, port, path, WAIT, process);
+        let c = container(self.template);
+        let probes = [c.startup_probe.as_ref(), c.readiness_probe.as_ref()];
+        assert!(probes[1].is_some(), "{}: no readiness probe", self.name);
+        for probe in probes.into_iter().flatten() {
+            let get = probe.http_get.as_ref().expect("an HTTP probe");
+            let port = match &get.port {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => {
+                    self.port(name)
+                }
+                other => panic!("{}: probe on an unnamed port {other:?}", self.name),
+            };
+            let path = get.path.as_deref().unwrap_or("/");
+            wait_http_ok(&self.name, port, path, WAIT, process);
+        }
     }
 }
 
@@ -479,7 +488,7 @@ fn carries_paho_to_proton_over_verified_tls(space: &AddressSpace) {
 
     let amqps = format!("amqps://ops:pw-ops@localhost:{}", router.port("amqps"));
     // Without the CA, Proton refuses the router's certificate and never attaches.
-    let refused = proton_app(&["consume", &amqps, "telemetry/plant", "1", "5"]);
+    let refused = proton_app(&["consume", &amqps, "telemetry/plant", "1", "30"]);
     refused.expect("transport_error", WAIT);
     let log = refused.log();
     assert!(log.contains("certificate verify failed"), "{log}");
@@ -488,14 +497,10 @@ fn carries_paho_to_proton_over_verified_tls(space: &AddressSpace) {
         "attached without the CA: {log}"
     );
 
-    let telemetry = attached(proton_app_trusting(
-        &ca,
-        &["consume", &amqps, "telemetry/plant", "3", "30"],
-    ));
-    let events = attached(proton_app_trusting(
-        &ca,
-        &["consume", &amqps, "event/plant", "1", "30"],
-    ));
+    let telemetry = proton_app_trusting(&ca, &["consume", &amqps, "telemetry/plant", "3", "90"]);
+    telemetry.expect("attached", WAIT);
+    let events = proton_app_trusting(&ca, &["consume", &amqps, "event/plant", "1", "90"]);
+    events.expect("attached", WAIT);
     let mqtt = adapters[0].port("mqtt");
     let mut device = paho_device("telemetry", mqtt, &["press1@plant", "pw-press", "3"]);
     assert_eq!(device.expect("done", WAIT), 3, "{}", device.log());
