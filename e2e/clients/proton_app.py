@@ -10,14 +10,17 @@ Usage:
       send a request/response command to DEVICE, again while it is `released` (device not reachable
       yet), and wait for the device's response
 
-URL is amqp://USER:PASSWORD@HOST:PORT (SASL PLAIN). Prints one JSON object a line, e.g.
+URL is amqp://USER:PASSWORD@HOST:PORT (SASL PLAIN), or amqps://... for TLS: the server's certificate is
+verified (chain and host name) against the CA file in $PROTON_TRUSTED_CA when that is set, else against
+the system's CAs. Prints one JSON object a line, e.g.
 {"attached": "telemetry/t1"}, {"message": {...}}, {"link_error": "amqp:unauthorized-access"},
 {"outcome": "accepted"}, {"response": {...}}, and last {"done": N} or {"timeout": true, "got": N}.
 """
 import json
+import os
 import sys
 
-from proton import Message
+from proton import Message, SSLDomain
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
@@ -46,7 +49,14 @@ def describe(m):
 
 
 def connect(event, url):
-    return event.container.connect(url, allowed_mechs="PLAIN", allow_insecure_mechs=True)
+    ssl_domain = None
+    ca = os.environ.get("PROTON_TRUSTED_CA")
+    if ca:
+        ssl_domain = SSLDomain(SSLDomain.MODE_CLIENT)
+        ssl_domain.set_trusted_ca_db(ca)
+        ssl_domain.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME, ca)
+    return event.container.connect(url, allowed_mechs="PLAIN", allow_insecure_mechs=True,
+                                   ssl_domain=ssl_domain)
 
 
 class Consume(MessagingHandler):

@@ -417,6 +417,16 @@ pub fn proton_app(args: &[&str]) -> Process {
     Process::spawn("proton_app.py", cmd)
 }
 
+/// A Qpid Proton application that verifies an `amqps://` server against the CA in `ca` (a PEM file)
+/// instead of the system's CAs.
+pub fn proton_app_trusting(ca: &Path, args: &[&str]) -> Process {
+    let mut cmd = Command::new(test_python());
+    cmd.arg(clients_dir().join("proton_app.py"))
+        .args(args)
+        .env("PROTON_TRUSTED_CA", ca);
+    Process::spawn("proton_app.py", cmd)
+}
+
 /// A rhea application (`node e2e/clients/rhea_app.js MODE ARGS`).
 pub fn rhea_app(args: &[&str]) -> Process {
     let dir = clients_dir();
@@ -561,15 +571,21 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// Polls `http://127.0.0.1:PORT/ready` (a component's admin endpoint) until it answers 200.
 pub fn wait_ready(name: &str, port: u16, process: &Process) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_http_ok(name, port, "/ready", Duration::from_secs(20), process);
+}
+
+/// Polls `http://127.0.0.1:PORT/PATH` until it answers 200; panics with the process's output after
+/// `timeout`.
+pub fn wait_http_ok(name: &str, port: u16, path: &str, timeout: Duration, process: &Process) {
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if http_get_status(port, "/ready") == Some(200) {
+        if http_get_status(port, path) == Some(200) {
             return;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!(
-        "{name} was not ready within 20 s; its output:\n{}",
+        "{name} did not answer 200 on {path} within {timeout:?}; its output:\n{}",
         process.log()
     );
 }

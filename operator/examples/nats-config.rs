@@ -39,7 +39,6 @@ fn main() -> anyhow::Result<()> {
         allowed_image_registries: Vec::new(),
         network_policies: None,
         nats_image: build::DEFAULT_NATS_IMAGE.into(),
-        internal_tls_fields: build::INTERNAL_TLS_FIELDS,
     };
     let config = nats::write_node_files(&space, &defaults, std::path::Path::new(&dir))?;
     println!("{}", config.display());

@@ -2,11 +2,11 @@
 //! objects that should exist. No API calls happen here, so every branch is unit-tested (`build/tests.rs`).
 //!
 //! Component configuration goes into ConfigMaps as the YAML each component reads with `--config`;
-//! secrets never do: they reach the pods as files from Secret volumes where the component reads a file
-//! (the registry's `admin_token_file`, `internal_token_file`, `signing_key_file`), else as
-//! `FERRY_<COMPONENT>_*` environment variables from Secret keys (router and adapters have no token-file
-//! settings yet; docs/kubernetes.md lists them). A hash of each component's config is put on its pod
-//! template, so a config change rolls the pods.
+//! secrets never do: they reach the pods as files from Secret volumes, which the configs name (the
+//! registry's `admin_token_file`, `internal_token_file`, `signing_key_file`, `database_url_file`; the
+//! router's and adapters' `registry_token_file`, `*_password_file`, and the CA files they verify the
+//! internal links with; docs/kubernetes.md lists them). A hash of each component's config is put on
+//! its pod template, so a config change rolls the pods.
 //!
 //! Messaging (`spec.messaging`): in `embedded` mode the router is a StatefulSet with its event store on
 //! a volume and the adapters send to it over AMQP; in `nats` mode the router is a stateless Deployment,
@@ -58,13 +58,6 @@ pub mod ports {
     pub const NATS_MONITOR: i32 = 8222;
 }
 
-/// Whether the builders render the client-side TLS and secret-file settings the components are being
-/// given on the main line (`router_tls`, `router_ca_file`, `registry_ca_file`, `registry_token_file`,
-/// `router_password_file`, `adapter_password_file`, `database_url_file`) and, with them, serve the
-/// registry over https. Off until those fields exist in the component crates (a component refuses an
-/// unknown key); flip it at the merge. Tests build both ways through [`Defaults::internal_tls_fields`].
-pub const INTERNAL_TLS_FIELDS: bool = true;
-
 /// The NATS image the operator runs for a managed cluster unless the spec names another one.
 pub const DEFAULT_NATS_IMAGE: &str = "docker.io/library/nats:2.11";
 
@@ -84,8 +77,6 @@ pub struct Defaults {
     pub network_policies: Option<OperatorPods>,
     /// The image of managed NATS nodes; its registry is allowed like `image_registry`.
     pub nats_image: String,
-    /// See [`INTERNAL_TLS_FIELDS`].
-    pub internal_tls_fields: bool,
 }
 
 /// The operator's pods as a NetworkPolicy peer.
@@ -227,7 +218,6 @@ pub(crate) struct Ctx<'a> {
     pub image_tag: &'a str,
     pub operator_pods: Option<&'a OperatorPods>,
     pub nats_image: &'a str,
-    pub internal_tls_fields: bool,
     /// `spec.messaging` resolved (a `nats` spec without `external` is a managed cluster).
     pub bus: nats::Bus<'a>,
 }
@@ -299,16 +289,10 @@ impl Ctx<'_> {
         format!("{service}.{}.svc:{port}", self.namespace)
     }
 
-    /// The registry's internal URL: https (verified against the address space's CA) with
-    /// [`Defaults::internal_tls_fields`], else http.
+    /// The registry's internal URL: https, verified against the address space's CA.
     pub fn registry_url(&self) -> String {
         format!(
-            "{}://{}",
-            if self.internal_tls_fields {
-                "https"
-            } else {
-                "http"
-            },
+            "https://{}",
             self.address(&names::registry(self.name), ports::REGISTRY)
         )
     }
@@ -316,7 +300,7 @@ impl Ctx<'_> {
     /// Whether the adapters reach the router over AMQPS and can verify its certificate: the generated
     /// certificate (the address space's CA), or the user's with its CA named (`spec.tls.caKey`).
     pub fn router_tls(&self) -> bool {
-        self.internal_tls_fields && self.spec.tls.as_ref().is_none_or(|t| t.ca_key.is_some())
+        self.spec.tls.as_ref().is_none_or(|t| t.ca_key.is_some())
     }
 
     /// The Secret with the certificate of the TLS endpoints.
@@ -358,7 +342,6 @@ pub fn address_space(space: &AddressSpace, defaults: &Defaults) -> Result<Desire
         image_tag: &defaults.image_tag,
         operator_pods: defaults.network_policies.as_ref(),
         nats_image: &defaults.nats_image,
-        internal_tls_fields: defaults.internal_tls_fields,
         bus,
     };
     let mut desired = Desired {

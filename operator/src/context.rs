@@ -65,7 +65,6 @@ impl Context {
                 labels: self.config.operator_pod_labels.clone(),
             }),
             nats_image: self.config.nats_image.clone(),
-            internal_tls_fields: build::INTERNAL_TLS_FIELDS,
         }
     }
 
@@ -132,12 +131,7 @@ impl Context {
         let base = match &self.config.registry_url {
             Some(url) => url.clone(),
             None => format!(
-                "{}://{}.{namespace}.svc:{}",
-                if build::INTERNAL_TLS_FIELDS {
-                    "https"
-                } else {
-                    "http"
-                },
+                "https://{}.{namespace}.svc:{}",
                 names::registry(&name),
                 build::ports::REGISTRY
             ),

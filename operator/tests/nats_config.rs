@@ -39,7 +39,6 @@ fn defaults() -> build::Defaults {
         allowed_image_registries: Vec::new(),
         network_policies: None,
         nats_image: build::DEFAULT_NATS_IMAGE.into(),
-        internal_tls_fields: false,
     }
 }
 

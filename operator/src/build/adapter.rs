@@ -31,8 +31,7 @@ fn spec<'a>(ctx: &'a Ctx<'_>, component: Component) -> &'a AdapterSpec {
 }
 
 /// The adapter's config file (fields of `ferry_mqtt_adapter::Config` / `ferry_http_adapter::Config`).
-/// `instance_id` comes from the pod name (env); the secrets from Secret files, or (without
-/// [`super::Defaults::internal_tls_fields`]) from Secret keys in the environment. In `nats` mode the
+/// `instance_id` comes from the pod name (env); the secrets from Secret files. In `nats` mode the
 /// adapter talks to NATS, not to the router.
 pub(crate) fn config(ctx: &Ctx<'_>, component: Component) -> serde_json::Value {
     let [(_, plain), (_, tls)] = endpoints(component);
@@ -42,11 +41,9 @@ pub(crate) fn config(ctx: &Ctx<'_>, component: Component) -> serde_json::Value {
         "tls": { "cert_path": format!("{TLS_DIR}/tls.crt"), "key_path": format!("{TLS_DIR}/tls.key") },
         "admin_bind": format!("0.0.0.0:{}", ports::ADMIN),
         "registry_url": ctx.registry_url(),
+        "registry_ca_file": format!("{SECRETS_DIR}/ca.crt"),
+        "registry_token_file": format!("{SECRETS_DIR}/registry-token"),
     });
-    if ctx.internal_tls_fields {
-        config["registry_ca_file"] = json!(format!("{SECRETS_DIR}/ca.crt"));
-        config["registry_token_file"] = json!(format!("{SECRETS_DIR}/registry-token"));
-    }
     match nats::messaging(ctx, component) {
         Some(messaging) => config["messaging"] = messaging,
         None => {
@@ -58,12 +55,10 @@ pub(crate) fn config(ctx: &Ctx<'_>, component: Component) -> serde_json::Value {
             };
             config["router_address"] = json!(ctx.address(&names::router_internal(ctx.name), port));
             config["router_user"] = json!(ADAPTER_USER);
-            if ctx.internal_tls_fields {
-                config["router_tls"] = json!(router_tls);
-                config["router_password_file"] = json!(format!("{SECRETS_DIR}/router-password"));
-                if router_tls {
-                    config["router_ca_file"] = json!(format!("{SECRETS_DIR}/{}", router_ca(ctx).2));
-                }
+            config["router_tls"] = json!(router_tls);
+            config["router_password_file"] = json!(format!("{SECRETS_DIR}/router-password"));
+            if router_tls {
+                config["router_ca_file"] = json!(format!("{SECRETS_DIR}/{}", router_ca(ctx).2));
             }
         }
     }
@@ -105,33 +100,21 @@ pub(crate) fn build(ctx: &Ctx<'_>, component: Component, desired: &mut Desired) 
     let [(plain_name, plain), (tls_name, tls)] = endpoints(component);
     let embedded = !ctx.bus.is_nats();
     let mut files = nats::client_files(ctx, component);
-    let mut pod = PodBuilder::new(ctx, component)
-        .port(plain_name, plain)
-        .port(tls_name, tls)
-        .env_field("INSTANCE_ID", "metadata.name");
-    if ctx.internal_tls_fields {
-        files.extend([secret_files::ca(ctx), secret_files::registry_token(ctx)]);
-        if embedded {
-            files.push((
-                names::adapter_credentials(ctx.name),
-                "password".to_owned(),
-                "router-password".to_owned(),
-            ));
-            if ctx.router_tls() {
-                files.push(router_ca(ctx));
-            }
-        }
-    } else {
-        pod = pod.env_secret("REGISTRY_TOKEN", &names::internal_token(ctx.name), "token");
-        if embedded {
-            pod = pod.env_secret(
-                "ROUTER_PASSWORD",
-                &names::adapter_credentials(ctx.name),
-                "password",
-            );
+    files.extend([secret_files::ca(ctx), secret_files::registry_token(ctx)]);
+    if embedded {
+        files.push((
+            names::adapter_credentials(ctx.name),
+            "password".to_owned(),
+            "router-password".to_owned(),
+        ));
+        if ctx.router_tls() {
+            files.push(router_ca(ctx));
         }
     }
-    let pod = pod
+    let pod = PodBuilder::new(ctx, component)
+        .port(plain_name, plain)
+        .port(tls_name, tls)
+        .env_field("INSTANCE_ID", "metadata.name")
         .secret_files("secrets", &secret_files::unique(files), SECRETS_DIR)
         .secret_volume("tls", &ctx.tls_secret(), TLS_DIR)
         .resources(spec.resources.as_ref(), "50m", "64Mi");

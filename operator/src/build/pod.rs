@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -90,26 +90,6 @@ impl PodBuilder {
             .ports
             .get_or_insert_with(Vec::new)
             .push(port(name, number));
-        self
-    }
-
-    /// `FERRY_<COMPONENT>_<key>` from a Secret key.
-    pub fn env_secret(mut self, key: &str, secret: &str, secret_key: &str) -> Self {
-        self.container
-            .env
-            .get_or_insert_with(Vec::new)
-            .push(EnvVar {
-                name: format!("{}{key}", self.component.env_prefix()),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret.to_owned(),
-                        key: secret_key.to_owned(),
-                        optional: Some(false),
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            });
         self
     }
 

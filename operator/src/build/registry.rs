@@ -20,9 +20,8 @@ const ADMIN_TOKEN_DIR: &str = "/etc/ferry/admin-token";
 const INTERNAL_TOKEN_DIR: &str = "/etc/ferry/internal-token";
 const SIGNING_KEY_DIR: &str = "/etc/ferry/signing-key";
 
-/// The registry's config file (fields of `ferry_registry::Config`). With
-/// [`super::Defaults::internal_tls_fields`] it serves its API over TLS with the address space's
-/// certificate and reads the PostgreSQL URL from a file.
+/// The registry's config file (fields of `ferry_registry::Config`): it serves its API over TLS with the
+/// address space's certificate and reads its secrets, the PostgreSQL URL too, from files.
 pub(crate) fn config(ctx: &Ctx<'_>) -> serde_json::Value {
     let mut config = json!({
         "bind": format!("0.0.0.0:{}", ports::REGISTRY),
@@ -31,15 +30,13 @@ pub(crate) fn config(ctx: &Ctx<'_>) -> serde_json::Value {
         "admin_token_file": format!("{ADMIN_TOKEN_DIR}/token"),
         "internal_token_file": format!("{INTERNAL_TOKEN_DIR}/token"),
         "signing_key_file": format!("{SIGNING_KEY_DIR}/signing.key"),
-    });
-    if ctx.internal_tls_fields {
-        config["tls"] = json!({
+        "tls": {
             "cert_path": format!("{INTERNAL_TLS_DIR}/tls.crt"),
             "key_path": format!("{INTERNAL_TLS_DIR}/tls.key"),
-        });
-        if ctx.spec.registry.database.kind == DatabaseKind::Postgresql {
-            config["database_url_file"] = json!(format!("{SECRETS_DIR}/database-url"));
-        }
+        },
+    });
+    if ctx.spec.registry.database.kind == DatabaseKind::Postgresql {
+        config["database_url_file"] = json!(format!("{SECRETS_DIR}/database-url"));
     }
     config
 }
@@ -69,18 +66,16 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
             &names::signing_key(ctx.name),
             SIGNING_KEY_DIR,
         )
+        .secret_volume("internal-tls", &names::tls(ctx.name), INTERNAL_TLS_DIR)
         .resources(spec.resources.as_ref(), "50m", "64Mi");
-    if ctx.internal_tls_fields {
-        pod = pod.secret_volume("internal-tls", &names::tls(ctx.name), INTERNAL_TLS_DIR);
-    }
     let sqlite = spec.database.kind == DatabaseKind::Sqlite;
     match (&spec.database.kind, &spec.database.postgresql) {
         (DatabaseKind::Postgresql, Some(pg)) => {
             desired
                 .referenced
                 .push((pg.secret_name.clone(), pg.key.clone()));
-            pod = if ctx.internal_tls_fields {
-                pod.secret_files(
+            pod = pod
+                .secret_files(
                     "secrets",
                     &[(
                         pg.secret_name.clone(),
@@ -89,10 +84,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
                     )],
                     SECRETS_DIR,
                 )
-            } else {
-                pod.env_secret("DATABASE_URL", &pg.secret_name, &pg.key)
-            }
-            .empty_dir("data", DATA_DIR);
+                .empty_dir("data", DATA_DIR);
         }
         _ => {
             let claim = names::registry_data(ctx.name);

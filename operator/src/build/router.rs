@@ -42,12 +42,10 @@ pub(crate) fn config(ctx: &Ctx<'_>) -> serde_json::Value {
         "data_dir": DATA_DIR,
         "registry_url": ctx.registry_url(),
         "adapter_user": ADAPTER_USER,
+        "registry_ca_file": format!("{SECRETS_DIR}/ca.crt"),
+        "registry_token_file": format!("{SECRETS_DIR}/registry-token"),
+        "adapter_password_file": format!("{SECRETS_DIR}/adapter-password"),
     });
-    if ctx.internal_tls_fields {
-        config["registry_ca_file"] = json!(format!("{SECRETS_DIR}/ca.crt"));
-        config["registry_token_file"] = json!(format!("{SECRETS_DIR}/registry-token"));
-        config["adapter_password_file"] = json!(format!("{SECRETS_DIR}/adapter-password"));
-    }
     if let Some(messaging) = nats::messaging(ctx, Component::Router) {
         config["messaging"] = messaging;
         if let Some(c) = config.as_object_mut() {
@@ -67,29 +65,18 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
     desired.config_maps.push(config_map(ctx, component, config));
 
     let mut files = nats::client_files(ctx, component);
-    let mut pod = PodBuilder::new(ctx, component)
+    files.extend([
+        secret_files::ca(ctx),
+        secret_files::registry_token(ctx),
+        (
+            names::adapter_credentials(ctx.name),
+            "password".to_owned(),
+            "adapter-password".to_owned(),
+        ),
+    ]);
+    let pod = PodBuilder::new(ctx, component)
         .port("amqp", ports::AMQP)
-        .port("amqps", ports::AMQPS);
-    if ctx.internal_tls_fields {
-        files.extend([
-            secret_files::ca(ctx),
-            secret_files::registry_token(ctx),
-            (
-                names::adapter_credentials(ctx.name),
-                "password".to_owned(),
-                "adapter-password".to_owned(),
-            ),
-        ]);
-    } else {
-        pod = pod
-            .env_secret("REGISTRY_TOKEN", &names::internal_token(ctx.name), "token")
-            .env_secret(
-                "ADAPTER_PASSWORD",
-                &names::adapter_credentials(ctx.name),
-                "password",
-            );
-    }
-    let pod = pod
+        .port("amqps", ports::AMQPS)
         .secret_files("secrets", &secret_files::unique(files), SECRETS_DIR)
         .secret_volume("tls", &ctx.tls_secret(), TLS_DIR)
         .resources(spec.resources.as_ref(), "100m", "128Mi");

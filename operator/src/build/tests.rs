@@ -36,7 +36,6 @@ fn defaults() -> Defaults {
             labels: BTreeMap::from([("app.kubernetes.io/component".into(), "operator".into())]),
         }),
         nats_image: DEFAULT_NATS_IMAGE.into(),
-        internal_tls_fields: false,
     }
 }
 
@@ -223,17 +222,14 @@ fn postgresql_registry_reads_its_url_from_the_secret_and_scales() {
         registry.strategy.as_ref().and_then(|s| s.type_.as_deref()),
         Some("RollingUpdate")
     );
-    let env = pod(&registry.template).containers[0]
-        .env
-        .as_ref()
-        .expect("env");
-    let url = env
-        .iter()
-        .find(|e| e.name == "FERRY_REGISTRY_DATABASE_URL")
-        .and_then(|e| e.value_from.as_ref())
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .expect("database url from a secret");
-    assert_eq!((url.name.as_str(), url.key.as_str()), ("pg", "dsn"));
+    // A file from the Secret (messaging.rs checks the mount), never the environment.
+    assert!(env_names(&registry.template).is_empty());
+    let config: serde_json::Value =
+        serde_saphyr::from_str(&config_of(&d, Component::Registry)).expect("yaml");
+    assert_eq!(
+        config["database_url_file"],
+        "/etc/ferry/secrets/database-url"
+    );
     let data = pod(&registry.template)
         .volumes
         .iter()
@@ -717,7 +713,8 @@ fn generated_secrets_hold_what_the_components_read() {
     }
 }
 
-/// What a pod's environment holds: Secret keys get a placeholder value, field refs the pod name.
+/// What a pod's environment holds: field refs get the pod name (no pod has a Secret in its
+/// environment: `every_internal_link_is_on_tls_with_secrets_from_files`).
 fn pod_env(t: &PodTemplateSpec) -> Vec<(String, String)> {
     pod(t).containers[0]
         .env
@@ -726,7 +723,7 @@ fn pod_env(t: &PodTemplateSpec) -> Vec<(String, String)> {
         .map(|e| {
             let v = match e.value_from.as_ref() {
                 Some(f) if f.field_ref.is_some() => "iot-mqtt-adapter-7d9f-x2k4q".to_owned(),
-                Some(_) => "s3cr3t-Value_from-a-Secret".to_owned(),
+                Some(other) => panic!("{}: not from the pod's fields: {other:?}", e.name),
                 None => e.value.clone().unwrap_or_default(),
             };
             (e.name.clone(), v)
@@ -760,24 +757,10 @@ fn every_rendered_config_is_accepted_by_its_component() {
         key: "url".into(),
     });
     for d in [build(AddressSpaceSpec::default()), build(spec)] {
-        let registry_env: Vec<(String, String)> =
-            pod_env(template_of_deployment(&d, "iot-registry"))
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k,
-                        if v.starts_with("s3cr3t") {
-                            "postgres://u@db/ferry".into()
-                        } else {
-                            v
-                        },
-                    )
-                })
-                .collect();
         let registry: ferry_registry::Config = load(
             &config_of(&d, Component::Registry),
             "FERRY_REGISTRY_",
-            registry_env,
+            pod_env(template_of_deployment(&d, "iot-registry")),
         );
         registry.validate().expect("registry config");
         assert_eq!(
@@ -797,9 +780,16 @@ fn every_rendered_config_is_accepted_by_its_component() {
             router.admin_bind.map(|a| a.port()),
             Some(ports::ADMIN as u16)
         );
-        assert_eq!(router.registry_url, "http://iot-registry.prod.svc:28080");
-        assert_eq!(router.registry_token, "s3cr3t-Value_from-a-Secret");
-        assert_eq!(router.adapter_password, "s3cr3t-Value_from-a-Secret");
+        assert_eq!(router.registry_url, "https://iot-registry.prod.svc:28080");
+        let file = |f: &Option<std::path::PathBuf>| f.as_ref().map(|p| p.display().to_string());
+        assert_eq!(
+            file(&router.registry_token_file).as_deref(),
+            Some("/etc/ferry/secrets/registry-token")
+        );
+        assert_eq!(
+            file(&router.adapter_password_file).as_deref(),
+            Some("/etc/ferry/secrets/adapter-password")
+        );
         assert!(router.tls.cert_path.is_some());
 
         let mqtt: ferry_mqtt_adapter::Config = load(
@@ -809,7 +799,8 @@ fn every_rendered_config_is_accepted_by_its_component() {
         );
         mqtt.validate().expect("mqtt config");
         assert_eq!(mqtt.admin_bind.map(|a| a.port()), Some(ports::ADMIN as u16));
-        assert_eq!(mqtt.router_address, "iot-router-internal.prod.svc:5672");
+        // AMQPS: the generated certificate's CA is the adapters' to verify it with.
+        assert_eq!(mqtt.router_address, "iot-router-internal.prod.svc:5671");
         assert_eq!(mqtt.router_user, router.adapter_user);
         assert_eq!(mqtt.instance_id, "iot-mqtt-adapter-7d9f-x2k4q");
         assert_eq!(mqtt.bind.port(), 1883);
@@ -822,7 +813,10 @@ fn every_rendered_config_is_accepted_by_its_component() {
         http.validate().expect("http config");
         assert_eq!(http.admin_bind.map(|a| a.port()), Some(ports::ADMIN as u16));
         assert_eq!(http.tls_bind.port(), 8443);
-        assert_eq!(http.router_password, "s3cr3t-Value_from-a-Secret");
+        assert_eq!(
+            file(&http.router_password_file).as_deref(),
+            Some("/etc/ferry/secrets/router-password")
+        );
     }
 }
 

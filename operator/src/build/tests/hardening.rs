@@ -189,22 +189,23 @@ fn applications_get_amqps_only_unless_plain_amqp_is_on() {
     assert_eq!(service(&d, "iot-router"), [("amqps".to_owned(), 5671)]);
     assert_eq!(
         service(&d, "iot-router-internal"),
-        [("amqp".to_owned(), 5672)]
+        [("amqps".to_owned(), 5671)]
     );
     assert_eq!(d.endpoints.amqp, None);
     assert_eq!(
         d.endpoints.amqps.as_deref(),
         Some("iot-router.prod.svc:5671")
     );
-    // The adapters reach the router's plain port through the internal Service.
+    // The adapters reach the router's AMQPS port through the internal Service (they verify the
+    // generated certificate), so the plain listener stays on the pod's loopback.
     for c in [Component::MqttAdapter, Component::HttpAdapter] {
         assert!(
-            config_of(&d, c).contains("router_address: iot-router-internal.prod.svc:5672"),
+            config_of(&d, c).contains("router_address: iot-router-internal.prod.svc:5671"),
             "{}",
             config_of(&d, c)
         );
     }
-    assert!(config_of(&d, Component::Router).contains("bind: 0.0.0.0:5672"));
+    assert!(config_of(&d, Component::Router).contains("bind: 127.0.0.1:5672"));
 
     let mut spec = AddressSpaceSpec::default();
     spec.router.plain_amqp = true;

@@ -1,5 +1,5 @@
-//! `spec.messaging`: embedded, external NATS, managed NATS; and the internal TLS settings
-//! ([`INTERNAL_TLS_FIELDS`]) with a generated or a given certificate.
+//! `spec.messaging`: embedded, external NATS, managed NATS; and the internal links on TLS with a
+//! generated or a given certificate.
 
 use std::sync::Arc;
 
@@ -45,12 +45,6 @@ fn external() -> AddressSpaceSpec {
         managed: None,
     });
     spec
-}
-
-fn with_tls_fields(spec: AddressSpaceSpec) -> Desired {
-    let mut d = defaults();
-    d.internal_tls_fields = true;
-    address_space(&space(spec), &d).expect("builds")
 }
 
 fn stateful_set<'a>(d: &'a Desired, name: &str) -> &'a k8s_openapi::api::apps::v1::StatefulSet {
@@ -517,7 +511,7 @@ fn nats_is_reachable_only_by_ferry_clients_and_its_peers() {
 }
 
 #[test]
-fn internal_tls_fields_put_every_internal_link_on_tls_with_secret_files() {
+fn every_internal_link_is_on_tls_with_secrets_from_files() {
     let mut spec = AddressSpaceSpec::default();
     spec.registry.replicas = 2;
     spec.registry.database.kind = DatabaseKind::Postgresql;
@@ -525,7 +519,7 @@ fn internal_tls_fields_put_every_internal_link_on_tls_with_secret_files() {
         secret_name: "pg".into(),
         key: "url".into(),
     });
-    let d = with_tls_fields(spec);
+    let d = build(spec);
     let yaml =
         |c| -> serde_json::Value { serde_saphyr::from_str(&config_of(&d, c)).expect("yaml") };
     let registry = yaml(Component::Registry);
@@ -633,7 +627,7 @@ fn a_given_certificate_is_verified_by_its_ca_or_the_adapters_stay_on_the_interna
             secret_name: "corp-cert".into(),
             ca_key: ca_key.map(str::to_owned),
         });
-        with_tls_fields(spec)
+        build(spec)
     };
     let d = given(Some("ca.crt"));
     assert!(d
@@ -728,11 +722,10 @@ where
     ferry_core::config::load(&sources).map_err(|e| e.to_string())
 }
 
-/// [`INTERNAL_TLS_FIELDS`] must be on exactly when the components accept the settings it renders: off,
-/// the components of this tree refuse them (so the switch stays off); on, every rendered config is
-/// accepted and valid. Adding the fields to the components without flipping the switch fails here.
+/// Every config rendered in each messaging mode is accepted and valid for its component (the
+/// components refuse unknown keys).
 #[test]
-fn internal_tls_fields_are_rendered_exactly_when_the_components_know_them() {
+fn every_rendered_config_in_every_mode_is_accepted_by_its_component() {
     let mut postgres = AddressSpaceSpec::default();
     postgres.registry.database.kind = DatabaseKind::Postgresql;
     postgres.registry.database.postgresql = Some(PostgresqlSpec {
@@ -741,7 +734,7 @@ fn internal_tls_fields_are_rendered_exactly_when_the_components_know_them() {
     });
     for spec in [AddressSpaceSpec::default(), postgres, managed(3)] {
         let nats = nats::Bus::of(&spec).is_nats();
-        let d = with_tls_fields(spec);
+        let d = build(spec);
         let router_template = if nats {
             template_of_deployment(&d, "iot-router")
         } else {
@@ -773,22 +766,8 @@ fn internal_tls_fields_are_rendered_exactly_when_the_components_know_them() {
             )
             .and_then(|c| c.validate().map_err(|e| e.to_string())),
         ];
-        if INTERNAL_TLS_FIELDS {
-            for r in &results {
-                assert!(r.is_ok(), "{r:?}");
-            }
-        } else {
-            // The router and the adapters do not know the new keys yet.
-            for r in &results[1..] {
-                let refused = r
-                    .as_ref()
-                    .err()
-                    .is_some_and(|e| e.contains("unknown field"));
-                assert!(
-                    refused,
-                    "{r:?}: not refused for an unknown field although the switch is off; if the components know the fields now, flip INTERNAL_TLS_FIELDS"
-                );
-            }
+        for r in &results {
+            assert!(r.is_ok(), "{r:?}");
         }
     }
 }
