@@ -204,22 +204,26 @@ impl Nats {
                     format!("{:032x}", rand::random::<u128>()).as_str(),
                 );
                 let payload = encode(&msg.into_amqp())?;
-                match self
-                    .publish_event(subjects.event.clone(), h.clone(), payload.clone())
-                    .await
-                {
-                    Err(Publish::NoStream) => {
-                        // Deleted since we learnt of it: create it again, once.
-                        write(&self.streams).remove(&tenant);
-                        self.event_stream(&tenant).await?;
-                        match self.publish_event(subjects.event, h, payload).await {
-                            Err(Publish::NoStream) => Err(DownstreamError::NoCredit),
-                            Err(Publish::Failed(e)) => Err(e),
-                            Ok(o) => Ok(o),
+                // "No stream" also answers while a new stream has no leader yet (a moment after it
+                // was made, or after a node went): look it up (or make it again, if it was deleted)
+                // and try again, within the outcome bound.
+                let deadline = tokio::time::Instant::now() + self.config.outcome_timeout;
+                loop {
+                    match self
+                        .publish_event(subjects.event.clone(), h.clone(), payload.clone())
+                        .await
+                    {
+                        Err(Publish::NoStream) => {
+                            if tokio::time::Instant::now() >= deadline {
+                                break Err(DownstreamError::NoCredit);
+                            }
+                            write(&self.streams).remove(&tenant);
+                            self.event_stream(&tenant).await?;
+                            tokio::time::sleep(STREAM_RETRY).await;
                         }
+                        Err(Publish::Failed(e)) => break Err(e),
+                        Ok(o) => break Ok(o),
                     }
-                    Err(Publish::Failed(e)) => Err(e),
-                    Ok(o) => Ok(o),
                 }
             }
         }

@@ -332,6 +332,33 @@ async fn an_event_waits_within_the_bound_for_its_stream_to_be_possible() {
     assert!(started.elapsed() >= Duration::from_millis(1400));
 }
 
+/// A stream that exists but cannot take the event yet (a new replicated stream answers nobody until it
+/// has a leader): the event is tried again within the bound instead of failing at the second try.
+#[tokio::test]
+async fn an_event_waits_within_the_bound_for_its_stream_to_take_it() {
+    let bus = Bus::start().await;
+    let js = jetstream::new(bus.router.clone());
+    let name = streams::event_stream_name("t1");
+    let mut config = jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec!["elsewhere.t1".into()],
+        ..Default::default()
+    };
+    js.create_stream(config.clone()).await.expect("stream");
+    let ds = bus.downstream(bus.config()).await;
+    let js2 = js.clone();
+    config.subjects = vec![subjects::event("t1")];
+    let fixed = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        js2.update_stream(config).await.expect("updated");
+    });
+    assert_eq!(
+        ds.send(message(MessageKind::Event, "t1", 1)).await,
+        Ok(SendOutcome::Accepted)
+    );
+    fixed.await.expect("join");
+}
+
 #[tokio::test]
 async fn an_event_is_stored_in_its_tenants_stream_before_it_is_accepted() {
     let bus = Bus::start().await;
