@@ -153,13 +153,19 @@ impl Context {
             key: "ca.crt".to_owned(),
         };
         let pem = secret_value(&tls, "ca.crt").ok_or_else(incomplete)?;
-        let ca = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|_| incomplete())?;
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .add_root_certificate(ca)
-            .build()
-            .map_err(|_| incomplete())
+        http_trusting_pem(&pem).ok_or_else(incomplete)
     }
+}
+
+/// An HTTP client for the registry that trusts the CA certificate(s) in `pem` besides the system's
+/// roots; `None` when `pem` holds no certificate.
+pub fn http_trusting_pem(pem: &str) -> Option<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(pem.as_bytes()).ok()?;
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .add_root_certificate(ca)
+        .build()
+        .ok()
 }
 
 /// A Secret value as text (from `data`, or `stringData` as a client may have written it).

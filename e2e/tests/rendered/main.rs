@@ -475,6 +475,33 @@ fn carries_paho_to_proton_over_verified_tls(space: &AddressSpace) {
         "/applications/ops",
         json!({ "password": "pw-ops", "tenants": ["plant"] }),
     );
+    // The operator's own registry client, trusting the CA as it does from the Secret, reads what was
+    // made; given another CA it cannot reach the registry.
+    let operator_reads = |pem: &str| {
+        let http = ferry_operator::context::http_trusting_pem(pem).expect("a CA");
+        let client = ferry_operator::registry_client::RegistryClient::new(
+            http,
+            &format!("https://localhost:{registry_port}"),
+            token.clone(),
+        );
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(client.get_tenant("plant"))
+    };
+    let ca_pem = text(&rendered.secret_key(&names::tls(SPACE), "ca.crt"));
+    assert!(
+        operator_reads(&ca_pem)
+            .expect("the operator reaches the registry")
+            .is_some(),
+        "the operator sees the tenant"
+    );
+    let other = ferry_test_support::TestPki::generate();
+    assert!(
+        operator_reads(&other.ca_cert_pem).is_err(),
+        "the operator trusted a registry its CA did not issue"
+    );
 
     let router_process = router.start(&rendered, ferry_binary(router.template), &cluster);
     let adapter_processes: Vec<Process> = adapters
