@@ -46,6 +46,14 @@ use crate::hub::{self, AddressRef, ConnHandle, Consumer, Kind, Origin, Remote, R
 use crate::metrics::Outcome as Counted;
 use crate::Shared;
 
+/// An adapter instance's command address here, its stand-in consumer, and how to stop its forwarder.
+#[derive(Clone)]
+struct Instance {
+    addr: AddressRef,
+    consumer: Arc<Consumer>,
+    stop: Arc<Notify>,
+}
+
 /// Commands an adapter instance may have in flight from this router.
 const COMMAND_CREDIT: u32 = 256;
 
@@ -72,8 +80,8 @@ pub struct Bus {
     takers: Mutex<HashMap<TakerKey, Taker>>,
     /// The command-route bucket, once opened.
     routes: tokio::sync::OnceCell<kv::Store>,
-    /// Adapter instances that have a stand-in consumer here.
-    instances: Mutex<HashMap<String, AddressRef>>,
+    /// Adapter instances that have a stand-in consumer here (while they hold command routes).
+    instances: Mutex<HashMap<String, Instance>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -576,6 +584,8 @@ impl Bus {
         let mut watch = store.watch_all().await?;
         // What each key holds now, to undo a route when its key is deleted.
         let mut known: HashMap<String, String> = HashMap::new();
+        // Device and gateway routes per adapter instance: at none, the instance's stand-in goes.
+        let mut held: HashMap<String, usize> = HashMap::new();
         while let Some(entry) = watch.next().await {
             let entry = entry?;
             let Some((kind, tenant, id)) = routes::parse_key(&entry.key) else {
@@ -602,6 +612,15 @@ impl Bus {
                     }
                     routes::RouteKind::LastGateway => {}
                 }
+                if kind != routes::RouteKind::LastGateway {
+                    if let Some(n) = held.get_mut(&prev) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            held.remove(&prev);
+                            self.drop_instance(shared, &prev);
+                        }
+                    }
+                }
             }
             if entry.operation != kv::Operation::Put {
                 continue;
@@ -613,11 +632,13 @@ impl Bus {
                 routes::RouteKind::Device => {
                     if let Some(a) = self.instance(shared, value) {
                         hub.subscribe_commands(&tenant, id.as_str(), &a);
+                        *held.entry(value.to_owned()).or_default() += 1;
                     }
                 }
                 routes::RouteKind::Gateway => {
                     if let Some(a) = self.instance(shared, value) {
                         hub.subscribe_gateway(&tenant, id.as_str(), &a);
+                        *held.entry(value.to_owned()).or_default() += 1;
                     }
                 }
                 routes::RouteKind::LastGateway => {
@@ -637,8 +658,8 @@ impl Bus {
         shared: &Arc<Shared<S>>,
         id: &str,
     ) -> Option<AddressRef> {
-        if let Some(a) = lock(&self.instances).get(id) {
-            return Some(a.clone());
+        if let Some(i) = lock(&self.instances).get(id) {
+            return Some(i.addr.clone());
         }
         let scope = TenantId::new(id).ok()?;
         let mut addr = shared.hub.address(Kind::CommandInternal, &scope);
@@ -648,16 +669,31 @@ impl Bus {
             .hub
             .attach_consumer(&mut addr, conn.clone(), hub::next_id());
         shared.hub.consumer_credit(&addr, &consumer, COMMAND_CREDIT);
-        lock(&self.instances).insert(id.to_owned(), addr.clone());
-        tokio::spawn(self.clone().forward_commands(
-            shared.clone(),
-            id.to_owned(),
-            addr.clone(),
-            conn,
+        let held = Instance {
+            addr: addr.clone(),
             consumer,
-            rx,
-        ));
+            stop: Arc::new(Notify::new()),
+        };
+        lock(&self.instances).insert(id.to_owned(), held.clone());
+        shared.hub.metrics.command_instances.inc();
+        tokio::spawn(
+            self.clone()
+                .forward_commands(shared.clone(), id.to_owned(), held, conn, rx),
+        );
         Some(addr)
+    }
+
+    /// Adapter instance `id` holds no command route any more (it went, or its devices moved): its
+    /// stand-in consumer and forwarder go, so instances that come and go do not pile up.
+    fn drop_instance<S: EventStore>(&self, shared: &Shared<S>, id: &str) {
+        let Some(gone) = lock(&self.instances).remove(id) else {
+            return;
+        };
+        shared
+            .hub
+            .detach_consumer(&gone.addr, &gone.consumer, Vec::new());
+        gone.stop.notify_one();
+        shared.hub.metrics.command_instances.dec();
     }
 
     /// The stand-in consumer of an adapter instance: each command the hub hands it goes to the instance
@@ -666,14 +702,25 @@ impl Bus {
         self: Arc<Self>,
         shared: Arc<Shared<S>>,
         instance: String,
-        addr: AddressRef,
+        held: Instance,
         conn: ConnHandle,
-        consumer: Arc<Consumer>,
         mut rx: mpsc::UnboundedReceiver<ToConn>,
     ) {
+        let Instance {
+            addr,
+            consumer,
+            stop,
+        } = held;
         let subject = subjects::command(&instance);
         let in_flight = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        while let Some(request) = rx.recv().await {
+        loop {
+            let request = tokio::select! {
+                () = stop.notified() => break,
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
             let ToConn::Deliver {
                 payload, origin, ..
             } = request

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub connections: Gauge,
     pub links: Gauge,
     pub depth: Family<TenantLabel, Gauge>,
+    /// Cluster mode: adapter instances that hold command routes and have a stand-in consumer here.
+    pub command_instances: Gauge,
 }
 
 impl Metrics {
@@ -39,6 +41,7 @@ impl Metrics {
             connections: Gauge::default(),
             links: Gauge::default(),
             depth: Family::default(),
+            command_instances: Gauge::default(),
         };
         admin.register(
             "ferry_router_messages",
@@ -60,6 +63,11 @@ impl Metrics {
             "ferry_router_event_store_depth",
             "Stored events not yet accepted, by tenant",
             m.depth.clone(),
+        );
+        admin.register(
+            "ferry_router_command_instances",
+            "Adapter instances holding command routes that this router forwards commands to (cluster mode)",
+            m.command_instances.clone(),
         );
         m
     }

@@ -266,6 +266,63 @@ async fn a_router_without_credit_leaves_telemetry_to_one_with_credit() {
     assert_eq!(n1 + n2, 40, "every message once");
 }
 
+/// The router's `ferry_router_command_instances` gauge.
+fn instances(p: &Platform) -> Option<i64> {
+    p.admin.encode_metrics().lines().find_map(|l| {
+        l.strip_prefix("ferry_router_command_instances ")
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+async fn instances_become(p: &Platform, want: i64) {
+    for _ in 0..100 {
+        if instances(p) == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("instances: {:?}, wanted {want}", instances(p));
+}
+
+/// Adapter instances come and go (pods are replaced under new ids): a router keeps a stand-in consumer
+/// only for the instances that hold command routes, so they do not pile up.
+#[tokio::test]
+async fn adapter_instances_that_hold_no_routes_are_forgotten() {
+    let nats = NatsServer::start();
+    let (p, client) = cluster(&nats).await;
+    let js = jetstream::new(client.clone());
+    let bucket = routes::bucket(&js, 1).await.expect("bucket");
+    let key = |i: usize| routes::key(routes::RouteKind::Device, "t1", &format!("d{i}"));
+    for i in 0..20 {
+        bucket
+            .put(key(i), Bytes::from(format!("mqtt-{i}")))
+            .await
+            .expect("put");
+    }
+    instances_become(&p, 20).await;
+    for i in 0..20 {
+        bucket.delete(key(i)).await.expect("delete");
+    }
+    instances_become(&p, 0).await;
+
+    // A device moving from one instance to another leaves the first with nothing.
+    bucket
+        .put(key(0), Bytes::from_static(b"mqtt-a"))
+        .await
+        .expect("put");
+    instances_become(&p, 1).await;
+    bucket
+        .put(key(0), Bytes::from_static(b"mqtt-b"))
+        .await
+        .expect("put");
+    bucket
+        .put(key(1), Bytes::from_static(b"mqtt-b"))
+        .await
+        .expect("put");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    instances_become(&p, 1).await;
+}
+
 /// A second router on the same registry and NATS.
 async fn cluster_on(nats: &NatsServer, first: &Platform) -> (Platform, async_nats::Client) {
     let url = nats.url();
