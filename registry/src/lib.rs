@@ -16,7 +16,6 @@ use ferry_core::admin::Admin;
 use ferry_core::assertion::SigningKey;
 use ferry_core::shutdown::Shutdown;
 use ferry_registry_model::HashOptions;
-use tokio::net::TcpListener;
 
 pub mod api;
 pub mod changes;
@@ -182,36 +181,19 @@ pub async fn start_with_bridge(
         bridge,
     };
 
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding the registry to {}", config.bind))?;
-    let addr = listener.local_addr()?;
+    let listeners =
+        ferry_core::net::Listeners::bind_one("the registry", config.bind, tls.clone()).await?;
+    let addr = listeners.addr();
     let mut app = api::router(state);
-    let admin_addr = match config.admin_bind {
-        Some(bind) => {
-            let l = TcpListener::bind(bind)
-                .await
-                .with_context(|| format!("binding the admin server to {bind}"))?;
-            let a = l.local_addr()?;
-            tokio::spawn(admin.clone().serve(l, shutdown.clone()));
-            Some(a)
-        }
-        None => {
-            app = app.merge(admin.router());
-            None
-        }
-    };
+    let admin_addr = ferry_core::net::serve_admin(config.admin_bind, &admin, &shutdown).await?;
+    if admin_addr.is_none() {
+        app = app.merge(admin.router());
+    }
     let limits = server::Limits {
         max_connections: config.max_connections,
         header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
     };
-    let task = tokio::spawn(server::serve(
-        listener,
-        app,
-        tls.clone(),
-        limits,
-        shutdown.clone(),
-    ));
+    let task = tokio::spawn(server::serve(listeners, app, limits, shutdown.clone()));
     readiness.set(store.ping().await);
     tracing::info!(%addr, backend = ?store.backend(), tls = tls.is_some(), "registry listening");
     Ok(Started {

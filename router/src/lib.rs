@@ -14,7 +14,6 @@ use anyhow::Context as _;
 use ferry_core::admin::Admin;
 use ferry_core::assertion::{Jwks, Verifier, VerifierConfig};
 use ferry_core::shutdown::Shutdown;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub mod auth;
@@ -274,30 +273,13 @@ async fn serve<S: EventStore>(
         .await
         .context("reading the event store")?;
 
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding AMQP to {}", config.bind))?;
-    let addr = listener.local_addr()?;
     let tls = match (&config.tls.cert_path, &config.tls.key_path) {
-        (Some(cert), Some(key)) => {
-            let acceptor = tls_acceptor(cert, key)?;
-            let l = TcpListener::bind(config.tls_bind)
-                .await
-                .with_context(|| format!("binding AMQPS to {}", config.tls_bind))?;
-            Some((l, acceptor))
-        }
+        (Some(cert), Some(key)) => Some(("AMQPS", config.tls_bind, tls_acceptor(cert, key)?)),
         _ => None,
     };
-    let tls_addr = match &tls {
-        Some((l, _)) => Some(l.local_addr()?),
-        None => None,
-    };
-    if let Some(bind) = config.admin_bind {
-        let l = TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding admin to {bind}"))?;
-        tokio::spawn(admin.clone().serve(l, shutdown.clone()));
-    }
+    let listeners = ferry_core::net::Listeners::bind("AMQP", config.bind, tls).await?;
+    let (addr, tls_addr) = (listeners.addr(), listeners.tls_addr());
+    ferry_core::net::serve_admin(config.admin_bind, &admin, &shutdown).await?;
 
     // Keys: fetched now (retried until the registry answers) and again on an unknown key id.
     {
@@ -377,7 +359,7 @@ async fn serve<S: EventStore>(
             shutdown.clone(),
         ));
     }
-    let task = tokio::spawn(accept_loops(listener, tls, shared, shutdown));
+    let task = tokio::spawn(accept_loops(listeners, shared, shutdown));
     tracing::info!(%addr, ?tls_addr, "router listening");
     Ok(Started {
         addr,
@@ -387,14 +369,12 @@ async fn serve<S: EventStore>(
 }
 
 async fn accept_loops<S: EventStore>(
-    listener: TcpListener,
-    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    listeners: ferry_core::net::Listeners,
     shared: Arc<Shared<S>>,
     shutdown: Shutdown,
 ) {
     use std::sync::atomic::Ordering;
-    let drained = shared.clone();
-    let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr| {
+    let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr, _tls| {
         let shared = shared.clone();
         async move {
             if shared.open_connections.fetch_add(1, Ordering::AcqRel)
@@ -411,31 +391,11 @@ async fn accept_loops<S: EventStore>(
             }
         }
     };
-    let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler.clone());
-    match tls {
-        Some((l, acceptor)) => {
-            tokio::join!(
-                plain,
-                ferry_core::net::serve(
-                    l,
-                    Some(ferry_core::net::Tls::new(acceptor)),
-                    shutdown,
-                    handler
-                )
-            );
-        }
-        None => plain.await,
-    }
-    // Shutdown: every connection sends its close (they watch the same shutdown); wait for that, briefly.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while drained.open_connections.load(Ordering::Acquire) > 0 {
-        let wait = drained.all_closed.notified();
-        if drained.open_connections.load(Ordering::Acquire) == 0
-            || tokio::time::timeout_at(deadline, wait).await.is_err()
-        {
-            break;
-        }
-    }
+    // Shutdown: every connection sends its close (they watch the same shutdown); the loop waits for
+    // that, up to the drain grace.
+    listeners
+        .serve(ferry_core::net::Accept::default(), shutdown, handler)
+        .await;
 }
 
 fn tls_acceptor(

@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod downstream;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;

@@ -20,10 +20,7 @@ use ferry_adapter_core::downstream::Downstream;
 use ferry_adapter_core::registry::RegistryClient;
 use ferry_core::admin::Admin;
 use ferry_core::shutdown::Shutdown;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 pub mod body;
 pub mod commands;
@@ -36,9 +33,6 @@ pub mod request_id;
 pub mod service;
 
 pub use config::Config;
-
-/// How long open connections may take to finish their requests after shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What every request of one adapter shares.
 pub struct Shared {
@@ -99,31 +93,21 @@ pub async fn start_with_metrics(
         ferry_adapter_core::upstream::connect(&config.upstream(), &shutdown)
             .await
             .context("connecting upstream")?;
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding HTTP to {}", config.bind))?;
-    let addr = listener.local_addr()?;
-    let tls = match (&config.tls.cert_path, &config.tls.key_path) {
-        (Some(cert), Some(key)) => {
-            // Client certificates are requested (not required) and checked per tenant per request.
-            let acceptor = ferry_adapter_core::tls::acceptor(cert, key, &[b"http/1.1"])?;
-            let l = TcpListener::bind(config.tls_bind)
-                .await
-                .with_context(|| format!("binding HTTPS to {}", config.tls_bind))?;
-            Some((l, acceptor))
-        }
-        _ => None,
-    };
-    let tls_addr = match &tls {
-        Some((l, _)) => Some(l.local_addr()?),
-        None => None,
-    };
-    if let Some(bind) = config.admin_bind {
-        let l = TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding admin to {bind}"))?;
-        tokio::spawn(admin.clone().serve(l, shutdown.clone()));
-    }
+    let listeners = ferry_adapter_core::listen::listen(
+        &ferry_adapter_core::listen::Listen {
+            protocol: "HTTP",
+            tls_protocol: "HTTPS",
+            bind: config.bind,
+            tls_bind: config.tls_bind,
+            tls: &config.tls,
+            alpn: &[b"http/1.1"],
+            admin_bind: config.admin_bind,
+        },
+        &admin,
+        &shutdown,
+    )
+    .await?;
+    let (addr, tls_addr) = (listeners.addr(), listeners.tls_addr());
     let (command_link, mut incoming) = downstream.commands(&config.instance_id);
     let waiters = commands::Waiters::new(command_link, shutdown.clone());
     let shared = Arc::new(Shared {
@@ -168,7 +152,7 @@ pub async fn start_with_metrics(
         });
     }
     readiness.set(true);
-    let task = tokio::spawn(accept_loops(listener, tls, shared.clone(), shutdown));
+    let task = tokio::spawn(accept_loops(listeners, shared.clone(), shutdown));
     tracing::info!(%addr, ?tls_addr, "HTTP adapter listening");
     Ok(Started {
         addr,
@@ -178,48 +162,23 @@ pub async fn start_with_metrics(
     })
 }
 
-/// Serves both listeners until shutdown, then gives open connections [`SHUTDOWN_GRACE`] to finish.
+/// Serves both listeners until shutdown, then gives open connections the drain grace to finish.
 async fn accept_loops(
-    listener: TcpListener,
-    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    listeners: ferry_core::net::Listeners,
     shared: Arc<Shared>,
     shutdown: Shutdown,
 ) {
-    // Each connection holds a sender; when all are gone, every connection has ended.
-    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let stop = shutdown.clone();
-    let handler = move |stream: ferry_core::net::Stream, peer: std::net::SocketAddr| {
-        let (shared, shutdown, open) = (shared.clone(), stop.clone(), open_tx.clone());
+    let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr, _tls| {
+        let (shared, shutdown) = (shared.clone(), stop.clone());
         async move {
-            let _open = open;
             let cert = ferry_adapter_core::tls::peer_certificate(&stream).map(Arc::new);
             serve_connection(stream, peer, cert, shared, shutdown).await;
         }
     };
-    let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler.clone());
-    match tls {
-        Some((l, acceptor)) => {
-            tokio::join!(
-                plain,
-                ferry_core::net::serve(
-                    l,
-                    Some(ferry_core::net::Tls::new(acceptor)),
-                    shutdown,
-                    handler
-                )
-            );
-        }
-        None => {
-            drop(handler);
-            plain.await;
-        }
-    }
-    if tokio::time::timeout(SHUTDOWN_GRACE, open_rx.recv())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP connections still open after the shutdown grace period");
-    }
+    listeners
+        .serve(ferry_core::net::Accept::default(), shutdown, handler)
+        .await;
 }
 
 /// HTTP/1.1 with keep-alive on one connection until the client closes it, it idles past
@@ -240,30 +199,7 @@ async fn serve_connection<IO>(
         let (shared, cert) = (shared.clone(), cert.clone());
         async move { Ok::<_, Infallible>(service::handle(shared, cert.as_deref(), req).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
     // Hyper's header read timeout also runs while a keep-alive connection waits for its next request,
     // so it is the idle timeout as well.
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "HTTP connection ended");
-                }
-                return;
-            }
-            () = &mut stop, if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
+    ferry_core::net::serve_http1(io, service, idle, shutdown).await;
 }

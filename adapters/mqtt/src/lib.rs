@@ -18,7 +18,6 @@ use ferry_adapter_core::registry::RegistryClient;
 use ferry_core::admin::Admin;
 use ferry_core::ids::{DeviceId, TenantId};
 use ferry_core::shutdown::Shutdown;
-use tokio::net::TcpListener;
 
 pub mod config;
 pub mod connack;
@@ -194,32 +193,21 @@ pub async fn start_with_metrics(
         ferry_adapter_core::upstream::connect(&config.upstream(), &shutdown)
             .await
             .context("connecting upstream")?;
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding MQTT to {}", config.bind))?;
-    let addr = listener.local_addr()?;
-    let tls = match (&config.tls.cert_path, &config.tls.key_path) {
-        (Some(cert), Some(key)) => {
-            // Client certificates are requested (not required) and checked per tenant after the
-            // handshake.
-            let acceptor = ferry_adapter_core::tls::acceptor(cert, key, &[])?;
-            let l = TcpListener::bind(config.tls_bind)
-                .await
-                .with_context(|| format!("binding MQTTS to {}", config.tls_bind))?;
-            Some((l, acceptor))
-        }
-        _ => None,
-    };
-    let tls_addr = match &tls {
-        Some((l, _)) => Some(l.local_addr()?),
-        None => None,
-    };
-    if let Some(bind) = config.admin_bind {
-        let l = TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding admin to {bind}"))?;
-        tokio::spawn(admin.clone().serve(l, shutdown.clone()));
-    }
+    let listeners = ferry_adapter_core::listen::listen(
+        &ferry_adapter_core::listen::Listen {
+            protocol: "MQTT",
+            tls_protocol: "MQTTS",
+            bind: config.bind,
+            tls_bind: config.tls_bind,
+            tls: &config.tls,
+            alpn: &[],
+            admin_bind: config.admin_bind,
+        },
+        &admin,
+        &shutdown,
+    )
+    .await?;
+    let (addr, tls_addr) = (listeners.addr(), listeners.tls_addr());
     let (command_link, mut commands) = downstream.commands(&config.instance_id);
     let shared = Arc::new(Shared {
         command_link,
@@ -270,7 +258,7 @@ pub async fn start_with_metrics(
         });
     }
     readiness.set(true);
-    let task = tokio::spawn(accept_loops(listener, tls, shared, shutdown));
+    let task = tokio::spawn(accept_loops(listeners, shared, shutdown));
     tracing::info!(%addr, ?tls_addr, "MQTT adapter listening");
     Ok(Started {
         addr,
@@ -280,31 +268,21 @@ pub async fn start_with_metrics(
 }
 
 async fn accept_loops(
-    listener: TcpListener,
-    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    listeners: ferry_core::net::Listeners,
     shared: Arc<Shared>,
     shutdown: Shutdown,
 ) {
-    // The TLS handshake is done here rather than by `ferry_core::net::serve`, so that it counts among
-    // the connections that have not finished their CONNECT (`max_connecting`).
-    let handler = |tls: Option<tokio_rustls::TlsAcceptor>| {
+    let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr, tls| {
         let shared = shared.clone();
-        move |stream: ferry_core::net::Stream, peer: SocketAddr| {
-            let shared = shared.clone();
-            let tls = tls.clone();
-            async move { accept(stream, peer, tls, shared).await }
-        }
+        async move { accept(stream, peer, tls, shared).await }
     };
-    let plain = ferry_core::net::serve(listener, None, shutdown.clone(), handler(None));
-    match tls {
-        Some((l, acceptor)) => {
-            tokio::join!(
-                plain,
-                ferry_core::net::serve(l, None, shutdown, handler(Some(acceptor)))
-            );
-        }
-        None => plain.await,
-    }
+    // The TLS handshake is done by `accept` rather than by the accept loop, so that it counts among
+    // the connections that have not finished their CONNECT (`max_connecting`).
+    let how = ferry_core::net::Accept {
+        max_connections: None,
+        tls_in_handler: true,
+    };
+    listeners.serve(how, shutdown, handler).await;
 }
 
 /// One accepted connection: within the instance's socket limits, through the TLS handshake (on the TLS

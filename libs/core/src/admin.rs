@@ -17,6 +17,11 @@ use prometheus_client::registry::{Metric, Registry};
 
 use crate::shutdown::Shutdown;
 
+/// Time a client of the admin server (a kubelet probe, Prometheus) has to send a request header.
+pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Admin connections served at once; more wait in the listen queue.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// Metrics and readiness of the components in this process.
 #[derive(Clone, Default)]
 pub struct Admin {
@@ -110,15 +115,28 @@ impl Admin {
             .with_state(self.clone())
     }
 
-    /// Serves the admin routes on `listener` until `shutdown`.
+    /// Serves the admin routes on `listener` until `shutdown`, through the same accept loop as every
+    /// other listener (a client that sends no request header within [`ADMIN_HEADER_TIMEOUT`] is cut
+    /// off).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: Shutdown,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.wait())
-            .await
+        let app = self.router();
+        let stop = shutdown.clone();
+        let handler = move |stream: crate::net::Stream, _peer, _tls| {
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            crate::net::serve_http1(stream, service, ADMIN_HEADER_TIMEOUT, stop.clone())
+        };
+        let accept = crate::net::Accept {
+            max_connections: Some(ADMIN_MAX_CONNECTIONS),
+            tls_in_handler: false,
+        };
+        crate::net::Listeners::plain(listener)?
+            .serve(accept, shutdown, handler)
+            .await;
+        Ok(())
     }
 }
 

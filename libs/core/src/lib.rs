@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod assertion;
+pub mod component;
 pub mod config;
 pub mod console;
 pub mod hono;

@@ -1,6 +1,9 @@
 //! Accepting connections for every Ferry listener: plain TCP or TLS (terminated before the first protocol
 //! byte), with TCP_NODELAY, a bounded TLS handshake, back-off when accept fails (file descriptors
-//! exhausted), and an end at shutdown. Each component supplies what to do with a connection.
+//! exhausted), an optional cap on connections served at once, and at shutdown an end to accepting and
+//! one drain grace ([`DRAIN_GRACE`]) for the connections still open. Each component supplies what to do
+//! with a connection; the HTTP servers (registry, HTTP adapter, admin) serve theirs with
+//! [`serve_http1`], which carries hyper's header-read timer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,8 +11,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -17,6 +24,12 @@ use crate::shutdown::Shutdown;
 
 /// How long a client has to finish the TLS handshake, unless the component says otherwise.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long, after shutdown, the connections still open get to finish what they are doing (every
+/// connection watches the same shutdown and closes itself: an MQTT session sends its DISCONNECT, an
+/// AMQP connection its close, an HTTP connection finishes the request in progress). The same for every
+/// component, so that a pod's `terminationGracePeriodSeconds` has one figure to cover.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// TLS for a listener: the acceptor and how long a handshake may take.
 #[derive(Clone)]
@@ -90,44 +103,285 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown`, each handled by `handler` in its own task. With
-/// `tls`, the handshake completes (within [`TLS_HANDSHAKE_TIMEOUT`]) before `handler` sees the stream.
-pub async fn serve<F, Fut>(listener: TcpListener, tls: Option<Tls>, shutdown: Shutdown, handler: F)
-where
-    F: Fn(Stream, SocketAddr) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut stop => return,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => handler(Stream::Plain(stream), peer).await,
-                Some(tls) => {
-                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => handler(Stream::Tls(Box::new(s)), peer).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+/// A listener that could not be bound, named as the component's settings name it.
+#[derive(Debug, thiserror::Error)]
+#[error("binding {what} to {addr}: {source}")]
+pub struct BindError {
+    what: String,
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Binds `addr`; `what` names the listener in the error ("MQTT", "HTTPS", "admin", ...).
+pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        what: what.to_owned(),
+        addr,
+        source,
+    })
+}
+
+/// Binds the admin listener when `bind` is set and serves `/live`, `/ready` and `/metrics` on it until
+/// `shutdown`; answers where it listens.
+pub async fn serve_admin(
+    bind: Option<SocketAddr>,
+    admin: &crate::admin::Admin,
+    shutdown: &Shutdown,
+) -> Result<Option<SocketAddr>, BindError> {
+    let Some(addr) = bind else {
+        return Ok(None);
+    };
+    let listener = self::bind("admin", addr).await?;
+    let local = listener.local_addr().map_err(|source| BindError {
+        what: "admin".to_owned(),
+        addr,
+        source,
+    })?;
+    tokio::spawn(admin.clone().serve(listener, shutdown.clone()));
+    Ok(Some(local))
+}
+
+/// One component's listeners for its peers: plain, and TLS when it has a certificate (on a port of its
+/// own, or instead of plain on the one port).
+pub struct Listeners {
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("addr", &self.addr)
+            .field("tls_addr", &self.tls_addr)
+            .finish_non_exhaustive()
     }
 }
+
+/// How [`Listeners::serve`] accepts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accept {
+    /// Connections served at once over all listeners; while all are taken nothing is accepted, so
+    /// further clients wait in the kernel's listen queue (as with nginx's `worker_connections`) instead
+    /// of being cut off. `None`: the component limits connections itself.
+    pub max_connections: Option<usize>,
+    /// The handler does the TLS handshake itself (it is handed the plain stream and the acceptor), so
+    /// that the handshake counts among its own limits; otherwise the accept loop does it, bounded by
+    /// [`TLS_HANDSHAKE_TIMEOUT`], before the handler sees the stream.
+    pub tls_in_handler: bool,
+}
+
+fn local_addr(what: &str, addr: SocketAddr, l: &TcpListener) -> Result<SocketAddr, BindError> {
+    l.local_addr().map_err(|source| BindError {
+        what: what.to_owned(),
+        addr,
+        source,
+    })
+}
+
+impl Listeners {
+    /// Binds the plain listener (`what` names it in errors) and, with `tls`, a TLS one on its own port
+    /// (`tls_what`).
+    pub async fn bind(
+        what: &str,
+        addr: SocketAddr,
+        tls: Option<(&str, SocketAddr, TlsAcceptor)>,
+    ) -> Result<Self, BindError> {
+        let mut me = Self::bind_one(what, addr, None).await?;
+        if let Some((tls_what, tls_bind, acceptor)) = tls {
+            let l = self::bind(tls_what, tls_bind).await?;
+            me.tls_addr = Some(local_addr(tls_what, tls_bind, &l)?);
+            me.listeners.push((l, Some(acceptor)));
+        }
+        Ok(me)
+    }
+
+    /// Binds one listener, speaking TLS when `tls` is given (the registry's API: HTTP or HTTPS on its
+    /// one port).
+    pub async fn bind_one(
+        what: &str,
+        addr: SocketAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<Self, BindError> {
+        let l = self::bind(what, addr).await?;
+        Ok(Self {
+            addr: local_addr(what, addr, &l)?,
+            listeners: vec![(l, tls)],
+            tls_addr: None,
+        })
+    }
+
+    /// One plain listener already bound (the admin server's, a test's).
+    pub fn plain(listener: TcpListener) -> std::io::Result<Self> {
+        Ok(Self {
+            addr: listener.local_addr()?,
+            listeners: vec![(listener, None)],
+            tls_addr: None,
+        })
+    }
+
+    /// Where the first listener (the plain one, unless bound by [`Self::bind_one`] with TLS) listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where the TLS listener of [`Self::bind`] listens, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Accepts on every listener until `shutdown`, each connection handled by `handler` in its own
+    /// task (`handler`'s third argument is the TLS acceptor when [`Accept::tls_in_handler`] is set and
+    /// the connection came in on a TLS listener); then stops accepting and waits up to
+    /// [`DRAIN_GRACE`] for the handlers to finish.
+    pub async fn serve<F, Fut>(self, accept: Accept, shutdown: Shutdown, handler: F)
+    where
+        F: Fn(Stream, SocketAddr, Option<TlsAcceptor>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        // Every handler task holds a clone of `open`; the channel closes when the last one ends.
+        let (open, mut all_closed) = mpsc::channel::<()>(1);
+        let slots = accept.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        let loops = self.listeners.into_iter().map(|(listener, tls)| {
+            Loop {
+                listener,
+                tls,
+                tls_in_handler: accept.tls_in_handler,
+                slots: slots.clone(),
+                open: open.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .run(handler.clone())
+        });
+        let loops: Vec<_> = loops.collect();
+        drop(handler);
+        futures_util::future::join_all(loops).await;
+        drop(open);
+        if tokio::time::timeout(DRAIN_GRACE, all_closed.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain grace period; closing them");
+        }
+    }
+}
+
+/// One listener's accept loop.
+struct Loop {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    tls_in_handler: bool,
+    slots: Option<Arc<Semaphore>>,
+    open: mpsc::Sender<()>,
+    shutdown: Shutdown,
+}
+
+impl Loop {
+    async fn run<F, Fut>(self, handler: F)
+    where
+        F: Fn(Stream, SocketAddr, Option<TlsAcceptor>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            // A slot first: while all are taken, nothing is accepted and new clients queue in the
+            // kernel.
+            let slot = match &self.slots {
+                None => None,
+                Some(slots) => tokio::select! {
+                    () = &mut stop => return,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(s) => Some(s),
+                        Err(_) => return, // the semaphore is never closed
+                    },
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                () = &mut stop => return,
+                r = self.listener.accept() => match r {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            let tls = self.tls.clone();
+            let tls_in_handler = self.tls_in_handler;
+            let open = self.open.clone();
+            tokio::spawn(async move {
+                // Held until the connection ends.
+                let _held = (slot, open);
+                match tls {
+                    None => handler(Stream::Plain(stream), peer, None).await,
+                    Some(acceptor) if tls_in_handler => {
+                        handler(Stream::Plain(stream), peer, Some(acceptor)).await;
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => handler(Stream::Tls(Box::new(s)), peer, None).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it, or it sends no complete request
+/// header within `header_read_timeout` (hyper's timer, which also runs while a keep-alive connection
+/// waits for its next request, so it is the idle timeout as well), or `shutdown` (which lets the
+/// request in progress finish). HTTP/1.1 only: hyper-util's `auto` builder would first wait for the
+/// HTTP/2 preface without any timer, so a client sending nothing would hold its connection forever.
+pub async fn serve_http1<IO, S, B>(
+    io: IO,
+    service: S,
+    header_read_timeout: Duration,
+    shutdown: Shutdown,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+                return;
+            }
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
