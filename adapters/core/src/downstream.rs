@@ -16,6 +16,7 @@
 //! consumer" case) and releases unsettled telemetry at once; an unsettled message that finds no credit
 //! (consumers attached but busy) waits up to `unsettled_credit_timeout`.
 
+mod coalesce;
 mod commands;
 mod link;
 mod message;
@@ -711,7 +712,7 @@ async fn connect(config: &DownstreamConfig) -> Result<Opened, String> {
                 username: config.user.clone(),
                 password: config.password.clone(),
             })
-            .open_with_stream(stream)
+            .open_with_stream(coalesce::Coalesce::new(stream))
             .await
             .map_err(|e| e.to_string())?;
         let session = Session::begin(&mut conn).await.map_err(|e| e.to_string())?;
