@@ -293,7 +293,7 @@ async fn external_nats_secrets_are_checked_and_messaging_is_reported_external() 
     // Present but not made for Ferry: refused.
     let secret = |labels: Value| {
         json!({"metadata": {"name": "corp-nats", "namespace": "prod", "labels": labels},
-               "data": {"adapter": "YQ==", "router": "cg==", "ca.crt": "Y2E="}})
+               "data": {"adapter": "YQ==", "router": "cg==", "registry": "Zw==", "ca.crt": "Y2E="}})
     };
     api.put(&format!("{NS}/secrets/corp-nats"), secret(json!({})));
     reconcile(&api, &ctx).await;
@@ -358,6 +358,12 @@ async fn the_users_auth_conf_follows_the_permissions_and_keeps_the_passwords() {
         .expect("utf-8")
     };
     assert_eq!(text("adapter"), "adapter-pw", "passwords are kept");
+    // A Secret from before the registry had a NATS user gets one (for the presence API).
+    let registry_pw = text("registry");
+    assert!(
+        registry_pw.len() >= 16,
+        "a generated password: {registry_pw:?}"
+    );
     let expected = ferry_nats::permissions::authorization(&[
         (
             "ferry-adapter",
@@ -368,6 +374,11 @@ async fn the_users_auth_conf_follows_the_permissions_and_keeps_the_passwords() {
             "ferry-router",
             "router-pw",
             &ferry_nats::permissions::router(),
+        ),
+        (
+            "ferry-registry",
+            &registry_pw,
+            &ferry_nats::permissions::registry(),
         ),
     ])
     .expect("renders");

@@ -556,4 +556,39 @@ fn carries_paho_to_proton_over_verified_tls(space: &AddressSpace) {
     let event = events.expect("message", WAIT);
     assert_eq!(event["properties"]["device_id"], "press-1", "{event}");
     assert_eq!(event["durable"], true, "{event}");
+
+    // Presence, through the registry over https: in nats mode the registry reads what the routers
+    // keep in NATS, as its own NATS user (rendered by the operator); in embedded mode on Kubernetes the
+    // router keeps it in its own process, which the registry cannot reach (docs/kubernetes.md).
+    let presence = || {
+        curl(&[
+            "--cacert",
+            ca.to_str().expect("UTF-8 path"),
+            "-H",
+            &format!("authorization: Bearer {token}"),
+            &format!("https://localhost:{registry_port}/v1/devices/plant/press-1/presence"),
+        ])
+    };
+    if nodes.is_empty() {
+        let answer = presence();
+        assert_eq!(answer.status, 503, "{answer:?}");
+        return;
+    }
+    // The device has gone: offline within a few seconds of its disconnect, and its last connection known.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = presence();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let body: Value = serde_json::from_str(&answer.body).expect("JSON");
+        if body["connected"] == false && body.get("disconnected-at").is_some() {
+            assert_eq!(body["adapter"], "hono-mqtt", "{body}");
+            assert!(body["last-seen"].is_string(), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence did not show the device gone: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

@@ -4,8 +4,9 @@
 //! A managed cluster is a StatefulSet of the official `nats` image: each node keeps JetStream on its
 //! own volume, finds the others through a headless Service (`<name>-nats-headless`, cluster routes on
 //! 6222) and serves clients on 4222. Clients and routes use TLS with the address space's certificate
-//! (`<name>-tls`, issued by its own CA; a route must present a certificate of that CA too). Two NATS
-//! users, one per component kind, with the permissions of `ferry_nats::permissions`: the passwords
+//! (`<name>-tls`, issued by its own CA; a route must present a certificate of that CA too). Three NATS
+//! users, one per component kind (adapters, routers, and the registry, which reads device presence),
+//! with the permissions of `ferry_nats::permissions`: the passwords
 //! and the `authorization` block rendered from them live in the generated Secret `<name>-nats-users`,
 //! which the config includes (the ConfigMap holds no secret).
 //!
@@ -38,6 +39,7 @@ pub const BASE_DIR: &str = "/etc/nats";
 /// The user names of a managed cluster.
 pub const ADAPTER_USER: &str = "ferry-adapter";
 pub const ROUTER_USER: &str = "ferry-router";
+pub const REGISTRY_USER: &str = "ferry-registry";
 /// Files in the component pods' secret directory.
 pub const PASSWORD_FILE: &str = "nats-password";
 pub const EXTERNAL_CA_FILE: &str = "nats-ca.crt";
@@ -80,11 +82,35 @@ pub fn valid_cluster_size(replicas: i32) -> bool {
     replicas == 1 || (replicas >= 3 && replicas % 2 == 1)
 }
 
-/// The NATS user names of the adapters and the routers.
-pub(crate) fn users<'a>(ctx: &'a Ctx<'_>) -> (&'a str, &'a str) {
+/// The NATS user names of the adapters, the routers and the registry.
+pub(crate) struct Users<'a> {
+    pub(crate) adapter: &'a str,
+    pub(crate) router: &'a str,
+    pub(crate) registry: &'a str,
+}
+
+/// The NATS user names of this address space.
+pub(crate) fn users<'a>(ctx: &'a Ctx<'_>) -> Users<'a> {
     match &ctx.bus {
-        Bus::External(e) => (&e.users.adapter, &e.users.router),
-        _ => (ADAPTER_USER, ROUTER_USER),
+        Bus::External(e) => Users {
+            adapter: &e.users.adapter,
+            router: &e.users.router,
+            registry: &e.users.registry,
+        },
+        _ => Users {
+            adapter: ADAPTER_USER,
+            router: ROUTER_USER,
+            registry: REGISTRY_USER,
+        },
+    }
+}
+
+/// The key of a component's password in the users' Secret (generated or the user's own).
+pub(crate) fn password_key(component: Component) -> &'static str {
+    match component {
+        Component::Router => "router",
+        Component::Registry => "registry",
+        _ => "adapter",
     }
 }
 
@@ -102,14 +128,14 @@ pub fn managed_urls(space: &str, namespace: &str, replicas: i32) -> Vec<String> 
         .collect()
 }
 
-/// The `messaging` section of a router's or adapter's config (`ferry_nats::Messaging`); `None` in
-/// embedded mode (the components' default).
+/// The `messaging` section of a router's, adapter's or registry's config (`ferry_nats::Messaging`);
+/// `None` in embedded mode (the components' default).
 pub(crate) fn messaging(ctx: &Ctx<'_>, component: Component) -> Option<serde_json::Value> {
-    let (adapter, router) = users(ctx);
-    let user = if component == Component::Router {
-        router
-    } else {
-        adapter
+    let users = users(ctx);
+    let user = match component {
+        Component::Router => users.router,
+        Component::Registry => users.registry,
+        _ => users.adapter,
     };
     let password_file = format!("{SECRETS_DIR}/{PASSWORD_FILE}");
     let nats = match &ctx.bus {
@@ -139,13 +165,9 @@ pub(crate) fn messaging(ctx: &Ctx<'_>, component: Component) -> Option<serde_jso
     Some(json!({ "mode": "nats", "nats": nats }))
 }
 
-/// The Secret files a router or adapter pod needs for NATS: (Secret, key, file name).
+/// The Secret files a router, adapter or registry pod needs for NATS: (Secret, key, file name).
 pub(crate) fn client_files(ctx: &Ctx<'_>, component: Component) -> Vec<(String, String, String)> {
-    let key = if component == Component::Router {
-        "router"
-    } else {
-        "adapter"
-    };
+    let key = password_key(component);
     match &ctx.bus {
         Bus::Embedded => Vec::new(),
         Bus::Managed(_) => vec![
@@ -238,6 +260,7 @@ fn permissions_fingerprint() -> String {
     let rendered = ferry_nats::permissions::authorization(&[
         (ADAPTER_USER, "-", &ferry_nats::permissions::adapter()),
         (ROUTER_USER, "-", &ferry_nats::permissions::router()),
+        (REGISTRY_USER, "-", &ferry_nats::permissions::registry()),
     ])
     .unwrap_or_default();
     config_hash(&rendered)
@@ -247,7 +270,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
     let Bus::Managed(spec) = &ctx.bus else {
         if let Bus::External(e) = &ctx.bus {
             // The user's Secrets: checked (made for Ferry, present) before any pod mounts them.
-            for key in ["adapter", "router"] {
+            for key in ["adapter", "router", "registry"] {
                 desired
                     .referenced
                     .push((e.credentials_secret.clone(), key.to_owned()));
@@ -517,6 +540,7 @@ pub fn write_node_files(
                 ("auth.conf", "auth/auth.conf"),
                 ("adapter", "users/adapter"),
                 ("router", "users/router"),
+                ("registry", "users/registry"),
             ],
             _ => continue,
         };

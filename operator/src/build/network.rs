@@ -17,7 +17,7 @@
 //!
 //! | pods | port | from |
 //! |---|---|---|
-//! | NATS | 4222 (clients) | this address space's router and adapter pods |
+//! | NATS | 4222 (clients) | this address space's router, adapter and registry pods (the registry reads presence) |
 //! | NATS | 6222 (cluster routes) | this address space's NATS pods |
 //! | NATS | 8222 (monitoring) | anyone, like the components' admin port (Prometheus exporters) |
 
@@ -114,6 +114,7 @@ fn rules(
                         Component::Router,
                         Component::MqttAdapter,
                         Component::HttpAdapter,
+                        Component::Registry,
                     ],
                 )]),
             ),

@@ -38,6 +38,11 @@ pub(crate) fn config(ctx: &Ctx<'_>) -> serde_json::Value {
     if ctx.spec.registry.database.kind == DatabaseKind::Postgresql {
         config["database_url_file"] = json!(format!("{SECRETS_DIR}/database-url"));
     }
+    // In nats mode device presence lives in NATS, where the routers keep it; the registry reads it
+    // from there for the presence API and the console.
+    if let Some(messaging) = super::nats::messaging(ctx, Component::Registry) {
+        config["messaging"] = messaging;
+    }
     config
 }
 
@@ -69,22 +74,24 @@ pub(crate) fn build(ctx: &Ctx<'_>, desired: &mut Desired) {
         .secret_volume("internal-tls", &names::tls(ctx.name), INTERNAL_TLS_DIR)
         .resources(spec.resources.as_ref(), "50m", "64Mi");
     let sqlite = spec.database.kind == DatabaseKind::Sqlite;
+    // One directory of secret files: the NATS password and CA (nats mode), the PostgreSQL URL.
+    let mut files = super::nats::client_files(ctx, component);
+    if let (DatabaseKind::Postgresql, Some(pg)) = (&spec.database.kind, &spec.database.postgresql) {
+        files.push((
+            pg.secret_name.clone(),
+            pg.key.clone(),
+            "database-url".to_owned(),
+        ));
+    }
+    if !files.is_empty() {
+        pod = pod.secret_files("secrets", &super::secret_files::unique(files), SECRETS_DIR);
+    }
     match (&spec.database.kind, &spec.database.postgresql) {
         (DatabaseKind::Postgresql, Some(pg)) => {
             desired
                 .referenced
                 .push((pg.secret_name.clone(), pg.key.clone()));
-            pod = pod
-                .secret_files(
-                    "secrets",
-                    &[(
-                        pg.secret_name.clone(),
-                        pg.key.clone(),
-                        "database-url".to_owned(),
-                    )],
-                    SECRETS_DIR,
-                )
-                .empty_dir("data", DATA_DIR);
+            pod = pod.empty_dir("data", DATA_DIR);
         }
         _ => {
             let claim = names::registry_data(ctx.name);

@@ -44,13 +44,15 @@ pub struct GeneratedSecret {
     pub name: String,
     pub kind: SecretKind,
     meta: ObjectMeta,
-    /// DNS names of the certificate (for [`SecretKind::Tls`]); the adapter and router user names (for
-    /// [`SecretKind::NatsUsers`]).
+    /// DNS names of the certificate (for [`SecretKind::Tls`]); the adapter, router and registry user
+    /// names (for [`SecretKind::NatsUsers`]).
     sans: Vec<String>,
 }
 
 impl GeneratedSecret {
-    /// The keys the Secret must have for the pods to start.
+    /// The keys the Secret must have for the pods to start. (The NATS users' `registry` password is
+    /// not among them: a Secret made before the registry had a NATS user gets it added, see
+    /// [`Self::stale_derived_keys`].)
     pub fn keys(&self) -> &'static [&'static str] {
         match self.kind {
             SecretKind::AdminToken | SecretKind::InternalToken => &["token"],
@@ -94,13 +96,15 @@ impl GeneratedSecret {
                 type_ = "kubernetes.io/tls";
             }
             SecretKind::NatsUsers => {
-                let (adapter_pw, router_pw) = (random_token(), random_token());
+                let passwords = [random_token(), random_token(), random_token()];
                 let block = self
-                    .nats_auth(&adapter_pw, &router_pw)
+                    .nats_auth(&passwords)
                     // The names are the operator's own constants and the passwords base64url.
                     .expect("user names and base64url passwords need no escaping");
+                let [adapter_pw, router_pw, registry_pw] = passwords;
                 put("adapter", adapter_pw);
                 put("router", router_pw);
+                put("registry", registry_pw);
                 put("auth.conf", block);
             }
         }
@@ -114,22 +118,29 @@ impl GeneratedSecret {
 }
 
 impl GeneratedSecret {
-    /// nats-server's `authorization` block for the two users with these passwords and the permissions
-    /// of `ferry_nats::permissions` ([`SecretKind::NatsUsers`]); `None` for a password it cannot quote.
-    fn nats_auth(&self, adapter_pw: &str, router_pw: &str) -> Option<String> {
-        let (adapter, router) = match self.sans.as_slice() {
-            [a, r] => (a.as_str(), r.as_str()),
-            _ => (super::nats::ADAPTER_USER, super::nats::ROUTER_USER),
+    /// nats-server's `authorization` block for the three users with these passwords (adapter, router,
+    /// registry) and the permissions of `ferry_nats::permissions` ([`SecretKind::NatsUsers`]); `None`
+    /// for a password it cannot quote.
+    fn nats_auth(&self, [adapter_pw, router_pw, registry_pw]: &[String; 3]) -> Option<String> {
+        let (adapter, router, registry) = match self.sans.as_slice() {
+            [a, r, g] => (a.as_str(), r.as_str(), g.as_str()),
+            _ => (
+                super::nats::ADAPTER_USER,
+                super::nats::ROUTER_USER,
+                super::nats::REGISTRY_USER,
+            ),
         };
         ferry_nats::permissions::authorization(&[
             (adapter, adapter_pw, &ferry_nats::permissions::adapter()),
             (router, router_pw, &ferry_nats::permissions::router()),
+            (registry, registry_pw, &ferry_nats::permissions::registry()),
         ])
     }
 
-    /// The keys of an existing Secret that are derived from its other keys and no longer match them:
-    /// the NATS `auth.conf`, re-rendered from the kept passwords when the permissions changed (an
-    /// operator upgrade). Passwords and keys are never replaced.
+    /// The keys of an existing Secret that are derived from its other keys and no longer match them,
+    /// or are missing: the NATS `auth.conf`, re-rendered from the kept passwords when the permissions
+    /// changed (an operator upgrade), and the `registry` password, generated when a Secret made by an
+    /// older operator lacks it. Passwords and keys are never replaced.
     pub fn stale_derived_keys(&self, existing: &Secret) -> Vec<(String, String)> {
         if self.kind != SecretKind::NatsUsers {
             return Vec::new();
@@ -144,12 +155,27 @@ impl GeneratedSecret {
         let (Some(adapter_pw), Some(router_pw)) = (value("adapter"), value("router")) else {
             return Vec::new();
         };
-        match self.nats_auth(adapter_pw.trim(), router_pw.trim()) {
-            Some(wanted) if value("auth.conf").as_deref() != Some(wanted.as_str()) => {
-                vec![("auth.conf".to_owned(), wanted)]
+        let mut out = Vec::new();
+        let registry_pw = match value("registry").filter(|v| !v.trim().is_empty()) {
+            Some(pw) => pw,
+            None => {
+                let pw = random_token();
+                out.push(("registry".to_owned(), pw.clone()));
+                pw
             }
-            _ => Vec::new(),
+        };
+        let passwords = [
+            adapter_pw.trim().to_owned(),
+            router_pw.trim().to_owned(),
+            registry_pw.trim().to_owned(),
+        ];
+        match self.nats_auth(&passwords) {
+            Some(wanted) if value("auth.conf").as_deref() != Some(wanted.as_str()) => {
+                out.push(("auth.conf".to_owned(), wanted));
+            }
+            _ => {}
         }
+        out
     }
 }
 
@@ -231,11 +257,15 @@ pub(crate) fn wanted(ctx: &Ctx<'_>) -> Vec<GeneratedSecret> {
         tls_names(ctx),
     ));
     if let super::nats::Bus::Managed(_) = ctx.bus {
-        let (adapter, router) = super::nats::users(ctx);
+        let users = super::nats::users(ctx);
         out.push(secret(
             names::nats_users(ctx.name),
             SecretKind::NatsUsers,
-            vec![adapter.to_owned(), router.to_owned()],
+            vec![
+                users.adapter.to_owned(),
+                users.router.to_owned(),
+                users.registry.to_owned(),
+            ],
         ));
     }
     out

@@ -326,7 +326,8 @@ pub struct ExternalNatsSpec {
     /// Server URLs, `tls://host:4222` or `nats://host:4222`.
     #[schemars(length(min = 1))]
     pub urls: Vec<String>,
-    /// A Secret whose keys `adapter` and `router` hold the passwords of the two NATS users.
+    /// A Secret whose keys `adapter`, `router` and `registry` hold the passwords of the three NATS users
+    /// (the registry reads device presence from NATS).
     #[schemars(length(min = 1))]
     pub credentials_secret: String,
     /// The NATS user names.
@@ -341,7 +342,7 @@ pub struct ExternalNatsSpec {
     pub stream_replicas: i32,
 }
 
-/// The NATS users of the adapters and the routers.
+/// The NATS users of the adapters, the routers and the registry.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatsUsers {
@@ -351,6 +352,10 @@ pub struct NatsUsers {
     #[serde(default = "router_user")]
     #[schemars(length(min = 1))]
     pub router: String,
+    /// Reads device presence (the `ferry-presence` bucket) for the presence API and the console.
+    #[serde(default = "registry_user")]
+    #[schemars(length(min = 1))]
+    pub registry: String,
 }
 
 impl Default for NatsUsers {
@@ -358,6 +363,7 @@ impl Default for NatsUsers {
         Self {
             adapter: adapter_user(),
             router: router_user(),
+            registry: registry_user(),
         }
     }
 }
@@ -487,6 +493,10 @@ fn adapter_user() -> String {
 
 fn router_user() -> String {
     "ferry-router".to_owned()
+}
+
+fn registry_user() -> String {
+    "ferry-registry".to_owned()
 }
 
 fn ca_key() -> String {

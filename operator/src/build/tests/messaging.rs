@@ -35,6 +35,7 @@ fn external() -> AddressSpaceSpec {
             users: NatsUsers {
                 adapter: "iot-adapters".into(),
                 router: "iot-routers".into(),
+                registry: "iot-registry".into(),
             },
             ca: Some(SecretKeyRef {
                 secret_name: "corp-nats-ca".into(),
@@ -120,6 +121,7 @@ fn embedded_mode_has_no_nats_and_the_router_keeps_its_volume() {
         .absent
         .contains(&(Kind::Deployment, "iot-router".to_owned())));
     assert!(!config_of(&d, Component::Router).contains("messaging"));
+    assert!(!config_of(&d, Component::Registry).contains("messaging"));
     assert!(d.secrets.iter().all(|s| s.kind != SecretKind::NatsUsers));
 }
 
@@ -214,10 +216,16 @@ fn managed_nats_is_a_jetstream_cluster_with_tls_routes_and_users() {
             &text("router"),
             &ferry_nats::permissions::router(),
         ),
+        (
+            nats::REGISTRY_USER,
+            &text("registry"),
+            &ferry_nats::permissions::registry(),
+        ),
     ])
     .expect("renders");
     assert_eq!(text("auth.conf"), expected);
     assert_ne!(text("adapter"), text("router"));
+    assert_ne!(text("registry"), text("router"));
 
     // A budget and a policy like the other workloads.
     let pdb = d
@@ -326,6 +334,30 @@ fn nats_mode_routers_are_a_stateless_deployment_and_configs_point_at_nats() {
         );
         http.validate().expect("http config");
         assert_eq!(http.messaging.mode, ComponentMode::Nats);
+
+        // The registry reads presence from NATS as its own user.
+        let registry = template_of_deployment(&d, "iot-registry");
+        let reg: ferry_registry::Config = load(
+            &config_of(&d, Component::Registry),
+            "FERRY_REGISTRY_",
+            pod_env(registry),
+        );
+        assert_eq!(reg.messaging.mode, ComponentMode::Nats);
+        assert_eq!(
+            reg.messaging.nats.user.as_deref(),
+            Some(nats::REGISTRY_USER)
+        );
+        let files = secret_files(registry);
+        let password = reg.messaging.nats.password_file.as_ref().expect("file");
+        assert_eq!(
+            file_of(&files, &password.to_string_lossy()),
+            ("iot-nats-users", "registry")
+        );
+        let ca = reg.messaging.nats.tls_ca.as_ref().expect("CA");
+        assert_eq!(
+            file_of(&files, &ca.to_string_lossy()),
+            ("iot-tls", "ca.crt")
+        );
     }
 }
 
@@ -343,6 +375,7 @@ fn external_nats_reads_the_users_secret_and_ca_and_runs_nothing() {
     for referenced in [
         ("corp-nats", "adapter"),
         ("corp-nats", "router"),
+        ("corp-nats", "registry"),
         ("corp-nats-ca", "ca.pem"),
     ] {
         assert!(
@@ -373,6 +406,15 @@ fn external_nats_reads_the_users_secret_and_ca_and_runs_nothing() {
         pod_env(template_of_deployment(&d, "iot-mqtt-adapter")),
     );
     assert_eq!(mqtt.messaging.nats.user.as_deref(), Some("iot-adapters"));
+    let registry: ferry_registry::Config = load(
+        &config_of(&d, Component::Registry),
+        "FERRY_REGISTRY_",
+        pod_env(template_of_deployment(&d, "iot-registry")),
+    );
+    assert_eq!(
+        registry.messaging.nats.user.as_deref(),
+        Some("iot-registry")
+    );
 
     // Without a CA: the system's roots, and TLS only if every URL asks for it.
     let mut spec = external();
@@ -495,7 +537,7 @@ fn nats_is_reachable_only_by_ferry_clients_and_its_peers() {
     };
     assert_eq!(
         components(from(4222)),
-        ["router", "mqtt-adapter", "http-adapter"]
+        ["router", "mqtt-adapter", "http-adapter", "registry"]
     );
     assert_eq!(components(from(6222)), ["nats"]);
     assert!(from(8222).is_none(), "monitoring like the admin ports");
