@@ -25,7 +25,8 @@
 //!   command is released at once and the instance's routes are deleted.
 //!
 //! Every message from the bus passes the same checks as one from an adapter's link
-//! ([`check_device_message`](crate::connection::check_device_message)): the registration assertion is verified and stripped.
+//! ([`check_device_message`](crate::connection::check_device_message)): the registration assertion is
+//! verified and stripped.
 //!
 //! Layout: this file holds the [`Bus`], its takers' bookkeeping and the outcomes' translation; one
 //! module per address kind takes its messages (`telemetry`, `events`, `responses`); `commands` mirrors
