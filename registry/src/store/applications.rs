@@ -6,6 +6,7 @@ use super::{is_unique_violation, new_version, Store, StoreError, Stored, Version
 use crate::changes::{Notice, Op};
 
 impl Store {
+    /// Creates or replaces an application user; returns its version and whether it was created.
     pub async fn put_application(
         &self,
         name: &str,

@@ -8,6 +8,7 @@ use super::{
 use crate::changes::{Notice, Op};
 
 impl Store {
+    /// Creates a device with an empty credentials set.
     pub async fn create_device(
         &self,
         tenant: &str,
