@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-mod cluster;
 pub mod command;
 pub mod consume;
 pub mod manage;

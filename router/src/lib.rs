@@ -50,11 +50,10 @@ pub struct Shared<S: EventStore> {
     /// reported (see [`console::SEEN_SLOT_SECS`]): last-seen costs the presence store one update per
     /// device and slot, not one per message.
     pub seen: console::SeenFilter,
-    /// Open connections, so that shutdown can wait for them to send their close.
+    /// Open connections (for `max_connections`).
     open_connections: std::sync::atomic::AtomicUsize,
     /// Open connections per application user (for `max_connections_per_user`).
     pub per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    all_closed: Notify,
     /// Cluster mode: the NATS bus ([`bus`]); `None` in embedded mode.
     pub bus: Option<Arc<bus::Bus>>,
 }
@@ -249,7 +248,6 @@ async fn serve<S: EventStore>(
         seen: console::SeenFilter::default(),
         open_connections: std::sync::atomic::AtomicUsize::new(0),
         per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
-        all_closed: Notify::new(),
         bus: bus.clone(),
     });
     if let Some(bus) = &bus {
@@ -386,9 +384,7 @@ async fn accept_loops<S: EventStore>(
             } else if let Err(e) = connection::serve(stream, peer, shared.clone()).await {
                 tracing::debug!(%peer, error = %e, "AMQP connection ended");
             }
-            if shared.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
-                shared.all_closed.notify_waiters();
-            }
+            shared.open_connections.fetch_sub(1, Ordering::AcqRel);
         }
     };
     // Shutdown: every connection sends its close (they watch the same shutdown); the loop waits for

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use super::*;
 use ed25519_dalek::Signer as _;
 

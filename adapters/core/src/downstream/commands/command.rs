@@ -10,7 +10,10 @@ use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition};
 use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, Rejected, Released};
 use fe2o3_amqp::types::primitives::Symbol;
 use ferry_core::ids::{DeviceId, TenantId};
+use ferry_nats::outcome::Outcome;
 use tokio::sync::mpsc;
+
+use crate::downstream::nats::publish_now;
 
 /// A command for one of this instance's devices. Settle it with [`Command::accept`],
 /// [`Command::release`] or [`Command::reject`]; dropping it unsettled releases it (the application
@@ -129,7 +132,7 @@ impl Command {
     fn settle_with(&mut self, state: DeliveryState) {
         match self.settle.take() {
             None => {}
-            Some(Settle::Nats(s)) => crate::downstream::nats::settle(s, &state),
+            Some(Settle::Nats(s)) => settle_on_nats(s, &state),
             Some(Settle::Link(s)) => settle_on_link(s, state),
         }
     }
@@ -150,6 +153,32 @@ fn settle_on_link(s: LinkSettle, state: DeliveryState) {
             s.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("command settlement queue full; settlement dropped");
         }
+    }
+}
+
+/// Replies to a command with the device's outcome; called when the [`Command`] is settled or dropped.
+fn settle_on_nats(s: NatsSettle, state: &DeliveryState) {
+    let outcome = match state {
+        DeliveryState::Accepted(_) => Outcome::Accepted,
+        DeliveryState::Modified(_) => Outcome::Modified,
+        DeliveryState::Rejected(r) => {
+            let (condition, description) = match &r.error {
+                Some(e) => (
+                    crate::downstream::message::condition_name(&e.condition),
+                    e.description.clone(),
+                ),
+                None => (None, None),
+            };
+            Outcome::Rejected {
+                condition,
+                description,
+            }
+        }
+        _ => Outcome::Released,
+    };
+    if publish_now(&s.client, s.reply, None, outcome.encode()).is_err() {
+        // The router's request times out, which it treats like `released`.
+        s.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 

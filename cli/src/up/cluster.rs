@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
 
-use crate::up::UpArgs;
+use super::args::UpArgs;
+use super::demo;
 
 /// NATS nodes of the local cluster.
 const NATS_NODES: u16 = 3;
@@ -298,7 +299,7 @@ async fn start_all(
     );
     println!("  logs                            {}", logs.display());
     if args.demo {
-        let demo = crate::up::demo::ensure(&registry_urls[0], &admin_token, data_dir).await?;
+        let demo = demo::ensure(&registry_urls[0], &admin_token, data_dir).await?;
         let shown = |a: &SocketAddr| {
             if a.ip().is_unspecified() {
                 "127.0.0.1".to_owned()
@@ -461,7 +462,6 @@ fn secret(path: &Path) -> anyhow::Result<String> {
         }
     }
     let s = uuid::Uuid::new_v4().simple().to_string();
-    crate::up::demo::write_private(path, &s)
-        .with_context(|| format!("writing {}", path.display()))?;
+    demo::write_private(path, &s).with_context(|| format!("writing {}", path.display()))?;
     Ok(s)
 }

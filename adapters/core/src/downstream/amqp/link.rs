@@ -18,7 +18,8 @@ use fe2o3_amqp::Sender;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{DownstreamError, SessionSlot};
+use super::SessionSlot;
+use crate::downstream::DownstreamError;
 
 /// What a job's caller gets back: the future of the router's outcome.
 pub(crate) type Delivery = DeliveryFut<Result<Outcome, SendError>>;

@@ -1,0 +1,282 @@
+//! Commands on the bus: the adapters' routes mirrored from the key-value bucket into the hub, and a
+//! stand-in consumer per adapter instance that forwards its commands as NATS requests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use ferry_core::ids::TenantId;
+use ferry_nats::outcome::Outcome;
+use ferry_nats::{routes, subjects};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+
+use super::{delivery_state, lock, Bus};
+use crate::events::EventStore;
+use crate::hub::{self, AddressRef, ConnHandle, Consumer, Kind, ToConn};
+use crate::Shared;
+
+/// An adapter instance's command address here, its stand-in consumer, and how to stop its forwarder.
+#[derive(Clone)]
+pub(super) struct Instance {
+    addr: AddressRef,
+    consumer: Arc<Consumer>,
+    stop: Arc<Notify>,
+}
+
+/// Commands an adapter instance may have in flight from this router.
+const COMMAND_CREDIT: u32 = 256;
+
+/// How long an adapter instance may take to settle a command (its device may be slow to answer).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Bus {
+    /// Mirrors the command-route bucket into the hub until `shutdown`; re-reads it in full after an
+    /// error. Runs for the router's lifetime.
+    pub async fn follow_routes<S: EventStore>(
+        self: Arc<Self>,
+        shared: Arc<Shared<S>>,
+        shutdown: ferry_core::shutdown::Shutdown,
+    ) {
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            let result = tokio::select! {
+                () = &mut stop => return,
+                r = self.mirror_routes(&shared) => r,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "following the command routes failed; retrying");
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn routes(&self) -> Result<&kv::Store, ferry_nats::Error> {
+        self.routes
+            .get_or_try_init(|| routes::bucket(&self.js, self.replicas))
+            .await
+    }
+
+    async fn mirror_routes<S: EventStore>(
+        self: &Arc<Self>,
+        shared: &Arc<Shared<S>>,
+    ) -> anyhow::Result<()> {
+        let store = self.routes().await?;
+        let mut watch = store.watch_all().await?;
+        // What each key holds now, to undo a route when its key is deleted.
+        let mut known: HashMap<String, String> = HashMap::new();
+        // Device and gateway routes per adapter instance: at none, the instance's stand-in goes.
+        let mut held: HashMap<String, usize> = HashMap::new();
+        while let Some(entry) = watch.next().await {
+            let entry = entry?;
+            let Some((kind, tenant, id)) = routes::parse_key(&entry.key) else {
+                continue;
+            };
+            let (Ok(tenant), Ok(id)) =
+                (TenantId::new(&tenant), ferry_core::ids::DeviceId::new(&id))
+            else {
+                continue;
+            };
+            let hub = &shared.hub;
+            let previous = known.remove(&entry.key);
+            if let Some(prev) = previous {
+                match kind {
+                    routes::RouteKind::Device => {
+                        if let Some(a) = self.instance(shared, &prev) {
+                            hub.unsubscribe_commands(&tenant, id.as_str(), &a);
+                        }
+                    }
+                    routes::RouteKind::Gateway => {
+                        if let Some(a) = self.instance(shared, &prev) {
+                            hub.unsubscribe_gateway(&tenant, id.as_str(), &a);
+                        }
+                    }
+                    routes::RouteKind::LastGateway => {}
+                }
+                if kind != routes::RouteKind::LastGateway {
+                    if let Some(n) = held.get_mut(&prev) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            held.remove(&prev);
+                            self.drop_instance(shared, &prev);
+                        }
+                    }
+                }
+            }
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let Ok(value) = std::str::from_utf8(&entry.value) else {
+                continue;
+            };
+            match kind {
+                routes::RouteKind::Device => {
+                    if let Some(a) = self.instance(shared, value) {
+                        hub.subscribe_commands(&tenant, id.as_str(), &a);
+                        *held.entry(value.to_owned()).or_default() += 1;
+                    }
+                }
+                routes::RouteKind::Gateway => {
+                    if let Some(a) = self.instance(shared, value) {
+                        hub.subscribe_gateway(&tenant, id.as_str(), &a);
+                        *held.entry(value.to_owned()).or_default() += 1;
+                    }
+                }
+                routes::RouteKind::LastGateway => {
+                    if let Ok(g) = ferry_core::ids::DeviceId::new(value) {
+                        hub.set_last_gateway(&tenant, id.as_str(), g.as_str());
+                    }
+                }
+            }
+            known.insert(entry.key.clone(), value.to_owned());
+        }
+        anyhow::bail!("the route watch ended")
+    }
+
+    /// The command address of adapter instance `id`, with its stand-in consumer (made on first use).
+    fn instance<S: EventStore>(
+        self: &Arc<Self>,
+        shared: &Arc<Shared<S>>,
+        id: &str,
+    ) -> Option<AddressRef> {
+        if let Some(i) = lock(&self.instances).get(id) {
+            return Some(i.addr.clone());
+        }
+        let scope = TenantId::new(id).ok()?;
+        let mut addr = shared.hub.address(Kind::CommandInternal, &scope);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = ConnHandle::new(tx);
+        let consumer = shared
+            .hub
+            .attach_consumer(&mut addr, conn.clone(), hub::next_id());
+        shared.hub.consumer_credit(&addr, &consumer, COMMAND_CREDIT);
+        let held = Instance {
+            addr: addr.clone(),
+            consumer,
+            stop: Arc::new(Notify::new()),
+        };
+        lock(&self.instances).insert(id.to_owned(), held.clone());
+        shared.hub.metrics.command_instances.inc();
+        tokio::spawn(
+            self.clone()
+                .forward_commands(shared.clone(), id.to_owned(), held, conn, rx),
+        );
+        Some(addr)
+    }
+
+    /// Adapter instance `id` holds no command route any more (it went, or its devices moved): its
+    /// stand-in consumer and forwarder go, so instances that come and go do not pile up.
+    fn drop_instance<S: EventStore>(&self, shared: &Shared<S>, id: &str) {
+        let Some(gone) = lock(&self.instances).remove(id) else {
+            return;
+        };
+        shared
+            .hub
+            .detach_consumer(&gone.addr, &gone.consumer, Vec::new());
+        gone.stop.notify_one();
+        shared.hub.metrics.command_instances.dec();
+    }
+
+    /// The stand-in consumer of an adapter instance: each command the hub hands it goes to the instance
+    /// as a NATS request, and is settled with the answer.
+    async fn forward_commands<S: EventStore>(
+        self: Arc<Self>,
+        shared: Arc<Shared<S>>,
+        instance: String,
+        held: Instance,
+        conn: ConnHandle,
+        mut rx: mpsc::UnboundedReceiver<ToConn>,
+    ) {
+        let Instance {
+            addr,
+            consumer,
+            stop,
+        } = held;
+        let subject = subjects::command(&instance);
+        let in_flight = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        loop {
+            let request = tokio::select! {
+                () = stop.notified() => break,
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let ToConn::Deliver {
+                payload, origin, ..
+            } = request
+            else {
+                continue;
+            };
+            conn.written(payload.len() + hub::DELIVERY_OVERHEAD);
+            consumer.dequeued();
+            in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let bus = self.clone();
+            let shared = shared.clone();
+            let subject = subject.clone();
+            let addr = addr.clone();
+            let consumer = consumer.clone();
+            let in_flight = in_flight.clone();
+            let instance = instance.clone();
+            tokio::spawn(async move {
+                let request = async_nats::Request::new()
+                    .payload(payload)
+                    .timeout(Some(COMMAND_TIMEOUT));
+                let state = match bus.client.send_request(subject, request).await {
+                    Ok(answer) => match Outcome::decode(&answer.payload) {
+                        Some(o) => delivery_state(o),
+                        None => hub::release(),
+                    },
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        bus.forget_instance(&instance).await;
+                        hub::release()
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, %instance, "command not settled by the adapter");
+                        hub::release()
+                    }
+                };
+                shared.hub.consumer_settled(&consumer, origin, state);
+                let now = in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) - 1;
+                shared
+                    .hub
+                    .consumer_credit(&addr, &consumer, COMMAND_CREDIT.saturating_sub(now));
+            });
+        }
+    }
+
+    /// An adapter instance did not answer: it is gone. Its routes are deleted (unless a newer route of
+    /// another instance replaced them meanwhile), so later commands for its devices are released at once
+    /// without a request, until the devices subscribe elsewhere.
+    async fn forget_instance(&self, instance: &str) {
+        let Ok(store) = self.routes().await else {
+            return;
+        };
+        let Ok(mut keys) = store.keys().await else {
+            return;
+        };
+        let mut stale = Vec::new();
+        while let Some(Ok(key)) = keys.next().await {
+            if matches!(
+                routes::parse_key(&key),
+                Some((routes::RouteKind::Device | routes::RouteKind::Gateway, _, _))
+            ) {
+                stale.push(key);
+            }
+        }
+        let mut deleted = 0;
+        for key in stale {
+            if let Ok(true) = routes::delete_if(store, &key, instance.as_bytes()).await {
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(%instance, deleted, "adapter instance does not answer; its command routes were deleted");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `telemetry/T` on the bus: the tenant's queue subscription, and each message from it checked and
+//! routed to this router's consumers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fe2o3_amqp_types::messaging::DeliveryState;
+use ferry_nats::outcome::Outcome;
+use ferry_nats::{headers, subjects};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+
+use super::{outcome_of, Bus, SUBSCRIBED_WITHIN};
+use crate::connection::check_device_message;
+use crate::events::EventStore;
+use crate::hub::{AddressRef, Origin, Remote, Routed};
+use crate::metrics::Outcome as Counted;
+use crate::Shared;
+
+impl Bus {
+    /// `telemetry/T`: the tenant's queue subscription, held while this router's consumers have credit.
+    ///
+    /// When they have none left, the router leaves the queue group (what it had already been handed is
+    /// released) and joins again when a consumer grants credit: NATS then hands the tenant's telemetry
+    /// to the routers whose consumers can take it, and a device gets "busy" only when none can.
+    pub(super) async fn take_telemetry<S: EventStore>(
+        &self,
+        shared: &Shared<S>,
+        addr: &AddressRef,
+        stop: &Notify,
+    ) -> anyhow::Result<()> {
+        let credit = shared.hub.credit_signal(addr);
+        let (tx, mut outcomes) = mpsc::unbounded_channel();
+        let mut waiting: HashMap<u64, async_nats::Subject> = HashMap::new();
+        let mut next = 0u64;
+        let mut sub: Option<async_nats::Subscriber> = None;
+        loop {
+            let Some(current) = sub.as_mut() else {
+                if shared.hub.available_credit(addr) > 0 {
+                    let joined = self
+                        .client
+                        .queue_subscribe(
+                            subjects::telemetry(addr.tenant.as_str()),
+                            subjects::ROUTERS.to_owned(),
+                        )
+                        .await?;
+                    // In place at the server before anything else: devices sending right after an
+                    // application attached are not told "nobody consumes".
+                    ferry_nats::round_trip(&self.client, SUBSCRIBED_WITHIN).await?;
+                    sub = Some(joined);
+                    continue;
+                }
+                tokio::select! {
+                    () = stop.notified() => break,
+                    () = credit.notified() => {}
+                    Some((id, state)) = outcomes.recv() => {
+                        if let Some(to) = waiting.remove(&id) {
+                            self.reply(Some(to), &outcome_of(&state)).await;
+                        }
+                    }
+                }
+                continue;
+            };
+            tokio::select! {
+                () = stop.notified() => break,
+                Some((id, state)) = outcomes.recv() => {
+                    if let Some(to) = waiting.remove(&id) {
+                        self.reply(Some(to), &outcome_of(&state)).await;
+                    }
+                }
+                msg = current.next() => {
+                    let Some(msg) = msg else { break };
+                    let starved = self
+                        .on_telemetry(shared, addr, msg, &tx, &mut waiting, &mut next)
+                        .await;
+                    if starved && shared.hub.consumers(addr) > 0 {
+                        // Consumers, but no credit: leave the group until they grant some.
+                        if let Some(mut gone) = sub.take() {
+                            let _ = gone.unsubscribe().await;
+                            while let Ok(Some(m)) =
+                                tokio::time::timeout(Duration::ZERO, gone.next()).await
+                            {
+                                let size = m.payload.len();
+                                addr.counters.count(Counted::Released, size);
+                                self.reply(m.reply, &Outcome::Released).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // What the consumers released on their way out is answered; the rest times out at the adapter.
+        while let Ok((id, state)) = outcomes.try_recv() {
+            if let Some(to) = waiting.remove(&id) {
+                self.reply(Some(to), &outcome_of(&state)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// One telemetry message from NATS, checked and routed; true when the consumers have no credit left.
+    async fn on_telemetry<S: EventStore>(
+        &self,
+        shared: &Shared<S>,
+        addr: &AddressRef,
+        msg: async_nats::Message,
+        tx: &mpsc::UnboundedSender<(u64, DeliveryState)>,
+        waiting: &mut HashMap<u64, async_nats::Subject>,
+        next: &mut u64,
+    ) -> bool {
+        let size = msg.payload.len();
+        let presettled = msg.reply.is_none()
+            || msg
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(headers::PRESETTLED).is_some());
+        let payload = match check_device_message(shared, addr, &msg.payload) {
+            Ok(p) => p,
+            Err(state) => {
+                addr.counters.count(Counted::Rejected, size);
+                self.reply(msg.reply, &outcome_of(&state)).await;
+                return false;
+            }
+        };
+        let origin = match (&msg.reply, presettled) {
+            (Some(to), false) => {
+                *next += 1;
+                waiting.insert(*next, to.clone());
+                Origin::Remote(Remote {
+                    tx: tx.clone(),
+                    id: *next,
+                })
+            }
+            _ => Origin::None,
+        };
+        match shared
+            .hub
+            .route_telemetry(addr, payload, presettled, origin)
+        {
+            Routed::Forwarded => {
+                addr.counters.count(Counted::Forwarded, size);
+                if presettled {
+                    self.reply(msg.reply, &Outcome::Accepted).await;
+                }
+                // That may have been the last credit: leave before NATS hands over one more.
+                shared.hub.available_credit(addr) <= 0
+            }
+            Routed::NoConsumer => {
+                addr.counters.count(Counted::Released, size);
+                if !presettled {
+                    waiting.remove(next);
+                }
+                self.reply(msg.reply, &Outcome::Released).await;
+                true
+            }
+        }
+    }
+}
