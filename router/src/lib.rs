@@ -151,6 +151,11 @@ pub async fn start(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::
             )
             .await
             .context("opening the presence bucket (messaging.nats)")?;
+            admin.register(
+                "ferry_router_presence_updates_dropped",
+                "Presence updates dropped because the writer to NATS fell behind (cluster mode)",
+                presence.dropped_counter(),
+            );
             let bridge = ferry_core::console::RouterBridge::new(Arc::new(presence));
             serve_on_bus(config, admin, shutdown, bus, bridge).await
         }

@@ -8,9 +8,6 @@
 //! a bounded queue that one task per process applies (read, apply, write back only if nobody wrote in
 //! between, else again), and is dropped and counted when the queue is full.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use bytes::Bytes;
 use ferry_core::console::{
@@ -18,6 +15,7 @@ use ferry_core::console::{
 };
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use crate::routes::{key_id, key_token};
@@ -37,7 +35,7 @@ const CONFLICT_RETRIES: usize = 5;
 pub struct NatsPresence {
     kv: kv::Store,
     queue: mpsc::Sender<PresenceUpdate>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl std::fmt::Debug for NatsPresence {
@@ -76,13 +74,18 @@ impl NatsPresence {
         Ok(Self {
             kv,
             queue,
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped: Counter::default(),
         })
     }
 
     /// Updates dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.get()
+    }
+
+    /// The same count as a metric, for the process's admin server (it stays shared with the store).
+    pub fn dropped_counter(&self) -> Counter {
+        self.dropped.clone()
     }
 
     async fn record_of(&self, key: &str) -> Result<Option<PresenceRecord>, PresenceError> {
@@ -98,7 +101,7 @@ impl NatsPresence {
 impl PresenceStore for NatsPresence {
     fn record(&self, update: PresenceUpdate) {
         if self.queue.try_send(update).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 

@@ -148,3 +148,24 @@ async fn adapters_and_routers_write_presence_and_the_registry_reads_it() {
         "a registry read the command routes"
     );
 }
+
+/// A burst beyond the writer's queue is dropped, not held: counted, and the count is the metric the
+/// router exports (`ferry_router_presence_updates_dropped`).
+#[tokio::test(flavor = "current_thread")]
+async fn updates_beyond_the_queue_are_dropped_and_counted() {
+    let server = server();
+    let (_r, router) = open(&server, "ferry-router", "router-pw").await;
+    let counter = router.dropped_counter();
+    assert_eq!(router.dropped(), 0);
+    // One thread and no await between the updates: the writer task cannot take any meanwhile.
+    let burst = 10_000;
+    for i in 0..burst {
+        router.record(update("t1", &format!("d{i}"), PresenceChange::Seen));
+    }
+    let dropped = router.dropped();
+    assert!(
+        dropped > 0 && dropped < burst,
+        "queue bound not applied: {dropped} of {burst} dropped"
+    );
+    assert_eq!(counter.get(), dropped, "the metric is the same count");
+}

@@ -290,6 +290,12 @@ async fn instances_become(p: &Platform, want: i64) {
 async fn adapter_instances_that_hold_no_routes_are_forgotten() {
     let nats = NatsServer::start();
     let (p, client) = cluster(&nats).await;
+    assert!(
+        p.admin
+            .encode_metrics()
+            .contains("ferry_router_presence_updates_dropped_total 0"),
+        "the presence writer's drops are exported"
+    );
     let js = jetstream::new(client.clone());
     let bucket = routes::bucket(&js, 1).await.expect("bucket");
     let key = |i: usize| routes::key(routes::RouteKind::Device, "t1", &format!("d{i}"));
