@@ -243,20 +243,15 @@ impl Listeners {
         // Every handler task holds a clone of `open`; the channel closes when the last one ends.
         let (open, mut all_closed) = mpsc::channel::<()>(1);
         let slots = accept.max_connections.map(|n| Arc::new(Semaphore::new(n)));
-        let loops = self.listeners.into_iter().map(|(listener, tls)| {
-            Loop {
-                listener,
-                tls,
-                tls_in_handler: accept.tls_in_handler,
-                slots: slots.clone(),
-                open: open.clone(),
-                shutdown: shutdown.clone(),
-            }
-            .run(handler.clone())
-        });
-        let loops: Vec<_> = loops.collect();
-        drop(handler);
-        futures_util::future::join_all(loops).await;
+        Loop {
+            listeners: self.listeners,
+            tls_in_handler: accept.tls_in_handler,
+            slots,
+            open: open.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(handler)
+        .await;
         drop(open);
         if tokio::time::timeout(DRAIN_GRACE, all_closed.recv())
             .await
@@ -267,10 +262,11 @@ impl Listeners {
     }
 }
 
-/// One listener's accept loop.
+/// The accept loop over all of a component's listeners. One loop rather than one per listener, so that
+/// a slot is taken only when a client is about to be accepted on any of them: a loop per listener would
+/// each hold a slot while waiting for its next client, and a cap of n would serve n - 1 on one port.
 struct Loop {
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     tls_in_handler: bool,
     slots: Option<Arc<Semaphore>>,
     open: mpsc::Sender<()>,
@@ -278,12 +274,25 @@ struct Loop {
 }
 
 impl Loop {
+    /// The next connection on any listener, with the index of the listener it came in on.
+    async fn accept_any(&self) -> (usize, std::io::Result<(TcpStream, SocketAddr)>) {
+        std::future::poll_fn(|cx| {
+            for (i, (listener, _)) in self.listeners.iter().enumerate() {
+                if let Poll::Ready(r) = listener.poll_accept(cx) {
+                    return Poll::Ready((i, r));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     async fn run<F, Fut>(self, handler: F)
     where
         F: Fn(Stream, SocketAddr, Option<TlsAcceptor>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let stop = self.shutdown.wait();
+        let stop = self.shutdown.clone().wait();
         tokio::pin!(stop);
         loop {
             // A slot first: while all are taken, nothing is accepted and new clients queue in the
@@ -298,10 +307,10 @@ impl Loop {
                     },
                 },
             };
-            let (stream, peer) = tokio::select! {
+            let (index, (stream, peer)) = tokio::select! {
                 () = &mut stop => return,
-                r = self.listener.accept() => match r {
-                    Ok(a) => a,
+                (index, r) = self.accept_any() => match r {
+                    Ok(a) => (index, a),
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -312,7 +321,7 @@ impl Loop {
             };
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
-            let tls = self.tls.clone();
+            let tls = self.listeners.get(index).and_then(|(_, tls)| tls.clone());
             let tls_in_handler = self.tls_in_handler;
             let open = self.open.clone();
             tokio::spawn(async move {

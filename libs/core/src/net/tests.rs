@@ -119,3 +119,54 @@ async fn http_connection_without_a_request_header_is_cut_off() {
         .expect("read");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// With a plain and a TLS port, the cap counts connections, not listeners: a loop waiting for a client
+/// on one port must not hold a slot the other port's client needs.
+#[tokio::test]
+async fn the_cap_is_shared_by_every_listener_and_an_idle_one_holds_no_slot() {
+    let pki = throwaway_acceptor();
+    let tls = Some(("TLS", "127.0.0.1:0".parse().expect("addr"), pki));
+    let listeners = Listeners::bind("plain", "127.0.0.1:0".parse().expect("addr"), tls)
+        .await
+        .expect("bind");
+    let addr = listeners.addr();
+    let (_trigger, shutdown) = crate::shutdown::channel();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let handler = move |_stream: Stream, _peer, _tls| {
+        let count = count.clone();
+        async move {
+            count.fetch_add(1, Ordering::SeqCst);
+            // Held open: each one keeps its slot.
+            std::future::pending::<()>().await;
+        }
+    };
+    let accept = Accept {
+        max_connections: Some(2),
+        tls_in_handler: true,
+    };
+    tokio::spawn(listeners.serve(accept, shutdown, handler));
+    let _first = TcpStream::connect(addr).await.expect("connect");
+    let _second = TcpStream::connect(addr).await.expect("connect");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while served.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("two clients on the plain port are served under a cap of two");
+}
+
+/// A TLS acceptor from a throwaway self-signed certificate (the handshake is never done here).
+fn throwaway_acceptor() -> TlsAcceptor {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    crate::tls::acceptor(&cert_path, &key_path, &[]).expect("acceptor")
+}
