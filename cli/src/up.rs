@@ -90,10 +90,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let router =
         ferry_router::start_with_bridge(router_config, admin.clone(), shutdown.clone(), bridge)
             .await?;
-    mqtt_config.registry_url = registry.url();
-    mqtt_config.registry_token = registry.internal_token.clone();
-    mqtt_config.router_address = format!("127.0.0.1:{}", router.addr.port());
-    mqtt_config.router_password = registry.internal_token.clone();
+    mqtt_config.adapter.registry_url = registry.url();
+    mqtt_config.adapter.registry_token = registry.internal_token.clone();
+    mqtt_config.adapter.router_address = format!("127.0.0.1:{}", router.addr.port());
+    mqtt_config.adapter.router_password = registry.internal_token.clone();
     // Both adapters report Hono's metric families into one set, told apart by `component_name`.
     let hono_metrics = ferry_mqtt_adapter::metrics::HonoMetrics::new(&admin);
     let mqtt = ferry_mqtt_adapter::start_with_metrics(
@@ -103,10 +103,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
-    http_config.registry_url = registry.url();
-    http_config.registry_token = registry.internal_token.clone();
-    http_config.router_address = format!("127.0.0.1:{}", router.addr.port());
-    http_config.router_password = registry.internal_token.clone();
+    http_config.adapter.registry_url = registry.url();
+    http_config.adapter.registry_token = registry.internal_token.clone();
+    http_config.adapter.router_address = format!("127.0.0.1:{}", router.addr.port());
+    http_config.adapter.router_password = registry.internal_token.clone();
     let http =
         ferry_http_adapter::start_with_metrics(http_config, admin.clone(), &hono_metrics, shutdown)
             .await?;
@@ -170,5 +170,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("Press Ctrl-C to stop.");
     let (r, a, m, h) = tokio::join!(registry.join(), router.join(), mqtt.join(), http.join());
-    r.and(a).and(m).and(h)
+    r.and(a)
+        .and(m.map_err(anyhow::Error::from))
+        .and(h.map_err(anyhow::Error::from))
 }

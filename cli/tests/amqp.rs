@@ -14,119 +14,47 @@ use fe2o3_amqp::types::messaging::{
 };
 use fe2o3_amqp::types::primitives::{Binary, Timestamp, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
-use ferry_core::shutdown::{self, Trigger};
+use ferry_test_support::platform::{TestRegistry, TestRouter};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-const ADMIN: &str = "admin-token";
-const INTERNAL: &str = "internal-token";
 const ADAPTER_USER: &str = "ferry-adapter";
 const ADAPTER_PASSWORD: &str = "adapter-secret";
 
 /// A registry (tenants t1 and t2, device d1 of t1, application user app1 of t1) and a router.
 struct Platform {
-    registry_url: String,
     amqp: std::net::SocketAddr,
-    http: reqwest::Client,
+    registry: TestRegistry,
+    _router: TestRouter,
     _data_dir: tempfile::TempDir,
-    _router: ferry_router::Started,
-    _router_trigger: Trigger,
-    _registry_trigger: Trigger,
 }
 
 impl Platform {
     async fn start() -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let (registry_trigger, registry_shutdown) = shutdown::channel();
-        let registry = ferry_registry::start(
-            ferry_registry::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: data_dir.path().join("registry"),
-                admin_token: Some(ADMIN.into()),
-                internal_token: Some(INTERNAL.into()),
-                bcrypt_cost: 4,
-                ..ferry_registry::Config::default()
-            },
-            ferry_core::admin::Admin::new(),
-            registry_shutdown,
-        )
-        .await
-        .expect("registry starts");
-        let registry_url = registry.url();
-        let http = reqwest::Client::new();
-        let manage = |method: reqwest::Method, path: String, body: serde_json::Value| {
-            let req = http
-                .request(method, format!("{registry_url}{path}"))
-                .bearer_auth(ADMIN)
-                .json(&body);
-            async move {
-                let resp = req.send().await.expect("registry call");
-                assert!(resp.status().is_success(), "{path}: {}", resp.status());
-            }
-        };
+        let registry = TestRegistry::start(&data_dir.path().join("registry"), |_| {}).await;
         for t in ["t1", "t2"] {
-            manage(reqwest::Method::POST, format!("/v1/tenants/{t}"), json!({})).await;
+            registry.tenant(t, json!({})).await;
         }
-        manage(reqwest::Method::POST, "/v1/devices/t1/d1".into(), json!({})).await;
-        manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app1".into(),
-            json!({ "password": "pw1", "tenants": ["t1"] }),
-        )
+        registry.device("t1", "d1", json!({})).await;
+        registry.application("app1", "pw1", &["t1"]).await;
+        let router = TestRouter::start(&registry.url, &data_dir.path().join("router"), |c| {
+            c.adapter_password = ADAPTER_PASSWORD.into();
+        })
         .await;
-
-        let (router_trigger, router_shutdown) = shutdown::channel();
-        let admin = ferry_core::admin::Admin::new();
-        let router = ferry_router::start(
-            ferry_router::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: data_dir.path().join("router"),
-                registry_url: registry_url.clone(),
-                registry_token: INTERNAL.into(),
-                adapter_password: ADAPTER_PASSWORD.into(),
-                ..ferry_router::Config::default()
-            },
-            admin.clone(),
-            router_shutdown,
-        )
-        .await
-        .expect("router starts");
-        for _ in 0..250 {
-            if admin.not_ready().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(admin.not_ready().is_empty(), "router not ready");
         Self {
-            registry_url,
             amqp: router.addr,
-            http,
-            _data_dir: data_dir,
+            registry,
             _router: router,
-            _router_trigger: router_trigger,
-            _registry_trigger: registry_trigger,
+            _data_dir: data_dir,
         }
     }
 
     /// A registration assertion for `device` of `tenant`, as an adapter gets it.
     async fn assertion(&self, tenant: &str, device: &str) -> String {
-        let resp: serde_json::Value = self
-            .http
-            .post(format!(
-                "{}/internal/v1/assertions/{tenant}/{device}",
-                self.registry_url
-            ))
-            .bearer_auth(INTERNAL)
-            .send()
-            .await
-            .expect("assertion call")
-            .json()
-            .await
-            .expect("json");
-        resp["assertion"].as_str().expect("assertion").to_owned()
+        self.registry.assertion(tenant, device).await
     }
 
     /// An fe2o3 connection with a session, logged in as the protocol adapters' service user.

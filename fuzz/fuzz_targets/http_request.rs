@@ -128,10 +128,13 @@ fn world() -> &'static World {
                 ferry_http_adapter::Config {
                     bind: "127.0.0.1:0".parse().expect("addr"),
                     tls_bind: "127.0.0.1:0".parse().expect("addr"),
-                    registry_url: registry.url(),
-                    registry_token: INTERNAL.into(),
-                    router_address: router.addr.to_string(),
-                    router_password: INTERNAL.into(),
+                    adapter: ferry_http_adapter::AdapterSettings {
+                        registry_url: registry.url(),
+                        registry_token: INTERNAL.into(),
+                        router_address: router.addr.to_string(),
+                        router_password: INTERNAL.into(),
+                        ..ferry_http_adapter::Config::default().adapter
+                    },
                     ..ferry_http_adapter::Config::default()
                 },
                 ferry_core::admin::Admin::new(),

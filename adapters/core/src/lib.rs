@@ -25,6 +25,7 @@ pub mod listen;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;
+pub mod start;
 pub mod tls;
 pub mod upstream;
 pub mod x509;

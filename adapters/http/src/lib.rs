@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use ferry_adapter_core::auth::DeviceAuthenticator;
 use ferry_adapter_core::downstream::Downstream;
 use ferry_adapter_core::registry::RegistryClient;
@@ -32,7 +31,7 @@ pub mod request;
 pub mod request_id;
 pub mod service;
 
-pub use config::Config;
+pub use config::{AdapterSettings, Config};
 
 /// What every request of one adapter shares.
 pub struct Shared {
@@ -54,24 +53,26 @@ impl std::fmt::Debug for Shared {
 }
 
 /// An adapter that is up.
-#[derive(Debug)]
-pub struct Started {
-    pub addr: SocketAddr,
-    pub tls_addr: Option<SocketAddr>,
-    /// The running adapter's state (its connections, its waiting requests), for embedding and tests.
-    pub shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub type Started = ferry_adapter_core::start::Started<Shared>;
 
-impl Started {
-    pub async fn join(self) -> anyhow::Result<()> {
-        self.task.await.context("HTTP adapter task failed")
+impl ferry_adapter_core::start::CommandTarget for Shared {
+    fn registry(&self) -> &RegistryClient {
+        &self.registry
+    }
+    fn volume(&self) -> &ferry_adapter_core::limits::VolumeMeter {
+        &self.volume
+    }
+    fn hono_metrics(&self) -> &ferry_adapter_core::metrics::AdapterMetrics {
+        self.metrics.hono()
+    }
+    fn dispatch(&self, command: ferry_adapter_core::downstream::Command) {
+        self.commands.dispatch(command);
     }
 }
 
 /// Runs the adapter until `shutdown`.
 pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<()> {
-    start(config, admin, shutdown).await?.join().await
+    Ok(start(config, admin, shutdown).await?.join().await?)
 }
 
 /// Connects to the registry and the router, binds the listeners and starts serving; Hono's metrics are
@@ -88,78 +89,40 @@ pub async fn start_with_metrics(
     hono: &metrics::HonoMetrics,
     shutdown: Shutdown,
 ) -> anyhow::Result<Started> {
-    let readiness = admin.readiness("http-adapter");
-    let (registry, downstream) =
-        ferry_adapter_core::upstream::connect(&config.upstream(), &shutdown)
-            .await
-            .context("connecting upstream")?;
-    let listeners = ferry_adapter_core::listen::listen(
-        &ferry_adapter_core::listen::Listen {
-            protocol: "HTTP",
-            tls_protocol: "HTTPS",
-            bind: config.bind,
-            tls_bind: config.tls_bind,
-            tls: &config.tls,
-            alpn: &[b"http/1.1"],
-            admin_bind: config.admin_bind,
-        },
+    let listen = ferry_adapter_core::listen::Listen {
+        protocol: "HTTP",
+        tls_protocol: "HTTPS",
+        bind: config.bind,
+        tls_bind: config.tls_bind,
+        tls: &config.tls,
+        alpn: &[b"http/1.1"],
+        admin_bind: config.admin_bind,
+    };
+    let p = ferry_adapter_core::start::prepare(
+        "http-adapter",
+        config.upstream(),
+        &listen,
         &admin,
         &shutdown,
     )
     .await?;
-    let (addr, tls_addr) = (listeners.addr(), listeners.tls_addr());
-    let (command_link, mut incoming) = downstream.commands(&config.instance_id);
-    let waiters = commands::Waiters::new(command_link, shutdown.clone());
     let shared = Arc::new(Shared {
-        auth: DeviceAuthenticator::with_limits(registry.clone(), config.login.clone()),
-        registry,
-        downstream,
+        auth: DeviceAuthenticator::with_limits(p.registry.clone(), config.adapter.login.clone()),
+        registry: p.registry,
+        downstream: p.downstream,
         metrics: metrics::Metrics::new(&admin, hono),
         volume: ferry_adapter_core::limits::VolumeMeter::new(),
-        commands: waiters,
+        commands: commands::Waiters::new(p.command_link, shutdown.clone()),
         config,
     });
-    {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            while let Some(command) = incoming.recv().await {
-                if !ferry_adapter_core::limits::admit_command(
-                    &shared.registry,
-                    &shared.volume,
-                    &command,
-                )
-                .await
-                {
-                    let direction = if command.reply_to.is_some() {
-                        "request"
-                    } else {
-                        "one-way"
-                    };
-                    shared.metrics.command(
-                        &command.tenant,
-                        direction,
-                        metrics::Status::Unprocessable,
-                        command.payload.len(),
-                    );
-                    command.reject(
-                        ferry_adapter_core::limits::RESOURCE_LIMIT_EXCEEDED,
-                        "the tenant's data volume is used up",
-                    );
-                    continue;
-                }
-                shared.commands.dispatch(command);
-            }
-        });
-    }
-    readiness.set(true);
-    let task = tokio::spawn(accept_loops(listeners, shared.clone(), shutdown));
-    tracing::info!(%addr, ?tls_addr, "HTTP adapter listening");
-    Ok(Started {
-        addr,
-        tls_addr,
+    ferry_adapter_core::start::spawn_commands(shared.clone(), p.commands);
+    Ok(Started::serve(
+        "HTTP adapter",
+        p.listeners,
+        &p.readiness,
         shared,
-        task,
-    })
+        |listeners, shared| accept_loops(listeners, shared, shutdown),
+    ))
 }
 
 /// Serves both listeners until shutdown, then gives open connections the drain grace to finish.

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use ferry_core::shutdown::{self, Trigger};
 use ferry_http_adapter::fuzzing::{self, Entropy, RawRequest, Vocabulary};
+use ferry_test_support::platform::{TestRegistry, TestRouter, INTERNAL_TOKEN};
 use rand::rngs::StdRng;
 use rand::{Rng as _, RngCore as _, SeedableRng as _};
 use serde_json::json;
 
-const ADMIN: &str = "admin-token";
-const INTERNAL: &str = "internal-token";
 const SEED: u64 = 0x15_0a_77;
 const CONNECTIONS: usize = 200;
 /// Connections run at once (a request with `hono-ttd` waits up to its ttd for a command).
@@ -62,91 +61,37 @@ fn count_panics() {
 /// gateway (`gw1@t1`/`gwpass`) that serves device `behind`.
 struct Platform {
     adapter: ferry_http_adapter::Started,
+    _registry: TestRegistry,
+    _router: TestRouter,
+    _adapter: Trigger,
     _dir: tempfile::TempDir,
-    _triggers: Vec<Trigger>,
 }
 
 impl Platform {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut triggers = Vec::new();
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let registry = ferry_registry::start(
-            ferry_registry::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: dir.path().join("registry"),
-                admin_token: Some(ADMIN.into()),
-                internal_token: Some(INTERNAL.into()),
-                bcrypt_cost: 4,
-                ..ferry_registry::Config::default()
-            },
-            ferry_core::admin::Admin::new(),
-            s,
-        )
-        .await
-        .expect("registry");
-        let http = reqwest::Client::new();
-        let manage = |method: reqwest::Method, path: String, body: serde_json::Value| {
-            let request = http
-                .request(method, format!("{}{path}", registry.url()))
-                .bearer_auth(ADMIN)
-                .json(&body);
-            async move {
-                let r = request.send().await.expect("registry");
-                assert!(r.status().is_success(), "{path}: {}", r.status());
-            }
-        };
-        manage(reqwest::Method::POST, "/v1/tenants/t1".into(), json!({})).await;
-        manage(reqwest::Method::POST, "/v1/devices/t1/d1".into(), json!({})).await;
-        manage(reqwest::Method::POST, "/v1/devices/t1/gw".into(), json!({})).await;
-        manage(
-            reqwest::Method::POST,
-            "/v1/devices/t1/behind".into(),
-            json!({ "via": ["gw"] }),
-        )
-        .await;
-        for (device, auth_id, password) in [("d1", "sensor1", "hunter2"), ("gw", "gw1", "gwpass")] {
-            manage(
-                reqwest::Method::PUT,
-                format!("/v1/credentials/t1/{device}"),
-                json!([{ "type": "hashed-password", "auth-id": auth_id, "secrets": [{ "pwd-plain": password }] }]),
-            )
+        let registry = TestRegistry::start(&dir.path().join("registry"), |_| {}).await;
+        registry.tenant("t1", json!({})).await;
+        registry.device("t1", "d1", json!({})).await;
+        registry.device("t1", "gw", json!({})).await;
+        registry
+            .device("t1", "behind", json!({ "via": ["gw"] }))
             .await;
-        }
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let router_admin = ferry_core::admin::Admin::new();
-        let router = ferry_router::start(
-            ferry_router::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: dir.path().join("router"),
-                registry_url: registry.url(),
-                registry_token: INTERNAL.into(),
-                adapter_password: INTERNAL.into(),
-                ..ferry_router::Config::default()
-            },
-            router_admin.clone(),
-            s,
-        )
-        .await
-        .expect("router");
-        for _ in 0..100 {
-            if router_admin.not_ready().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
+        registry.password("t1", "d1", "sensor1", "hunter2").await;
+        registry.password("t1", "gw", "gw1", "gwpass").await;
+        let router = TestRouter::start(&registry.url, &dir.path().join("router"), |_| {}).await;
+        let (trigger, s) = shutdown::channel();
         let adapter = ferry_http_adapter::start(
             ferry_http_adapter::Config {
                 bind: "127.0.0.1:0".parse().expect("addr"),
                 tls_bind: "127.0.0.1:0".parse().expect("addr"),
-                registry_url: registry.url(),
-                registry_token: INTERNAL.into(),
-                router_address: router.addr.to_string(),
-                router_password: INTERNAL.into(),
+                adapter: ferry_http_adapter::AdapterSettings {
+                    registry_url: registry.url.clone(),
+                    registry_token: INTERNAL_TOKEN.into(),
+                    router_address: router.addr.to_string(),
+                    router_password: INTERNAL_TOKEN.into(),
+                    ..ferry_http_adapter::Config::default().adapter
+                },
                 ..ferry_http_adapter::Config::default()
             },
             ferry_core::admin::Admin::new(),
@@ -164,8 +109,10 @@ impl Platform {
         );
         Self {
             adapter,
+            _registry: registry,
+            _router: router,
+            _adapter: trigger,
             _dir: dir,
-            _triggers: triggers,
         }
     }
 }

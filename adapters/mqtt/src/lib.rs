@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use ferry_adapter_core::auth::DeviceAuthenticator;
 use ferry_adapter_core::downstream::{CommandLink, Downstream};
 use ferry_adapter_core::registry::RegistryClient;
@@ -26,7 +25,7 @@ pub mod session;
 pub mod topic;
 pub mod wire;
 
-pub use config::Config;
+pub use config::{AdapterSettings, Config};
 
 /// What every session of one adapter shares.
 pub struct Shared {
@@ -156,22 +155,26 @@ impl std::fmt::Debug for Shared {
 }
 
 /// An adapter that is up.
-#[derive(Debug)]
-pub struct Started {
-    pub addr: SocketAddr,
-    pub tls_addr: Option<SocketAddr>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub type Started = ferry_adapter_core::start::Started<Shared>;
 
-impl Started {
-    pub async fn join(self) -> anyhow::Result<()> {
-        self.task.await.context("MQTT adapter task failed")
+impl ferry_adapter_core::start::CommandTarget for Shared {
+    fn registry(&self) -> &RegistryClient {
+        &self.registry
+    }
+    fn volume(&self) -> &ferry_adapter_core::limits::VolumeMeter {
+        &self.volume
+    }
+    fn hono_metrics(&self) -> &ferry_adapter_core::metrics::AdapterMetrics {
+        &self.metrics
+    }
+    fn dispatch(&self, command: ferry_adapter_core::downstream::Command) {
+        Shared::dispatch(self, command);
     }
 }
 
 /// Runs the adapter until `shutdown`.
 pub async fn run(config: Config, admin: Admin, shutdown: Shutdown) -> anyhow::Result<()> {
-    start(config, admin, shutdown).await?.join().await
+    Ok(start(config, admin, shutdown).await?.join().await?)
 }
 
 /// Connects to the registry and the router, binds the listeners and starts serving; Hono's metrics are
@@ -188,34 +191,30 @@ pub async fn start_with_metrics(
     hono: &metrics::HonoMetrics,
     shutdown: Shutdown,
 ) -> anyhow::Result<Started> {
-    let readiness = admin.readiness("mqtt-adapter");
-    let (registry, downstream) =
-        ferry_adapter_core::upstream::connect(&config.upstream(), &shutdown)
-            .await
-            .context("connecting upstream")?;
-    let listeners = ferry_adapter_core::listen::listen(
-        &ferry_adapter_core::listen::Listen {
-            protocol: "MQTT",
-            tls_protocol: "MQTTS",
-            bind: config.bind,
-            tls_bind: config.tls_bind,
-            tls: &config.tls,
-            alpn: &[],
-            admin_bind: config.admin_bind,
-        },
+    let listen = ferry_adapter_core::listen::Listen {
+        protocol: "MQTT",
+        tls_protocol: "MQTTS",
+        bind: config.bind,
+        tls_bind: config.tls_bind,
+        tls: &config.tls,
+        alpn: &[],
+        admin_bind: config.admin_bind,
+    };
+    let p = ferry_adapter_core::start::prepare(
+        "mqtt-adapter",
+        config.upstream(),
+        &listen,
         &admin,
         &shutdown,
     )
     .await?;
-    let (addr, tls_addr) = (listeners.addr(), listeners.tls_addr());
-    let (command_link, mut commands) = downstream.commands(&config.instance_id);
     let shared = Arc::new(Shared {
-        command_link,
+        command_link: p.command_link,
         routes: Mutex::new(HashMap::new()),
         gateway_routes: Mutex::new(HashMap::new()),
-        auth: DeviceAuthenticator::with_limits(registry.clone(), config.login.clone()),
-        registry,
-        downstream,
+        auth: DeviceAuthenticator::with_limits(p.registry.clone(), config.adapter.login.clone()),
+        registry: p.registry,
+        downstream: p.downstream,
         metrics: hono.component(session::ADAPTER_TYPE),
         volume: ferry_adapter_core::limits::VolumeMeter::new(),
         connections: AtomicUsize::new(0),
@@ -224,47 +223,14 @@ pub async fn start_with_metrics(
         shutdown: shutdown.clone(),
         config,
     });
-    {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            while let Some(command) = commands.recv().await {
-                if !ferry_adapter_core::limits::admit_command(
-                    &shared.registry,
-                    &shared.volume,
-                    &command,
-                )
-                .await
-                {
-                    let size = command.payload.len();
-                    let direction = if command.reply_to.is_some() {
-                        "request"
-                    } else {
-                        "one-way"
-                    };
-                    shared.metrics.command(
-                        &command.tenant,
-                        direction,
-                        metrics::Status::Unprocessable,
-                        size,
-                    );
-                    command.reject(
-                        ferry_adapter_core::limits::RESOURCE_LIMIT_EXCEEDED,
-                        "the tenant's data volume is used up",
-                    );
-                    continue;
-                }
-                shared.dispatch(command);
-            }
-        });
-    }
-    readiness.set(true);
-    let task = tokio::spawn(accept_loops(listeners, shared, shutdown));
-    tracing::info!(%addr, ?tls_addr, "MQTT adapter listening");
-    Ok(Started {
-        addr,
-        tls_addr,
-        task,
-    })
+    ferry_adapter_core::start::spawn_commands(shared.clone(), p.commands);
+    Ok(Started::serve(
+        "MQTT adapter",
+        p.listeners,
+        &p.readiness,
+        shared,
+        |listeners, shared| accept_loops(listeners, shared, shutdown),
+    ))
 }
 
 async fn accept_loops(

@@ -225,6 +225,44 @@ fn unknown_field_name(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
+/// Refuses unknown keys in a `Config` that takes a shared section with `#[serde(flatten)]` (serde's
+/// `deny_unknown_fields` does not work with `flatten`). Put it last, flattened:
+/// `#[serde(flatten)] pub unknown: NoUnknownFields`; it takes whatever keys no other field took and
+/// fails on the first, as `deny_unknown_fields` would (`unknown field `x``). It serializes to nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoUnknownFields;
+
+impl Serialize for NoUnknownFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        serializer.serialize_map(Some(0))?.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NoUnknownFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NoUnknownFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("no further fields")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                match map.next_key::<String>()? {
+                    Some(key) => Err(serde::de::Error::custom(format_args!(
+                        "unknown field `{key}`"
+                    ))),
+                    None => Ok(NoUnknownFields),
+                }
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// What [`load_checked`] asks of a component's `Config` beyond serde.
 pub trait Settings: DeserializeOwned + Serialize + Default {
     /// Refuses settings that could not work; the error names the field.

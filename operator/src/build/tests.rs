@@ -800,9 +800,12 @@ fn every_rendered_config_is_accepted_by_its_component() {
         mqtt.validate().expect("mqtt config");
         assert_eq!(mqtt.admin_bind.map(|a| a.port()), Some(ports::ADMIN as u16));
         // AMQPS: the generated certificate's CA is the adapters' to verify it with.
-        assert_eq!(mqtt.router_address, "iot-router-internal.prod.svc:5671");
-        assert_eq!(mqtt.router_user, router.adapter_user);
-        assert_eq!(mqtt.instance_id, "iot-mqtt-adapter-7d9f-x2k4q");
+        assert_eq!(
+            mqtt.adapter.router_address,
+            "iot-router-internal.prod.svc:5671"
+        );
+        assert_eq!(mqtt.adapter.router_user, router.adapter_user);
+        assert_eq!(mqtt.adapter.instance_id, "iot-mqtt-adapter-7d9f-x2k4q");
         assert_eq!(mqtt.bind.port(), 1883);
 
         let http: ferry_http_adapter::Config = load(
@@ -814,7 +817,7 @@ fn every_rendered_config_is_accepted_by_its_component() {
         assert_eq!(http.admin_bind.map(|a| a.port()), Some(ports::ADMIN as u16));
         assert_eq!(http.tls_bind.port(), 8443);
         assert_eq!(
-            file(&http.router_password_file).as_deref(),
+            file(&http.adapter.router_password_file).as_deref(),
             Some("/etc/ferry/secrets/router-password")
         );
     }

@@ -96,7 +96,7 @@ impl Bus {
                         };
                         let size = msg.payload.len();
                         let payload = match check_device_message(shared, addr, &msg.payload) {
-                            Ok(p) => p,
+                            Ok((p, _device)) => p,
                             Err(_) => {
                                 // Not a valid device message: it will never be one.
                                 addr.counters.count(Counted::Rejected, size);

@@ -115,7 +115,7 @@ impl Bus {
                 .as_ref()
                 .is_some_and(|h| h.get(headers::PRESETTLED).is_some());
         let payload = match check_device_message(shared, addr, &msg.payload) {
-            Ok(p) => p,
+            Ok((p, _device)) => p,
             Err(state) => {
                 addr.counters.count(Counted::Rejected, size);
                 self.reply(msg.reply, &outcome_of(&state)).await;

@@ -21,6 +21,7 @@ use crate::events::{EventStore, NewEvent};
 use crate::hub::{self, AddressRef, Consumer, Kind, LinkId, Origin, Producer, Routed, ToConn};
 use crate::metrics::Outcome;
 use crate::Shared;
+use ferry_core::ids::DeviceId;
 
 /// Where an incoming delivery came from, for its settlement.
 #[derive(Debug, Clone, Copy)]
@@ -194,8 +195,8 @@ impl<S: EventStore> Conn<S> {
                 return self.subscription(channel, addr, delivery_id, settled, &message)
             }
         }
-        let payload = match self.check_and_rewrite(addr, &message) {
-            Ok(p) => p,
+        let (payload, device) = match self.check_and_rewrite(addr, &message) {
+            Ok(checked) => checked,
             Err(state) => {
                 addr.counters.count(Outcome::Rejected, size);
                 if !settled {
@@ -228,7 +229,7 @@ impl<S: EventStore> Conn<S> {
                 let conn = self.handle.clone();
                 let event = NewEvent {
                     payload,
-                    device_id: Arc::from(""),
+                    device_id: device.to_arc(),
                     expires_at_ms: self.event_expiry(&message),
                 };
                 tokio::spawn(async move {
@@ -305,7 +306,7 @@ impl<S: EventStore> Conn<S> {
         &self,
         addr: &AddressRef,
         message: &Bytes,
-    ) -> Result<Bytes, DeliveryState> {
+    ) -> Result<(Bytes, DeviceId), DeliveryState> {
         check_device_message(&self.shared, addr, message)
     }
 
@@ -387,12 +388,12 @@ impl<S: EventStore> Conn<S> {
 
 /// HONO-CONTRACT §4: the registration assertion must be there and valid for this tenant and device;
 /// it is stripped and the `resource` annotation added. For messages from an adapter's link and from the
-/// cluster bus alike.
+/// cluster bus alike. Returns the rewritten message and the device that sent it.
 pub(crate) fn check_device_message<S: EventStore>(
     shared: &Shared<S>,
     addr: &AddressRef,
     message: &Bytes,
-) -> Result<Bytes, DeliveryState> {
+) -> Result<(Bytes, DeviceId), DeliveryState> {
     let decode = |why: &str| rejected(ErrorCondition::AmqpError(AmqpError::DecodeError), why);
     let precondition = |why: &str| {
         rejected(
@@ -461,5 +462,5 @@ pub(crate) fn check_device_message<S: EventStore>(
         &mut out,
     )
     .map_err(|_| decode("message cannot be rewritten"))?;
-    Ok(Bytes::from(out))
+    Ok((Bytes::from(out), device))
 }

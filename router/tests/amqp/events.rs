@@ -231,6 +231,8 @@ async fn an_event_without_ttl_gets_a_day_by_default() {
     let [event] = events.events.as_slice() else {
         panic!("one event stored: {events:?}");
     };
+    // The store keeps which device sent it (it used to be written empty).
+    assert_eq!(&*event.device_id, "d1");
     let expires = event.expires_at_ms.expect("an expiry");
     let day_ms = 86_400_000;
     assert!(

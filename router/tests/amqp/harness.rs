@@ -1,5 +1,6 @@
 //! A registry plus a router, and AMQP clients for them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fe2o3_amqp::connection::ConnectionHandle;
@@ -9,11 +10,11 @@ use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Data, Message, Properties};
 use fe2o3_amqp::types::primitives::{Binary, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
-use ferry_core::shutdown::{self, Trigger};
+use ferry_test_support::platform::{TestRegistry, TestRouter};
 use serde_json::json;
 
-pub const ADMIN: &str = "admin-token";
-pub const INTERNAL: &str = "internal-token";
+#[allow(unused_imports)] // used by the process tests, which share this file
+pub use ferry_test_support::platform::INTERNAL_TOKEN as INTERNAL;
 pub const ADAPTER_USER: &str = "ferry-adapter";
 pub const ADAPTER_PASSWORD: &str = "adapter-secret";
 /// The registry's signing seed, so tests can mint tokens the registry would (expired ones included).
@@ -24,10 +25,8 @@ pub struct Platform {
     pub amqp: std::net::SocketAddr,
     pub admin: ferry_core::admin::Admin,
     pub data_dir: tempfile::TempDir,
-    http: reqwest::Client,
-    trigger: Option<Trigger>,
-    router: Option<ferry_router::Started>,
-    _registry_trigger: Option<Trigger>,
+    registry: Arc<TestRegistry>,
+    router: Option<TestRouter>,
 }
 
 impl Platform {
@@ -48,73 +47,34 @@ impl Platform {
             amqp: "127.0.0.1:1".parse().expect("addr"),
             admin: ferry_core::admin::Admin::new(),
             data_dir: tempfile::tempdir().expect("tempdir"),
-            http: reqwest::Client::new(),
-            trigger: None,
+            registry: first.registry.clone(),
             router: None,
-            _registry_trigger: None,
         }
     }
 
     /// The registry with its tenants, devices and application users, and no router yet.
     pub async fn start_without_router() -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let (registry_trigger, registry_shutdown) = shutdown::channel();
-        let registry = ferry_registry::start(
-            ferry_registry::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: data_dir.path().join("registry"),
-                admin_token: Some(ADMIN.into()),
-                internal_token: Some(INTERNAL.into()),
-                signing_key: Some(SIGNING_SEED.into()),
-                bcrypt_cost: 4,
-                ..ferry_registry::Config::default()
-            },
-            ferry_core::admin::Admin::new(),
-            registry_shutdown,
-        )
-        .await
-        .expect("registry starts");
-        let registry_url = registry.url();
-        let http = reqwest::Client::new();
-        let p = Self {
-            registry_url,
+        let registry = TestRegistry::start(&data_dir.path().join("registry"), |c| {
+            c.signing_key = Some(SIGNING_SEED.into());
+        })
+        .await;
+        for t in ["t1", "t2"] {
+            registry.tenant(t, json!({})).await;
+        }
+        for (t, d) in [("t1", "d1"), ("t1", "d2"), ("t2", "d1")] {
+            registry.device(t, d, json!({})).await;
+        }
+        registry.application("app1", "pw1", &["t1"]).await;
+        registry.application("app2", "pw2", &["t2"]).await;
+        Self {
+            registry_url: registry.url.clone(),
             amqp: "127.0.0.1:1".parse().expect("addr"),
             admin: ferry_core::admin::Admin::new(),
             data_dir,
-            http,
-            trigger: None,
+            registry: Arc::new(registry),
             router: None,
-            _registry_trigger: Some(registry_trigger),
-        };
-        for t in ["t1", "t2"] {
-            p.manage(
-                reqwest::Method::POST,
-                &format!("/v1/tenants/{t}"),
-                json!({}),
-            )
-            .await;
         }
-        for (t, d) in [("t1", "d1"), ("t1", "d2"), ("t2", "d1")] {
-            p.manage(
-                reqwest::Method::POST,
-                &format!("/v1/devices/{t}/{d}"),
-                json!({}),
-            )
-            .await;
-        }
-        p.manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app1",
-            json!({ "password": "pw1", "tenants": ["t1"] }),
-        )
-        .await;
-        p.manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app2",
-            json!({ "password": "pw2", "tenants": ["t2"] }),
-        )
-        .await;
-        p
     }
 
     pub async fn start_router(&mut self) {
@@ -129,39 +89,23 @@ impl Platform {
     }
 
     pub async fn start_router_with(&mut self, tweak: impl FnOnce(&mut ferry_router::Config)) {
-        let (trigger, shutdown) = shutdown::channel();
-        self.admin = ferry_core::admin::Admin::new();
-        let mut config = ferry_router::Config {
-            bind: "127.0.0.1:0".parse().expect("addr"),
-            data_dir: self.data_dir.path().join("router"),
-            registry_url: self.registry_url.clone(),
-            registry_token: INTERNAL.into(),
-            adapter_password: ADAPTER_PASSWORD.into(),
-            ..ferry_router::Config::default()
-        };
-        tweak(&mut config);
-        let started = ferry_router::start(config, self.admin.clone(), shutdown)
-            .await
-            .expect("router starts");
-        self.amqp = started.addr;
-        self.trigger = Some(trigger);
-        self.router = Some(started);
-        // Ready once it has the registry's keys.
-        for _ in 0..100 {
-            if self.admin.not_ready().is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("router not ready: {:?}", self.admin.not_ready());
+        let router = TestRouter::start(
+            &self.registry_url,
+            &self.data_dir.path().join("router"),
+            |c| {
+                c.adapter_password = ADAPTER_PASSWORD.into();
+                tweak(c);
+            },
+        )
+        .await;
+        self.amqp = router.addr;
+        self.admin = router.admin.clone();
+        self.router = Some(router);
     }
 
     pub async fn stop_router(&mut self) {
-        if let Some(t) = self.trigger.take() {
-            t.trigger();
-        }
-        if let Some(r) = self.router.take() {
-            r.join().await.expect("router stops");
+        if let Some(mut r) = self.router.take() {
+            r.stop().await;
         }
     }
 
@@ -171,34 +115,12 @@ impl Platform {
         path: &str,
         body: serde_json::Value,
     ) -> serde_json::Value {
-        let resp = self
-            .http
-            .request(method, format!("{}{path}", self.registry_url))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .expect("registry call");
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        resp.json().await.unwrap_or(serde_json::Value::Null)
+        self.registry.manage(method, path, body).await
     }
 
     /// A registration assertion for `device` of `tenant`, as an adapter gets it.
     pub async fn assertion(&self, tenant: &str, device: &str) -> String {
-        let resp: serde_json::Value = self
-            .http
-            .post(format!(
-                "{}/internal/v1/assertions/{tenant}/{device}",
-                self.registry_url
-            ))
-            .bearer_auth(INTERNAL)
-            .send()
-            .await
-            .expect("assertion call")
-            .json()
-            .await
-            .expect("json");
-        resp["assertion"].as_str().expect("assertion").to_owned()
+        self.registry.assertion(tenant, device).await
     }
 
     pub async fn connect(
@@ -232,14 +154,6 @@ impl Platform {
 
     pub fn metrics(&self) -> String {
         self.admin.encode_metrics()
-    }
-}
-
-impl Drop for Platform {
-    fn drop(&mut self) {
-        if let Some(t) = self.trigger.take() {
-            t.trigger();
-        }
     }
 }
 

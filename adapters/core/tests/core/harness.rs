@@ -17,8 +17,8 @@ use ferry_core::ids::{DeviceId, TenantId};
 use ferry_core::shutdown::{self, Shutdown, Trigger};
 use serde_json::json;
 
-pub const ADMIN: &str = "admin-token";
-pub const INTERNAL: &str = "internal-token";
+pub use ferry_test_support::platform::INTERNAL_TOKEN as INTERNAL;
+use ferry_test_support::platform::{TestRegistry, TestRouter};
 pub const ADAPTER_USER: &str = "ferry-adapter";
 pub const ADAPTER_PASSWORD: &str = "adapter-secret";
 const SIGNING_SEED: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
@@ -36,11 +36,8 @@ pub struct Platform {
     registry_addr: SocketAddr,
     pub amqp: SocketAddr,
     data_dir: tempfile::TempDir,
-    http: reqwest::Client,
-    registry_trigger: Option<Trigger>,
-    registry: Option<ferry_registry::Started>,
-    router_trigger: Option<Trigger>,
-    router: Option<ferry_router::Started>,
+    registry: Option<TestRegistry>,
+    router: Option<TestRouter>,
     /// Fires when the platform is dropped, ending the clients' background tasks.
     clients_trigger: Trigger,
     pub clients_shutdown: Shutdown,
@@ -57,138 +54,78 @@ impl Platform {
             registry_addr: "127.0.0.1:0".parse().expect("addr"),
             amqp: "127.0.0.1:0".parse().expect("addr"),
             data_dir,
-            http: reqwest::Client::new(),
-            registry_trigger: None,
             registry: None,
-            router_trigger: None,
             router: None,
             clients_trigger,
             clients_shutdown,
         };
         p.start_registry().await;
+        let registry = p.registry.as_ref().expect("registry");
         for t in ["t1", "t2"] {
-            p.manage(
-                reqwest::Method::POST,
-                &format!("/v1/tenants/{t}"),
-                json!({}),
-            )
-            .await;
+            registry.tenant(t, json!({})).await;
         }
         for (t, d) in [("t1", "d1"), ("t1", "d2"), ("t2", "d1")] {
-            p.manage(
-                reqwest::Method::POST,
-                &format!("/v1/devices/{t}/{d}"),
-                json!({}),
-            )
-            .await;
+            registry.device(t, d, json!({})).await;
         }
-        p.set_password("t1", "d1", "sensor1", "secret1").await;
-        for (name, pw, t) in [("app1", "pw1", "t1"), ("app2", "pw2", "t2")] {
-            p.manage(
-                reqwest::Method::PUT,
-                &format!("/v1/applications/{name}"),
-                json!({ "password": pw, "tenants": [t] }),
-            )
-            .await;
-        }
+        registry.password("t1", "d1", "sensor1", "secret1").await;
+        registry.application("app1", "pw1", &["t1"]).await;
+        registry.application("app2", "pw2", &["t2"]).await;
         p.start_router().await;
         p
     }
 
     /// Starts the registry, on the port it had before if it ran already.
     pub async fn start_registry(&mut self) {
-        let (trigger, shutdown) = shutdown::channel();
-        let registry = ferry_registry::start(
-            ferry_registry::Config {
-                bind: self.registry_addr,
-                data_dir: self.data_dir.path().join("registry"),
-                admin_token: Some(ADMIN.into()),
-                internal_token: Some(INTERNAL.into()),
-                signing_key: Some(SIGNING_SEED.into()),
-                bcrypt_cost: 4,
-                ..ferry_registry::Config::default()
-            },
-            ferry_core::admin::Admin::new(),
-            shutdown,
-        )
-        .await
-        .expect("registry starts");
-        self.registry_url = registry.url();
-        self.registry_addr = registry.addr;
-        self.registry_trigger = Some(trigger);
+        let bind = self.registry_addr;
+        let registry = TestRegistry::start(&self.data_dir.path().join("registry"), |c| {
+            c.bind = bind;
+            c.signing_key = Some(SIGNING_SEED.into());
+        })
+        .await;
+        self.registry_url = registry.url.clone();
+        self.registry_addr = registry.started.addr;
         self.registry = Some(registry);
     }
 
     /// Starts the router, on the port it had before if it ran already (so that clients find it again).
     pub async fn start_router(&mut self) {
-        let (trigger, shutdown) = shutdown::channel();
-        let admin = ferry_core::admin::Admin::new();
-        let started = ferry_router::start(
-            ferry_router::Config {
-                bind: self.amqp,
-                data_dir: self.data_dir.path().join("router"),
-                registry_url: self.registry_url.clone(),
-                registry_token: INTERNAL.into(),
-                adapter_password: ADAPTER_PASSWORD.into(),
-                ..ferry_router::Config::default()
+        let bind = self.amqp;
+        let router = TestRouter::start(
+            &self.registry_url,
+            &self.data_dir.path().join("router"),
+            |c| {
+                c.bind = bind;
+                c.adapter_password = ADAPTER_PASSWORD.into();
             },
-            admin.clone(),
-            shutdown,
         )
-        .await
-        .expect("router starts");
-        self.amqp = started.addr;
-        self.router_trigger = Some(trigger);
-        self.router = Some(started);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !admin.not_ready().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "router not ready: {:?}",
-                admin.not_ready()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        .await;
+        self.amqp = router.addr;
+        self.router = Some(router);
     }
 
     pub async fn stop_router(&mut self) {
-        if let Some(t) = self.router_trigger.take() {
-            t.trigger();
-        }
-        if let Some(r) = self.router.take() {
-            r.join().await.expect("router stops");
+        if let Some(mut r) = self.router.take() {
+            r.stop().await;
         }
     }
 
     pub async fn stop_registry(&mut self) {
-        if let Some(t) = self.registry_trigger.take() {
-            t.trigger();
-        }
         if let Some(r) = self.registry.take() {
-            r.join().await.expect("registry stops");
+            r.stop_and_wait().await;
         }
+    }
+
+    fn registry(&self) -> &TestRegistry {
+        self.registry.as_ref().expect("the registry is running")
     }
 
     /// A call of the management API that must succeed.
     pub async fn manage(&self, method: reqwest::Method, path: &str, body: serde_json::Value) {
-        let resp = self
-            .http
-            .request(method, format!("{}{path}", self.registry_url))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .expect("registry call");
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        self.registry().manage(method, path, body).await;
     }
 
     pub async fn set_password(&self, t: &str, d: &str, auth_id: &str, password: &str) {
-        self.manage(
-            reqwest::Method::PUT,
-            &format!("/v1/credentials/{t}/{d}"),
-            json!([{ "type": "hashed-password", "auth-id": auth_id, "secrets": [{ "pwd-plain": password }] }]),
-        )
-        .await;
+        self.registry().password(t, d, auth_id, password).await;
     }
 
     pub async fn set_device_enabled(&self, t: &str, d: &str, enabled: bool) {
@@ -274,12 +211,6 @@ impl Platform {
 impl Drop for Platform {
     fn drop(&mut self) {
         self.clients_trigger.trigger();
-        if let Some(t) = self.router_trigger.take() {
-            t.trigger();
-        }
-        if let Some(t) = self.registry_trigger.take() {
-            t.trigger();
-        }
     }
 }
 

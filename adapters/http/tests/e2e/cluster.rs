@@ -40,9 +40,9 @@ async fn curl_on_nats_gets_503_without_a_router_and_202_once_one_accepts() {
     let server = NatsServer::start();
     let url = server.url();
     let p = Platform::start_with(move |c| {
-        c.messaging.mode = MessagingMode::Nats;
-        c.messaging.nats.urls = vec![url];
-        c.send_timeout_ms = 2000;
+        c.adapter.messaging.mode = MessagingMode::Nats;
+        c.adapter.messaging.nats.urls = vec![url];
+        c.adapter.send_timeout_ms = 2000;
     })
     .await;
     for qos in ["0", "1"] {

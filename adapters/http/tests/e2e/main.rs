@@ -14,16 +14,16 @@ mod connections;
 mod device_auth;
 mod limits;
 
-const ADMIN: &str = "admin-token";
-const INTERNAL: &str = "internal-token";
+use ferry_test_support::platform::{TestRegistry, TestRouter, INTERNAL_TOKEN};
 
 struct Platform {
-    registry: String,
     amqp: std::net::SocketAddr,
     adapter: ferry_http_adapter::Started,
     admin: ferry_core::admin::Admin,
+    registry: TestRegistry,
+    _router: TestRouter,
+    adapter_trigger: Trigger,
     _dir: tempfile::TempDir,
-    triggers: Vec<Trigger>,
     http: reqwest::Client,
 }
 
@@ -34,59 +34,23 @@ impl Platform {
 
     async fn start_with(tweak: impl FnOnce(&mut ferry_http_adapter::Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut triggers = Vec::new();
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let registry = ferry_registry::start(
-            ferry_registry::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: dir.path().join("registry"),
-                admin_token: Some(ADMIN.into()),
-                internal_token: Some(INTERNAL.into()),
-                bcrypt_cost: 4,
-                ..ferry_registry::Config::default()
-            },
-            ferry_core::admin::Admin::new(),
-            s,
-        )
-        .await
-        .expect("registry");
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let router_admin = ferry_core::admin::Admin::new();
-        let router = ferry_router::start(
-            ferry_router::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: dir.path().join("router"),
-                registry_url: registry.url(),
-                registry_token: INTERNAL.into(),
-                adapter_password: INTERNAL.into(),
-                ..ferry_router::Config::default()
-            },
-            router_admin.clone(),
-            s,
-        )
-        .await
-        .expect("router");
-        for _ in 0..100 {
-            if router_admin.not_ready().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
+        let registry = TestRegistry::start(&dir.path().join("registry"), |_| {}).await;
+        let router = TestRouter::start(&registry.url, &dir.path().join("router"), |_| {}).await;
         let mut config = ferry_http_adapter::Config {
             bind: "127.0.0.1:0".parse().expect("addr"),
             tls_bind: "127.0.0.1:0".parse().expect("addr"),
-            registry_url: registry.url(),
-            registry_token: INTERNAL.into(),
-            router_address: router.addr.to_string(),
-            router_password: INTERNAL.into(),
+            adapter: ferry_http_adapter::AdapterSettings {
+                registry_url: registry.url.clone(),
+                registry_token: INTERNAL_TOKEN.into(),
+                router_address: router.addr.to_string(),
+                router_password: INTERNAL_TOKEN.into(),
+                ..ferry_http_adapter::Config::default().adapter
+            },
             ..ferry_http_adapter::Config::default()
         };
         tweak(&mut config);
         let admin = ferry_core::admin::Admin::new();
+        let (adapter_trigger, s) = shutdown::channel();
         let adapter = ferry_http_adapter::start(config, admin.clone(), s)
             .await
             .expect("http adapter");
@@ -98,76 +62,47 @@ impl Platform {
                 .await,
             "the adapter connects to the router"
         );
-        let p = Self {
-            registry: registry.url(),
+        for t in ["t1", "t2"] {
+            registry.tenant(t, json!({})).await;
+        }
+        registry
+            .tenant(
+                "mqtt-only",
+                json!({ "adapters": [{ "type": "hono-mqtt", "enabled": true }] }),
+            )
+            .await;
+        registry.device("t1", "d1", json!({})).await;
+        registry.device("t1", "gw", json!({})).await;
+        registry
+            .device("t1", "behind", json!({ "via": ["gw"] }))
+            .await;
+        registry.device("t2", "x", json!({})).await;
+        registry.device("mqtt-only", "m1", json!({})).await;
+        registry.password("t1", "d1", "sensor1", "hunter2").await;
+        registry.password("t1", "gw", "gw1", "gwpass").await;
+        registry.password("mqtt-only", "m1", "m1", "pw").await;
+        registry.application("app1", "pw1", &["t1"]).await;
+        registry.application("app2", "pw2", &["t2"]).await;
+        Self {
             amqp: router.addr,
             adapter,
             admin,
+            registry,
+            _router: router,
+            adapter_trigger,
             _dir: dir,
-            triggers,
             http: reqwest::Client::new(),
-        };
-        p.manage(reqwest::Method::POST, "/v1/tenants/t1", json!({}))
-            .await;
-        p.manage(reqwest::Method::POST, "/v1/tenants/t2", json!({}))
-            .await;
-        p.manage(
-            reqwest::Method::POST,
-            "/v1/tenants/mqtt-only",
-            json!({ "adapters": [{ "type": "hono-mqtt", "enabled": true }] }),
-        )
-        .await;
-        p.manage(reqwest::Method::POST, "/v1/devices/t1/d1", json!({}))
-            .await;
-        p.manage(reqwest::Method::POST, "/v1/devices/t1/gw", json!({}))
-            .await;
-        p.manage(
-            reqwest::Method::POST,
-            "/v1/devices/t1/behind",
-            json!({ "via": ["gw"] }),
-        )
-        .await;
-        p.manage(reqwest::Method::POST, "/v1/devices/t2/x", json!({}))
-            .await;
-        p.manage(reqwest::Method::POST, "/v1/devices/mqtt-only/m1", json!({}))
-            .await;
-        p.password("t1", "d1", "sensor1", "hunter2").await;
-        p.password("t1", "gw", "gw1", "gwpass").await;
-        p.password("mqtt-only", "m1", "m1", "pw").await;
-        p.manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app1",
-            json!({ "password": "pw1", "tenants": ["t1"] }),
-        )
-        .await;
-        p.manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app2",
-            json!({ "password": "pw2", "tenants": ["t2"] }),
-        )
-        .await;
-        p
+        }
     }
 
     async fn manage(&self, method: reqwest::Method, path: &str, body: Value) {
-        let r = self
-            .http
-            .request(method, format!("{}{path}", self.registry))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .expect("registry");
-        assert!(r.status().is_success(), "{path}: {}", r.status());
+        self.registry.manage(method, path, body).await;
     }
 
     async fn password(&self, tenant: &str, device: &str, auth_id: &str, password: &str) {
-        self.manage(
-            reqwest::Method::PUT,
-            &format!("/v1/credentials/{tenant}/{device}"),
-            json!([{ "type": "hashed-password", "auth-id": auth_id, "secrets": [{ "pwd-plain": password }] }]),
-        )
-        .await;
+        self.registry
+            .password(tenant, device, auth_id, password)
+            .await;
     }
 
     fn url(&self, path: &str) -> String {
@@ -669,9 +604,8 @@ async fn disabled_tenants_adapters_and_devices_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_unavailable_gets_503() {
-    let mut p = Platform::start().await;
-    let registry = p.triggers.remove(0);
-    registry.trigger();
+    let p = Platform::start().await;
+    p.registry.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = curl(&[
         "-u",
@@ -1092,10 +1026,12 @@ async fn shutdown_ends_waits_with_202_and_stops_the_adapter() {
     ]);
     p.waiting(1).await;
     let Platform {
-        adapter, triggers, ..
+        adapter,
+        adapter_trigger,
+        ..
     } = p;
     let started = Instant::now();
-    triggers[2].trigger();
+    adapter_trigger.trigger();
     let r = tokio::task::block_in_place(|| waiting.join().expect("curl"));
     assert_eq!(r.status, 202, "{r:?}");
     tokio::time::timeout(Duration::from_secs(5), adapter.join())

@@ -13,9 +13,9 @@ use crate::platform::{stderr, Platform};
 async fn on_nats(server: &NatsServer) -> Platform {
     let url = server.url();
     Platform::start_with(move |c| {
-        c.messaging.mode = MessagingMode::Nats;
-        c.messaging.nats.urls = vec![url];
-        c.send_timeout_ms = 2000;
+        c.adapter.messaging.mode = MessagingMode::Nats;
+        c.adapter.messaging.nats.urls = vec![url];
+        c.adapter.send_timeout_ms = 2000;
     })
     .await
 }

@@ -15,8 +15,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const ADMIN: &str = "admin-token";
-const INTERNAL: &str = "internal-token";
+use ferry_test_support::platform::{TestRegistry, TestRouter, INTERNAL_TOKEN};
 
 pub struct Platform {
     pub registry: String,
@@ -26,9 +25,10 @@ pub struct Platform {
     pub mqtts: Option<SocketAddr>,
     /// The adapter's admin (its metrics).
     pub admin: ferry_core::admin::Admin,
+    backend: TestRegistry,
+    _router: TestRouter,
+    _adapter: Trigger,
     _dir: tempfile::TempDir,
-    _triggers: Vec<Trigger>,
-    http: reqwest::Client,
 }
 
 impl Platform {
@@ -56,137 +56,78 @@ impl Platform {
             None => ferry_core::tls::TlsConfig::default(),
         };
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut triggers = Vec::new();
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let registry = ferry_registry::start(
-            ferry_registry::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: dir.path().join("registry"),
-                admin_token: Some(ADMIN.into()),
-                internal_token: Some(INTERNAL.into()),
-                bcrypt_cost: 4,
-                tls: server_tls(),
-                ..ferry_registry::Config::default()
-            },
-            ferry_core::admin::Admin::new(),
-            s,
-        )
-        .await
-        .expect("registry");
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let router_admin = ferry_core::admin::Admin::new();
-        let router = ferry_router::start(
-            ferry_router::Config {
-                bind: "127.0.0.1:0".parse().expect("addr"),
-                data_dir: dir.path().join("router"),
-                tls_bind: "127.0.0.1:0".parse().expect("addr"),
-                tls: server_tls(),
-                registry_url: registry.url(),
-                registry_token: INTERNAL.into(),
-                registry_ca_file: pki.map(|p| p.ca_cert_path.clone()),
-                adapter_password: INTERNAL.into(),
-                ..ferry_router::Config::default()
-            },
-            router_admin.clone(),
-            s,
-        )
-        .await
-        .expect("router");
-        for _ in 0..100 {
-            if router_admin.not_ready().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let (t, s) = shutdown::channel();
-        triggers.push(t);
-        let mut config = ferry_mqtt_adapter::Config {
-            bind: "127.0.0.1:0".parse().expect("addr"),
-            tls_bind: "127.0.0.1:0".parse().expect("addr"),
-            registry_url: registry.url(),
-            registry_token: INTERNAL.into(),
-            registry_ca_file: pki.map(|p| p.ca_cert_path.clone()),
-            router_address: router.tls_addr.unwrap_or(router.addr).to_string(),
-            router_password: INTERNAL.into(),
-            router_tls: pki.is_some(),
-            router_ca_file: pki.map(|p| p.ca_cert_path.clone()),
-            ..ferry_mqtt_adapter::Config::default()
-        };
-        configure(&mut config);
-        let admin = ferry_core::admin::Admin::new();
-        let mqtt = ferry_mqtt_adapter::start(config, admin.clone(), s)
-            .await
-            .expect("mqtt adapter");
-        let p = Self {
-            registry: registry.url(),
-            amqp: router.addr,
-            mqtt: mqtt.addr,
-            mqtts: mqtt.tls_addr,
-            admin,
-            _dir: dir,
-            _triggers: triggers,
-            http: match pki {
-                Some(pki) => reqwest::Client::builder()
+        let mut registry =
+            TestRegistry::start(&dir.path().join("registry"), |c| c.tls = server_tls()).await;
+        if let Some(pki) = pki {
+            registry = registry.with_client(
+                reqwest::Client::builder()
                     .add_root_certificate(
                         reqwest::Certificate::from_pem(pki.ca_cert_pem.as_bytes()).expect("CA"),
                     )
                     .build()
                     .expect("client"),
-                None => reqwest::Client::new(),
+            );
+        }
+        let router = TestRouter::start(&registry.url, &dir.path().join("router"), |c| {
+            c.tls_bind = "127.0.0.1:0".parse().expect("addr");
+            c.tls = server_tls();
+            c.registry_ca_file = pki.map(|p| p.ca_cert_path.clone());
+        })
+        .await;
+        let mut config = ferry_mqtt_adapter::Config {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            tls_bind: "127.0.0.1:0".parse().expect("addr"),
+            adapter: ferry_mqtt_adapter::AdapterSettings {
+                registry_url: registry.url.clone(),
+                registry_token: INTERNAL_TOKEN.into(),
+                registry_ca_file: pki.map(|p| p.ca_cert_path.clone()),
+                router_address: router.tls_addr.unwrap_or(router.addr).to_string(),
+                router_password: INTERNAL_TOKEN.into(),
+                router_tls: pki.is_some(),
+                router_ca_file: pki.map(|p| p.ca_cert_path.clone()),
+                ..ferry_mqtt_adapter::Config::default().adapter
             },
+            ..ferry_mqtt_adapter::Config::default()
         };
-        p.manage(reqwest::Method::POST, "/v1/tenants/t1", json!({}))
+        configure(&mut config);
+        let admin = ferry_core::admin::Admin::new();
+        let (trigger, s) = shutdown::channel();
+        let mqtt = ferry_mqtt_adapter::start(config, admin.clone(), s)
+            .await
+            .expect("mqtt adapter");
+        for t in ["t1", "t2"] {
+            registry.tenant(t, json!({})).await;
+        }
+        registry.device("t1", "d1", json!({})).await;
+        registry.device("t1", "gw", json!({})).await;
+        registry
+            .device("t1", "behind", json!({ "via": ["gw"] }))
             .await;
-        p.manage(reqwest::Method::POST, "/v1/tenants/t2", json!({}))
-            .await;
-        p.manage(reqwest::Method::POST, "/v1/devices/t1/d1", json!({}))
-            .await;
-        p.manage(reqwest::Method::POST, "/v1/devices/t1/gw", json!({}))
-            .await;
-        p.manage(
-            reqwest::Method::POST,
-            "/v1/devices/t1/behind",
-            json!({ "via": ["gw"] }),
-        )
-        .await;
-        p.password("t1", "d1", "sensor1", "hunter2").await;
-        p.password("t1", "gw", "gw1", "gwpass").await;
-        p.manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app1",
-            json!({ "password": "pw1", "tenants": ["t1"] }),
-        )
-        .await;
-        p.manage(
-            reqwest::Method::PUT,
-            "/v1/applications/app2",
-            json!({ "password": "pw2", "tenants": ["t2"] }),
-        )
-        .await;
-        p
+        registry.password("t1", "d1", "sensor1", "hunter2").await;
+        registry.password("t1", "gw", "gw1", "gwpass").await;
+        registry.application("app1", "pw1", &["t1"]).await;
+        registry.application("app2", "pw2", &["t2"]).await;
+        Self {
+            registry: registry.url.clone(),
+            amqp: router.addr,
+            mqtt: mqtt.addr,
+            mqtts: mqtt.tls_addr,
+            admin,
+            backend: registry,
+            _router: router,
+            _adapter: trigger,
+            _dir: dir,
+        }
     }
 
     pub async fn manage(&self, method: reqwest::Method, path: &str, body: Value) {
-        let r = self
-            .http
-            .request(method, format!("{}{path}", self.registry))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .expect("registry");
-        assert!(r.status().is_success(), "{path}: {}", r.status());
+        self.backend.manage(method, path, body).await;
     }
 
     pub async fn password(&self, tenant: &str, device: &str, auth_id: &str, password: &str) {
-        self.manage(
-            reqwest::Method::PUT,
-            &format!("/v1/credentials/{tenant}/{device}"),
-            json!([{ "type": "hashed-password", "auth-id": auth_id, "secrets": [{ "pwd-plain": password }] }]),
-        )
-        .await;
+        self.backend
+            .password(tenant, device, auth_id, password)
+            .await;
     }
 
     /// A Proton consumer on `address` as `user`, expecting `count` messages; returns its JSON lines.

@@ -54,7 +54,7 @@ async fn an_adapter_that_does_not_trust_the_ca_reaches_nothing() {
 
     // The registry's certificate does not verify: the device cannot be authenticated.
     let p = Platform::start_with_internal_tls(Some(&pki), |c| {
-        c.registry_ca_file = Some(other.ca_cert_path.clone());
+        c.adapter.registry_ca_file = Some(other.ca_cert_path.clone());
     })
     .await;
     let out = tokio::task::block_in_place(|| {
@@ -69,7 +69,7 @@ async fn an_adapter_that_does_not_trust_the_ca_reaches_nothing() {
 
     // The router's certificate does not verify: the device logs in, its QoS 1 message is refused.
     let p = Platform::start_with_internal_tls(Some(&pki), |c| {
-        c.router_ca_file = Some(other.ca_cert_path.clone());
+        c.adapter.router_ca_file = Some(other.ca_cert_path.clone());
     })
     .await;
     let c = p.consumer("app1", "pw1", "telemetry/t1", 1);

@@ -314,11 +314,17 @@ fn nats_mode_routers_are_a_stateless_deployment_and_configs_point_at_nats() {
         );
         mqtt.validate().expect("mqtt config");
         assert_eq!(
-            mqtt.messaging.nats.user.as_deref(),
+            mqtt.adapter.messaging.nats.user.as_deref(),
             Some(nats::ADAPTER_USER)
         );
         let files = secret_files(adapter);
-        let password = mqtt.messaging.nats.password_file.as_ref().expect("file");
+        let password = mqtt
+            .adapter
+            .messaging
+            .nats
+            .password_file
+            .as_ref()
+            .expect("file");
         assert_eq!(
             file_of(&files, &password.to_string_lossy()),
             ("iot-nats-users", "adapter")
@@ -333,7 +339,7 @@ fn nats_mode_routers_are_a_stateless_deployment_and_configs_point_at_nats() {
             pod_env(template_of_deployment(&d, "iot-http-adapter")),
         );
         http.validate().expect("http config");
-        assert_eq!(http.messaging.mode, ComponentMode::Nats);
+        assert_eq!(http.adapter.messaging.mode, ComponentMode::Nats);
 
         // The registry reads presence from NATS as its own user.
         let registry = template_of_deployment(&d, "iot-registry");
@@ -405,7 +411,10 @@ fn external_nats_reads_the_users_secret_and_ca_and_runs_nothing() {
         "FERRY_MQTT_",
         pod_env(template_of_deployment(&d, "iot-mqtt-adapter")),
     );
-    assert_eq!(mqtt.messaging.nats.user.as_deref(), Some("iot-adapters"));
+    assert_eq!(
+        mqtt.adapter.messaging.nats.user.as_deref(),
+        Some("iot-adapters")
+    );
     let registry: ferry_registry::Config = load(
         &config_of(&d, Component::Registry),
         "FERRY_REGISTRY_",
