@@ -174,6 +174,18 @@ mod tests {
             env: vec![("FERRY_HTTP_MAX_TTD".into(), "5".into())],
             ..Default::default()
         };
-        assert!(ferry_core::config::load::<Config>(&sources).is_err());
+        let e = ferry_core::config::load::<Config>(&sources).expect_err("unknown key");
+        assert_eq!(e.field(), Some("max_ttd"), "{e}");
+        // The shared section's keys are this config's own, flat.
+        let sources = ferry_core::config::Sources {
+            env_prefix: "FERRY_HTTP_".into(),
+            env: vec![("FERRY_HTTP_ROUTER_TLS".into(), "true".into())],
+            ..Default::default()
+        };
+        let c: Config = ferry_core::config::load(&sources).expect("load");
+        assert!(c.adapter.router_tls);
+        let yaml = ferry_core::config::default_yaml::<Config>();
+        assert!(yaml.contains("\nrouter_tls: false"), "{yaml}");
+        assert!(!yaml.contains("unknown"), "{yaml}");
     }
 }

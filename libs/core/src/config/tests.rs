@@ -191,3 +191,55 @@ fn secrets_come_from_files_without_their_newline_and_not_twice() {
         .expect_err("a certificate without its key");
     assert_eq!(e.field(), Some("tls"));
 }
+
+/// A config with a shared section flattened in: `deny_unknown_fields` cannot be used beside `flatten`, so
+/// `NoUnknownFields` takes what no field took.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+struct WithShared {
+    port: u16,
+    #[serde(flatten)]
+    shared: Shared,
+    #[serde(flatten)]
+    unknown: NoUnknownFields,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+struct Shared {
+    registry_url: String,
+    send_timeout_ms: u64,
+}
+
+impl Default for WithShared {
+    fn default() -> Self {
+        Self {
+            port: 1883,
+            shared: Shared {
+                registry_url: "http://r".into(),
+                send_timeout_ms: 5000,
+            },
+            unknown: NoUnknownFields,
+        }
+    }
+}
+
+#[test]
+fn a_flattened_section_keeps_flat_keys_and_unknown_keys_are_still_refused() {
+    let c: WithShared = load(&sources(
+        None,
+        &[
+            ("FERRY_DEMO_SEND_TIMEOUT_MS", "7"),
+            ("FERRY_DEMO_PORT", "1"),
+        ],
+    ))
+    .expect("load");
+    assert_eq!((c.port, c.shared.send_timeout_ms), (1, 7));
+    assert_eq!(c.shared.registry_url, "http://r");
+    let e = load::<WithShared>(&sources(None, &[("FERRY_DEMO_SEND_TIMEOUT", "7")]))
+        .expect_err("unknown");
+    assert_eq!(e.field(), Some("send_timeout"), "{e}");
+    let yaml = default_yaml::<WithShared>();
+    assert!(yaml.contains("send_timeout_ms: 5000"), "{yaml}");
+    assert!(!yaml.contains("unknown"), "{yaml}");
+}
