@@ -145,4 +145,15 @@ mod tests {
             ferry_nats::MessagingMode::Embedded
         );
     }
+
+    #[test]
+    fn a_bad_value_in_the_shared_section_is_named() {
+        let sources = ferry_core::config::Sources {
+            env_prefix: "FERRY_MQTT_".into(),
+            env: vec![("FERRY_MQTT_SEND_TIMEOUT_MS".into(), "soon".into())],
+            ..Default::default()
+        };
+        let e = ferry_core::config::load::<Config>(&sources).expect_err("not a number");
+        assert_eq!(e.field(), Some("send_timeout_ms"), "{e}");
+    }
 }

@@ -110,7 +110,39 @@ where
         env_layer(&defaults, &sources.env_prefix, &sources.env),
     );
     merge(&mut tree, Value::Object(sources.flags.clone()));
-    deserialize(tree)
+    deserialize(tree.clone()).map_err(|e| match e {
+        // Through a `#[serde(flatten)]` section serde reports a mistyped value at the top ("."), so the
+        // field is found by comparing the layers with the defaults.
+        ConfigError::Field { field, message } if field == "." || field.is_empty() => {
+            ConfigError::Field {
+                field: mistyped(&defaults, &tree, "").unwrap_or(field),
+                message,
+            }
+        }
+        other => other,
+    })
+}
+
+/// The dotted path of the first value in `tree` whose JSON type differs from its default's.
+fn mistyped(defaults: &Value, tree: &Value, prefix: &str) -> Option<String> {
+    let (Value::Object(defaults), Value::Object(tree)) = (defaults, tree) else {
+        return None;
+    };
+    tree.iter().find_map(|(key, value)| {
+        let default = defaults.get(key)?;
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let same_kind = std::mem::discriminant(default) == std::mem::discriminant(value);
+        match (default, value) {
+            (Value::Null, _) => None,
+            (Value::Object(_), Value::Object(_)) => mistyped(default, value, &path),
+            _ if !same_kind => Some(path),
+            _ => None,
+        }
+    })
 }
 
 /// The defaults of `T` as YAML, for `--print-default-config`.

@@ -63,7 +63,7 @@ impl TestRegistry {
         self.started.join().await.expect("registry stops");
     }
 
-    /// A client for the registry's API: one that trusts `ca` (PEM) when the registry serves HTTPS.
+    /// Uses `http` for the registry's API (one that trusts the test CA when the registry serves HTTPS).
     pub fn with_client(mut self, http: reqwest::Client) -> Self {
         self.http = http;
         self

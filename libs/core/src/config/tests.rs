@@ -243,3 +243,10 @@ fn a_flattened_section_keeps_flat_keys_and_unknown_keys_are_still_refused() {
     assert!(yaml.contains("send_timeout_ms: 5000"), "{yaml}");
     assert!(!yaml.contains("unknown"), "{yaml}");
 }
+
+#[test]
+fn a_mistyped_value_in_a_flattened_section_is_named() {
+    let e = load::<WithShared>(&sources(None, &[("FERRY_DEMO_SEND_TIMEOUT_MS", "soon")]))
+        .expect_err("bad type");
+    assert_eq!(e.field(), Some("send_timeout_ms"), "{e}");
+}
