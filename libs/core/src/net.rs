@@ -113,9 +113,27 @@ pub struct BindError {
     source: std::io::Error,
 }
 
-/// Binds `addr`; `what` names the listener in the error ("MQTT", "HTTPS", "admin", ...).
+/// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`). Devices reconnect in
+/// storms after an outage; with tokio's default of 1,024 the queue overflows while the accept loop catches
+/// up, and the kernel then drops the handshakes' last ACKs, so those clients wait seconds for
+/// retransmissions.
+pub const LISTEN_BACKLOG: u32 = 4_096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`]; `what` names the listener in the error ("MQTT", "HTTPS", "admin",
+/// ...).
 pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted component rebinds at once past TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| BindError {
         what: what.to_owned(),
         addr,
         source,

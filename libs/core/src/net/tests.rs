@@ -170,3 +170,28 @@ fn throwaway_acceptor() -> TlsAcceptor {
     std::fs::write(&key_path, key.serialize_pem()).expect("write");
     crate::tls::acceptor(&cert_path, &key_path, &[]).expect("acceptor")
 }
+
+#[tokio::test]
+async fn a_connect_storm_larger_than_tokios_default_backlog_is_queued_not_dropped() {
+    // Nothing accepts: every handshake must wait in the kernel's accept queue. With tokio's default backlog
+    // (1,024) the kernel drops the SYNs past it and those connects stall for a second-long retransmission.
+    let listener = bind("storm", "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    // The kernel caps the backlog at somaxconn (4,096 by default since Linux 5.4).
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(4_096);
+    let storm = 1_500.min(somaxconn.saturating_sub(16));
+    let mut clients = Vec::new();
+    for i in 0..storm {
+        let connect = tokio::time::timeout(Duration::from_millis(800), TcpStream::connect(addr));
+        match connect.await {
+            Ok(Ok(s)) => clients.push(s),
+            other => panic!("connect {i} not queued: {other:?}"),
+        }
+    }
+    assert_eq!(clients.len(), storm);
+}
