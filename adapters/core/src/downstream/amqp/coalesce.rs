@@ -5,11 +5,15 @@
 //! "Profile of the device path": 17 % of the adapter's time was that syscall). [`Coalesce`] sits between
 //! fe2o3 and the socket: a flush only marks the bytes as due, and they are written before the connection
 //! next reads (or once [`SOFT_LIMIT`] bytes are waiting, or at shutdown). fe2o3's connection task polls
-//! the socket for reading in every turn of its loop in which nothing else is ready, that is before it
-//! sleeps, so nothing waits longer than the frames queued behind it: under load, all the frames the
-//! sessions queued while the task was busy go out in one write; at rest, each frame goes at once, as
-//! before.
+//! the socket for reading in every turn of its loop, that is after every frame, so a read alone would
+//! still write frame by frame. Before writing, the read therefore yields once to the runtime
+//! ([`tokio::task::yield_now`]: the task runs again when the worker has no other task ready): the MQTT
+//! sessions that are ready run first and queue their frames, and all of them go out in one write. Under
+//! load that is one write, and one wake-up of the router, per scheduler round instead of per message
+//! (measured: bench/REPORT.md, "Where the device path's regression comes from"); at rest the worker is
+//! idle, so the yield costs one more poll of the task and the frame goes at once.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -20,12 +24,23 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(crate) const SOFT_LIMIT: usize = 64 * 1024;
 
 /// An I/O stream whose flushes are deferred to its next read (see the module's doc).
-#[derive(Debug)]
 pub(crate) struct Coalesce<S> {
     inner: S,
     /// Written by fe2o3, not yet by the socket; `buf[written..]` is still due.
     buf: Vec<u8>,
     written: usize,
+    /// The yield before what is due is written (see the module's doc); `None` once it has resolved.
+    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Coalesce<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalesce")
+            .field("inner", &self.inner)
+            .field("due", &(self.buf.len() - self.written))
+            .field("yielding", &self.yielding.is_some())
+            .finish()
+    }
 }
 
 impl<S> Coalesce<S> {
@@ -34,6 +49,7 @@ impl<S> Coalesce<S> {
             inner,
             buf: Vec::new(),
             written: 0,
+            yielding: None,
         }
     }
 }
@@ -95,10 +111,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // What is due goes first; if the socket cannot take it now, the task is woken when it can
-        // (the same task polls for reading), and the read is tried meanwhile.
-        if let Poll::Ready(Err(e)) = this.poll_write_due(cx) {
-            return Poll::Ready(Err(e));
+        if !this.buf.is_empty() {
+            // Once per batch: let the ready sessions queue their frames first.
+            let yielding = this
+                .yielding
+                .get_or_insert_with(|| Box::pin(tokio::task::yield_now()));
+            if yielding.as_mut().poll(cx).is_ready() {
+                this.yielding = None;
+                // What is due goes first; if the socket cannot take it now, the task is woken when
+                // it can (the same task polls for reading), and the read is tried meanwhile.
+                if let Poll::Ready(Err(e)) = this.poll_write_due(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
         }
         Pin::new(&mut this.inner).poll_read(cx, out)
     }

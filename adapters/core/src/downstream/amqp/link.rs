@@ -91,7 +91,7 @@ pub(crate) async fn run(
     // waited its whole wait in vain, the jobs behind it keep their own deadlines, so a link without
     // credit fails its queue within about one wait instead of one per job.
     let mut credit_flows = false;
-    while let Some(job) = rx.recv().await {
+    while let Some(job) = next_job(&mut rx).await {
         let deadline = if credit_flows {
             job.deadline.max(Instant::now() + job.wait)
         } else {
@@ -124,3 +124,25 @@ pub(crate) async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
     }
 }
+
+/// The next job of `rx`. When the queue had run dry, the job that arrives first waits one yield to the
+/// runtime before it is sent: the sessions woken with this task (MQTT connections whose packets arrived
+/// in the same poll of the reactor) queue their messages meanwhile, and the link sends them back to back,
+/// so they leave in one write and cost the router one wake-up. Without it, tokio runs a task woken by a
+/// message right after the task that woke it, and every message went through the link, fe2o3's session
+/// and connection tasks and the socket on its own (bench/REPORT.md, "Where the device path's regression
+/// comes from"). At rest the runtime is idle and the yield costs one more poll.
+async fn next_job<T>(rx: &mut mpsc::Receiver<T>) -> Option<T> {
+    match rx.try_recv() {
+        Ok(job) => Some(job),
+        Err(mpsc::error::TryRecvError::Disconnected) => None,
+        Err(mpsc::error::TryRecvError::Empty) => {
+            let job = rx.recv().await?;
+            tokio::task::yield_now().await;
+            Some(job)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -114,8 +114,70 @@ async fn reads_pass_through_after_the_due_bytes_are_written() {
     let mut got = [0u8; 4];
     io.read_exact(&mut got).await.expect("read");
     assert_eq!(&got, b"pong");
+    // The read that found bytes waiting returned them before the yield was over; the next one writes.
+    poll_read_once(&mut io).await;
     assert_eq!(writes.load(Ordering::SeqCst), 1);
     let mut sent = [0u8; 4];
     peer.read_exact(&mut sent).await.expect("peer read");
     assert_eq!(&sent, b"ping");
+}
+
+/// What fe2o3's connection task does: takes the sessions' frames from a channel and writes and flushes
+/// each, and polls the socket for reading in every turn of its loop.
+async fn connection_task(
+    mut io: Coalesce<Counting>,
+    mut frames: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Coalesce<Counting> {
+    let mut byte = [0u8; 1];
+    loop {
+        tokio::select! {
+            biased;
+            frame = frames.recv() => match frame {
+                Some(frame) => {
+                    io.write_all(&frame).await.expect("write");
+                    io.flush().await.expect("flush");
+                }
+                None => return io,
+            },
+            _ = io.read(&mut byte) => panic!("nothing was sent to read"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn sessions_ready_in_the_same_round_share_one_write() {
+    let (io, mut peer, writes) = pair();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let connection = tokio::spawn(connection_task(io, rx));
+    // Ten sessions become ready together on the worker, as MQTT connections whose packets arrived in
+    // one poll of the reactor; each queues one frame when it runs. The first frame wakes the connection
+    // task into the worker's next slot, ahead of the other nine: without the yield it wrote that frame
+    // alone.
+    let senders = tx.clone();
+    let sessions = tokio::spawn(async move {
+        let sessions: Vec<_> = (0..10u8)
+            .map(|i| {
+                let tx = senders.clone();
+                tokio::spawn(async move {
+                    tx.send(vec![b'0' + i]).await.expect("queued");
+                })
+            })
+            .collect();
+        for s in sessions {
+            s.await.expect("session");
+        }
+    });
+    let mut got = [0u8; 10];
+    peer.read_exact(&mut got).await.expect("read");
+    // Each session's frames keep their order; between sessions the order is the scheduler's.
+    got.sort_unstable();
+    assert_eq!(&got, b"0123456789", "every frame, intact");
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        1,
+        "one write for the round's ten frames"
+    );
+    sessions.await.expect("sessions");
+    drop(tx);
+    connection.await.expect("connection task");
 }
