@@ -48,6 +48,8 @@ pub(crate) struct SessionSlot {
 struct LinkTx {
     id: u64,
     tx: mpsc::Sender<Job>,
+    /// Since when the link's task waits for credit, if it does.
+    stall: Arc<link::Stall>,
 }
 
 pub(crate) struct Inner {
@@ -208,19 +210,36 @@ impl Amqp {
         };
         let queue_behind = match self.try_push(route, job) {
             Push::Done => None,
-            // Pre-settled telemetry (QoS 0) is shed at the edge: a full queue means the link has had no
-            // credit for a while, and a message waiting for room would be one more held per publish,
-            // as many as devices send (a flood held hundreds of MiB).
-            Push::Full(..) if shed == Shed::WhenFull => return Err(DownstreamError::NoCredit),
-            Push::Full(tx, job) => Some((tx, job)),
-            Push::NoLink(job) => Some((self.open_link(route)?, job)),
+            // Pre-settled telemetry (QoS 0) is shed at the edge when its link has had no credit for a
+            // while: a message waiting for room would be one more held per publish, as many as devices
+            // send (a flood held hundreds of MiB).
+            Push::Full(_, _, stall) if shed == Shed::WhenFull && stall.longer_than(SHED_AFTER) => {
+                return Err(DownstreamError::NoCredit)
+            }
+            // A full queue behind a link that sends (a burst its task is working through): the message
+            // waits for room, at most until its deadline.
+            Push::Full(tx, job, stall) => Some((tx, job, Some(stall))),
+            Push::NoLink(job) => Some((self.open_link(route)?, job, None)),
         };
-        if let Some((tx, job)) = queue_behind {
-            // A full queue means the link has had no credit for a while: same bound as for credit.
-            match tokio::time::timeout_at(deadline, tx.send(job)).await {
-                Err(_) => return Err(DownstreamError::NoCredit),
-                Ok(Err(_)) => return Err(DownstreamError::Disconnected),
-                Ok(Ok(())) => {}
+        if let Some((tx, job, stall)) = queue_behind {
+            loop {
+                // Looked at again every SHED_AFTER: a link that stalls meanwhile sheds the waiting
+                // pre-settled messages too.
+                let until = deadline.min(Instant::now() + SHED_AFTER);
+                match tokio::time::timeout_at(until, tx.reserve()).await {
+                    Ok(Ok(permit)) => {
+                        permit.send(job);
+                        break;
+                    }
+                    Ok(Err(_)) => return Err(DownstreamError::Disconnected),
+                    Err(_) => {
+                        let stalled = shed == Shed::WhenFull
+                            && stall.as_ref().is_some_and(|s| s.longer_than(SHED_AFTER));
+                        if stalled || Instant::now() >= deadline {
+                            return Err(DownstreamError::NoCredit);
+                        }
+                    }
+                }
             }
         }
         replied.await.unwrap_or(Err(DownstreamError::Disconnected))
@@ -232,7 +251,9 @@ impl Amqp {
             None => Push::NoLink(job),
             Some(l) => match l.tx.try_send(job) {
                 Ok(()) => Push::Done,
-                Err(mpsc::error::TrySendError::Full(j)) => Push::Full(l.tx.clone(), j),
+                Err(mpsc::error::TrySendError::Full(j)) => {
+                    Push::Full(l.tx.clone(), j, l.stall.clone())
+                }
                 Err(mpsc::error::TrySendError::Closed(j)) => Push::NoLink(j),
             },
         };
@@ -255,7 +276,12 @@ impl Amqp {
             .ok_or(DownstreamError::NotConnected)?;
         let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.inner.config.link_queue.max(1));
-        let fresh = LinkTx { id, tx: tx.clone() };
+        let stall = Arc::new(link::Stall::default());
+        let fresh = LinkTx {
+            id,
+            tx: tx.clone(),
+            stall: stall.clone(),
+        };
         let existing = match route {
             Route::Telemetry(t) => install(&mut write(&self.inner.telemetry), t, fresh),
             Route::TelemetryUnsettled(t) => {
@@ -286,7 +312,7 @@ impl Amqp {
         };
         let inner = self.inner.clone();
         let key = RouteKey::from(route);
-        tokio::spawn(link::run(session, spec, rx, move || {
+        tokio::spawn(link::run(session, spec, rx, stall, move || {
             inner.remove_link(&key, id);
         }));
         Ok(tx)
@@ -305,9 +331,14 @@ enum Shed {
 /// Where [`Amqp::try_push`] left the job.
 enum Push {
     Done,
-    Full(mpsc::Sender<Job>, Job),
+    Full(mpsc::Sender<Job>, Job, Arc<link::Stall>),
     NoLink(Job),
 }
+
+/// How long a link must have waited for credit before pre-settled telemetry that finds its queue full is
+/// shed at once. A queue that is full while the link sends is a burst, not a stall: those messages wait
+/// for room (at most until their deadline; the MQTT session bounds how many it holds).
+const SHED_AFTER: Duration = Duration::from_millis(50);
 
 /// An owned [`Route`], for a link task to find its own entry.
 enum RouteKey {

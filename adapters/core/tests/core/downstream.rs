@@ -276,6 +276,42 @@ async fn a_qos0_flood_beyond_the_link_queue_is_shed_at_once() {
     }
 }
 
+/// A QoS 0 burst larger than the link's queue while the consumer has credit: the link is busy, not
+/// stalled, so what does not fit waits for room instead of being shed (the link's task batches what the
+/// sessions queue in one round, so a round of a hundred devices can exceed the queue at any rate).
+#[tokio::test]
+async fn a_qos0_burst_beyond_the_link_queue_is_not_shed_while_credit_flows() {
+    let p = Platform::start().await;
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("telemetry/t1", 1_000).await;
+    let mut config = p.downstream_config();
+    config.link_queue = 8;
+    let down = Downstream::start(config, p.clients_shutdown.clone());
+    assert!(down.wait_connected(Duration::from_secs(5)).await);
+    let token = assertion(&p, "t1", "d1").await;
+    // The link is attached and has credit before the burst.
+    let first = message(MessageKind::Telemetry, "t1", "d1", 0, &token, b"first");
+    assert_eq!(down.send(first).await, Ok(SendOutcome::Presettled));
+    recv_within(&mut rx, 2000).await.expect("the first arrives");
+    let sends: Vec<_> = (0..200)
+        .map(|_| {
+            let (d, msg) = (
+                down.clone(),
+                message(MessageKind::Telemetry, "t1", "d1", 0, &token, b"burst"),
+            );
+            tokio::spawn(async move { d.send(msg).await })
+        })
+        .collect();
+    for s in sends {
+        assert_eq!(s.await.expect("join"), Ok(SendOutcome::Presettled));
+    }
+    for i in 0..200 {
+        recv_within(&mut rx, 2000)
+            .await
+            .unwrap_or_else(|| panic!("message {i} of the burst arrives"));
+    }
+}
+
 #[tokio::test]
 async fn messages_queued_behind_a_slow_consumer_wait_their_turn_instead_of_failing() {
     let p = Platform::start().await;

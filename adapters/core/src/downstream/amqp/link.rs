@@ -7,6 +7,9 @@
 //! delivery future back to the caller, who awaits the outcome on its own. Many deliveries are thus in
 //! flight at once, and no lock is held while anyone waits.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use fe2o3_amqp::link::delivery::DeliveryFut;
@@ -52,6 +55,7 @@ pub(crate) async fn run(
     session: std::sync::Arc<SessionSlot>,
     spec: LinkSpec,
     mut rx: mpsc::Receiver<Job>,
+    stall: std::sync::Arc<Stall>,
     on_exit: impl FnOnce(),
 ) {
     let attach = async {
@@ -97,8 +101,21 @@ pub(crate) async fn run(
         } else {
             job.deadline.max(ready_by)
         };
-        // `send_batchable` is cancel-safe: a timed-out job was never written.
-        match tokio::time::timeout_at(deadline, sender.send_batchable(job.sendable)).await {
+        // `send_batchable` is cancel-safe: a timed-out job was never written. With credit, it is ready
+        // at the first poll and needs no timer; without, the link is marked stalled while it waits.
+        let send = sender.send_batchable(job.sendable);
+        tokio::pin!(send);
+        let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+        let sent = match first {
+            Poll::Ready(sent) => Ok(sent),
+            Poll::Pending => {
+                stall.begin();
+                let sent = tokio::time::timeout_at(deadline, send).await;
+                stall.end();
+                sent
+            }
+        };
+        match sent {
             Err(_) => {
                 credit_flows = false;
                 let _ = job.reply.send(Err(DownstreamError::NoCredit));
@@ -122,6 +139,49 @@ pub(crate) async fn run(
     }
     if !failed {
         let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
+    }
+}
+
+/// Since when a link's task has been waiting for credit: read by the callers that find the link's queue
+/// full, to tell a stalled link (shed pre-settled telemetry at once) from a busy one (wait for room).
+#[derive(Debug)]
+pub(crate) struct Stall {
+    base: std::time::Instant,
+    /// Milliseconds after `base` at which the wait began, plus one; 0 while the link is not waiting.
+    since: AtomicU64,
+}
+
+impl Default for Stall {
+    fn default() -> Self {
+        Self {
+            base: std::time::Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stall {
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn begin(&self) {
+        self.since.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the link has been waiting for credit for longer than `d`.
+    pub(crate) fn longer_than(&self, d: Duration) -> bool {
+        match self.since.load(Ordering::Relaxed) {
+            0 => false,
+            since => {
+                let waited = self.now().saturating_sub(since);
+                u128::from(waited) > d.as_millis()
+            }
+        }
     }
 }
 
