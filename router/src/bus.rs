@@ -49,6 +49,7 @@ use crate::Shared;
 
 mod commands;
 mod events;
+mod mirror;
 mod responses;
 mod telemetry;
 

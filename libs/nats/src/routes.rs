@@ -26,7 +26,7 @@ use crate::Error;
 pub const BUCKET: &str = "ferry-command-routes";
 
 /// What a key is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteKind {
     /// A device's own subscription: the value is the instance.
     Device,

@@ -1,7 +1,7 @@
 //! Commands on the bus: the adapters' routes mirrored from the key-value bucket into the hub, and a
 //! stand-in consumer per adapter instance that forwards its commands as NATS requests.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use ferry_nats::{routes, subjects};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
+use super::mirror::{Mirror, RouteTable};
 use super::{delivery_state, lock, Bus};
 use crate::events::EventStore;
 use crate::hub::{self, AddressRef, ConnHandle, Consumer, Kind, ToConn};
@@ -41,10 +42,11 @@ impl Bus {
     ) {
         let stop = shutdown.wait();
         tokio::pin!(stop);
+        let mut mirror = Mirror::default();
         loop {
             let result = tokio::select! {
                 () = &mut stop => return,
-                r = self.mirror_routes(&shared) => r,
+                r = self.mirror_routes(&shared, &mut mirror) => r,
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "following the command routes failed; retrying");
@@ -62,78 +64,31 @@ impl Bus {
             .await
     }
 
+    /// Watches the bucket into `mirror` until the watch fails. A watch after the first one starts by
+    /// undoing what went from the bucket while none ran (it would replay only what is there now).
     async fn mirror_routes<S: EventStore>(
         self: &Arc<Self>,
         shared: &Arc<Shared<S>>,
+        mirror: &mut Mirror,
     ) -> anyhow::Result<()> {
         let store = self.routes().await?;
+        let mut table = HubRoutes { bus: self, shared };
+        if !mirror.is_empty() {
+            let mut present = HashSet::new();
+            let mut keys = store.keys().await?;
+            while let Some(key) = keys.next().await {
+                present.insert(key?);
+            }
+            mirror.keep_only(&mut table, &present);
+        }
         let mut watch = store.watch_all().await?;
-        // What each key holds now, to undo a route when its key is deleted.
-        let mut known: HashMap<String, String> = HashMap::new();
-        // Device and gateway routes per adapter instance: at none, the instance's stand-in goes.
-        let mut held: HashMap<String, usize> = HashMap::new();
         while let Some(entry) = watch.next().await {
             let entry = entry?;
-            let Some((kind, tenant, id)) = routes::parse_key(&entry.key) else {
-                continue;
+            let value = match entry.operation {
+                kv::Operation::Put => std::str::from_utf8(&entry.value).ok(),
+                kv::Operation::Delete | kv::Operation::Purge => None,
             };
-            let (Ok(tenant), Ok(id)) =
-                (TenantId::new(&tenant), ferry_core::ids::DeviceId::new(&id))
-            else {
-                continue;
-            };
-            let hub = &shared.hub;
-            let previous = known.remove(&entry.key);
-            if let Some(prev) = previous {
-                match kind {
-                    routes::RouteKind::Device => {
-                        if let Some(a) = self.instance(shared, &prev) {
-                            hub.unsubscribe_commands(&tenant, id.as_str(), &a);
-                        }
-                    }
-                    routes::RouteKind::Gateway => {
-                        if let Some(a) = self.instance(shared, &prev) {
-                            hub.unsubscribe_gateway(&tenant, id.as_str(), &a);
-                        }
-                    }
-                    routes::RouteKind::LastGateway => {}
-                }
-                if kind != routes::RouteKind::LastGateway {
-                    if let Some(n) = held.get_mut(&prev) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
-                            held.remove(&prev);
-                            self.drop_instance(shared, &prev);
-                        }
-                    }
-                }
-            }
-            if entry.operation != kv::Operation::Put {
-                continue;
-            }
-            let Ok(value) = std::str::from_utf8(&entry.value) else {
-                continue;
-            };
-            match kind {
-                routes::RouteKind::Device => {
-                    if let Some(a) = self.instance(shared, value) {
-                        hub.subscribe_commands(&tenant, id.as_str(), &a);
-                        *held.entry(value.to_owned()).or_default() += 1;
-                    }
-                }
-                routes::RouteKind::Gateway => {
-                    if let Some(a) = self.instance(shared, value) {
-                        hub.subscribe_gateway(&tenant, id.as_str(), &a);
-                        *held.entry(value.to_owned()).or_default() += 1;
-                    }
-                }
-                routes::RouteKind::LastGateway => {
-                    if let Ok(g) = ferry_core::ids::DeviceId::new(value) {
-                        hub.set_last_gateway(&tenant, id.as_str(), g.as_str());
-                    }
-                }
-            }
-            known.insert(entry.key.clone(), value.to_owned());
+            mirror.apply(&mut table, &entry.key, value);
         }
         anyhow::bail!("the route watch ended")
     }
@@ -278,5 +233,76 @@ impl Bus {
         if deleted > 0 {
             tracing::info!(%instance, deleted, "adapter instance does not answer; its command routes were deleted");
         }
+    }
+}
+
+/// The hub's routes and this router's stand-ins, as the route mirror changes them.
+struct HubRoutes<'a, S: EventStore> {
+    bus: &'a Arc<Bus>,
+    shared: &'a Arc<Shared<S>>,
+}
+
+impl<S: EventStore> RouteTable for HubRoutes<'_, S> {
+    fn subscribe(
+        &mut self,
+        kind: routes::RouteKind,
+        tenant: &TenantId,
+        id: &ferry_core::ids::DeviceId,
+        instance: &str,
+    ) -> bool {
+        let Some(a) = self.bus.instance(self.shared, instance) else {
+            return false;
+        };
+        match kind {
+            routes::RouteKind::Device => {
+                self.shared.hub.subscribe_commands(tenant, id.as_str(), &a)
+            }
+            routes::RouteKind::Gateway => {
+                self.shared.hub.subscribe_gateway(tenant, id.as_str(), &a)
+            }
+            routes::RouteKind::LastGateway => return false,
+        }
+        true
+    }
+
+    fn unsubscribe(
+        &mut self,
+        kind: routes::RouteKind,
+        tenant: &TenantId,
+        id: &ferry_core::ids::DeviceId,
+        instance: &str,
+    ) {
+        let Some(a) = lock(&self.bus.instances)
+            .get(instance)
+            .map(|i| i.addr.clone())
+        else {
+            return;
+        };
+        match kind {
+            routes::RouteKind::Device => {
+                self.shared
+                    .hub
+                    .unsubscribe_commands(tenant, id.as_str(), &a)
+            }
+            routes::RouteKind::Gateway => {
+                self.shared.hub.unsubscribe_gateway(tenant, id.as_str(), &a)
+            }
+            routes::RouteKind::LastGateway => {}
+        }
+    }
+
+    fn set_last_gateway(
+        &mut self,
+        tenant: &TenantId,
+        id: &ferry_core::ids::DeviceId,
+        gateway: &ferry_core::ids::DeviceId,
+    ) {
+        self.shared
+            .hub
+            .set_last_gateway(tenant, id.as_str(), gateway.as_str());
+    }
+
+    fn drop_instance(&mut self, instance: &str) {
+        self.bus.drop_instance(self.shared, instance);
     }
 }
