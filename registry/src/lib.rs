@@ -185,7 +185,7 @@ pub async fn start_with_bridge(
         ferry_core::net::Listeners::bind_one("the registry", config.bind, tls.clone()).await?;
     let addr = listeners.addr();
     let mut app = api::router(state);
-    let admin_addr = ferry_core::net::serve_admin(config.admin_bind, &admin, &shutdown).await?;
+    let admin_addr = ferry_core::admin::serve_admin(config.admin_bind, &admin, &shutdown).await?;
     if admin_addr.is_none() {
         app = app.merge(admin.router());
     }

@@ -282,7 +282,7 @@ async fn serve<S: EventStore>(
     };
     let listeners = ferry_core::net::Listeners::bind("AMQP", config.bind, tls).await?;
     let (addr, tls_addr) = (listeners.addr(), listeners.tls_addr());
-    ferry_core::net::serve_admin(config.admin_bind, &admin, &shutdown).await?;
+    ferry_core::admin::serve_admin(config.admin_bind, &admin, &shutdown).await?;
 
     // Keys: fetched now (retried until the registry answers) and again on an unknown key id.
     {

@@ -55,6 +55,6 @@ pub async fn listen(
         _ => None,
     };
     let listeners = Listeners::bind(l.protocol, l.bind, tls).await?;
-    ferry_core::net::serve_admin(l.admin_bind, admin, shutdown).await?;
+    ferry_core::admin::serve_admin(l.admin_bind, admin, shutdown).await?;
     Ok(listeners)
 }

@@ -15,6 +15,7 @@ use axum::Router;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::{Metric, Registry};
 
+use crate::net::BindError;
 use crate::shutdown::Shutdown;
 
 /// Time a client of the admin server (a kubelet probe, Prometheus) has to send a request header.
@@ -160,6 +161,22 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
         )],
         admin.encode_metrics(),
     )
+}
+
+/// Binds the admin listener when `bind` is set and serves `/live`, `/ready` and `/metrics` on it until
+/// `shutdown`; answers where it listens.
+pub async fn serve_admin(
+    bind: Option<std::net::SocketAddr>,
+    admin: &Admin,
+    shutdown: &Shutdown,
+) -> Result<Option<std::net::SocketAddr>, BindError> {
+    let Some(addr) = bind else {
+        return Ok(None);
+    };
+    let listener = crate::net::bind("admin", addr).await?;
+    let local = crate::net::local_addr("admin", addr, &listener)?;
+    tokio::spawn(admin.clone().serve(listener, shutdown.clone()));
+    Ok(Some(local))
 }
 
 #[cfg(test)]

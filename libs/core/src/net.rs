@@ -140,26 +140,6 @@ pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, BindError
     })
 }
 
-/// Binds the admin listener when `bind` is set and serves `/live`, `/ready` and `/metrics` on it until
-/// `shutdown`; answers where it listens.
-pub async fn serve_admin(
-    bind: Option<SocketAddr>,
-    admin: &crate::admin::Admin,
-    shutdown: &Shutdown,
-) -> Result<Option<SocketAddr>, BindError> {
-    let Some(addr) = bind else {
-        return Ok(None);
-    };
-    let listener = self::bind("admin", addr).await?;
-    let local = listener.local_addr().map_err(|source| BindError {
-        what: "admin".to_owned(),
-        addr,
-        source,
-    })?;
-    tokio::spawn(admin.clone().serve(listener, shutdown.clone()));
-    Ok(Some(local))
-}
-
 /// One component's listeners for its peers: plain, and TLS when it has a certificate (on a port of its
 /// own, or instead of plain on the one port).
 pub struct Listeners {
@@ -190,7 +170,11 @@ pub struct Accept {
     pub tls_in_handler: bool,
 }
 
-fn local_addr(what: &str, addr: SocketAddr, l: &TcpListener) -> Result<SocketAddr, BindError> {
+pub(crate) fn local_addr(
+    what: &str,
+    addr: SocketAddr,
+    l: &TcpListener,
+) -> Result<SocketAddr, BindError> {
     l.local_addr().map_err(|source| BindError {
         what: what.to_owned(),
         addr,
