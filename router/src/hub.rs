@@ -102,27 +102,40 @@ impl Address {
     /// The consumer with credit and the fewest unsettled deliveries (ties take turns); its credit is taken.
     /// A choked consumer ([`Consumer::choked`]) is passed over.
     fn pick(&mut self, max_queued_bytes: usize) -> Option<Arc<Consumer>> {
+        self.pick_counting(max_queued_bytes).0
+    }
+
+    /// [`Address::pick`], also answering the usable credit of the consumers not chosen, seen in the same
+    /// walk.
+    fn pick_counting(&mut self, max_queued_bytes: usize) -> (Option<Arc<Consumer>>, i64) {
         let n = self.consumers.len();
-        let mut best: Option<usize> = None;
+        let mut best: Option<(usize, i64)> = None;
+        let mut total = 0i64;
         for k in 0..n {
             let i = (self.next + k) % n;
             let c = &self.consumers[i];
-            if c.usable_credit(max_queued_bytes) <= 0 {
+            let usable = c.usable_credit(max_queued_bytes);
+            if usable <= 0 {
                 continue;
             }
+            total += usable;
             let load = c.unsettled.load(Ordering::Relaxed);
-            if best.is_none_or(|b| load < self.consumers[b].unsettled.load(Ordering::Relaxed)) {
-                best = Some(i);
+            if best.is_none_or(|(b, _)| load < self.consumers[b].unsettled.load(Ordering::Relaxed))
+            {
+                best = Some((i, usable));
             }
         }
-        let i = best?;
+        let Some((i, usable)) = best else {
+            return (None, 0);
+        };
         self.next = (i + 1) % n.max(1);
         let chosen = &self.consumers[i];
-        chosen.take_credit().then(|| {
+        let picked = chosen.take_credit().then(|| {
             chosen.unsettled.fetch_add(1, Ordering::Relaxed);
             chosen.queued.fetch_add(1, Ordering::AcqRel);
             chosen.clone()
-        })
+        });
+        (picked, total - usable)
     }
 }
 

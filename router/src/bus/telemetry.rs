@@ -135,17 +135,17 @@ impl Bus {
         };
         match shared
             .hub
-            .route_telemetry(addr, payload, presettled, origin)
+            .route_telemetry_credit_left(addr, payload, presettled, origin)
         {
-            Routed::Forwarded => {
+            (Routed::Forwarded, credit_left) => {
                 addr.counters.count(Counted::Forwarded, size);
                 if presettled {
                     self.reply(msg.reply, &Outcome::Accepted).await;
                 }
                 // That may have been the last credit: leave before NATS hands over one more.
-                shared.hub.available_credit(addr) <= 0
+                !credit_left
             }
-            Routed::NoConsumer => {
+            (Routed::NoConsumer, _) => {
                 addr.counters.count(Counted::Released, size);
                 if !presettled {
                     waiting.remove(next);

@@ -101,6 +101,26 @@ impl<S: EventStore> Hub<S> {
         self.route_direct(addr, payload, settled, origin)
     }
 
+    /// [`Hub::route_telemetry`] for the cluster bus's taker, which also needs to know whether `addr`'s
+    /// consumers will take more after this message (at none it leaves NATS's queue group): answered
+    /// from the same walk of the consumers, without a second lock.
+    pub fn route_telemetry_credit_left(
+        &self,
+        addr: &AddressRef,
+        payload: Bytes,
+        settled: bool,
+        origin: Origin,
+    ) -> (Routed, bool) {
+        let (picked, others) = lock(&addr.inner).pick_counting(self.max_queued_bytes);
+        let Some(consumer) = picked else {
+            return (Routed::NoConsumer, false);
+        };
+        deliver(&consumer, payload, settled, origin);
+        // The chosen consumer's own credit is read after the delivery: its queued bytes may choke it.
+        let left = others + consumer.usable_credit(self.max_queued_bytes);
+        (Routed::Forwarded, left > 0)
+    }
+
     /// Hands a message to a consumer of `addr` with credit; nothing is buffered.
     pub(super) fn route_direct(
         &self,

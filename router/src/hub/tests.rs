@@ -60,3 +60,38 @@ fn a_reply_address_lives_while_a_receiver_holds_it() {
     assert_eq!(routed, Routed::Forwarded);
     assert!(matches!(rx.try_recv(), Ok(ToConn::Deliver { .. })));
 }
+
+/// The cluster taker learns from the routing itself whether credit is left (one lock per message): at the
+/// last credit of the last consumer, and when the chosen consumer is choked by what is queued for it.
+#[test]
+fn routing_telemetry_tells_whether_credit_is_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tenant = TenantId::new("t1").expect("tenant");
+    let hub = hub(dir.path()).with_max_queued_bytes(1_000);
+    let (handle, _rx) = conn();
+    let mut addr = hub.address(Kind::Telemetry, &tenant);
+    let a = hub.attach_consumer(&mut addr, handle.clone(), next_id());
+    let b = hub.attach_consumer(&mut addr, handle.clone(), next_id());
+    hub.consumer_credit(&addr, &a, 1);
+    hub.consumer_credit(&addr, &b, 1);
+    let small = || Bytes::from_static(b"x");
+    let route = |payload| hub.route_telemetry_credit_left(&addr, payload, true, Origin::None);
+    assert_eq!(
+        route(small()),
+        (Routed::Forwarded, true),
+        "one consumer still has credit"
+    );
+    assert_eq!(hub.available_credit(&addr), 1);
+    assert_eq!(
+        route(small()),
+        (Routed::Forwarded, false),
+        "that was the last credit"
+    );
+    assert_eq!(route(small()), (Routed::NoConsumer, false));
+    // Credit again, but a message big enough to choke the consumer it goes to.
+    hub.consumer_credit(&addr, &a, 5);
+    let (routed, left) = route(Bytes::from(vec![0u8; 2_000]));
+    assert_eq!(routed, Routed::Forwarded);
+    assert_eq!(left, hub.available_credit(&addr) > 0);
+    assert!(!left, "a choked consumer's credit does not count");
+}
