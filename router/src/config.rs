@@ -55,6 +55,9 @@ pub struct Config {
     pub max_events_per_tenant: u64,
     /// Bytes of stored events per tenant beyond which its event producers get no more credit.
     pub max_event_bytes_per_tenant: u64,
+    /// Free space the event store's filesystem must keep, in bytes: below it, event producers get no
+    /// credit until it has room again (looked at once a second; 0 = no check). Embedded mode only.
+    pub min_free_disk_bytes: u64,
     /// Time-to-live of an event without a `ttl` header, in seconds (0 = keep until accepted).
     pub default_event_ttl_secs: u64,
     /// `embedded` (this router routes in memory and keeps the event store) or `nats` (cluster mode:
@@ -92,6 +95,7 @@ impl Default for Config {
             max_event_store_bytes: EventLimits::default().max_bytes,
             max_events_per_tenant: EventLimits::default().max_events_per_tenant,
             max_event_bytes_per_tenant: EventLimits::default().max_bytes_per_tenant,
+            min_free_disk_bytes: 256 << 20,
             // A day: events nobody consumes do not pile up for ever (Hono bounds them only by the
             // tenant's `max-ttl`, which the adapters apply to the `ttl` they set).
             default_event_ttl_secs: 86_400,

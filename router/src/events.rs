@@ -79,10 +79,12 @@ use bytes::Bytes;
 use ferry_core::ids::TenantId;
 
 mod crc32c;
+mod disk;
 mod memory;
 mod record;
 mod segment_log;
 
+pub use disk::DiskGuard;
 pub use memory::InMemoryStore;
 pub use segment_log::{SegmentLog, SegmentLogConfig, SegmentLogStats};
 

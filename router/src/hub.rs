@@ -167,6 +167,8 @@ pub struct Hub<S: EventStore> {
     /// An event producer got no credit because the whole store was full: the next event to leave the
     /// store wakes every tenant's starved event producers, not only its own tenant's.
     events_full: AtomicBool,
+    /// The event store's free-disk check (embedded mode).
+    disk: Option<crate::events::DiskGuard>,
     /// Most bytes of deliveries a connection may hold unwritten before its consumers take no more.
     pub max_queued_bytes: usize,
 }
@@ -223,6 +225,7 @@ impl<S: EventStore> Hub<S> {
                 ..EventLimits::default()
             },
             events_full: AtomicBool::new(false),
+            disk: None,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
@@ -230,6 +233,13 @@ impl<S: EventStore> Hub<S> {
     /// Sets the event store's limits (replacing `new`'s `max_events_per_tenant`).
     pub fn with_event_limits(mut self, limits: EventLimits) -> Self {
         self.event_limits = limits;
+        self
+    }
+
+    /// Refuses event producers credit while `guard` finds too little free disk.
+    pub fn with_disk_guard(mut self, guard: crate::events::DiskGuard) -> Self {
+        self.metrics.event_store_free_disk(guard.free());
+        self.disk = Some(guard);
         self
     }
 

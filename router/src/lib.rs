@@ -232,10 +232,16 @@ async fn serve<S: EventStore>(
         config.registry_ca_file.as_deref(),
     )
     .context("building the registry client")?;
+    let mut hub = hub::Hub::new(Arc::new(store), metrics, config.max_events_per_tenant)
+        .with_max_queued_bytes(config.max_queued_bytes_per_connection)
+        .with_event_limits(config.event_limits());
+    // Embedded mode keeps the events on this disk; in cluster mode JetStream does.
+    if bus.is_none() && config.min_free_disk_bytes > 0 {
+        let dir = config.data_dir.join("events");
+        hub = hub.with_disk_guard(events::DiskGuard::new(dir, config.min_free_disk_bytes));
+    }
     let shared = Arc::new(Shared {
-        hub: hub::Hub::new(Arc::new(store), metrics, config.max_events_per_tenant)
-            .with_max_queued_bytes(config.max_queued_bytes_per_connection)
-            .with_event_limits(config.event_limits()),
+        hub,
         auth: auth::Authenticator::new(
             config.adapter_user.clone(),
             config.adapter_password.clone(),

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub depth: Family<TenantLabel, Gauge>,
     /// Cluster mode: adapter instances that hold command routes and have a stand-in consumer here.
     pub command_instances: Gauge,
+    /// Bytes of live events in the store, over all tenants.
+    pub store_bytes: Gauge,
+    /// Free bytes on the event store's filesystem (-1 when unknown or not checked).
+    pub free_disk: Gauge,
 }
 
 impl Metrics {
@@ -42,7 +46,10 @@ impl Metrics {
             links: Gauge::default(),
             depth: Family::default(),
             command_instances: Gauge::default(),
+            store_bytes: Gauge::default(),
+            free_disk: Gauge::default(),
         };
+        m.free_disk.set(-1);
         admin.register(
             "ferry_router_messages",
             "Messages by tenant, type and outcome",
@@ -69,7 +76,26 @@ impl Metrics {
             "Adapter instances holding command routes that this router forwards commands to (cluster mode)",
             m.command_instances.clone(),
         );
+        admin.register(
+            "ferry_router_event_store_bytes",
+            "Bytes of live events in the event store, over all tenants (max_event_store_bytes bounds it)",
+            m.store_bytes.clone(),
+        );
+        admin.register(
+            "ferry_router_event_store_free_disk_bytes",
+            "Free bytes on the event store's filesystem; below min_free_disk_bytes event producers get no credit (-1: unknown)",
+            m.free_disk.clone(),
+        );
         m
+    }
+
+    pub fn event_store_bytes(&self, bytes: u64) {
+        self.store_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn event_store_free_disk(&self, bytes: u64) {
+        self.free_disk.set(i64::try_from(bytes).unwrap_or(-1));
     }
 
     /// The counters of one tenant's address kind, looked up once (at attach) so that counting a message

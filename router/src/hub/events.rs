@@ -153,6 +153,11 @@ impl<S: EventStore> Hub<S> {
                 .event_store_depth(&tenant, self.store.depth(&tenant));
             self.wake_event_producers(Some(&addr));
         }
+        if let Some(disk) = &self.disk {
+            disk.check();
+            self.metrics.event_store_free_disk(disk.free());
+        }
+        self.metrics.event_store_bytes(self.store.total().bytes);
         // A producer refused while the store was full can miss the wake of the event that made room (it
         // was refused on a stale look); this once-a-second call catches it.
         self.wake_event_producers(None);
@@ -161,7 +166,12 @@ impl<S: EventStore> Hub<S> {
     /// Event producers refused credit get another look once events left the store: those of `addr`, and
     /// every tenant's when the whole store was full and is no longer.
     pub(super) fn wake_event_producers(&self, addr: Option<&AddressRef>) {
-        if self.store.total().bytes >= self.event_limits.max_bytes {
+        if self.store.total().bytes >= self.event_limits.max_bytes
+            || self
+                .disk
+                .as_ref()
+                .is_some_and(crate::events::DiskGuard::low)
+        {
             return;
         }
         let addresses: Vec<Arc<Mutex<Address>>> = if self.events_full.swap(false, Ordering::AcqRel)

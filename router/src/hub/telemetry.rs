@@ -65,7 +65,16 @@ impl<S: EventStore> Hub<S> {
             Kind::Event => {
                 let mut a = lock(&addr.inner);
                 let tenant = self.store.usage(&addr.tenant);
-                match self.event_limits.reached(tenant, self.store.total()) {
+                let disk_low = self
+                    .disk
+                    .as_ref()
+                    .is_some_and(crate::events::DiskGuard::low);
+                let reached = if disk_low {
+                    Some(Limit::Store)
+                } else {
+                    self.event_limits.reached(tenant, self.store.total())
+                };
+                match reached {
                     None => u32::MAX,
                     Some(limit) => {
                         if limit == Limit::Store {

@@ -206,6 +206,50 @@ async fn an_event_flood_fills_the_store_and_stops_event_credit_but_not_telemetry
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
 }
 
+/// An event store whose disk is nearly full (below `min_free_disk_bytes`, here more than any disk has)
+/// gives event producers no credit, as a full store does, instead of failing writes; telemetry still
+/// flows, and the free space and the store's size are exported.
+#[tokio::test]
+async fn an_event_store_on_a_nearly_full_disk_gives_event_producers_no_credit() {
+    let mut p = Platform::start().await;
+    let metric = |p: &Platform, name: &str| {
+        p.metrics().lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        })
+    };
+    assert!(
+        metric(&p, "ferry_router_event_store_free_disk_bytes ").is_some_and(|b| b > 0),
+        "the free space is exported"
+    );
+    p.restart_router_with(|c| c.min_free_disk_bytes = u64::MAX)
+        .await;
+    let mut adapter = p.adapter().await;
+    let mut events = adapter.sender("event/t1").await;
+    let t1 = p.assertion("t1", "d1").await;
+    let send = events.send(device_message("d1", Some(&t1), b"alarm"));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), send)
+            .await
+            .is_err(),
+        "an event producer got credit on a full disk"
+    );
+    let mut app = p.app("app1", "pw1").await;
+    let mut telemetry = app.receiver("telemetry/t1", 10).await;
+    let mut tx = adapter.sender("telemetry/t1").await;
+    let sent = tokio::spawn(async move {
+        tx.send(device_message("d1", Some(&t1), b"21.5"))
+            .await
+            .expect("send")
+    });
+    let d = recv_within(&mut telemetry, 2000)
+        .await
+        .expect("telemetry flows while the disk is full");
+    telemetry.accept(&d).await.expect("accept");
+    assert!(matches!(sent.await.expect("join"), Outcome::Accepted(_)));
+    assert_eq!(metric(&p, "ferry_router_event_store_bytes "), Some(0));
+}
+
 /// Events without a `ttl` used to stay until a consumer accepted them, however long that took: with
 /// nobody consuming, they piled up for ever. Now they get `default_event_ttl_secs`, a day by default.
 #[tokio::test]
