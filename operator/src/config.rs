@@ -77,10 +77,7 @@ impl Default for Config {
 impl Config {
     /// Refuses combinations serde cannot see; the error names the field.
     pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
-        let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        };
+        let field = ferry_core::config::ConfigError::invalid;
         if self.image_registry.is_empty() {
             return Err(field("image_registry", "must not be empty"));
         }

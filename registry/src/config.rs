@@ -127,10 +127,7 @@ impl ferry_core::config::Settings for Config {
 impl Config {
     /// Refuses combinations serde cannot see; the error names the field.
     pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
-        let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        };
+        let field = ferry_core::config::ConfigError::invalid;
         self.tls.validate("tls")?;
         self.messaging.validate()?;
         if !(4..=31).contains(&self.max_bcrypt_cost) {

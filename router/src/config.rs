@@ -127,10 +127,7 @@ impl ferry_core::config::Settings for Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
-        let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        };
+        let field = ferry_core::config::ConfigError::invalid;
         self.tls.validate("tls")?;
         self.messaging.validate()?;
         if self.event_redelivery_secs == 0 {

@@ -106,10 +106,7 @@ impl AdapterSettings {
     /// Refuses settings that could not work, naming the field (`login.lockout_secs`,
     /// `messaging.nats.urls`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let field = |field: &str, message: &str| ConfigError::Field {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        };
+        let field = ConfigError::invalid;
         if ferry_core::ids::TenantId::new(&self.instance_id).is_err() {
             return Err(field(
                 "instance_id",

@@ -82,10 +82,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ferry_core::config::ConfigError> {
-        let field = |field: &str, message: &str| ferry_core::config::ConfigError::Field {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        };
+        let field = ferry_core::config::ConfigError::invalid;
         self.tls.validate("tls")?;
         self.adapter.validate()?;
         if self.max_payload_bytes == 0 {

@@ -45,6 +45,14 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// A field whose value cannot work: `field` names it as the settings do, `message` says why.
+    pub fn invalid(field: &str, message: &str) -> Self {
+        Self::Field {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
     /// The dotted path of the offending field, when one is known.
     pub fn field(&self) -> Option<&str> {
         match self {

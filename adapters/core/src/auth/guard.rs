@@ -68,10 +68,7 @@ impl LoginLimits {
     /// Refuses values that would disable the guard by accident; the error names the field within this
     /// section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let field = |field: &str, message: &str| ConfigError::Field {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        };
+        let field = ConfigError::invalid;
         if self.max_failures == 0 {
             return Err(field("max_failures", "must be at least 1"));
         }
