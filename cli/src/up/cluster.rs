@@ -442,8 +442,7 @@ async fn stop_all(parts: &mut [Part]) {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(ferry_core::net::probe_free_port()?)
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {

@@ -140,6 +140,49 @@ pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, BindError
     })
 }
 
+/// A TCP port of 127.0.0.1 that was free a moment ago, for a process that must be told its port before it
+/// starts (`ferry up --cluster`'s admin listeners, tests). It is taken outside the kernel's range of
+/// ephemeral ports (`net.ipv4.ip_local_port_range`), at a random place: a port the kernel handed out for
+/// `bind(0)` and that was then released goes back to that range, where any outgoing connection of any
+/// process can take it before its new owner binds it (seen as "Address already in use", or worse, as
+/// another process answering on it).
+pub fn probe_free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    let (from, to) = if low > 12_000 {
+        (10_000, low)
+    } else if high < 63_000 {
+        (high + 1, u16::MAX)
+    } else {
+        (0, 0)
+    };
+    let span = u64::from(to.saturating_sub(from));
+    if span > 0 {
+        let start = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            % span;
+        for k in 0..span {
+            let port = u16::try_from(u64::from(from) + (start + k) % span).unwrap_or(from);
+            if std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    // No room outside the ephemeral range: the kernel's choice.
+    Ok(
+        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port(),
+    )
+}
+
 /// One component's listeners for its peers: plain, and TLS when it has a certificate (on a port of its
 /// own, or instead of plain on the one port).
 pub struct Listeners {

@@ -195,3 +195,25 @@ async fn a_connect_storm_larger_than_tokios_default_backlog_is_queued_not_droppe
     }
     assert_eq!(clients.len(), storm);
 }
+
+#[test]
+fn a_probed_port_is_free_and_outside_the_ephemeral_range() {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let v: Vec<u16> = s
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some((*v.first()?, *v.get(1)?))
+        })
+        .unwrap_or((32_768, 60_999));
+    for _ in 0..20 {
+        let port = probe_free_port().expect("a free port");
+        assert!(
+            !(low..=high).contains(&port),
+            "{port} is in the ephemeral range {low}-{high}"
+        );
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("still free");
+    }
+}
