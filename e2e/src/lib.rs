@@ -17,13 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use ferry_test_support::{require_program, test_python};
-
-/// A port free a moment ago, outside the kernel's ephemeral range, so that the test's many outgoing
-/// connections cannot take it before the process it is meant for binds it.
-pub fn free_port() -> u16 {
-    ferry_core::net::probe_free_port().expect("a free port on 127.0.0.1")
-}
+pub use ferry_test_support::{free_port, require_program, test_python};
 
 mod cluster;
 
