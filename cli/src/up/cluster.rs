@@ -114,7 +114,11 @@ async fn start_all(
         std::fs::create_dir_all(&node)?;
         let conf = format!(
             "server_name: ferry-nats-{i}\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: {store:?} }}\n\
-             cluster {{ name: ferry, listen: 127.0.0.1:{cport}, routes: [{routes}] }}\n{auth}",
+             cluster {{ name: {cluster}, listen: 127.0.0.1:{cport}, routes: [{routes}] }}\n{auth}",
+            // Named after its first route port, so that nodes of another `ferry up --cluster` on this
+            // machine (a second instance, a parallel test) that reach one of these ports by mistake are
+            // refused instead of merging the two clusters.
+            cluster = format_args!("ferry-{}", args.nats_cluster_port),
             port = args.nats_port + i,
             store = node.join("js"),
             cport = args.nats_cluster_port + i,
