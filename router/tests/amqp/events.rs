@@ -174,21 +174,13 @@ async fn an_event_flood_fills_the_store_and_stops_event_credit_but_not_telemetry
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!waiting.is_finished(), "t2's event got credit past the cap");
 
+    // The store's size is exported (set by the once-a-second sweep).
+    assert!(
+        gauge(&p, "ferry_router_event_store_bytes").is_some_and(|b| b >= 64 * 1024),
+        "the full store's bytes are exported"
+    );
     // Telemetry of t2 still flows.
-    let mut app2 = p.app("app2", "pw2").await;
-    let mut telemetry = app2.receiver("telemetry/t2", 10).await;
-    let mut tx = adapter.sender("telemetry/t2").await;
-    let send = tokio::spawn(async move {
-        tx.send(device_message("d1", Some(&t2), b"21.5"))
-            .await
-            .expect("send")
-    });
-    let d = recv_within(&mut telemetry, 2000)
-        .await
-        .expect("telemetry flows while the event store is full");
-    telemetry.accept(&d).await.expect("accept");
-    let outcome = send.await.expect("join");
-    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    telemetry_flows(&p, &mut adapter, ("app2", "pw2"), "t2", &t2).await;
 
     // t1's application drains its events: t2's producer is woken and its event stored.
     let mut app1 = p.app("app1", "pw1").await;
@@ -212,14 +204,8 @@ async fn an_event_flood_fills_the_store_and_stops_event_credit_but_not_telemetry
 #[tokio::test]
 async fn an_event_store_on_a_nearly_full_disk_gives_event_producers_no_credit() {
     let mut p = Platform::start().await;
-    let metric = |p: &Platform, name: &str| {
-        p.metrics().lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        })
-    };
     assert!(
-        metric(&p, "ferry_router_event_store_free_disk_bytes ").is_some_and(|b| b > 0),
+        gauge(&p, "ferry_router_event_store_free_disk_bytes").is_some_and(|b| b > 0),
         "the free space is exported"
     );
     p.restart_router_with(|c| c.min_free_disk_bytes = u64::MAX)
@@ -234,20 +220,41 @@ async fn an_event_store_on_a_nearly_full_disk_gives_event_producers_no_credit() 
             .is_err(),
         "an event producer got credit on a full disk"
     );
-    let mut app = p.app("app1", "pw1").await;
-    let mut telemetry = app.receiver("telemetry/t1", 10).await;
-    let mut tx = adapter.sender("telemetry/t1").await;
-    let sent = tokio::spawn(async move {
-        tx.send(device_message("d1", Some(&t1), b"21.5"))
-            .await
-            .expect("send")
-    });
+    telemetry_flows(&p, &mut adapter, ("app1", "pw1"), "t1", &t1).await;
+    assert_eq!(gauge(&p, "ferry_router_event_store_bytes"), Some(0));
+}
+
+/// A gauge or counter of the router's metrics.
+fn gauge(p: &Platform, name: &str) -> Option<i64> {
+    p.metrics().lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(' ')
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// A telemetry message of `tenant` reaches `app`'s receiver and is accepted: what must go on while
+/// events are refused.
+async fn telemetry_flows(
+    p: &Platform,
+    adapter: &mut Client,
+    (user, password): (&str, &str),
+    tenant: &str,
+    token: &str,
+) {
+    let mut app = p.app(user, password).await;
+    let address = format!("telemetry/{tenant}");
+    let mut telemetry = app.receiver(&address, 10).await;
+    let mut tx = adapter.sender(&address).await;
+    let message = device_message("d1", Some(token), b"21.5");
+    // The outcome comes once the application accepted.
+    let sent = tokio::spawn(async move { tx.send(message).await.expect("send") });
     let d = recv_within(&mut telemetry, 2000)
         .await
-        .expect("telemetry flows while the disk is full");
+        .expect("telemetry flows while events are refused");
     telemetry.accept(&d).await.expect("accept");
-    assert!(matches!(sent.await.expect("join"), Outcome::Accepted(_)));
-    assert_eq!(metric(&p, "ferry_router_event_store_bytes "), Some(0));
+    let outcome = sent.await.expect("join");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
 }
 
 /// Events without a `ttl` used to stay until a consumer accepted them, however long that took: with
