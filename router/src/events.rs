@@ -146,17 +146,20 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-/// How much the store may hold before the router gives event producers no more credit. Hono's tenant
-/// `resource-limits` have no such limit (only `max-ttl`, which the adapters apply), so these come from the
-/// router's configuration.
+/// How much the store may hold before the router gives event producers no more credit: the router's
+/// configuration, with a tenant's own limits ([`TenantEventLimits`], its `resource-limits`
+/// `max-stored-events` and `max-stored-event-bytes`) in place of the per-tenant defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventLimits {
     /// Bytes of live events over all tenants: the bound on the store's disk use (about twice this, see
-    /// "Compaction") and on the noise one tenant can make for the others.
+    /// "Compaction") and on the noise one tenant can make for the others. No tenant's limits go past it.
     pub max_bytes: u64,
     pub max_events_per_tenant: u64,
     pub max_bytes_per_tenant: u64,
 }
+
+/// A tenant's own limits on its stored events, from its `resource-limits`.
+pub use ferry_registry_model::StoredEventLimits as TenantEventLimits;
 
 impl Default for EventLimits {
     fn default() -> Self {
@@ -170,17 +173,26 @@ impl Default for EventLimits {
 
 impl EventLimits {
     /// Whether `tenant`'s usage, with the store's `total`, leaves room for more events: `None` when it
-    /// does, else which limit is reached.
-    pub fn reached(&self, tenant: Usage, total: Usage) -> Option<Limit> {
+    /// does, else which limit is reached. `own`: the tenant's own limits.
+    pub fn reached(&self, tenant: Usage, total: Usage, own: TenantEventLimits) -> Option<Limit> {
         if total.bytes >= self.max_bytes {
             Some(Limit::Store)
-        } else if tenant.events >= self.max_events_per_tenant
-            || tenant.bytes >= self.max_bytes_per_tenant
+        } else if tenant.events >= own.max_events.unwrap_or(self.max_events_per_tenant)
+            || tenant.bytes >= own.max_bytes.unwrap_or(self.max_bytes_per_tenant)
         {
             Some(Limit::Tenant)
         } else {
             None
         }
+    }
+
+    /// How many more events the tenant may store by its event count limit (its bytes are checked by
+    /// [`EventLimits::reached`] per credit decision): a producer is given no more credit than this, so a
+    /// small limit holds however large the producer's window.
+    pub fn room(&self, tenant: Usage, own: TenantEventLimits) -> u64 {
+        own.max_events
+            .unwrap_or(self.max_events_per_tenant)
+            .saturating_sub(tenant.events)
     }
 }
 

@@ -87,7 +87,8 @@ impl Engine {
                 setup.adapter_password,
                 registry.clone(),
             ),
-            via: gateways::ViaLookup::new(registry),
+            via: gateways::ViaLookup::new(registry.clone()),
+            tenant_limits: crate::tenants::TenantLimits::new(registry),
             config: EngineConfig {
                 idle_timeout: Duration::from_secs(30),
                 default_event_ttl: Duration::from_secs(60),

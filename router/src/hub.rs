@@ -96,6 +96,12 @@ struct Address {
     /// Signalled when a consumer grants credit: a task that takes messages from the cluster bus for this
     /// address waits on it instead of polling ([`Hub::credit_signal`]).
     credit_signal: Arc<tokio::sync::Notify>,
+    /// Of `event/T`: the tenant's own limits on stored events ([`Hub::set_tenant_event_limits`]);
+    /// `None` until they are known.
+    event_limits: Option<crate::events::TenantEventLimits>,
+    /// Of `event/T`: events received and not yet in the store ([`Hub::appending`]), counted against the
+    /// tenant's room so that credit given meanwhile does not overshoot its limit.
+    appending: u64,
 }
 
 impl Address {
@@ -171,6 +177,8 @@ pub struct Hub<S: EventStore> {
     disk: Option<crate::events::DiskGuard>,
     /// Most bytes of deliveries a connection may hold unwritten before its consumers take no more.
     pub max_queued_bytes: usize,
+    /// See [`Hub::with_tenant_limits_awaited`]; otherwise a tenant's limits are the defaults until set.
+    await_tenant_limits: bool,
 }
 
 impl<S: EventStore> std::fmt::Debug for Hub<S> {
@@ -227,6 +235,7 @@ impl<S: EventStore> Hub<S> {
             events_full: AtomicBool::new(false),
             disk: None,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            await_tenant_limits: false,
         }
     }
 
@@ -246,6 +255,36 @@ impl<S: EventStore> Hub<S> {
     /// Sets [`Hub::max_queued_bytes`].
     pub fn with_max_queued_bytes(mut self, bytes: usize) -> Self {
         self.max_queued_bytes = bytes;
+        self
+    }
+
+    /// Sets `tenant`'s own limits on stored events (from its `resource-limits`); event producers it
+    /// refused credit get another look when they changed.
+    pub fn set_tenant_event_limits(
+        &self,
+        tenant: &TenantId,
+        limits: crate::events::TenantEventLimits,
+    ) {
+        let addr = self.address(Kind::Event, tenant);
+        let old = lock(&addr.inner).event_limits.replace(limits);
+        if old != Some(limits) {
+            tracing::debug!(%tenant, ?limits, "the tenant's limits on stored events");
+            self.wake_event_producers(Some(&addr));
+        }
+    }
+
+    /// `tenant`'s own limits on stored events, `None` while they are not known.
+    pub fn tenant_event_limits(
+        &self,
+        tenant: &TenantId,
+    ) -> Option<crate::events::TenantEventLimits> {
+        lock(&self.address(Kind::Event, tenant).inner).event_limits
+    }
+
+    /// Event producers get no credit until their tenant's own limits are known
+    /// ([`Hub::set_tenant_event_limits`]), so that a tenant's small limit holds from its first event.
+    pub fn with_tenant_limits_awaited(mut self) -> Self {
+        self.await_tenant_limits = true;
         self
     }
 

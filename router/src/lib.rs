@@ -29,6 +29,7 @@ pub mod gateways;
 pub mod hub;
 pub mod metrics;
 pub mod registry;
+pub mod tenants;
 
 pub use config::Config;
 use events::{EventStore, SegmentLog};
@@ -56,6 +57,8 @@ pub struct Shared<S: EventStore> {
     pub per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Cluster mode: the NATS bus ([`bus`]); `None` in embedded mode.
     pub bus: Option<Arc<bus::Bus>>,
+    /// Tenants' own limits on stored events (embedded mode; in cluster mode their streams hold them).
+    pub tenant_limits: tenants::TenantLimits,
 }
 
 impl<S: EventStore> std::fmt::Debug for Shared<S> {
@@ -236,6 +239,9 @@ async fn serve<S: EventStore>(
         .with_max_queued_bytes(config.max_queued_bytes_per_connection)
         .with_event_limits(config.event_limits());
     // Embedded mode keeps the events on this disk; in cluster mode JetStream does.
+    if bus.is_none() {
+        hub = hub.with_tenant_limits_awaited();
+    }
     if bus.is_none() && config.min_free_disk_bytes > 0 {
         let dir = config.data_dir.join("events");
         hub = hub.with_disk_guard(events::DiskGuard::new(dir, config.min_free_disk_bytes));
@@ -259,6 +265,7 @@ async fn serve<S: EventStore>(
         seen: console::SeenFilter::default(),
         open_connections: std::sync::atomic::AtomicUsize::new(0),
         per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
+        tenant_limits: tenants::TenantLimits::new(bus.is_none().then(|| registry.clone())),
         bus: bus.clone(),
     });
     if let Some(bus) = &bus {
@@ -319,7 +326,8 @@ async fn serve<S: EventStore>(
             }
         });
     }
-    // Application users and devices' gateways: purged from their caches as the registry announces changes.
+    // Application users and devices' gateways: purged from their caches as the registry announces changes;
+    // tenants' event limits fetched again.
     {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -328,6 +336,7 @@ async fn serve<S: EventStore>(
             registry
                 .follow_changes(shutdown, move |change| {
                     s.via.purge(change.as_ref());
+                    tenants::on_change(&s, change.as_ref());
                     match change {
                         Some(c) if c.kind == registry::ChangeKind::Application => {
                             s.auth.purge(c.name.as_deref());

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use ferry_registry_client::{Client, ClientConfig, StreamConfig, StreamEvent, StreamSignal};
+use ferry_registry_client::{
+    Answer, Client, ClientConfig, StreamConfig, StreamEvent, StreamSignal,
+};
+use ferry_registry_model::ResourceLimits;
+use serde::Deserialize as _;
 
 pub use ferry_registry_client::{AppUser, Change, ChangeKind, Error as RegistryError};
 
@@ -35,6 +39,29 @@ impl RegistryClient {
     /// The registry's public keys for verifying assertions.
     pub async fn jwks(&self) -> Result<ferry_core::assertion::Jwks, RegistryError> {
         self.client.jwks().await
+    }
+
+    /// `tenant`'s own limits on stored events (its `resource-limits`); the defaults for a tenant the
+    /// registry does not know.
+    pub async fn tenant_event_limits(
+        &self,
+        tenant: &ferry_core::ids::TenantId,
+    ) -> Result<crate::events::TenantEventLimits, RegistryError> {
+        let Answer::Found(body, _) = self.client.tenant(tenant).await? else {
+            return Ok(crate::events::TenantEventLimits::default());
+        };
+        let limits = match body.get("resource-limits") {
+            None | Some(serde_json::Value::Null) => {
+                return Ok(crate::events::TenantEventLimits::default())
+            }
+            Some(v) => {
+                ResourceLimits::deserialize(v).map_err(|source| RegistryError::Malformed {
+                    what: "tenant",
+                    source,
+                })?
+            }
+        };
+        Ok(limits.stored_events())
     }
 
     /// The gateways that may act for a device (`via` of its registration assertion, members of its

@@ -220,6 +220,7 @@ impl Pipeline<'_> {
             ttl_ms: None,
             ttd,
             extra_properties,
+            stored_limits: None,
         };
         // Message value > device defaults > tenant defaults; TTL capped by the tenant (§2.1).
         msg.apply_defaults(&info, &assertion.defaults, upload.ttl_secs);

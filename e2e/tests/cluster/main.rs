@@ -345,3 +345,59 @@ fn presence_is_kept_in_nats_and_survives_losing_every_router() {
     let offline = becomes(false);
     assert!(offline["disconnected-at"].is_string(), "{offline}");
 }
+
+/// A tenant's own `max-stored-events` is its event stream's limit: past it the device hears 503 and
+/// nothing stored is dropped; raised through the management API, it takes effect at the next event.
+/// Another tenant keeps the default.
+#[test]
+fn a_tenants_max_stored_events_limits_its_event_stream() {
+    let c = Cluster::up(None);
+    let limit = |n: u32| format!("{{\"resource-limits\": {{\"max-stored-events\": {n}}}}}");
+    c.manage(&["tenant", "create", "plant", "--json", &limit(2)]);
+    c.device_with_password("plant", "press-1", "press1", "pw-press");
+    c.application("ops", "pw-ops", &["plant"]);
+    c.tenant("mill");
+    c.device_with_password("mill", "saw-1", "saw1", "pw-saw");
+    let event = |login: &str, seq: u32| {
+        curl(&[
+            "-u",
+            login,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &format!("{{\"seq\": {seq}}}"),
+            &c.http_url("/event"),
+        ])
+        .status
+    };
+    assert_eq!(event("press1@plant:pw-press", 0), 202);
+    assert_eq!(event("press1@plant:pw-press", 1), 202);
+    assert_eq!(
+        event("press1@plant:pw-press", 2),
+        503,
+        "a third event was stored past max-stored-events 2"
+    );
+    for seq in 0..4 {
+        assert_eq!(event("saw1@mill:pw-saw", seq), 202, "mill has the default");
+    }
+    c.manage(&["tenant", "update", "plant", "--json", &limit(3)]);
+    // The adapters learn the change from the registry's change stream.
+    let deadline = Instant::now() + WAIT;
+    while event("press1@plant:pw-press", 2) != 202 {
+        assert!(Instant::now() < deadline, "the raised limit never held");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(event("press1@plant:pw-press", 3), 503, "3 is the new limit");
+    let app = attached(proton_app(&[
+        "consume",
+        &c.amqp_url(0, "ops", "pw-ops"),
+        "event/plant",
+        "3",
+        "20",
+    ]));
+    assert_eq!(
+        seqs(&app.messages(3, WAIT)),
+        [0, 1, 2],
+        "every accepted event"
+    );
+}

@@ -142,6 +142,34 @@ async fn a_tenants_limits_can_change() {
     assert_eq!(s.info().await.expect("info").config.max_messages, 10);
 }
 
+/// A tenant's limit lowered below what its stream holds: nothing stored is dropped (the stream
+/// discards new events, not old ones), new events are refused until it is under the limit.
+#[tokio::test]
+async fn a_lowered_limit_keeps_what_is_stored_and_refuses_new_events() {
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    event_stream(&js, "t", EventLimits::default(), 1)
+        .await
+        .expect("create");
+    for i in 0..5 {
+        assert!(publish(&js, "t", &format!("e{i}"), None).await);
+    }
+    let lower = EventLimits {
+        max_events: 3,
+        ..EventLimits::default()
+    };
+    let mut s = event_stream(&js, "t", lower, 1).await.expect("update");
+    assert_eq!(
+        s.info().await.expect("info").state.messages,
+        5,
+        "stored events were dropped when the limit was lowered"
+    );
+    assert!(
+        !publish(&js, "t", "e5", None).await,
+        "an event past the lowered limit was stored"
+    );
+}
+
 #[tokio::test]
 async fn a_wrong_password_is_refused() {
     let server = NatsServer::start_with(

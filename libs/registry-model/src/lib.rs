@@ -41,7 +41,8 @@ pub use search::{
 };
 pub use tenant::{
     limit, Adapter, AdapterType, ConnectionDuration, DataVolume, KeyAlgorithm, Period, PeriodMode,
-    RegistrationLimits, ResourceLimits, SamplingMode, Tenant, TracingConfig, TrustedCa,
+    RegistrationLimits, ResourceLimits, SamplingMode, StoredEventLimits, Tenant, TracingConfig,
+    TrustedCa,
 };
 
 /// A free-form JSON object (`defaults`, `ext`, extra adapter properties).
@@ -55,4 +56,9 @@ pub(crate) fn default_true() -> bool {
 /// Serde default for Hono's limits, where `-1` means "no limit".
 pub(crate) fn unlimited() -> i64 {
     -1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+pub(crate) fn is_unlimited(value: &i64) -> bool {
+    *value == -1
 }

@@ -369,6 +369,21 @@ pub struct ResourceLimits {
     pub data_volume: Option<DataVolume>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_duration: Option<ConnectionDuration>,
+    /// Ferry: most events stored for the tenant and not yet consumed (the router's event store in
+    /// embedded mode, the tenant's JetStream stream in cluster mode); past it the tenant's devices get
+    /// 503 (MQTT: no PUBACK) for events. `-1`: the platform's default (the router's
+    /// `max_events_per_tenant`, the adapters' stream limits), never unlimited.
+    #[serde(
+        default = "crate::unlimited",
+        skip_serializing_if = "crate::is_unlimited"
+    )]
+    pub max_stored_events: i64,
+    /// Ferry: most bytes of events stored for the tenant, as `max-stored-events`.
+    #[serde(
+        default = "crate::unlimited",
+        skip_serializing_if = "crate::is_unlimited"
+    )]
+    pub max_stored_event_bytes: i64,
     #[serde(default, skip_serializing_if = "JsonObject::is_empty")]
     pub ext: JsonObject,
 }
@@ -383,12 +398,22 @@ impl Default for ResourceLimits {
             max_ttl_command_response: -1,
             data_volume: None,
             connection_duration: None,
+            max_stored_events: -1,
+            max_stored_event_bytes: -1,
             ext: JsonObject::new(),
         }
     }
 }
 
 impl ResourceLimits {
+    /// The tenant's own stored-event limits (`max-stored-events`, `max-stored-event-bytes`).
+    pub fn stored_events(&self) -> StoredEventLimits {
+        StoredEventLimits {
+            max_events: limit(self.max_stored_events),
+            max_bytes: limit(self.max_stored_event_bytes),
+        }
+    }
+
     fn validate(&self, path: &str) -> Result<(), ValidationError> {
         for (field, value) in [
             ("max-connections", self.max_connections),
@@ -396,6 +421,8 @@ impl ResourceLimits {
             ("max-ttl-telemetry-qos0", self.max_ttl_telemetry_qos0),
             ("max-ttl-telemetry-qos1", self.max_ttl_telemetry_qos1),
             ("max-ttl-command-response", self.max_ttl_command_response),
+            ("max-stored-events", self.max_stored_events),
+            ("max-stored-event-bytes", self.max_stored_event_bytes),
         ] {
             check_limit(&join(path, field), value)?;
         }
@@ -415,6 +442,16 @@ impl ResourceLimits {
         }
         Ok(())
     }
+}
+
+/// A tenant's own limits on its stored events (`resource-limits` `max-stored-events`,
+/// `max-stored-event-bytes`); `None`: the platform's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct StoredEventLimits {
+    /// Most events stored and not yet consumed.
+    pub max_events: Option<u64>,
+    /// Most bytes of them.
+    pub max_bytes: Option<u64>,
 }
 
 /// A data volume plan: at most `max-bytes` per accounting period.

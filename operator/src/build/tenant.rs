@@ -78,6 +78,8 @@ pub fn registry_tenant(tenant: &Tenant) -> Result<RegistryTenant, BuildError> {
         out.resource_limits = Some(ResourceLimits {
             max_connections: limits.max_connections,
             max_ttl: limits.max_ttl,
+            max_stored_events: limits.max_stored_events,
+            max_stored_event_bytes: limits.max_stored_event_bytes,
             ..ResourceLimits::default()
         });
     }

@@ -882,6 +882,8 @@ mod tenant_body {
             max_connections: 100,
             max_ttl: 60,
             max_ttd: 30,
+            max_stored_events: 500,
+            max_stored_event_bytes: -1,
         });
         s.defaults = Some(
             json!({"ttl": 30, "content-type": "text/plain"})
@@ -899,6 +901,13 @@ mod tenant_body {
         assert_eq!(body["defaults"]["ttl"], 30);
         assert_eq!(body["resource-limits"]["max-connections"], 100);
         assert_eq!(body["resource-limits"]["max-ttl"], 60);
+        assert_eq!(body["resource-limits"]["max-stored-events"], 500);
+        assert!(
+            body["resource-limits"]
+                .get("max-stored-event-bytes")
+                .is_none(),
+            "the default is left out: {body}"
+        );
         assert_eq!(
             body["adapters"],
             json!([{"type": "hono-http", "enabled": true, "device-authentication-required": false, "max-ttd": 30}])
@@ -912,6 +921,8 @@ mod tenant_body {
             max_connections: -1,
             max_ttl: -1,
             max_ttd: 20,
+            max_stored_events: -1,
+            max_stored_event_bytes: -1,
         });
         let body = registry_tenant(&tenant(s)).expect("valid");
         assert!(body.is_adapter_enabled("hono-mqtt") && body.is_adapter_enabled("hono-http"));
@@ -978,6 +989,8 @@ mod tenant_body {
             max_connections: -5,
             max_ttl: -1,
             max_ttd: -1,
+            max_stored_events: -1,
+            max_stored_event_bytes: -1,
         });
         let e = registry_tenant(&tenant(s)).expect_err("limit below -1");
         assert!(e.to_string().contains("max-connections"), "{e}");

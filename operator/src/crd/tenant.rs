@@ -115,6 +115,14 @@ pub struct ResourceLimitsSpec {
     #[serde(default = "unlimited")]
     #[schemars(range(min = -1))]
     pub max_ttd: i64,
+    /// Most events stored for the tenant and not yet consumed; `-1`: the platform's default.
+    #[serde(default = "unlimited")]
+    #[schemars(range(min = -1))]
+    pub max_stored_events: i64,
+    /// Most bytes of events stored for the tenant; `-1`: the platform's default.
+    #[serde(default = "unlimited")]
+    #[schemars(range(min = -1))]
+    pub max_stored_event_bytes: i64,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

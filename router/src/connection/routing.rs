@@ -145,6 +145,9 @@ impl<S: EventStore> Conn<S> {
             Direction::In => {
                 let unsettled = matches!(attach.snd_settle_mode, SenderSettleMode::Unsettled);
                 link.producer = Some(hub.attach_producer(self.handle.clone(), id, unsettled));
+                if link.addr.kind == Kind::Event {
+                    crate::tenants::follow(&self.shared, &link.addr.tenant);
+                }
             }
             Direction::Out => {
                 link.consumer = Some(hub.attach_consumer(&mut link.addr, self.handle.clone(), id));
@@ -232,8 +235,11 @@ impl<S: EventStore> Conn<S> {
                     device_id: device.to_arc(),
                     expires_at_ms: self.event_expiry(&message),
                 };
+                let appending = shared.hub.appending(&addr);
                 tokio::spawn(async move {
-                    let state = match shared.hub.append_event(&addr, event).await {
+                    let appended = shared.hub.append_event(&addr, event).await;
+                    drop(appending);
+                    let state = match appended {
                         Ok(()) => {
                             addr.counters.count(Outcome::Stored, size);
                             accepted()

@@ -997,20 +997,63 @@ fn each_event_limit_refuses_on_its_own() {
         max_bytes_per_tenant: 500,
     };
     let usage = |events, bytes| Usage { events, bytes };
-    assert_eq!(limits.reached(usage(9, 499), usage(9, 999)), None);
+    let dflt = TenantEventLimits::default();
+    assert_eq!(limits.reached(usage(9, 499), usage(9, 999), dflt), None);
     assert_eq!(
-        limits.reached(usage(0, 0), usage(50, 1000)),
+        limits.reached(usage(0, 0), usage(50, 1000), dflt),
         Some(Limit::Store),
         "a tenant with nothing stored waits once the store is full"
     );
     assert_eq!(
-        limits.reached(usage(10, 10), usage(10, 10)),
+        limits.reached(usage(10, 10), usage(10, 10), dflt),
         Some(Limit::Tenant)
     );
     assert_eq!(
-        limits.reached(usage(1, 500), usage(1, 500)),
+        limits.reached(usage(1, 500), usage(1, 500), dflt),
         Some(Limit::Tenant)
     );
+}
+
+/// A tenant's own limits (its `resource-limits`) replace the per-tenant defaults, lower or higher, but
+/// never the store-wide one; the room left bounds a producer's credit.
+#[test]
+fn a_tenants_own_limits_replace_the_defaults_but_not_the_stores() {
+    let limits = EventLimits {
+        max_bytes: 1000,
+        max_events_per_tenant: 10,
+        max_bytes_per_tenant: 500,
+    };
+    let usage = |events, bytes| Usage { events, bytes };
+    let small = TenantEventLimits {
+        max_events: Some(3),
+        max_bytes: Some(100),
+    };
+    assert_eq!(
+        limits.reached(usage(3, 3), usage(3, 3), small),
+        Some(Limit::Tenant)
+    );
+    assert_eq!(
+        limits.reached(usage(1, 100), usage(1, 100), small),
+        Some(Limit::Tenant)
+    );
+    assert_eq!(limits.reached(usage(2, 99), usage(2, 99), small), None);
+    assert_eq!(limits.room(usage(2, 99), small), 1);
+    assert_eq!(
+        limits.room(usage(5, 0), small),
+        0,
+        "no underflow past the limit"
+    );
+    let big = TenantEventLimits {
+        max_events: Some(50),
+        max_bytes: None,
+    };
+    assert_eq!(limits.reached(usage(20, 20), usage(20, 20), big), None);
+    assert_eq!(limits.room(usage(20, 20), big), 30);
+    assert_eq!(
+        limits.reached(usage(20, 20), usage(20, 1000), big),
+        Some(Limit::Store)
+    );
+    assert_eq!(limits.room(usage(4, 0), TenantEventLimits::default()), 6);
 }
 
 /// Reads stop at their byte budget (one event always gets through) and say how far they got.

@@ -76,6 +76,15 @@ impl<S: EventStore> Hub<S> {
         Ok(())
     }
 
+    /// Counts an event of `addr` as on its way into the store until the guard is dropped (after
+    /// [`Hub::append_event`]): taken when its transfer arrives, before the append runs.
+    pub fn appending(&self, addr: &AddressRef) -> Appending {
+        lock(&addr.inner).appending += 1;
+        Appending {
+            inner: addr.inner.clone(),
+        }
+    }
+
     /// Stores an event durably; resolves when it is safe to accept it, and queues its id for consumers.
     pub async fn append_event(
         &self,
@@ -279,5 +288,18 @@ fn deliver_events(
     }
     for id in back {
         a.events.insert(id);
+    }
+}
+
+/// An event between its transfer and its place in the store ([`Hub::appending`]).
+#[derive(Debug)]
+pub struct Appending {
+    inner: Arc<Mutex<Address>>,
+}
+
+impl Drop for Appending {
+    fn drop(&mut self) {
+        let mut a = lock(&self.inner);
+        a.appending = a.appending.saturating_sub(1);
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::link::{deliver, ConnHandle, LinkId, Origin, Producer};
 use super::{lock, AddressRef, Hub, Kind, Routed};
-use crate::events::{EventStore, Limit};
+use crate::events::{EventStore, Limit, TenantEventLimits};
 
 /// Credit of a telemetry producer while its address has no consumer: one message at a time, released on
 /// arrival. Small, so that when a consumer attaches, few messages sent on this credit find it still
@@ -64,18 +64,30 @@ impl<S: EventStore> Hub<S> {
             // refused producer is woken when an event leaves the store (`wake_event_producers`).
             Kind::Event => {
                 let mut a = lock(&addr.inner);
-                let tenant = self.store.usage(&addr.tenant);
+                let mut tenant = self.store.usage(&addr.tenant);
+                tenant.events += a.appending;
                 let disk_low = self
                     .disk
                     .as_ref()
                     .is_some_and(crate::events::DiskGuard::low);
+                let own = match a.event_limits {
+                    Some(own) => own,
+                    // Woken when they are known (`set_tenant_event_limits`).
+                    None if self.await_tenant_limits => {
+                        if !a.starved.iter().any(|p| Arc::ptr_eq(p, producer)) {
+                            a.starved.push(producer.clone());
+                        }
+                        return 0;
+                    }
+                    None => TenantEventLimits::default(),
+                };
                 let reached = if disk_low {
                     Some(Limit::Store)
                 } else {
-                    self.event_limits.reached(tenant, self.store.total())
+                    self.event_limits.reached(tenant, self.store.total(), own)
                 };
                 match reached {
-                    None => u32::MAX,
+                    None => u32::try_from(self.event_limits.room(tenant, own)).unwrap_or(u32::MAX),
                     Some(limit) => {
                         if limit == Limit::Store {
                             self.events_full.store(true, Ordering::Release);

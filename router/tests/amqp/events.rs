@@ -224,6 +224,70 @@ async fn an_event_store_on_a_nearly_full_disk_gives_event_producers_no_credit() 
     assert_eq!(gauge(&p, "ferry_router_event_store_bytes"), Some(0));
 }
 
+/// A tenant's own `max-stored-events` (its `resource-limits`) bounds its stored events, however large
+/// the producer's window: before, only the router's per-tenant default (100,000) did. Another tenant
+/// keeps the default; raising the limit through the management API lets the waiting event in.
+#[tokio::test]
+async fn a_tenants_max_stored_events_bounds_its_backlog_and_follows_changes() {
+    let p = Platform::start().await;
+    let limits = |n: i64| serde_json::json!({"resource-limits": {"max-stored-events": n}});
+    p.manage(reqwest::Method::PUT, "/v1/tenants/t1", limits(3))
+        .await;
+    let mut adapter = p.adapter().await;
+    let t1 = p.assertion("t1", "d1").await;
+    let mut events = adapter.sender("event/t1").await;
+    // The limits are fetched when the first producer attaches; the first event waits for nothing.
+    for i in 0..3u8 {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(3),
+            events.send(device_message("d1", Some(&t1), &[i])),
+        )
+        .await
+        .expect("room for three events")
+        .expect("send");
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    }
+    let message = device_message("d1", Some(&t1), b"fourth");
+    let fourth = tokio::spawn(async move {
+        let outcome = events.send(message).await.expect("send");
+        (events, outcome)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !fourth.is_finished(),
+        "a fourth event was stored past max-stored-events 3"
+    );
+
+    // t2 has no limit of its own: the router's default (100,000) holds.
+    let t2 = p.assertion("t2", "d1").await;
+    let mut other = adapter.sender("event/t2").await;
+    for i in 0..10u8 {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(3),
+            other.send(device_message("d1", Some(&t2), &[i])),
+        )
+        .await
+        .expect("t2 is not held by t1's limit")
+        .expect("send");
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    }
+
+    // A higher limit, through the management API: the change stream brings it, the producer is woken.
+    p.manage(reqwest::Method::PUT, "/v1/tenants/t1", limits(10))
+        .await;
+    let (_events, outcome) = tokio::time::timeout(Duration::from_secs(5), fourth)
+        .await
+        .expect("the waiting event is stored once the limit is raised")
+        .expect("join");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    assert!(
+        p.metrics()
+            .contains("ferry_router_event_store_depth{tenant=\"t1\"} 4"),
+        "{}",
+        p.metrics()
+    );
+}
+
 /// A gauge or counter of the router's metrics.
 fn gauge(p: &Platform, name: &str) -> Option<i64> {
     p.metrics().lines().find_map(|l| {

@@ -13,6 +13,7 @@ use ferry_core::hono::{app_property, content_type};
 use ferry_core::ids::{DeviceId, TenantId};
 
 use crate::registry::{TenantInfo, TtlLimit};
+use ferry_registry_model::StoredEventLimits;
 
 /// Telemetry or event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,6 +65,10 @@ pub struct DeviceMessage {
     /// Further application properties (from an MQTT property bag, or the device's and tenant's
     /// `defaults`).
     pub extra_properties: Vec<(String, PropertyValue)>,
+    /// Of an event: the tenant's own limits on stored events, as its configuration says now (set by
+    /// [`DeviceMessage::apply_defaults`]). In cluster mode they are its event stream's limits; `None`:
+    /// not known here, the stream keeps what it has. Not sent.
+    pub stored_limits: Option<StoredEventLimits>,
 }
 
 /// The value of an application property a device or its defaults add.
@@ -150,6 +155,9 @@ impl DeviceMessage {
         self.ttl_ms = tenant
             .effective_ttl_secs(which, requested_ttl_secs, device_defaults)
             .map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX));
+        if self.kind == MessageKind::Event {
+            self.stored_limits = Some(tenant.stored_event_limits());
+        }
         let tenant_defaults = &tenant.config.defaults;
         if device_defaults.is_empty() && tenant_defaults.is_empty() {
             return;
@@ -372,6 +380,7 @@ mod tests {
             ttl_ms: None,
             ttd: None,
             extra_properties: vec![("x-custom".into(), "v".into())],
+            stored_limits: None,
         }
     }
 

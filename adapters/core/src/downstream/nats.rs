@@ -40,6 +40,7 @@ use ferry_nats::outcome::Outcome;
 use ferry_nats::routes;
 use ferry_nats::streams::{self, EventLimits};
 use ferry_nats::{headers, subjects, NatsConfig};
+use ferry_registry_model::StoredEventLimits;
 use futures_util::FutureExt;
 
 use super::{
@@ -60,8 +61,8 @@ pub struct NatsDownstreamConfig {
     /// Send QoS 0 telemetry as a request with [`headers::PRESETTLED`], so that "nobody consumes" is
     /// still heard (Hono's HTTP adapter answers 503 then). Off: a plain publish that never waits (MQTT).
     pub confirm_qos0: bool,
-    /// The limits of the event streams this adapter creates (a tenant's first event). The registry's
-    /// tenants carry no event limits of their own (yet), so every tenant gets these.
+    /// The limits of the event streams this adapter creates (a tenant's first event), where the tenant
+    /// has none of its own (`resource-limits` `max-stored-events`, `max-stored-event-bytes`).
     pub event_limits: EventLimits,
     /// Most commands this instance holds unsettled; beyond, a command is answered `released` at once.
     pub command_credit: u32,
@@ -99,8 +100,9 @@ pub(crate) struct Nats {
     /// Device presence, shared with the routers and read by the registry (docs/console.md).
     pub(super) presence: ferry_nats::presence::NatsPresence,
     subjects: RwLock<HashMap<TenantId, TenantSubjects>>,
-    /// Event streams known to exist, with their `max_age` (the cap on an event's TTL).
-    streams: RwLock<HashMap<TenantId, Duration>>,
+    /// Event streams known to exist, with their `max_age` (the cap on an event's TTL) and the tenant's
+    /// limits this process last gave them (`None`: found as they were).
+    streams: RwLock<HashMap<TenantId, (Duration, Option<StoredEventLimits>)>>,
     pub(super) shutdown: Shutdown,
 }
 
@@ -192,7 +194,8 @@ impl Nats {
             }
             MessageKind::Event => {
                 let tenant = msg.tenant.clone();
-                let max_age = self.event_stream(&tenant).await?;
+                let limits = msg.stored_limits;
+                let max_age = self.event_stream(&tenant, limits).await?;
                 if let Some(ms) = msg.ttl_ms {
                     let mut secs = u64::from(ms).div_ceil(1000).max(1);
                     if !max_age.is_zero() {
@@ -220,7 +223,7 @@ impl Nats {
                                 break Err(DownstreamError::NoCredit);
                             }
                             write(&self.streams).remove(&tenant);
-                            self.event_stream(&tenant).await?;
+                            self.event_stream(&tenant, limits).await?;
                             tokio::time::sleep(STREAM_RETRY).await;
                         }
                         Err(Publish::Failed(e)) => break Err(e),
@@ -339,22 +342,32 @@ impl Nats {
     }
 
     /// The `max_age` of `tenant`'s event stream, creating the stream if it does not exist; asked of
-    /// the server once per tenant and process.
-    async fn event_stream(&self, tenant: &TenantId) -> Result<Duration, DownstreamError> {
-        if let Some(age) = read(&self.streams).get(tenant) {
-            return Ok(*age);
+    /// the server once per tenant and process, and again when the tenant's limits on stored events
+    /// (`wanted`, from its configuration; `None`: not known) differ from what this process gave the
+    /// stream last: the stream is then brought to them.
+    async fn event_stream(
+        &self,
+        tenant: &TenantId,
+        wanted: Option<StoredEventLimits>,
+    ) -> Result<Duration, DownstreamError> {
+        if let Some((age, applied)) = read(&self.streams).get(tenant) {
+            if wanted.is_none() || wanted == *applied {
+                return Ok(*age);
+            }
         }
         let once = || async {
             let name = streams::event_stream_name(tenant.as_str());
-            if let Ok(mut s) = self.js.get_stream(&name).await {
-                if let Ok(info) = s.info().await {
-                    return Ok(info.config.max_age);
+            if wanted.is_none() {
+                if let Ok(mut s) = self.js.get_stream(&name).await {
+                    if let Ok(info) = s.info().await {
+                        return Ok(info.config.max_age);
+                    }
                 }
             }
             streams::event_stream(
                 &self.js,
                 tenant.as_str(),
-                self.config.event_limits,
+                self.stream_limits(wanted.unwrap_or_default()),
                 self.config.nats.replicas,
             )
             .await
@@ -377,8 +390,21 @@ impl Nats {
             tracing::warn!(%tenant, "cannot create the tenant's event stream in time");
             return Err(DownstreamError::Timeout);
         };
-        write(&self.streams).insert(tenant.clone(), age);
+        write(&self.streams).insert(tenant.clone(), (age, wanted));
         Ok(age)
+    }
+
+    /// A tenant's stream limits: its own, else this adapter's defaults ([`NatsDownstreamConfig::event_limits`]).
+    fn stream_limits(&self, own: StoredEventLimits) -> EventLimits {
+        let defaults = self.config.event_limits;
+        let count = |v: Option<u64>, default: i64| {
+            v.map_or(default, |v| i64::try_from(v).unwrap_or(i64::MAX))
+        };
+        EventLimits {
+            max_events: count(own.max_events, defaults.max_events),
+            max_bytes: count(own.max_bytes, defaults.max_bytes),
+            ..defaults
+        }
     }
 }
 

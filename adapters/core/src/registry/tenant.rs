@@ -2,7 +2,7 @@
 //! adapters make per connection and per message (HONO-CONTRACT §2.1, §5).
 
 use ferry_core::ids::TenantId;
-use ferry_registry_model::{limit, Tenant};
+use ferry_registry_model::{limit, StoredEventLimits, Tenant};
 use serde_json::Value;
 
 /// Which TTL limit of a tenant applies (HONO-CONTRACT §2.1).
@@ -52,6 +52,15 @@ impl TenantInfo {
     /// The tenant's `max-connections`, `None` when unlimited.
     pub fn max_connections(&self) -> Option<u64> {
         limit(self.config.resource_limits.as_ref()?.max_connections)
+    }
+
+    /// The tenant's own limits on stored events (`max-stored-events`, `max-stored-event-bytes`).
+    pub fn stored_event_limits(&self) -> StoredEventLimits {
+        self.config
+            .resource_limits
+            .as_ref()
+            .map(ferry_registry_model::ResourceLimits::stored_events)
+            .unwrap_or_default()
     }
 
     /// The tenant's TTL limit in seconds, `None` when unlimited.

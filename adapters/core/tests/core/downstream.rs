@@ -45,6 +45,7 @@ fn message(
         ttl_ms: None,
         ttd: None,
         extra_properties: vec![],
+        stored_limits: None,
     }
 }
 

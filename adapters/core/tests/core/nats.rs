@@ -104,6 +104,7 @@ fn message(kind: MessageKind, t: &str, qos: u8) -> DeviceMessage {
         ttl_ms: None,
         ttd: None,
         extra_properties: Vec::new(),
+        stored_limits: None,
     }
 }
 

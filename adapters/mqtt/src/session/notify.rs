@@ -166,6 +166,7 @@ pub(super) async fn notify(
             ttl_ms: None,
             ttd: n.ttd,
             extra_properties: Vec::new(),
+            stored_limits: None,
         };
         match shared.downstream.send(msg).await {
             Ok(SendOutcome::Accepted) => {}

@@ -326,3 +326,31 @@ fn schema_lists_adapter_types_and_kebab_names() {
     assert!(text.contains("\"hono-sigfox\""));
     assert!(text.contains("\"date-time\""));
 }
+
+#[test]
+fn stored_event_limits_are_read_checked_and_left_out_when_default() {
+    let tenant = parse(json!({"resource-limits": {"max-connections": 3}})).expect("parses");
+    let limits = tenant.resource_limits.clone().expect("limits");
+    assert_eq!(limits.stored_events(), StoredEventLimits::default());
+    let out = serde_json::to_value(&limits).expect("serializes");
+    assert!(out.get("max-stored-events").is_none(), "{out}");
+    assert!(out.get("max-stored-event-bytes").is_none(), "{out}");
+
+    let tenant = parse(json!({"resource-limits": {
+        "max-stored-events": 5, "max-stored-event-bytes": 4096}}))
+    .expect("parses");
+    let limits = tenant.resource_limits.clone().expect("limits");
+    assert_eq!(
+        limits.stored_events(),
+        StoredEventLimits {
+            max_events: Some(5),
+            max_bytes: Some(4096)
+        }
+    );
+    let out = serde_json::to_value(&limits).expect("serializes");
+    assert_eq!(out["max-stored-events"], 5);
+    assert_eq!(out["max-stored-event-bytes"], 4096);
+
+    let tenant = parse(json!({"resource-limits": {"max-stored-events": -3}})).expect("parses");
+    assert!(invalid(&tenant).starts_with("resource-limits.max-stored-events:"));
+}
