@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ferry::manage::{self, ApplicationCmd, CredentialsCmd, DeviceCmd, Target, TenantCmd};
+use ferry::manage::{self, ApplicationCmd, CredentialsCmd, DeviceCmd, Target, TenantCmd, TokenCmd};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +34,9 @@ enum Command {
     /// Manage application users (AMQP consumers).
     #[command(subcommand)]
     Application(ApplicationCmd),
+    /// Manage tenant tokens: bearer tokens good for one tenant's devices and credentials only.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Print a tenant's telemetry or events as they arrive (AMQP, as an application user).
     Consume(ferry::consume::ConsumeArgs),
     /// Send a command to a device, optionally waiting for its response (AMQP, as an application user).
@@ -53,6 +56,7 @@ async fn main() -> ExitCode {
         Command::Device(c) => manage::device(&cli.target, c).await,
         Command::Credentials(c) => manage::credentials(&cli.target, c).await,
         Command::Application(c) => manage::application(&cli.target, c).await,
+        Command::Token(c) => manage::tenant_token(&cli.target, c).await,
         Command::Consume(args) => ferry::consume::consume(args).await,
         Command::Cmd(args) => ferry::command::command(args).await,
     };

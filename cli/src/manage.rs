@@ -131,6 +131,24 @@ pub enum ApplicationCmd {
     },
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCmd {
+    /// Make a token for one tenant's devices, credentials, presence, live messages and commands; prints
+    /// it (the only time it is shown).
+    Create {
+        tenant: String,
+        #[arg(long)]
+        comment: Option<String>,
+        /// When it stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z); default: until deleted.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// The tenant's tokens, without their secrets.
+    List { tenant: String },
+    /// Delete a token: refused from the next request on.
+    Delete { tenant: String, id: String },
+}
+
 fn token(t: &Target) -> anyhow::Result<String> {
     if let Some(tok) = &t.token {
         return Ok(tok.clone());
@@ -401,6 +419,45 @@ pub async fn application(t: &Target, cmd: ApplicationCmd) -> anyhow::Result<()> 
                 t,
                 Method::DELETE,
                 &format!("/applications/{}", enc(&name)),
+                None,
+            )
+            .await?
+        }
+    };
+    print(&v);
+    Ok(())
+}
+
+pub async fn tenant_token(t: &Target, cmd: TokenCmd) -> anyhow::Result<()> {
+    let v = match cmd {
+        TokenCmd::Create {
+            tenant,
+            comment,
+            expires_at,
+        } => {
+            let mut body = json!({});
+            if let Some(c) = comment {
+                body["comment"] = json!(c);
+            }
+            if let Some(at) = expires_at {
+                body["expires-at"] = json!(at);
+            }
+            call(
+                t,
+                Method::POST,
+                &format!("/tokens/{}", enc(&tenant)),
+                Some(body),
+            )
+            .await?
+        }
+        TokenCmd::List { tenant } => {
+            call(t, Method::GET, &format!("/tokens/{}", enc(&tenant)), None).await?
+        }
+        TokenCmd::Delete { tenant, id } => {
+            call(
+                t,
+                Method::DELETE,
+                &format!("/tokens/{}/{}", enc(&tenant), enc(&id)),
                 None,
             )
             .await?

@@ -1,8 +1,8 @@
 //! The registry's HTTP API: Hono's management API under `/v1` ([`management`]), the internal API for
 //! adapters and routers under `/internal/v1` ([`internal`]), and the OpenAPI document ([`openapi`]).
 //!
-//! Authentication is a bearer token per audience: the admin token for `/v1`, the internal token (or the
-//! admin token) for `/internal/v1`. The JWKS and the OpenAPI document are public: they hold nothing secret.
+//! Authentication is a bearer token per audience: the admin token (or, for its own tenant's resources, a
+//! tenant token: [`tokens`]) for `/v1`, the internal token (or the admin token) for `/internal/v1`. The JWKS and the OpenAPI document are public: they hold nothing secret.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ pub mod internal;
 pub mod management;
 pub mod openapi;
 mod search;
+pub mod tokens;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -144,9 +145,13 @@ impl Metrics {
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let timeout = state.settings.request_timeout;
-    let management = management::routes().merge(console::routes()).route_layer(
-        axum::middleware::from_fn_with_state(state.clone(), require_admin),
-    );
+    let management = management::routes()
+        .merge(console::routes())
+        .merge(tokens::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            tokens::require_manager,
+        ));
     let internal = internal::routes().route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_internal,
@@ -195,13 +200,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 fn token_is(given: &str, expected: &str) -> bool {
     given.as_bytes().ct_eq(expected.as_bytes()).into()
-}
-
-async fn require_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    match bearer(req.headers()) {
-        Some(t) if token_is(t, &s.tokens.admin) => next.run(req).await,
-        _ => ApiError::Unauthorized.into_response(),
-    }
 }
 
 async fn require_internal(State(s): State<AppState>, req: Request, next: Next) -> Response {

@@ -22,6 +22,9 @@ mod applications;
 mod credentials;
 mod devices;
 mod tenants;
+mod tokens;
+
+pub use tokens::{NewToken, TokenRecord};
 
 /// A row's version, as sent in `ETag` and compared with `If-Match`.
 pub type Version = String;
@@ -71,13 +74,22 @@ pub struct Limits {
 /// not need sqlx's macro crate (a second compile of both database drivers).
 fn migrator() -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let migrations = vec![Migration::new(
-        1,
-        "initial".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_initial.sql").into(),
-        false,
-    )];
+    let migrations = vec![
+        Migration::new(
+            1,
+            "initial".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0001_initial.sql").into(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "tenant tokens".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0002_tenant_tokens.sql").into(),
+            false,
+        ),
+    ];
     Migrator {
         migrations: migrations.into(),
         ..Migrator::DEFAULT

@@ -150,3 +150,71 @@ fn two_tenants_never_see_each_others_data() {
     let m = beta.expect("message", WAIT);
     assert_eq!(m["body"], "beta 2", "beta saw nothing of alpha's attempts");
 }
+
+/// A tenant token (`ferry token create`) lets a tenant's own operator manage its devices with the same
+/// CLI and curl, and nothing of another tenant: a device it provisions connects and sends; the other
+/// tenant's devices, the tenant list and the application users answer 403; deleted, it answers 401.
+#[test]
+fn a_tenant_token_provisions_its_own_devices_and_nothing_else() {
+    let ferry = Ferry::up();
+    ferry.tenant("alpha");
+    ferry.tenant("beta");
+    ferry.device_with_password("beta", "b-1", "b1", "pw");
+    let made = ferry.manage(&["token", "create", "alpha", "--comment", "alpha ops"]);
+    let token = made["token"].as_str().expect("the token is printed once");
+    let id = made["id"].as_str().expect("its id");
+
+    // The same CLI, given the tenant token instead of the admin token.
+    let operator = ferry_e2e::Manager {
+        registry: ferry.registry.clone(),
+        data_dir: ferry.data_dir.clone(),
+        token: Some(token.to_owned()),
+    };
+    operator.device_with_password("alpha", "a-1", "a1", "pw-a");
+    let out = mosquitto_pub(
+        ferry.mqtt,
+        &[
+            "-u",
+            "a1@alpha",
+            "-P",
+            "pw-a",
+            "-q",
+            "0",
+            "-t",
+            "telemetry",
+            "-m",
+            "hello",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "the provisioned device logs in: {}",
+        text(&out.stderr)
+    );
+    let refused = operator.cli(&["device", "get", "beta", "b-1"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("403") || text(&refused.stdout).contains("403"),
+        "{}{}",
+        text(&refused.stdout),
+        text(&refused.stderr)
+    );
+
+    let bearer = format!("authorization: Bearer {token}");
+    let url = |path: &str| format!("{}/v1{path}", ferry.registry);
+    for path in [
+        "/devices/beta",
+        "/tenants",
+        "/applications",
+        "/tokens/alpha",
+    ] {
+        let r = curl(&["-H", &bearer, &url(path)]);
+        assert_eq!(r.status, 403, "{path}: {r:?}");
+    }
+    let mine = curl(&["-H", &bearer, &url("/devices/alpha/a-1")]);
+    assert_eq!(mine.status, 200, "{mine:?}");
+
+    ferry.manage(&["token", "delete", "alpha", id]);
+    let gone = curl(&["-H", &bearer, &url("/devices/alpha/a-1")]);
+    assert_eq!(gone.status, 401, "a deleted token: {gone:?}");
+}

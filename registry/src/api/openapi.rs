@@ -154,12 +154,41 @@ fn build() -> Value {
                 "payload": { "type": "string", "description": "UTF-8 (invalid bytes replaced), at most 1 KiB" } } } } }),
     );
 
+    schemas.insert(
+        "TokenRequest".into(),
+        json!({ "type": "object", "additionalProperties": false, "description": "A new tenant token (Ferry extension; docs/registry.md \"Tenant tokens\")", "properties": {
+            "comment": { "type": "string", "maxLength": 256 },
+            "expires-at": { "type": "string", "format": "date-time", "description": "In the future; absent: until deleted" } } }),
+    );
+    schemas.insert(
+        "Token".into(),
+        json!({ "type": "object", "required": ["id", "tenant", "created"], "properties": {
+            "id": { "type": "string" },
+            "tenant": { "type": "string" },
+            "comment": { "type": ["string", "null"] },
+            "created": { "type": "string", "format": "date-time" },
+            "expires-at": { "type": ["string", "null"], "format": "date-time" },
+            "token": { "type": "string", "description": "The bearer token itself: only in the answer that made it" } } }),
+    );
+    schemas.insert(
+        "Tokens".into(),
+        json!({ "type": "object", "required": ["tokens"], "properties": {
+            "tokens": { "type": "array", "items": schema_ref("Token") } } }),
+    );
+    schemas.insert(
+        "WhoAmI".into(),
+        json!({ "type": "object", "required": ["scope"], "properties": {
+            "scope": { "type": "string", "enum": ["admin", "tenant"] },
+            "tenant": { "type": "string", "description": "The tenant of a tenant token" } } }),
+    );
+
     let id = |name: &str, desc: &str| json!({ "name": name, "in": "path", "required": true, "description": desc, "schema": { "type": "string" } });
     let query = |name: &str, desc: &str, schema: Value| json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema });
     let parameters = json!({
         "tenantId": id("tenantId", "Tenant id"),
         "deviceId": id("deviceId", "Device id"),
         "name": id("name", "Application user name"),
+        "tokenId": id("tokenId", "Token id"),
         "ifMatch": { "name": "If-Match", "in": "header", "required": false,
                      "description": "The resource version (ETag) the change applies to", "schema": { "type": "string" } },
         "pageSize": query("pageSize", "Results per page (0-200)", json!({ "type": "integer", "minimum": 0, "maximum": 200, "default": 30 })),
@@ -233,6 +262,20 @@ fn build() -> Value {
             "put": op(Op { summary: "Replace a device's credentials (secrets with a known id keep their data)", params: &["tenantId", "deviceId", "ifMatch"], body: Some("Credentials"),
                 ok: (204, "Updated", None), errors: &[400, 401, 403, 404, 409, 412, 413] }),
         },
+        "/v1/tokens/{tenantId}": {
+            "post": op(Op { summary: "Make a token for the tenant's own devices, credentials, presence, live messages and commands; admin token only (Ferry extension)", params: &["tenantId"], body: Some("TokenRequest"),
+                ok: (201, "The token, shown this once", Some(schema_ref("Token"))), errors: &[400, 401, 403, 404, 413] }),
+            "get": op(Op { summary: "The tenant's tokens, without their secrets; admin token only (Ferry extension)", params: &["tenantId"], body: None,
+                ok: (200, "The tokens", Some(schema_ref("Tokens"))), errors: &[400, 401, 403, 404] }),
+        },
+        "/v1/tokens/{tenantId}/{tokenId}": {
+            "delete": op(Op { summary: "Delete a token: refused from the next request on; admin token only (Ferry extension)", params: &["tenantId", "tokenId"], body: None,
+                ok: (204, "Deleted", None), errors: &[400, 401, 403, 404] }),
+        },
+        "/v1/whoami": {
+            "get": op(Op { summary: "What the bearer token may do: admin, or one tenant's resources (Ferry extension)", params: &[], body: None,
+                ok: (200, "The token's scope", Some(schema_ref("WhoAmI"))), errors: &[401] }),
+        },
         "/v1/applications": {
             "get": op(Op { summary: "List application users (Ferry extension)", params: search, body: None,
                 ok: (200, "Application users", Some(schema_ref("SearchResult"))), errors: &[400, 401, 404] }),
@@ -258,7 +301,7 @@ fn build() -> Value {
         "security": [{ "bearer": [] }],
         "paths": paths,
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "The admin token, or a tenant token (`ftt_...`) for that tenant's devices, credentials, presence, live messages and commands (403 elsewhere)" } },
             "parameters": parameters,
             "schemas": schemas,
         },

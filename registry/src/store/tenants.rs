@@ -118,11 +118,17 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a tenant with its devices, credentials and CA entries.
+    /// Deletes a tenant with its devices, credentials, CA entries and tokens.
     pub async fn delete_tenant(&self, id: &str, if_match: Option<&str>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         Self::swap_version(&mut tx, "tenants", "tenant", &[id], if_match).await?;
-        for table in ["credential_keys", "credentials", "devices", "trusted_cas"] {
+        for table in [
+            "credential_keys",
+            "credentials",
+            "devices",
+            "trusted_cas",
+            "tenant_tokens",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)

@@ -12,3 +12,4 @@ mod devices;
 mod limits;
 mod server;
 mod tenants;
+mod tokens;
