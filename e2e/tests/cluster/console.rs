@@ -84,8 +84,7 @@ fn the_live_view_shows_a_paho_devices_telemetry_while_the_application_gets_every
     assert!(valve.wait_exit(WAIT).success());
 
     let deadline = Instant::now() + WAIT;
-    while (shown(&of_plant).len() < 20 || shown(&of_other).len() < 3) && Instant::now() < deadline
-    {
+    while (shown(&of_plant).len() < 20 || shown(&of_other).len() < 3) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -109,7 +108,10 @@ fn the_live_view_shows_a_paho_devices_telemetry_while_the_application_gets_every
     let other_shown = shown(&of_other);
     assert_eq!(shown_seqs(&other_shown), [0, 1, 2], "{}", of_other.log());
     for m in &other_shown {
-        assert_eq!((&m["kind"], &m["device-id"]), (&"event".into(), &"valve-9".into()));
+        assert_eq!(
+            (&m["kind"], &m["device-id"]),
+            (&"event".into(), &"valve-9".into())
+        );
     }
 }
 
@@ -172,7 +174,10 @@ fn console_commands_reach_paho_devices_on_either_adapter_and_a_disconnected_one_
     first.kill();
     let deadline = Instant::now() + WAIT;
     while command(&c, &token, "press-1").0["outcome"] != "released" {
-        assert!(Instant::now() < deadline, "press-1's commands never released");
+        assert!(
+            Instant::now() < deadline,
+            "press-1's commands never released"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (result, took) = command(&c, &token, "press-1");
