@@ -36,6 +36,8 @@ pub mod openapi;
 mod search;
 pub mod tokens;
 
+pub use console::ClusterConsole;
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -53,6 +55,8 @@ pub struct AppState {
     /// Where presence is read: the bridge's (embedded), NATS's presence bucket (cluster mode), or
     /// nowhere.
     pub presence: Option<Arc<dyn ferry_core::console::PresenceStore>>,
+    /// The live view and commands through NATS (cluster mode, no router in this process).
+    pub cluster: Option<Arc<ClusterConsole>>,
 }
 
 /// The bearer tokens the API accepts.

@@ -78,23 +78,30 @@ pub async fn start_with_bridge(
     bridge: Option<Arc<ferry_core::console::RouterBridge>>,
 ) -> anyhow::Result<Started> {
     let readiness = admin.readiness("registry");
-    let presence: Option<Arc<dyn ferry_core::console::PresenceStore>> =
-        match (&bridge, config.messaging.mode) {
-            (Some(b), _) => Some(b.presence.clone()),
-            (None, ferry_nats::MessagingMode::Nats) => {
-                // Cluster mode: the adapters and routers keep presence in NATS; the registry reads it.
-                let client = ferry_nats::connect(&config.messaging.nats, "ferry-registry")
+    // Cluster mode: the adapters and routers keep presence in NATS and the registry reads it; the
+    // console's live view and commands go through NATS too (docs/console.md "Cluster mode").
+    let nats = match (&bridge, config.messaging.mode) {
+        (None, ferry_nats::MessagingMode::Nats) => Some(
+            ferry_nats::connect_with(&config.messaging.nats, "ferry-registry", |o| {
+                o.custom_inbox_prefix(ferry_nats::permissions::REGISTRY_INBOX)
+            })
+            .await
+            .context("connecting to NATS (messaging.nats)")?,
+        ),
+        _ => None,
+    };
+    let presence: Option<Arc<dyn ferry_core::console::PresenceStore>> = match (&bridge, &nats) {
+        (Some(b), _) => Some(b.presence.clone()),
+        (None, Some(client)) => {
+            let js = async_nats::jetstream::new(client.clone());
+            let presence =
+                ferry_nats::presence::NatsPresence::open(&js, config.messaging.nats.replicas)
                     .await
-                    .context("connecting to NATS (messaging.nats)")?;
-                let js = async_nats::jetstream::new(client);
-                let presence =
-                    ferry_nats::presence::NatsPresence::open(&js, config.messaging.nats.replicas)
-                        .await
-                        .context("opening the presence bucket (messaging.nats)")?;
-                Some(Arc::new(presence))
-            }
-            (None, ferry_nats::MessagingMode::Embedded) => None,
-        };
+                    .context("opening the presence bucket (messaging.nats)")?;
+            Some(Arc::new(presence))
+        }
+        (None, None) => None,
+    };
     let store = store::Store::open(config.database_url.as_deref(), &config.data_dir)
         .await
         .context("opening the registry database")?;
@@ -129,6 +136,12 @@ pub async fn start_with_bridge(
                 .unwrap_or_else(|| config.data_dir.join("assertion-signing.key"));
             SigningKey::load_or_generate(&path)?
         }
+    };
+    let cluster = match nats {
+        Some(client) => Some(Arc::new(
+            api::ClusterConsole::open(client, &config.messaging.nats, &signer).await?,
+        )),
+        None => None,
     };
     let tls = match (&config.tls.cert_path, &config.tls.key_path) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
@@ -179,6 +192,7 @@ pub async fn start_with_bridge(
         shutdown: shutdown.clone(),
         presence,
         bridge,
+        cluster,
     };
 
     let listeners =

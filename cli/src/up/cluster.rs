@@ -168,8 +168,13 @@ async fn start_all(
         if let Some(url) = &args.postgres {
             cmd.env("FERRY_REGISTRY_DATABASE_URL", url);
         }
-        // The presence API reads what the adapters and routers keep in NATS.
+        // The presence API, the console's live view and its commands go through NATS.
         messaging(&mut cmd, "FERRY_REGISTRY_", "ferry-registry", &registry_pw);
+        // The web console is on, as under `ferry up`, unless FERRY_REGISTRY_CONSOLE says otherwise
+        // (the child inherits it then).
+        if std::env::var_os("FERRY_REGISTRY_CONSOLE").is_none() {
+            cmd.env("FERRY_REGISTRY_CONSOLE", "true");
+        }
         if i > 0 {
             if args.admin_token.is_none() {
                 cmd.env(
@@ -273,6 +278,14 @@ async fn start_all(
             .collect::<Vec<_>>()
             .join("  ")
     );
+    if let (None, Some(first)) = (
+        std::env::var_os("FERRY_REGISTRY_CONSOLE"),
+        registry_urls.first(),
+    ) {
+        println!(
+            "  web console                     {first}/console  (sign in with the admin token)"
+        );
+    }
     println!(
         "  admin token                     {}",
         args.admin_token.as_ref().map_or_else(

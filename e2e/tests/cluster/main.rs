@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use ferry_e2e::{attached, curl, paho_device, proton_app, rhea_app, Cluster, Manager, Process};
 use serde_json::Value;
 
+mod console;
+
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A tenant `plant` with device `press-1` (`press1@plant` / `pw-press`) and application `ops`.

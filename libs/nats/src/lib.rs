@@ -3,17 +3,22 @@
 //! One place for what every component needs to take part in cluster mode: the `messaging` setting and
 //! its NATS connection settings ([`config`]), the subject names that carry Hono's addresses
 //! ([`subjects`]), the headers Ferry sets beside a message ([`headers`]), the outcomes carried in replies
-//! ([`outcome`]), the JetStream streams it provisions ([`streams`]) and the command routes ([`routes`]). The components pick embedded or NATS messaging once, at start; nothing on a
+//! ([`outcome`]), the JetStream streams it provisions ([`streams`]), the command routes ([`routes`]) and how a
+//! command is sent over them ([`commands`]), the AMQP messages read outside a router ([`message`]), and
+//! the console's live view ([`tap`]). The components pick embedded or NATS messaging once, at start; nothing on a
 //! message's path asks which.
 
+pub mod commands;
 pub mod config;
 pub mod headers;
+pub mod message;
 pub mod outcome;
 pub mod permissions;
 pub mod presence;
 pub mod routes;
 pub mod streams;
 pub mod subjects;
+pub mod tap;
 
 use std::time::Duration;
 
@@ -40,6 +45,15 @@ pub enum Error {
 /// `ferry-router-0`). The client reconnects by itself for as long as the process runs; the first
 /// connection must succeed within the configured timeout.
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, Error> {
+    connect_with(config, name, |o| o).await
+}
+
+/// [`connect`], with further client options (an inbox prefix of its own, a subscription capacity).
+pub async fn connect_with(
+    config: &NatsConfig,
+    name: &str,
+    tune: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
+) -> Result<async_nats::Client, Error> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
@@ -50,7 +64,7 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
     if let Some(ca) = &config.tls_ca {
         options = options.add_root_certificates(ca.clone());
     }
-    let client = options.connect(config.urls.as_slice()).await?;
+    let client = tune(options).connect(config.urls.as_slice()).await?;
     Ok(client)
 }
 

@@ -10,7 +10,10 @@
 //!   acknowledge them, send commands, and read and prune command routes. They cannot publish telemetry
 //!   or events as a device.
 //!
-//! - **Registries** read device presence (the presence bucket) for the presence API, and nothing else.
+//! - **Registries** read device presence (the presence bucket) and command routes, watch the tenants'
+//!   telemetry and events for the console's live view (plain subscriptions), send the console's
+//!   commands to adapter instances and take their responses. They cannot publish device traffic, write
+//!   presence or routes, or read any inbox but their own ([`REGISTRY_INBOX`]).
 //!
 //! Adapters and routers write presence. All answer requests on `_INBOX.>` (NATS's reply subjects).
 
@@ -62,6 +65,8 @@ pub fn adapter() -> Permissions {
         .map(|s| (*s).to_owned())
         .chain(bucket_access(BUCKET))
         .chain(bucket_access(PRESENCE))
+        // Answers to the registry's console commands, which come from its own inbox.
+        .chain([format!("{REGISTRY_INBOX}.>")])
         .collect(),
         publish_deny: Vec::new(),
         subscribe: own(&["ferry.command.>", "_INBOX.>"]),
@@ -83,15 +88,26 @@ pub fn router() -> Permissions {
     }
 }
 
+/// The registry's inbox prefix (its connections set it with `custom_inbox_prefix`): its request
+/// replies and JetStream deliveries come there, and it may subscribe to nothing else of NATS's inboxes.
+pub const REGISTRY_INBOX: &str = "_INBOX_ferry_registry";
+
 /// The registries' permissions: read the presence bucket (a key, and its list of keys through an
-/// ordered consumer), nothing of the device traffic.
+/// ordered consumer) and the command routes (keys); watch telemetry and events and take command
+/// responses (the console's live view and commands); send commands and answer the adapters' response
+/// requests. Never publish device traffic, never write a bucket.
 pub fn registry() -> Permissions {
     let stream = format!("KV_{PRESENCE}");
     let mut publish = bucket_access(PRESENCE);
-    // Writing presence is the adapters' and routers' job.
+    publish.extend(bucket_access(BUCKET));
+    // Writing presence and routes is the adapters' and routers' job.
     publish.retain(|s| !s.starts_with("$KV."));
     publish.extend([
+        "ferry.command.>".to_owned(),
+        // Answers to the adapters' response requests, which carry their inboxes as reply subjects.
         "_INBOX.>".to_owned(),
+        // Its own inbox (a round trip to the server, `ferry_nats::round_trip`).
+        format!("{REGISTRY_INBOX}.>"),
         "$JS.API.INFO".to_owned(),
         format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.CREATE.{stream}"),
@@ -100,8 +116,18 @@ pub fn registry() -> Permissions {
     ]);
     Permissions {
         publish,
-        publish_deny: Vec::new(),
-        subscribe: own(&["_INBOX.>"]),
+        publish_deny: own(&[
+            "ferry.telemetry.>",
+            "ferry.event.>",
+            "ferry.command_response.>",
+            "$KV.>",
+        ]),
+        subscribe: vec![
+            "ferry.telemetry.*".to_owned(),
+            "ferry.event.*".to_owned(),
+            "ferry.command_response.*.*".to_owned(),
+            format!("{REGISTRY_INBOX}.>"),
+        ],
     }
 }
 

@@ -31,7 +31,16 @@ async fn open(
         password: Some(password.into()),
         ..NatsConfig::default()
     };
-    let client = ferry_nats::connect(&config, user).await.expect("connect");
+    // The registry's connections have an inbox prefix of their own (its credential reads no other).
+    let client = ferry_nats::connect_with(&config, user, |o| {
+        if user == "ferry-registry" {
+            o.custom_inbox_prefix(permissions::REGISTRY_INBOX)
+        } else {
+            o
+        }
+    })
+    .await
+    .expect("connect");
     let js = async_nats::jetstream::new(client.clone());
     let presence = NatsPresence::open(&js, 1).await.expect("bucket");
     (client, presence)
@@ -80,7 +89,7 @@ async fn until(store: &NatsPresence, t: &str, d: &str, check: impl Fn(bool) -> b
 #[tokio::test]
 async fn adapters_and_routers_write_presence_and_the_registry_reads_it() {
     let server = server();
-    let (_a, adapter) = open(&server, "ferry-adapter", "adapter-pw").await;
+    let (adapter_client, adapter) = open(&server, "ferry-adapter", "adapter-pw").await;
     let (_r, router) = open(&server, "ferry-router", "router-pw").await;
     let (registry_client, registry) = open(&server, "ferry-registry", "registry-pw").await;
 
@@ -142,10 +151,19 @@ async fn adapters_and_routers_write_presence_and_the_registry_reads_it() {
             .is_some_and(|p| p.connected),
         "a registry wrote presence"
     );
+    // It reads the command routes (for the console's commands), and cannot read the routers' events.
+    ferry_nats::streams::event_stream(
+        &async_nats::jetstream::new(adapter_client),
+        "t1",
+        ferry_nats::streams::EventLimits::default(),
+        1,
+    )
+    .await
+    .expect("an adapter makes the tenant's event stream");
     let js = async_nats::jetstream::new(registry_client);
     assert!(
-        js.get_stream("KV_ferry-command-routes").await.is_err(),
-        "a registry read the command routes"
+        js.get_stream("FERRY_EVENTS_t1").await.is_err(),
+        "a registry read an event stream"
     );
 }
 

@@ -2,9 +2,11 @@
 //! tenant's live messages (server-sent events) and commands sent to a device; and the console itself,
 //! static files embedded in the binary, under `/console`.
 //!
-//! Presence, live messages and commands come from the messaging side through a
-//! [`RouterBridge`](ferry_core::console::RouterBridge): `ferry up` hands the router's to the registry.
-//! A registry without one (run on its own) answers those calls 503.
+//! Presence, live messages and commands come from the messaging side: through a
+//! [`RouterBridge`](ferry_core::console::RouterBridge) when `ferry up` runs the router in this process,
+//! or, with `messaging.mode: nats` (cluster mode), through NATS ([`ClusterConsole`]: the tenants'
+//! subjects watched with plain subscriptions, commands sent to the adapter instances as a router sends
+//! them). A registry with neither answers those calls 503.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,10 +18,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ferry_core::console::{CommandRequest, Presence, PresenceStore, RouterBridge};
+use ferry_core::console::{CommandRequest, Presence, PresenceStore, TapMessage, TapSubscription};
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::{JsonBody, PathParams};
@@ -94,13 +97,71 @@ fn asset(name: &str) -> Response {
     r
 }
 
-fn bridge(s: &AppState) -> Result<&Arc<RouterBridge>, ApiError> {
-    s.bridge.as_ref().ok_or_else(|| {
-        ApiError::NotAvailable(
-            "presence, live messages and commands need the router in the same process (ferry up)"
-                .into(),
-        )
-    })
+/// The console's live view and commands through NATS (cluster mode): one connection for commands (and
+/// presence), one for the live view's subscriptions, whose small capacity bounds what NATS holds for
+/// a watched tenant.
+#[derive(Debug)]
+pub struct ClusterConsole {
+    pub taps: ferry_nats::tap::Taps,
+    pub commands: ferry_nats::commands::Sender,
+}
+
+impl ClusterConsole {
+    /// Opens the route bucket over `client` and a second connection for the live view; messages are
+    /// shown only with an assertion `signer`'s keys verify.
+    pub async fn open(
+        client: async_nats::Client,
+        config: &ferry_nats::NatsConfig,
+        signer: &ferry_core::assertion::SigningKey,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let commands = ferry_nats::commands::Sender::open(client, config.replicas)
+            .await
+            .context("opening the command routes (messaging.nats)")?;
+        let live = ferry_nats::connect_with(config, "ferry-registry-live", |o| {
+            o.custom_inbox_prefix(ferry_nats::permissions::REGISTRY_INBOX)
+                .subscription_capacity(ferry_nats::tap::SUBSCRIPTION_CAPACITY)
+        })
+        .await
+        .context("connecting to NATS for the live view (messaging.nats)")?;
+        let verifier = ferry_core::assertion::Verifier::new(
+            &signer.jwks(),
+            ferry_core::assertion::VerifierConfig {
+                leeway_secs: 10,
+                cache_capacity: 10_000,
+            },
+        );
+        Ok(Self {
+            taps: ferry_nats::tap::Taps::new(live, Some(Arc::new(verifier))),
+            commands,
+        })
+    }
+}
+
+const NO_MESSAGING: &str =
+    "live messages and commands need the router in the same process (ferry up) or messaging.mode nats";
+
+/// Where a watcher's messages come from.
+enum Feed {
+    Router(TapSubscription),
+    Nats(ferry_nats::tap::Watch),
+}
+
+impl Feed {
+    fn messages(&mut self) -> &mut broadcast::Receiver<Arc<TapMessage>> {
+        match self {
+            Self::Router(s) => &mut s.messages,
+            Self::Nats(w) => &mut w.messages,
+        }
+    }
+
+    /// Messages not shown to anyone since the last call (cluster mode's per-tenant rate).
+    fn skipped(&mut self) -> u64 {
+        match self {
+            Self::Router(_) => 0,
+            Self::Nats(w) => w.skipped(),
+        }
+    }
 }
 
 fn presence_store(s: &AppState) -> Result<&Arc<dyn PresenceStore>, ApiError> {
@@ -152,18 +213,29 @@ async fn live(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let tenant = TenantId::new(path.0.first().map_or("", String::as_str))?;
     s.store.get_tenant(tenant.as_str()).await?;
-    let bridge = bridge(&s)?.clone();
-    let sub = bridge
-        .watch(&tenant)
-        .map_err(|e| ApiError::TooManyRequests(e.to_string()))?;
+    let too_many = |e: ferry_core::console::TapError| ApiError::TooManyRequests(e.to_string());
+    let feed = match (&s.bridge, &s.cluster) {
+        (Some(bridge), _) => Feed::Router(bridge.watch(&tenant).map_err(too_many)?),
+        (None, Some(cluster)) => {
+            let mut watch = cluster.taps.watch(&tenant).map_err(too_many)?;
+            // `hello` once the subscriptions are in place: what is published after it is seen.
+            if !watch.ready(Duration::from_secs(5)).await {
+                return Err(ApiError::NotAvailable(
+                    "cannot subscribe to the tenant's messages on NATS".into(),
+                ));
+            }
+            Feed::Nats(watch)
+        }
+        (None, None) => return Err(ApiError::NotAvailable(NO_MESSAGING.into())),
+    };
     struct Watch {
-        sub: ferry_core::console::TapSubscription,
+        feed: Feed,
         window: tokio::time::Instant,
         sent: u32,
         dropped: u64,
     }
     let start = Watch {
-        sub,
+        feed,
         window: tokio::time::Instant::now(),
         sent: 0,
         dropped: 0,
@@ -173,7 +245,7 @@ async fn live(
         .data(serde_json::json!({ "tenant": tenant.as_str() }).to_string());
     let updates = stream::unfold(start, |mut w| async move {
         loop {
-            let message = match w.sub.messages.recv().await {
+            let message = match w.feed.messages().recv().await {
                 Ok(m) => m,
                 Err(RecvError::Lagged(n)) => {
                     w.dropped += n;
@@ -181,6 +253,7 @@ async fn live(
                 }
                 Err(RecvError::Closed) => return None,
             };
+            w.dropped += w.feed.skipped();
             let now = tokio::time::Instant::now();
             if now.duration_since(w.window) >= Duration::from_secs(1) {
                 w.window = now;
@@ -261,26 +334,48 @@ async fn command(
             "timeout-ms must be 1-{MAX_COMMAND_TIMEOUT_MS}"
         )));
     }
-    s.store.get_device(tenant.as_str(), device.as_str()).await?;
-    let bridge = bridge(&s)?;
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let request = CommandRequest {
-        tenant,
-        device,
-        name: body.name,
-        content_type: body.content_type,
-        payload: body.payload.into_bytes(),
-        expect_response: !body.one_way,
-        timeout: Duration::from_millis(timeout_ms),
-        reply,
+    let stored = s.store.get_device(tenant.as_str(), device.as_str()).await?;
+    let timeout = Duration::from_millis(timeout_ms);
+    let busy = || ApiError::NotAvailable("too many console commands in flight; try again".into());
+    let result = match (&s.bridge, &s.cluster) {
+        (Some(bridge), _) => {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let request = CommandRequest {
+                tenant,
+                device,
+                name: body.name,
+                content_type: body.content_type,
+                payload: body.payload.into_bytes(),
+                expect_response: !body.one_way,
+                timeout,
+                reply,
+            };
+            if !bridge.send_command(request) {
+                return Err(busy());
+            }
+            rx.await
+                .map_err(|_| ApiError::NotAvailable("the router did not answer".into()))?
+        }
+        (None, Some(cluster)) => {
+            // The device's gateways, read from this registry's store only when it has no route of
+            // its own.
+            let via = async {
+                let body = super::management::stored_json(&stored).ok()?;
+                super::internal::gateways_of(&s, &tenant, &body).await.ok()
+            };
+            let command = ferry_nats::commands::Command {
+                tenant: tenant.clone(),
+                device,
+                name: body.name,
+                content_type: body.content_type,
+                payload: body.payload.into_bytes(),
+                expect_response: !body.one_way,
+                timeout,
+            };
+            let via = async { via.await.unwrap_or_default() };
+            cluster.commands.send(command, via).await.ok_or_else(busy)?
+        }
+        (None, None) => return Err(ApiError::NotAvailable(NO_MESSAGING.into())),
     };
-    if !bridge.send_command(request) {
-        return Err(ApiError::NotAvailable(
-            "too many console commands in flight; try again".into(),
-        ));
-    }
-    let result = rx
-        .await
-        .map_err(|_| ApiError::NotAvailable("the router did not answer".into()))?;
     Ok((StatusCode::OK, Json(result)).into_response())
 }

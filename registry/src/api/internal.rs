@@ -202,19 +202,7 @@ async fn assertion(
     };
 
     // `via` in the answer lists every gateway that may act for the device, members of viaGroups included.
-    let mut all_via = via_ids;
-    if !via_groups.is_empty() {
-        for d in s.store.list_devices(tenant.as_str()).await? {
-            let body = stored_json(&d)?;
-            if strings(&body, "memberOf")
-                .iter()
-                .any(|g| via_groups.contains(g))
-                && !all_via.contains(&d.id)
-            {
-                all_via.push(d.id.clone());
-            }
-        }
-    }
+    let all_via = gateways_of(&s, &tenant, &device_body).await?;
 
     let now = chrono::Utc::now().timestamp();
     let claims = Claims::new(
@@ -243,6 +231,30 @@ async fn assertion(
         .assertion_lifetime_secs
         .saturating_sub(s.settings.assertion_lifetime_secs / 10 + 5);
     Ok(cached(body, max_age.min(s.settings.cache_max_age_secs)))
+}
+
+/// Every gateway that may act for a device (its stored body `device_body`): its `via`, and the members
+/// of its `viaGroups`.
+pub(crate) async fn gateways_of(
+    s: &AppState,
+    tenant: &TenantId,
+    device_body: &Value,
+) -> Result<Vec<String>, ApiError> {
+    let mut all_via = strings(device_body, "via");
+    let via_groups = strings(device_body, "viaGroups");
+    if !via_groups.is_empty() {
+        for d in s.store.list_devices(tenant.as_str()).await? {
+            let body = stored_json(&d)?;
+            if strings(&body, "memberOf")
+                .iter()
+                .any(|g| via_groups.contains(g))
+                && !all_via.contains(&d.id)
+            {
+                all_via.push(d.id.clone());
+            }
+        }
+    }
+    Ok(all_via)
 }
 
 /// `GET /internal/v1/jwks` and `/.well-known/jwks.json`: the public keys that verify assertions.

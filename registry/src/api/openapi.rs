@@ -39,7 +39,7 @@ fn error_responses(codes: &[u16]) -> Map<String, Value> {
                 412 => "If-Match does not match the resource version",
                 413 => "Request body too large",
                 429 => "Too many live views open",
-                503 => "Storage unavailable, or no router in this process (presence, live view, commands)",
+                503 => "Storage unavailable, or neither a router in this process nor messaging.mode nats (presence, live view, commands)",
                 _ => "Error",
             };
             (

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use ferry_core::ids::TenantId;
-use ferry_nats::outcome::Outcome;
-use ferry_nats::{routes, subjects};
+use ferry_nats::{commands, routes};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
@@ -152,7 +151,6 @@ impl Bus {
             consumer,
             stop,
         } = held;
-        let subject = subjects::command(&instance);
         let in_flight = Arc::new(std::sync::atomic::AtomicU32::new(0));
         loop {
             let request = tokio::select! {
@@ -173,25 +171,29 @@ impl Bus {
             in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             let bus = self.clone();
             let shared = shared.clone();
-            let subject = subject.clone();
             let addr = addr.clone();
             let consumer = consumer.clone();
             let in_flight = in_flight.clone();
             let instance = instance.clone();
             tokio::spawn(async move {
-                let request = async_nats::Request::new()
-                    .payload(payload)
-                    .timeout(Some(COMMAND_TIMEOUT));
-                let state = match bus.client.send_request(subject, request).await {
-                    Ok(answer) => match Outcome::decode(&answer.payload) {
-                        Some(o) => delivery_state(o),
-                        None => hub::release(),
-                    },
-                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                let state = match commands::request(
+                    &bus.client,
+                    &instance,
+                    payload,
+                    COMMAND_TIMEOUT,
+                )
+                .await
+                {
+                    commands::Answer::Settled(o) => delivery_state(o),
+                    commands::Answer::Gone => {
                         bus.forget_instance(&instance).await;
                         hub::release()
                     }
-                    Err(e) => {
+                    commands::Answer::TimedOut => {
+                        tracing::debug!(%instance, "command not settled by the adapter in time");
+                        hub::release()
+                    }
+                    commands::Answer::Failed(e) => {
                         tracing::debug!(error = %e, %instance, "command not settled by the adapter");
                         hub::release()
                     }

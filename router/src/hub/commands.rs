@@ -138,21 +138,15 @@ impl<S: EventStore> Hub<S> {
             .cloned();
         let gateways = lock(&self.gateways);
         let of_tenant = gateways.get(tenant)?;
-        if let Some(last) = last.filter(|g| via.contains(g)) {
-            if let Some(addr) = of_tenant.get(&last) {
-                return Some((last, addr.clone()));
-            }
-        }
-        let subscribed: Vec<&Arc<str>> =
-            via.iter().filter(|g| of_tenant.contains_key(*g)).collect();
-        if subscribed.is_empty() {
-            return None;
-        }
         // Hono picks one at random; the process-wide id counter is random enough and costs no RNG.
-        let index = usize::try_from(next_id()).unwrap_or(0) % subscribed.len();
-        let gateway = (*subscribed.get(index)?).clone();
-        let addr = of_tenant.get(&gateway)?.clone();
-        Some((gateway, addr))
+        let random = usize::try_from(next_id()).unwrap_or(0);
+        let (i, addr) = ferry_nats::commands::pick_gateway(
+            last.as_deref(),
+            via,
+            |g| of_tenant.get(g).cloned(),
+            random,
+        )?;
+        Some((via.get(i)?.clone(), addr))
     }
 
     /// Forwards a command to an adapter instance's command address; `NoConsumer` when its link has no
