@@ -34,6 +34,7 @@ pub mod internal;
 pub mod management;
 pub mod openapi;
 mod search;
+pub mod stats;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -52,6 +53,9 @@ pub struct AppState {
     /// Where presence is read: the bridge's (embedded), NATS's presence bucket (cluster mode), or
     /// nowhere.
     pub presence: Option<Arc<dyn ferry_core::console::PresenceStore>>,
+    /// The process's metrics, when the adapters and the router report into them too (`ferry up`):
+    /// the per-tenant figures of `GET /v1/stats/{tenant}`.
+    pub stats: Option<stats::StatsSource>,
 }
 
 /// The bearer tokens the API accepts.
@@ -144,9 +148,13 @@ impl Metrics {
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let timeout = state.settings.request_timeout;
-    let management = management::routes().merge(console::routes()).route_layer(
-        axum::middleware::from_fn_with_state(state.clone(), require_admin),
-    );
+    let management = management::routes()
+        .merge(console::routes())
+        .merge(stats::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ));
     let internal = internal::routes().route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_internal,

@@ -11,4 +11,5 @@ mod credentials;
 mod devices;
 mod limits;
 mod server;
+mod stats;
 mod tenants;
