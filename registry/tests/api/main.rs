@@ -7,6 +7,7 @@ mod applications;
 mod assertions;
 mod bad_input;
 mod changes;
+mod console_pages;
 mod credentials;
 mod devices;
 mod limits;
