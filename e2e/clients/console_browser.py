@@ -6,10 +6,18 @@ Usage:
 
 Signs in (a wrong token first, which must be refused), creates tenant console-t, device sensor-1 and its
 password, connects a paho device and sees it online within 1 s, watches its telemetry in the live view,
-sends it a command from the console and sees the response, and sees it offline within 1 s after it
-disconnects. Writes a screenshot of each page to SCREENSHOT_DIR. Prints one JSON object a line; the
-last is {"passed": true} or {"failed": "..."}. Before the live view it prints {"need_consumer": true}
-and waits for SCREENSHOT_DIR/consumer-ready (an application consuming telemetry/console-t).
+sends it a command from the console and sees the response, sees a non-zero telemetry rate on the
+tenant's charts while it sends, saves tenant limits (an invalid one first: the API's error is shown;
+then max-connections 1 and max-stored-events 5, after which a second paho device of the tenant is
+refused), sees it offline within 1 s after it disconnects, and sets a gateway in the device's `via`
+(the device list then marks the gateway). Writes a screenshot of each page to SCREENSHOT_DIR. Prints
+one JSON object a line; the last is {"passed": true} or {"failed": "..."}.
+
+Points where the Rust story acts, each answered by a file in SCREENSHOT_DIR:
+  {"need_consumer": true}  an application consumes telemetry/console-t, and the tenant and the device
+                           got fields of their own (the saves below must keep them): consumer-ready
+  {"check": "limits"}      the story read the tenant back through the API: checked-limits
+  {"check": "via"}         the story read the device back through the API: checked-via
 """
 import json
 import os
@@ -25,6 +33,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 TENANT, DEVICE, PASSWORD = "console-t", "sensor-1", "pw-sensor-1"
+GATEWAY = "gw-1"
 
 
 def emit(**kw):
@@ -48,6 +57,13 @@ def wait_until(what, check, timeout=10.0, step=0.02):
             last_error = e
         time.sleep(step)
     raise Failed("%s: not within %.1f s (last error: %s)" % (what, timeout, last_error))
+
+
+def await_check(shots, what):
+    """Tells the Rust story to check `what` through the API and waits for its answer."""
+    emit(check=what)
+    wait_until("the story's check of %s" % what,
+               lambda: os.path.exists(os.path.join(shots, "checked-" + what)), timeout=30, step=0.1)
 
 
 def browser():
@@ -201,6 +217,89 @@ def main(registry, token, mqtt_port, shots):
             raise Failed("the device did not get the command: %s" % commands)
         shot("command-response")
 
+        # Charts: a non-zero telemetry rate while the device sends, and its connection.
+        go("stats/" + TENANT)
+        wait_until("the charts page", lambda: by_id("chart-telemetry").is_displayed())
+        sending = threading.Event()
+        sending.set()
+
+        def send():
+            i = 0
+            while sending.is_set():
+                i += 1
+                c.publish("telemetry", json.dumps({"n": i}).encode(), qos=1)
+                time.sleep(0.2)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        try:
+            summary = by_id("chart-telemetry-summary")
+            rate, took = wait_until("a non-zero telemetry rate on the chart",
+                                    lambda: float(summary.get_attribute("data-forwarded") or 0), timeout=20, step=0.2)
+            emit(chart_telemetry_rate=rate, chart_after_s=round(took, 3), summary=summary.text)
+            connected_now = by_id("chart-connections-summary").get_attribute("data-now")
+            if connected_now != "1":
+                raise Failed("the connections chart shows %r connections, not 1" % connected_now)
+            if by_id("chart-telemetry").get_attribute("role") != "img" \
+                    or "forwarded" not in by_id("chart-telemetry").get_attribute("aria-label"):
+                raise Failed("the telemetry chart has no accessible name with its figures")
+            if not d.find_elements(By.CSS_SELECTOR, "#chart-telemetry polyline.forwarded"):
+                raise Failed("the telemetry chart draws no line")
+            no_error("charts")
+            time.sleep(2.5)  # one more point on the lines for the screenshot
+            shot("charts")
+        finally:
+            sending.clear()
+            sender.join(5)
+
+        # Tenant limits: the API's error for a bad value is shown; then max-connections 1 and
+        # max-stored-events 5 are saved, with the rest of the tenant kept (the story checks), and a
+        # second device of the tenant is refused while the first is connected (Hono's rule).
+        go("tenant/" + TENANT)
+        wait_until("the limits form", lambda: by_id("limit-max-connections").is_displayed())
+        if by_id("limit-max-ttl").get_attribute("value") != "60":
+            raise Failed("the limits form does not show the tenant's max-ttl 60: %r"
+                         % by_id("limit-max-ttl").get_attribute("value"))
+        submit({"limit-max-connections": "-5"}, "save-limits")
+        wait_until("the API's refusal of max-connections -5",
+                   lambda: by_id("error").is_displayed() and "400" in text_of("error")
+                   and "max-connections" in text_of("error"))
+        emit(limit_refused=text_of("error"))
+        shot("limits-refused")
+        submit({"limit-max-connections": "1", "limit-max-stored-events": "5"}, "save-limits")
+        wait_until("the limits saved", lambda: "Limits saved" in text_of("status"))
+        no_error("save limits")
+        if by_id("limit-max-connections").get_attribute("value") != "1":
+            raise Failed("the form does not show the saved max-connections")
+        shot("limits-saved")
+        await_check(shots, "limits")
+
+        def second_device():
+            result = {}
+            done = threading.Event()
+            c2 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="console-test-2-%d" % os.getpid())
+            c2.username_pw_set("%s@%s" % (DEVICE, TENANT), PASSWORD)
+
+            def on_connect2(cl, userdata, flags, rc, props=None):
+                result["rc"] = getattr(rc, "value", rc)
+                done.set()
+
+            c2.on_connect = on_connect2
+            c2.connect("127.0.0.1", int(mqtt_port), keepalive=30)
+            c2.loop_start()
+            done.wait(10)
+            c2.disconnect()
+            c2.loop_stop()
+            return result.get("rc")
+
+        # The adapters learn of the change from the registry's change stream: allow a moment.
+        rc, _ = wait_until("a second device of the tenant refused",
+                           lambda: (lambda code: code if code not in (None, 0) else None)(second_device()),
+                           timeout=10, step=0.2)
+        emit(second_device_refused_rc=rc)
+        if rc not in (5, 0x87, 0x97):
+            raise Failed("the second device was refused with %r, not Hono's 'not authorized'" % rc)
+
         # The device goes: offline within a second.
         go("devices/" + TENANT)
         wait_until("the device online again on its page", lambda: presence() == "online", timeout=5)
@@ -220,6 +319,41 @@ def main(registry, token, mqtt_port, shots):
         submit({"cmd-name": "setLight", "cmd-payload": "off"}, "send-command")
         wait_until("the released outcome", lambda: by_id("cmd-result").get_attribute("data-outcome") == "released")
         shot("command-released")
+
+        # Gateways: a device gw-1 becomes sensor-1's gateway; the API shows the via (the story
+        # checks), the device list marks gw-1, the filter finds it, and gw-1's page says for whom.
+        go("devices/" + TENANT)
+        wait_until("the devices page", lambda: by_id("new-device-id").is_displayed())
+        submit({"new-device-id": GATEWAY}, "create-device")
+        gw_row = 'tr[data-device="%s"]' % GATEWAY
+        wait_until("the gateway device", lambda: d.find_elements(By.CSS_SELECTOR, gw_row))
+        if d.find_element(By.CSS_SELECTOR, gw_row).get_attribute("data-gateway") != "false":
+            raise Failed("gw-1 is marked a gateway before any device names it")
+        go("device/%s/%s" % (TENANT, DEVICE))
+        # Loaded (the form is filled when this says something), so typing is not overwritten.
+        wait_until("the gateways form", lambda: by_id("gw-via").is_displayed() and text_of("gw-acts-for"))
+        submit({"gw-via": GATEWAY}, "save-gateways")
+        wait_until("the gateways saved", lambda: "Gateways saved" in text_of("status"))
+        no_error("save gateways")
+        if by_id("gw-via").get_attribute("value") != GATEWAY:
+            raise Failed("the form does not show the saved via: %r" % by_id("gw-via").get_attribute("value"))
+        shot("device-gateways")
+        await_check(shots, "via")
+        go("devices/" + TENANT)
+        wait_until("gw-1 marked a gateway",
+                   lambda: d.find_element(By.CSS_SELECTOR, gw_row).get_attribute("data-gateway") == "true")
+        sensor_row = d.find_element(By.CSS_SELECTOR, 'tr[data-device="%s"]' % DEVICE)
+        if sensor_row.get_attribute("data-gateway") != "false" or "via " + GATEWAY not in sensor_row.text:
+            raise Failed("the device row does not show its via: %r" % sensor_row.text)
+        shot("devices-gateway-marked")
+        by_id("gateways-only").click()
+        by_id("search-devices").click()
+        wait_until("only gateways listed",
+                   lambda: [r.get_attribute("data-device") for r in d.find_elements(By.CSS_SELECTOR, "tr[data-device]")] == [GATEWAY])
+        shot("gateways-list")
+        go("device/%s/%s" % (TENANT, GATEWAY))
+        wait_until("the gateway's page", lambda: DEVICE in text_of("gw-acts-for"))
+        shot("gateway-page")
 
         go("applications")
         wait_until("the application users", lambda: d.find_elements(By.CSS_SELECTOR, 'tr[data-app="demo-app"]'))

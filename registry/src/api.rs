@@ -34,6 +34,7 @@ pub mod internal;
 pub mod management;
 pub mod openapi;
 mod search;
+pub mod stats;
 pub mod tokens;
 
 pub use console::ClusterConsole;
@@ -57,6 +58,9 @@ pub struct AppState {
     pub presence: Option<Arc<dyn ferry_core::console::PresenceStore>>,
     /// The live view and commands through NATS (cluster mode, no router in this process).
     pub cluster: Option<Arc<ClusterConsole>>,
+    /// The process's metrics, when the adapters and the router report into them too (`ferry up`):
+    /// the per-tenant figures of `GET /v1/stats/{tenant}`.
+    pub stats: Option<stats::StatsSource>,
 }
 
 /// The bearer tokens the API accepts.
@@ -151,6 +155,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
     let management = management::routes()
         .merge(console::routes())
+        .merge(stats::routes())
         .merge(tokens::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

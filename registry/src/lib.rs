@@ -191,6 +191,11 @@ pub async fn start_with_bridge(
         logins: login_guard,
         shutdown: shutdown.clone(),
         presence,
+        // With the router in this process (`ferry up`), the adapters are here too and report into
+        // the same metrics.
+        stats: bridge
+            .as_ref()
+            .map(|_| api::stats::StatsSource::new(admin.clone())),
         bridge,
         cluster,
     };

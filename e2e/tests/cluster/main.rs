@@ -336,6 +336,19 @@ fn presence_is_kept_in_nats_and_survives_losing_every_router() {
     assert_eq!(online["adapter"], "hono-mqtt", "{online}");
     assert!(online["since"].is_string(), "{online}");
 
+    // The tenant's figures (docs/console.md): the adapters' counters are in other processes, so the
+    // registry tells what it can know, the connected devices, from presence.
+    let r = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{}/v1/stats/plant", c.registry),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stats: Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(stats["source"], "presence", "{stats}");
+    assert_eq!(stats["connected-devices"], 1, "{stats}");
+    assert!(stats.get("telemetry").is_none(), "{stats}");
+
     // Every router goes: nothing they held was presence.
     c.kill9("router-1");
     c.kill9("router-2");

@@ -25,6 +25,36 @@ fn get(ferry: &Ferry, token: &str, path: &str) -> (u16, Value) {
     (r.status, body)
 }
 
+/// Reads a resource, lets `change` edit its body, and writes it back (with its ETag).
+fn modify(ferry: &Ferry, token: &str, path: &str, change: impl FnOnce(&mut Value)) {
+    let r = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{}{path}", ferry.registry),
+    ]);
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    let mut body: Value = serde_json::from_str(&r.body).expect("a JSON body");
+    if let Some(map) = body.as_object_mut() {
+        map.remove("status");
+    }
+    change(&mut body);
+    let etag = r.header("etag").expect("an ETag").to_owned();
+    let r = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &format!("If-Match: {etag}"),
+        "--data",
+        &body.to_string(),
+        &format!("{}{path}", ferry.registry),
+    ]);
+    assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
+}
+
 /// Polls the device's presence until `connected` is `want`; returns it and how long that took.
 fn presence_becomes(ferry: &Ferry, token: &str, path: &str, want: bool) -> (Value, Duration) {
     let start = Instant::now();
@@ -126,6 +156,119 @@ fn a_paho_device_shows_online_while_connected_and_offline_after() {
     assert_eq!(r.status, 401, "{}", r.body);
 }
 
+/// What the browser script asks the story to check through the API (`{"check": WHAT}`); the
+/// answer is the file `checked-WHAT` in the screenshot folder.
+fn check_through_the_api(ferry: &Ferry, token: &str, line: &str) {
+    let tenant = "/v1/tenants/console-t";
+    let device = "/v1/devices/console-t/sensor-1";
+    if line.contains("\"limits\"") {
+        // Saved by the limits form: the two limits set, the rest of the tenant as it was.
+        let (status, body) = get(ferry, token, tenant);
+        assert_eq!(status, 200, "{body}");
+        let limits = &body["resource-limits"];
+        assert_eq!(limits["max-connections"], 1, "{body}");
+        assert_eq!(limits["max-stored-events"], 5, "{body}");
+        assert_eq!(limits["max-ttl"], 60, "kept: {body}");
+        assert_eq!(body["ext"]["owner"], "console-test", "kept: {body}");
+        assert!(body.get("registration-limits").is_none(), "{body}");
+    } else if line.contains("\"via\"") {
+        let (status, body) = get(ferry, token, device);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["via"], serde_json::json!(["gw-1"]), "{body}");
+        assert_eq!(body["ext"]["site"], "lab", "kept: {body}");
+        assert!(body.get("viaGroups").is_none(), "{body}");
+        let (status, found) = get(ferry, token, "/v1/devices/console-t?isGateway=true");
+        assert_eq!(status, 200, "{found}");
+        assert_eq!(found["result"][0]["id"], "gw-1", "{found}");
+        assert_eq!(found["total"], 1, "{found}");
+    } else {
+        panic!("the browser asks for an unknown check: {line}");
+    }
+}
+
+/// `GET /v1/stats/{tenant}` against `ferry up`: the real adapters' and router's figures, admin only,
+/// 404 for an unknown tenant.
+#[test]
+fn tenant_stats_count_a_paho_devices_telemetry_and_connection() {
+    let ferry = Ferry::up();
+    let token = admin_token(&ferry);
+    ferry.tenant("metered");
+    ferry.tenant("quiet");
+    ferry.device_with_password("metered", "meter-1", "meter1", "pw-meter");
+    ferry.application("meter-app", "pw-app", &["metered"]);
+    let consumer = proton_app(&[
+        "consume",
+        &ferry.amqp_url("meter-app", "pw-app"),
+        "telemetry/metered",
+        "3",
+        "30",
+    ]);
+    consumer.expect("attached", WAIT);
+    let (status, before) = get(&ferry, &token, "/v1/stats/metered");
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(before["source"], "process", "{before}");
+    assert_eq!(before["telemetry"]["forwarded"], 0, "{before}");
+    assert_eq!(before["connections"], 0, "{before}");
+
+    // A device that stays connected, and one that sends three telemetry messages.
+    let holder = paho_device(
+        "commands",
+        ferry.mqtt,
+        &["meter1@metered", "pw-meter", "command///req/#", "30"],
+    );
+    holder.expect("connected", WAIT);
+    let start = Instant::now();
+    loop {
+        let (_, body) = get(&ferry, &token, "/v1/stats/metered");
+        if body["connections"] == 1 && body["connected-devices"] == 1 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the connection not counted: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let device = paho_device(
+        "telemetry",
+        ferry.mqtt,
+        &["meter1@metered", "pw-meter", "3"],
+    );
+    device.expect("done", WAIT);
+    let start = Instant::now();
+    let stats = loop {
+        let (status, body) = get(&ferry, &token, "/v1/stats/metered");
+        assert_eq!(status, 200, "{body}");
+        if body["telemetry"]["forwarded"] == 3 {
+            break body;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "3 forwarded telemetry messages not counted: {body}\n{}",
+            device.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stats["router"]["telemetry"]["forwarded"], 3, "{stats}");
+    assert_eq!(stats["tenant"], "metered", "{stats}");
+
+    // Another tenant's path shows none of it; unknown tenants are 404; only the admin token.
+    let (status, quiet) = get(&ferry, &token, "/v1/stats/quiet");
+    assert_eq!(status, 200, "{quiet}");
+    assert_eq!(quiet["telemetry"]["forwarded"], 0, "{quiet}");
+    assert_eq!(quiet["router"]["telemetry"]["forwarded"], 0, "{quiet}");
+    let (status, body) = get(&ferry, &token, "/v1/stats/nowhere");
+    assert_eq!(status, 404, "{body}");
+    let internal = std::fs::read_to_string(ferry.data_dir.join("internal-token"))
+        .expect("internal token")
+        .trim()
+        .to_owned();
+    for bad in ["wrong", internal.as_str()] {
+        let (status, body) = get(&ferry, bad, "/v1/stats/metered");
+        assert_eq!(status, 401, "{body}");
+    }
+    drop(holder);
+    drop(device);
+    drop(consumer);
+}
+
 #[test]
 fn the_console_in_headless_chromium_manages_devices_and_shows_presence_telemetry_and_commands() {
     let ferry = Ferry::up_with(&["--demo"]);
@@ -135,6 +278,10 @@ fn the_console_in_headless_chromium_manages_devices_and_shows_presence_telemetry
         .unwrap_or_else(|| std::env::temp_dir().join("ferry-target"))
         .join("console-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot folder");
+    // The flags of an earlier run would let the script go on without the story's checks.
+    for flag in ["consumer-ready", "checked-limits", "checked-via"] {
+        let _ = std::fs::remove_file(shots.join(flag));
+    }
     let mut cmd = std::process::Command::new(test_python());
     cmd.arg(clients_dir().join("console_browser.py"))
         .arg(&ferry.registry)
@@ -146,7 +293,7 @@ fn the_console_in_headless_chromium_manages_devices_and_shows_presence_telemetry
     ferry.application("console-test-app", "pw-console", &["console-t"]);
     let mut browser = Process::spawn("console_browser.py", cmd);
     let mut consumer: Option<Process> = None;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(line) = browser.line(left) else {
@@ -162,13 +309,30 @@ fn the_console_in_headless_chromium_manages_devices_and_shows_presence_telemetry
                 &ferry.amqp_url("console-test-app", "pw-console"),
                 "telemetry/console-t",
                 "1000",
-                "60",
+                "180",
             ]));
             if let Some(c) = &consumer {
                 c.expect("attached", WAIT);
             }
+            // Fields of their own on the tenant and the device: the console's saves must keep them.
+            modify(&ferry, &token, "/v1/tenants/console-t", |t| {
+                t["ext"] = serde_json::json!({ "owner": "console-test" });
+                t["resource-limits"] = serde_json::json!({ "max-ttl": 60 });
+            });
+            modify(&ferry, &token, "/v1/devices/console-t/sensor-1", |d| {
+                d["ext"] = serde_json::json!({ "site": "lab" });
+            });
             // Tells the script the consumer is there.
             std::fs::write(shots.join("consumer-ready"), b"1").expect("flag file");
+        }
+        if line.contains("\"check\"") {
+            check_through_the_api(&ferry, &token, &line);
+            let what = if line.contains("\"limits\"") {
+                "limits"
+            } else {
+                "via"
+            };
+            std::fs::write(shots.join(format!("checked-{what}")), b"1").expect("flag file");
         }
         if line.contains("\"passed\"") {
             break;

@@ -53,6 +53,12 @@ pub fn pages() -> Router<AppState> {
         .route("/console", get(|| async { asset("index.html") }))
         .route("/console/", get(|| async { asset("index.html") }))
         .route("/console/console.js", get(|| async { asset("console.js") }))
+        .route("/console/limits.js", get(|| async { asset("limits.js") }))
+        .route(
+            "/console/gateways.js",
+            get(|| async { asset("gateways.js") }),
+        )
+        .route("/console/charts.js", get(|| async { asset("charts.js") }))
         .route(
             "/console/console.css",
             get(|| async { asset("console.css") }),
@@ -67,6 +73,18 @@ fn asset(name: &str) -> Response {
         ),
         "console.js" => (
             include_str!("../console/console.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "limits.js" => (
+            include_str!("../console/limits.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "gateways.js" => (
+            include_str!("../console/gateways.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "charts.js" => (
+            include_str!("../console/charts.js"),
             "text/javascript; charset=utf-8",
         ),
         _ => (

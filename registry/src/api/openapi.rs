@@ -39,7 +39,7 @@ fn error_responses(codes: &[u16]) -> Map<String, Value> {
                 412 => "If-Match does not match the resource version",
                 413 => "Request body too large",
                 429 => "Too many live views open",
-                503 => "Storage unavailable, or neither a router in this process nor messaging.mode nats (presence, live view, commands)",
+                503 => "Storage unavailable, or neither a router in this process nor messaging.mode nats (presence, live view, commands, stats)",
                 _ => "Error",
             };
             (
@@ -181,6 +181,32 @@ fn build() -> Value {
             "scope": { "type": "string", "enum": ["admin", "tenant"] },
             "tenant": { "type": "string", "description": "The tenant of a tenant token" } } }),
     );
+    let counts = |desc: &str, keys: &[&str]| {
+        let props: Map<String, Value> = keys
+            .iter()
+            .map(|k| ((*k).to_owned(), json!({ "type": "integer", "minimum": 0 })))
+            .collect();
+        json!({ "type": "object", "description": desc, "properties": props })
+    };
+    let statuses = ["forwarded", "undeliverable", "unprocessable"];
+    let outcomes = ["forwarded", "stored", "released", "rejected"];
+    schemas.insert(
+        "TenantStats".into(),
+        json!({ "type": "object", "required": ["tenant", "time", "source"],
+            "description": "A tenant's figures for the console's charts (Ferry extension; docs/console.md). Counters count since the process started; poll and divide differences by the difference of `time` for rates. `source` process: ferry up, read from the metrics the adapters and the router report (as /metrics shows them); presence (cluster mode): only `connected-devices`.",
+            "properties": {
+                "tenant": { "type": "string" },
+                "time": { "type": "string", "format": "date-time", "description": "When the figures were read" },
+                "source": { "type": "string", "enum": ["process", "presence"] },
+                "connections": { "type": "integer", "minimum": 0, "description": "Authenticated device connections now (hono_connections_authenticated, all adapters)" },
+                "connected-devices": { "type": "integer", "minimum": 0, "description": "Devices connected now, from presence" },
+                "telemetry": counts("Telemetry by Hono status, all adapters (hono_telemetry_processing_total)", &statuses),
+                "event": counts("Events by Hono status, all adapters", &statuses),
+                "router": { "type": "object", "description": "What the router did with them (ferry_router_messages_total)", "properties": {
+                    "telemetry": counts("Telemetry by outcome", &outcomes),
+                    "event": counts("Events by outcome", &outcomes) } },
+                "stored-events": { "type": "integer", "minimum": 0, "description": "Events stored and not yet consumed (ferry_router_event_store_depth)" } } }),
+    );
 
     let id = |name: &str, desc: &str| json!({ "name": name, "in": "path", "required": true, "description": desc, "schema": { "type": "string" } });
     let query = |name: &str, desc: &str, schema: Value| json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema });
@@ -255,6 +281,10 @@ fn build() -> Value {
         "/v1/commands/{tenantId}/{deviceId}": {
             "post": op(Op { summary: "Send a command to the device as an application would, and wait for its outcome and response (Ferry extension)", params: &["tenantId", "deviceId"], body: Some("ConsoleCommand"),
                 ok: (200, "What became of the command", Some(schema_ref("CommandResult"))), errors: &[400, 401, 404, 413, 503] }),
+        },
+        "/v1/stats/{tenantId}": {
+            "get": op(Op { summary: "The tenant's message counters and connections, for charts (Ferry extension; 503 when the registry runs without the adapters in its process and without presence)", params: &["tenantId"], body: None,
+                ok: (200, "The tenant's figures", Some(schema_ref("TenantStats"))), errors: &[400, 401, 404, 503] }),
         },
         "/v1/credentials/{tenantId}/{deviceId}": {
             "get": op(Op { summary: "Get a device's credentials (secret metadata, no secret data)", params: &["tenantId", "deviceId"], body: None,

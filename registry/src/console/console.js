@@ -131,6 +131,10 @@ async function tenantsPage() {
           'aria-label': (t.enabled === false ? 'Enable' : 'Disable') + ' tenant ' + t.id,
           onclick: () => act('Tenant updated', async () => { await toggleEnabled('/tenants/' + encodeURIComponent(t.id)); await load(); }) }),
         ' ',
+        el('a', { href: '#tenant/' + encodeURIComponent(t.id), text: 'Limits', 'aria-label': 'Limits of tenant ' + t.id }),
+        ' ',
+        el('a', { href: '#stats/' + encodeURIComponent(t.id), text: 'Charts', 'aria-label': 'Charts of tenant ' + t.id }),
+        ' ',
         el('a', { href: '#live/' + encodeURIComponent(t.id), text: 'Live messages' })))));
   }
   view('Tenants', form, el('table', {}, el('caption', { text: 'Tenants' }),
@@ -143,6 +147,7 @@ async function devicesPage(tenant) {
   const t = encodeURIComponent(tenant);
   const list = el('tbody');
   let query = '';
+  let gatewaysOnly = false;
   let online = new Set();
   const create = el('form', { id: 'device-form', 'aria-label': 'Create a device' },
     field('new-device-id', 'New device id (empty: generated)', { autocomplete: 'off' }),
@@ -158,20 +163,31 @@ async function devicesPage(tenant) {
   });
   const find = el('form', { role: 'search', 'aria-label': 'Search devices' },
     field('device-search', 'Device id contains', { type: 'search', autocomplete: 'off' }),
-    el('button', { type: 'submit', text: 'Search' }));
-  find.addEventListener('submit', (ev) => { ev.preventDefault(); query = $('device-search').value.trim(); act('', load); });
+    el('div', {}, el('label', { for: 'gateways-only', text: 'Gateways only' }), el('input', { id: 'gateways-only', type: 'checkbox' })),
+    el('button', { id: 'search-devices', type: 'submit', text: 'Search' }));
+  find.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    query = $('device-search').value.trim();
+    gatewaysOnly = $('gateways-only').checked;
+    act('', load);
+  });
   function presenceCell(id) {
     const on = online.has(id);
     return el('td', { class: 'presence ' + (on ? 'online' : 'offline'), text: on ? 'online' : 'offline' });
   }
   async function load() {
-    let path = '/devices/' + t + '?pageSize=200';
+    let path = '/devices/' + t + '?pageSize=200' + (gatewaysOnly ? '&isGateway=true' : '');
     if (query) path += '&filterJson=' + encodeURIComponent(JSON.stringify({ field: '/id', op: 'eq', value: '*' + query + '*' }));
     const devices = await search(path);
-    list.replaceChildren(...devices.map((d) => el('tr', { 'data-device': d.id },
+    // Gateways by the registry's rule (its isGateway filter): one search, no call per row.
+    const gateways = gatewaysOnly ? new Set(devices.map((d) => d.id)) : await gatewayIds(t);
+    list.replaceChildren(...devices.map((d) => el('tr', { 'data-device': d.id, 'data-gateway': gateways.has(d.id) ? 'true' : 'false' },
       el('td', {}, el('a', { href: '#device/' + t + '/' + encodeURIComponent(d.id), text: d.id })),
       el('td', { class: 'enabled', text: d.enabled === false ? 'disabled' : 'enabled' }),
       presenceCell(d.id),
+      el('td', { class: 'gateways' }, gateways.has(d.id) ? el('span', { class: 'gateway', text: 'gateway' }) : null,
+        gateways.has(d.id) && (d.via || []).length ? ' · ' : null,
+        (d.via || []).length ? 'via ' + d.via.join(', ') : null),
       el('td', {}, el('button', { type: 'button', class: 'secondary', text: d.enabled === false ? 'Enable' : 'Disable',
         'aria-label': (d.enabled === false ? 'Enable' : 'Disable') + ' device ' + d.id,
         onclick: () => act('Device updated', async () => { await toggleEnabled('/devices/' + t + '/' + encodeURIComponent(d.id)); await load(); }) })))));
@@ -184,9 +200,11 @@ async function devicesPage(tenant) {
       row.querySelector('.presence').replaceWith(presenceCell(row.getAttribute('data-device')));
     }
   }
-  view('Devices of ' + tenant, el('p', {}, el('a', { href: '#live/' + t, text: 'Live messages of this tenant' })), create, find,
+  view('Devices of ' + tenant, el('p', {}, el('a', { href: '#tenant/' + t, text: 'Tenant ' + tenant + ' (limits)' }), ' · ',
+    el('a', { href: '#stats/' + t, text: 'Charts' }), ' · ',
+    el('a', { href: '#live/' + t, text: 'Live messages of this tenant' })), create, find,
     el('table', {}, el('caption', { text: 'Devices (presence refreshed every half second)' }),
-      el('thead', {}, el('tr', {}, ...['Device', 'State', 'Presence', 'Actions'].map((h) => el('th', { scope: 'col', text: h })))), list));
+      el('thead', {}, el('tr', {}, ...['Device', 'State', 'Presence', 'Gateways', 'Actions'].map((h) => el('th', { scope: 'col', text: h })))), list));
   await act('', async () => { await load(); await poll(); });
   let stopped = false;
   const timer = setInterval(() => { if (!stopped) poll().catch((e) => showError(e.message)); }, 500);
@@ -202,6 +220,7 @@ async function devicePage(tenant, device) {
   const presence = el('dl', { id: 'presence' });
   const creds = el('tbody', { id: 'credentials' });
   const result = el('pre', { id: 'cmd-result', 'aria-live': 'polite' });
+  const gw = gatewaySection(tenant, device);
   const addPw = el('form', { id: 'password-form', 'aria-label': 'Add a password' },
     field('cred-auth-id', 'Auth id', { required: true, autocomplete: 'off', value: device }),
     field('cred-password', 'Password', { type: 'password', required: true, autocomplete: 'new-password' }),
@@ -261,11 +280,12 @@ async function devicePage(tenant, device) {
   view('Device ' + device + ' (tenant ' + tenant + ')',
     el('p', {}, el('a', { href: '#devices/' + t, text: 'Back to the devices of ' + tenant })),
     el('h3', { text: 'Presence' }), presence,
+    el('h3', { text: 'Gateways' }), gw.node,
     el('h3', { text: 'Credentials' }),
     el('table', {}, el('thead', {}, el('tr', {}, ...['Type', 'Auth id', 'State', 'Secrets (metadata)'].map((h) => el('th', { scope: 'col', text: h })))), creds),
     addPw,
     el('h3', { text: 'Send a command' }), cmd, el('h4', { text: 'Outcome' }), result);
-  await act('', async () => { await loadPresence(); await loadCreds(); });
+  await act('', async () => { await loadPresence(); await loadCreds(); await gw.load(); });
   const timer = setInterval(loadPresence, 1000);
   stopPage = () => clearInterval(timer);
 }
@@ -377,6 +397,8 @@ function route() {
   if (page === 'devices' && rest[0]) return devicesPage(rest[0]);
   if (page === 'device' && rest[1]) return devicePage(rest[0], rest[1]);
   if (page === 'live' && rest[0]) return livePage(rest[0]);
+  if (page === 'tenant' && rest[0]) return tenantPage(rest[0]);
+  if (page === 'stats' && rest[0]) return statsPage(rest[0]);
   if (page === 'applications') return applicationsPage();
   return tenantsPage();
 }

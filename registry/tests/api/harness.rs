@@ -97,14 +97,34 @@ impl Registry {
         Self::start(config, dir, None).await
     }
 
+    /// A registry on SQLite as `ferry up` runs it: with a router's bridge (in-memory presence), and
+    /// sharing `admin` (its metrics) with whatever else the test registers there.
+    pub async fn with_bridge(
+        admin: ferry_core::admin::Admin,
+        bridge: std::sync::Arc<ferry_core::console::RouterBridge>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = test_config(dir.path());
+        Self::start_with(config, dir, None, admin, Some(bridge)).await
+    }
+
     async fn start(
         config: Config,
         dir: tempfile::TempDir,
         pg: Option<ferry_test_support::PgDatabase>,
     ) -> Self {
-        let admin = ferry_core::admin::Admin::new();
+        Self::start_with(config, dir, pg, ferry_core::admin::Admin::new(), None).await
+    }
+
+    async fn start_with(
+        config: Config,
+        dir: tempfile::TempDir,
+        pg: Option<ferry_test_support::PgDatabase>,
+        admin: ferry_core::admin::Admin,
+        bridge: Option<std::sync::Arc<ferry_core::console::RouterBridge>>,
+    ) -> Self {
         let (trigger, shutdown) = shutdown::channel();
-        let started = ferry_registry::start(config, admin.clone(), shutdown)
+        let started = ferry_registry::start_with_bridge(config, admin.clone(), shutdown, bridge)
             .await
             .expect("registry starts");
         Self {
