@@ -349,3 +349,34 @@ fn the_console_in_headless_chromium_manages_devices_and_shows_presence_telemetry
     assert!(status.success(), "{}", browser.log());
     drop(consumer);
 }
+
+/// A tenant token signs in to the console: it lands on its own tenant's devices, the admin's pages are
+/// not offered, and asking for another tenant's pages brings it back to its own (headless Chromium).
+#[test]
+fn the_console_signed_in_with_a_tenant_token_shows_only_its_tenant() {
+    let ferry = Ferry::up();
+    for (tenant, device) in [("acme", "press-1"), ("globex", "saw-1")] {
+        ferry.tenant(tenant);
+        ferry.device(tenant, device, "{}");
+    }
+    let made = ferry.manage(&["token", "create", "acme", "--comment", "console test"]);
+    let token = made["token"].as_str().expect("a token");
+    let shots = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ferry-target"))
+        .join("console-screenshots");
+    let mut cmd = std::process::Command::new(test_python());
+    cmd.arg(clients_dir().join("console_tenant_token.py"))
+        .arg(&ferry.registry)
+        .arg(token)
+        .args(["acme", "globex", "press-1"])
+        .arg(&shots);
+    let mut browser = Process::spawn("console_tenant_token.py", cmd);
+    let line = browser.line(Duration::from_secs(120)).unwrap_or_default();
+    assert!(
+        line.contains("\"passed\""),
+        "{line}\n{}\nferry up:\n{}",
+        browser.log(),
+        ferry.process.log()
+    );
+}

@@ -67,8 +67,13 @@ async function act(what, fn) {
   try { await fn(); status(what); } catch (e) { showError(e.message); }
 }
 
+// The tenant of a tenant token (GET /v1/whoami), or null for the admin token.
+const SCOPE = 'ferry-console-tenant';
+const scopedTenant = () => sessionStorage.getItem(SCOPE);
+
 function signOut() {
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(SCOPE);
   stopPage();
   location.hash = '';
   route();
@@ -79,14 +84,17 @@ async function signIn(ev) {
   const t = $('signin-token').value.trim();
   sessionStorage.setItem(KEY, t);
   try {
-    // 200 or 404 (no tenants yet) means the token is good.
-    await api('GET', '/tenants?pageSize=1').catch((e) => { if (e.status !== 404) throw e; });
+    // The admin token, or a tenant token good for that tenant's devices only.
+    const { data } = await api('GET', '/whoami');
+    if (data && data.scope === 'tenant') sessionStorage.setItem(SCOPE, data.tenant);
+    else sessionStorage.removeItem(SCOPE);
     $('signin-token').value = '';
     showError('');
-    location.hash = '#tenants';
+    location.hash = scopedTenant() ? '#devices/' + encodeURIComponent(scopedTenant()) : '#tenants';
     route();
   } catch (e) {
     sessionStorage.removeItem(KEY);
+    sessionStorage.removeItem(SCOPE);
     showError(e.status === 401 ? 'Sign-in refused: ' + e.message : e.message);
   }
 }
@@ -394,6 +402,16 @@ function route() {
   $('nav').hidden = !signedIn;
   if (!signedIn) { $('view').hidden = true; $('signin-token').focus(); return; }
   const [page, ...rest] = location.hash.slice(1).split('/').map(decodeURIComponent);
+  const own = scopedTenant();
+  // A tenant token sees its own tenant's devices, live view and charts; the admin's pages are hidden.
+  $('nav-admin').hidden = !!own;
+  $('nav-admin-apps').hidden = !!own;
+  $('nav-own').hidden = !own;
+  if (own) {
+    $('nav-own-link').href = '#devices/' + encodeURIComponent(own);
+    const mine = ['devices', 'device', 'live', 'stats'].includes(page) && rest[0] === own;
+    if (!mine) return devicesPage(own);
+  }
   if (page === 'devices' && rest[0]) return devicesPage(rest[0]);
   if (page === 'device' && rest[1]) return devicePage(rest[0], rest[1]);
   if (page === 'live' && rest[0]) return livePage(rest[0]);
