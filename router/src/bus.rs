@@ -95,6 +95,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Bus {
+    /// The NATS client (the console's stats requests are answered on it).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// Connects to NATS (the first connection must succeed; later losses are reconnected by the client).
     pub async fn connect(
         config: &ferry_nats::NatsConfig,

@@ -270,6 +270,13 @@ async fn serve<S: EventStore>(
     });
     if let Some(bus) = &bus {
         tokio::spawn(bus.clone().follow_routes(shared.clone(), shutdown.clone()));
+        // The console's charts ask every router for a tenant's figures.
+        let metrics = admin.clone();
+        tokio::spawn(ferry_nats::stats::serve(
+            bus.client().clone(),
+            move || metrics.encode_metrics(),
+            shutdown.clone(),
+        ));
         let ready = admin.readiness("nats");
         let bus = bus.clone();
         let shutdown = shutdown.clone();

@@ -187,6 +187,19 @@ impl Downstream {
         })
     }
 
+    /// Cluster mode: answers the registry's stats requests (`ferry_nats::stats`) with the tenant's lines
+    /// of `encode()` (this process's metrics text) until `shutdown`. Embedded mode: nothing (the registry
+    /// reads the metrics of the process it shares with the adapters).
+    pub fn serve_stats(&self, encode: impl Fn() -> String + Send + 'static, shutdown: &Shutdown) {
+        if let Imp::Nats(n) = &self.imp {
+            tokio::spawn(ferry_nats::stats::serve(
+                n.client.clone(),
+                encode,
+                shutdown.clone(),
+            ));
+        }
+    }
+
     /// Whether the connection to the router (or NATS) is up (for readiness).
     pub fn is_connected(&self) -> bool {
         match &self.imp {

@@ -57,6 +57,9 @@ pub async fn prepare(
 ) -> Result<Prepared, StartError> {
     let readiness = admin.readiness(component);
     let (registry, downstream) = crate::upstream::connect(upstream, shutdown).await?;
+    // Cluster mode: the console's charts ask every component for a tenant's figures.
+    let metrics = admin.clone();
+    downstream.serve_stats(move || metrics.encode_metrics(), shutdown);
     let listeners = crate::listen::listen(listen, admin, shutdown).await?;
     let (command_link, commands) = downstream.commands(&upstream.settings.instance_id);
     Ok(Prepared {

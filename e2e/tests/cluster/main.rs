@@ -85,6 +85,27 @@ fn a_device_on_adapter_2_reaches_applications_on_both_routers_which_share_the_te
         assert_eq!(m["properties"]["orig_adapter"], "hono-mqtt");
         assert!(m["properties"].get("reg_assertion").is_none(), "{m}");
     }
+    // The console's figures: summed over the adapters (Hono's counters) and both routers.
+    let stats = stats(&c);
+    assert_eq!(stats["source"], "cluster", "{stats}");
+    assert_eq!(
+        stats["answers"], 5,
+        "2 routers, 2 MQTT adapters, 1 HTTP adapter: {stats}"
+    );
+    assert_eq!(stats["telemetry"]["forwarded"], 40, "{stats}");
+    assert_eq!(stats["router"]["telemetry"]["forwarded"], 40, "{stats}");
+}
+
+/// `GET /v1/stats/plant` with the admin token.
+fn stats(c: &Cluster) -> Value {
+    let token = std::fs::read_to_string(c.data_dir.join("admin-token")).expect("the admin token");
+    let r = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("{}/v1/stats/plant", c.registry),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).expect("JSON")
 }
 
 #[test]
@@ -336,18 +357,12 @@ fn presence_is_kept_in_nats_and_survives_losing_every_router() {
     assert_eq!(online["adapter"], "hono-mqtt", "{online}");
     assert!(online["since"].is_string(), "{online}");
 
-    // The tenant's figures (docs/console.md): the adapters' counters are in other processes, so the
-    // registry tells what it can know, the connected devices, from presence.
-    let r = curl(&[
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        &format!("{}/v1/stats/plant", c.registry),
-    ]);
-    assert_eq!(r.status, 200, "{}", r.body);
-    let stats: Value = serde_json::from_str(&r.body).expect("JSON");
-    assert_eq!(stats["source"], "presence", "{stats}");
+    // The tenant's figures (docs/console.md): gathered from every adapter and router over NATS, the
+    // connected devices from presence.
+    let stats = stats(&c);
+    assert_eq!(stats["source"], "cluster", "{stats}");
     assert_eq!(stats["connected-devices"], 1, "{stats}");
-    assert!(stats.get("telemetry").is_none(), "{stats}");
+    assert_eq!(stats["connections"], 1, "adapter 2's connection: {stats}");
 
     // Every router goes: nothing they held was presence.
     c.kill9("router-1");

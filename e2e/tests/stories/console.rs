@@ -371,7 +371,7 @@ fn the_console_signed_in_with_a_tenant_token_shows_only_its_tenant() {
         .arg(token)
         .args(["acme", "globex", "press-1"])
         .arg(&shots);
-    let mut browser = Process::spawn("console_tenant_token.py", cmd);
+    let browser = Process::spawn("console_tenant_token.py", cmd);
     let line = browser.line(Duration::from_secs(120)).unwrap_or_default();
     assert!(
         line.contains("\"passed\""),

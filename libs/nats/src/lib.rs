@@ -16,6 +16,7 @@ pub mod outcome;
 pub mod permissions;
 pub mod presence;
 pub mod routes;
+pub mod stats;
 pub mod streams;
 pub mod subjects;
 pub mod tap;

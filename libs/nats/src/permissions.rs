@@ -69,7 +69,7 @@ pub fn adapter() -> Permissions {
         .chain([format!("{REGISTRY_INBOX}.>")])
         .collect(),
         publish_deny: Vec::new(),
-        subscribe: own(&["ferry.command.>", "_INBOX.>"]),
+        subscribe: own(&["ferry.command.>", "_INBOX.>", crate::stats::STATS]),
     }
 }
 
@@ -82,9 +82,16 @@ pub fn router() -> Permissions {
             "$JS.API.>",
             "$JS.ACK.>",
             &format!("$KV.{BUCKET}.>"),
+            // Answers to the registry's stats requests.
+            &format!("{REGISTRY_INBOX}.>"),
         ]),
         publish_deny: own(&["ferry.telemetry.>", "ferry.event.>"]),
-        subscribe: own(&["ferry.telemetry.>", "ferry.command_response.>", "_INBOX.>"]),
+        subscribe: own(&[
+            "ferry.telemetry.>",
+            "ferry.command_response.>",
+            "_INBOX.>",
+            crate::stats::STATS,
+        ]),
     }
 }
 
@@ -104,6 +111,8 @@ pub fn registry() -> Permissions {
     publish.retain(|s| !s.starts_with("$KV."));
     publish.extend([
         "ferry.command.>".to_owned(),
+        // The console's charts ask every adapter and router for a tenant's figures.
+        crate::stats::STATS.to_owned(),
         // Answers to the adapters' response requests, which carry their inboxes as reply subjects.
         "_INBOX.>".to_owned(),
         // Its own inbox (a round trip to the server, `ferry_nats::round_trip`).

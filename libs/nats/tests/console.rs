@@ -565,3 +565,51 @@ async fn the_registrys_credential_cannot_send_device_traffic_write_routes_or_rea
         "a registry's credential wrote a route"
     );
 }
+
+/// The console's charts in cluster mode: every adapter and router answers the registry's stats request
+/// with its own lines of the tenant (not another tenant's), and the registry gathers them all; an
+/// adapter's credential cannot ask.
+#[tokio::test]
+async fn stats_are_gathered_from_every_component_for_one_tenant_only() {
+    use ferry_nats::stats;
+    let server = server();
+    let text = |n: u32| {
+        move || {
+            format!(
+                "# TYPE m counter\nm_total{{tenant=\"t1\",type=\"telemetry\"}} {n}\n\
+                 m_total{{tenant=\"t2\",type=\"telemetry\"}} 1000\n"
+            )
+        }
+    };
+    let (_trigger, shutdown) = ferry_core::shutdown::channel();
+    let adapter = connect(&server, "ferry-adapter", "adapter-pw").await;
+    let router = connect(&server, "ferry-router", "router-pw").await;
+    tokio::spawn(stats::serve(adapter.clone(), text(3), shutdown.clone()));
+    tokio::spawn(stats::serve(router.clone(), text(4), shutdown.clone()));
+    let registry = registry(&server).await;
+    // The components' subscriptions are in place once a gather sees both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (answer, n) = loop {
+        let (answer, n) = stats::gather(&registry, &tenant("t1"), stats::GATHER_WINDOW)
+            .await
+            .expect("gather");
+        if n == 2 || Instant::now() > deadline {
+            break (answer, n);
+        }
+    };
+    assert_eq!(n, 2, "both components answer: {answer}");
+    assert!(
+        answer.contains("m_total{tenant=\"t1\",type=\"telemetry\"} 3"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("m_total{tenant=\"t1\",type=\"telemetry\"} 4"),
+        "{answer}"
+    );
+    assert!(!answer.contains("t2"), "another tenant's figures: {answer}");
+    // Only the registry asks.
+    let (_, n) = stats::gather(&adapter, &tenant("t1"), stats::GATHER_WINDOW)
+        .await
+        .unwrap_or_default();
+    assert_eq!(n, 0, "an adapter's credential got stats answers");
+}

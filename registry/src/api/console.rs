@@ -122,6 +122,8 @@ fn asset(name: &str) -> Response {
 pub struct ClusterConsole {
     pub taps: ferry_nats::tap::Taps,
     pub commands: ferry_nats::commands::Sender,
+    /// The registry's NATS connection (the charts' stats requests, `ferry_nats::stats`).
+    pub client: async_nats::Client,
 }
 
 impl ClusterConsole {
@@ -133,7 +135,7 @@ impl ClusterConsole {
         signer: &ferry_core::assertion::SigningKey,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let commands = ferry_nats::commands::Sender::open(client, config.replicas)
+        let commands = ferry_nats::commands::Sender::open(client.clone(), config.replicas)
             .await
             .context("opening the command routes (messaging.nats)")?;
         let live = ferry_nats::connect_with(config, "ferry-registry-live", |o| {
@@ -152,6 +154,7 @@ impl ClusterConsole {
         Ok(Self {
             taps: ferry_nats::tap::Taps::new(live, Some(Arc::new(verifier))),
             commands,
+            client,
         })
     }
 }

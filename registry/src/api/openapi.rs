@@ -193,11 +193,12 @@ fn build() -> Value {
     schemas.insert(
         "TenantStats".into(),
         json!({ "type": "object", "required": ["tenant", "time", "source"],
-            "description": "A tenant's figures for the console's charts (Ferry extension; docs/console.md). Counters count since the process started; poll and divide differences by the difference of `time` for rates. `source` process: ferry up, read from the metrics the adapters and the router report (as /metrics shows them); presence (cluster mode): only `connected-devices`.",
+            "description": "A tenant's figures for the console's charts (Ferry extension; docs/console.md). Counters count since the process started; poll and divide differences by the difference of `time` for rates. `source` process: ferry up, read from the metrics the adapters and the router report (as /metrics shows them); cluster: the same series summed over the components that answered over NATS.",
             "properties": {
                 "tenant": { "type": "string" },
                 "time": { "type": "string", "format": "date-time", "description": "When the figures were read" },
-                "source": { "type": "string", "enum": ["process", "presence"] },
+                "source": { "type": "string", "enum": ["process", "cluster", "presence"], "description": "process: ferry up (this process's metrics); cluster: summed over the adapters and routers that answered over NATS; presence: connected devices only" },
+                "answers": { "type": "integer", "minimum": 0, "description": "cluster: how many adapters and routers answered" },
                 "connections": { "type": "integer", "minimum": 0, "description": "Authenticated device connections now (hono_connections_authenticated, all adapters)" },
                 "connected-devices": { "type": "integer", "minimum": 0, "description": "Devices connected now, from presence" },
                 "telemetry": counts("Telemetry by Hono status, all adapters (hono_telemetry_processing_total)", &statuses),

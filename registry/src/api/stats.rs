@@ -4,8 +4,9 @@
 //! Under `ferry up` the adapters and the router report into the process's one Prometheus registry
 //! ([`Admin`]); the registry reads the tenant's series from it ([`StatsSource`]), so the figures are the
 //! ones `/metrics` shows, counted since the process started. The console polls and turns the counters
-//! into rates. A registry without the adapters in its process (cluster mode) can only tell how many of
-//! the tenant's devices are connected (from presence); a registry with neither answers 503.
+//! into rates. In cluster mode (`messaging.mode: nats`) every adapter and router answers a stats request
+//! with its own lines of the tenant (`ferry_nats::stats`) and the registry sums them the same way
+//! (`source: cluster`, with the number of `answers`). A registry with neither answers 503.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -213,11 +214,12 @@ pub(crate) fn tenant_figures(text: &str, tenant: &str) -> Value {
 
 /// `GET /v1/stats/{tenant}`. Embedded (`ferry up`): `{"tenant", "time", "source": "process",
 /// "connections", "connected-devices", "telemetry", "event", "router", "stored-events"}`, counters since
-/// the process started. Cluster mode: `{"tenant", "time", "source": "presence", "connected-devices"}`.
+/// the process started. Cluster mode: the same figures summed over the adapters and routers that
+/// answered within [`ferry_nats::stats::GATHER_WINDOW`], `"source": "cluster"`, `"answers"`.
 async fn stats(State(s): State<AppState>, path: PathParams) -> Result<Response, ApiError> {
     let tenant = TenantId::new(path.0.first().map_or("", String::as_str))?;
     s.store.get_tenant(tenant.as_str()).await?;
-    if s.stats.is_none() && s.presence.is_none() {
+    if s.stats.is_none() && s.presence.is_none() && s.cluster.is_none() {
         return Err(ApiError::NotAvailable(
             "tenant statistics need the adapters and the router in the same process (ferry up), \
              or messaging.mode nats for connected devices only"
@@ -241,10 +243,28 @@ async fn stats(State(s): State<AppState>, path: PathParams) -> Result<Response, 
             figures["source"] = json!("process");
             figures
         }
-        None => json!({
-            "time": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            "source": "presence",
-        }),
+        None => match &s.cluster {
+            // Cluster mode: every adapter and router answers with its own lines of the tenant.
+            Some(cluster) => {
+                let time = Utc::now();
+                let (text, answers) = ferry_nats::stats::gather(
+                    &cluster.client,
+                    &tenant,
+                    ferry_nats::stats::GATHER_WINDOW,
+                )
+                .await
+                .map_err(|e| ApiError::NotAvailable(e.to_string()))?;
+                let mut figures = tenant_figures(&text, tenant.as_str());
+                figures["time"] = json!(time.to_rfc3339_opts(SecondsFormat::Millis, true));
+                figures["source"] = json!("cluster");
+                figures["answers"] = json!(answers);
+                figures
+            }
+            None => json!({
+                "time": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                "source": "presence",
+            }),
+        },
     };
     body["tenant"] = json!(tenant.as_str());
     if let Some(n) = connected {

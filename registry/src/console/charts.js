@@ -116,8 +116,10 @@ async function statsPage(tenant) {
     const { data } = await api('GET', '/stats/' + t);
     const now = Date.parse(data.time) || Date.now();
     const count = data.connections !== undefined ? data.connections : data['connected-devices'];
-    if (data.source === 'process') {
-      source.textContent = `Counted by this process since it started (the adapters' and the router's metrics). Devices connected now: ${data['connected-devices']}; events stored, not yet consumed: ${data['stored-events']}.`;
+    if (data.source === 'process' || data.source === 'cluster') {
+      source.textContent = data.source === 'process'
+        ? `Counted by this process since it started (the adapters' and the router's metrics). Devices connected now: ${data['connected-devices']}; events stored, not yet consumed: ${data['stored-events']}.`
+        : `Cluster mode: summed over the ${data.answers} adapters and routers that answered (each counts since it started). Devices connected now: ${data['connected-devices']}.`;
       if (last && now > last.time) {
         const secs = (now - last.time) / 1000;
         for (const kind of ['telemetry', 'event']) {
@@ -133,7 +135,7 @@ async function statsPage(tenant) {
       }
       last = { time: now, telemetry: data.telemetry, event: data.event };
     } else {
-      source.textContent = 'Cluster mode: only the connected devices (from presence) are known to the registry.';
+      source.textContent = 'Only the connected devices (from presence) are known to the registry.';
       unavailable('telemetry');
       unavailable('event');
     }

@@ -93,7 +93,7 @@ pub(crate) struct Nats {
     // The fields the command side (`commands::nats`) opens its subscription and routes with are the
     // downstream module's to read.
     pub(super) config: NatsDownstreamConfig,
-    pub(super) client: async_nats::Client,
+    pub(crate) client: async_nats::Client,
     js: jetstream::Context,
     /// The bucket of command routes, opened at connect.
     pub(super) routes_kv: kv::Store,
