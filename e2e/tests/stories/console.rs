@@ -371,7 +371,7 @@ fn the_console_signed_in_with_a_tenant_token_shows_only_its_tenant() {
         .arg(token)
         .args(["acme", "globex", "press-1"])
         .arg(&shots);
-    let browser = Process::spawn("console_tenant_token.py", cmd);
+    let mut browser = Process::spawn("console_tenant_token.py", cmd);
     let line = browser.line(Duration::from_secs(120)).unwrap_or_default();
     assert!(
         line.contains("\"passed\""),
@@ -379,4 +379,5 @@ fn the_console_signed_in_with_a_tenant_token_shows_only_its_tenant() {
         browser.log(),
         ferry.process.log()
     );
+    assert!(browser.wait_exit(WAIT).success(), "{}", browser.log());
 }
