@@ -80,6 +80,10 @@ pub struct ClusterArgs {
     /// Credit of every AMQP consumer (refreshed when half is used).
     #[arg(long, default_value_t = 5000)]
     pub credit: u32,
+    /// B11: which NATS node each process connects to (B12 always gives every process all three, so that
+    /// clients fail over).
+    #[arg(long, value_enum, default_value = "spread")]
+    pub nats_placement: platform::Placement,
     /// B12: target rate (msg/s, both flows together); default half of the capacity measured first.
     #[arg(long)]
     pub b12_rate: Option<f64>,

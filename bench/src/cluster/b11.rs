@@ -109,13 +109,14 @@ pub async fn run_b11(args: &ClusterArgs) -> anyhow::Result<()> {
     let m = args.mqtt_args();
     let (bin_dir, nats) = platform::binaries(args.bin_dir.as_deref())?;
     let mut embedded = Sut::start(Kind::Ferry, &m, args.publishers, false).await?;
-    let mut cluster = match Cluster::start(&bin_dir, &nats, args.server_cpus()).await {
-        Ok(c) => c,
-        Err(e) => {
-            embedded.stop();
-            return Err(e);
-        }
-    };
+    let mut cluster =
+        match Cluster::start(&bin_dir, &nats, args.server_cpus(), args.nats_placement).await {
+            Ok(c) => c,
+            Err(e) => {
+                embedded.stop();
+                return Err(e);
+            }
+        };
     let result = measure(args, &m, &mut embedded, &mut cluster).await;
     if let Some(dir) = &args.keep_logs {
         if let Err(e) = cluster.keep_logs(&dir.join("b11")) {
@@ -288,6 +289,17 @@ fn render(
         args.duration,
     ));
     out.push_str(&crate::mqtt::preamble(&m));
+    out.push_str(match args.nats_placement {
+        platform::Placement::Spread => {
+            "- NATS placement `spread`: each process is given one node — router-1 and the registry \
+             nats-0, router-2 and mqtt-1 nats-1, mqtt-2 and the HTTP adapter nats-2 — so every message \
+             crosses a route between two nodes (adapter's node → router-1's node).\n"
+        }
+        platform::Placement::Any => {
+            "- NATS placement `any`: every process is given all three nodes and its client picks one \
+             at random (as `ferry up --cluster`); whether a message crosses a route is chance.\n"
+        }
+    });
     out.push_str(&format!(
         "- Load average (1/5/15 min) at the start: {load_before}; at the end: {}\n- {nats_version}\n\n",
         super::load_average()
@@ -420,7 +432,11 @@ fn render(
         out.push_str(&format!("- {n}\n"));
     }
     out.push_str(&super::reproduce(&format!(
-        "--scenarios b11 --publishers {} --warmup {} --duration {} --runs {} {}",
+        "--scenarios b11 --nats-placement {} --publishers {} --warmup {} --duration {} --runs {} {}",
+        match args.nats_placement {
+            platform::Placement::Spread => "spread",
+            platform::Placement::Any => "any",
+        },
         args.publishers,
         args.warmup,
         args.duration,

@@ -54,7 +54,13 @@ pub async fn run_b12(args: &ClusterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.publishers >= 4, "B12 needs at least 4 devices");
     let load_before = super::load_average();
     let (bin_dir, nats) = platform::binaries(args.bin_dir.as_deref())?;
-    let mut cluster = Cluster::start(&bin_dir, &nats, args.server_cpus()).await?;
+    let mut cluster = Cluster::start(
+        &bin_dir,
+        &nats,
+        args.server_cpus(),
+        platform::Placement::Any,
+    )
+    .await?;
     let result = run_on(args, &mut cluster).await;
     if let Some(dir) = &args.keep_logs {
         if let Err(e) = cluster.keep_logs(&dir.join("b12")) {

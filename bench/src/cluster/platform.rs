@@ -47,6 +47,27 @@ impl PartKind {
     }
 }
 
+/// Which NATS node(s) each part is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// Every part gets all three URLs and its client picks one at random (as `ferry up --cluster`):
+    /// whether a message crosses a route between nodes is chance.
+    Any,
+    /// Each part gets one node: router-1 and the registry nats-0, router-2 and mqtt-1 nats-1, mqtt-2
+    /// and the HTTP adapter nats-2; every message of B11 (adapters → router-1) crosses a route. No
+    /// failover to another node (B11 kills nothing).
+    Spread,
+}
+
+/// The node part `name` is pinned to under [`Placement::Spread`].
+fn spread_node(name: &str) -> usize {
+    match name {
+        "router-2" | "mqtt-1" => 1,
+        "mqtt-2" | "http-1" => 2,
+        _ => 0,
+    }
+}
+
 /// One process of the cluster.
 pub struct Part {
     pub kind: PartKind,
@@ -92,7 +113,12 @@ pub fn nats_version(nats: &Path) -> String {
 
 impl Cluster {
     /// Starts the NATS nodes, then registry, routers and adapters (each waited for).
-    pub async fn start(bin_dir: &Path, nats: &Path, cpus: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn start(
+        bin_dir: &Path,
+        nats: &Path,
+        cpus: Option<&str>,
+        placement: Placement,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("ferry-bench-cluster-")
             .tempdir()?;
@@ -163,7 +189,7 @@ impl Cluster {
         for (i, part) in parts.iter_mut().enumerate() {
             part.server.wait_tcp(nats_client[i], READY).await?;
         }
-        let urls = format!(
+        let all_urls = format!(
             "[{}]",
             nats_client
                 .iter()
@@ -171,16 +197,22 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let messaging = |cmd: &mut std::process::Command, prefix: &str, user: &str, pw: &str| {
-            cmd.env(format!("{prefix}MESSAGING__MODE"), "nats")
-                .env(format!("{prefix}MESSAGING__NATS__URLS"), &urls)
-                .env(format!("{prefix}MESSAGING__NATS__USER"), user)
-                .env(format!("{prefix}MESSAGING__NATS__PASSWORD"), pw)
-                .env(
-                    format!("{prefix}MESSAGING__NATS__REPLICAS"),
-                    NATS_NODES.to_string(),
-                );
+        let urls_of = |part: &str| match placement {
+            Placement::Any => all_urls.clone(),
+            Placement::Spread => format!("[nats://{}]", nats_client[spread_node(part)]),
         };
+        let messaging =
+            |cmd: &mut std::process::Command, part: &str, prefix: &str, user: &str, pw: &str| {
+                let urls = urls_of(part);
+                cmd.env(format!("{prefix}MESSAGING__MODE"), "nats")
+                    .env(format!("{prefix}MESSAGING__NATS__URLS"), &urls)
+                    .env(format!("{prefix}MESSAGING__NATS__USER"), user)
+                    .env(format!("{prefix}MESSAGING__NATS__PASSWORD"), pw)
+                    .env(
+                        format!("{prefix}MESSAGING__NATS__REPLICAS"),
+                        NATS_NODES.to_string(),
+                    );
+            };
 
         let registry_addr = procs::free_port()?;
         let mut cmd = command(cpus, &bin_dir.join("ferry-registry"));
@@ -190,7 +222,13 @@ impl Cluster {
             .env("FERRY_REGISTRY_INTERNAL_TOKEN", &internal)
             // As embedded mode's platform: provisioning and the adapters' first verify stay cheap.
             .env("FERRY_REGISTRY_BCRYPT_COST", "4");
-        messaging(&mut cmd, "FERRY_REGISTRY_", "ferry-registry", &registry_pw);
+        messaging(
+            &mut cmd,
+            "registry",
+            "FERRY_REGISTRY_",
+            "ferry-registry",
+            &registry_pw,
+        );
         let mut registry = Server::spawn("registry", cmd, &dir.path().join("registry.log"))?;
         registry.wait_ready(registry_addr, READY).await?;
         parts.push(Part {
@@ -213,8 +251,8 @@ impl Cluster {
                 )
                 .env("FERRY_ROUTER_REGISTRY_URL", &registry_url)
                 .env("FERRY_ROUTER_REGISTRY_TOKEN", &internal);
-            messaging(&mut cmd, "FERRY_ROUTER_", "ferry-router", &router_pw);
             let name = format!("router-{i}");
+            messaging(&mut cmd, &name, "FERRY_ROUTER_", "ferry-router", &router_pw);
             let server = Server::spawn(&name, cmd, &dir.path().join(format!("{name}.log")))?;
             parts.push(Part {
                 kind: PartKind::Router,
@@ -233,8 +271,8 @@ impl Cluster {
                 .env("FERRY_MQTT_INSTANCE_ID", format!("mqtt-{i}"))
                 .env("FERRY_MQTT_REGISTRY_URL", &registry_url)
                 .env("FERRY_MQTT_REGISTRY_TOKEN", &internal);
-            messaging(&mut cmd, "FERRY_MQTT_", "ferry-adapter", &adapter_pw);
             let name = format!("mqtt-{i}");
+            messaging(&mut cmd, &name, "FERRY_MQTT_", "ferry-adapter", &adapter_pw);
             let server = Server::spawn(&name, cmd, &dir.path().join(format!("{name}.log")))?;
             parts.push(Part {
                 kind: PartKind::Adapter,
@@ -252,7 +290,13 @@ impl Cluster {
                 .env("FERRY_HTTP_INSTANCE_ID", "http-1")
                 .env("FERRY_HTTP_REGISTRY_URL", &registry_url)
                 .env("FERRY_HTTP_REGISTRY_TOKEN", &internal);
-            messaging(&mut cmd, "FERRY_HTTP_", "ferry-adapter", &adapter_pw);
+            messaging(
+                &mut cmd,
+                "http-1",
+                "FERRY_HTTP_",
+                "ferry-adapter",
+                &adapter_pw,
+            );
             let server = Server::spawn("http-1", cmd, &dir.path().join("http-1.log"))?;
             parts.push(Part {
                 kind: PartKind::Adapter,

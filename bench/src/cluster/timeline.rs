@@ -401,7 +401,11 @@ mod tests {
         assert_eq!(connected_at(&logs, 500 * MS), 2);
         assert_eq!(connected_at(&logs, 1100 * MS), 1);
         assert_eq!(connected_at(&logs, 1300 * MS), 2);
-        assert_eq!(connected_at(&logs, 1600 * MS), 2, "device 2 never connected");
+        assert_eq!(
+            connected_at(&logs, 1600 * MS),
+            2,
+            "device 2 never connected"
+        );
         let text = csv(
             &deliveries,
             |p| p as usize % 2,
