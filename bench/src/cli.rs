@@ -35,6 +35,8 @@ pub enum Scenario {
     All(crate::all::AllArgs),
     /// B1/B2, B3, B5, B6, B7: MQTT scenarios, Ferry side by side with Mosquitto (and ActiveMQ for B3).
     Mqtt(crate::mqtt::MqttArgs),
+    /// B11, B12: cluster mode (NATS JetStream): CPU per message vs embedded mode; failover under load.
+    Cluster(crate::cluster::ClusterArgs),
     /// B10: soak under QoS 1 load; memory growth, lost QoS 1 messages, latency drift.
     Soak(crate::mqtt::soak::SoakArgs),
     /// Holds idle MQTT connections for B6 (started by `ferry-bench mqtt`).

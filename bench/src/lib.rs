@@ -10,6 +10,7 @@ pub mod amqp;
 pub mod assertion;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod cpu;
 pub mod events;
 pub mod footprint;
@@ -73,6 +74,10 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Scenario::Mqtt(args) => {
             let cpus = (!args.pinning.no_pin).then_some(args.pinning.client_cpus.as_str());
             generator_runtime(cpus)?.block_on(mqtt::run(&args))
+        }
+        cli::Scenario::Cluster(args) => {
+            let cpus = (!args.pinning.no_pin).then_some(args.pinning.client_cpus.as_str());
+            generator_runtime(cpus)?.block_on(cluster::run(&args))
         }
         cli::Scenario::Soak(args) => {
             let cpus = (!args.pinning.no_pin).then_some(args.pinning.client_cpus.as_str());

@@ -373,6 +373,7 @@ impl Sut {
         PublisherSpec {
             login: self.login(i, format!("pub-{i}"), 60),
             topic,
+            addr: None,
         }
     }
 

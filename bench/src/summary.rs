@@ -64,6 +64,16 @@ pub const ROWS: &[(&str, &str, &str)] = &[
         "Soak at 50 % of B1's rate, QoS 1",
         "RSS growth ≤ 5 %, zero lost, p99 drift ≤ 2×",
     ),
+    (
+        "B11",
+        "Cluster mode (3 NATS nodes) CPU per delivered message, all processes summed",
+        "≤ 1.5× embedded mode's, zero loss",
+    ),
+    (
+        "B12",
+        "Cluster-mode failover under QoS 1 load: kill -9 a router, a NATS node, an adapter",
+        "0 accepted lost; resumes ≤ 2 s; only the killed adapter's devices reconnect",
+    ),
 ];
 
 /// One row of the summary, as a scenario reports it.
@@ -202,7 +212,7 @@ pub fn render_summary(
             ]);
         }
     }
-    let mut out = String::from("## Summary: B1–B10 against their goals\n\n");
+    let mut out = String::from("## Summary: B1–B12 against their goals\n\n");
     out.push_str(
         "One row per goal of docs/BENCHMARKS.md, collected from the scenario sections below (each row links \
          to its figures by id; the date says when that scenario last ran). Ratios are Ferry / peer measured \

@@ -61,7 +61,7 @@ pub struct Platform {
 }
 
 /// A clean environment for a Ferry binary: nothing of the caller's `FERRY_*` leaks in.
-fn command(cpus: Option<&str>, bin: &Path) -> std::process::Command {
+pub(crate) fn command(cpus: Option<&str>, bin: &Path) -> std::process::Command {
     let mut cmd = pin::command(cpus, bin);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("FERRY_") {
@@ -157,62 +157,72 @@ impl Platform {
     /// Tenant [`TENANT`], devices `d0..d{n-1}` with hashed-password credentials `a{i}` / [`password`],
     /// and application user [`APP_USER`] for the tenant; `parallel` requests at a time.
     pub async fn provision(&self, devices: usize, parallel: usize) -> anyhow::Result<()> {
-        let base = Arc::new(Base::new(self.registry_addr, &self.admin_token)?);
-        let mut conn = Conn::open(self.registry_addr).await?;
-        call(
-            &mut conn,
-            &base,
-            Method::POST,
-            format!("/v1/tenants/{TENANT}"),
-            "{}",
-        )
-        .await?;
-        call(
-            &mut conn,
-            &base,
-            Method::PUT,
-            format!("/v1/applications/{APP_USER}"),
-            &json!({ "password": APP_PASSWORD, "tenants": [TENANT] }).to_string(),
-        )
-        .await?;
-        let parallel = parallel.clamp(1, devices.max(1));
-        let mut tasks = JoinSet::new();
-        for k in 0..parallel {
-            let base = base.clone();
-            let addr = self.registry_addr;
-            tasks.spawn(async move {
-                let mut conn = Conn::open(addr).await?;
-                for i in (k..devices).step_by(parallel) {
-                    call(
-                        &mut conn,
-                        &base,
-                        Method::POST,
-                        format!("/v1/devices/{TENANT}/d{i}"),
-                        "{}",
-                    )
-                    .await?;
-                    let creds = json!([{
-                        "type": "hashed-password",
-                        "auth-id": format!("a{i}"),
-                        "secrets": [{ "pwd-plain": password(i) }],
-                    }]);
-                    call(
-                        &mut conn,
-                        &base,
-                        Method::PUT,
-                        format!("/v1/credentials/{TENANT}/d{i}"),
-                        &creds.to_string(),
-                    )
-                    .await?;
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r??;
-        }
-        Ok(())
+        provision(self.registry_addr, &self.admin_token, devices, parallel).await
     }
+}
+
+/// [`Platform::provision`] against any registry (also cluster mode's).
+pub async fn provision(
+    registry_addr: SocketAddr,
+    admin_token: &str,
+    devices: usize,
+    parallel: usize,
+) -> anyhow::Result<()> {
+    let base = Arc::new(Base::new(registry_addr, admin_token)?);
+    let mut conn = Conn::open(registry_addr).await?;
+    call(
+        &mut conn,
+        &base,
+        Method::POST,
+        format!("/v1/tenants/{TENANT}"),
+        "{}",
+    )
+    .await?;
+    call(
+        &mut conn,
+        &base,
+        Method::PUT,
+        format!("/v1/applications/{APP_USER}"),
+        &json!({ "password": APP_PASSWORD, "tenants": [TENANT] }).to_string(),
+    )
+    .await?;
+    let parallel = parallel.clamp(1, devices.max(1));
+    let mut tasks = JoinSet::new();
+    for k in 0..parallel {
+        let base = base.clone();
+        let addr = registry_addr;
+        tasks.spawn(async move {
+            let mut conn = Conn::open(addr).await?;
+            for i in (k..devices).step_by(parallel) {
+                call(
+                    &mut conn,
+                    &base,
+                    Method::POST,
+                    format!("/v1/devices/{TENANT}/d{i}"),
+                    "{}",
+                )
+                .await?;
+                let creds = json!([{
+                    "type": "hashed-password",
+                    "auth-id": format!("a{i}"),
+                    "secrets": [{ "pwd-plain": password(i) }],
+                }]);
+                call(
+                    &mut conn,
+                    &base,
+                    Method::PUT,
+                    format!("/v1/credentials/{TENANT}/d{i}"),
+                    &creds.to_string(),
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
 }
 
 /// The password of device `i` (the same for its Mosquitto user).

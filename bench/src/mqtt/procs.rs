@@ -108,6 +108,17 @@ impl Server {
         rss_kib(self.pid())
     }
 
+    /// SIGKILL now (`kill -9`, our own child by its pid) and reaps it: the failure B12 injects.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited (or been killed).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// Sends SIGTERM and waits up to `grace` before killing.
     pub fn stop(&mut self, grace: Duration) {
         if self.child.try_wait().ok().flatten().is_some() {

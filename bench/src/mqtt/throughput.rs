@@ -115,7 +115,7 @@ pub async fn measure_open(
     })
 }
 
-fn spec(sut: &Sut, args: &MqttArgs, flow: Flow, qos: u8, track: bool) -> TrafficSpec {
+pub(crate) fn spec(sut: &Sut, args: &MqttArgs, flow: Flow, qos: u8, track: bool) -> TrafficSpec {
     TrafficSpec {
         mqtt: sut.mqtt_addr(),
         publishers: (0..args.publishers)
@@ -128,11 +128,11 @@ fn spec(sut: &Sut, args: &MqttArgs, flow: Flow, qos: u8, track: bool) -> Traffic
     }
 }
 
-fn secs(s: f64) -> Duration {
+pub(crate) fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.1))
 }
 
-fn met(ok: bool) -> &'static str {
+pub(crate) fn met(ok: bool) -> &'static str {
     if ok {
         "**met**"
     } else {

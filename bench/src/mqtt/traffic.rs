@@ -82,6 +82,15 @@ impl Seen {
         true
     }
 
+    /// Whether (publisher, seq) was seen.
+    pub fn contains(&self, publisher: usize, seq: u64) -> bool {
+        let word = usize::try_from(seq / 64).unwrap_or(usize::MAX);
+        self.bits
+            .get(publisher)
+            .and_then(|b| b.get(word))
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
     /// Sequence numbers below `upto` of `publisher` that were never seen.
     pub fn missing(&self, publisher: usize, upto: u64) -> u64 {
         let Some(bits) = self.bits.get(publisher) else {
@@ -168,6 +177,9 @@ pub enum ReceiverSpec {
 pub struct PublisherSpec {
     pub login: Login,
     pub topic: String,
+    /// The server this publisher connects to, when not [`TrafficSpec::mqtt`] (cluster mode spreads the
+    /// publishers over several adapters).
+    pub addr: Option<SocketAddr>,
 }
 
 /// The whole load.
@@ -232,7 +244,7 @@ impl Traffic {
             let mut connecting = JoinSet::new();
             for &i in chunk {
                 let login = spec.publishers[i].login.clone();
-                let addr = spec.mqtt;
+                let addr = spec.publishers[i].addr.unwrap_or(spec.mqtt);
                 connecting.spawn(async move {
                     let mut rest = BytesMut::with_capacity(4096);
                     let s = wire::connect(addr, None, &login, &mut rest).await?;
@@ -572,6 +584,9 @@ mod tests {
         assert_eq!(s.missing(0, 131), 131 - 5);
         assert_eq!(s.missing(1, 10), 10);
         assert_eq!(s.missing(7, 3), 3);
+        assert!(
+            s.contains(0, 130) && !s.contains(0, 3) && !s.contains(0, 999) && !s.contains(9, 0)
+        );
     }
 
     #[test]
