@@ -7,8 +7,8 @@
 //!   streams. They cannot subscribe to telemetry, events or responses, and cannot read a stream's
 //!   messages through the JetStream API (no consumer can be created).
 //! - **Routers** take telemetry and responses, pull events through the shared durable consumers and
-//!   acknowledge them, send commands, and read and prune command routes. They cannot publish telemetry
-//!   or events as a device.
+//!   acknowledge them, send commands, read and prune command routes, and write presence. They cannot
+//!   publish telemetry or events as a device.
 //!
 //! - **Registries** read device presence (the presence bucket) and command routes, watch the tenants'
 //!   telemetry and events for the console's live view (plain subscriptions), send the console's
@@ -82,6 +82,8 @@ pub fn router() -> Permissions {
             "$JS.API.>",
             "$JS.ACK.>",
             &format!("$KV.{BUCKET}.>"),
+            // Presence: ttd, Hono's connection events and last-seen (docs/console.md).
+            &format!("$KV.{PRESENCE}.>"),
             // Answers to the registry's stats requests.
             &format!("{REGISTRY_INBOX}.>"),
         ]),

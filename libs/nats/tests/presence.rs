@@ -104,6 +104,10 @@ async fn adapters_and_routers_write_presence_and_the_registry_reads_it() {
         router.record(update("t1", &format!("d{i}"), PresenceChange::Seen));
     }
     until(&registry, "t1", "d49", |c| c).await;
+    // What only a router records (a device's ttd, here its connection through a router) lands too: the
+    // router's credential may write the bucket.
+    router.record(update("t3", "via-router", connected("router-1/ttd")));
+    until(&registry, "t3", "via-router", |c| c).await;
     let mut list = registry
         .connected(&TenantId::new("t1").expect("t"))
         .await
