@@ -17,8 +17,10 @@ use crate::{subjects, Error};
 /// The durable consumer of a tenant's event stream, shared by every router.
 pub const EVENT_CONSUMER: &str = "ferry-routers";
 
-/// How long a router may hold an event unacknowledged before JetStream hands it out again.
-pub const EVENT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long an event taken by a router may go without word from it (an ack, a `nak`, or an
+/// in-progress report, which a router sends while an application holds the event) before JetStream
+/// hands it to another router: how soon the events of a router that died come back.
+pub const EVENT_ACK_WAIT: Duration = Duration::from_secs(4);
 
 /// Limits of one tenant's event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! as this router's consumers have credit, and acknowledged with their outcomes.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use fe2o3_amqp_types::messaging::DeliveryState;
@@ -43,17 +43,25 @@ impl Bus {
         .await?;
         let credit = shared.hub.credit_signal(addr);
         let (tx, mut outcomes) = mpsc::unbounded_channel::<(u64, DeliveryState)>();
-        let mut held: HashMap<u64, jetstream::Message> = HashMap::new();
+        // Events handed to applications and not yet settled, with when they were taken (or last
+        // reported in progress).
+        let mut held: HashMap<u64, (Instant, jetstream::Message)> = HashMap::new();
         let mut next = 0u64;
-        let settle =
-            |held: &mut HashMap<u64, jetstream::Message>, id: u64, state: DeliveryState| {
-                let msg = held.remove(&id)?;
-                let kind = match state {
-                    DeliveryState::Accepted(_) | DeliveryState::Rejected(_) => AckKind::Ack,
-                    _ => AckKind::Nak(None),
-                };
-                Some((msg, kind))
+        // While an application holds an event, JetStream is told it is in progress, so the ack wait
+        // (short, so that a dead router's events come back soon) does not hand it to another router.
+        let every = (self.event_ack_wait / 4).max(Duration::from_millis(250));
+        let mut progress = tokio::time::interval(every);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let settle = |held: &mut HashMap<u64, (Instant, jetstream::Message)>,
+                      id: u64,
+                      state: DeliveryState| {
+            let (_, msg) = held.remove(&id)?;
+            let kind = match state {
+                DeliveryState::Accepted(_) | DeliveryState::Rejected(_) => AckKind::Ack,
+                _ => AckKind::Nak(None),
             };
+            Some((msg, kind))
+        };
         'outer: loop {
             let available = shared.hub.available_credit(addr);
             if available <= 0 || held.len() >= EVENT_BATCH * 4 {
@@ -65,6 +73,7 @@ impl Bus {
                             ack(&msg, kind).await;
                         }
                     }
+                    _ = progress.tick() => in_progress(&mut held, every).await,
                 }
                 continue;
             }
@@ -85,6 +94,7 @@ impl Bus {
                             ack(&msg, kind).await;
                         }
                     }
+                    _ = progress.tick() => in_progress(&mut held, every).await,
                     item = batch.next() => {
                         let Some(item) = item else { break };
                         let msg = match item {
@@ -109,7 +119,7 @@ impl Bus {
                         match shared.hub.route_remote(addr, payload, false, origin) {
                             Routed::Forwarded => {
                                 addr.counters.count(Counted::Forwarded, size);
-                                held.insert(next, msg);
+                                held.insert(next, (Instant::now(), msg));
                             }
                             Routed::NoConsumer => ack(&msg, AckKind::Nak(None)).await,
                         }
@@ -117,16 +127,28 @@ impl Bus {
                 }
             }
         }
-        // Outcomes already on their way are passed on; the rest come back after the ack wait.
+        // Outcomes already on their way are passed on; the rest are handed back at once.
         while let Ok((id, state)) = outcomes.try_recv() {
             if let Some((msg, kind)) = settle(&mut held, id, state) {
                 ack(&msg, kind).await;
             }
         }
-        for (_, msg) in held {
+        for (_, (_, msg)) in held {
             ack(&msg, AckKind::Nak(None)).await;
         }
         Ok(())
+    }
+}
+
+/// Tells JetStream that the events held for at least `age` are still being worked on (their ack wait
+/// starts again).
+async fn in_progress(held: &mut HashMap<u64, (Instant, jetstream::Message)>, age: Duration) {
+    let now = Instant::now();
+    for (since, msg) in held.values_mut() {
+        if now.duration_since(*since) >= age {
+            ack(msg, AckKind::Progress).await;
+            *since = now;
+        }
     }
 }
 

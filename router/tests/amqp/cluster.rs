@@ -436,6 +436,52 @@ async fn an_event_unsettled_on_a_router_that_stops_is_delivered_by_another() {
     r2.accept(&d).await.expect("accept");
 }
 
+/// The redelivery wait is short (a dead router's events come back soon), so a router tells JetStream
+/// that an event its application still holds is in progress: before, an application that took longer
+/// than the wait to settle got the event also delivered through another router.
+#[tokio::test]
+async fn an_event_held_longer_than_the_redelivery_wait_is_not_given_to_another_router() {
+    let nats = NatsServer::start();
+    let (p1, client) = cluster(&nats).await;
+    let (p2, _) = cluster_on(&nats, &p1).await;
+    let js = jetstream::new(client.clone());
+    ferry_nats::streams::event_stream(&js, "t1", ferry_nats::streams::EventLimits::default(), 1)
+        .await
+        .expect("stream");
+    let token = p1.assertion("t1", "d1").await;
+    let mut a1 = p1.app("app1", "pw1").await;
+    let mut r1 = a1.receiver("event/t1", 10).await;
+    js.publish(
+        subjects::event("t1"),
+        encode(&device_message("d1", Some(&token), b"slow")),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let d = recv_within(&mut r1, 5000)
+        .await
+        .expect("delivered on router 1");
+    let mut a2 = p2.app("app1", "pw1").await;
+    let mut r2 = a2.receiver("event/t1", 10).await;
+    // Held for more than twice the redelivery wait (2 s here).
+    assert!(
+        recv_within(&mut r2, 5000).await.is_none(),
+        "an event held on router 1 was delivered again on router 2"
+    );
+    r1.accept(&d).await.expect("accept");
+    let mut stream = js.get_stream("FERRY_EVENTS_t1").await.expect("stream");
+    let mut left = u64::MAX;
+    for _ in 0..50 {
+        left = stream.info().await.expect("info").state.messages;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "the accepted event is still stored");
+}
+
 #[tokio::test]
 async fn commands_reach_the_instance_named_in_the_route_bucket_and_fail_fast_when_it_is_gone() {
     let nats = NatsServer::start();
