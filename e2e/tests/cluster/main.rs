@@ -388,6 +388,16 @@ fn a_tenants_max_stored_events_limits_its_event_stream() {
     c.application("ops", "pw-ops", &["plant"]);
     c.tenant("mill");
     c.device_with_password("mill", "saw-1", "saw1", "pw-saw");
+    // An application comes first, as they usually do: its router makes the tenant's stream (with the
+    // defaults, routers know no tenant's limits), which the adapter then brings to the tenant's.
+    let early = attached(proton_app(&[
+        "consume",
+        &c.amqp_url(1, "ops", "pw-ops"),
+        "event/plant",
+        "1",
+        "1",
+    ]));
+    drop(early);
     let event = |login: &str, seq: u32| {
         curl(&[
             "-u",

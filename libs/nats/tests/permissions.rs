@@ -164,3 +164,23 @@ async fn adapters_write_command_routes_and_routers_read_them() {
         .expect("delete"));
     assert_eq!(written.get(&key).await.expect("get"), None);
 }
+
+/// A router makes a tenant's stream first (an application attached before any event); an adapter then
+/// brings it to the tenant's limits: its credential may update the stream, and the update is taken.
+#[tokio::test]
+async fn an_adapter_brings_a_stream_a_router_made_to_the_tenants_limits() {
+    let server = server();
+    let adapter = connect(&server, "ferry-adapter", "adapter-pw").await;
+    let router = connect(&server, "ferry-router", "router-pw").await;
+    ferry_nats::streams::open_event_stream(&js(&router), "t1", 1)
+        .await
+        .expect("the router makes the stream");
+    let limits = EventLimits {
+        max_events: 7,
+        ..EventLimits::default()
+    };
+    let mut s = event_stream(&js(&adapter), "t1", limits, 1)
+        .await
+        .expect("the adapter updates it");
+    assert_eq!(s.info().await.expect("info").config.max_messages, 7);
+}

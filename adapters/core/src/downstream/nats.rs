@@ -212,19 +212,26 @@ impl Nats {
                 // "No stream" also answers while a new stream has no leader yet (a moment after it
                 // was made, or after a node went): look it up (or make it again, if it was deleted)
                 // and try again, within the outcome bound.
+                // Everything, the lookups included, within one bound: a stream whose leader went
+                // answers "no stream" until a new one is elected (a few seconds), and its lookup
+                // fails meanwhile too; the publish is tried again until then, not given up on the
+                // lookup's failure.
                 let deadline = tokio::time::Instant::now() + self.config.outcome_timeout;
+                let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
                 loop {
                     match self
-                        .publish_event(subjects.event.clone(), h.clone(), payload.clone())
+                        .publish_event(subjects.event.clone(), h.clone(), payload.clone(), left())
                         .await
                     {
                         Err(Publish::NoStream) => {
-                            if tokio::time::Instant::now() >= deadline {
+                            if left().is_zero() {
                                 break Err(DownstreamError::NoCredit);
                             }
                             write(&self.streams).remove(&tenant);
-                            self.event_stream(&tenant, limits).await?;
-                            tokio::time::sleep(STREAM_RETRY).await;
+                            let _ =
+                                tokio::time::timeout(left(), self.event_stream(&tenant, limits))
+                                    .await;
+                            tokio::time::sleep(STREAM_RETRY.min(left())).await;
                         }
                         Err(Publish::Failed(e)) => break Err(e),
                         Ok(o) => break Ok(o),
@@ -307,6 +314,7 @@ impl Nats {
         subject: Subject,
         headers: HeaderMap,
         payload: Bytes,
+        within: Duration,
     ) -> Result<SendOutcome, Publish> {
         let publish = async {
             let ack = self
@@ -315,7 +323,7 @@ impl Nats {
                 .await?;
             ack.await
         };
-        let acked = tokio::time::timeout(self.config.outcome_timeout, publish)
+        let acked = tokio::time::timeout(within, publish)
             .await
             .map_err(|_| Publish::Failed(DownstreamError::Timeout))?;
         match acked {
@@ -355,19 +363,49 @@ impl Nats {
                 return Ok(*age);
             }
         }
+        let desired = self.stream_limits(wanted.unwrap_or_default());
         let once = || async {
             let name = streams::event_stream_name(tenant.as_str());
-            if wanted.is_none() {
-                if let Ok(mut s) = self.js.get_stream(&name).await {
-                    if let Ok(info) = s.info().await {
-                        return Ok(info.config.max_age);
+            if let Ok(mut s) = self.js.get_stream(&name).await {
+                if let Ok(info) = s.info().await {
+                    let c = &info.config;
+                    let current =
+                        c.max_messages == desired.max_events && c.max_bytes == desired.max_bytes;
+                    if wanted.is_none() || current {
+                        return Ok(c.max_age);
                     }
+                    // The tenant's limits changed (or a router made the stream with the defaults):
+                    // brought to them. Should that fail, the stream serves as it is; the limits are
+                    // tried again when the tenant's limits next change.
+                    // An update is answered by the stream's leader: a stream made a moment ago (by a
+                    // router) may have none yet, and the request would wait out the whole bound.
+                    if info.cluster.as_ref().is_some_and(|c| c.leader.is_none()) {
+                        return Err(ferry_nats::Error::Stream {
+                            stream: name,
+                            message: "no leader yet".into(),
+                        });
+                    }
+                    tracing::debug!(%tenant, ?desired, "bringing the tenant's event stream to its limits");
+                    return match streams::event_stream(
+                        &self.js,
+                        tenant.as_str(),
+                        desired,
+                        self.config.nats.replicas,
+                    )
+                    .await
+                    {
+                        Ok(s) => Ok(s.cached_info().config.max_age),
+                        Err(e) => {
+                            tracing::warn!(%tenant, error = %e, "cannot bring the tenant's event stream to its limits");
+                            Ok(c.max_age)
+                        }
+                    };
                 }
             }
             streams::event_stream(
                 &self.js,
                 tenant.as_str(),
-                self.stream_limits(wanted.unwrap_or_default()),
+                desired,
                 self.config.nats.replicas,
             )
             .await
