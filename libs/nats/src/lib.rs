@@ -15,6 +15,7 @@ pub mod message;
 pub mod outcome;
 pub mod permissions;
 pub mod presence;
+pub mod requests;
 pub mod routes;
 pub mod stats;
 pub mod streams;

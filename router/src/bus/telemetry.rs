@@ -2,11 +2,12 @@
 //! routed to this router's consumers.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fe2o3_amqp_types::messaging::DeliveryState;
 use ferry_nats::outcome::Outcome;
-use ferry_nats::{headers, subjects};
+use ferry_nats::{headers, requests, subjects};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
@@ -16,6 +17,10 @@ use crate::events::EventStore;
 use crate::hub::{AddressRef, Origin, Remote, Routed};
 use crate::metrics::Outcome as Counted;
 use crate::Shared;
+
+/// Requests waiting for an application's outcome: when they came (or last had progress reported), and
+/// where the answer goes.
+type Waiting = HashMap<u64, (Instant, async_nats::Subject)>;
 
 impl Bus {
     /// `telemetry/T`: the tenant's queue subscription, held while this router's consumers have credit.
@@ -31,7 +36,12 @@ impl Bus {
     ) -> anyhow::Result<()> {
         let credit = shared.hub.credit_signal(addr);
         let (tx, mut outcomes) = mpsc::unbounded_channel();
-        let mut waiting: HashMap<u64, async_nats::Subject> = HashMap::new();
+        // Requests waiting for an application's outcome, with when they came (or were last reported
+        // in progress): an adapter that hears nothing for a while sends the request again, taking
+        // this router for dead (`ferry_nats::requests`).
+        let mut waiting: Waiting = HashMap::new();
+        let mut progress = tokio::time::interval(requests::PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next = 0u64;
         let mut sub: Option<async_nats::Subscriber> = None;
         loop {
@@ -53,8 +63,9 @@ impl Bus {
                 tokio::select! {
                     () = stop.notified() => break,
                     () = credit.notified() => {}
+                    _ = progress.tick() => self.in_progress(&mut waiting).await,
                     Some((id, state)) = outcomes.recv() => {
-                        if let Some(to) = waiting.remove(&id) {
+                        if let Some((_, to)) = waiting.remove(&id) {
                             self.reply(Some(to), &outcome_of(&state)).await;
                         }
                     }
@@ -63,8 +74,9 @@ impl Bus {
             };
             tokio::select! {
                 () = stop.notified() => break,
+                _ = progress.tick() => self.in_progress(&mut waiting).await,
                 Some((id, state)) = outcomes.recv() => {
-                    if let Some(to) = waiting.remove(&id) {
+                    if let Some((_, to)) = waiting.remove(&id) {
                         self.reply(Some(to), &outcome_of(&state)).await;
                     }
                 }
@@ -91,11 +103,28 @@ impl Bus {
         }
         // What the consumers released on their way out is answered; the rest times out at the adapter.
         while let Ok((id, state)) = outcomes.try_recv() {
-            if let Some(to) = waiting.remove(&id) {
+            if let Some((_, to)) = waiting.remove(&id) {
                 self.reply(Some(to), &outcome_of(&state)).await;
             }
         }
         Ok(())
+    }
+
+    /// Reports progress on the requests that have waited at least [`requests::PROGRESS_EVERY`].
+    async fn in_progress(&self, waiting: &mut Waiting) {
+        let now = Instant::now();
+        for (since, to) in waiting.values_mut() {
+            if now.duration_since(*since) >= requests::PROGRESS_EVERY {
+                *since = now;
+                let sent = self
+                    .client
+                    .publish_with_headers(to.clone(), requests::progress_headers(), Bytes::new())
+                    .await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "cannot report a request's progress");
+                }
+            }
+        }
     }
 
     /// One telemetry message from NATS, checked and routed; true when the consumers have no credit left.
@@ -105,7 +134,7 @@ impl Bus {
         addr: &AddressRef,
         msg: async_nats::Message,
         tx: &mpsc::UnboundedSender<(u64, DeliveryState)>,
-        waiting: &mut HashMap<u64, async_nats::Subject>,
+        waiting: &mut Waiting,
         next: &mut u64,
     ) -> bool {
         let size = msg.payload.len();
@@ -125,7 +154,7 @@ impl Bus {
         let origin = match (&msg.reply, presettled) {
             (Some(to), false) => {
                 *next += 1;
-                waiting.insert(*next, to.clone());
+                waiting.insert(*next, (Instant::now(), to.clone()));
                 Origin::Remote(Remote {
                     tx: tx.clone(),
                     id: *next,

@@ -178,6 +178,49 @@ async fn telemetry_from_nats_reaches_the_application_and_qos1_waits_for_its_acce
     );
 }
 
+/// A QoS 1 telemetry request an application holds unsettled gets progress reports on its reply subject
+/// until the outcome, so the adapter can tell a slow application from a router that died holding it
+/// (it asks again after a quiet while, `ferry_nats::requests`).
+#[tokio::test]
+async fn a_held_telemetry_request_gets_progress_reports_until_its_outcome() {
+    let nats = NatsServer::start();
+    let (p, client) = cluster(&nats).await;
+    let subject = subjects::telemetry("t1");
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("telemetry/t1", 10).await;
+    until_subscribed(&client, &subject).await;
+    let token = p.assertion("t1", "d1").await;
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.expect("inbox");
+    client
+        .publish_with_reply(
+            subject,
+            inbox,
+            encode(&device_message("d1", Some(&token), b"slow")),
+        )
+        .await
+        .expect("publish");
+    let d = recv_within(&mut rx, 3000).await.expect("delivered");
+    // Held three times the report interval.
+    let held = tokio::time::Instant::now() + ferry_nats::requests::PROGRESS_EVERY * 3;
+    let mut reports = 0;
+    while let Ok(Some(m)) = tokio::time::timeout_at(held, answers.next()).await {
+        assert!(
+            ferry_nats::requests::is_progress(&m),
+            "an outcome before the application settled"
+        );
+        reports += 1;
+    }
+    assert!(reports >= 1, "no progress reported while the message was held");
+    rx.accept(&d).await.expect("accept");
+    let last = tokio::time::timeout(Duration::from_secs(3), answers.next())
+        .await
+        .expect("the outcome")
+        .expect("a message");
+    assert!(!ferry_nats::requests::is_progress(&last));
+    assert_eq!(Outcome::decode(&last.payload), Some(Outcome::Accepted));
+}
+
 #[tokio::test]
 async fn two_routers_share_one_tenants_telemetry() {
     let nats = NatsServer::start();

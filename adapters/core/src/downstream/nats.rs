@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, kv};
@@ -37,6 +36,7 @@ use fe2o3_amqp::types::messaging::{Data, Message};
 use ferry_core::ids::TenantId;
 use ferry_core::shutdown::Shutdown;
 use ferry_nats::outcome::Outcome;
+use ferry_nats::requests::{self, Requests, Unanswered};
 use ferry_nats::routes;
 use ferry_nats::streams::{self, EventLimits};
 use ferry_nats::{headers, subjects, NatsConfig};
@@ -94,6 +94,8 @@ pub(crate) struct Nats {
     // downstream module's to read.
     pub(super) config: NatsDownstreamConfig,
     pub(crate) client: async_nats::Client,
+    /// Requests to routers, with their progress reports (`ferry_nats::requests`).
+    requests: Requests,
     js: jetstream::Context,
     /// The bucket of command routes, opened at connect.
     pub(super) routes_kv: kv::Store,
@@ -117,10 +119,12 @@ impl Nats {
             .build(client.clone());
         let routes_kv = routes::bucket(&js, config.nats.replicas).await?;
         let presence = ferry_nats::presence::NatsPresence::open(&js, config.nats.replicas).await?;
+        let requests = Requests::open(client.clone()).await?;
         tracing::info!(name = %config.connection_name, urls = ?config.nats.urls, "connected to NATS");
         Ok(Arc::new(Self {
             config,
             client,
+            requests,
             js,
             routes_kv,
             presence,
@@ -190,7 +194,8 @@ impl Nats {
                     h.insert(headers::PRESETTLED, "true");
                 }
                 let payload = encode(&msg.into_amqp())?;
-                self.request(subjects.telemetry, h, payload).await
+                self.request(subjects.telemetry, h, payload, Some(requests::QUIET))
+                    .await
             }
             MessageKind::Event => {
                 let tenant = msg.tenant.clone();
@@ -255,7 +260,7 @@ impl Nats {
         let mut h = HeaderMap::new();
         h.insert(headers::DEVICE, response.device.as_str());
         let payload = encode(&response.into_amqp())?;
-        match self.request(Subject::from(subject), h, payload).await {
+        match self.request(Subject::from(subject), h, payload, None).await {
             // No router holds the reply-to: nobody waits for the response.
             Err(DownstreamError::NoCredit) => Ok(SendOutcome::Released),
             other => other,
@@ -263,48 +268,43 @@ impl Nats {
     }
 
     /// A request whose reply is an [`Outcome`].
+    /// A request to a router, answered with its outcome. `quiet`: a request that hears nothing (no
+    /// answer, no progress report) for that long is sent again, to another router if its own died
+    /// (`ferry_nats::requests`); `None` for what must not be sent twice.
     async fn request(
         &self,
         subject: Subject,
         headers: HeaderMap,
         payload: Bytes,
+        quiet: Option<Duration>,
     ) -> Result<SendOutcome, DownstreamError> {
         let within = self.config.outcome_timeout;
         let deadline = tokio::time::Instant::now() + within;
         let ask = |subject: Subject| {
-            let request = async_nats::Request::new()
-                .headers(headers.clone())
-                .payload(payload.clone())
-                .timeout(Some(within));
-            // The outer bound also covers the wait for room in the client's buffer.
-            tokio::time::timeout_at(deadline, self.client.send_request(subject, request))
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.requests
+                .ask(subject, headers.clone(), payload.clone(), quiet, left)
         };
-        let mut reply = ask(subject.clone())
-            .await
-            .map_err(|_| DownstreamError::Timeout)?;
+        let mut reply = ask(subject.clone()).await;
         // Interest travels between NATS nodes (and reaches a publishing connection) a moment after a
         // router subscribed: "no responders" is asked once more after a short pause before it counts
         // as "nobody consumes", which still answers the device at once.
-        if matches!(&reply, Err(e) if e.kind() == RequestErrorKind::NoResponders) {
+        if matches!(reply, Err(Unanswered::NoResponders)) {
             tokio::time::sleep(NO_RESPONDERS_RECHECK).await;
-            reply = ask(subject).await.map_err(|_| DownstreamError::Timeout)?;
+            reply = ask(subject).await;
         }
         match reply {
             Ok(m) => Ok(send_outcome(&m.payload)),
-            Err(e) => match e.kind() {
-                RequestErrorKind::NoResponders => Err(DownstreamError::NoCredit),
-                RequestErrorKind::TimedOut => Err(DownstreamError::Timeout),
-                RequestErrorKind::MaxPayloadExceeded | RequestErrorKind::InvalidSubject => {
-                    Ok(SendOutcome::Rejected {
-                        condition: Some("amqp:link:message-size-exceeded".into()),
-                        description: Some(e.to_string()),
-                    })
-                }
-                _ => {
-                    tracing::debug!(error = %e, "NATS request failed");
-                    Err(DownstreamError::Disconnected)
-                }
-            },
+            Err(Unanswered::NoResponders) => Err(DownstreamError::NoCredit),
+            Err(Unanswered::TimedOut) => Err(DownstreamError::Timeout),
+            Err(Unanswered::Refused(e)) => Ok(SendOutcome::Rejected {
+                condition: Some("amqp:link:message-size-exceeded".into()),
+                description: Some(e),
+            }),
+            Err(Unanswered::Failed(e)) => {
+                tracing::debug!(error = %e, "NATS request failed");
+                Err(DownstreamError::Disconnected)
+            }
         }
     }
 
