@@ -211,7 +211,10 @@ async fn a_held_telemetry_request_gets_progress_reports_until_its_outcome() {
         );
         reports += 1;
     }
-    assert!(reports >= 1, "no progress reported while the message was held");
+    assert!(
+        reports >= 1,
+        "no progress reported while the message was held"
+    );
     rx.accept(&d).await.expect("accept");
     let last = tokio::time::timeout(Duration::from_secs(3), answers.next())
         .await
