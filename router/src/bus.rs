@@ -52,6 +52,7 @@ mod events;
 mod mirror;
 mod responses;
 mod telemetry;
+pub mod watched;
 
 use commands::Instance;
 
@@ -70,6 +71,8 @@ pub struct Bus {
     routes: tokio::sync::OnceCell<kv::Store>,
     /// Adapter instances that have a stand-in consumer here (while they hold command routes).
     instances: Mutex<HashMap<String, Instance>>,
+    /// Tenants a console watches live: their forwarded telemetry is copied for it.
+    pub(crate) watched: Arc<watched::Watched>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -116,6 +119,7 @@ impl Bus {
             takers: Mutex::default(),
             routes: tokio::sync::OnceCell::new(),
             instances: Mutex::default(),
+            watched: Arc::default(),
         })
     }
 

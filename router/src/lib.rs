@@ -270,6 +270,12 @@ async fn serve<S: EventStore>(
     });
     if let Some(bus) = &bus {
         tokio::spawn(bus.clone().follow_routes(shared.clone(), shutdown.clone()));
+        // The console's live views: which tenants' telemetry to copy for them.
+        tokio::spawn(bus::watched::follow(
+            bus.client().clone(),
+            bus.watched.clone(),
+            shutdown.clone(),
+        ));
         // The console's charts ask every router for a tenant's figures.
         let metrics = admin.clone();
         tokio::spawn(ferry_nats::stats::serve(

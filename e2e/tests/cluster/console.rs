@@ -67,6 +67,28 @@ fn the_live_view_shows_a_paho_devices_telemetry_while_the_application_gets_every
     let token = admin_token(&c);
     let of_plant = live_view(&c, &token, "plant");
     let of_other = live_view(&c, &token, "other");
+    // Watched, with nobody consuming: a device still hears 503 at once, as unwatched (the live view
+    // reads the routers' copies and is no responder of the adapters' requests).
+    let started = Instant::now();
+    let refused = curl(&[
+        "-u",
+        "press1@plant:pw-press",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{\"t\": 1}",
+        &c.http_url("/telemetry"),
+    ]);
+    assert_eq!(refused.status, 503, "nobody consumes: {refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "503 after {:?}, not at once",
+        started.elapsed()
+    );
+    // The live views' subscriptions are confirmed on the registry's NATS node; reaching the nodes the
+    // routers publish their copies on, and the routers' hearing of the views, takes a moment more (CI
+    // missed every message once, under load, sending at once).
+    std::thread::sleep(Duration::from_secs(1));
     let app = attached(proton_app(&[
         "consume",
         &c.amqp_url(0, "ops", "pw-ops"),

@@ -86,6 +86,8 @@ pub fn router() -> Permissions {
             &format!("$KV.{PRESENCE}.>"),
             // Answers to the registry's stats requests.
             &format!("{REGISTRY_INBOX}.>"),
+            // Copies of forwarded telemetry for the console's live views.
+            "ferry.tap.telemetry.>",
         ]),
         publish_deny: own(&["ferry.telemetry.>", "ferry.event.>"]),
         subscribe: own(&[
@@ -93,6 +95,7 @@ pub fn router() -> Permissions {
             "ferry.command_response.>",
             "_INBOX.>",
             crate::stats::STATS,
+            crate::subjects::TAP_WATCHING,
         ]),
     }
 }
@@ -115,6 +118,8 @@ pub fn registry() -> Permissions {
         "ferry.command.>".to_owned(),
         // The console's charts ask every adapter and router for a tenant's figures.
         crate::stats::STATS.to_owned(),
+        // The live view tells the routers which tenant's telemetry to copy for it.
+        crate::subjects::TAP_WATCHING.to_owned(),
         // Answers to the adapters' response requests, which carry their inboxes as reply subjects.
         "_INBOX.>".to_owned(),
         // Its own inbox (a round trip to the server, `ferry_nats::round_trip`).
@@ -134,7 +139,7 @@ pub fn registry() -> Permissions {
             "$KV.>",
         ]),
         subscribe: vec![
-            "ferry.telemetry.*".to_owned(),
+            "ferry.tap.telemetry.*".to_owned(),
             "ferry.event.*".to_owned(),
             "ferry.command_response.*.*".to_owned(),
             format!("{REGISTRY_INBOX}.>"),

@@ -59,6 +59,18 @@ pub fn event(tenant: &str) -> String {
     format!("{PREFIX}.event.{}", token(tenant))
 }
 
+/// `ferry.tap.telemetry.TENANT`: copies of the tenant's telemetry that routers forwarded, published
+/// only while a console watches the tenant ([`TAP_WATCHING`]). The live view reads these rather than
+/// `ferry.telemetry.TENANT`, where its subscription would count as a responder and turn an adapter's
+/// "nobody consumes" (no responders: 503 at once) into a wait for the send timeout.
+pub fn tap_telemetry(tenant: &str) -> String {
+    format!("{PREFIX}.tap.telemetry.{}", token(tenant))
+}
+
+/// Where a registry says, with the tenant id as payload, that it watches a tenant's telemetry; repeated
+/// while it does (`tap::ANNOUNCE_EVERY`).
+pub const TAP_WATCHING: &str = "ferry.tap.watching";
+
 /// `ferry.command.INSTANCE`: the commands for the devices an adapter instance serves.
 pub fn command(instance: &str) -> String {
     format!("{PREFIX}.command.{}", token(instance))

@@ -1,10 +1,15 @@
 //! The console's live view in cluster mode (docs/console.md "Cluster mode"): a tenant's telemetry and
 //! events copied from NATS while someone watches them.
 //!
-//! The first watcher of a tenant starts one task that subscribes to `ferry.telemetry.T` and
-//! `ferry.event.T` with plain subscriptions (no queue group): NATS hands such a subscriber a copy of every
-//! message, so the routers' queue group and the event streams get theirs as before, and no credit is
-//! given or taken. The last watcher's leaving stops the task and ends both subscriptions.
+//! The first watcher of a tenant starts one task that subscribes to `ferry.tap.telemetry.T` and
+//! `ferry.event.T` with plain subscriptions (no queue group) and announces on
+//! [`subjects::TAP_WATCHING`], every [`ANNOUNCE_EVERY`], that it watches the tenant. Routers then publish a
+//! copy of each telemetry message of the tenant they forwarded to `ferry.tap.telemetry.T` (as the embedded
+//! router's tap copies what it routed), so the live view never subscribes to `ferry.telemetry.T`, where it
+//! would count as a responder to the adapters' requests. Events are copied by NATS itself (a plain
+//! subscriber beside the stream). The routers' queue group and the event streams get theirs as before,
+//! and no credit is given or taken. The last watcher's leaving stops the task and ends both
+//! subscriptions (the routers stop copying once the announcements stop).
 //!
 //! Bounds: [`MAX_TAPS_PER_TENANT`] watchers per tenant and [`MAX_TAPS`] in all; the task decodes at
 //! most [`MAX_PER_SEC`] messages a second per tenant (each watcher shows at most that many anyway) and
@@ -209,6 +214,10 @@ struct Pump {
     ready: watch::Sender<bool>,
 }
 
+/// How often a watched tenant is announced to the routers ([`subjects::TAP_WATCHING`]); a router copies a
+/// tenant's telemetry for three times this after the last announcement.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
 /// How long the subscriptions may take to be in place at the server.
 const SUBSCRIBED_WITHIN: Duration = Duration::from_secs(5);
 
@@ -224,7 +233,7 @@ async fn pump(p: Pump, stop: Arc<Notify>) {
     } = p;
     let subscribe = || async {
         let telemetry = client
-            .subscribe(subjects::telemetry(tenant.as_str()))
+            .subscribe(subjects::tap_telemetry(tenant.as_str()))
             .await
             .map_err(|e| e.to_string())?;
         let events = client
@@ -251,6 +260,19 @@ async fn pump(p: Pump, stop: Arc<Notify>) {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
+    // The routers copy what they forward of the tenant's telemetry while they hear this.
+    let mut announce = tokio::time::interval(ANNOUNCE_EVERY);
+    let watching = bytes::Bytes::copy_from_slice(tenant.as_str().as_bytes());
+    let say = || async {
+        if let Err(e) = client
+            .publish(subjects::TAP_WATCHING, watching.clone())
+            .await
+        {
+            tracing::debug!(%tenant, error = %e, "cannot announce the live view");
+        }
+    };
+    say().await;
+    let _ = client.flush().await;
     ready.send_replace(true);
     let mut both = futures_util::stream::select(
         telemetry.map(|m| ("telemetry", m)),
@@ -261,6 +283,10 @@ async fn pump(p: Pump, stop: Arc<Notify>) {
     loop {
         let (kind, m) = tokio::select! {
             () = stop.notified() => break,
+            _ = announce.tick() => {
+                say().await;
+                continue;
+            }
             m = both.next() => match m {
                 Some(m) => m,
                 None => break,

@@ -116,6 +116,10 @@ async fn the_live_view_copies_a_tenants_messages_which_the_routers_still_all_get
         .queue_subscribe(subjects::telemetry("t1"), subjects::ROUTERS.into())
         .await
         .expect("subscribe");
+    let mut announcements = router
+        .subscribe(subjects::TAP_WATCHING)
+        .await
+        .expect("subscribe");
     ferry_nats::round_trip(&router, Duration::from_secs(5))
         .await
         .expect("subscribed");
@@ -124,13 +128,29 @@ async fn the_live_view_copies_a_tenants_messages_which_the_routers_still_all_get
     assert!(t1.ready(Duration::from_secs(5)).await, "subscribed in time");
     assert!(t2.ready(Duration::from_secs(5)).await, "subscribed in time");
     assert_eq!(taps.tenants(), 2);
+    // The routers hear which tenants are watched (and copy what they forward of them).
+    let mut announced = Vec::new();
+    while announced.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), announcements.next())
+            .await
+            .expect("announced in time")
+            .expect("an announcement");
+        announced.push(String::from_utf8(m.payload.to_vec()).expect("utf8"));
+    }
+    announced.sort();
+    assert_eq!(announced, ["t1", "t2"]);
 
+    // What a router forwarded of t1's telemetry, copied (the adapter's own messages go to the routers).
     for i in 0..5 {
         let m = device_message(&key, "t1", "d1", &format!("m{i}"));
         adapter
-            .publish(subjects::telemetry("t1"), m)
+            .publish(subjects::telemetry("t1"), m.clone())
             .await
             .expect("publish");
+        router
+            .publish(subjects::tap_telemetry("t1"), m)
+            .await
+            .expect("copy");
     }
     let event = device_message(&key, "t1", "d2", "an event");
     adapter
@@ -140,21 +160,26 @@ async fn the_live_view_copies_a_tenants_messages_which_the_routers_still_all_get
     // Signed by another key: the router would refuse it, so the live view does not show it.
     let forged = device_message(&SigningKey::generate(), "t1", "d1", "forged");
     adapter
-        .publish(subjects::telemetry("t1"), forged)
+        .publish(subjects::telemetry("t1"), forged.clone())
         .await
         .expect("publish");
+    router
+        .publish(subjects::tap_telemetry("t1"), forged)
+        .await
+        .expect("copy");
     // Another tenant's message, and one of t1's device claiming to be t2's.
     let other = device_message(&key, "t2", "x9", "t2's");
-    adapter
-        .publish(subjects::telemetry("t2"), other)
+    router
+        .publish(subjects::tap_telemetry("t2"), other)
         .await
-        .expect("publish");
+        .expect("copy");
     let misplaced = device_message(&key, "t1", "d1", "t1's on t2's subject");
-    adapter
-        .publish(subjects::telemetry("t2"), misplaced)
+    router
+        .publish(subjects::tap_telemetry("t2"), misplaced)
         .await
-        .expect("publish");
+        .expect("copy");
     adapter.flush().await.expect("flush");
+    router.flush().await.expect("flush");
 
     // Telemetry and events come through two subscriptions: in order within each.
     let mut shown = Vec::new();
@@ -188,15 +213,36 @@ async fn the_live_view_copies_a_tenants_messages_which_the_routers_still_all_get
     }
     assert_eq!(taken, 6, "the routers lost messages to the live view");
 
-    // The last watcher of a tenant leaving ends its subscriptions: with the routers gone too,
-    // nobody listens on t1's telemetry any more.
-    drop(t1);
+    // The live view is no responder of the adapters' requests: with the routers gone, a telemetry
+    // request of the watched tenant hears "no responders" at once (the device's 503), as unwatched.
     drop(takers);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = adapter
             .send_request(
                 subjects::telemetry("t1"),
+                async_nats::Request::new()
+                    .payload(Bytes::from_static(b"x"))
+                    .timeout(Some(Duration::from_millis(200))),
+            )
+            .await;
+        match r {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "the live view answers for t1's telemetry as a responder"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The last watcher of a tenant leaving ends its subscriptions: nobody listens on t1's copies.
+    drop(t1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = router
+            .send_request(
+                subjects::tap_telemetry("t1"),
                 async_nats::Request::new()
                     .payload(Bytes::from_static(b"x"))
                     .timeout(Some(Duration::from_millis(200))),
@@ -219,7 +265,7 @@ async fn the_live_view_copies_a_tenants_messages_which_the_routers_still_all_get
 #[tokio::test]
 async fn watchers_are_capped_and_a_flood_is_counted_instead_of_decoded() {
     let server = server();
-    let adapter = connect(&server, "ferry-adapter", "adapter-pw").await;
+    let router = connect(&server, "ferry-router", "router-pw").await;
     let key = SigningKey::generate();
     let taps = Taps::new(registry(&server).await, None);
     let mut of_t1: Vec<_> = (0..MAX_TAPS_PER_TENANT)
@@ -247,15 +293,16 @@ async fn watchers_are_capped_and_a_flood_is_counted_instead_of_decoded() {
 
     let watch = &mut of_t1[0];
     assert!(watch.ready(Duration::from_secs(5)).await);
+    // A flood of t1's telemetry, as routers copy what they forward.
     let sent = 400;
     for i in 0..sent {
         let m = device_message(&key, "t1", "d1", &format!("m{i}"));
-        adapter
-            .publish(subjects::telemetry("t1"), m)
+        router
+            .publish(subjects::tap_telemetry("t1"), m)
             .await
             .expect("publish");
     }
-    adapter.flush().await.expect("flush");
+    router.flush().await.expect("flush");
     let mut shown = 0;
     while next_shown(watch).await.is_some() {
         shown += 1;

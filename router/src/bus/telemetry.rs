@@ -2,6 +2,7 @@
 //! routed to this router's consumers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +23,13 @@ use crate::Shared;
 /// where the answer goes.
 type Waiting = HashMap<u64, (Instant, async_nats::Subject)>;
 
+/// A telemetry taker's requests in flight: where outcomes come back, what waits for one, the last id.
+struct Held {
+    tx: mpsc::UnboundedSender<(u64, DeliveryState)>,
+    waiting: Waiting,
+    next: u64,
+}
+
 impl Bus {
     /// `telemetry/T`: the tenant's queue subscription, held while this router's consumers have credit.
     ///
@@ -35,14 +43,18 @@ impl Bus {
         stop: &Notify,
     ) -> anyhow::Result<()> {
         let credit = shared.hub.credit_signal(addr);
-        let (tx, mut outcomes) = mpsc::unbounded_channel();
+        let (tx, mut outcomes) = mpsc::unbounded_channel::<(u64, DeliveryState)>();
         // Requests waiting for an application's outcome, with when they came (or were last reported
         // in progress): an adapter that hears nothing for a while sends the request again, taking
         // this router for dead (`ferry_nats::requests`).
-        let mut waiting: Waiting = HashMap::new();
+        let mut held = Held {
+            tx,
+            waiting: HashMap::new(),
+            next: 0,
+        };
+        let watched = self.watched.flag(&addr.tenant);
         let mut progress = tokio::time::interval(requests::PROGRESS_EVERY);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut next = 0u64;
         let mut sub: Option<async_nats::Subscriber> = None;
         loop {
             let Some(current) = sub.as_mut() else {
@@ -63,9 +75,9 @@ impl Bus {
                 tokio::select! {
                     () = stop.notified() => break,
                     () = credit.notified() => {}
-                    _ = progress.tick() => self.in_progress(&mut waiting).await,
+                    _ = progress.tick() => self.in_progress(&mut held.waiting).await,
                     Some((id, state)) = outcomes.recv() => {
-                        if let Some((_, to)) = waiting.remove(&id) {
+                        if let Some((_, to)) = held.waiting.remove(&id) {
                             self.reply(Some(to), &outcome_of(&state)).await;
                         }
                     }
@@ -74,16 +86,16 @@ impl Bus {
             };
             tokio::select! {
                 () = stop.notified() => break,
-                _ = progress.tick() => self.in_progress(&mut waiting).await,
+                _ = progress.tick() => self.in_progress(&mut held.waiting).await,
                 Some((id, state)) = outcomes.recv() => {
-                    if let Some((_, to)) = waiting.remove(&id) {
+                    if let Some((_, to)) = held.waiting.remove(&id) {
                         self.reply(Some(to), &outcome_of(&state)).await;
                     }
                 }
                 msg = current.next() => {
                     let Some(msg) = msg else { break };
                     let starved = self
-                        .on_telemetry(shared, addr, msg, &tx, &mut waiting, &mut next)
+                        .on_telemetry(shared, addr, msg, &mut held, &watched)
                         .await;
                     if starved && shared.hub.consumers(addr) > 0 {
                         // Consumers, but no credit: leave the group until they grant some.
@@ -103,7 +115,7 @@ impl Bus {
         }
         // What the consumers released on their way out is answered; the rest times out at the adapter.
         while let Ok((id, state)) = outcomes.try_recv() {
-            if let Some((_, to)) = waiting.remove(&id) {
+            if let Some((_, to)) = held.waiting.remove(&id) {
                 self.reply(Some(to), &outcome_of(&state)).await;
             }
         }
@@ -133,9 +145,8 @@ impl Bus {
         shared: &Shared<S>,
         addr: &AddressRef,
         msg: async_nats::Message,
-        tx: &mpsc::UnboundedSender<(u64, DeliveryState)>,
-        waiting: &mut Waiting,
-        next: &mut u64,
+        held: &mut Held,
+        watched: &AtomicBool,
     ) -> bool {
         let size = msg.payload.len();
         let presettled = msg.reply.is_none()
@@ -153,11 +164,11 @@ impl Bus {
         };
         let origin = match (&msg.reply, presettled) {
             (Some(to), false) => {
-                *next += 1;
-                waiting.insert(*next, (Instant::now(), to.clone()));
+                held.next += 1;
+                held.waiting.insert(held.next, (Instant::now(), to.clone()));
                 Origin::Remote(Remote {
-                    tx: tx.clone(),
-                    id: *next,
+                    tx: held.tx.clone(),
+                    id: held.next,
                 })
             }
             _ => Origin::None,
@@ -168,6 +179,19 @@ impl Bus {
         {
             (Routed::Forwarded, credit_left) => {
                 addr.counters.count(Counted::Forwarded, size);
+                // A console watches the tenant live: a copy of what was forwarded (`watched`).
+                if watched.load(Ordering::Relaxed) {
+                    let copy = self
+                        .client
+                        .publish(
+                            subjects::tap_telemetry(addr.tenant.as_str()),
+                            msg.payload.clone(),
+                        )
+                        .await;
+                    if let Err(e) = copy {
+                        tracing::debug!(error = %e, "cannot copy telemetry for the live view");
+                    }
+                }
                 if presettled {
                     self.reply(msg.reply, &Outcome::Accepted).await;
                 }
@@ -177,7 +201,7 @@ impl Bus {
             (Routed::NoConsumer, _) => {
                 addr.counters.count(Counted::Released, size);
                 if !presettled {
-                    waiting.remove(next);
+                    held.waiting.remove(&held.next);
                 }
                 self.reply(msg.reply, &Outcome::Released).await;
                 true

@@ -224,6 +224,55 @@ async fn a_held_telemetry_request_gets_progress_reports_until_its_outcome() {
     assert_eq!(Outcome::decode(&last.payload), Some(Outcome::Accepted));
 }
 
+/// While a registry announces that a console watches a tenant, the router publishes a copy of each
+/// telemetry message of that tenant it forwarded for the live view; before (and for other tenants) none.
+#[tokio::test]
+async fn a_watched_tenants_forwarded_telemetry_is_copied_for_the_live_view() {
+    let nats = NatsServer::start();
+    let (p, client) = cluster(&nats).await;
+    let subject = subjects::telemetry("t1");
+    let mut app = p.app("app1", "pw1").await;
+    let mut rx = app.receiver("telemetry/t1", 100).await;
+    until_subscribed(&client, &subject).await;
+    let mut copies = client
+        .subscribe(subjects::tap_telemetry("t1"))
+        .await
+        .expect("subscribe");
+    let token = p.assertion("t1", "d1").await;
+    let send = |body: &'static [u8]| {
+        let client = client.clone();
+        let m = encode(&device_message("d1", Some(&token), body));
+        let subject = subject.clone();
+        async move { client.publish(subject, m).await.expect("publish") }
+    };
+    send(b"unwatched").await;
+    recv_within(&mut rx, 3000).await.expect("delivered");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), copies.next())
+            .await
+            .is_err(),
+        "copied although nobody watches"
+    );
+    // A console opens t1's live view.
+    client
+        .publish(subjects::TAP_WATCHING, Bytes::from_static(b"t1"))
+        .await
+        .expect("announce");
+    client.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(b"watched").await;
+    let d = recv_within(&mut rx, 3000).await.expect("delivered");
+    assert_eq!(body_bytes(&d), b"watched", "the application still gets it");
+    let copy = tokio::time::timeout(Duration::from_secs(3), copies.next())
+        .await
+        .expect("a copy")
+        .expect("a message");
+    assert!(
+        copy.payload.windows(7).any(|w| w == b"watched"),
+        "the copy is the message"
+    );
+}
+
 #[tokio::test]
 async fn two_routers_share_one_tenants_telemetry() {
     let nats = NatsServer::start();
