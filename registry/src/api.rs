@@ -63,6 +63,31 @@ pub struct AppState {
     pub stats: Option<stats::StatsSource>,
 }
 
+impl AppState {
+    /// Where presence is read; 503 when nowhere.
+    pub fn presence_store(&self) -> Result<&Arc<dyn ferry_core::console::PresenceStore>, ApiError> {
+        self.presence.as_ref().ok_or_else(|| {
+            ApiError::NotAvailable(
+                "presence needs the router in the same process (ferry up) or messaging.mode nats"
+                    .into(),
+            )
+        })
+    }
+
+    /// The devices of `tenant` connected now (for the device search's `connected` filter).
+    pub async fn connected_devices(
+        &self,
+        tenant: &ferry_core::ids::TenantId,
+    ) -> Result<std::collections::HashSet<String>, ApiError> {
+        let list = self
+            .presence_store()?
+            .connected(tenant)
+            .await
+            .map_err(|e| ApiError::NotAvailable(e.to_string()))?;
+        Ok(list.into_iter().map(|d| d.as_str().to_owned()).collect())
+    }
+}
+
 /// The bearer tokens the API accepts.
 #[derive(Debug)]
 pub struct Tokens {

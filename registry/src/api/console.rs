@@ -18,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ferry_core::console::{CommandRequest, Presence, PresenceStore, TapMessage, TapSubscription};
+use ferry_core::console::{CommandRequest, Presence, TapMessage, TapSubscription};
 use ferry_core::ids::{DeviceId, TenantId};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
@@ -185,15 +185,6 @@ impl Feed {
     }
 }
 
-fn presence_store(s: &AppState) -> Result<&Arc<dyn PresenceStore>, ApiError> {
-    s.presence.as_ref().ok_or_else(|| {
-        ApiError::NotAvailable(
-            "presence needs the router in the same process (ferry up) or messaging.mode nats"
-                .into(),
-        )
-    })
-}
-
 fn ids(path: &PathParams) -> Result<(TenantId, DeviceId), ApiError> {
     let tenant = TenantId::new(path.0.first().map_or("", String::as_str))?;
     let device = DeviceId::new(path.0.get(1).map_or("", String::as_str))?;
@@ -205,23 +196,12 @@ fn ids(path: &PathParams) -> Result<(TenantId, DeviceId), ApiError> {
 async fn presence(State(s): State<AppState>, path: PathParams) -> Result<Response, ApiError> {
     let (tenant, device) = ids(&path)?;
     s.store.get_device(tenant.as_str(), device.as_str()).await?;
-    let found = presence_store(&s)?
+    let found = s
+        .presence_store()?
         .get(&tenant, &device)
         .await
         .map_err(|e| ApiError::NotAvailable(e.to_string()))?;
     Ok(Json(found.unwrap_or_else(Presence::unknown)).into_response())
-}
-
-/// The devices of `tenant` connected now (for the device search's `connected` filter).
-pub async fn connected_devices(
-    s: &AppState,
-    tenant: &TenantId,
-) -> Result<std::collections::HashSet<String>, ApiError> {
-    let list = presence_store(s)?
-        .connected(tenant)
-        .await
-        .map_err(|e| ApiError::NotAvailable(e.to_string()))?;
-    Ok(list.into_iter().map(|d| d.as_str().to_owned()).collect())
 }
 
 /// `GET /v1/live/{tenant}`: the tenant's telemetry and events as they pass the router, as server-sent

@@ -353,7 +353,7 @@ async fn search_devices(
     // An unknown tenant is a 404 even before the search finds nothing.
     s.store.get_tenant(tenant.as_str()).await?;
     let online = match connected {
-        Some(_) => Some(super::console::connected_devices(&s, &tenant).await?),
+        Some(_) => Some(s.connected_devices(&tenant).await?),
         None => None,
     };
     let stored = s.store.list_devices(tenant.as_str()).await?;
