@@ -381,3 +381,83 @@ fn the_console_signed_in_with_a_tenant_token_shows_only_its_tenant() {
     );
     assert!(browser.wait_exit(WAIT).success(), "{}", browser.log());
 }
+
+/// The tenant page's adapters form (headless Chromium) turns a tenant's HTTP adapter off: the API shows
+/// it, the tenant's HTTP device is refused (Hono: 403) and its MQTT device still sends.
+#[test]
+fn the_console_turns_a_tenants_http_adapter_off() {
+    let ferry = Ferry::up();
+    let token = admin_token(&ferry);
+    ferry.tenant("acme");
+    ferry.device_with_password("acme", "press-1", "press1", "pw-press");
+    let shots = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ferry-target"))
+        .join("console-screenshots");
+    let mut cmd = std::process::Command::new(test_python());
+    cmd.arg(clients_dir().join("console_tenant_adapters.py"))
+        .arg(&ferry.registry)
+        .arg(&token)
+        .arg("acme")
+        .arg(&shots);
+    let mut browser = Process::spawn("console_tenant_adapters.py", cmd);
+    let line = browser.line(Duration::from_secs(120)).unwrap_or_default();
+    assert!(
+        line.contains("\"passed\""),
+        "{line}\n{}\nferry up:\n{}",
+        browser.log(),
+        ferry.process.log()
+    );
+    assert!(browser.wait_exit(WAIT).success(), "{}", browser.log());
+
+    let (status, tenant) = get(&ferry, &token, "/v1/tenants/acme");
+    assert_eq!(status, 200);
+    let adapters = tenant["adapters"].as_array().expect("an adapter list");
+    let of = |t: &str| {
+        adapters
+            .iter()
+            .find(|a| a["type"] == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(of("hono-http")["enabled"], false, "{tenant}");
+    assert_eq!(of("hono-mqtt")["enabled"], true, "{tenant}");
+    // The adapters apply it within a second (the change stream).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = curl(&[
+            "-u",
+            "press1@acme:pw-press",
+            "-H",
+            "content-type: text/plain",
+            "-d",
+            "21.5",
+            &ferry.http_url("/telemetry"),
+        ]);
+        if r.status == 403 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "HTTP still served: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = ferry_e2e::mosquitto_pub(
+        ferry.mqtt,
+        &[
+            "-u",
+            "press1@acme",
+            "-P",
+            "pw-press",
+            "-q",
+            "0",
+            "-t",
+            "telemetry",
+            "-m",
+            "21.5",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "MQTT is still enabled: {}",
+        ferry_e2e::text(&out.stderr)
+    );
+}

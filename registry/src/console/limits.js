@@ -1,4 +1,5 @@
-// Ferry console: a tenant's page, its resource and registration limits (docs/console.md).
+// Ferry console: a tenant's page, its protocol adapters and its resource and registration limits
+// (docs/console.md).
 // Saving reads the tenant (with its ETag), changes only the limits and writes the whole body back with
 // PUT /v1/tenants/{t} and If-Match, so nothing else of the tenant is lost and a concurrent change is
 // refused (412) rather than overwritten. An empty field means -1: no limit (for max-stored-events and
@@ -69,13 +70,70 @@ function withLimits(tenant) {
   return body;
 }
 
+const ADAPTER_TYPES = [['hono-mqtt', 'MQTT'], ['hono-http', 'HTTP']];
+
+// Hono's rule: without an `adapters` list every adapter is enabled; with one, only those listed with
+// `enabled: true`. Devices must authenticate unless the entry says otherwise.
+function adapterState(tenant, type) {
+  const list = Array.isArray(tenant.adapters) ? tenant.adapters : null;
+  const entry = list ? list.find((a) => a.type === type) : null;
+  return {
+    enabled: list ? !!(entry && entry.enabled === true) : true,
+    auth: !entry || entry['device-authentication-required'] !== false,
+  };
+}
+
+// The tenant body with the adapters of the form applied; each entry keeps its other options (e.g.
+// max-ttd), entries of other adapter types stay. Both enabled with authentication and nothing else: no
+// list, as Hono reads it.
+function withAdapters(tenant) {
+  const body = Object.assign({}, tenant);
+  delete body.id;
+  delete body.status;
+  const old = Array.isArray(body.adapters) ? body.adapters : [];
+  const entries = ADAPTER_TYPES.map(([type]) => Object.assign({}, old.find((a) => a.type === type) || {}, {
+    type,
+    enabled: $('adapter-' + type + '-enabled').checked,
+    'device-authentication-required': $('adapter-' + type + '-auth').checked,
+  }));
+  const others = old.filter((a) => !ADAPTER_TYPES.some(([t]) => t === a.type));
+  const plain = entries.every((a) => a.enabled && a['device-authentication-required'] && Object.keys(a).length === 3);
+  if (plain && !others.length) delete body.adapters; else body.adapters = entries.concat(others);
+  return body;
+}
+
+function adaptersForm(tenant, data, onSaved) {
+  const t = encodeURIComponent(tenant);
+  const check = (id, label, checked) => el('div', {}, el('label', { for: id, text: label }),
+    el('input', { id, name: id, type: 'checkbox', checked }));
+  const form = el('form', { id: 'adapters-form', 'aria-label': 'Protocol adapters of tenant ' + tenant },
+    el('fieldset', {}, el('legend', { text: 'Protocol adapters' }),
+      ...ADAPTER_TYPES.flatMap(([type, name]) => {
+        const st = adapterState(data, type);
+        return [check('adapter-' + type + '-enabled', name + ' enabled', st.enabled),
+          check('adapter-' + type + '-auth', name + ' devices must authenticate', st.auth)];
+      })),
+    el('button', { id: 'save-adapters', type: 'submit', text: 'Save adapters' }));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    act('Adapters saved', async () => {
+      const { data: now, etag } = await api('GET', '/tenants/' + t);
+      await api('PUT', '/tenants/' + t, withAdapters(now), etag ? { 'If-Match': etag } : {});
+      await onSaved();
+    });
+  });
+  return form;
+}
+
 async function tenantPage(tenant) {
   const t = encodeURIComponent(tenant);
   const form = el('form', { id: 'limits-form', 'aria-label': 'Limits of tenant ' + tenant });
   const raw = el('pre', { id: 'tenant-json' });
   const state = el('p', { id: 'tenant-state' });
+  const adapters = el('div', { id: 'tenant-adapters' });
   async function load() {
     const { data } = await api('GET', '/tenants/' + t);
+    adapters.replaceChildren(adaptersForm(tenant, data, load));
     const rl = data['resource-limits'] || {};
     const dv = rl['data-volume'] || {};
     const period = dv.period || {};
@@ -110,6 +168,7 @@ async function tenantPage(tenant) {
       el('a', { href: '#live/' + t, text: 'Live messages' }), ' · ',
       el('a', { href: '#stats/' + t, text: 'Charts' })),
     state,
+    el('h3', { text: 'Adapters' }), adapters,
     el('h3', { text: 'Limits' }), form,
     el('details', {}, el('summary', { text: 'The tenant as the API returns it' }), raw));
   await act('', load);
