@@ -372,18 +372,17 @@ impl Nats {
                     let current =
                         c.max_messages == desired.max_events && c.max_bytes == desired.max_bytes;
                     if wanted.is_none() || current {
-                        return Ok(c.max_age);
+                        return Ok((c.max_age, wanted));
                     }
                     // The tenant's limits changed (or a router made the stream with the defaults):
                     // brought to them. Should that fail, the stream serves as it is; the limits are
                     // tried again when the tenant's limits next change.
                     // An update is answered by the stream's leader: a stream made a moment ago (by a
-                    // router) may have none yet, and the request would wait out the whole bound.
+                    // router) may have none yet, and the request would wait out the whole bound. The
+                    // stream serves as it is meanwhile (the publish waits for its leader within the
+                    // bound); the limits are brought at a later event (nothing is remembered as given).
                     if info.cluster.as_ref().is_some_and(|c| c.leader.is_none()) {
-                        return Err(ferry_nats::Error::Stream {
-                            stream: name,
-                            message: "no leader yet".into(),
-                        });
+                        return Ok((c.max_age, None));
                     }
                     tracing::debug!(%tenant, ?desired, "bringing the tenant's event stream to its limits");
                     return match streams::event_stream(
@@ -394,10 +393,10 @@ impl Nats {
                     )
                     .await
                     {
-                        Ok(s) => Ok(s.cached_info().config.max_age),
+                        Ok(s) => Ok((s.cached_info().config.max_age, wanted)),
                         Err(e) => {
                             tracing::warn!(%tenant, error = %e, "cannot bring the tenant's event stream to its limits");
-                            Ok(c.max_age)
+                            Ok((c.max_age, wanted))
                         }
                     };
                 }
@@ -409,14 +408,14 @@ impl Nats {
                 self.config.nats.replicas,
             )
             .await
-            .map(|s| s.cached_info().config.max_age)
+            .map(|s| (s.cached_info().config.max_age, wanted))
         };
         // JetStream refuses to place a replicated stream for a moment while its cluster forms or a
         // node comes back ("insufficient resources", no meta leader): asked again until the bound.
         let find = async {
             loop {
                 match once().await {
-                    Ok(age) => break age,
+                    Ok(found) => break found,
                     Err(e) => {
                         tracing::debug!(%tenant, error = %e, "the tenant's event stream is not there yet");
                         tokio::time::sleep(STREAM_RETRY).await;
@@ -424,11 +423,11 @@ impl Nats {
                 }
             }
         };
-        let Ok(age) = tokio::time::timeout(self.config.outcome_timeout, find).await else {
+        let Ok((age, given)) = tokio::time::timeout(self.config.outcome_timeout, find).await else {
             tracing::warn!(%tenant, "cannot create the tenant's event stream in time");
             return Err(DownstreamError::Timeout);
         };
-        write(&self.streams).insert(tenant.clone(), (age, wanted));
+        write(&self.streams).insert(tenant.clone(), (age, given));
         Ok(age)
     }
 
