@@ -103,6 +103,26 @@ async fn next_shown(watch: &mut ferry_nats::tap::Watch) -> Option<(String, Strin
     Some((m.kind.to_owned(), m.device_id.clone(), m.payload.clone()))
 }
 
+/// Waits (up to 5 s) until a request on `subject` hears "no responders": nobody subscribes to it.
+async fn until_no_responders(client: &async_nats::Client, subject: String, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client
+            .send_request(
+                subject.clone(),
+                async_nats::Request::new()
+                    .payload(Bytes::from_static(b"x"))
+                    .timeout(Some(Duration::from_millis(200))),
+            )
+            .await;
+        match r {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => return,
+            _ => assert!(Instant::now() < deadline, "{what}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_live_view_copies_a_tenants_messages_which_the_routers_still_all_get() {
     let server = server();
@@ -216,47 +236,21 @@ async fn the_live_view_copies_a_tenants_messages_which_the_routers_still_all_get
     // The live view is no responder of the adapters' requests: with the routers gone, a telemetry
     // request of the watched tenant hears "no responders" at once (the device's 503), as unwatched.
     drop(takers);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = adapter
-            .send_request(
-                subjects::telemetry("t1"),
-                async_nats::Request::new()
-                    .payload(Bytes::from_static(b"x"))
-                    .timeout(Some(Duration::from_millis(200))),
-            )
-            .await;
-        match r {
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => break,
-            _ => assert!(
-                Instant::now() < deadline,
-                "the live view answers for t1's telemetry as a responder"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_no_responders(
+        &adapter,
+        subjects::telemetry("t1"),
+        "the live view answers for t1's telemetry as a responder",
+    )
+    .await;
 
     // The last watcher of a tenant leaving ends its subscriptions: nobody listens on t1's copies.
     drop(t1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = router
-            .send_request(
-                subjects::tap_telemetry("t1"),
-                async_nats::Request::new()
-                    .payload(Bytes::from_static(b"x"))
-                    .timeout(Some(Duration::from_millis(200))),
-            )
-            .await;
-        match r {
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => break,
-            _ => assert!(
-                Instant::now() < deadline,
-                "t1's subscription outlived its last watcher"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_no_responders(
+        &router,
+        subjects::tap_telemetry("t1"),
+        "t1's subscription outlived its last watcher",
+    )
+    .await;
     assert_eq!(taps.tenants(), 1);
     drop(t2);
     assert_eq!((taps.tenants(), taps.watchers()), (0, 0));

@@ -45,6 +45,21 @@ async fn request(
     Outcome::decode(&answer.payload).ok_or_else(|| "not an outcome".to_owned())
 }
 
+/// The events t1's stream holds, once it holds none or after about 2.5 s (acks are applied a moment
+/// after they are sent).
+async fn stored_after_a_while(js: &jetstream::Context) -> u64 {
+    let mut stream = js.get_stream("FERRY_EVENTS_t1").await.expect("stream");
+    let mut left = u64::MAX;
+    for _ in 0..50 {
+        left = stream.info().await.expect("info").state.messages;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    left
+}
+
 /// Waits until the router's queue subscription for `subject` is there (an attach starts it).
 async fn until_subscribed(client: &async_nats::Client, subject: &str) {
     for _ in 0..100 {
@@ -479,16 +494,11 @@ async fn events_wait_in_jetstream_and_come_back_until_accepted() {
     seen.sort();
     assert_eq!(seen, ["e0", "e1", "e2"]);
     // Accepted events leave the stream.
-    let mut stream = js.get_stream("FERRY_EVENTS_t1").await.expect("stream");
-    let mut left = u64::MAX;
-    for _ in 0..50 {
-        left = stream.info().await.expect("info").state.messages;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, 0, "accepted events are still stored");
+    assert_eq!(
+        stored_after_a_while(&js).await,
+        0,
+        "accepted events are still stored"
+    );
 }
 
 #[tokio::test]
@@ -565,16 +575,11 @@ async fn an_event_held_longer_than_the_redelivery_wait_is_not_given_to_another_r
         "an event held on router 1 was delivered again on router 2"
     );
     r1.accept(&d).await.expect("accept");
-    let mut stream = js.get_stream("FERRY_EVENTS_t1").await.expect("stream");
-    let mut left = u64::MAX;
-    for _ in 0..50 {
-        left = stream.info().await.expect("info").state.messages;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, 0, "the accepted event is still stored");
+    assert_eq!(
+        stored_after_a_while(&js).await,
+        0,
+        "the accepted event is still stored"
+    );
 }
 
 #[tokio::test]
