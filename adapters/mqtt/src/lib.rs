@@ -273,7 +273,8 @@ async fn accept(
             // A client that never finishes its handshake holds a task and a socket: the CONNECT's
             // time bound applies to the TLS handshake too.
             let bound = Duration::from_secs(shared.config.connect_timeout_secs);
-            match tokio::time::timeout(bound, acceptor.accept(tcp)).await {
+            // Boxed: an idle session's task should not keep a handshake's room (B6).
+            match tokio::time::timeout(bound, Box::pin(acceptor.accept(tcp))).await {
                 Ok(Ok(s)) => ferry_core::net::Stream::Tls(Box::new(s)),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -240,7 +240,9 @@ where
     };
 
     let mut out = BytesMut::with_capacity(WRITE_BUFFER);
-    let authenticated = authenticate(&shared, &connect, client_cert.as_ref(), peer).await;
+    // Phases an idle session is past are boxed: a task's future is as large as its largest state,
+    // and these (registry lookups) would otherwise be held by every idle connection (B6).
+    let authenticated = Box::pin(authenticate(&shared, &connect, client_cert.as_ref(), peer)).await;
     // Authentication is part of connecting: a flood of CONNECTs waiting for the registry counts too.
     drop(connecting);
     let who = match authenticated {
@@ -294,7 +296,7 @@ where
     let result = session
         .run(&mut io, &mut buf, max_packet, commands_rx)
         .await;
-    session.cleanup().await;
+    Box::pin(session.cleanup()).await;
     gauge.dec();
     shared.connections.fetch_sub(1, Ordering::AcqRel);
     result
@@ -524,7 +526,7 @@ impl Session {
                         && matches!(&change, Ok(c) if c.kind == ChangeKind::Credentials);
                     if credentials_changed {
                         closing = Some(SessionError::Closed("device credentials changed in the registry"));
-                    } else if relevant && !self.still_allowed().await {
+                    } else if relevant && !Box::pin(self.still_allowed()).await {
                         closing = Some(SessionError::Closed("device no longer allowed by the registry"));
                     }
                 }

@@ -378,15 +378,23 @@ impl Loop {
                         handler(Stream::Plain(stream), peer, Some(acceptor)).await;
                     }
                     Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
+                        // A future is as large as its largest state: the handshake is boxed, and
+                        // its outcome is boxed before the connection is served, so that no
+                        // connection's task keeps a handshake's room (MQTT B6: 3.4 KiB each).
+                        let handshake = Box::pin(acceptor.accept(stream));
+                        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await
                         {
-                            Ok(Ok(s)) => handler(Stream::Tls(Box::new(s)), peer, None).await,
+                            Ok(Ok(s)) => Box::new(s),
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
                             }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        handler(Stream::Tls(tls), peer, None).await;
                     }
                 }
             });
