@@ -7,14 +7,7 @@ use std::time::{Duration, Instant};
 use ferry_e2e::{attached, curl, paho_device, proton_app, Cluster, Process};
 use serde_json::Value;
 
-use super::{plant, received, seqs, WAIT};
-
-fn admin_token(c: &Cluster) -> String {
-    std::fs::read_to_string(c.data_dir.join("admin-token"))
-        .expect("the admin token")
-        .trim()
-        .to_owned()
-}
+use super::{admin_token, command_subscribers, plant, received, seqs, WAIT};
 
 /// `GET /v1/live/{tenant}` read by curl as it streams, once the registry said `hello` (its subscriptions
 /// are in place then).
@@ -164,18 +157,7 @@ fn console_commands_reach_paho_devices_on_either_adapter_and_a_disconnected_one_
     c.device_with_password("plant", "press-2", "press2", "pw-press2");
     c.device("plant", "press-3", "{}");
     let token = admin_token(&c);
-    let mut first = paho_device(
-        "commands",
-        c.mqtt[0],
-        &["press1@plant", "pw-press", "command///req/#", "60"],
-    );
-    assert_eq!(first.expect("subscribed", WAIT), serde_json::json!([1]));
-    let second = paho_device(
-        "commands",
-        c.mqtt[1],
-        &["press2@plant", "pw-press2", "command///req/#", "60"],
-    );
-    assert_eq!(second.expect("subscribed", WAIT), serde_json::json!([1]));
+    let (mut first, second) = command_subscribers(&c, "60");
     for (device, paho) in [("press-1", &first), ("press-2", &second)] {
         let (result, _) = command(&c, &token, device);
         assert_eq!(result["outcome"], "accepted", "{device}: {result}");

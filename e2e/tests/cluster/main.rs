@@ -96,12 +96,38 @@ fn a_device_on_adapter_2_reaches_applications_on_both_routers_which_share_the_te
     assert_eq!(stats["router"]["telemetry"]["forwarded"], 40, "{stats}");
 }
 
+/// The admin token `ferry up --cluster` wrote.
+fn admin_token(c: &Cluster) -> String {
+    std::fs::read_to_string(c.data_dir.join("admin-token"))
+        .expect("the admin token")
+        .trim()
+        .to_owned()
+}
+
+/// `press-1` on MQTT adapter 1 and `press-2` (which the caller registered) on adapter 2, each subscribed
+/// to its commands for `secs`.
+fn command_subscribers(c: &Cluster, secs: &str) -> (Process, Process) {
+    let first = paho_device(
+        "commands",
+        c.mqtt[0],
+        &["press1@plant", "pw-press", "command///req/#", secs],
+    );
+    assert_eq!(first.expect("subscribed", WAIT), serde_json::json!([1]));
+    let second = paho_device(
+        "commands",
+        c.mqtt[1],
+        &["press2@plant", "pw-press2", "command///req/#", secs],
+    );
+    assert_eq!(second.expect("subscribed", WAIT), serde_json::json!([1]));
+    (first, second)
+}
+
 /// `GET /v1/stats/plant` with the admin token.
 fn stats(c: &Cluster) -> Value {
-    let token = std::fs::read_to_string(c.data_dir.join("admin-token")).expect("the admin token");
+    let token = admin_token(c);
     let r = curl(&[
         "-H",
-        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("Authorization: Bearer {token}"),
         &format!("{}/v1/stats/plant", c.registry),
     ]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -192,18 +218,7 @@ fn commands_from_router_2_reach_devices_on_either_adapter_and_responses_return()
     let c = Cluster::up(None);
     plant(&c);
     c.device_with_password("plant", "press-2", "press2", "pw-press2");
-    let first = paho_device(
-        "commands",
-        c.mqtt[0],
-        &["press1@plant", "pw-press", "command///req/#", "30"],
-    );
-    assert_eq!(first.expect("subscribed", WAIT), serde_json::json!([1]));
-    let second = paho_device(
-        "commands",
-        c.mqtt[1],
-        &["press2@plant", "pw-press2", "command///req/#", "30"],
-    );
-    assert_eq!(second.expect("subscribed", WAIT), serde_json::json!([1]));
+    let (first, second) = command_subscribers(&c, "30");
     for device in ["press-1", "press-2"] {
         let app = proton_app(&[
             "command",
@@ -318,10 +333,7 @@ fn another_tenants_application_gets_nothing_in_cluster_mode() {
 fn presence_is_kept_in_nats_and_survives_losing_every_router() {
     let c = Cluster::up(None);
     plant(&c);
-    let token = std::fs::read_to_string(c.data_dir.join("admin-token"))
-        .expect("the admin token")
-        .trim()
-        .to_owned();
+    let token = admin_token(&c);
     let presence = || -> Value {
         let r = curl(&[
             "-H",

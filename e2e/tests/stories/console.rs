@@ -273,10 +273,7 @@ fn tenant_stats_count_a_paho_devices_telemetry_and_connection() {
 fn the_console_in_headless_chromium_manages_devices_and_shows_presence_telemetry_and_commands() {
     let ferry = Ferry::up_with(&["--demo"]);
     let token = admin_token(&ferry);
-    let shots = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("ferry-target"))
-        .join("console-screenshots");
+    let shots = screenshots();
     std::fs::create_dir_all(&shots).expect("screenshot folder");
     // The flags of an earlier run would let the script go on without the story's checks.
     for flag in ["consumer-ready", "checked-limits", "checked-via"] {
@@ -361,25 +358,11 @@ fn the_console_signed_in_with_a_tenant_token_shows_only_its_tenant() {
     }
     let made = ferry.manage(&["token", "create", "acme", "--comment", "console test"]);
     let token = made["token"].as_str().expect("a token");
-    let shots = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("ferry-target"))
-        .join("console-screenshots");
-    let mut cmd = std::process::Command::new(test_python());
-    cmd.arg(clients_dir().join("console_tenant_token.py"))
-        .arg(&ferry.registry)
-        .arg(token)
-        .args(["acme", "globex", "press-1"])
-        .arg(&shots);
-    let mut browser = Process::spawn("console_tenant_token.py", cmd);
-    let line = browser.line(Duration::from_secs(120)).unwrap_or_default();
-    assert!(
-        line.contains("\"passed\""),
-        "{line}\n{}\nferry up:\n{}",
-        browser.log(),
-        ferry.process.log()
+    browser_script(
+        &ferry,
+        "console_tenant_token.py",
+        &[token, "acme", "globex", "press-1"],
     );
-    assert!(browser.wait_exit(WAIT).success(), "{}", browser.log());
 }
 
 /// The tenant page's adapters form (headless Chromium) turns a tenant's HTTP adapter off: the API shows
@@ -390,25 +373,7 @@ fn the_console_turns_a_tenants_http_adapter_off() {
     let token = admin_token(&ferry);
     ferry.tenant("acme");
     ferry.device_with_password("acme", "press-1", "press1", "pw-press");
-    let shots = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("ferry-target"))
-        .join("console-screenshots");
-    let mut cmd = std::process::Command::new(test_python());
-    cmd.arg(clients_dir().join("console_tenant_adapters.py"))
-        .arg(&ferry.registry)
-        .arg(&token)
-        .arg("acme")
-        .arg(&shots);
-    let mut browser = Process::spawn("console_tenant_adapters.py", cmd);
-    let line = browser.line(Duration::from_secs(120)).unwrap_or_default();
-    assert!(
-        line.contains("\"passed\""),
-        "{line}\n{}\nferry up:\n{}",
-        browser.log(),
-        ferry.process.log()
-    );
-    assert!(browser.wait_exit(WAIT).success(), "{}", browser.log());
+    browser_script(&ferry, "console_tenant_adapters.py", &[&token, "acme"]);
 
     let (status, tenant) = get(&ferry, &token, "/v1/tenants/acme");
     assert_eq!(status, 200);
@@ -460,4 +425,31 @@ fn the_console_turns_a_tenants_http_adapter_off() {
         "MQTT is still enabled: {}",
         ferry_e2e::text(&out.stderr)
     );
+}
+
+/// Where the browser scripts write their screenshots (outside the tree).
+fn screenshots() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ferry-target"))
+        .join("console-screenshots")
+}
+
+/// Runs a browser script of e2e/clients against `ferry` (`script REGISTRY ARGS.. SCREENSHOTS`): it must
+/// print `{"passed": true}` and end by itself (its Chromium quit first).
+fn browser_script(ferry: &Ferry, script: &str, args: &[&str]) {
+    let mut cmd = std::process::Command::new(test_python());
+    cmd.arg(clients_dir().join(script))
+        .arg(&ferry.registry)
+        .args(args)
+        .arg(screenshots());
+    let mut browser = Process::spawn(script, cmd);
+    let line = browser.line(Duration::from_secs(120)).unwrap_or_default();
+    assert!(
+        line.contains("\"passed\""),
+        "{line}\n{}\nferry up:\n{}",
+        browser.log(),
+        ferry.process.log()
+    );
+    assert!(browser.wait_exit(WAIT).success(), "{}", browser.log());
 }
