@@ -132,3 +132,37 @@ async fn fetch<S: EventStore>(shared: Arc<Shared<S>>, tenant: TenantId, n: u64) 
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tenants followed are bounded: past `MAX_TENANTS` a new tenant is not followed (its events get
+    /// the router's defaults), and a followed one is fetched again on a change; without a registry nothing
+    /// is fetched.
+    #[test]
+    fn the_tenants_followed_are_bounded() {
+        let registry = RegistryClient::new("http://127.0.0.1:1", "token", None).expect("client");
+        let limits = TenantLimits::new(Some(registry));
+        let id = |i: usize| TenantId::new(&format!("t{i}")).expect("id");
+        for i in 0..MAX_TENANTS {
+            assert_eq!(limits.next_fetch(&id(i), false), Some(0));
+        }
+        assert_eq!(
+            limits.next_fetch(&id(MAX_TENANTS), false),
+            None,
+            "past the bound"
+        );
+        assert_eq!(
+            limits.next_fetch(&id(0), true),
+            Some(1),
+            "a change fetches again"
+        );
+        assert_eq!(
+            limits.next_fetch(&id(MAX_TENANTS), true),
+            None,
+            "not followed"
+        );
+        assert_eq!(TenantLimits::new(None).next_fetch(&id(0), false), None);
+    }
+}

@@ -128,4 +128,25 @@ mod tests {
             "a taker still holds t1's flag"
         );
     }
+
+    /// Announcements are bounded: past `MAX_TENANTS` a new tenant is not remembered (its telemetry is
+    /// not copied), and the tenants already watched stay watched.
+    #[test]
+    fn the_watched_tenants_are_bounded() {
+        let w = Watched::default();
+        let first = TenantId::new("t0").expect("id");
+        let flag = w.flag(&first);
+        for i in 0..MAX_TENANTS {
+            w.announced(&TenantId::new(&format!("t{i}")).expect("id"));
+        }
+        assert_eq!(w.tenants().len(), MAX_TENANTS);
+        let late = TenantId::new("late").expect("id");
+        w.announced(&late);
+        assert!(
+            !w.tenants().contains_key(&late),
+            "the map grew past its bound"
+        );
+        assert!(!w.flag(&late).load(Ordering::Relaxed));
+        assert!(flag.load(Ordering::Relaxed), "t0 is still watched");
+    }
 }
