@@ -14,6 +14,7 @@
 //! recurse deeper than [`MAX_NESTING`].
 
 mod message;
+pub mod put;
 mod value;
 
 #[cfg(test)]

@@ -5,10 +5,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fe2o3_amqp::types::definitions;
+use fe2o3_amqp::types::messaging::Outcome;
+// fe2o3-amqp's message types: the reference the direct encoding is tested against.
+#[cfg(test)]
 use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Data, Header, Message, MessageId, Outcome, Properties,
+    ApplicationProperties, Data, Header, Message, MessageId, Properties,
 };
+#[cfg(test)]
 use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Symbol, Timestamp};
+use ferry_amqp::put;
 use ferry_core::hono::{app_property, content_type};
 use ferry_core::ids::{DeviceId, TenantId};
 
@@ -111,6 +116,16 @@ impl PropertyValue {
         }
     }
 
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::String(s) => put::string(out, s),
+            Self::Long(n) => put::long(out, *n),
+            Self::Double(d) => put::double(out, *d),
+            Self::Bool(b) => put::bool(out, *b),
+        }
+    }
+
+    #[cfg(test)]
     fn into_amqp(self) -> SimpleValue {
         match self {
             Self::String(s) => SimpleValue::String(s),
@@ -188,8 +203,97 @@ impl DeviceMessage {
         self.kind == MessageKind::Telemetry && self.qos == 0
     }
 
-    /// The AMQP message (one Data section; every property Hono's consumers expect).
+    /// Appends the AMQP message (header, properties, application properties, one Data section: every
+    /// property Hono's consumers expect) to `out`, byte for byte what fe2o3-amqp encodes for
+    /// [`DeviceMessage::into_amqp`], written directly: nothing is allocated but `out`'s growth.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_at(out, now_ms());
+    }
+
+    /// [`DeviceMessage::encode`] with `creation-time` = `now_ms`.
+    fn encode_at(&self, out: &mut Vec<u8>, now_ms: i64) {
+        out.reserve(self.encoded_len_hint());
+        match (self.kind, self.ttl_ms) {
+            (MessageKind::Event, ttl) => header(out, true, ttl),
+            (MessageKind::Telemetry, Some(ttl)) => header(out, false, Some(ttl)),
+            (MessageKind::Telemetry, None) => {}
+        }
+        put::descriptor(out, PROPERTIES);
+        let list = put::begin(out, false);
+        for _ in 0..6 {
+            put::null(out);
+        }
+        put::symbol(
+            out,
+            self.content_type
+                .as_deref()
+                .unwrap_or(content_type::OCTET_STREAM),
+        );
+        put::null(out);
+        put::null(out);
+        put::timestamp(out, now_ms);
+        put::finish(out, list, 10);
+
+        put::descriptor(out, APPLICATION_PROPERTIES);
+        let map = put::begin(out, true);
+        let mut entries = 5;
+        let entry = |out: &mut Vec<u8>, key: &str| put::string(out, key);
+        entry(out, app_property::DEVICE_ID);
+        put::string(out, self.device_id.as_str());
+        entry(out, app_property::REG_ASSERTION);
+        put::string(out, &self.assertion);
+        entry(out, app_property::ORIG_ADAPTER);
+        put::string(out, self.orig_adapter);
+        entry(out, app_property::ORIG_ADDRESS);
+        put::string(out, &self.orig_address);
+        entry(out, app_property::QOS);
+        put::int(out, i32::from(self.qos));
+        if let Some(ttd) = self.ttd {
+            entries += 1;
+            entry(out, app_property::TTD);
+            put::int(out, ttd);
+        }
+        let extra = &self.extra_properties;
+        for (i, (key, _)) in extra.iter().enumerate() {
+            // A key given twice (a property bag may) is one entry, at its first place with its last
+            // value, as in an ordered map.
+            if extra[..i].iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            let last = extra[i..].iter().rev().find(|(k, _)| k == key);
+            if let Some((_, value)) = last {
+                entries += 1;
+                entry(out, key);
+                value.encode(out);
+            }
+        }
+        put::finish(out, map, entries * 2);
+        data(out, &self.payload);
+    }
+
+    /// Room for the encoded message, so that `out` grows once.
+    fn encoded_len_hint(&self) -> usize {
+        160 + self.assertion.len()
+            + self.device_id.as_str().len()
+            + self.orig_address.len()
+            + self.content_type.as_deref().map_or(0, str::len)
+            + self
+                .extra_properties
+                .iter()
+                .map(|(k, _)| k.len() + 16)
+                .sum::<usize>()
+            + self.payload.len()
+    }
+
+    /// The AMQP message as fe2o3-amqp's types: the reference [`DeviceMessage::encode`] is tested
+    /// against.
+    #[cfg(test)]
     pub(crate) fn into_amqp(self) -> Message<Data> {
+        self.into_amqp_at(now_ms())
+    }
+
+    #[cfg(test)]
+    fn into_amqp_at(self, now_ms: i64) -> Message<Data> {
         let mut props = OrderedMap::new();
         let map = props.as_inner_mut();
         map.insert(
@@ -227,7 +331,7 @@ impl DeviceMessage {
             header,
             delivery_annotations: None,
             message_annotations: None,
-            properties: Some(properties(self.content_type)),
+            properties: Some(properties(self.content_type, now_ms)),
             application_properties: Some(ApplicationProperties(props)),
             // Reuses the payload's allocation when the adapter holds the only reference.
             body: Data(Binary::from(Vec::<u8>::from(self.payload))),
@@ -236,14 +340,57 @@ impl DeviceMessage {
     }
 }
 
-fn properties(content: Option<String>) -> Properties {
+const HEADER: u8 = 0x70;
+const PROPERTIES: u8 = 0x73;
+const APPLICATION_PROPERTIES: u8 = 0x74;
+const DATA: u8 = 0x75;
+
+/// A header section: `durable` and `ttl` (the only fields an adapter sets).
+fn header(out: &mut Vec<u8>, durable: bool, ttl: Option<u32>) {
+    put::descriptor(out, HEADER);
+    let list = put::begin(out, false);
+    match ttl {
+        None if !durable => {}
+        None => {
+            put::bool(out, true);
+        }
+        Some(ttl) => {
+            // A field at its default is written as null, as fe2o3-amqp does.
+            if durable {
+                put::bool(out, true);
+            } else {
+                put::null(out);
+            }
+            put::null(out);
+            put::uint(out, ttl);
+        }
+    }
+    let count = match (durable, ttl) {
+        (_, Some(_)) => 3,
+        (true, None) => 1,
+        (false, None) => 0,
+    };
+    put::finish(out, list, count);
+}
+
+/// The body: one Data section.
+fn data(out: &mut Vec<u8>, payload: &[u8]) {
+    put::descriptor(out, DATA);
+    put::binary(out, payload);
+}
+
+/// Now, as a `creation-time`.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+fn properties(content: Option<String>, now_ms: i64) -> Properties {
     Properties {
         content_type: Some(Symbol::from(
             content.unwrap_or_else(|| content_type::OCTET_STREAM.to_owned()),
         )),
-        creation_time: Some(Timestamp::from_milliseconds(
-            chrono::Utc::now().timestamp_millis(),
-        )),
+        creation_time: Some(Timestamp::from_milliseconds(now_ms)),
         ..Properties::default()
     }
 }
@@ -271,7 +418,54 @@ pub struct CommandResponse {
 }
 
 impl CommandResponse {
-    pub(crate) fn into_amqp(self) -> Message<Data> {
+    /// Appends the AMQP message to `out`, byte for byte what fe2o3-amqp encodes for
+    /// its fe2o3-amqp form (tested).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_at(out, now_ms());
+    }
+
+    fn encode_at(&self, out: &mut Vec<u8>, now_ms: i64) {
+        out.reserve(
+            128 + self.reply_to.len()
+                + self.correlation_id.len()
+                + self.content_type.as_deref().map_or(0, str::len)
+                + self.device.as_str().len()
+                + self.tenant.as_str().len()
+                + self.payload.len(),
+        );
+        if let Some(ttl) = self.ttl_ms {
+            header(out, false, Some(ttl));
+        }
+        put::descriptor(out, PROPERTIES);
+        let list = put::begin(out, false);
+        put::null(out); // message-id
+        put::null(out); // user-id
+        put::string(out, &self.reply_to); // to
+        put::null(out); // subject
+        put::null(out); // reply-to
+        put::string(out, &self.correlation_id); // correlation-id
+        match &self.content_type {
+            Some(c) => put::symbol(out, c),
+            None => put::null(out),
+        }
+        put::null(out); // content-encoding
+        put::null(out); // absolute-expiry-time
+        put::timestamp(out, now_ms);
+        put::finish(out, list, 10);
+        put::descriptor(out, APPLICATION_PROPERTIES);
+        let map = put::begin(out, true);
+        put::string(out, app_property::STATUS);
+        put::int(out, i32::from(self.status));
+        put::string(out, app_property::DEVICE_ID);
+        put::string(out, self.device.as_str());
+        put::string(out, app_property::TENANT_ID);
+        put::string(out, self.tenant.as_str());
+        put::finish(out, map, 6);
+        data(out, &self.payload);
+    }
+
+    #[cfg(test)]
+    fn into_amqp_at(self, now_ms: i64) -> Message<Data> {
         let mut props = OrderedMap::new();
         let map = props.as_inner_mut();
         map.insert(
@@ -290,9 +484,7 @@ impl CommandResponse {
             to: Some(self.reply_to),
             correlation_id: Some(MessageId::String(self.correlation_id)),
             content_type: self.content_type.map(Symbol::from),
-            creation_time: Some(Timestamp::from_milliseconds(
-                chrono::Utc::now().timestamp_millis(),
-            )),
+            creation_time: Some(Timestamp::from_milliseconds(now_ms)),
             ..Properties::default()
         };
         Message {
@@ -479,6 +671,90 @@ mod tests {
                 .map(|s| s.0.as_str()),
             Some("text/plain")
         );
+    }
+
+    fn fe2o3_bytes(m: &Message<Data>) -> Vec<u8> {
+        use fe2o3_amqp::types::messaging::message::__private::Serializable;
+        serde_amqp::to_vec(&Serializable(m)).expect("fe2o3 encodes")
+    }
+
+    /// Every shape the adapters send: both kinds, with and without ttl, ttd and content type, property
+    /// values of every type and width, strings past 255 bytes, a map past 255 bytes, duplicate keys.
+    #[test]
+    fn device_messages_encode_byte_for_byte_as_fe2o3_does() {
+        let now = 1_765_000_000_123;
+        let long = "x".repeat(300);
+        let mut cases = Vec::new();
+        for kind in [MessageKind::Telemetry, MessageKind::Event] {
+            for qos in [0, 1] {
+                for ttl in [None, Some(0), Some(200), Some(70_000)] {
+                    let mut m = message(kind, qos);
+                    m.ttl_ms = ttl;
+                    cases.push(m);
+                }
+            }
+        }
+        let mut m = message(MessageKind::Telemetry, 1);
+        m.ttd = Some(-1);
+        m.content_type = Some("text/plain".into());
+        cases.push(m);
+        let mut m = message(MessageKind::Event, 1);
+        m.ttd = Some(100_000);
+        m.content_type = Some(long.clone());
+        m.orig_address = long.clone();
+        m.assertion = Arc::from(long.as_str());
+        m.payload = Bytes::from(vec![7; 300]);
+        m.extra_properties = vec![
+            ("s".into(), PropertyValue::String(long.clone())),
+            ("small".into(), PropertyValue::Long(-5)),
+            ("big".into(), PropertyValue::Long(1 << 40)),
+            ("edge".into(), PropertyValue::Long(128)),
+            ("d".into(), PropertyValue::Double(21.5)),
+            ("t".into(), PropertyValue::Bool(true)),
+            ("f".into(), PropertyValue::Bool(false)),
+        ];
+        cases.push(m);
+        let mut m = message(MessageKind::Telemetry, 0);
+        m.payload = Bytes::new();
+        m.extra_properties = vec![
+            ("a".into(), "1".into()),
+            ("b".into(), "2".into()),
+            ("a".into(), "3".into()),
+        ];
+        cases.push(m);
+        for m in cases {
+            let mut ours = Vec::new();
+            m.encode_at(&mut ours, now);
+            let theirs = fe2o3_bytes(&m.clone().into_amqp_at(now));
+            assert_eq!(ours, theirs, "{m:?}");
+        }
+    }
+
+    #[test]
+    fn command_responses_encode_byte_for_byte_as_fe2o3_does() {
+        let now = 1_765_000_000_123;
+        for (ttl, content_type, correlation) in [
+            (None, None, "c1".to_owned()),
+            (
+                Some(30_000),
+                Some("application/json".to_owned()),
+                "x".repeat(260),
+            ),
+        ] {
+            let r = CommandResponse {
+                tenant: TenantId::new("t1").expect("id"),
+                device: DeviceId::new("d1").expect("id"),
+                reply_to: "command_response/t1/r-1".into(),
+                correlation_id: correlation,
+                status: 200,
+                content_type,
+                payload: Bytes::from_static(b"{}"),
+                ttl_ms: ttl,
+            };
+            let mut ours = Vec::new();
+            r.encode_at(&mut ours, now);
+            assert_eq!(ours, fe2o3_bytes(&r.clone().into_amqp_at(now)));
+        }
     }
 
     #[test]

@@ -31,8 +31,6 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, kv};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
-use fe2o3_amqp::types::messaging::message::__private::Serializable;
-use fe2o3_amqp::types::messaging::{Data, Message};
 use ferry_core::ids::TenantId;
 use ferry_core::shutdown::Shutdown;
 use ferry_nats::outcome::Outcome;
@@ -185,7 +183,7 @@ impl Nats {
         h.insert(headers::DEVICE, msg.device_id.as_str());
         match msg.kind {
             MessageKind::Telemetry if msg.is_presettled() && !self.config.confirm_qos0 => {
-                let payload = encode(&msg.into_amqp())?;
+                let payload = encode(|out| msg.encode(out));
                 publish_now(&self.client, subjects.telemetry, Some(h), payload)
                     .map(|()| SendOutcome::Presettled)
             }
@@ -193,7 +191,7 @@ impl Nats {
                 if msg.is_presettled() {
                     h.insert(headers::PRESETTLED, "true");
                 }
-                let payload = encode(&msg.into_amqp())?;
+                let payload = encode(|out| msg.encode(out));
                 self.request(subjects.telemetry, h, payload, Some(requests::QUIET))
                     .await
             }
@@ -213,7 +211,7 @@ impl Nats {
                     headers::MSG_ID,
                     format!("{:032x}", rand::random::<u128>()).as_str(),
                 );
-                let payload = encode(&msg.into_amqp())?;
+                let payload = encode(|out| msg.encode(out));
                 // "No stream" also answers while a new stream has no leader yet (a moment after it
                 // was made, or after a node went): look it up (or make it again, if it was deleted)
                 // and try again, within the outcome bound.
@@ -259,7 +257,7 @@ impl Nats {
         };
         let mut h = HeaderMap::new();
         h.insert(headers::DEVICE, response.device.as_str());
-        let payload = encode(&response.into_amqp())?;
+        let payload = encode(|out| response.encode(out));
         match self.request(Subject::from(subject), h, payload, None).await {
             // No router holds the reply-to: nobody waits for the response.
             Err(DownstreamError::NoCredit) => Ok(SendOutcome::Released),
@@ -453,15 +451,11 @@ enum Publish {
 }
 
 /// The AMQP message as the router's codec reads it: its sections, concatenated.
-fn encode(message: &Message<Data>) -> Result<Bytes, DownstreamError> {
-    serde_amqp::to_vec(&Serializable(message))
-        .map(Bytes::from)
-        .map_err(|e| {
-            DownstreamError::NotAccepted(SendOutcome::Rejected {
-                condition: Some("amqp:internal-error".into()),
-                description: Some(e.to_string()),
-            })
-        })
+/// A message's AMQP bytes, as the router on the other side of NATS reads them.
+fn encode(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut out = Vec::new();
+    write(&mut out);
+    Bytes::from(out)
 }
 
 /// A reply body as a [`SendOutcome`]; one that is not an [`Outcome`] counts as `released` (not

@@ -19,7 +19,7 @@ use ferry_core::ids::{DeviceId, TenantId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Command;
-use crate::downstream::amqp::link::Delivery;
+use crate::downstream::amqp::Delivery;
 use crate::downstream::amqp::{outcome_of, Inner};
 use crate::downstream::{DownstreamError, SendOutcome};
 use task::Task;
