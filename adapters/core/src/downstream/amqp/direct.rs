@@ -954,6 +954,10 @@ impl<'c> Conn<'c> {
             return;
         }
         link.progress = link.progress.max(now);
+        if !link.pending.is_empty() && link.stalled_since.is_none() {
+            // Waiting from now on for credit, no longer for the attach.
+            link.stalled_since = Some(now);
+        }
         self.send_waiting(handle, now);
     }
 

@@ -52,3 +52,280 @@ fn frames_are_counted_in_a_split_transfer() {
     codec::encode_transfer(0, &transfer, &[9; 2000], 512, &mut out).expect("encodes");
     assert_eq!(count_frames(&out), 5);
 }
+
+/// Counts the writes that reach the stream under it.
+struct CountWrites<S> {
+    inner: S,
+    writes: Arc<AtomicUsize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountWrites<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountWrites<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The router's side of the handshake, then: every attach is answered and given `credit`; each
+/// transfer's message is reported on `messages`.
+async fn fake_router(
+    mut io: tokio::io::DuplexStream,
+    credit: u32,
+    messages: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    use fe2o3_amqp::types::primitives::Array;
+    use fe2o3_amqp::types::sasl::{SaslMechanisms, SaslOutcome};
+    let mut inbuf = BytesMut::new();
+    expect_header(&mut io, &mut inbuf, codec::SASL_HEADER)
+        .await
+        .expect("SASL header");
+    let mut out = BytesMut::new();
+    out.extend_from_slice(codec::SASL_HEADER);
+    let mechanisms = SaslFrame::Mechanisms(SaslMechanisms {
+        sasl_server_mechanisms: Array::from(vec![Symbol::from("PLAIN")]),
+    });
+    codec::encode_sasl(&mechanisms, &mut out).expect("encodes");
+    let Owned::Sasl(SaslFrame::Init(_)) = read_frame(&mut io, &mut inbuf).await.expect("init")
+    else {
+        panic!("expected sasl-init");
+    };
+    let outcome = SaslFrame::Outcome(SaslOutcome {
+        code: SaslCode::Ok,
+        additional_data: None,
+    });
+    codec::encode_sasl(&outcome, &mut out).expect("encodes");
+    io.write_all(&out).await.expect("writes");
+    out.clear();
+    expect_header(&mut io, &mut inbuf, codec::AMQP_HEADER)
+        .await
+        .expect("AMQP header");
+    out.extend_from_slice(codec::AMQP_HEADER);
+    let Owned::Amqp(Some(Performative::Open(open))) =
+        read_frame(&mut io, &mut inbuf).await.expect("open")
+    else {
+        panic!("expected open");
+    };
+    let Owned::Amqp(Some(Performative::Begin(begin))) =
+        read_frame(&mut io, &mut inbuf).await.expect("begin")
+    else {
+        panic!("expected begin");
+    };
+    let begin = Begin {
+        remote_channel: Some(0),
+        ..begin
+    };
+    for p in [Performative::Open(open), Performative::Begin(begin)] {
+        codec::encode_frame(0, &p, &[], &mut out).expect("encodes");
+    }
+    io.write_all(&out).await.expect("writes");
+    loop {
+        out.clear();
+        let n = io.read_buf(&mut inbuf).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        while let Some((frame, used)) = codec::decode_frame(&inbuf, MAX_FRAME_IN).expect("valid") {
+            match frame {
+                Frame::Amqp {
+                    performative: Some(Performative::Attach(a)),
+                    ..
+                } => {
+                    let handle = a.handle.clone();
+                    let reply = Attach {
+                        role: Role::Receiver,
+                        ..a
+                    };
+                    codec::encode_frame(0, &Performative::Attach(reply), &[], &mut out)
+                        .expect("encodes");
+                    let flow = Flow {
+                        next_incoming_id: Some(0),
+                        incoming_window: 1 << 20,
+                        next_outgoing_id: 0,
+                        outgoing_window: 1 << 20,
+                        handle: Some(handle),
+                        delivery_count: Some(0),
+                        link_credit: Some(credit),
+                        available: None,
+                        drain: false,
+                        echo: false,
+                        properties: None,
+                    };
+                    codec::encode_frame(0, &Performative::Flow(flow), &[], &mut out)
+                        .expect("encodes");
+                }
+                Frame::Amqp {
+                    performative: Some(Performative::Transfer(_)),
+                    payload,
+                    ..
+                } => {
+                    let _ = messages.send(payload.to_vec());
+                }
+                _ => {}
+            }
+            inbuf.advance(used);
+        }
+        if !out.is_empty() {
+            io.write_all(&out).await.expect("writes");
+        }
+    }
+}
+
+/// The engine on one end of an in-memory stream, the fake router on the other.
+struct Harness {
+    jobs: mpsc::Sender<Job>,
+    writes: Arc<AtomicUsize>,
+    messages: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+async fn harness(credit: u32) -> Harness {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let (tx, messages) = mpsc::unbounded_channel();
+    tokio::spawn(fake_router(theirs, credit, tx));
+    let (jobs, mut rx) = mpsc::channel(JOB_QUEUE);
+    let io = CountWrites {
+        inner: ours,
+        writes: writes.clone(),
+    };
+    let state = Arc::new(State {
+        connected: watch::channel(false).0,
+        connects: AtomicU64::new(0),
+        links_attached: AtomicU64::new(0),
+    });
+    let mut connected = state.connected.subscribe();
+    tokio::spawn(async move {
+        let config = DownstreamConfig::new("memory", "adapter", "pw");
+        let _ = run(&config, &state, io, &mut rx, &Shutdown::never()).await;
+    });
+    connected.wait_for(|up| *up).await.expect("connects");
+    Harness {
+        jobs,
+        writes,
+        messages,
+    }
+}
+
+impl Harness {
+    async fn send(
+        jobs: &mpsc::Sender<Job>,
+        link: LinkKey,
+        message: &[u8],
+    ) -> Result<SendOutcome, DownstreamError> {
+        let (reply, replied) = oneshot::channel();
+        let job = Job {
+            link,
+            message: message.to_vec(),
+            deadline: Instant::now() + Duration::from_secs(1),
+            wait: Duration::from_secs(1),
+            reply,
+        };
+        jobs.send(job).await.expect("queued");
+        replied.await.expect("answered")
+    }
+}
+
+fn telemetry() -> LinkKey {
+    LinkKey::Telemetry(TenantId::new("t1").expect("id"))
+}
+
+/// Ten sessions become ready together; each sends one QoS 0 message when it runs. The first message
+/// wakes the connection task into the worker's next slot, ahead of the other nine: without the yield
+/// before it takes its batch, it wrote that message alone, then the nine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn messages_of_sessions_woken_together_leave_in_one_write() {
+    let mut h = harness(1000).await;
+    // Attach the link first, so that the round below only sends.
+    assert_eq!(
+        Harness::send(&h.jobs, telemetry(), b"first").await,
+        Ok(SendOutcome::Presettled)
+    );
+    assert_eq!(h.messages.recv().await.as_deref(), Some(&b"first"[..]));
+    let before = h.writes.load(Ordering::Relaxed);
+    let jobs = h.jobs.clone();
+    let round = tokio::spawn(async move {
+        let sessions: Vec<_> = (0..10u8)
+            .map(|i| {
+                let jobs = jobs.clone();
+                tokio::spawn(async move { Harness::send(&jobs, telemetry(), &[i]).await })
+            })
+            .collect();
+        for s in sessions {
+            assert_eq!(s.await.expect("session"), Ok(SendOutcome::Presettled));
+        }
+    });
+    round.await.expect("round");
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(h.messages.recv().await.expect("message")[0]);
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..10).collect::<Vec<u8>>(), "each message once");
+    assert_eq!(
+        h.writes.load(Ordering::Relaxed) - before,
+        1,
+        "one write for the ten messages"
+    );
+}
+
+/// Without credit, QoS 0 waits a little (a consumer topping up), then is shed at once while the stall
+/// lasts; nothing is written for it.
+#[tokio::test]
+async fn qos0_without_credit_is_shed_and_never_written() {
+    let mut h = harness(0).await;
+    let started = Instant::now();
+    let (reply, replied) = oneshot::channel();
+    h.jobs
+        .send(Job {
+            link: telemetry(),
+            message: b"waits".to_vec(),
+            deadline: Instant::now() + Duration::from_millis(200),
+            wait: Duration::from_millis(200),
+            reply,
+        })
+        .await
+        .expect("queued");
+    assert_eq!(
+        replied.await.expect("answered"),
+        Err(DownstreamError::NoCredit)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    // The link has stalled for longer than SHED_AFTER: the next one is shed at once.
+    let started = Instant::now();
+    assert_eq!(
+        Harness::send(&h.jobs, telemetry(), b"shed").await,
+        Err(DownstreamError::NoCredit)
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(h.messages.try_recv().is_err(), "nothing was written");
+}
