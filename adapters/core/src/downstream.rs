@@ -220,7 +220,9 @@ impl Downstream {
     pub async fn send(&self, msg: DeviceMessage) -> Result<SendOutcome, DownstreamError> {
         match &self.imp {
             Imp::Amqp(a) => a.send(msg).await,
-            Imp::Nats(n) => n.send(msg).await,
+            // Boxed: the NATS path's future is large, and the caller's future (moved into a box per
+            // message by the MQTT session) would be as large as the larger of the two.
+            Imp::Nats(n) => Box::pin(n.send(msg)).await,
         }
     }
 

@@ -142,6 +142,9 @@ pub struct Response {
     pub metered: bool,
 }
 
+/// What steps 1 and 2 found: the tenant, its data volume count when known, the device's assertion.
+type Checked = (Arc<TenantInfo>, Option<Arc<TenantVolume>>, Arc<Assertion>);
+
 /// What the pipeline works with: one adapter's registry client, router connection and counters.
 #[derive(Clone, Copy)]
 pub struct Pipeline<'a> {
@@ -186,7 +189,12 @@ impl Pipeline<'_> {
         F: FnOnce(&TenantInfo) -> Fut,
         Fut: Future<Output = Result<(Option<i32>, W), Refused>>,
     {
-        let (info, volume, assertion) = self.check(check, &subject).await?;
+        // The caches answer nearly every message; the registry's round trip (a large future) is boxed so
+        // that the common path's future stays small (it is moved into a box per message).
+        let (info, volume, assertion) = match self.check_cached(&check, &subject) {
+            Some(checked) => checked?,
+            None => Box::pin(self.check(check, &subject)).await?,
+        };
         let Subject {
             tenant,
             device,
@@ -325,16 +333,42 @@ impl Pipeline<'_> {
     }
 
     /// Steps 1 and 2: the tenant, checked as `check` says, and the device's registration assertion.
-    async fn check(
-        &self,
-        check: TenantCheck,
-        subject: &Subject,
-    ) -> Result<(Arc<TenantInfo>, Option<Arc<TenantVolume>>, Arc<Assertion>), Refused> {
+    async fn check(&self, check: TenantCheck, subject: &Subject) -> Result<Checked, Refused> {
         let (info, volume) = self.tenant(&subject.tenant, check).await?;
         let assertion = self
             .assertion(&subject.tenant, &subject.device, subject.gateway.as_ref())
             .await?;
         Ok((info, volume, assertion))
+    }
+
+    /// Steps 1 and 2 from the caches alone, when they hold both answers; `None` when the registry must
+    /// be asked. Gives the same answers as [`Pipeline::check`].
+    fn check_cached(
+        &self,
+        check: &TenantCheck,
+        subject: &Subject,
+    ) -> Option<Result<Checked, Refused>> {
+        let (info, volume) = match check {
+            TenantCheck::Checked(info) => (info.clone(), None),
+            TenantCheck::Authenticated(volume) => {
+                match self.registry.cached_tenant(&subject.tenant)? {
+                    Some(info) => (info, volume.clone()),
+                    None => return Some(Err(Refused::NotFound)),
+                }
+            }
+            // Rare enough (and checked in several steps) to take the full path.
+            TenantCheck::Unauthenticated => return None,
+        };
+        let assertion = match self.registry.cached_assertion(
+            &subject.tenant,
+            &subject.device,
+            subject.gateway.as_ref(),
+        )? {
+            AssertionOutcome::Granted(a) => a,
+            AssertionOutcome::NotFound => return Some(Err(Refused::NotFound)),
+            AssertionOutcome::Forbidden => return Some(Err(Refused::GatewayForbidden)),
+        };
+        Some(Ok((info, volume, assertion)))
     }
 
     /// Step 3: the tenant's data volume (HONO-CONTRACT §5), counted by this instance with no registry

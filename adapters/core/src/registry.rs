@@ -352,6 +352,27 @@ impl RegistryClient {
         self.inner.epoch.current()
     }
 
+    /// The tenant as cached, without asking the registry: `None` when it is not cached (or expired),
+    /// `Some(None)` when the registry said it does not know it.
+    pub fn cached_tenant(&self, id: &TenantId) -> Option<Option<Arc<TenantInfo>>> {
+        self.inner.tenants.get(id)
+    }
+
+    /// The registration assertion as cached, without asking the registry; `None` when it is not cached.
+    pub fn cached_assertion(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        gateway: Option<&DeviceId>,
+    ) -> Option<AssertionOutcome> {
+        let gateway = gateway.filter(|g| *g != device);
+        self.inner.assertions.get(&AssertionKeyRef {
+            tenant: tenant.as_str(),
+            device: device.as_str(),
+            gateway: gateway.map(DeviceId::as_str),
+        })
+    }
+
     /// The tenant, `None` when the registry does not know it.
     pub async fn tenant(&self, id: &TenantId) -> Result<Option<Arc<TenantInfo>>, RegistryError> {
         if let Some(v) = self.inner.tenants.get(id) {

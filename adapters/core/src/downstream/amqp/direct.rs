@@ -89,6 +89,8 @@ const MAX_UNWRITTEN: usize = 4 * 1024 * 1024;
 /// How long a link must have waited for credit before pre-settled telemetry that arrives is shed at once.
 /// A link that waits less is in a pause (a consumer topping up its credit), not a stall.
 pub(crate) const SHED_AFTER: Duration = Duration::from_millis(50);
+/// A link's queue (in `link_queue`s) past which pre-settled messages are shed even while credit flows.
+const BURST_QUEUES: usize = 16;
 /// How often waiting messages and unsettled deliveries are checked against their bounds.
 const TICK: Duration = Duration::from_millis(10);
 /// Largest frame the router may send us.
@@ -296,14 +298,49 @@ async fn run<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
         .map(|ms| Duration::from_millis(u64::from(ms) / 2));
     let mut next_heartbeat = heartbeat.map(|h| Instant::now() + h);
     let mut batch = Vec::with_capacity(256);
+    // One timer, moved rather than made anew each turn: every TICK while anything waits for credit or
+    // an outcome, else at the next heartbeat.
+    let tick = tokio::time::sleep(TICK);
+    tokio::pin!(tick);
     let ended = loop {
         let backed_up = unwritten.load(Ordering::Relaxed) > MAX_UNWRITTEN;
-        let wake = conn.next_tick().min(next_heartbeat.unwrap_or(far_future()));
+        if conn.needs_tick() && tick.deadline() > Instant::now() + TICK {
+            tick.as_mut().reset(Instant::now() + TICK);
+        }
         tokio::select! {
             biased;
             () = &mut stop => {
                 conn.close();
                 break Ended::Stopped;
+            }
+            // Before the messages: under a flood of them, the router's credit must still be read.
+            read = rd.read_buf(&mut inbuf) => match read {
+                Ok(0) => break Ended::Lost("the router closed the connection".into()),
+                Err(e) => break Ended::Lost(e.to_string()),
+                Ok(_) => {
+                    if let Err(reason) = conn.on_bytes(&mut inbuf) {
+                        break Ended::Lost(reason);
+                    }
+                    if inbuf.capacity() - inbuf.len() < 1024 {
+                        inbuf.reserve(4096);
+                    }
+                }
+            },
+            () = &mut tick => {
+                let now = Instant::now();
+                conn.on_tick(now);
+                if let (Some(every), Some(at)) = (heartbeat, next_heartbeat) {
+                    if now >= at {
+                        codec::encode_heartbeat(&mut conn.out);
+                        next_heartbeat = Some(now + every);
+                    }
+                }
+                let next = if conn.needs_tick() {
+                    now + TICK
+                } else {
+                    next_heartbeat.unwrap_or_else(far_future)
+                };
+                tick.as_mut().reset(next);
             }
             n = jobs.recv_many(&mut batch, 256), if !backed_up => {
                 if n == 0 {
@@ -324,28 +361,6 @@ async fn run<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
                 }
             }
             () = drained.notified(), if backed_up => {}
-            read = rd.read_buf(&mut inbuf) => match read {
-                Ok(0) => break Ended::Lost("the router closed the connection".into()),
-                Err(e) => break Ended::Lost(e.to_string()),
-                Ok(_) => {
-                    if let Err(reason) = conn.on_bytes(&mut inbuf) {
-                        break Ended::Lost(reason);
-                    }
-                    if inbuf.capacity() - inbuf.len() < 1024 {
-                        inbuf.reserve(4096);
-                    }
-                }
-            },
-            () = tokio::time::sleep_until(wake) => {
-                let now = Instant::now();
-                conn.on_tick(now);
-                if let (Some(every), Some(at)) = (heartbeat, next_heartbeat) {
-                    if now >= at {
-                        codec::encode_heartbeat(&mut conn.out);
-                        next_heartbeat = Some(now + every);
-                    }
-                }
-            }
         }
         if !conn.out.is_empty() {
             let chunk = conn.out.split().freeze();
@@ -359,7 +374,9 @@ async fn run<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
         }
     };
     if !conn.out.is_empty() {
-        let _ = chunks.send(conn.out.split().freeze());
+        let chunk = conn.out.split().freeze();
+        unwritten.fetch_add(chunk.len(), Ordering::Relaxed);
+        let _ = chunks.send(chunk);
     }
     drop(chunks);
     conn.fail_all(DownstreamError::Disconnected);
@@ -378,22 +395,25 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
     unwritten: Arc<AtomicUsize>,
     drained: Arc<Notify>,
 ) {
+    let wrote = |n: usize| {
+        if unwritten.fetch_sub(n, Ordering::Relaxed).saturating_sub(n) <= MAX_UNWRITTEN {
+            drained.notify_one();
+        }
+    };
     while let Some(chunk) = chunks.recv().await {
         if wr.write_all(&chunk).await.is_err() {
             return;
         }
-        let mut done = chunk.len();
+        wrote(chunk.len());
         while let Ok(more) = chunks.try_recv() {
             if wr.write_all(&more).await.is_err() {
                 return;
             }
-            done += more.len();
+            wrote(more.len());
         }
+        // TLS: the records go out here.
         if wr.flush().await.is_err() {
             return;
-        }
-        if unwritten.fetch_sub(done, Ordering::Relaxed) - done <= MAX_UNWRITTEN {
-            drained.notify_one();
         }
     }
     let _ = wr.shutdown().await;
@@ -531,8 +551,8 @@ struct Link {
     credit: u32,
     delivery_count: u32,
     pending: VecDeque<Job>,
-    /// Since when a message has been waiting for credit.
-    stalled_since: Option<Instant>,
+    /// Since when the attached link has had no credit.
+    no_credit_since: Option<Instant>,
     /// When the link last sent, or got credit (or was attached).
     progress: Instant,
 }
@@ -617,24 +637,24 @@ impl<'c> Conn<'c> {
             },
         };
         let window = self.remote_window;
-        let queue = self.config.link_queue.max(1);
+        let queue = self.config.link_queue.max(1).saturating_mul(BURST_QUEUES);
         let Some(link) = self.by_handle.get_mut(&handle) else {
             return;
         };
         if link.attaching.is_none() && link.pending.is_empty() && link.credit > 0 && window > 0 {
             return self.transfer(handle, job, now);
         }
+        // A queue that grows while the link sends is a burst (each session bounds what it has in
+        // flight), not a stall: only a link that has waited for credit for a while sheds QoS 0, or one
+        // whose queue is far past any burst.
         if link.key.presettled()
             && (link.pending.len() >= queue
                 || link
-                    .stalled_since
+                    .no_credit_since
                     .is_some_and(|s| now.duration_since(s) > SHED_AFTER))
         {
             let _ = job.reply.send(Err(DownstreamError::NoCredit));
             return;
-        }
-        if link.attaching.is_none() && link.stalled_since.is_none() {
-            link.stalled_since = Some(now);
         }
         if link.pending.is_empty() {
             self.waiting += 1;
@@ -691,7 +711,7 @@ impl<'c> Conn<'c> {
                 credit: 0,
                 delivery_count: 0,
                 pending: VecDeque::new(),
-                stalled_since: None,
+                no_credit_since: None,
                 // The first messages waited for the attach, not for credit.
                 progress: now + self.config.no_credit_timeout,
             },
@@ -757,6 +777,9 @@ impl<'c> Conn<'c> {
         link.credit -= 1;
         link.delivery_count = link.delivery_count.wrapping_add(1);
         link.progress = now;
+        if link.credit == 0 {
+            link.no_credit_since = Some(now);
+        }
         if settled {
             let _ = job.reply.send(Ok(SendOutcome::Presettled));
         } else {
@@ -786,7 +809,6 @@ impl<'c> Conn<'c> {
                 return;
             };
             if link.pending.is_empty() {
-                link.stalled_since = None;
                 self.waiting -= 1;
             }
             self.transfer(handle, job, now);
@@ -865,6 +887,9 @@ impl<'c> Conn<'c> {
         }
         if link.credit > 0 {
             link.progress = now;
+            link.no_credit_since = None;
+        } else if link.no_credit_since.is_none() && link.attaching.is_none() {
+            link.no_credit_since = Some(now);
         }
         self.send_waiting(handle, now);
         let Some(link) = self.by_handle.get_mut(&handle) else {
@@ -954,9 +979,9 @@ impl<'c> Conn<'c> {
             return;
         }
         link.progress = link.progress.max(now);
-        if !link.pending.is_empty() && link.stalled_since.is_none() {
+        if link.credit == 0 {
             // Waiting from now on for credit, no longer for the attach.
-            link.stalled_since = Some(now);
+            link.no_credit_since = Some(now);
         }
         self.send_waiting(handle, now);
     }
@@ -1023,13 +1048,9 @@ impl<'c> Conn<'c> {
         tracing::debug!(address = %link.address, %reason, "sender link to the router ended");
     }
 
-    /// When the bounds of waiting messages and unsettled deliveries are next checked.
-    fn next_tick(&self) -> Instant {
-        if self.waiting > 0 || !self.due.is_empty() {
-            Instant::now() + TICK
-        } else {
-            far_future()
-        }
+    /// Whether messages wait for credit or outcomes, whose bounds are checked every [`TICK`].
+    fn needs_tick(&self) -> bool {
+        self.waiting > 0 || !self.due.is_empty()
     }
 
     /// Fails the messages that waited too long for credit or for their outcome, and links whose attach

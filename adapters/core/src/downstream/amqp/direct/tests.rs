@@ -98,12 +98,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountWrites<S> {
 }
 
 /// The router's side of the handshake, then: every attach is answered and given `credit`; each
-/// transfer's message is reported on `messages`.
+/// transfer's message is reported on `messages`. With `refill`, every `credit` transfers received on a
+/// link are followed by `credit` more (a consumer taking what it gets, a little at a time).
 async fn fake_router(
     mut io: tokio::io::DuplexStream,
     credit: u32,
+    refill: bool,
     messages: mpsc::UnboundedSender<Vec<u8>>,
 ) {
+    let mut received: HashMap<u32, u32> = HashMap::new();
     use fe2o3_amqp::types::primitives::Array;
     use fe2o3_amqp::types::sasl::{SaslMechanisms, SaslOutcome};
     let mut inbuf = BytesMut::new();
@@ -170,7 +173,7 @@ async fn fake_router(
                         .expect("encodes");
                     let flow = Flow {
                         next_incoming_id: Some(0),
-                        incoming_window: 1 << 20,
+                        incoming_window: 1 << 30,
                         next_outgoing_id: 0,
                         outgoing_window: 1 << 20,
                         handle: Some(handle),
@@ -185,11 +188,30 @@ async fn fake_router(
                         .expect("encodes");
                 }
                 Frame::Amqp {
-                    performative: Some(Performative::Transfer(_)),
+                    performative: Some(Performative::Transfer(t)),
                     payload,
                     ..
                 } => {
                     let _ = messages.send(payload.to_vec());
+                    let count = received.entry(t.handle.0).or_default();
+                    *count += 1;
+                    if refill && *count % credit == 0 {
+                        let flow = Flow {
+                            next_incoming_id: Some(0),
+                            incoming_window: 1 << 30,
+                            next_outgoing_id: 0,
+                            outgoing_window: 1 << 20,
+                            handle: Some(t.handle.clone()),
+                            delivery_count: Some(*count),
+                            link_credit: Some(credit),
+                            available: None,
+                            drain: false,
+                            echo: false,
+                            properties: None,
+                        };
+                        codec::encode_frame(0, &Performative::Flow(flow), &[], &mut out)
+                            .expect("encodes");
+                    }
                 }
                 _ => {}
             }
@@ -209,10 +231,14 @@ struct Harness {
 }
 
 async fn harness(credit: u32) -> Harness {
+    harness_with(credit, false).await
+}
+
+async fn harness_with(credit: u32, refill: bool) -> Harness {
     let (ours, theirs) = tokio::io::duplex(1 << 20);
     let writes = Arc::new(AtomicUsize::new(0));
     let (tx, messages) = mpsc::unbounded_channel();
-    tokio::spawn(fake_router(theirs, credit, tx));
+    tokio::spawn(fake_router(theirs, credit, refill, tx));
     let (jobs, mut rx) = mpsc::channel(JOB_QUEUE);
     let io = CountWrites {
         inner: ours,
@@ -328,4 +354,52 @@ async fn qos0_without_credit_is_shed_and_never_written() {
     );
     assert!(started.elapsed() < Duration::from_millis(100));
     assert!(h.messages.try_recv().is_err(), "nothing was written");
+}
+
+/// A flood of QoS 0 messages, always more queued than the link has credit for, while the router hands
+/// out credit ten at a time as it receives: the credit must be read between the batches, and a queue
+/// that grows while credit keeps coming is a burst, not a stall, so nothing is shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_messages_does_not_keep_the_routers_credit_from_being_read() {
+    use futures_util::StreamExt;
+    let mut h = harness_with(10, true).await;
+    let total = 20_000u32;
+    let in_flight = 2_000;
+    let jobs = h.jobs.clone();
+    let flood = tokio::spawn(async move {
+        let mut replies = futures_util::stream::FuturesUnordered::new();
+        let mut shed = 0;
+        for i in 0..total {
+            if replies.len() >= in_flight {
+                if let Some(r) = replies.next().await {
+                    shed += u32::from(r != Ok(Ok(SendOutcome::Presettled)));
+                }
+            }
+            let (reply, replied) = oneshot::channel();
+            jobs.send(Job {
+                link: telemetry(),
+                message: i.to_be_bytes().to_vec(),
+                deadline: Instant::now() + Duration::from_secs(5),
+                wait: Duration::from_secs(5),
+                reply,
+            })
+            .await
+            .expect("queued");
+            replies.push(replied);
+        }
+        while let Some(r) = replies.next().await {
+            shed += u32::from(r != Ok(Ok(SendOutcome::Presettled)));
+        }
+        shed
+    });
+    let shed = tokio::time::timeout(Duration::from_secs(30), flood)
+        .await
+        .expect("within the bound")
+        .expect("flood");
+    assert_eq!(shed, 0, "nothing shed while credit keeps coming");
+    let mut got = 0;
+    while h.messages.try_recv().is_ok() {
+        got += 1;
+    }
+    assert_eq!(got, total);
 }
