@@ -97,6 +97,7 @@ pub async fn run(args: &AllArgs) -> anyhow::Result<()> {
     }
     if !args.skips("b4") {
         let a = crate::amqp::AmqpArgs {
+            generator: crate::amqp::Generator::Raw,
             warmup: args.warmup,
             duration: args.duration,
             runs: args.runs,
