@@ -408,7 +408,7 @@ async fn send_loop(
     template: Template,
     base: Instant,
     t1: Instant,
-) -> anyhow::Result<SendTally> {
+) -> anyhow::Result<(SendTally, Conn)> {
     let mut tally = SendTally::default();
     let mut next_id = c.our_first_transfer;
     let mut delivery_count: u32 = 0;
@@ -536,8 +536,7 @@ async fn send_loop(
             }
         }
     }
-    c.close().await;
-    Ok(tally)
+    Ok((tally, c))
 }
 
 /// What the receiver has counted so far (read while it runs, to know when it caught up).
@@ -707,7 +706,9 @@ async fn receive_loop(
 
 /// A run under way: the caller samples CPU time at the window's edges.
 pub struct Running {
-    sender: JoinHandle<anyhow::Result<SendTally>>,
+    /// The sender's connection comes back open: a broker may drop presettled messages it has not
+    /// processed yet when their connection closes, so it is closed only once the receiver caught up.
+    sender: JoinHandle<anyhow::Result<(SendTally, Conn)>>,
     receiver: JoinHandle<anyhow::Result<RecvTally>>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -833,7 +834,7 @@ impl Running {
     /// Waits for the sender, then for the receiver to catch up (or 5 s without progress); counts what
     /// never came.
     pub async fn finish(self) -> anyhow::Result<Counts> {
-        let tally = self.sender.await.context("the sender task")??;
+        let (tally, tx) = self.sender.await.context("the sender task")??;
         let expected = match self.mode {
             Mode::Presettled => tally.sent,
             Mode::Unsettled => tally.accepted,
@@ -854,6 +855,7 @@ impl Running {
         }
         let received_total = received();
         self.stop.send_replace(true);
+        tx.close().await;
         let (rx, rx_error) = match self.receiver.await {
             Ok(Ok(t)) => (t, None),
             Ok(Err(e)) => (RecvTally::default(), Some(format!("{e:#}"))),
