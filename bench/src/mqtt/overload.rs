@@ -122,6 +122,16 @@ impl SystemB13 {
         self.q0_delivered as f64 / self.window.as_secs_f64().max(1e-9)
     }
 
+    /// Each process's share of one core over the overload, `name N %`.
+    pub fn cores_per_process(&self) -> String {
+        self.memory
+            .iter()
+            .zip(&self.cpu.sut)
+            .map(|(m, d)| format!("{} {:.0} %", m.process, self.cpu.cores(*d) * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn verdict(&self) -> Verdict {
         Verdict {
             delivered_share: self.delivered_rate() / self.base.max(1e-9),
@@ -214,7 +224,8 @@ async fn system(kind: Kind, args: &MqttArgs, b1: LossFree) -> anyhow::Result<Sys
     let devices = args.publishers + args.b13_qos1_publishers;
     let mut sut = Sut::start(kind, args, devices, false).await?;
     let result = overload_on(&mut sut, args, b1).await;
-    if result.is_err() {
+    // A run that failed or missed the goal leaves its servers' last words on stderr, for the why.
+    if result.as_ref().map_or(true, |s| !s.verdict().met()) {
         eprintln!("{}", sut.log_tails(20));
     }
     sut.stop();
@@ -386,7 +397,7 @@ async fn overload_on(sut: &mut Sut, args: &MqttArgs, b1: LossFree) -> anyhow::Re
         cpu: CpuUse::between(&c0, &c1),
     };
     eprintln!(
-        "{} B13: offered {:.0}/s, sent {:.0}/s, delivered {:.0}/s ({:.0} % of {}), QoS 0 cut off {}, QoS 1 sent/acked/lost {}/{}/{}, cut off {}, receiver cut off {}, core % sut/gen/others {}",
+        "{} B13: offered {:.0}/s, sent {:.0}/s, delivered {:.0}/s ({:.0} % of {}), QoS 0 cut off {}, QoS 1 sent/acked/lost {}/{}/{}, cut off {}, receiver cut off {}, core % sut/gen/others {} ({})",
         kind.label(),
         s.offered,
         s.sent_rate(),
@@ -399,7 +410,8 @@ async fn overload_on(sut: &mut Sut, args: &MqttArgs, b1: LossFree) -> anyhow::Re
         s.q1.lost,
         s.q1.cut_off,
         s.receiver_cut_off,
-        s.cpu.cores_text()
+        s.cpu.cores_text(),
+        s.cores_per_process()
     );
     Ok(s)
 }
@@ -594,7 +606,11 @@ fn render(args: &MqttArgs, systems: &[SystemB13]) -> String {
 /// What the figures say about one system: whether the generator really offered the overload, what bound
 /// it, what missed.
 fn notes(s: &SystemB13) -> String {
-    let mut out = format!("- {}: ", s.kind.label());
+    let mut out = format!(
+        "- {}: core share per process over the overload: {}; ",
+        s.kind.label(),
+        s.cores_per_process()
+    );
     let sent_share = s.sent_rate() / s.offered.max(1e-9);
     let generator = s.cpu.cores(s.cpu.generator) * 100.0;
     if sent_share < 0.97 {
