@@ -97,6 +97,7 @@ pub async fn run(args: &AllArgs) -> anyhow::Result<()> {
     }
     if !args.skips("b4") {
         let a = crate::amqp::AmqpArgs {
+            generator: crate::amqp::Generator::Raw,
             warmup: args.warmup,
             duration: args.duration,
             runs: args.runs,
@@ -159,7 +160,7 @@ fn common_options(args: &AllArgs) -> Vec<String> {
     ]
 }
 
-/// The MQTT scenarios (B1/B2, B7, B6, B5, B3 through `crate::mqtt`, then the B10 soak through
+/// The MQTT scenarios (B1/B2, B7, B6, B5, B3, B13 through `crate::mqtt`, then the B10 soak through
 /// `crate::mqtt::soak`), each writing its own section; one outcome per scenario.
 async fn mqtt_scenarios(args: &AllArgs) -> Vec<(&'static str, Result<(), String>)> {
     let mut out = Vec::new();
@@ -170,6 +171,7 @@ async fn mqtt_scenarios(args: &AllArgs) -> Vec<(&'static str, Result<(), String>
         ("b6", "b6"),
         ("b5", "b5"),
         ("b3", "b3"),
+        ("b13", "b13"),
     ]
     .into_iter()
     .filter(|(id, _)| !args.skips(id))
@@ -196,7 +198,7 @@ async fn mqtt_scenarios(args: &AllArgs) -> Vec<(&'static str, Result<(), String>
             Ok(m) => crate::mqtt::run(&m).await.map_err(|e| format!("{e:#}")),
             Err(e) => Err(format!("bad MQTT options {options:?}: {e:#}")),
         };
-        out.push(("B1, B2, B3, B5, B6, B7 (as chosen)", result));
+        out.push(("B1, B2, B3, B5, B6, B7, B13 (as chosen)", result));
     }
     if !args.skips("b10") {
         let mut options = common_options(args);

@@ -1,6 +1,8 @@
 //! Scenario B4: AMQP 1.0 forwarding, 1 sender → broker → 1 receiver, 12-byte bodies, credit 200: the Ferry
 //! router beside RabbitMQ 3.10 (AMQP 1.0 plugin) and the Qpid Proton C example broker, with one compiled
-//! generator ([`gen`], fe2o3-amqp client) for all three.
+//! generator for all three: by default [`raw`] (pre-encoded transfers over `ferry_router::codec`, cheap
+//! enough that the broker's core is the bound), or [`gen`] (the fe2o3-amqp client, `--generator fe2o3`,
+//! the generator of the figures before December 2026).
 //!
 //! The path measured at Ferry is the one device messages take: an adapter-authenticated sender on
 //! `telemetry/bench` (the adapters' service credential, every message with `device_id` and a real
@@ -11,6 +13,7 @@
 pub mod client;
 pub mod gen;
 mod peers;
+pub mod raw;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,8 +56,29 @@ impl Peer {
     }
 }
 
+/// Which client drives the brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generator {
+    /// Pre-encoded transfer frames written in batches, minimal decoding on the receiver ([`raw`]).
+    Raw,
+    /// The fe2o3-amqp client ([`gen`]): its core was the bound of the earlier figures.
+    Fe2o3,
+}
+
+impl Generator {
+    pub fn label(self) -> &'static str {
+        match self {
+            Generator::Raw => "raw",
+            Generator::Fe2o3 => "fe2o3",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct AmqpArgs {
+    /// The generator (the same one drives every broker of the run).
+    #[arg(long, value_enum, default_value = "raw")]
+    pub generator: Generator,
     /// Warm-up before each run, in seconds.
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
@@ -272,7 +296,10 @@ async fn measure(
 ) -> anyhow::Result<Run> {
     let spec = broker.spec(args, mode, tag).await?;
     let pid = broker.pid();
-    let running = gen::start(spec).await?;
+    let running = match args.generator {
+        Generator::Raw => Load::Raw(raw::start(spec).await?),
+        Generator::Fe2o3 => Load::Fe2o3(Box::new(gen::start(spec).await?)),
+    };
     running.window_start().await;
     let s0 = (
         cpu::process_cpu(pid)?,
@@ -298,6 +325,35 @@ async fn measure(
             .saturating_sub(s0.2)
             .saturating_sub(server_cpu + generator_cpu),
     })
+}
+
+/// A run of either generator.
+enum Load {
+    Raw(raw::Running),
+    Fe2o3(Box<gen::Running>),
+}
+
+impl Load {
+    async fn window_start(&self) {
+        match self {
+            Load::Raw(r) => r.window_start().await,
+            Load::Fe2o3(r) => r.window_start().await,
+        }
+    }
+
+    async fn window_end(&self) {
+        match self {
+            Load::Raw(r) => r.window_end().await,
+            Load::Fe2o3(r) => r.window_end().await,
+        }
+    }
+
+    async fn finish(self) -> anyhow::Result<gen::Counts> {
+        match self {
+            Load::Raw(r) => r.finish().await,
+            Load::Fe2o3(r) => r.finish().await,
+        }
+    }
 }
 
 /// The summary row of B4 for `mode`.
@@ -362,9 +418,7 @@ pub fn summary_row(rows: &[Row], mode: Mode, machine_cpus: usize, date: &str) ->
                 others * 100.0
             ));
         } else if gen_cores >= 0.9 {
-            note.push_str(
-                ": the fe2o3 generator's core is saturated, so the figure is a lower bound",
-            );
+            note.push_str(": the generator's core is saturated, so the figure is a lower bound");
         } else if srv_cores >= 0.9 {
             note.push_str(": the router's core is saturated (CPU per message is the bound)");
         }
@@ -407,6 +461,22 @@ pub fn summary_row(rows: &[Row], mode: Mode, machine_cpus: usize, date: &str) ->
         met,
         note,
         date: date.to_owned(),
+    }
+}
+
+fn generator_text(g: Generator) -> &'static str {
+    match g {
+        Generator::Raw => {
+            "`--generator raw`, a client on the router's own codec (`ferry_router::codec`): the sender \
+             copies one pre-encoded transfer frame per message, patching the delivery id, the tag and the \
+             body's stamp, and writes what credit allows (up to 512 transfers) in one write; the receiver \
+             decodes each performative, grants the credit again when half is used, and accepts unsettled \
+             deliveries with one disposition per range"
+        }
+        Generator::Fe2o3 => {
+            "`--generator fe2o3`, the fe2o3-amqp client, one message per send call; the generator of the \
+             figures before December 2026"
+        }
     }
 }
 
@@ -488,8 +558,8 @@ fn render(
     let mut out =
         String::from("## B4: AMQP 1.0 forwarding, Ferry router vs RabbitMQ vs Proton C broker\n\n");
     out.push_str(&format!(
-        "One sender connection and one receiver connection (fe2o3-amqp client, `TCP_NODELAY`, one compiled \
-         generator for all three brokers). Every message: a {}-byte Data body (sequence number and send time), \
+        "One sender connection and one receiver connection (`TCP_NODELAY`; one compiled generator for all \
+         three brokers: {}). Every message: a {}-byte Data body (sequence number and send time), \
          `content-type`, and the application properties `device_id` and `reg_assertion` (a real Ed25519 JWT \
          from the registry's internal API, about 300 bytes); the peers get exactly the same messages. \
          **Ferry**: the path device messages take, an adapter-authenticated sender (the adapters' service \
@@ -507,6 +577,7 @@ fn render(
          of the broker's process from `/proc` over the window, per received message. Core %: share of one \
          core used by the broker, the generator, and every other process (background load: other helpers \
          compile on this 2-core box, so the figures are noisy).\n\n",
+        generator_text(args.generator),
         args.body.max(12),
         args.credit,
         args.credit,
@@ -583,8 +654,9 @@ fn render(
     out.push_str("cargo build --release -p ferry-bench -p ferry-registry -p ferry-router\n");
     let list = |v: Vec<&str>| v.join(",");
     out.push_str(&format!(
-        "\"$CARGO_TARGET_DIR\"/release/ferry-bench amqp --warmup {} --duration {} --runs {} --credit {} --body {} \
-         --modes {} --peers {}{}\n```\n",
+        "\"$CARGO_TARGET_DIR\"/release/ferry-bench amqp --generator {} --warmup {} --duration {} --runs {} --credit {} \
+         --body {} --modes {} --peers {}{}\n```\n",
+        args.generator.label(),
         args.warmup,
         args.duration,
         args.runs,
@@ -626,6 +698,24 @@ mod tests {
             }],
             not_measured: None,
         }
+    }
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: AmqpArgs,
+    }
+
+    #[test]
+    fn the_generator_is_raw_unless_fe2o3_is_asked_for() {
+        use clap::Parser as _;
+        let d = Wrapper::parse_from(["b4"]).args;
+        assert_eq!(d.generator, Generator::Raw);
+        assert_eq!((d.credit, d.body), (200, 12));
+        let old = Wrapper::parse_from(["b4", "--generator", "fe2o3"]).args;
+        assert_eq!(old.generator, Generator::Fe2o3);
+        assert!(Wrapper::try_parse_from(["b4", "--generator", "proton"]).is_err());
+        assert!(generator_text(Generator::Raw).contains("ferry_router::codec"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum Scenario {
     Http(crate::http::HttpArgs),
     /// B4: AMQP 1.0 forwarding through the router vs RabbitMQ 3.10 and the Proton C example broker.
     Amqp(crate::amqp::AmqpArgs),
-    /// Every scenario of BENCHMARKS.md (B1–B10) in one run, then the summary table.
+    /// Every scenario of BENCHMARKS.md (B1–B10, B13) in one run, then the summary table.
     All(crate::all::AllArgs),
     /// B1/B2, B3, B5, B6, B7: MQTT scenarios, Ferry side by side with Mosquitto (and ActiveMQ for B3).
     Mqtt(crate::mqtt::MqttArgs),

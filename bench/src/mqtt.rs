@@ -8,6 +8,8 @@
 //! - `b6` ([`run_b6`]): 15,000 authenticated idle connections, RSS per connection.
 //! - `b3` ([`run_b3`]): QoS 1 events, durable, PUBACK after store: Ferry vs Mosquitto (persistence) vs
 //!   ActiveMQ Classic (MQTT transport, KahaDB).
+//! - `b13` ([`run_b13`]): overload, QoS 0 offered at twice the loss-free rate with a few QoS 1
+//!   devices beside it: delivered rate, QoS 1 devices cut off or messages lost, memory.
 //! - `b10` ([`soak::run`]): the soak.
 //!
 //! Every system under test runs as its own process(es) pinned to `--server-cpus`; the generator (this
@@ -17,6 +19,7 @@
 pub mod connect;
 pub mod ferry;
 pub mod idle;
+pub mod overload;
 pub mod peers;
 pub mod procs;
 pub mod soak;
@@ -48,6 +51,8 @@ pub enum MqttScenario {
     B5,
     /// B3: QoS 1 durable events.
     B3,
+    /// B13: overload, QoS 0 at twice the loss-free rate beside a few QoS 1 devices.
+    B13,
 }
 
 /// Options of `ferry-bench mqtt` (and of the scenario functions the `all` command calls).
@@ -58,7 +63,7 @@ pub struct MqttArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "b1,b7,b6,b5,b3"
+        default_value = "b1,b7,b6,b5,b3,b13"
     )]
     pub scenarios: Vec<MqttScenario>,
     #[command(flatten)]
@@ -114,6 +119,19 @@ pub struct MqttArgs {
     /// B3: unacknowledged QoS 1 messages per publisher (closed loop).
     #[arg(long, default_value_t = 10)]
     pub window: u64,
+    /// B13: the loss-free QoS 0 rate (msg/s) the overload doubles, for both systems; default: each
+    /// system's own, from B1 when it ran before B13, else searched anew with B1's probes.
+    #[arg(long)]
+    pub b13_rate_base: Option<f64>,
+    /// B13: seconds of overload.
+    #[arg(long, default_value_t = 30)]
+    pub b13_duration: u64,
+    /// B13: QoS 1 telemetry publishers beside the QoS 0 ones (own devices and connections).
+    #[arg(long, default_value_t = 10)]
+    pub b13_qos1_publishers: usize,
+    /// B13: open-loop rate of each QoS 1 publisher, msg/s.
+    #[arg(long, default_value_t = 20.0)]
+    pub b13_qos1_rate: f64,
     /// B3: skip the ActiveMQ row.
     #[arg(long)]
     pub no_activemq: bool,
@@ -189,14 +207,15 @@ impl MqttArgs {
 /// Runs the chosen scenarios in order; each writes its own section. Errors of one scenario are
 /// reported and the next one still runs; the result is the first error.
 pub async fn run(args: &MqttArgs) -> anyhow::Result<()> {
-    let mut mosquitto_max = None;
+    let mut b1 = throughput::LossFree::default();
     let mut first_error = None;
     for &scenario in &args.scenarios {
         let result = match scenario {
-            MqttScenario::B1 => run_b1(args).await.map(|max| {
-                mosquitto_max = max;
+            MqttScenario::B1 => throughput::run_b1_rates(args).await.map(|rates| {
+                b1 = rates;
             }),
-            MqttScenario::B5 => run_b5(args, mosquitto_max).await,
+            MqttScenario::B5 => run_b5(args, b1.mosquitto).await,
+            MqttScenario::B13 => run_b13(args, b1).await,
             MqttScenario::B7 => run_b7(args).await,
             MqttScenario::B6 => run_b6(args).await,
             MqttScenario::B3 => run_b3(args).await,
@@ -227,6 +246,12 @@ pub async fn run_b7(args: &MqttArgs) -> anyhow::Result<()> {
 /// B6.
 pub async fn run_b6(args: &MqttArgs) -> anyhow::Result<()> {
     idle::run_b6(args).await
+}
+
+/// B13, starting from `--b13-rate-base`, else from B1's loss-free rates in `b1`, else from a fresh
+/// search with B1's probes.
+pub async fn run_b13(args: &MqttArgs, b1: throughput::LossFree) -> anyhow::Result<()> {
+    overload::run_b13(args, b1).await
 }
 
 /// B3.
@@ -374,6 +399,8 @@ impl Sut {
             login: self.login(i, format!("pub-{i}"), 60),
             topic,
             addr: None,
+            qos: None,
+            rate: None,
         }
     }
 
@@ -547,7 +574,9 @@ mod tests {
     fn defaults_and_options_parse() {
         let d = MqttArgs::defaults();
         assert_eq!(d.publishers, 100);
-        assert_eq!(d.scenarios.len(), 5);
+        assert_eq!(d.scenarios.len(), 6);
+        assert_eq!(d.b13_rate_base, None);
+        assert_eq!(d.b13_duration, 30);
         let a = MqttArgs::from_options(["--scenarios", "b7,b1", "--duration", "3", "--no-pin"])
             .expect("parses");
         assert_eq!(a.scenarios, vec![MqttScenario::B7, MqttScenario::B1]);

@@ -74,6 +74,11 @@ pub const ROWS: &[(&str, &str, &str)] = &[
         "Cluster-mode failover under QoS 1 load: kill -9 a router, a NATS node, an adapter",
         "0 accepted lost; resumes ≤ 2 s; only the killed adapter's devices reconnect",
     ),
+    (
+        "B13",
+        "Overload: QoS 0 offered at 2× the loss-free rate, QoS 1 devices beside it",
+        "delivered ≥ 90 % of the loss-free rate; no QoS 1 device cut off; memory bounded",
+    ),
 ];
 
 /// One row of the summary, as a scenario reports it.
@@ -212,7 +217,7 @@ pub fn render_summary(
             ]);
         }
     }
-    let mut out = String::from("## Summary: B1–B12 against their goals\n\n");
+    let mut out = String::from("## Summary: B1–B13 against their goals\n\n");
     out.push_str(
         "One row per goal of docs/BENCHMARKS.md, collected from the scenario sections below (each row links \
          to its figures by id; the date says when that scenario last ran). Ratios are Ferry / peer measured \

@@ -56,6 +56,8 @@ fn cluster_spec(c: &Cluster, args: &ClusterArgs) -> TrafficSpec {
                 },
                 topic: "t".to_owned(),
                 addr: Some(c.mqtt[i % c.mqtt.len()]),
+                qos: None,
+                rate: None,
             })
             .collect(),
         qos: 0,

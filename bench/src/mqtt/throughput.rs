@@ -14,7 +14,7 @@ mod b1;
 mod b3;
 mod b5;
 
-pub use b1::{b1_system, run_b1, Probe, SystemB1};
+pub use b1::{b1_system, run_b1, run_b1_rates, search_loss_free, LossFree, Probe, SystemB1};
 pub use b3::{measure_closed, run_b3, ClosedRun};
 pub use b5::run_b5;
 
@@ -162,7 +162,7 @@ pub(crate) fn summary_marker(
     format!("{}\n", row.marker())
 }
 
-fn reproduce(args: &MqttArgs, scenario: &str) -> String {
+pub(crate) fn reproduce(args: &MqttArgs, scenario: &str) -> String {
     format!(
         "\nReproduce (from the workspace root):\n\n```sh\nexport CARGO_TARGET_DIR=/var/tmp/ferry-target\n\
          cargo build --release -p ferry-registry -p ferry-router -p ferry-mqtt-adapter -p ferry-bench\n\

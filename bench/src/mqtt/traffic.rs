@@ -44,6 +44,9 @@ pub enum Plan {
 pub struct PubCounters {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
+    /// Set when the connection ended under the publisher (the server closed it, or a read or write
+    /// failed): the device was cut off.
+    pub cut_off: AtomicBool,
 }
 
 /// Which messages a receiver has seen, per publisher (a bit per sequence number).
@@ -119,6 +122,11 @@ pub struct RecvCounters {
     pub latencies_us: Mutex<Vec<u32>>,
     /// Present when the run tracks every message (QoS 1 loss).
     pub seen: Option<Mutex<Seen>>,
+    /// Messages received per publisher (by the stamp's publisher index), for loads that mix kinds of
+    /// publishers; empty unless [`Traffic::start`] sized it.
+    pub per_publisher: Vec<AtomicU64>,
+    /// Set when the receiver's connection ended.
+    pub ended: AtomicBool,
 }
 
 impl RecvCounters {
@@ -135,6 +143,9 @@ impl RecvCounters {
             }
         }
         self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.per_publisher.get(stamp.publisher as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         if self.record.load(Ordering::Relaxed) {
             let us = now_ns.saturating_sub(stamp.sent_ns) / 1000;
             if let Ok(mut l) = self.latencies_us.lock() {
@@ -180,6 +191,10 @@ pub struct PublisherSpec {
     /// The server this publisher connects to, when not [`TrafficSpec::mqtt`] (cluster mode spreads the
     /// publishers over several adapters).
     pub addr: Option<SocketAddr>,
+    /// This publisher's QoS, when not [`TrafficSpec::qos`].
+    pub qos: Option<u8>,
+    /// Open loop: this publisher's own rate (msg/s), when not the plan's `per_publisher`.
+    pub rate: Option<f64>,
 }
 
 /// The whole load.
@@ -210,6 +225,9 @@ impl Traffic {
             seen: spec
                 .track
                 .then(|| Mutex::new(Seen::new(spec.publishers.len()))),
+            per_publisher: (0..spec.publishers.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             ..RecvCounters::default()
         });
         let mut tasks = JoinSet::new();
@@ -223,7 +241,10 @@ impl Traffic {
                 let mut rest = BytesMut::with_capacity(64 * 1024);
                 let mut stream = wire::connect(*addr, None, login, &mut rest).await?;
                 wire::subscribe(&mut stream, filter, *qos, &mut rest).await?;
-                tasks.spawn(mqtt_receiver(stream, rest, recv.clone()));
+                tasks.spawn(flag_end(
+                    mqtt_receiver(stream, rest, recv.clone()),
+                    recv.clone(),
+                ));
             }
             ReceiverSpec::Amqp {
                 addr,
@@ -233,7 +254,7 @@ impl Traffic {
                 credit,
             } => {
                 let r = AmqpReceiver::open(*addr, user, password, address, *credit).await?;
-                tasks.spawn(r.run(recv.clone()));
+                tasks.spawn(flag_end(r.run(recv.clone()), recv.clone()));
             }
         }
         let (plan, plan_rx) = watch::channel(Plan::Idle);
@@ -264,13 +285,22 @@ impl Traffic {
             let p = Publisher {
                 index: i,
                 topic: Bytes::from(spec.publishers[i].topic.clone().into_bytes()),
-                qos: spec.qos,
+                qos: spec.publishers[i].qos.unwrap_or(spec.qos),
+                rate: spec.publishers[i].rate,
                 counters,
                 phase: i as f64 / n as f64,
                 tick: spec.tick,
                 first_tick: t0 + spec.tick.mul_f64(i as f64 / n as f64),
             };
-            tasks.spawn(p.run(stream, rest, plan_rx.clone()));
+            let counters = p.counters.clone();
+            let run = p.run(stream, rest, plan_rx.clone());
+            tasks.spawn(async move {
+                let result = run.await;
+                if result.is_err() {
+                    counters.cut_off.store(true, Ordering::Relaxed);
+                }
+                result
+            });
         }
         Ok(Self {
             plan,
@@ -301,6 +331,14 @@ impl Traffic {
 
     pub fn received(&self) -> u64 {
         self.recv.received.load(Ordering::Relaxed)
+    }
+
+    /// Messages received from publisher `i` (0 unless the receiver counts per publisher).
+    pub fn received_from(&self, i: usize) -> u64 {
+        self.recv
+            .per_publisher
+            .get(i)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// The first task failure (a connection the server closed, a malformed packet), if any.
@@ -350,10 +388,21 @@ impl Traffic {
     }
 }
 
+/// Runs a receiver, flagging its end (for loads that outlive a failed task, such as B13's).
+async fn flag_end(
+    run: impl std::future::Future<Output = anyhow::Result<()>>,
+    recv: Arc<RecvCounters>,
+) -> anyhow::Result<()> {
+    let result = run.await;
+    recv.ended.store(true, Ordering::Relaxed);
+    result
+}
+
 struct Publisher {
     index: usize,
     topic: Bytes,
     qos: u8,
+    rate: Option<f64>,
     counters: Arc<PubCounters>,
     /// Fraction of a message each publisher is ahead, so that they do not all send on the same tick.
     phase: f64,
@@ -418,7 +467,8 @@ impl Publisher {
                 _ = ticker.tick(), if open(&plan) => {
                     if let Plan::Open { per_publisher, start } = plan {
                         let elapsed = start.elapsed().as_secs_f64();
-                        let due = (elapsed * per_publisher + self.phase).floor() as u64;
+                        let rate = self.rate.unwrap_or(per_publisher);
+                        let due = (elapsed * rate + self.phase).floor() as u64;
                         let n = due.saturating_sub(sent_in_plan);
                         sent_in_plan = sent_in_plan.max(due);
                         self.send(&mut wr, &mut out, &mut seq, n).await?;

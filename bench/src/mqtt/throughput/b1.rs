@@ -63,39 +63,8 @@ async fn b1_on(sut: &mut Sut, args: &MqttArgs) -> anyhow::Result<SystemB1> {
     let processes: Vec<String> = sut.processes().into_iter().map(|(n, _)| n).collect();
     let pids: Vec<u32> = sut.processes().into_iter().map(|(_, p)| p).collect();
     let mut traffic = Traffic::start(&spec(sut, args, Flow::Telemetry, 0, false)).await?;
-    let mut search = RateSearch::new(args.start_rate, args.step, args.max_rate, args.max_probes);
-    let mut probes = Vec::new();
+    let (search, probes) = search_loss_free(sut, &mut traffic, &pids, args, "B1").await?;
     let mut notes = Vec::new();
-    while let Some(rate) = search.next() {
-        let run = measure_open(
-            &mut traffic,
-            &pids,
-            rate,
-            secs(args.probe_warmup),
-            secs(args.probe_duration),
-        )
-        .await;
-        sut.check_alive()?;
-        let run = run?;
-        eprintln!(
-            "{} B1 probe {:>9} msg/s: delivered {:>9.0}/s, sent {:>9.0}/s, lost {}, core % sut/gen/others {}",
-            kind.label(),
-            thousands(rate),
-            run.delivered_rate(),
-            run.sent_rate(),
-            run.lost(),
-            run.cpu.cores_text()
-        );
-        search.record(rate, run.passed());
-        probes.push(Probe {
-            target: rate,
-            delivered: run.delivered_rate(),
-            lost: run.lost(),
-            passed: run.passed(),
-            sut_cores: run.cpu.sut.iter().map(|d| run.cpu.cores(*d)).collect(),
-            generator_core: run.cpu.cores(run.cpu.generator),
-        });
-    }
     let Some(mut rate) = search.best else {
         traffic.shutdown().await;
         bail!(
@@ -148,14 +117,75 @@ async fn b1_on(sut: &mut Sut, args: &MqttArgs) -> anyhow::Result<SystemB1> {
     })
 }
 
+/// B1's search for the highest loss-free QoS 0 rate on running `traffic` (B1's publishers, open loop):
+/// geometric steps from `--start-rate`, then bisection, each probe `--probe-warmup` +
+/// `--probe-duration`. `label` names the scenario in the progress lines.
+pub async fn search_loss_free(
+    sut: &mut Sut,
+    traffic: &mut Traffic,
+    pids: &[u32],
+    args: &MqttArgs,
+    label: &str,
+) -> anyhow::Result<(RateSearch, Vec<Probe>)> {
+    let kind = sut.kind();
+    let mut search = RateSearch::new(args.start_rate, args.step, args.max_rate, args.max_probes);
+    let mut probes = Vec::new();
+    while let Some(rate) = search.next() {
+        let run = measure_open(
+            traffic,
+            pids,
+            rate,
+            secs(args.probe_warmup),
+            secs(args.probe_duration),
+        )
+        .await;
+        sut.check_alive()?;
+        let run = run?;
+        eprintln!(
+            "{} {label} probe {:>9} msg/s: delivered {:>9.0}/s, sent {:>9.0}/s, lost {}, core % sut/gen/others {}",
+            kind.label(),
+            thousands(rate),
+            run.delivered_rate(),
+            run.sent_rate(),
+            run.lost(),
+            run.cpu.cores_text()
+        );
+        search.record(rate, run.passed());
+        probes.push(Probe {
+            target: rate,
+            delivered: run.delivered_rate(),
+            lost: run.lost(),
+            passed: run.passed(),
+            sut_cores: run.cpu.sut.iter().map(|d| run.cpu.cores(*d)).collect(),
+            generator_core: run.cpu.cores(run.cpu.generator),
+        });
+    }
+    Ok((search, probes))
+}
+
 /// B1 + B2 for Mosquitto and Ferry; writes section `b1-b2`; returns Mosquitto's loss-free rate.
 pub async fn run_b1(args: &MqttArgs) -> anyhow::Result<Option<f64>> {
+    Ok(run_b1_rates(args).await?.mosquitto)
+}
+
+/// Each system's loss-free rate as B1 found it (`None`: not loss-free at any rate tried).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossFree {
+    pub mosquitto: Option<f64>,
+    pub ferry: Option<f64>,
+}
+
+/// B1 + B2 as [`run_b1`], returning both systems' loss-free rates (B13 starts from them).
+pub async fn run_b1_rates(args: &MqttArgs) -> anyhow::Result<LossFree> {
     anyhow::ensure!(args.publishers > 0 && args.runs > 0, "nothing to measure");
     let mosquitto = b1_system(Kind::Mosquitto, args).await?;
     let ferry = b1_system(Kind::Ferry, args).await?;
     let text = render_b1(args, &mosquitto, &ferry);
     crate::mqtt::publish_section(args, "b1-b2", &text)?;
-    Ok(mosquitto.loss_free_rate())
+    Ok(LossFree {
+        mosquitto: mosquitto.loss_free_rate(),
+        ferry: ferry.loss_free_rate(),
+    })
 }
 
 fn probes_text(s: &SystemB1) -> String {
