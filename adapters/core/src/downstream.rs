@@ -14,6 +14,7 @@ mod nats;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use ferry_core::ids::TenantId;
 use ferry_core::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
@@ -213,6 +214,16 @@ impl Downstream {
         match &self.imp {
             Imp::Amqp(a) => a.wait_connected(within).await,
             Imp::Nats(n) => n.wait_connected(within).await,
+        }
+    }
+
+    /// Whether a QoS 0 message of `tenant` would be shed now: its link to the router has had no credit
+    /// for a while. The caller then drops the message before encoding it, so that a flood past what the
+    /// consumers take costs the adapter as little as possible (embedded mode; NATS never says so).
+    pub fn sheds_qos0(&self, tenant: &TenantId) -> bool {
+        match &self.imp {
+            Imp::Amqp(a) => a.sheds_qos0(tenant),
+            Imp::Nats(_) => false,
         }
     }
 

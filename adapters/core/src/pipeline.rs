@@ -211,6 +211,13 @@ impl Pipeline<'_> {
                 .telemetry(&tenant, kind, qos, Status::Unprocessable, Ttd::None, size);
             return Err(Refused::QuotaExceeded);
         }
+        // Shed at the edge: QoS 0 whose link has had no credit for a while goes no further (nothing is
+        // encoded or queued), counted as undeliverable like a message the router could not take.
+        if kind == MessageKind::Telemetry && qos == 0 && self.downstream.sheds_qos0(&tenant) {
+            self.metrics
+                .telemetry(&tenant, kind, qos, Status::Undeliverable, Ttd::None, size);
+            return Err(Refused::NoConsumer);
+        }
         let (ttd, waiting) = before_send(&info).await?;
         let mut extra_properties = upload.extra_properties;
         // A device's property never overrides what the adapter itself asserts about the message.

@@ -87,6 +87,11 @@ impl Amqp {
             && self.is_connected()
     }
 
+    /// See [`super::Downstream::sheds_qos0`].
+    pub fn sheds_qos0(&self, tenant: &ferry_core::ids::TenantId) -> bool {
+        self.inner.direct.sheds_qos0(tenant)
+    }
+
     /// Sends a device message and, unless it goes pre-settled, waits for the router's outcome.
     pub async fn send(&self, msg: DeviceMessage) -> Result<SendOutcome, DownstreamError> {
         let presettled = msg.is_presettled();

@@ -19,8 +19,8 @@
 //! [`DeviceMessage::encode`]: crate::downstream::DeviceMessage
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -106,6 +106,9 @@ pub(crate) struct Direct {
 }
 
 struct State {
+    /// Per tenant, whether its QoS 0 link sheds (has had no credit for [`SHED_AFTER`]): read by the
+    /// callers before they encode a message, written by the connection task only when it changes.
+    shedding: RwLock<HashMap<TenantId, Arc<AtomicBool>>>,
     connected: watch::Sender<bool>,
     connects: AtomicU64,
     links_attached: AtomicU64,
@@ -116,6 +119,7 @@ impl Direct {
     pub(crate) fn start(config: Arc<DownstreamConfig>, shutdown: Shutdown) -> Self {
         let (jobs, rx) = mpsc::channel(JOB_QUEUE);
         let state = Arc::new(State {
+            shedding: RwLock::default(),
             connected: watch::channel(false).0,
             connects: AtomicU64::new(0),
             links_attached: AtomicU64::new(0),
@@ -126,6 +130,16 @@ impl Direct {
 
     pub(crate) fn is_connected(&self) -> bool {
         *self.state.connected.borrow()
+    }
+
+    /// Whether `tenant`'s QoS 0 messages are shed now (see [`State::shedding`]).
+    pub(crate) fn sheds_qos0(&self, tenant: &TenantId) -> bool {
+        self.state
+            .shedding
+            .read()
+            .ok()
+            .and_then(|m| m.get(tenant).map(|f| f.load(Ordering::Relaxed)))
+            .unwrap_or(false)
     }
 
     pub(crate) fn connected(&self) -> watch::Receiver<bool> {
@@ -553,6 +567,8 @@ struct Link {
     pending: VecDeque<Job>,
     /// Since when the attached link has had no credit.
     no_credit_since: Option<Instant>,
+    /// Of a QoS 0 link: the flag the callers read ([`State::shedding`]).
+    shedding: Option<Arc<AtomicBool>>,
     /// When the link last sent, or got credit (or was attached).
     progress: Instant,
 }
@@ -637,7 +653,7 @@ impl<'c> Conn<'c> {
             },
         };
         let window = self.remote_window;
-        let queue = self.config.link_queue.max(1).saturating_mul(BURST_QUEUES);
+        let queue = self.config.link_queue.max(1);
         let Some(link) = self.by_handle.get_mut(&handle) else {
             return;
         };
@@ -645,13 +661,11 @@ impl<'c> Conn<'c> {
             return self.transfer(handle, job, now);
         }
         // A queue that grows while the link sends is a burst (each session bounds what it has in
-        // flight), not a stall: only a link that has waited for credit for a while sheds QoS 0, or one
-        // whose queue is far past any burst.
+        // flight), not a stall: QoS 0 past the link's queue is shed only once the link has waited for
+        // credit for a while, or when the queue is far past any burst.
         if link.key.presettled()
-            && (link.pending.len() >= queue
-                || link
-                    .no_credit_since
-                    .is_some_and(|s| now.duration_since(s) > SHED_AFTER))
+            && (link.pending.len() >= queue.saturating_mul(BURST_QUEUES)
+                || (link.pending.len() >= queue && stalled(link, now)))
         {
             let _ = job.reply.send(Err(DownstreamError::NoCredit));
             return;
@@ -712,6 +726,16 @@ impl<'c> Conn<'c> {
                 delivery_count: 0,
                 pending: VecDeque::new(),
                 no_credit_since: None,
+                shedding: match key {
+                    LinkKey::Telemetry(tenant) => {
+                        let flag = Arc::new(AtomicBool::new(false));
+                        if let Ok(mut map) = self.state.shedding.write() {
+                            map.insert(tenant.clone(), flag.clone());
+                        }
+                        Some(flag)
+                    }
+                    _ => None,
+                },
                 // The first messages waited for the attach, not for credit.
                 progress: now + self.config.no_credit_timeout,
             },
@@ -888,6 +912,9 @@ impl<'c> Conn<'c> {
         if link.credit > 0 {
             link.progress = now;
             link.no_credit_since = None;
+            if let Some(flag) = &link.shedding {
+                flag.store(false, Ordering::Relaxed);
+            }
         } else if link.no_credit_since.is_none() && link.attaching.is_none() {
             link.no_credit_since = Some(now);
         }
@@ -1018,6 +1045,7 @@ impl<'c> Conn<'c> {
         if let Some(remote) = link.remote {
             self.remote.remove(&remote);
         }
+        self.stop_shedding(&link);
         self.free_handles.push(handle);
         if !link.pending.is_empty() {
             self.waiting -= 1;
@@ -1074,11 +1102,24 @@ impl<'c> Conn<'c> {
         }
         let mut unanswered = Vec::new();
         for (handle, link) in &mut self.by_handle {
+            if let (Some(flag), Some(since)) = (&link.shedding, link.no_credit_since) {
+                if now.duration_since(since) > SHED_AFTER {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
             if link.attaching.is_some_and(|until| now >= until) {
                 unanswered.push(*handle);
                 continue;
             }
             let had = !link.pending.is_empty();
+            if link.key.presettled() && stalled(link, now) {
+                // What waits past the queue is shed once the link stalls; the queue waits its bound.
+                while link.pending.len() > self.config.link_queue.max(1) {
+                    if let Some(job) = link.pending.pop_back() {
+                        let _ = job.reply.send(Err(DownstreamError::NoCredit));
+                    }
+                }
+            }
             while let Some(job) = link.pending.front() {
                 let until = job.deadline.max(link.progress + job.wait);
                 if now < until {
@@ -1102,8 +1143,22 @@ impl<'c> Conn<'c> {
         }
     }
 
+    /// Forgets the shed flag of a QoS 0 link that goes.
+    fn stop_shedding(&self, link: &Link) {
+        if let (LinkKey::Telemetry(tenant), Some(flag)) = (&link.key, &link.shedding) {
+            if let Ok(mut map) = self.state.shedding.write() {
+                if map.get(tenant).is_some_and(|f| Arc::ptr_eq(f, flag)) {
+                    map.remove(tenant);
+                }
+            }
+        }
+    }
+
     /// The connection ended: everything waiting or unsettled fails.
     fn fail_all(&mut self, e: DownstreamError) {
+        if let Ok(mut map) = self.state.shedding.write() {
+            map.clear();
+        }
         for (_, mut link) in self.by_handle.drain() {
             for job in link.pending.drain(..) {
                 let _ = job.reply.send(Err(e.clone()));
@@ -1115,6 +1170,12 @@ impl<'c> Conn<'c> {
         self.links.clear();
         self.waiting = 0;
     }
+}
+
+/// Whether `link` has had no credit for longer than [`SHED_AFTER`].
+fn stalled(link: &Link, now: Instant) -> bool {
+    link.no_credit_since
+        .is_some_and(|s| now.duration_since(s) > SHED_AFTER)
 }
 
 /// A single-frame transfer: the performative written by hand (handle, delivery id, a four-byte tag,

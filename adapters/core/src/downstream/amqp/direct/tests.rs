@@ -226,6 +226,7 @@ async fn fake_router(
 /// The engine on one end of an in-memory stream, the fake router on the other.
 struct Harness {
     jobs: mpsc::Sender<Job>,
+    state: Arc<State>,
     writes: Arc<AtomicUsize>,
     messages: mpsc::UnboundedReceiver<Vec<u8>>,
 }
@@ -245,11 +246,16 @@ async fn harness_with(credit: u32, refill: bool) -> Harness {
         writes: writes.clone(),
     };
     let state = Arc::new(State {
+        shedding: RwLock::default(),
         connected: watch::channel(false).0,
         connects: AtomicU64::new(0),
         links_attached: AtomicU64::new(0),
     });
     let mut connected = state.connected.subscribe();
+    let handle = Direct {
+        jobs: jobs.clone(),
+        state: state.clone(),
+    };
     tokio::spawn(async move {
         let config = DownstreamConfig::new("memory", "adapter", "pw");
         let _ = run(&config, &state, io, &mut rx, &Shutdown::never()).await;
@@ -257,6 +263,7 @@ async fn harness_with(credit: u32, refill: bool) -> Harness {
     connected.wait_for(|up| *up).await.expect("connects");
     Harness {
         jobs,
+        state: handle.state,
         writes,
         messages,
     }
@@ -324,35 +331,30 @@ async fn messages_of_sessions_woken_together_leave_in_one_write() {
     );
 }
 
-/// Without credit, QoS 0 waits a little (a consumer topping up), then is shed at once while the stall
-/// lasts; nothing is written for it.
+/// Without credit, QoS 0 waits its bound; once the link has stalled for SHED_AFTER, what arrives past
+/// the link's queue is shed at once, and nothing is written for any of it.
 #[tokio::test]
 async fn qos0_without_credit_is_shed_and_never_written() {
     let mut h = harness(0).await;
     let started = Instant::now();
-    let (reply, replied) = oneshot::channel();
-    h.jobs
-        .send(Job {
-            link: telemetry(),
-            message: b"waits".to_vec(),
-            deadline: Instant::now() + Duration::from_millis(200),
-            wait: Duration::from_millis(200),
-            reply,
-        })
-        .await
-        .expect("queued");
     assert_eq!(
-        replied.await.expect("answered"),
+        Harness::send(&h.jobs, telemetry(), b"waits").await,
         Err(DownstreamError::NoCredit)
     );
     assert!(started.elapsed() >= Duration::from_millis(150));
-    // The link has stalled for longer than SHED_AFTER: the next one is shed at once.
-    let started = Instant::now();
-    assert_eq!(
-        Harness::send(&h.jobs, telemetry(), b"shed").await,
-        Err(DownstreamError::NoCredit)
-    );
-    assert!(started.elapsed() < Duration::from_millis(100));
+    let queue = DownstreamConfig::new("memory", "adapter", "pw").link_queue;
+    let sends: Vec<_> = (0..queue + 40)
+        .map(|_| {
+            let jobs = h.jobs.clone();
+            tokio::spawn(async move { Harness::send(&jobs, telemetry(), b"flood").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shed = sends.iter().filter(|s| s.is_finished()).count();
+    assert_eq!(shed, 40, "what does not fit the queue is shed at once");
+    for s in sends {
+        assert_eq!(s.await.expect("join"), Err(DownstreamError::NoCredit));
+    }
     assert!(h.messages.try_recv().is_err(), "nothing was written");
 }
 
@@ -404,4 +406,33 @@ async fn a_flood_of_messages_does_not_keep_the_routers_credit_from_being_read() 
             .expect("every message reaches the router")
             .expect("message");
     }
+}
+
+/// A QoS 0 link without credit for longer than SHED_AFTER is announced to the callers, who then shed
+/// its messages before encoding them; another tenant's link is not affected.
+#[tokio::test]
+async fn a_qos0_link_without_credit_is_announced_as_shedding() {
+    let h = harness(0).await;
+    let direct = Direct {
+        jobs: h.jobs.clone(),
+        state: h.state.clone(),
+    };
+    let t1 = TenantId::new("t1").expect("id");
+    assert!(!direct.sheds_qos0(&t1), "no link yet");
+    let waiting = tokio::spawn({
+        let jobs = h.jobs.clone();
+        async move { Harness::send(&jobs, telemetry(), b"waits").await }
+    });
+    let announced = tokio::time::timeout(Duration::from_secs(2), async {
+        while !direct.sheds_qos0(&t1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(announced.is_ok(), "announced within the bound");
+    assert!(!direct.sheds_qos0(&TenantId::new("t2").expect("id")));
+    assert_eq!(
+        waiting.await.expect("answered"),
+        Err(DownstreamError::NoCredit)
+    );
 }
