@@ -254,6 +254,8 @@ pub async fn serve(
     mut io: Stream,
     peer: SocketAddr,
     client_cert: Option<CertificateDer<'static>>,
+    // Held until the connection ends (`max_sockets`).
+    socket: crate::Permit,
     connecting: crate::Permit,
     shared: Arc<Shared>,
 ) -> Result<(), SessionError> {
@@ -357,6 +359,7 @@ pub async fn serve(
     Box::pin(session.cleanup()).await;
     gauge.dec();
     shared.connections.fetch_sub(1, Ordering::AcqRel);
+    drop(socket);
     result
 }
 
