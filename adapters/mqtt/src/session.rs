@@ -104,6 +104,10 @@ struct Authenticated {
 /// devices.)
 const MAX_PENDING: usize = 128;
 
+/// Timers of QoS 1 commands waiting for the device's PUBACK, each yielding its packet id.
+type AckTimeouts =
+    FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>>;
+
 /// What a PUBLISH turned into, awaiting its outcome.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
 
@@ -114,7 +118,7 @@ type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>
 /// 0 and disconnects at once, as `mosquitto_pub` does, loses nothing); at most [`MAX_PENDING`] such
 /// sends, each bounded by its own timeouts.
 #[derive(Default)]
-struct Background(Option<FuturesUnordered<Pending>>);
+struct Background(Option<Box<FuturesUnordered<Pending>>>);
 
 impl Drop for Background {
     fn drop(&mut self) {
@@ -122,18 +126,18 @@ impl Drop for Background {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(work.for_each(|_| std::future::ready(())));
+            runtime.spawn((*work).for_each(|_| std::future::ready(())));
         }
     }
 }
 
 impl Background {
     fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, FuturesUnordered::len)
+        self.0.as_ref().map_or(0, |w| w.len())
     }
 
     fn push(&mut self, work: Pending) {
-        self.0.get_or_insert_with(FuturesUnordered::new).push(work);
+        self.0.get_or_insert_with(Box::default).push(work);
     }
 
     async fn next(&mut self) -> Option<Done> {
@@ -142,13 +146,13 @@ impl Background {
 }
 
 /// Work whose answers go to the device in the order it asked (PUBACKs, SUBACKs), made on first use like
-/// [`Background`].
+/// [`Background`]. Boxed, as the other sets are, so that a session without any holds a pointer.
 #[derive(Default)]
-struct InOrder(Option<FuturesOrdered<Pending>>);
+struct InOrder(Option<Box<FuturesOrdered<Pending>>>);
 
 impl InOrder {
     fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, FuturesOrdered::len)
+        self.0.as_ref().map_or(0, |w| w.len())
     }
 
     fn is_empty(&self) -> bool {
@@ -156,9 +160,7 @@ impl InOrder {
     }
 
     fn push_back(&mut self, work: Pending) {
-        self.0
-            .get_or_insert_with(FuturesOrdered::new)
-            .push_back(work);
+        self.0.get_or_insert_with(Box::default).push_back(work);
     }
 
     async fn next(&mut self) -> Option<Done> {
@@ -449,9 +451,7 @@ impl Session {
         max_packet: usize,
     ) -> Result<(), SessionError> {
         // Made on first use, as `pending` and `background` are: each set of futures allocates.
-        let mut ack_timeouts: Option<
-            FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>>,
-        > = None;
+        let mut ack_timeouts: Option<Box<AckTimeouts>> = None;
         self.write(&Outgoing::ConnAck {
             code: connack::ACCEPTED,
             server_keep_alive: self.server_keep_alive,
@@ -580,7 +580,7 @@ impl Session {
                 Some(command) = commands::next(&mut self.rare) => {
                     if let Some(pkid) = self.deliver_command(*command) {
                         let wait = Duration::from_millis(self.shared.config.command_ack_timeout_ms);
-                        ack_timeouts.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
+                        ack_timeouts.get_or_insert_with(Box::default).push(Box::pin(async move {
                             tokio::time::sleep(wait).await;
                             pkid
                         }));
