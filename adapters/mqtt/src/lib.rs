@@ -238,9 +238,10 @@ async fn accept_loops(
     shared: Arc<Shared>,
     shutdown: Shutdown,
 ) {
+    // `accept`'s future itself, not one wrapping it: each wrapping future keeps its own copy of the
+    // arguments for the life of the connection (B6).
     let handler = move |stream: ferry_core::net::Stream, peer: SocketAddr, tls| {
-        let shared = shared.clone();
-        async move { accept(stream, peer, tls, shared).await }
+        accept(stream, peer, tls, shared.clone())
     };
     // The TLS handshake is done by `accept` rather than by the accept loop, so that it counts among
     // the connections that have not finished their CONNECT (`max_connecting`).
@@ -254,44 +255,57 @@ async fn accept_loops(
 /// One accepted connection: within the instance's socket limits, through the TLS handshake (on the TLS
 /// listener), then the MQTT session. A connection beyond a limit is closed at once, unread, as
 /// Mosquitto does: an MQTT refusal would first need the CONNECT, which is what the limit saves.
-async fn accept(
+///
+/// A plain connection's task is the session's future and little more: every async layer around it
+/// would keep its own copy of the stream, the address and the limits for the life of the connection
+/// (B6). The TLS path, larger anyway, is boxed.
+fn accept(
     stream: ferry_core::net::Stream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
-) {
-    let Some(_socket) = Permit::take(&shared.sockets, shared.config.max_sockets) else {
+) -> impl std::future::Future<Output = ()> + Send {
+    use futures_util::future::{Either, FutureExt};
+    let Some(socket) = Permit::take(&shared.sockets, shared.config.max_sockets) else {
         tracing::debug!(%peer, "max_sockets reached: connection closed");
-        return;
+        return Either::Left(std::future::ready(()));
     };
     let Some(connecting) = Permit::take(&shared.connecting, shared.config.max_connecting) else {
         tracing::debug!(%peer, "max_connecting reached: connection closed");
-        return;
+        return Either::Left(std::future::ready(()));
     };
-    let stream = match (tls, stream) {
-        (Some(acceptor), ferry_core::net::Stream::Plain(tcp)) => {
-            // A client that never finishes its handshake holds a task and a socket: the CONNECT's
-            // time bound applies to the TLS handshake too.
-            let bound = Duration::from_secs(shared.config.connect_timeout_secs);
-            // Boxed: an idle session's task should not keep a handshake's room (B6).
-            match tokio::time::timeout(bound, Box::pin(acceptor.accept(tcp))).await {
-                Ok(Ok(s)) => ferry_core::net::Stream::Tls(Box::new(s)),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            }
+    let ended = move |r: Result<(), session::SessionError>| {
+        if let Err(e) = r {
+            tracing::debug!(%peer, error = %e, "MQTT connection ended");
         }
-        (_, stream) => stream,
     };
-    let cert = ferry_adapter_core::tls::peer_certificate(&stream);
-    if let Err(e) = session::serve(stream, peer, cert, connecting, shared).await {
-        tracing::debug!(%peer, error = %e, "MQTT connection ended");
-    }
+    let (acceptor, tcp) = match (tls, stream) {
+        (Some(acceptor), ferry_core::net::Stream::Plain(tcp)) => (acceptor, tcp),
+        (_, stream) => {
+            let cert = ferry_adapter_core::tls::peer_certificate(&stream);
+            let session = session::serve(stream, peer, cert, socket, connecting, shared);
+            return Either::Right(Either::Left(session.map(ended)));
+        }
+    };
+    Either::Right(Either::Right(Box::pin(async move {
+        // A client that never finishes its handshake holds a task and a socket: the CONNECT's
+        // time bound applies to the TLS handshake too.
+        let bound = Duration::from_secs(shared.config.connect_timeout_secs);
+        // Boxed: an idle session's task should not keep a handshake's room (B6).
+        let stream = match tokio::time::timeout(bound, Box::pin(acceptor.accept(tcp))).await {
+            Ok(Ok(s)) => ferry_core::net::Stream::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let cert = ferry_adapter_core::tls::peer_certificate(&stream);
+        ended(session::serve(stream, peer, cert, socket, connecting, shared).await);
+    })))
 }
 
 /// A share of a connection limit, given back when dropped.

@@ -20,6 +20,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -28,10 +29,11 @@ use ferry_adapter_core::limits::TenantVolume;
 use ferry_adapter_core::pipeline::{Outcome, Refused};
 use ferry_adapter_core::registry::{Assertion, ChangeKind};
 use ferry_core::ids::{DeviceId, TenantId};
+use ferry_core::net::Stream;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -41,6 +43,7 @@ use crate::topic::{OnError, Subscription};
 use crate::wire::{self, Incoming, Outgoing, Reason, Version};
 use crate::Shared;
 
+mod buffers;
 mod commands;
 mod connect;
 mod notify;
@@ -50,7 +53,7 @@ mod subscribe;
 mod tests;
 
 pub(crate) use commands::direction as command_direction;
-use commands::CommandSub;
+use commands::{CommandSub, Commands};
 pub use commands::{CommandTarget, NotTaken, COMMAND_QUEUE};
 use connect::{authenticate, keep_alive, refusal_outcome};
 use notify::Notification;
@@ -101,6 +104,10 @@ struct Authenticated {
 /// devices.)
 const MAX_PENDING: usize = 128;
 
+/// Timers of QoS 1 commands waiting for the device's PUBACK, each yielding its packet id.
+type AckTimeouts =
+    FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>>;
+
 /// What a PUBLISH turned into, awaiting its outcome.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
 
@@ -111,7 +118,7 @@ type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>
 /// 0 and disconnects at once, as `mosquitto_pub` does, loses nothing); at most [`MAX_PENDING`] such
 /// sends, each bounded by its own timeouts.
 #[derive(Default)]
-struct Background(Option<FuturesUnordered<Pending>>);
+struct Background(Option<Box<FuturesUnordered<Pending>>>);
 
 impl Drop for Background {
     fn drop(&mut self) {
@@ -119,25 +126,53 @@ impl Drop for Background {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(work.for_each(|_| std::future::ready(())));
+            runtime.spawn((*work).for_each(|_| std::future::ready(())));
         }
     }
 }
 
 impl Background {
     fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, FuturesUnordered::len)
+        self.0.as_ref().map_or(0, |w| w.len())
     }
 
     fn push(&mut self, work: Pending) {
-        self.0.get_or_insert_with(FuturesUnordered::new).push(work);
+        self.0.get_or_insert_with(Box::default).push(work);
     }
 
     async fn next(&mut self) -> Option<Done> {
-        match &mut self.0 {
-            Some(work) => work.next().await,
-            None => None,
-        }
+        next_of(&mut self.0).await
+    }
+}
+
+/// Work whose answers go to the device in the order it asked (PUBACKs, SUBACKs), made on first use like
+/// [`Background`]. Boxed, as the other sets are, so that a session without any holds a pointer.
+#[derive(Default)]
+struct InOrder(Option<Box<FuturesOrdered<Pending>>>);
+
+impl InOrder {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |w| w.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, work: Pending) {
+        self.0.get_or_insert_with(Box::default).push_back(work);
+    }
+
+    async fn next(&mut self) -> Option<Done> {
+        next_of(&mut self.0).await
+    }
+}
+
+/// The next item of a set of futures that may not have been made yet.
+async fn next_of<S: futures_util::Stream + Unpin>(set: &mut Option<S>) -> Option<S::Item> {
+    match set {
+        Some(s) => s.next().await,
+        None => None,
     }
 }
 
@@ -176,35 +211,58 @@ struct ErrorReport {
     device_in_topic: Option<String>,
 }
 
-/// Reads what the device sent. The buffer starts small ([`READ_BUFFER`]) so that idle connections cost
-/// little; a read that fills it means more is waiting, and the buffer grows by [`BUSY_READ_BUFFER`] so a
-/// busy device is read in few system calls.
-async fn fill<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) -> Result<(), SessionError> {
-    let spare = buf.capacity() - buf.len();
-    let n = io.read_buf(buf).await?;
-    if n == 0 {
-        return Err(SessionError::Closed("peer closed the connection"));
+/// Reads what the device sent into `buf`, which holds a buffer only while there are bytes to handle
+/// ([`buffers`]): on a plain connection the wait is for the socket to become readable, without one.
+async fn receive(io: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    match io {
+        Stream::Plain(tcp) => std::future::poll_fn(|cx| poll_receive(tcp, buf, cx)).await,
+        // rustls may hold decrypted bytes that no readiness of the socket announces: an ordinary read.
+        Stream::Tls(_) => {
+            buffers::ready_for_read(buf);
+            io.read_buf(buf).await
+        }
     }
-    if n >= spare {
-        buf.reserve(BUSY_READ_BUFFER);
+}
+
+fn poll_receive(
+    tcp: &tokio::net::TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    loop {
+        if tcp.poll_read_ready(cx)?.is_pending() {
+            buffers::release_read(buf);
+            return Poll::Pending;
+        }
+        buffers::ready_for_read(buf);
+        match tcp.try_read_buf(buf) {
+            // Readiness was stale: `try_read_buf` cleared it, so the next poll waits.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
+/// [`receive`], for the CONNECT: the end of the stream is an error.
+async fn fill(io: &mut Stream, buf: &mut BytesMut) -> Result<(), SessionError> {
+    if receive(io, buf).await? == 0 {
+        return Err(SessionError::Closed("peer closed the connection"));
     }
     Ok(())
 }
 
 /// Serves one connection until it ends.
-pub async fn serve<IO>(
-    mut io: IO,
+pub async fn serve(
+    mut io: Stream,
     peer: SocketAddr,
     client_cert: Option<CertificateDer<'static>>,
+    // Held until the connection ends (`max_sockets`).
+    socket: crate::Permit,
     connecting: crate::Permit,
     shared: Arc<Shared>,
-) -> Result<(), SessionError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    // Small at first: most devices send small packets, and an idle connection should cost little.
-    // `read_buf` grows it as a larger packet needs.
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+) -> Result<(), SessionError> {
+    // Lent by `receive` while there are bytes to handle.
+    let mut buf = BytesMut::new();
     let max_packet = shared.config.max_payload_bytes + 1024;
     let connect_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
     let connected = tokio::time::timeout(connect_timeout, async {
@@ -239,12 +297,20 @@ where
         other => other?,
     };
 
-    let mut out = BytesMut::with_capacity(WRITE_BUFFER);
     // Phases an idle session is past are boxed: a task's future is as large as its largest state,
     // and these (registry lookups) would otherwise be held by every idle connection (B6).
     let authenticated = Box::pin(authenticate(&shared, &connect, client_cert.as_ref(), peer)).await;
     // Authentication is part of connecting: a flood of CONNECTs waiting for the registry counts too.
     drop(connecting);
+    // Not kept for the life of the connection: only the client id and keep-alive are needed from here.
+    drop(client_cert);
+    let wire::Connect {
+        client_id,
+        keep_alive: requested_keep_alive,
+        username,
+        password,
+    } = connect;
+    drop((username, password));
     let who = match authenticated {
         Ok(who) => who,
         Err(refusal) => {
@@ -257,6 +323,7 @@ where
                 code,
                 server_keep_alive: None,
             };
+            let mut out = BytesMut::new();
             wire::write(version, &connack, &mut out)?;
             io.write_all(&out).await?;
             return Err(SessionError::Refused(refusal));
@@ -268,37 +335,33 @@ where
         None => shared.metrics.unauthenticated(),
     };
     gauge.inc();
-    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let (keep_alive, server_keep_alive) =
-        keep_alive(connect.keep_alive, shared.config.max_keep_alive_secs);
+        keep_alive(requested_keep_alive, shared.config.max_keep_alive_secs);
     let mut session = Session {
         shared: shared.clone(),
         version,
         who,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         server_keep_alive,
-        client_id: connect.client_id,
+        client_id,
         peer,
-        out,
+        out: BytesMut::new(),
         id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
-        commands_tx,
-        command_subs: Vec::new(),
-        all_devices: None,
-        told_last_gateway: HashMap::new(),
-        error_sub: None,
-        inflight: HashMap::new(),
-        next_pkid: 0,
+        rare: None,
         changes: None,
         notices: None,
         announced: false,
         presence_reported: false,
     };
-    let result = session
-        .run(&mut io, &mut buf, max_packet, commands_rx)
-        .await;
+    let result = session.run(&mut io, &mut buf, max_packet).await;
+    // Commands that come from now on are released at once rather than queued for nobody.
+    if let Some(rare) = &mut session.rare {
+        rare.commands = None;
+    }
     Box::pin(session.cleanup()).await;
     gauge.dec();
     shared.connections.fetch_sub(1, Ordering::AcqRel);
+    drop(socket);
     result
 }
 
@@ -314,7 +377,26 @@ struct Session {
     peer: SocketAddr,
     out: BytesMut,
     id: u64,
-    commands_tx: tokio::sync::mpsc::Sender<Box<Command>>,
+    /// What only devices that take commands, report errors or act as gateways need, made when first
+    /// needed.
+    rare: Option<Box<Rare>>,
+    /// The last [`Step`] of the chain of subscription changes (router registrations).
+    changes: Option<oneshot::Receiver<()>>,
+    /// The last [`Step`] of the chain of notifications.
+    notices: Option<oneshot::Receiver<()>>,
+    /// Whether a `connected` connection event went out (so a `disconnected` one follows).
+    announced: bool,
+    /// The router was told this device connected (and will be told when it goes).
+    presence_reported: bool,
+}
+
+/// The parts of a session that most devices never use (commands, error reports, gateways): boxed, so
+/// that their sessions carry a pointer instead (B6: 250 bytes of every idle connection's task).
+#[derive(Default)]
+struct Rare {
+    /// The queue of commands for this session (almost a KiB), made when the device first subscribes
+    /// to commands.
+    commands: Option<Commands>,
     /// Command subscriptions: the device whose commands come, the filter they mirror (parsed and as the
     /// device wrote it), the QoS granted.
     command_subs: Vec<CommandSub>,
@@ -327,29 +409,31 @@ struct Session {
     /// QoS 1 commands waiting for the device's PUBACK.
     inflight: HashMap<u16, Command>,
     next_pkid: u16,
-    /// The last [`Step`] of the chain of subscription changes (router registrations).
-    changes: Option<oneshot::Receiver<()>>,
-    /// The last [`Step`] of the chain of notifications.
-    notices: Option<oneshot::Receiver<()>>,
-    /// Whether a `connected` connection event went out (so a `disconnected` one follows).
-    announced: bool,
-    /// The router was told this device connected (and will be told when it goes).
-    presence_reported: bool,
 }
-
-/// Initial capacity of a session's read and write buffers.
-const READ_BUFFER: usize = 1024;
-
-/// What a read buffer grows by once a read filled it.
-const BUSY_READ_BUFFER: usize = 8192;
-
-const WRITE_BUFFER: usize = 256;
 
 static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Session {
+    /// The rarely used parts, made on first use.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+    fn error_sub(&self) -> Option<&Subscription> {
+        self.rare.as_ref()?.error_sub.as_ref()
+    }
+    /// The QoS 1 command that packet id `pkid` carried, no longer waiting for the device.
+    fn acknowledged(&mut self, pkid: u16) -> Option<Command> {
+        self.rare.as_mut()?.inflight.remove(&pkid)
+    }
     fn write(&mut self, packet: &Outgoing<'_>) -> Result<(), SessionError> {
+        buffers::ready_for_write(&mut self.out);
         wire::write(self.version, packet, &mut self.out)?;
+        Ok(())
+    }
+    /// Writes what [`Self::write`] gathered, and lends the buffer on.
+    async fn flush(&mut self, io: &mut Stream) -> std::io::Result<()> {
+        io.write_all(&self.out).await?;
+        buffers::release_write(&mut self.out);
         Ok(())
     }
     /// Who the device is in connection events: its client id, or its address when it sent none.
@@ -360,22 +444,19 @@ impl Session {
             self.client_id.clone()
         }
     }
-    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
+    async fn run(
         &mut self,
-        io: &mut IO,
+        io: &mut Stream,
         buf: &mut BytesMut,
         max_packet: usize,
-        mut commands: tokio::sync::mpsc::Receiver<Box<Command>>,
     ) -> Result<(), SessionError> {
-        let mut ack_timeouts: FuturesUnordered<
-            std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,
-        > = FuturesUnordered::new();
+        // Made on first use, as `pending` and `background` are: each set of futures allocates.
+        let mut ack_timeouts: Option<Box<AckTimeouts>> = None;
         self.write(&Outgoing::ConnAck {
             code: connack::ACCEPTED,
             server_keep_alive: self.server_keep_alive,
         })?;
-        io.write_all(&self.out).await?;
-        self.out.clear();
+        self.flush(io).await?;
         match &self.who {
             Some(who) => {
                 tracing::debug!(peer = %self.peer, client = %self.client_id, tenant = %who.tenant, device = %who.device, "device connected");
@@ -410,7 +491,7 @@ impl Session {
         }
 
         let mut changes = self.shared.registry.subscribe();
-        let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let mut pending = InOrder::default();
         let mut background = Background::default();
         // MQTT: the server closes a connection silent for one and a half keep-alive periods (0: never,
         // only when `max_keep_alive_secs` is 0 too).
@@ -440,8 +521,7 @@ impl Session {
                 }
             }
             if !self.out.is_empty() {
-                io.write_all(&self.out).await?;
-                self.out.clear();
+                self.flush(io).await?;
             }
             if let Some(e) = closing {
                 if self.version == Version::V5 {
@@ -470,9 +550,10 @@ impl Session {
             if !reading {
                 // The device is not silent, the adapter is not listening: no keep-alive meanwhile.
                 last_heard = Instant::now();
+                buffers::release_read(buf);
             }
             tokio::select! {
-                r = io.read_buf(buf), if reading => match r {
+                r = receive(io, buf), if reading => match r {
                     Ok(0) => return Ok(()),
                     Ok(_) => last_heard = Instant::now(),
                     Err(e) => return Err(e.into()),
@@ -496,18 +577,18 @@ impl Session {
                         closing = Some(e);
                     }
                 }
-                Some(command) = commands.recv() => {
+                Some(command) = commands::next(&mut self.rare) => {
                     if let Some(pkid) = self.deliver_command(*command) {
                         let wait = Duration::from_millis(self.shared.config.command_ack_timeout_ms);
-                        ack_timeouts.push(Box::pin(async move {
+                        ack_timeouts.get_or_insert_with(Box::default).push(Box::pin(async move {
                             tokio::time::sleep(wait).await;
                             pkid
                         }));
                     }
                 }
-                Some(pkid) = ack_timeouts.next(), if !ack_timeouts.is_empty() => {
+                Some(pkid) = next_of(&mut ack_timeouts), if ack_timeouts.as_ref().is_some_and(|a| !a.is_empty()) => {
                     // No PUBACK in time: the application may retry (HONO-CONTRACT §2.2).
-                    if let Some(c) = self.inflight.remove(&pkid) {
+                    if let Some(c) = self.acknowledged(pkid) {
                         self.count_command(&c, Status::Undeliverable);
                         c.release();
                     }
@@ -537,7 +618,7 @@ impl Session {
     fn on_packet(
         &mut self,
         packet: Incoming,
-        pending: &mut FuturesOrdered<Pending>,
+        pending: &mut InOrder,
         background: &mut Background,
     ) -> Result<(), SessionError> {
         match packet {
@@ -568,7 +649,7 @@ impl Session {
             Incoming::PingReq => self.write(&Outgoing::PingResp),
             Incoming::Disconnect => Err(SessionError::Closed("client disconnected")),
             Incoming::PubAck { pkid } => {
-                if let Some(c) = self.inflight.remove(&pkid) {
+                if let Some(c) = self.acknowledged(pkid) {
                     self.count_command(&c, Status::Forwarded);
                     c.accept();
                 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -367,36 +368,37 @@ impl Loop {
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
             let tls = self.listeners.get(index).and_then(|(_, tls)| tls.clone());
-            let tls_in_handler = self.tls_in_handler;
-            let open = self.open.clone();
-            tokio::spawn(async move {
-                // Held until the connection ends.
-                let _held = (slot, open);
-                match tls {
-                    None => handler(Stream::Plain(stream), peer, None).await,
-                    Some(acceptor) if tls_in_handler => {
-                        handler(Stream::Plain(stream), peer, Some(acceptor)).await;
-                    }
-                    Some(acceptor) => {
-                        // A future is as large as its largest state: the handshake is boxed, and
-                        // its outcome is boxed before the connection is served, so that no
-                        // connection's task keeps a handshake's room (MQTT B6: 3.4 KiB each).
-                        let handshake = Box::pin(acceptor.accept(stream));
-                        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await
-                        {
-                            Ok(Ok(s)) => Box::new(s),
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        handler(Stream::Tls(tls), peer, None).await;
-                    }
+            // Held until the connection ends.
+            let held = (slot, self.open.clone());
+            let acceptor = match tls {
+                Some(acceptor) if !self.tls_in_handler => acceptor,
+                tls => {
+                    // The handler's future is the task's, made here: an async block around it would
+                    // keep what it captured (the stream, the address) and the handler's future twice,
+                    // moved out of the capture to be awaited, for the life of the connection (MQTT B6).
+                    let connection = handler(Stream::Plain(stream), peer, tls);
+                    tokio::spawn(connection.map(move |()| drop(held)));
+                    continue;
                 }
+            };
+            tokio::spawn(async move {
+                // A future is as large as its largest state: the handshake is boxed, and its outcome
+                // is boxed before the connection is served, so that no connection's task keeps a
+                // handshake's room (MQTT B6: 3.4 KiB each).
+                let handshake = Box::pin(acceptor.accept(stream));
+                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                handler(Stream::Tls(tls), peer, None).await;
+                drop(held);
             });
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use ferry_adapter_core::downstream::Command;
 use ferry_core::ids::{DeviceId, TenantId};
 
-use super::Session;
+use super::{Rare, Session};
 use crate::metrics::Status;
 use crate::topic::{self, Subscription};
 use crate::wire::Outgoing;
@@ -35,6 +35,20 @@ pub struct CommandTarget {
     /// Boxed, because the channel allocates its first block of slots with the session: a command is
     /// some 300 bytes, and every idle connection would pay for 32 of them.
     pub tx: tokio::sync::mpsc::Sender<Box<Command>>,
+}
+
+/// A session's end of its command queue, and the sending end it hands to the routes.
+pub(super) struct Commands {
+    tx: tokio::sync::mpsc::Sender<Box<Command>>,
+    rx: tokio::sync::mpsc::Receiver<Box<Command>>,
+}
+
+/// The next command for the session; never, while no queue was made.
+pub(super) async fn next(rare: &mut Option<Box<Rare>>) -> Option<Box<Command>> {
+    match rare.as_mut().and_then(|r| r.commands.as_mut()) {
+        Some(c) => c.rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a session did not take a command; the command is handed back to be settled.
@@ -68,6 +82,18 @@ pub(crate) fn direction(command: &Command) -> &'static str {
 }
 
 impl Session {
+    /// Where the routes send this session's commands (the queue is made on first use).
+    pub(super) fn command_target(&mut self) -> CommandTarget {
+        let id = self.id;
+        let commands = self.rare().commands.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
+            Commands { tx, rx }
+        });
+        CommandTarget {
+            session: id,
+            tx: commands.tx.clone(),
+        }
+    }
     /// Hono's command metrics for a command handed (or not) to the device.
     pub(super) fn count_command(&self, command: &Command, status: Status) {
         self.shared.metrics.command(
@@ -80,14 +106,15 @@ impl Session {
     /// Publishes a command to the device on the topic its subscription mirrors; returns the packet id
     /// when the device must PUBACK it (QoS 1).
     pub(super) fn deliver_command(&mut self, command: Command) -> Option<u16> {
-        let own = self
-            .command_subs
-            .iter()
-            .find(|c| c.device == command.device && c.tenant == command.tenant);
+        let rare = self.rare.as_deref();
+        let own = rare.and_then(|r| {
+            r.command_subs
+                .iter()
+                .find(|c| c.device == command.device && c.tenant == command.tenant)
+        });
         // Without a subscription for the device, the router sent it through this gateway (`via`).
         let through_gateway = || {
-            self.all_devices
-                .as_ref()
+            rare.and_then(|r| r.all_devices.as_ref())
                 .filter(|a| a.tenant == command.tenant && command.via.as_ref() == Some(&a.device))
         };
         let Some((sub, qos)) = own.or_else(through_gateway).map(|c| (c.sub.clone(), c.qos)) else {
@@ -144,9 +171,10 @@ impl Session {
             &command.name,
         );
         let pkid = if qos == 1 {
-            match next_packet_id(self.next_pkid, &self.inflight) {
+            let rare = self.rare();
+            match next_packet_id(rare.next_pkid, &rare.inflight) {
                 Some(id) => {
-                    self.next_pkid = id;
+                    rare.next_pkid = id;
                     id
                 }
                 None => {
@@ -178,7 +206,7 @@ impl Session {
                 None
             }
             (true, _) => {
-                self.inflight.insert(pkid, command);
+                self.rare().inflight.insert(pkid, command);
                 Some(pkid)
             }
         }

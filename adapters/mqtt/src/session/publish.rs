@@ -8,9 +8,8 @@ use bytes::Bytes;
 use ferry_adapter_core::downstream::{MessageKind, PropertyValue};
 use ferry_adapter_core::pipeline::{self, Outcome, Refused, Subject, TenantCheck, Upload};
 use ferry_core::ids::{DeviceId, TenantId};
-use futures_util::stream::FuturesOrdered;
 
-use super::{Background, Done, ErrorReport, Pending, Session, SessionError};
+use super::{Background, Done, ErrorReport, InOrder, Pending, Session, SessionError};
 use crate::topic::{self, Endpoint, OnError};
 use crate::wire::{Outgoing, Reason, Version};
 
@@ -30,7 +29,7 @@ impl Session {
         pkid: u16,
         payload: Bytes,
         content_type: Option<String>,
-        pending: &mut FuturesOrdered<Pending>,
+        pending: &mut InOrder,
         background: &mut Background,
     ) -> Result<(), SessionError> {
         // HONO-CONTRACT §2.2: an oversized payload is discarded and the device disconnected, whatever
@@ -122,7 +121,7 @@ impl Session {
             .map(str::to_owned);
         if qos == 0 {
             // Fire and forget: the device hears of a failure only on its error topic.
-            if self.error_sub.is_some() {
+            if self.error_sub().is_some() {
                 pending.push_back(unacknowledged(
                     send,
                     ErrorReport {
@@ -158,17 +157,18 @@ impl Session {
     /// this session, then at most every [`LAST_GATEWAY_EVERY`], in case another gateway took over.
     pub(super) fn tell_last_gateway(&mut self, device: &DeviceId) -> bool {
         let now = std::time::Instant::now();
-        match self.told_last_gateway.get_mut(device) {
+        let told = &mut self.rare().told_last_gateway;
+        match told.get_mut(device) {
             Some(at) if now.duration_since(*at) < LAST_GATEWAY_EVERY => false,
             Some(at) => {
                 *at = now;
                 true
             }
             None => {
-                if self.told_last_gateway.len() >= MAX_TOLD_LAST_GATEWAY {
-                    self.told_last_gateway.clear();
+                if told.len() >= MAX_TOLD_LAST_GATEWAY {
+                    told.clear();
                 }
-                self.told_last_gateway.insert(device.clone(), now);
+                told.insert(device.clone(), now);
                 true
             }
         }
@@ -250,7 +250,7 @@ impl Session {
 
     /// Publishes an error report when the device subscribed to its error topic; says whether it did.
     pub(super) fn report_error(&mut self, refused: Refused, report: &ErrorReport) -> bool {
-        let Some(sub) = self.error_sub.clone() else {
+        let Some(sub) = self.error_sub().cloned() else {
             return false;
         };
         let code = refused.code();
@@ -298,7 +298,7 @@ impl Session {
         pkid: u16,
         payload: Bytes,
         content_type: Option<String>,
-        pending: &mut FuturesOrdered<Pending>,
+        pending: &mut InOrder,
         background: &mut Background,
     ) -> Result<(), SessionError> {
         let (tenant, device, gateway) = self.subject(parsed)?;

@@ -3,10 +3,9 @@
 
 use ferry_adapter_core::registry::AssertionOutcome;
 use ferry_core::ids::DeviceId;
-use futures_util::stream::FuturesOrdered;
 
 use super::notify::{spawn_notify, spawn_notify_each, Notification, Step};
-use super::{CommandSub, CommandTarget, Done, Pending, Session};
+use super::{CommandSub, Done, InOrder, Session};
 use crate::topic::{self, DeviceFilter, Subscription, SubscriptionKind};
 
 impl Session {
@@ -17,7 +16,7 @@ impl Session {
         &mut self,
         pkid: u16,
         filters: Vec<(String, u8)>,
-        pending: &mut FuturesOrdered<Pending>,
+        pending: &mut InOrder,
     ) {
         let Some(who) = self.who.clone() else {
             self.on_subscribe_unauthenticated(pkid, filters, pending);
@@ -37,7 +36,7 @@ impl Session {
             };
             let device = match (sub.kind, &sub.device) {
                 (SubscriptionKind::Error, _) => {
-                    self.error_sub = Some(sub);
+                    self.rare().error_sub = Some(sub);
                     granted.push(Some(0));
                     continue;
                 }
@@ -56,10 +55,11 @@ impl Session {
             };
             if all {
                 // All its devices, and itself: its own commands come on this filter too.
-                self.all_devices = Some(command_sub.clone());
+                self.rare().all_devices = Some(command_sub.clone());
             }
-            self.command_subs.retain(|c| c.device != device);
-            self.command_subs.push(command_sub);
+            let subs = &mut self.rare().command_subs;
+            subs.retain(|c| c.device != device);
+            subs.push(command_sub);
             wanted.push((granted.len(), device, filter, all));
             granted.push(Some(qos));
         }
@@ -73,10 +73,7 @@ impl Session {
         let shared = self.shared.clone();
         let gateway = who.device.clone();
         let tenant = who.tenant.clone();
-        let target = CommandTarget {
-            session: self.id,
-            tx: self.commands_tx.clone(),
-        };
+        let target = self.command_target();
         pending.push_back(Box::pin(async move {
             change.ready().await;
             let mut notifications = Vec::with_capacity(wanted.len());
@@ -130,7 +127,7 @@ impl Session {
         &mut self,
         pkid: u16,
         filters: Vec<(String, u8)>,
-        pending: &mut FuturesOrdered<Pending>,
+        pending: &mut InOrder,
     ) {
         let mut granted = Vec::with_capacity(filters.len());
         let mut wanted: Vec<(usize, CommandSub)> = Vec::new();
@@ -169,18 +166,15 @@ impl Session {
         }
         // Recorded at once, so that a command arriving before the SUBACK finds its topic; a refused
         // one never gets a route, so it never receives commands.
+        let subs = &mut self.rare().command_subs;
         for (_, c) in &wanted {
-            self.command_subs
-                .retain(|o| !(o.tenant == c.tenant && o.device == c.device));
-            self.command_subs.push(c.clone());
+            subs.retain(|o| !(o.tenant == c.tenant && o.device == c.device));
+            subs.push(c.clone());
         }
         let mut change = Step::after(&mut self.changes);
         let notice = Step::after(&mut self.notices);
         let shared = self.shared.clone();
-        let target = CommandTarget {
-            session: self.id,
-            tx: self.commands_tx.clone(),
-        };
+        let target = self.command_target();
         pending.push_back(Box::pin(async move {
             change.ready().await;
             let mut notifications = Vec::with_capacity(wanted.len());
@@ -222,7 +216,7 @@ impl Session {
         &mut self,
         pkid: u16,
         filters: Vec<String>,
-        pending: &mut FuturesOrdered<Pending>,
+        pending: &mut InOrder,
     ) {
         let count = filters.len();
         let mut gone: Vec<CommandSub> = Vec::new();
@@ -236,12 +230,12 @@ impl Session {
             else {
                 continue;
             };
-            if let Some(i) = self
-                .command_subs
+            let subs = &mut self.rare().command_subs;
+            if let Some(i) = subs
                 .iter()
                 .position(|c| c.tenant == tenant && c.device == device)
             {
-                gone.push(self.command_subs.swap_remove(i));
+                gone.push(subs.swap_remove(i));
             }
         }
         let mut change = Step::after(&mut self.changes);
@@ -267,7 +261,7 @@ impl Session {
         &mut self,
         pkid: u16,
         filters: Vec<String>,
-        pending: &mut FuturesOrdered<Pending>,
+        pending: &mut InOrder,
     ) {
         let count = filters.len();
         let Some(who) = self.who.clone() else {
@@ -283,18 +277,19 @@ impl Session {
             };
             let device = match (sub.kind, sub.device) {
                 (SubscriptionKind::Error, _) => {
-                    self.error_sub = None;
+                    self.rare().error_sub = None;
                     continue;
                 }
                 (SubscriptionKind::Command, DeviceFilter::Own) => who.device.clone(),
                 (SubscriptionKind::Command, DeviceFilter::One(d)) => d,
                 (SubscriptionKind::Command, DeviceFilter::All) => {
-                    if self.all_devices.take().is_none() {
+                    let rare = self.rare();
+                    if rare.all_devices.take().is_none() {
                         continue;
                     }
                     all_gone = true;
                     // Its own commands stay if a newer filter of its own took them over.
-                    let own_on_all = self
+                    let own_on_all = rare
                         .command_subs
                         .iter()
                         .any(|c| c.device == who.device && c.sub.device == DeviceFilter::All);
@@ -306,7 +301,8 @@ impl Session {
             };
             gone.push((device, filter));
         }
-        self.command_subs
+        self.rare()
+            .command_subs
             .retain(|c| !gone.iter().any(|(g, _)| *g == c.device));
         if all_gone
             && self
@@ -351,12 +347,13 @@ impl Session {
     /// The device is gone: its commands go back, its subscriptions end (ttd 0), and with connection
     /// events on, applications hear that it disconnected.
     pub(super) async fn cleanup(&mut self) {
-        for (_, c) in self.inflight.drain() {
+        let rare = self.rare.take().map(|r| *r).unwrap_or_default();
+        for (_, c) in rare.inflight {
             c.release();
         }
         let Some(who) = self.who.clone() else {
             let mut notifications = Vec::new();
-            for c in std::mem::take(&mut self.command_subs) {
+            for c in rare.command_subs {
                 if self.shared.unroute(&c.tenant, &c.device, self.id) {
                     let _ = self
                         .shared
@@ -370,7 +367,7 @@ impl Session {
             spawn_notify_each(&self.shared, step, notifications);
             return;
         };
-        if self.all_devices.take().is_some()
+        if rare.all_devices.is_some()
             && self
                 .shared
                 .unroute_gateway(&who.tenant, &who.device, self.id)
@@ -382,7 +379,7 @@ impl Session {
                 .await;
         }
         let mut notifications = Vec::new();
-        for CommandSub { device, filter, .. } in std::mem::take(&mut self.command_subs) {
+        for CommandSub { device, filter, .. } in rare.command_subs {
             if self.shared.unroute(&who.tenant, &device, self.id) {
                 let _ = self
                     .shared

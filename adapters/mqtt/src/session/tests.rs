@@ -69,3 +69,74 @@ async fn a_command_beyond_a_full_session_queue_is_handed_back_to_be_released() {
     drop(rx);
     assert!(matches!(target.offer(command()), Err(NotTaken::Gone(_))));
 }
+
+/// The size of what `f` returns (a future, unpolled: its size is the room every connection's task
+/// reserves, however little the idle session uses).
+fn size_of_output<A, B, C, D, R>(_: &impl FnOnce(A, B, C, D) -> R) -> usize {
+    std::mem::size_of::<R>()
+}
+
+#[test]
+fn an_idle_connection_s_task_stays_small() {
+    // B6: every connection's task holds this much. Rarely used phases are boxed (authentication,
+    // the registry re-check, cleanup, TLS handshakes), and so are the rarely used parts of the session
+    // ([`Rare`]). Measured without optimisations (the tests' build); a release build's are smaller.
+    let task = size_of_output(&crate::accept);
+    let session = std::mem::size_of::<Session>();
+    println!("connection task {task} B, session state {session} B");
+    assert!(task <= 1_650, "a connection's task grew to {task} B");
+    assert!(session <= 256, "a session's state grew to {session} B");
+}
+
+#[tokio::test]
+async fn a_session_waiting_for_its_device_holds_no_read_buffer() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut device = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let mut io = Stream::Plain(listener.accept().await.expect("accept").0);
+    let mut buf = BytesMut::new();
+    let wait = Duration::from_millis(50);
+
+    device.write_all(&[0xC0, 0x00]).await.expect("PINGREQ");
+    assert_eq!(receive(&mut io, &mut buf).await.expect("read"), 2);
+    assert!(matches!(
+        wire::read(Version::V311, &mut buf, 1024),
+        Ok(Some(Incoming::PingReq))
+    ));
+    // Nothing more has come: the wait holds no buffer.
+    assert!(tokio::time::timeout(wait, receive(&mut io, &mut buf))
+        .await
+        .is_err());
+    assert_eq!(buf.capacity(), 0);
+
+    // Part of a packet stays with the session until the rest comes.
+    device.write_all(&[0x30, 0x05, 0x00]).await.expect("part");
+    assert_eq!(receive(&mut io, &mut buf).await.expect("read"), 3);
+    assert!(matches!(
+        wire::read(Version::V311, &mut buf, 1024),
+        Ok(None)
+    ));
+    assert!(tokio::time::timeout(wait, receive(&mut io, &mut buf))
+        .await
+        .is_err());
+    assert_eq!(&buf[..], &[0x30, 0x05, 0x00]);
+    device
+        .write_all(&[0x01, b't', b'h', b'i'])
+        .await
+        .expect("rest");
+    assert_eq!(receive(&mut io, &mut buf).await.expect("read"), 4);
+    match wire::read(Version::V311, &mut buf, 1024) {
+        Ok(Some(Incoming::Publish { topic, payload, .. })) => {
+            assert_eq!(&topic[..], b"t");
+            assert_eq!(&payload[..], b"hi");
+        }
+        other => panic!("expected the PUBLISH, got {other:?}"),
+    }
+
+    drop(device);
+    assert_eq!(receive(&mut io, &mut buf).await.expect("end"), 0);
+}
