@@ -119,6 +119,11 @@ pub struct Client {
     pub(crate) stream_http: reqwest::Client,
 }
 
+/// Idle keep-alive connections to the registry kept after a burst: enough for the steady rate of
+/// lookups, while a burst of connects (thousands of devices at once) does not leave hundreds of idle
+/// connections behind, each holding its buffers (about 18 KiB; bench/REPORT.md, B6).
+const MAX_IDLE_CONNECTIONS: usize = 32;
+
 impl Client {
     /// A client of the registry at `config.url`.
     pub fn new(config: &ClientConfig) -> Result<Self, Error> {
@@ -136,6 +141,7 @@ impl Client {
             reqwest::Client::builder()
                 .timeout(config.request_timeout)
                 .connect_timeout(config.request_timeout)
+                .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
                 .tcp_nodelay(true),
         )?
         .build()?;
