@@ -207,7 +207,7 @@ pub(super) fn render(
     let server_cpus = crate::pin::parse_cpu_list(&args.server_cpus).map_or(1, |s| s.len());
     let s = summary_row(rows, server_cpus, machine.cpus.max(1), date);
     out.push_str(&format!(
-        "**Against the goal** (≥ 20,000 req/s and ≥ 25 % of bare hyper): {}. Ferry {}, peer {}, {}. {}.\n\n",
+        "**Against the goal** (≥ 20,000 req/s and ≥ 40 % of bare hyper): {}. Ferry {}, peer {}, {}. {}.\n\n",
         match s.met {
             Some(true) => "met",
             Some(false) => "missed",

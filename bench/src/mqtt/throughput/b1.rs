@@ -302,8 +302,8 @@ fn render_b1(args: &MqttArgs, mosquitto: &SystemB1, ferry: &SystemB1) -> String 
             format!("{mc:.2}"),
             format!("{fc:.2}"),
             ratio(fc, mc),
-            "≤ 2.0×".to_owned(),
-            met(mc > 0.0 && fc > 0.0 && fc <= 2.0 * mc).to_owned(),
+            "≤ 1.5×".to_owned(),
+            met(mc > 0.0 && fc > 0.0 && fc <= 1.5 * mc).to_owned(),
         ],
     ];
     out.push_str(&report::markdown_table(
@@ -347,7 +347,7 @@ fn render_b1(args: &MqttArgs, mosquitto: &SystemB1, ferry: &SystemB1) -> String 
         format!("Mosquitto {mc:.2} µs/msg"),
         format!("{fc:.2} µs/msg"),
         ratio(fc, mc),
-        (mc > 0.0 && fc > 0.0).then_some(fc <= 2.0 * mc),
+        (mc > 0.0 && fc > 0.0).then_some(fc <= 1.5 * mc),
         format!("all Ferry processes summed; {ferry_bound}"),
         &date,
     ));
