@@ -42,7 +42,7 @@ pub const ROWS: &[(&str, &str, &str)] = &[
     (
         "B6",
         "15,000 idle authenticated MQTT connections",
-        "≤ 4 KiB/conn and ≤ 2× Mosquitto",
+        "≤ 4 KiB/conn (moonshot ≤ 2× Mosquitto)",
     ),
     (
         "B7",

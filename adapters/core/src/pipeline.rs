@@ -259,6 +259,19 @@ impl Pipeline<'_> {
         Ok(waiting)
     }
 
+    /// Counts a QoS 0 telemetry message the adapter dropped at the edge because its link to the router
+    /// sheds ([`Downstream::sheds_qos0`]): `undeliverable`, as the pipeline counts it.
+    pub fn shed(&self, tenant: &TenantId, size: usize) {
+        self.metrics.telemetry(
+            tenant,
+            MessageKind::Telemetry,
+            0,
+            Status::Undeliverable,
+            Ttd::None,
+            size,
+        );
+    }
+
     /// [`Pipeline::forward`] without a step before sending.
     pub async fn forward_message(
         &self,

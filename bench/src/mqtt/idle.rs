@@ -331,7 +331,8 @@ fn render(args: &MqttArgs, results: &[SystemB6]) -> String {
         format!("Mosquitto {m:.2} KiB/conn"),
         format!("{f:.2} KiB/conn"),
         ratio(f, m),
-        (m > 0.0 && f > 0.0).then_some(f <= 4.0 && f <= 2.0 * m),
+        // BENCHMARKS.md: the goal is ≤ 4 KiB; ≤ 2× Mosquitto is the moonshot, reported beside it.
+        (m > 0.0 && f > 0.0).then_some(f <= 4.0),
         format!(
             "{} connections; adapter RSS growth per connection",
             thousands(args.idle_connections as f64)
@@ -352,9 +353,11 @@ fn render(args: &MqttArgs, results: &[SystemB6]) -> String {
             format!("{m:.2}"),
             format!("{f:.2}"),
             ratio(f, m),
-            "≤ 4 KiB and ≤ 2× Mosquitto".to_owned(),
+            "≤ 4 KiB (moonshot ≤ 2× Mosquitto)".to_owned(),
             if f <= 4.0 && m > 0.0 && f <= 2.0 * m {
-                "**met**".to_owned()
+                "**met**, moonshot too".to_owned()
+            } else if f <= 4.0 && m > 0.0 {
+                "**met** (moonshot missed)".to_owned()
             } else {
                 "**missed**".to_owned()
             },

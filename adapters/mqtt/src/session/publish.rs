@@ -63,6 +63,19 @@ impl Session {
             }
         };
         let (tenant, device, gateway) = self.subject(&parsed)?;
+        // Shed at the edge before anything is built for the message: under overload, reading and
+        // dropping must cost as little as it can (docs/mqtt-adapter.md, "Backpressure"). A device that
+        // wants to hear of failures on its error topic goes the whole way, and so does a gateway's
+        // message (it tells the router which gateway the device last sent through).
+        if kind == MessageKind::Telemetry
+            && qos == 0
+            && gateway.is_none()
+            && self.error_sub().is_none()
+            && self.shared.downstream.sheds_qos0(&tenant)
+        {
+            self.shared.pipeline().shed(&tenant, payload.len());
+            return Ok(());
+        }
         let tell_last_gateway = gateway.is_some() && self.tell_last_gateway(&device);
         let content_type = parsed
             .bag
