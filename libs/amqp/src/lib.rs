@@ -483,6 +483,21 @@ pub fn encode_transfer(
     }
 }
 
+/// How many complete frames an encoded stretch holds (a split transfer is several), for a session's
+/// transfer counters. Stops at the first incomplete or malformed frame header.
+pub fn count_frames(mut buf: &[u8]) -> u32 {
+    let mut n = 0;
+    while let [a, b, c, d, ..] = *buf {
+        let size = u32::from_be_bytes([a, b, c, d]) as usize;
+        if size < FRAME_HEADER_LEN || size > buf.len() {
+            break;
+        }
+        buf = &buf[size..];
+        n += 1;
+    }
+    n
+}
+
 /// Writes a complete frame: header, serialized `body`, `payload`. Leaves `out` unchanged on error.
 fn write_frame<T: Serialize>(
     frame_type: u8,

@@ -191,7 +191,7 @@ impl<S: EventStore> Conn<S> {
             routing::settled(&self.shared, Some(consumer), origin, hub::release());
             return;
         }
-        let frames = count_frames(&self.out[start..]);
+        let frames = codec::count_frames(&self.out[start..]);
         session.next_outgoing_id = session.next_outgoing_id.wrapping_add(frames);
         session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);
         if settled {
@@ -220,20 +220,6 @@ impl<S: EventStore> Conn<S> {
             self.send_transfer(channel, handle, payload, settled, origin, &consumer);
         }
     }
-}
-
-/// How many frames an encoded stretch holds (a split transfer is several), for the session's counters.
-fn count_frames(mut buf: &[u8]) -> u32 {
-    let mut n = 0;
-    while buf.len() >= 4 {
-        let size = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if size < 8 || size > buf.len() {
-            break;
-        }
-        buf = &buf[size..];
-        n += 1;
-    }
-    n
 }
 
 /// Removes the deliveries in the (wrapping, RFC 1982) range `first..=last` from `unsettled`.

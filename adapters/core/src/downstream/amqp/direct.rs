@@ -793,7 +793,7 @@ impl<'c> Conn<'c> {
         let frames = if fits {
             1
         } else {
-            count_frames(&self.out[start..])
+            codec::count_frames(&self.out[start..]).max(1)
         };
         self.next_delivery_id = self.next_delivery_id.wrapping_add(1);
         self.next_outgoing_id = self.next_outgoing_id.wrapping_add(frames);
@@ -1202,20 +1202,6 @@ fn transfer_frame(
     head[..4].copy_from_slice(&size.to_be_bytes());
     out.extend_from_slice(head);
     out.extend_from_slice(message);
-}
-
-/// How many frames an encoded stretch holds (a split transfer is several).
-fn count_frames(mut buf: &[u8]) -> u32 {
-    let mut n = 0;
-    while let [a, b, c, d, ..] = *buf {
-        let size = u32::from_be_bytes([a, b, c, d]) as usize;
-        if size < 8 || size > buf.len() {
-            break;
-        }
-        buf = &buf[size..];
-        n += 1;
-    }
-    n.max(1)
 }
 
 /// The router's outcome as a [`SendOutcome`].

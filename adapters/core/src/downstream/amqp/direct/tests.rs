@@ -50,7 +50,7 @@ fn frames_are_counted_in_a_split_transfer() {
         batchable: false,
     };
     codec::encode_transfer(0, &transfer, &[9; 2000], 512, &mut out).expect("encodes");
-    assert_eq!(count_frames(&out), 5);
+    assert_eq!(codec::count_frames(&out), 5);
 }
 
 /// Counts the writes that reach the stream under it.
