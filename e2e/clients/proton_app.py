@@ -3,6 +3,10 @@
 Usage:
   proton_app.py consume URL ADDRESS COUNT TIMEOUT
       receive COUNT messages from ADDRESS (e.g. telemetry/TENANT), accepting each
+  proton_app.py consume-raw URL ADDRESS COUNT TIMEOUT
+      the same, and each message also carries "raw": the hex of the whole encoded message as it came
+      off the wire (the payloads of the delivery's transfer frames, concatenated), before Proton
+      decoded it
   proton_app.py hold URL ADDRESS CREDIT TIMEOUT
       receive from ADDRESS with CREDIT and settle nothing (an application that hangs, or is about to
       crash), until TIMEOUT
@@ -19,9 +23,10 @@ the system's CAs. Prints one JSON object a line, e.g.
 import json
 import os
 import sys
+import weakref
 
 from proton import Message, SSLDomain
-from proton.handlers import MessagingHandler
+from proton.handlers import IncomingMessageHandler, MessagingHandler
 from proton.reactor import Container
 
 
@@ -74,13 +79,16 @@ class Consume(MessagingHandler):
             emit(attached=self.address)
 
     def on_message(self, event):
-        emit(message=describe(event.message))
+        self.emit_message(event)
         self.accept(event.delivery)
         self.got += 1
         if self.got >= self.count:
             emit(done=self.got)
             self.timer.cancel()
             event.connection.close()
+
+    def emit_message(self, event):
+        emit(message=describe(event.message))
 
     def on_link_error(self, event):
         cond = event.link.remote_condition
@@ -95,6 +103,33 @@ class Consume(MessagingHandler):
     def on_timer_task(self, event):
         emit(timeout=True, got=self.got)
         event.container.stop()
+
+
+class KeepRaw(IncomingMessageHandler):
+    """Proton's IncomingMessageHandler, except that a complete delivery is read here: its bytes (what
+    Proton concatenated from the transfer frames) are kept as event.raw, then decoded as Proton does."""
+
+    def on_delivery(self, event):
+        dlv = event.delivery
+        if dlv.link.is_receiver and not dlv.aborted and dlv.readable and not dlv.partial:
+            event.raw = dlv.link.recv(dlv.pending)
+            dlv.link.advance()
+            event.message = Message()
+            event.message.decode(event.raw)
+            self.on_message(event)
+        else:
+            super().on_delivery(event)
+
+
+class ConsumeRaw(Consume):
+    def __init__(self, url, address, count, timeout):
+        super().__init__(url, address, count, timeout)
+        # MessagingHandler reads deliveries in its IncomingMessageHandler child: swap in KeepRaw.
+        self.handlers = [KeepRaw(False, weakref.proxy(self)) if isinstance(h, IncomingMessageHandler)
+                         else h for h in self.handlers]
+
+    def emit_message(self, event):
+        emit(message=dict(describe(event.message), raw=bytes(event.raw).hex()))
 
 
 class Hold(MessagingHandler):
@@ -196,4 +231,5 @@ class Command(MessagingHandler):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    Container({"consume": Consume, "hold": Hold, "command": Command}[mode](*args)).run()
+    modes = {"consume": Consume, "consume-raw": ConsumeRaw, "hold": Hold, "command": Command}
+    Container(modes[mode](*args)).run()

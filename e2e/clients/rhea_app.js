@@ -3,6 +3,9 @@
 // Usage:
 //   node rhea_app.js consume URL ADDRESS COUNT TIMEOUT
 //       receive COUNT messages from ADDRESS (e.g. telemetry/TENANT), accepting each
+//   node rhea_app.js consume-raw URL ADDRESS COUNT TIMEOUT
+//       the same, and each message also carries "raw": the hex of the whole encoded message as it came
+//       off the wire (the payloads of the delivery's transfer frames, concatenated), before rhea decoded it
 //   node rhea_app.js command URL TENANT DEVICE NAME PAYLOAD TIMEOUT
 //       send a request/response command to DEVICE, again while it is `released` (device not reachable
 //       yet), and wait for the device's response
@@ -84,7 +87,7 @@ function linkError(connection, ctx) {
     finish(connection, { link_error: e ? e.condition : null, description: e ? e.description || null : null });
 }
 
-function consume(url, address, count, seconds) {
+function consume(url, address, count, seconds, raw) {
     const connection = open(url);
     let got = 0;
     timeout(Number(seconds), () => got);
@@ -92,10 +95,30 @@ function consume(url, address, count, seconds) {
     receiver.on('receiver_open', () => emit({ attached: address }));
     receiver.on('receiver_error', (ctx) => linkError(connection, ctx));
     receiver.on('message', (ctx) => {
-        emit({ message: describe(ctx.message) });
+        const message = describe(ctx.message);
+        if (raw) message.raw = raw().toString('hex');
+        emit({ message });
         ctx.delivery.accept();
         got += 1;
         if (got >= Number(count)) finish(connection, { done: got });
+    });
+}
+
+// rhea hands an application only the decoded message: its session concatenates a delivery's transfer
+// payloads and calls `message.decode` on them (lib/session.js, Incoming.on_transfer), then emits
+// 'message' at once. Wrapping that decode keeps those bytes; the 'message' handler takes them.
+function consumeRaw(url, address, count, seconds) {
+    const decode = rhea.message.decode;
+    let last = null;
+    rhea.message.decode = (buffer) => {
+        last = Buffer.from(buffer);
+        return decode(buffer);
+    };
+    consume(url, address, count, seconds, () => {
+        const bytes = last;
+        last = null;
+        if (!bytes) throw new Error('a message that did not go through rhea.message.decode');
+        return bytes;
     });
 }
 
@@ -168,7 +191,7 @@ function send(url, address, seconds) {
 }
 
 const [mode, ...args] = process.argv.slice(2);
-const modes = { consume, command, send };
+const modes = { consume, 'consume-raw': consumeRaw, command, send };
 if (!modes[mode]) {
     process.stderr.write(`unknown mode ${mode}; one of ${Object.keys(modes).join(', ')}\n`);
     process.exit(2);
