@@ -6,7 +6,9 @@
 //! directory and free ports, so they run in parallel.
 //!
 //! The binaries are the ones cargo built next to the test executable (`target/<profile>/`):
-//! `cargo nextest run --workspace` (what `scripts/test` runs) builds them all.
+//! `cargo nextest run --workspace` (what `scripts/test` runs) builds them all. `FERRY_E2E_BIN_DIR=DIR`
+//! runs the stories against the binaries in DIR instead (another build, e.g. an older release, to see
+//! what it did; `wire_bytes` captured its golden bytes that way).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -32,10 +34,23 @@ pub const BINARIES: [&str; 5] = [
     "ferry-http-adapter",
 ];
 
-/// A workspace binary from the test executable's target directory (`target/<profile>/NAME`).
+/// Names the directory the stories take Ferry's binaries from instead of the test executable's.
+pub const BIN_DIR_VAR: &str = "FERRY_E2E_BIN_DIR";
+
+/// A workspace binary from the test executable's target directory (`target/<profile>/NAME`), or from
+/// `$FERRY_E2E_BIN_DIR` when that is set.
 ///
 /// Panics, saying how to build it, when it is not there.
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(BIN_DIR_VAR) {
+        let path = Path::new(&dir).join(name);
+        assert!(
+            path.is_file(),
+            "{BIN_DIR_VAR} is {}, which has no `{name}`",
+            Path::new(&dir).display()
+        );
+        return path;
+    }
     let exe = std::env::current_exe().expect("the test executable's path");
     // target/<profile>/deps/<test>-<hash>
     let profile_dir = exe
