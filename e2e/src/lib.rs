@@ -21,6 +21,7 @@ use serde_json::Value;
 
 pub use ferry_test_support::{free_port, require_program, test_python};
 
+pub mod amqp;
 mod cluster;
 
 pub use cluster::Cluster;
