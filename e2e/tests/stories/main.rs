@@ -11,3 +11,4 @@ mod noisy;
 mod refusals;
 mod telemetry;
 mod tenants;
+mod wire_bytes;
