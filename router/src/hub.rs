@@ -81,6 +81,12 @@ impl Kind {
     }
 }
 
+/// Of what an address's consumers grant, the share pre-settled telemetry leaves to unsettled telemetry
+/// beside it ([`Address::pick_counting`]): a quarter.
+const UNSETTLED_RESERVE_SHARE: i64 = 4;
+/// The reserve's cap, in deliveries.
+const UNSETTLED_RESERVE_MAX: i64 = 256;
+
 #[derive(Debug, Default)]
 struct Address {
     consumers: Vec<Arc<Consumer>>,
@@ -88,6 +94,9 @@ struct Address {
     next: usize,
     /// Producers that ran out of credit while no consumer had any; woken when one does.
     starved: Vec<Arc<Producer>>,
+    /// Of `telemetry/T`: attached producers that send unsettled (QoS 1). While there are any,
+    /// pre-settled telemetry leaves the consumers a reserve of credit ([`Address::pick_counting`]).
+    unsettled_producers: usize,
     /// Events (of `event/T`): ids only; payloads stay in the store until delivered.
     events: EventQueue,
     /// Command responses for an application whose receiver is attached but has no credit yet, oldest
@@ -108,15 +117,25 @@ impl Address {
     /// The consumer with credit and the fewest unsettled deliveries (ties take turns); its credit is taken.
     /// A choked consumer ([`Consumer::choked`]) is passed over.
     fn pick(&mut self, max_queued_bytes: usize) -> Option<Arc<Consumer>> {
-        self.pick_counting(max_queued_bytes).0
+        self.pick_counting(max_queued_bytes, false).0
     }
 
     /// [`Address::pick`], also answering the usable credit of the consumers not chosen, seen in the same
-    /// walk.
-    fn pick_counting(&mut self, max_queued_bytes: usize) -> (Option<Arc<Consumer>>, i64) {
+    /// walk. A pre-settled message (`presettled`) on an address that also has unsettled producers finds
+    /// no consumer once the consumers' credit is down to a reserve ([`UNSETTLED_RESERVE_SHARE`] of what
+    /// they grant, at most [`UNSETTLED_RESERVE_MAX`]): each producer may hold all the credit the
+    /// consumers grant, and without the reserve a QoS 0 flood takes every grant, so that the QoS 1
+    /// messages beside it find none and are released (their devices hear 503 and are disconnected).
+    /// Pre-settled messages may be dropped; those may not.
+    fn pick_counting(
+        &mut self,
+        max_queued_bytes: usize,
+        presettled: bool,
+    ) -> (Option<Arc<Consumer>>, i64) {
         let n = self.consumers.len();
         let mut best: Option<(usize, i64)> = None;
         let mut total = 0i64;
+        let mut granted = 0i64;
         for k in 0..n {
             let i = (self.next + k) % n;
             let c = &self.consumers[i];
@@ -125,6 +144,7 @@ impl Address {
                 continue;
             }
             total += usable;
+            granted += c.window.load(Ordering::Relaxed);
             let load = c.unsettled.load(Ordering::Relaxed);
             if best.is_none_or(|(b, _)| load < self.consumers[b].unsettled.load(Ordering::Relaxed))
             {
@@ -134,6 +154,12 @@ impl Address {
         let Some((i, usable)) = best else {
             return (None, 0);
         };
+        if presettled
+            && self.unsettled_producers > 0
+            && total <= (granted / UNSETTLED_RESERVE_SHARE).min(UNSETTLED_RESERVE_MAX)
+        {
+            return (None, total);
+        }
         self.next = (i + 1) % n.max(1);
         let chosen = &self.consumers[i];
         let picked = chosen.take_credit().then(|| {
@@ -371,6 +397,7 @@ impl<S: EventStore> Hub<S> {
             conn,
             link,
             credit: AtomicI64::new(0),
+            window: AtomicI64::new(0),
             unsettled: AtomicI64::new(0),
             queued: AtomicI64::new(0),
         });
@@ -395,6 +422,9 @@ impl<S: EventStore> Hub<S> {
         consumer
             .credit
             .store(i64::from(available), Ordering::Release);
+        consumer
+            .window
+            .fetch_max(i64::from(available), Ordering::Relaxed);
         if available == 0 {
             return;
         }

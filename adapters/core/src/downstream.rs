@@ -237,6 +237,26 @@ impl Downstream {
         }
     }
 
+    /// Hands QoS 0 telemetry to the router's link without waiting for anything: its outcome (written,
+    /// or shed) is counted in `tally`, which must be the message's tenant's. `None` when this downstream
+    /// cannot (the NATS bus: use [`Downstream::send`]); `Some(false)` when the message was not taken
+    /// (not connected, or the connection's queue is full) and nothing was counted.
+    pub fn try_send_qos0(
+        &self,
+        msg: &DeviceMessage,
+        tally: &Arc<crate::metrics::Qos0Tally>,
+    ) -> Option<bool> {
+        match &self.imp {
+            Imp::Amqp(a) => Some(a.try_send_qos0(msg, tally)),
+            Imp::Nats(_) => None,
+        }
+    }
+
+    /// Whether [`Downstream::try_send_qos0`] can take messages (the router's AMQP link, not NATS).
+    pub fn sends_without_waiting(&self) -> bool {
+        matches!(self.imp, Imp::Amqp(_))
+    }
+
     /// Sends a command response to `command_response` (`to` = the command's reply-to) and waits for the
     /// router's outcome (`released` when no application waits for it).
     pub async fn send_response(

@@ -7,7 +7,8 @@
 //! Label sets hold the tenant as its [`TenantId`] (a reference-counted string), so that counting a
 //! message clones a pointer rather than allocating a `String`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -217,7 +218,71 @@ impl HonoMetrics {
         AdapterMetrics {
             families: self.families.clone(),
             name: adapter_type,
+            qos0: Arc::default(),
         }
+    }
+}
+
+/// The message and payload-byte counters of one label set, looked up once: counting a message is then
+/// two atomic adds, not two hashed lookups under the families' locks (QoS 0 telemetry counts per
+/// message). The families never drop a label set, so a kept counter stays the exported one.
+#[derive(Clone, Debug)]
+pub struct Tally {
+    messages: Counter,
+    bytes: Counter,
+}
+
+impl Tally {
+    /// One message of `bytes` payload.
+    pub fn add(&self, bytes: usize) {
+        self.messages.inc();
+        self.bytes.inc_by(bytes as u64);
+    }
+}
+
+/// One tenant's counters of QoS 0 telemetry (no `ttd`), by outcome ([`AdapterMetrics::qos0_telemetry`]).
+/// Each outcome's series is made when first counted, as the per-call path makes it: a tenant whose
+/// messages all went through shows no `undeliverable` series.
+pub struct Qos0Tally {
+    families: Arc<Families>,
+    name: &'static str,
+    tenant: TenantId,
+    /// Forwarded, undeliverable, unprocessable.
+    by_status: [OnceLock<Tally>; 3],
+}
+
+impl std::fmt::Debug for Qos0Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qos0Tally")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Qos0Tally {
+    /// One QoS 0 message of `bytes` payload that ended as `status`.
+    pub fn add(&self, status: Status, bytes: usize) {
+        let i = match status {
+            Status::Forwarded => 0,
+            Status::Undeliverable => 1,
+            Status::Unprocessable => 2,
+        };
+        self.by_status[i]
+            .get_or_init(|| {
+                let labels = message_labels(
+                    self.name,
+                    &self.tenant,
+                    MessageKind::Telemetry,
+                    0,
+                    status,
+                    Ttd::None,
+                );
+                Tally {
+                    messages: self.families.messages.get_or_create(&labels).clone(),
+                    bytes: self.families.payload_bytes.get_or_create(&labels).clone(),
+                }
+            })
+            .add(bytes);
     }
 }
 
@@ -226,6 +291,9 @@ impl HonoMetrics {
 pub struct AdapterMetrics {
     families: Arc<Families>,
     name: &'static str,
+    /// Per tenant, its [`Qos0Tally`], shared by every connection of the tenant. Like the families'
+    /// label sets, an entry stays once made.
+    qos0: Arc<Mutex<HashMap<TenantId, Arc<Qos0Tally>>>>,
 }
 
 impl std::fmt::Debug for AdapterMetrics {
@@ -284,23 +352,40 @@ impl AdapterMetrics {
         ttd: Ttd,
         bytes: usize,
     ) {
-        let labels = MessageLabels {
-            component_type: ADAPTER,
-            component_name: self.name,
-            tenant: TenantLabel(tenant.clone()),
-            r#type: match kind {
-                MessageKind::Telemetry => "telemetry",
-                MessageKind::Event => "event",
-            },
-            status: status.as_str(),
-            qos: if qos == 0 { "0" } else { "1" },
-            ttd: ttd.as_str(),
-        };
+        let labels = self.message_labels(tenant, kind, qos, status, ttd);
         self.families.messages.get_or_create(&labels).inc();
         self.families
             .payload_bytes
             .get_or_create(&labels)
             .inc_by(bytes as u64);
+    }
+
+    /// `tenant`'s counters of QoS 0 telemetry, one [`Tally`] per outcome, for a caller that counts many
+    /// messages of one tenant (an MQTT session keeps them for its connection); one per tenant, shared.
+    pub fn qos0_telemetry(&self, tenant: &TenantId) -> Arc<Qos0Tally> {
+        let mut known = self.qos0.lock().unwrap_or_else(PoisonError::into_inner);
+        known
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(Qos0Tally {
+                    families: self.families.clone(),
+                    name: self.name,
+                    tenant: tenant.clone(),
+                    by_status: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    fn message_labels(
+        &self,
+        tenant: &TenantId,
+        kind: MessageKind,
+        qos: u8,
+        status: Status,
+        ttd: Ttd,
+    ) -> MessageLabels {
+        message_labels(self.name, tenant, kind, qos, status, ttd)
     }
 
     /// A command handed to a device (`one-way` / `request`) or a device's `response`.
@@ -323,6 +408,29 @@ impl AdapterMetrics {
             .command_bytes
             .get_or_create(&labels)
             .inc_by(bytes as u64);
+    }
+}
+
+/// The labels of a telemetry message or event counted by adapter `name`.
+fn message_labels(
+    name: &'static str,
+    tenant: &TenantId,
+    kind: MessageKind,
+    qos: u8,
+    status: Status,
+    ttd: Ttd,
+) -> MessageLabels {
+    MessageLabels {
+        component_type: ADAPTER,
+        component_name: name,
+        tenant: TenantLabel(tenant.clone()),
+        r#type: match kind {
+            MessageKind::Telemetry => "telemetry",
+            MessageKind::Event => "event",
+        },
+        status: status.as_str(),
+        qos: if qos == 0 { "0" } else { "1" },
+        ttd: ttd.as_str(),
     }
 }
 
@@ -363,5 +471,37 @@ mod tests {
         assert!(text.contains(r#"hono_telemetry_processing_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="telemetry",status="forwarded",qos="1",ttd="none"} 1"#), "{text}");
         assert!(text.contains(r#"hono_telemetry_payload_bytes_total{component_type="adapter",component_name="hono-http",tenant="t1",type="event",status="undeliverable",qos="1",ttd="none"} 7"#), "{text}");
         assert!(text.contains(r#"hono_connections_authenticated{component_type="adapter",component_name="hono-mqtt",tenant="t1"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn a_kept_qos0_tally_counts_into_the_exported_series() {
+        let admin = Admin::new();
+        let mqtt = HonoMetrics::new(&admin).component("hono-mqtt");
+        let t1 = TenantId::new("t1").expect("id");
+        let tally = mqtt.qos0_telemetry(&t1);
+        assert!(
+            Arc::ptr_eq(&tally, &mqtt.qos0_telemetry(&t1)),
+            "one per tenant"
+        );
+        assert!(
+            !admin.encode_metrics().contains("qos=\"0\""),
+            "no series before anything is counted"
+        );
+        tally.add(Status::Forwarded, 10);
+        tally.add(Status::Forwarded, 4);
+        tally.add(Status::Undeliverable, 3);
+        // The same series as the per-call path: both add up.
+        mqtt.telemetry(
+            &t1,
+            MessageKind::Telemetry,
+            0,
+            Status::Forwarded,
+            Ttd::None,
+            1,
+        );
+        let text = admin.encode_metrics();
+        assert!(text.contains(r#"hono_telemetry_processing_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="telemetry",status="forwarded",qos="0",ttd="none"} 3"#), "{text}");
+        assert!(text.contains(r#"hono_telemetry_payload_bytes_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="telemetry",status="forwarded",qos="0",ttd="none"} 15"#), "{text}");
+        assert!(text.contains(r#"hono_telemetry_processing_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="telemetry",status="undeliverable",qos="0",ttd="none"} 1"#), "{text}");
     }
 }

@@ -16,7 +16,7 @@ use crate::downstream::{
     SendOutcome, RESERVED_PROPERTIES,
 };
 use crate::limits::{TenantVolume, VolumeMeter};
-use crate::metrics::{AdapterMetrics, Status, Ttd};
+use crate::metrics::{AdapterMetrics, Qos0Tally, Status, Ttd};
 use crate::registry::{Assertion, AssertionOutcome, RegistryClient, TenantInfo, TtlLimit};
 
 /// What became of a device's message or command response: `Ok` the router took it (accepted by a
@@ -219,26 +219,7 @@ impl Pipeline<'_> {
             return Err(Refused::NoConsumer);
         }
         let (ttd, waiting) = before_send(&info).await?;
-        let mut extra_properties = upload.extra_properties;
-        // A device's property never overrides what the adapter itself asserts about the message.
-        extra_properties.retain(|(k, _)| !RESERVED_PROPERTIES.contains(&k.as_str()));
-        let mut msg = DeviceMessage {
-            kind,
-            tenant: tenant.clone(),
-            device_id: device,
-            qos,
-            content_type: upload.content_type,
-            payload: upload.payload,
-            assertion: assertion.token.clone(),
-            orig_adapter: self.adapter,
-            orig_address: upload.orig_address,
-            ttl_ms: None,
-            ttd,
-            extra_properties,
-            stored_limits: None,
-        };
-        // Message value > device defaults > tenant defaults; TTL capped by the tenant (§2.1).
-        msg.apply_defaults(&info, &assertion.defaults, upload.ttl_secs);
+        let msg = self.message(tenant.clone(), device, upload, &info, &assertion, ttd);
         let forwarded = match self.downstream.send(msg).await {
             // QoS 0 goes pre-settled: written to the router is all there is to know.
             Ok(o) if o.is_accepted() => true,
@@ -257,6 +238,92 @@ impl Pipeline<'_> {
                 .telemetry(&tenant, kind, qos, Status::Forwarded, Ttd::None, size);
         }
         Ok(waiting)
+    }
+
+    /// QoS 0 telemetry of an authenticated device that is not a gateway's, forwarded without waiting for
+    /// anything: the caches answer steps 1 and 2, the data volume admits it, and the message is encoded
+    /// and handed to the router's link, which counts it in `tally` (the tenant's) once written or shed.
+    /// A refusal is counted as [`Pipeline::forward`] counts it. Gives `subject` and `upload` back when
+    /// they must take [`Pipeline::forward_message`]'s way: a cache cannot answer, a gateway sends, or the
+    /// downstream is the NATS bus.
+    // The message comes back by value on the rare way round; boxing it would cost every message.
+    #[allow(clippy::result_large_err)]
+    pub fn forward_qos0_now(
+        &self,
+        volume: &Arc<TenantVolume>,
+        subject: Subject,
+        upload: Upload,
+        tally: &Arc<Qos0Tally>,
+    ) -> Result<(), (Subject, Upload)> {
+        if subject.gateway.is_some()
+            || upload.kind != MessageKind::Telemetry
+            || upload.qos != 0
+            || !self.downstream.sends_without_waiting()
+        {
+            return Err((subject, upload));
+        }
+        let check = TenantCheck::Authenticated(Some(volume.clone()));
+        let (info, volume, assertion) = match self.check_cached(&check, &subject) {
+            None => return Err((subject, upload)),
+            // Refused before anything is counted, as `forward` refuses it; nobody hears of it (QoS 0).
+            Some(Err(_)) => return Ok(()),
+            Some(Ok(checked)) => checked,
+        };
+        let size = upload.payload.len();
+        if !self.admit(&subject.tenant, &info, volume, size) {
+            tally.add(Status::Unprocessable, size);
+            return Ok(());
+        }
+        if self.downstream.sheds_qos0(&subject.tenant) {
+            tally.add(Status::Undeliverable, size);
+            return Ok(());
+        }
+        let msg = self.message(
+            subject.tenant,
+            subject.device,
+            upload,
+            &info,
+            &assertion,
+            None,
+        );
+        if self.downstream.try_send_qos0(&msg, tally) != Some(true) {
+            tally.add(Status::Undeliverable, size);
+        }
+        Ok(())
+    }
+
+    /// The message that leaves for the router: the upload with the adapter's properties, the
+    /// assertion, and the defaults applied.
+    fn message(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        upload: Upload,
+        info: &TenantInfo,
+        assertion: &Assertion,
+        ttd: Option<i32>,
+    ) -> DeviceMessage {
+        let mut extra_properties = upload.extra_properties;
+        // A device's property never overrides what the adapter itself asserts about the message.
+        extra_properties.retain(|(k, _)| !RESERVED_PROPERTIES.contains(&k.as_str()));
+        let mut msg = DeviceMessage {
+            kind: upload.kind,
+            tenant,
+            device_id: device,
+            qos: upload.qos,
+            content_type: upload.content_type,
+            payload: upload.payload,
+            assertion: assertion.token.clone(),
+            orig_adapter: self.adapter,
+            orig_address: upload.orig_address,
+            ttl_ms: None,
+            ttd,
+            extra_properties,
+            stored_limits: None,
+        };
+        // Message value > device defaults > tenant defaults; TTL capped by the tenant (§2.1).
+        msg.apply_defaults(info, &assertion.defaults, upload.ttl_secs);
+        msg
     }
 
     /// Counts a QoS 0 telemetry message the adapter dropped at the edge because its link to the router

@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferry_adapter_core::downstream::Command;
 use ferry_adapter_core::limits::TenantVolume;
+use ferry_adapter_core::metrics::Qos0Tally;
 use ferry_adapter_core::pipeline::{Outcome, Refused};
 use ferry_adapter_core::registry::{Assertion, ChangeKind};
 use ferry_core::ids::{DeviceId, TenantId};
@@ -91,6 +92,8 @@ struct Authenticated {
     assertion: Arc<Assertion>,
     /// The tenant's data volume count on this instance.
     volume: Arc<TenantVolume>,
+    /// The tenant's counters of QoS 0 telemetry (shared by its connections).
+    qos0: Arc<Qos0Tally>,
 }
 
 /// Unfinished work (PUBACKs, SUBACKs, error reports) a session holds before it stops reading from the

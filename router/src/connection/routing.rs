@@ -144,7 +144,8 @@ impl<S: EventStore> Conn<S> {
         match direction {
             Direction::In => {
                 let unsettled = matches!(attach.snd_settle_mode, SenderSettleMode::Unsettled);
-                link.producer = Some(hub.attach_producer(self.handle.clone(), id, unsettled));
+                link.producer =
+                    Some(hub.attach_producer(&link.addr, self.handle.clone(), id, unsettled));
                 if link.addr.kind == Kind::Event {
                     crate::tenants::follow(&self.shared, &link.addr.tenant);
                 }

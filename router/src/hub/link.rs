@@ -112,6 +112,8 @@ pub struct Consumer {
     pub link: LinkId,
     /// Deliveries the consumer will still take (its credit, minus what is on the way to it).
     pub(super) credit: AtomicI64,
+    /// The most credit the consumer has granted at once (what it takes between two grants).
+    pub(super) window: AtomicI64,
     /// Deliveries sent and not yet settled by the consumer: the balancing weight.
     pub(super) unsettled: AtomicI64,
     /// Deliveries handed to the consumer's connection task and not yet sent by it.

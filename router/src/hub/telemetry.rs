@@ -18,10 +18,14 @@ pub const NO_CONSUMER_CREDIT: u32 = 1;
 impl<S: EventStore> Hub<S> {
     pub fn attach_producer(
         &self,
+        addr: &AddressRef,
         conn: ConnHandle,
         link: LinkId,
         unsettled: bool,
     ) -> Arc<Producer> {
+        if unsettled && addr.kind == Kind::Telemetry {
+            lock(&addr.inner).unsettled_producers += 1;
+        }
         Arc::new(Producer {
             conn,
             link,
@@ -106,9 +110,11 @@ impl<S: EventStore> Hub<S> {
     }
 
     pub fn detach_producer(&self, addr: &AddressRef, producer: &Arc<Producer>) {
-        lock(&addr.inner)
-            .starved
-            .retain(|p| !Arc::ptr_eq(p, producer));
+        let mut a = lock(&addr.inner);
+        a.starved.retain(|p| !Arc::ptr_eq(p, producer));
+        if producer.unsettled && addr.kind == Kind::Telemetry {
+            a.unsettled_producers = a.unsettled_producers.saturating_sub(1);
+        }
     }
 
     /// Routes one telemetry message to a consumer with credit.
@@ -132,7 +138,7 @@ impl<S: EventStore> Hub<S> {
         settled: bool,
         origin: Origin,
     ) -> (Routed, bool) {
-        let (picked, others) = lock(&addr.inner).pick_counting(self.max_queued_bytes);
+        let (picked, others) = lock(&addr.inner).pick_counting(self.max_queued_bytes, false);
         let Some(consumer) = picked else {
             return (Routed::NoConsumer, false);
         };
@@ -150,7 +156,8 @@ impl<S: EventStore> Hub<S> {
         settled: bool,
         origin: Origin,
     ) -> Routed {
-        let Some(consumer) = lock(&addr.inner).pick(self.max_queued_bytes) else {
+        let picked = lock(&addr.inner).pick_counting(self.max_queued_bytes, settled);
+        let Some(consumer) = picked.0 else {
             return Routed::NoConsumer;
         };
         deliver(&consumer, payload, settled, origin);

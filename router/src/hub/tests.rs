@@ -95,3 +95,46 @@ fn routing_telemetry_tells_whether_credit_is_left() {
     assert_eq!(left, hub.available_credit(&addr) > 0);
     assert!(!left, "a choked consumer's credit does not count");
 }
+
+/// A QoS 0 flood beside QoS 1 devices of the same tenant: both producers may hold all the credit the
+/// consumer grants, and pre-settled messages used to take every grant, so that the unsettled ones found
+/// none and were released (B13: every QoS 1 device heard 503 and was cut off). With an unsettled
+/// producer attached, pre-settled telemetry leaves a quarter of the consumer's grant to it; without one
+/// it may take every credit, as before.
+#[test]
+fn presettled_telemetry_leaves_unsettled_telemetry_a_reserve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tenant = TenantId::new("t1").expect("tenant");
+    let hub = hub(dir.path());
+    let (handle, _rx) = conn();
+    let mut addr = hub.address(Kind::Telemetry, &tenant);
+    let consumer = hub.attach_consumer(&mut addr, handle.clone(), next_id());
+    let small = || Bytes::from_static(b"x");
+    let presettled = || hub.route_telemetry(&addr, small(), true, Origin::None);
+    let unsettled = || hub.route_telemetry(&addr, small(), false, Origin::None);
+
+    // No unsettled producer: pre-settled messages take every credit.
+    hub.consumer_credit(&addr, &consumer, 8);
+    for _ in 0..8 {
+        assert_eq!(presettled(), Routed::Forwarded);
+    }
+    assert_eq!(presettled(), Routed::NoConsumer);
+
+    let qos0 = hub.attach_producer(&addr, handle.clone(), next_id(), false);
+    let qos1 = hub.attach_producer(&addr, handle.clone(), next_id(), true);
+    hub.consumer_credit(&addr, &consumer, 8);
+    for _ in 0..6 {
+        assert_eq!(presettled(), Routed::Forwarded);
+    }
+    assert_eq!(presettled(), Routed::NoConsumer, "2 of 8 are kept back");
+    assert_eq!(unsettled(), Routed::Forwarded);
+    assert_eq!(unsettled(), Routed::Forwarded);
+    assert_eq!(unsettled(), Routed::NoConsumer, "nothing is left");
+
+    // The unsettled producer goes: nothing is kept back any more.
+    hub.detach_producer(&addr, &qos1);
+    hub.detach_producer(&addr, &qos0);
+    hub.consumer_credit(&addr, &consumer, 2);
+    assert_eq!(presettled(), Routed::Forwarded);
+    assert_eq!(presettled(), Routed::Forwarded);
+}

@@ -111,6 +111,23 @@ impl Amqp {
         self.inner.direct.send(link, message, wait).await
     }
 
+    /// [`super::Downstream::try_send_qos0`].
+    pub fn try_send_qos0(
+        &self,
+        msg: &DeviceMessage,
+        tally: &Arc<crate::metrics::Qos0Tally>,
+    ) -> bool {
+        let mut message = Vec::new();
+        msg.encode(&mut message);
+        self.inner.direct.try_send(
+            LinkKey::Telemetry(msg.tenant.clone()),
+            message,
+            self.inner.config.no_credit_timeout,
+            tally.clone(),
+            msg.payload.len(),
+        )
+    }
+
     /// Sends a command response to `command_response` (`to` = the command's reply-to) and waits for the
     /// router's outcome (`released` when no application waits for it).
     pub async fn send_response(

@@ -79,6 +79,7 @@ pub(super) async fn authenticate(
         }
     }
     Ok(Some(Authenticated {
+        qos0: shared.metrics.qos0_telemetry(&device.tenant),
         tenant: device.tenant,
         device: device.device_id,
         assertion,

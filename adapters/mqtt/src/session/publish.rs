@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_adapter_core::downstream::{MessageKind, PropertyValue};
+use ferry_adapter_core::metrics::Status;
 use ferry_adapter_core::pipeline::{self, Outcome, Refused, Subject, TenantCheck, Upload};
 use ferry_core::ids::{DeviceId, TenantId};
 
@@ -63,17 +64,19 @@ impl Session {
             }
         };
         let (tenant, device, gateway) = self.subject(&parsed)?;
-        // Shed at the edge before anything is built for the message: under overload, reading and
-        // dropping must cost as little as it can (docs/mqtt-adapter.md, "Backpressure"). A device that
-        // wants to hear of failures on its error topic goes the whole way, and so does a gateway's
-        // message (it tells the router which gateway the device last sent through).
-        if kind == MessageKind::Telemetry
+        // QoS 0 telemetry of a device that hears of nothing (no error topic, not a gateway's, which
+        // tells the router which gateway the device last sent through) goes without waiting for
+        // anything, and is shed at the edge before anything is built for it: under overload, reading and
+        // dropping must cost as little as it can (docs/mqtt-adapter.md, "Backpressure").
+        let fire_and_forget = kind == MessageKind::Telemetry
             && qos == 0
             && gateway.is_none()
-            && self.error_sub().is_none()
-            && self.shared.downstream.sheds_qos0(&tenant)
-        {
-            self.shared.pipeline().shed(&tenant, payload.len());
+            && self.error_sub().is_none();
+        if fire_and_forget && self.shared.downstream.sheds_qos0(&tenant) {
+            match &self.who {
+                Some(who) => who.qos0.add(Status::Undeliverable, payload.len()),
+                None => self.shared.pipeline().shed(&tenant, payload.len()),
+            }
             return Ok(());
         }
         let tell_last_gateway = gateway.is_some() && self.tell_last_gateway(&device);
@@ -91,16 +94,12 @@ impl Session {
             .iter()
             .map(|(k, v)| (k.to_string(), PropertyValue::String(v.to_string())))
             .collect();
-        let check = match &self.who {
-            Some(who) => TenantCheck::Authenticated(Some(who.volume.clone())),
-            None => TenantCheck::Unauthenticated,
-        };
-        let subject = Subject {
+        let mut subject = Subject {
             tenant,
             device,
             gateway,
         };
-        let upload = Upload {
+        let mut upload = Upload {
             kind,
             qos,
             content_type,
@@ -109,6 +108,22 @@ impl Session {
             ttl_secs,
             extra_properties,
             tell_last_gateway,
+        };
+        // While earlier QoS 0 messages of this device still wait on the way below, later ones take it
+        // too, so that they leave in order.
+        if let (true, Some(who), 0) = (fire_and_forget, &self.who, background.len()) {
+            match self
+                .shared
+                .pipeline()
+                .forward_qos0_now(&who.volume, subject, upload, &who.qos0)
+            {
+                Ok(()) => return Ok(()),
+                Err(back) => (subject, upload) = back,
+            }
+        }
+        let check = match &self.who {
+            Some(who) => TenantCheck::Authenticated(Some(who.volume.clone())),
+            None => TenantCheck::Unauthenticated,
         };
         let shared = self.shared.clone();
         let send = async move {

@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::downstream::{DownstreamConfig, DownstreamError, SendOutcome};
+use crate::metrics::{Qos0Tally, Status};
 
 /// Which sender link a message goes on; links are attached on first use, one per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -68,7 +69,28 @@ impl LinkKey {
     }
 }
 
-type Reply = oneshot::Sender<Result<SendOutcome, DownstreamError>>;
+/// Who hears what became of a message.
+pub(crate) enum Reply {
+    /// A caller waiting for the outcome.
+    Wait(oneshot::Sender<Result<SendOutcome, DownstreamError>>),
+    /// Nobody waits (QoS 0 sent by [`Direct::try_send`]): the outcome is counted for the tenant, with
+    /// the payload's size, as the pipeline counts it.
+    Count(Arc<Qos0Tally>, usize),
+}
+
+impl Reply {
+    fn send(self, outcome: Result<SendOutcome, DownstreamError>) {
+        match self {
+            Reply::Wait(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Count(tally, size) => match outcome {
+                Ok(o) if o.is_accepted() => tally.add(Status::Forwarded, size),
+                _ => tally.add(Status::Undeliverable, size),
+            },
+        }
+    }
+}
 
 /// A message for the connection task.
 struct Job {
@@ -172,7 +194,7 @@ impl Direct {
             message,
             deadline,
             wait,
-            reply,
+            reply: Reply::Wait(reply),
         };
         match self.jobs.try_send(job) {
             Ok(()) => {}
@@ -186,6 +208,33 @@ impl Direct {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(DownstreamError::Disconnected),
         }
         replied.await.unwrap_or(Err(DownstreamError::Disconnected))
+    }
+}
+
+impl Direct {
+    /// Hands pre-settled telemetry (`message`, of a payload of `size` bytes) to the connection without
+    /// waiting: its outcome is counted in `tally`. `false` (nothing counted) when it cannot be taken
+    /// now: not connected, or the connection's queue is full (the connection task is behind; the caller
+    /// sheds rather than wait).
+    pub(crate) fn try_send(
+        &self,
+        link: LinkKey,
+        message: Vec<u8>,
+        wait: Duration,
+        tally: Arc<Qos0Tally>,
+        size: usize,
+    ) -> bool {
+        if !self.is_connected() {
+            return false;
+        }
+        let job = Job {
+            link,
+            message,
+            deadline: Instant::now() + wait,
+            wait,
+            reply: Reply::Count(tally, size),
+        };
+        self.jobs.try_send(job).is_ok()
     }
 }
 
@@ -230,7 +279,7 @@ async fn supervise(
                 () = &mut stop => return,
                 () = &mut pause => break,
                 job = jobs.recv() => match job {
-                    Some(job) => { let _ = job.reply.send(Err(DownstreamError::NotConnected)); }
+                    Some(job) => { job.reply.send(Err(DownstreamError::NotConnected)); }
                     None => return,
                 },
             }
@@ -569,6 +618,9 @@ struct Link {
     no_credit_since: Option<Instant>,
     /// Of a QoS 0 link: the flag the callers read ([`State::shedding`]).
     shedding: Option<Arc<AtomicBool>>,
+    /// Of a QoS 0 link: it sheds while its tenant's QoS 1 telemetry waits for credit (both links share
+    /// the consumers' credit at the router, and a QoS 0 flood would take all of it).
+    yields: bool,
     /// When the link last sent, or got credit (or was attached).
     progress: Instant,
 }
@@ -644,7 +696,7 @@ impl<'c> Conn<'c> {
             None => match self.attach(&job.link, now) {
                 Some(h) => h,
                 None => {
-                    let _ = job.reply.send(Err(DownstreamError::LinkRefused {
+                    job.reply.send(Err(DownstreamError::LinkRefused {
                         address: job.link.address(),
                         reason: "too many links".into(),
                     }));
@@ -667,7 +719,12 @@ impl<'c> Conn<'c> {
             && (link.pending.len() >= queue.saturating_mul(BURST_QUEUES)
                 || (link.pending.len() >= queue && stalled(link, now)))
         {
-            let _ = job.reply.send(Err(DownstreamError::NoCredit));
+            // Past any burst: the callers shed at the edge until the queue has gone down by half
+            // (`on_flow`), instead of reading, checking and encoding what would be shed here.
+            if let Some(flag) = &link.shedding {
+                flag.store(true, Ordering::Relaxed);
+            }
+            job.reply.send(Err(DownstreamError::NoCredit));
             return;
         }
         if link.pending.is_empty() {
@@ -736,6 +793,7 @@ impl<'c> Conn<'c> {
                     }
                     _ => None,
                 },
+                yields: false,
                 // The first messages waited for the attach, not for credit.
                 progress: now + self.config.no_credit_timeout,
             },
@@ -787,7 +845,7 @@ impl<'c> Conn<'c> {
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot encode a transfer");
             self.out.truncate(start);
-            let _ = job.reply.send(Err(DownstreamError::Disconnected));
+            job.reply.send(Err(DownstreamError::Disconnected));
             return;
         }
         let frames = if fits {
@@ -805,7 +863,7 @@ impl<'c> Conn<'c> {
             link.no_credit_since = Some(now);
         }
         if settled {
-            let _ = job.reply.send(Ok(SendOutcome::Presettled));
+            job.reply.send(Ok(SendOutcome::Presettled));
         } else {
             self.unsettled.insert(
                 delivery_id,
@@ -912,16 +970,20 @@ impl<'c> Conn<'c> {
         if link.credit > 0 {
             link.progress = now;
             link.no_credit_since = None;
-            if let Some(flag) = &link.shedding {
-                flag.store(false, Ordering::Relaxed);
-            }
         } else if link.no_credit_since.is_none() && link.attaching.is_none() {
             link.no_credit_since = Some(now);
         }
         self.send_waiting(handle, now);
+        let burst = self.config.link_queue.max(1).saturating_mul(BURST_QUEUES);
         let Some(link) = self.by_handle.get_mut(&handle) else {
             return;
         };
+        // Credit came, and what waits is back within a burst: the callers send again.
+        if link.credit > 0 && link.pending.len() <= burst / 2 && !link.yields {
+            if let Some(flag) = &link.shedding {
+                flag.store(false, Ordering::Relaxed);
+            }
+        }
         if flow.drain && link.pending.is_empty() && link.credit > 0 {
             link.delivery_count = link.delivery_count.wrapping_add(link.credit);
             link.credit = 0;
@@ -959,7 +1021,7 @@ impl<'c> Conn<'c> {
         };
         let settle = |id: u32, this: &mut Self| {
             if let Some(u) = this.unsettled.remove(&id) {
-                let _ = u.reply.send(Ok(outcome.clone()));
+                u.reply.send(Ok(outcome.clone()));
             }
         };
         if span <= self.unsettled.len() as u64 {
@@ -1060,7 +1122,7 @@ impl<'c> Conn<'c> {
             } else {
                 DownstreamError::Disconnected
             };
-            let _ = job.reply.send(Err(e));
+            job.reply.send(Err(e));
         }
         let ids: Vec<u32> = self
             .unsettled
@@ -1070,7 +1132,7 @@ impl<'c> Conn<'c> {
             .collect();
         for id in ids {
             if let Some(u) = self.unsettled.remove(&id) {
-                let _ = u.reply.send(Err(DownstreamError::Disconnected));
+                u.reply.send(Err(DownstreamError::Disconnected));
             }
         }
         tracing::debug!(address = %link.address, %reason, "sender link to the router ended");
@@ -1078,7 +1140,14 @@ impl<'c> Conn<'c> {
 
     /// Whether messages wait for credit or outcomes, whose bounds are checked every [`TICK`].
     fn needs_tick(&self) -> bool {
-        self.waiting > 0 || !self.due.is_empty()
+        self.waiting > 0
+            || !self.due.is_empty()
+            // A link that sheds may stop shedding with nothing waiting (`on_tick`).
+            || self.by_handle.values().any(|l| {
+                l.shedding
+                    .as_ref()
+                    .is_some_and(|f| f.load(Ordering::Relaxed))
+            })
     }
 
     /// Fails the messages that waited too long for credit or for their outcome, and links whose attach
@@ -1090,12 +1159,41 @@ impl<'c> Conn<'c> {
             }
             self.due.pop_front();
             if let Some(u) = self.unsettled.remove(&id) {
-                let _ = u.reply.send(Err(DownstreamError::Timeout));
+                u.reply.send(Err(DownstreamError::Timeout));
             }
         }
         if self.due.len() > 2 * self.unsettled.len() + 1024 {
             let unsettled = &self.unsettled;
             self.due.retain(|(id, _)| unsettled.contains_key(id));
+        }
+        // QoS 0 yields to its tenant's QoS 1 telemetry once that has waited for credit for a while:
+        // the router gives both links credit from the same consumers, and a device waiting for its
+        // PUBACK must not be cut off (503) because a QoS 0 flood beside it took every grant.
+        let waiting_qos1: Vec<TenantId> = self
+            .by_handle
+            .values()
+            .filter(|l| !l.pending.is_empty() && stalled(l, now))
+            .filter_map(|l| match &l.key {
+                LinkKey::TelemetryUnsettled(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        // A link shed at the edge for its queue (not for a stall) may have credit and nothing more to
+        // wait for: no flow need come to end the shedding, so the tick does.
+        let burst = self.config.link_queue.max(1).saturating_mul(BURST_QUEUES);
+        for link in self.by_handle.values_mut() {
+            let (LinkKey::Telemetry(tenant), Some(flag)) = (&link.key, &link.shedding) else {
+                continue;
+            };
+            link.yields = waiting_qos1.contains(tenant);
+            if link.yields {
+                flag.store(true, Ordering::Relaxed);
+            } else if link.credit > 0
+                && link.pending.len() <= burst / 2
+                && flag.load(Ordering::Relaxed)
+            {
+                flag.store(false, Ordering::Relaxed);
+            }
         }
         if self.waiting == 0 {
             return;
@@ -1116,7 +1214,7 @@ impl<'c> Conn<'c> {
                 // What waits past the queue is shed once the link stalls; the queue waits its bound.
                 while link.pending.len() > self.config.link_queue.max(1) {
                     if let Some(job) = link.pending.pop_back() {
-                        let _ = job.reply.send(Err(DownstreamError::NoCredit));
+                        job.reply.send(Err(DownstreamError::NoCredit));
                     }
                 }
             }
@@ -1126,7 +1224,7 @@ impl<'c> Conn<'c> {
                     break;
                 }
                 if let Some(job) = link.pending.pop_front() {
-                    let _ = job.reply.send(Err(DownstreamError::NoCredit));
+                    job.reply.send(Err(DownstreamError::NoCredit));
                 }
             }
             if had && link.pending.is_empty() {
@@ -1161,11 +1259,11 @@ impl<'c> Conn<'c> {
         }
         for (_, mut link) in self.by_handle.drain() {
             for job in link.pending.drain(..) {
-                let _ = job.reply.send(Err(e.clone()));
+                job.reply.send(Err(e.clone()));
             }
         }
         for (_, u) in self.unsettled.drain() {
-            let _ = u.reply.send(Err(e.clone()));
+            u.reply.send(Err(e.clone()));
         }
         self.links.clear();
         self.waiting = 0;

@@ -103,6 +103,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountWrites<S> {
 async fn fake_router(
     mut io: tokio::io::DuplexStream,
     credit: u32,
+    unsettled_credit: u32,
     refill: bool,
     messages: mpsc::UnboundedSender<Vec<u8>>,
 ) {
@@ -165,6 +166,10 @@ async fn fake_router(
                     ..
                 } => {
                     let handle = a.handle.clone();
+                    let credit = match a.snd_settle_mode {
+                        SenderSettleMode::Unsettled => unsettled_credit,
+                        _ => credit,
+                    };
                     let reply = Attach {
                         role: Role::Receiver,
                         ..a
@@ -236,10 +241,15 @@ async fn harness(credit: u32) -> Harness {
 }
 
 async fn harness_with(credit: u32, refill: bool) -> Harness {
+    harness_split(credit, credit, refill).await
+}
+
+/// A harness whose router gives QoS 1 (unsettled) links `unsettled_credit`, the others `credit`.
+async fn harness_split(credit: u32, unsettled_credit: u32, refill: bool) -> Harness {
     let (ours, theirs) = tokio::io::duplex(1 << 20);
     let writes = Arc::new(AtomicUsize::new(0));
     let (tx, messages) = mpsc::unbounded_channel();
-    tokio::spawn(fake_router(theirs, credit, refill, tx));
+    tokio::spawn(fake_router(theirs, credit, unsettled_credit, refill, tx));
     let (jobs, mut rx) = mpsc::channel(JOB_QUEUE);
     let io = CountWrites {
         inner: ours,
@@ -281,7 +291,7 @@ impl Harness {
             message: message.to_vec(),
             deadline: Instant::now() + Duration::from_secs(1),
             wait: Duration::from_secs(1),
-            reply,
+            reply: Reply::Wait(reply),
         };
         jobs.send(job).await.expect("queued");
         replied.await.expect("answered")
@@ -383,7 +393,7 @@ async fn a_flood_of_messages_does_not_keep_the_routers_credit_from_being_read() 
                 message: i.to_be_bytes().to_vec(),
                 deadline: Instant::now() + Duration::from_secs(5),
                 wait: Duration::from_secs(5),
-                reply,
+                reply: Reply::Wait(reply),
             })
             .await
             .expect("queued");
@@ -434,5 +444,93 @@ async fn a_qos0_link_without_credit_is_announced_as_shedding() {
     assert_eq!(
         waiting.await.expect("answered"),
         Err(DownstreamError::NoCredit)
+    );
+}
+
+/// QoS 0 handed over without waiting (`Direct::try_send`): nobody waits for the outcome, and it is
+/// counted all the same, as the pipeline counts what it waits for: `forwarded` once written,
+/// `undeliverable` when it waited for credit in vain.
+#[tokio::test]
+async fn qos0_handed_over_without_waiting_is_counted_by_its_outcome() {
+    let mut h = harness(3).await;
+    let direct = Direct {
+        jobs: h.jobs.clone(),
+        state: h.state.clone(),
+    };
+    let admin = ferry_core::admin::Admin::new();
+    let metrics = crate::metrics::HonoMetrics::new(&admin).component("hono-mqtt");
+    let t1 = TenantId::new("t1").expect("id");
+    let tally = metrics.qos0_telemetry(&t1);
+    let wait = Duration::from_millis(100);
+    for i in 0..5u8 {
+        assert!(direct.try_send(telemetry(), vec![i; 4], wait, tally.clone(), 4));
+    }
+    for i in 0..3u8 {
+        let got = tokio::time::timeout(Duration::from_secs(2), h.messages.recv())
+            .await
+            .expect("written")
+            .expect("message");
+        assert_eq!(got, vec![i; 4]);
+    }
+    let counted = |status: &str, n: u32| {
+        admin.encode_metrics().contains(&format!(
+            r#"hono_telemetry_processing_total{{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="telemetry",status="{status}",qos="0",ttd="none"}} {n}"#
+        ))
+    };
+    let settled = tokio::time::timeout(Duration::from_secs(2), async {
+        while !(counted("forwarded", 3) && counted("undeliverable", 2)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "{}", admin.encode_metrics());
+    assert!(
+        h.messages.try_recv().is_err(),
+        "the two without credit were not written"
+    );
+}
+
+/// A tenant's QoS 1 telemetry that waits for credit makes its QoS 0 link shed at the edge even while
+/// that link has credit: the router gives both from the same consumers' credit, and a QoS 0 flood
+/// would otherwise take it all and leave the QoS 1 devices to time out (503, cut off). Once the QoS 1
+/// message is answered, QoS 0 flows again.
+#[tokio::test]
+async fn qos0_yields_to_its_tenants_qos1_waiting_for_credit() {
+    let h = harness_split(1000, 0, false).await;
+    let direct = Direct {
+        jobs: h.jobs.clone(),
+        state: h.state.clone(),
+    };
+    let t1 = TenantId::new("t1").expect("id");
+    assert_eq!(
+        Harness::send(&h.jobs, telemetry(), b"qos0").await,
+        Ok(SendOutcome::Presettled)
+    );
+    let waiting = tokio::spawn({
+        let jobs = h.jobs.clone();
+        let key = LinkKey::TelemetryUnsettled(t1.clone());
+        async move { Harness::send(&jobs, key, b"qos1").await }
+    });
+    let yielded = tokio::time::timeout(Duration::from_secs(2), async {
+        while !direct.sheds_qos0(&t1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(yielded.is_ok(), "QoS 0 yields while QoS 1 waits");
+    assert!(!direct.sheds_qos0(&TenantId::new("t2").expect("id")));
+    assert_eq!(
+        waiting.await.expect("answered"),
+        Err(DownstreamError::NoCredit)
+    );
+    let resumed = tokio::time::timeout(Duration::from_secs(2), async {
+        while direct.sheds_qos0(&t1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        resumed.is_ok(),
+        "QoS 0 flows again once QoS 1 no longer waits"
     );
 }
