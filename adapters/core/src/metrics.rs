@@ -227,14 +227,14 @@ impl HonoMetrics {
 /// two atomic adds, not two hashed lookups under the families' locks (QoS 0 telemetry counts per
 /// message). The families never drop a label set, so a kept counter stays the exported one.
 #[derive(Clone, Debug)]
-pub struct Tally {
+struct Tally {
     messages: Counter,
     bytes: Counter,
 }
 
 impl Tally {
     /// One message of `bytes` payload.
-    pub fn add(&self, bytes: usize) {
+    fn add(&self, bytes: usize) {
         self.messages.inc();
         self.bytes.inc_by(bytes as u64);
     }
@@ -352,7 +352,7 @@ impl AdapterMetrics {
         ttd: Ttd,
         bytes: usize,
     ) {
-        let labels = self.message_labels(tenant, kind, qos, status, ttd);
+        let labels = message_labels(self.name, tenant, kind, qos, status, ttd);
         self.families.messages.get_or_create(&labels).inc();
         self.families
             .payload_bytes
@@ -360,7 +360,7 @@ impl AdapterMetrics {
             .inc_by(bytes as u64);
     }
 
-    /// `tenant`'s counters of QoS 0 telemetry, one [`Tally`] per outcome, for a caller that counts many
+    /// `tenant`'s counters of QoS 0 telemetry, by outcome, for a caller that counts many
     /// messages of one tenant (an MQTT session keeps them for its connection); one per tenant, shared.
     pub fn qos0_telemetry(&self, tenant: &TenantId) -> Arc<Qos0Tally> {
         let mut known = self.qos0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -375,17 +375,6 @@ impl AdapterMetrics {
                 })
             })
             .clone()
-    }
-
-    fn message_labels(
-        &self,
-        tenant: &TenantId,
-        kind: MessageKind,
-        qos: u8,
-        status: Status,
-        ttd: Ttd,
-    ) -> MessageLabels {
-        message_labels(self.name, tenant, kind, qos, status, ttd)
     }
 
     /// A command handed to a device (`one-way` / `request`) or a device's `response`.
