@@ -303,8 +303,9 @@ fn a_noisy_tenant_cannot_stall_or_exhaust_the_router_for_another() {
 /// consumes its tenant's telemetry) costs `ferry up` a bounded amount. It once did not: the MQTT adapter
 /// made every QoS 0 PUBLISH a task of its own, outside the session's bound on unanswered work, and each
 /// waited for room in the link's queue; three paho devices publishing 1 KiB as fast as they could took
-/// `ferry up` from 31 to 650 MiB in 10 s. Now such sends count toward the session's bound (the device is
-/// read more slowly) and what finds the link's queue full is shed at once (40 MiB at most).
+/// `ferry up` from 31 to 650 MiB in 10 s. Now QoS 0 is handed to the link's queue without waiting, shed
+/// at the edge while the link has no credit, and shed at once when it finds the queue full (40 MiB at
+/// most).
 #[test]
 fn a_device_flooding_qos_0_telemetry_into_no_credit_costs_a_bounded_amount() {
     let ferry = Ferry::up();
