@@ -121,6 +121,17 @@ struct Conn<S: EventStore> {
     /// Some consumer of this connection was choked (too many bytes held or unsettled): once none is, the
     /// hub hears their credit again, which wakes the producers that starved meanwhile.
     choked: bool,
+    /// Outcomes of consecutive deliveries of one session, all alike, not yet encoded: one disposition
+    /// frame settles the run ([`Conn::disposition`]).
+    settling: Option<Settling>,
+}
+
+/// A run of deliveries `first..=last` on `channel`, settled with `state`.
+struct Settling {
+    channel: u16,
+    first: u32,
+    last: u32,
+    state: DeliveryState,
 }
 
 /// Serves one connection until it closes.
@@ -154,6 +165,7 @@ where
         closed: false,
         unwritten: 0,
         choked: false,
+        settling: None,
     };
     let Some(_user_slot) = UserSlot::take(&shared, &conn.principal) else {
         let err = error(
@@ -241,6 +253,7 @@ impl<S: EventStore> Conn<S> {
                     )));
                 }
             }
+            self.flush_settling();
             if !self.out.is_empty() {
                 io.write_all(&self.out).await?;
                 self.out.clear();
@@ -256,6 +269,7 @@ impl<S: EventStore> Conn<S> {
     }
 
     fn close(&mut self, err: Option<Error>) {
+        self.flush_settling();
         if !self.closed {
             if let Err(e) = codec::encode_frame(
                 0,
@@ -270,6 +284,8 @@ impl<S: EventStore> Conn<S> {
     }
 
     fn send(&mut self, channel: u16, p: Performative) {
+        // Frames leave in the order they were made: a pending run of outcomes goes first.
+        self.flush_settling();
         if let Err(e) = codec::encode_frame(channel, &p, &[], &mut self.out) {
             // Our own performatives always encode; if one does not, the connection cannot go on.
             tracing::warn!(error = %e, "cannot encode a performative");

@@ -25,6 +25,7 @@ pub use message::{
 pub use nats::NatsDownstreamConfig;
 
 use amqp::Amqp;
+pub use amqp::Handed;
 
 /// Where the router is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -237,6 +238,17 @@ impl Downstream {
         }
     }
 
+    /// Hands a message to the router's link at once and gives back what resolves to its outcome, as
+    /// [`Downstream::send`] would answer: small enough to keep per message (an MQTT session holds one per
+    /// unanswered QoS 1 PUBLISH instead of a future of the whole send). `None` for the NATS bus (use
+    /// [`Downstream::send`]).
+    pub fn hand_over(&self, msg: &DeviceMessage) -> Option<Handed> {
+        match &self.imp {
+            Imp::Amqp(a) => Some(a.hand_over(msg)),
+            Imp::Nats(_) => None,
+        }
+    }
+
     /// Hands QoS 0 telemetry to the router's link without waiting for anything: its outcome (written,
     /// or shed) is counted in `tally`, which must be the message's tenant's. `None` when this downstream
     /// cannot (the NATS bus: use [`Downstream::send`]); `Some(false)` when the message was not taken
@@ -244,7 +256,7 @@ impl Downstream {
     pub fn try_send_qos0(
         &self,
         msg: &DeviceMessage,
-        tally: &Arc<crate::metrics::Qos0Tally>,
+        tally: &Arc<crate::metrics::TenantTally>,
     ) -> Option<bool> {
         match &self.imp {
             Imp::Amqp(a) => Some(a.try_send_qos0(msg, tally)),

@@ -218,7 +218,7 @@ impl HonoMetrics {
         AdapterMetrics {
             families: self.families.clone(),
             name: adapter_type,
-            qos0: Arc::default(),
+            tallies: Arc::default(),
         }
     }
 }
@@ -240,49 +240,54 @@ impl Tally {
     }
 }
 
-/// One tenant's counters of QoS 0 telemetry (no `ttd`), by outcome ([`AdapterMetrics::qos0_telemetry`]).
-/// Each outcome's series is made when first counted, as the per-call path makes it: a tenant whose
-/// messages all went through shows no `undeliverable` series.
-pub struct Qos0Tally {
+/// One tenant's counters of telemetry and events without `ttd`, by QoS and outcome
+/// ([`AdapterMetrics::tenant_tally`]), for callers that count many messages of one tenant. Each series
+/// is made when first counted, as the per-call path makes it: a tenant whose messages all went through
+/// shows no `undeliverable` series.
+pub struct TenantTally {
     families: Arc<Families>,
     name: &'static str,
     tenant: TenantId,
-    /// Forwarded, undeliverable, unprocessable.
-    by_status: [OnceLock<Tally>; 3],
+    /// Telemetry QoS 0, telemetry QoS 1, events (QoS 1); each by forwarded, undeliverable,
+    /// unprocessable.
+    by_row: [[OnceLock<Tally>; 3]; 3],
 }
 
-impl std::fmt::Debug for Qos0Tally {
+impl std::fmt::Debug for TenantTally {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qos0Tally")
+        f.debug_struct("TenantTally")
             .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
 
-impl Qos0Tally {
-    /// One QoS 0 message of `bytes` payload that ended as `status`.
-    pub fn add(&self, status: Status, bytes: usize) {
-        let i = match status {
+impl TenantTally {
+    /// One message of `kind` and `qos` with `bytes` of payload that ended as `status`.
+    pub fn add(&self, kind: MessageKind, qos: u8, status: Status, bytes: usize) {
+        let row = match (kind, qos) {
+            (MessageKind::Telemetry, 0) => 0,
+            (MessageKind::Telemetry, _) => 1,
+            (MessageKind::Event, _) => 2,
+        };
+        let column = match status {
             Status::Forwarded => 0,
             Status::Undeliverable => 1,
             Status::Unprocessable => 2,
         };
-        self.by_status[i]
+        self.by_row[row][column]
             .get_or_init(|| {
-                let labels = message_labels(
-                    self.name,
-                    &self.tenant,
-                    MessageKind::Telemetry,
-                    0,
-                    status,
-                    Ttd::None,
-                );
+                let labels = message_labels(self.name, &self.tenant, kind, qos, status, Ttd::None);
                 Tally {
                     messages: self.families.messages.get_or_create(&labels).clone(),
                     bytes: self.families.payload_bytes.get_or_create(&labels).clone(),
                 }
             })
             .add(bytes);
+    }
+
+    /// One QoS 0 telemetry message of `bytes` payload that ended as `status`.
+    pub fn add_qos0(&self, status: Status, bytes: usize) {
+        self.add(MessageKind::Telemetry, 0, status, bytes);
     }
 }
 
@@ -291,9 +296,9 @@ impl Qos0Tally {
 pub struct AdapterMetrics {
     families: Arc<Families>,
     name: &'static str,
-    /// Per tenant, its [`Qos0Tally`], shared by every connection of the tenant. Like the families'
+    /// Per tenant, its [`TenantTally`], shared by every connection of the tenant. Like the families'
     /// label sets, an entry stays once made.
-    qos0: Arc<Mutex<HashMap<TenantId, Arc<Qos0Tally>>>>,
+    tallies: Arc<Mutex<HashMap<TenantId, Arc<TenantTally>>>>,
 }
 
 impl std::fmt::Debug for AdapterMetrics {
@@ -360,18 +365,18 @@ impl AdapterMetrics {
             .inc_by(bytes as u64);
     }
 
-    /// `tenant`'s counters of QoS 0 telemetry, by outcome, for a caller that counts many
+    /// `tenant`'s counters of telemetry and events, by QoS and outcome, for a caller that counts many
     /// messages of one tenant (an MQTT session keeps them for its connection); one per tenant, shared.
-    pub fn qos0_telemetry(&self, tenant: &TenantId) -> Arc<Qos0Tally> {
-        let mut known = self.qos0.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn tenant_tally(&self, tenant: &TenantId) -> Arc<TenantTally> {
+        let mut known = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
         known
             .entry(tenant.clone())
             .or_insert_with(|| {
-                Arc::new(Qos0Tally {
+                Arc::new(TenantTally {
                     families: self.families.clone(),
                     name: self.name,
                     tenant: tenant.clone(),
-                    by_status: Default::default(),
+                    by_row: Default::default(),
                 })
             })
             .clone()
@@ -463,22 +468,23 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_qos0_tally_counts_into_the_exported_series() {
+    fn a_kept_tenant_tally_counts_into_the_exported_series() {
         let admin = Admin::new();
         let mqtt = HonoMetrics::new(&admin).component("hono-mqtt");
         let t1 = TenantId::new("t1").expect("id");
-        let tally = mqtt.qos0_telemetry(&t1);
+        let tally = mqtt.tenant_tally(&t1);
         assert!(
-            Arc::ptr_eq(&tally, &mqtt.qos0_telemetry(&t1)),
+            Arc::ptr_eq(&tally, &mqtt.tenant_tally(&t1)),
             "one per tenant"
         );
         assert!(
             !admin.encode_metrics().contains("qos=\"0\""),
             "no series before anything is counted"
         );
-        tally.add(Status::Forwarded, 10);
-        tally.add(Status::Forwarded, 4);
-        tally.add(Status::Undeliverable, 3);
+        tally.add_qos0(Status::Forwarded, 10);
+        tally.add_qos0(Status::Forwarded, 4);
+        tally.add_qos0(Status::Undeliverable, 3);
+        tally.add(MessageKind::Event, 1, Status::Forwarded, 6);
         // The same series as the per-call path: both add up.
         mqtt.telemetry(
             &t1,
@@ -492,5 +498,10 @@ mod tests {
         assert!(text.contains(r#"hono_telemetry_processing_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="telemetry",status="forwarded",qos="0",ttd="none"} 3"#), "{text}");
         assert!(text.contains(r#"hono_telemetry_payload_bytes_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="telemetry",status="forwarded",qos="0",ttd="none"} 15"#), "{text}");
         assert!(text.contains(r#"hono_telemetry_processing_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="telemetry",status="undeliverable",qos="0",ttd="none"} 1"#), "{text}");
+        assert!(text.contains(r#"hono_telemetry_payload_bytes_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="event",status="forwarded",qos="1",ttd="none"} 6"#), "{text}");
+        assert!(
+            !text.contains(r#"type="telemetry",status="forwarded",qos="1""#),
+            "{text}"
+        );
     }
 }

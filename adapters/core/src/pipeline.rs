@@ -12,11 +12,11 @@ use ferry_core::ids::{DeviceId, TenantId};
 
 use crate::auth::{AuthError, Device};
 use crate::downstream::{
-    CommandLink, CommandResponse, DeviceMessage, Downstream, MessageKind, PropertyValue,
+    CommandLink, CommandResponse, DeviceMessage, Downstream, Handed, MessageKind, PropertyValue,
     SendOutcome, RESERVED_PROPERTIES,
 };
 use crate::limits::{TenantVolume, VolumeMeter};
-use crate::metrics::{AdapterMetrics, Qos0Tally, Status, Ttd};
+use crate::metrics::{AdapterMetrics, Status, TenantTally, Ttd};
 use crate::registry::{Assertion, AssertionOutcome, RegistryClient, TenantInfo, TtlLimit};
 
 /// What became of a device's message or command response: `Ok` the router took it (accepted by a
@@ -142,6 +142,65 @@ pub struct Response {
     pub metered: bool,
 }
 
+/// What [`Pipeline::forward_now`] did with a message.
+#[derive(Debug)]
+pub enum Now {
+    /// QoS 0 telemetry handed to the router's link; its outcome is counted there.
+    Gone,
+    /// Refused before it left (counted); QoS 0's refusals are heard of only on an error topic.
+    Refused(Refused),
+    /// A QoS 1 message on its way: resolves to its outcome, counted then.
+    Waiting(Waiting),
+}
+
+/// A QoS 1 message handed to the router, resolving to its [`Outcome`] (and counting it) once the router
+/// settles it: a reply channel and a counter, where a future of the whole send would be a large box
+/// per message.
+#[derive(Debug)]
+pub struct Waiting {
+    handed: Handed,
+    tally: Arc<TenantTally>,
+    kind: MessageKind,
+    size: usize,
+}
+
+impl Waiting {
+    /// A QoS 1 message of `kind` waiting for `handed` (for tests of what holds [`Waiting`]s; the pipeline
+    /// makes them in [`Pipeline::forward_now`]).
+    #[doc(hidden)]
+    pub fn new(handed: Handed, tally: Arc<TenantTally>, kind: MessageKind, size: usize) -> Self {
+        Self {
+            handed,
+            tally,
+            kind,
+            size,
+        }
+    }
+}
+
+impl Future for Waiting {
+    type Output = Outcome;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Outcome> {
+        let sent = std::task::ready!(std::pin::Pin::new(&mut self.handed).poll(cx));
+        let (tally, kind, size) = (&self.tally, self.kind, self.size);
+        std::task::Poll::Ready(match sent {
+            Ok(o) if o.is_accepted() => {
+                tally.add(kind, 1, Status::Forwarded, size);
+                Ok(())
+            }
+            other => {
+                tracing::debug!(?other, "message not accepted downstream");
+                tally.add(kind, 1, Status::Undeliverable, size);
+                Err(Refused::NoConsumer)
+            }
+        })
+    }
+}
+
 /// What steps 1 and 2 found: the tenant, its data volume count when known, the device's assertion.
 type Checked = (Arc<TenantInfo>, Option<Arc<TenantVolume>>, Arc<Assertion>);
 
@@ -240,43 +299,42 @@ impl Pipeline<'_> {
         Ok(waiting)
     }
 
-    /// QoS 0 telemetry of an authenticated device that is not a gateway's, forwarded without waiting for
-    /// anything: the caches answer steps 1 and 2, the data volume admits it, and the message is encoded
-    /// and handed to the router's link, which counts it in `tally` (the tenant's) once written or shed.
-    /// A refusal is counted as [`Pipeline::forward`] counts it. Gives `subject` and `upload` back when
-    /// they must take [`Pipeline::forward_message`]'s way: a cache cannot answer, a gateway sends, or the
-    /// downstream is the NATS bus.
+    /// A message of an authenticated device that is not a gateway's, forwarded without a future of its
+    /// own: the caches answer steps 1 and 2, the data volume admits it, and the message is encoded and
+    /// handed to the router's link. QoS 0 telemetry is then done ([`Now::Gone`]): the link counts it in
+    /// `tally` (the tenant's) once written or shed. QoS 1 gives back what resolves to its outcome
+    /// ([`Now::Waiting`], counted in `tally` when it resolves), or its refusal. Everything is counted as
+    /// [`Pipeline::forward`] counts it. Gives `subject` and `upload` back when they must take
+    /// [`Pipeline::forward_message`]'s way: a cache cannot answer, a gateway sends, or the downstream is
+    /// the NATS bus.
     // The message comes back by value on the rare way round; boxing it would cost every message.
     #[allow(clippy::result_large_err)]
-    pub fn forward_qos0_now(
+    pub fn forward_now(
         &self,
         volume: &Arc<TenantVolume>,
         subject: Subject,
         upload: Upload,
-        tally: &Arc<Qos0Tally>,
-    ) -> Result<(), (Subject, Upload)> {
-        if subject.gateway.is_some()
-            || upload.kind != MessageKind::Telemetry
-            || upload.qos != 0
-            || !self.downstream.sends_without_waiting()
-        {
+        tally: &Arc<TenantTally>,
+    ) -> Result<Now, (Subject, Upload)> {
+        if subject.gateway.is_some() || !self.downstream.sends_without_waiting() {
             return Err((subject, upload));
         }
         let check = TenantCheck::Authenticated(Some(volume.clone()));
         let (info, volume, assertion) = match self.check_cached(&check, &subject) {
             None => return Err((subject, upload)),
-            // Refused before anything is counted, as `forward` refuses it; nobody hears of it (QoS 0).
-            Some(Err(_)) => return Ok(()),
+            // Refused before anything is counted, as `forward` refuses it.
+            Some(Err(refused)) => return Ok(Now::Refused(refused)),
             Some(Ok(checked)) => checked,
         };
-        let size = upload.payload.len();
+        let (kind, qos, size) = (upload.kind, upload.qos, upload.payload.len());
         if !self.admit(&subject.tenant, &info, volume, size) {
-            tally.add(Status::Unprocessable, size);
-            return Ok(());
+            tally.add(kind, qos, Status::Unprocessable, size);
+            return Ok(Now::Refused(Refused::QuotaExceeded));
         }
-        if self.downstream.sheds_qos0(&subject.tenant) {
-            tally.add(Status::Undeliverable, size);
-            return Ok(());
+        let presettled = kind == MessageKind::Telemetry && qos == 0;
+        if presettled && self.downstream.sheds_qos0(&subject.tenant) {
+            tally.add_qos0(Status::Undeliverable, size);
+            return Ok(Now::Refused(Refused::NoConsumer));
         }
         let msg = self.message(
             subject.tenant,
@@ -286,10 +344,26 @@ impl Pipeline<'_> {
             &assertion,
             None,
         );
-        if self.downstream.try_send_qos0(&msg, tally) != Some(true) {
-            tally.add(Status::Undeliverable, size);
+        if presettled {
+            if self.downstream.try_send_qos0(&msg, tally) == Some(true) {
+                return Ok(Now::Gone);
+            }
+            tally.add_qos0(Status::Undeliverable, size);
+            return Ok(Now::Refused(Refused::NoConsumer));
         }
-        Ok(())
+        match self.downstream.hand_over(&msg) {
+            Some(handed) => Ok(Now::Waiting(Waiting {
+                handed,
+                tally: tally.clone(),
+                kind,
+                size,
+            })),
+            // Not reached: `sends_without_waiting` said the downstream takes messages this way.
+            None => {
+                tally.add(kind, qos, Status::Undeliverable, size);
+                Ok(Now::Refused(Refused::NoConsumer))
+            }
+        }
     }
 
     /// The message that leaves for the router: the upload with the adapter's properties, the

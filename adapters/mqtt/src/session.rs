@@ -26,12 +26,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferry_adapter_core::downstream::Command;
 use ferry_adapter_core::limits::TenantVolume;
-use ferry_adapter_core::metrics::Qos0Tally;
-use ferry_adapter_core::pipeline::{Outcome, Refused};
+use ferry_adapter_core::metrics::TenantTally;
+use ferry_adapter_core::pipeline::{Outcome, Refused, Waiting};
 use ferry_adapter_core::registry::{Assertion, ChangeKind};
 use ferry_core::ids::{DeviceId, TenantId};
 use ferry_core::net::Stream;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,7 +94,7 @@ struct Authenticated {
     /// The tenant's data volume count on this instance.
     volume: Arc<TenantVolume>,
     /// The tenant's counters of QoS 0 telemetry (shared by its connections).
-    qos0: Arc<Qos0Tally>,
+    tally: Arc<TenantTally>,
 }
 
 /// Unfinished work (PUBACKs, SUBACKs, error reports) a session holds before it stops reading from the
@@ -151,23 +152,93 @@ impl Background {
 /// Work whose answers go to the device in the order it asked (PUBACKs, SUBACKs), made on first use like
 /// [`Background`]. Boxed, as the other sets are, so that a session without any holds a pointer.
 #[derive(Default)]
-struct InOrder(Option<Box<FuturesOrdered<Pending>>>);
+struct InOrder(Option<Box<Ordered>>);
+
+/// The answers a session owes, in the order of the device's packets. Most are QoS 1 messages handed
+/// straight to the router ([`Entry::Ack`]: a reply channel each, polled at the head of the line only,
+/// since the router settles a link's deliveries in order); the rest ([`Entry::Work`]: a SUBSCRIBE, a
+/// message whose device or tenant the caches do not hold yet) are futures, driven together, whose
+/// answers wait in `done` until their turn.
+#[derive(Default)]
+struct Ordered {
+    order: std::collections::VecDeque<Entry>,
+    work: FuturesOrdered<Pending>,
+    done: std::collections::VecDeque<Done>,
+}
+
+enum Entry {
+    /// The next answer of `work`.
+    Work,
+    Ack(Ack),
+}
+
+/// A QoS 1 PUBLISH handed to the router ([`ferry_adapter_core::pipeline::Pipeline::forward_now`]).
+struct Ack {
+    pkid: u16,
+    on_error: OnError,
+    /// The topic's endpoint level, for an error report.
+    endpoint: &'static str,
+    waiting: Waiting,
+}
 
 impl InOrder {
     fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |w| w.len())
+        self.0.as_ref().map_or(0, |w| w.order.len())
     }
 
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Whether futures are still under way (a handed-over message behind them would overtake them).
+    fn has_work(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|w| !w.work.is_empty() || !w.done.is_empty())
+    }
+
     fn push_back(&mut self, work: Pending) {
-        self.0.get_or_insert_with(Box::default).push_back(work);
+        let ordered = self.0.get_or_insert_with(Box::default);
+        ordered.work.push_back(work);
+        ordered.order.push_back(Entry::Work);
+    }
+
+    fn push_ack(&mut self, ack: Ack) {
+        self.0
+            .get_or_insert_with(Box::default)
+            .order
+            .push_back(Entry::Ack(ack));
     }
 
     async fn next(&mut self) -> Option<Done> {
-        next_of(&mut self.0).await
+        let ordered = self.0.as_mut()?;
+        std::future::poll_fn(|cx| ordered.poll_next(cx)).await
+    }
+}
+
+impl Ordered {
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Done>> {
+        while let Poll::Ready(Some(done)) = self.work.poll_next_unpin(cx) {
+            self.done.push_back(done);
+        }
+        let done = match self.order.front_mut() {
+            None => return Poll::Ready(None),
+            Some(Entry::Work) => match self.done.pop_front() {
+                Some(done) => done,
+                None => return Poll::Pending,
+            },
+            Some(Entry::Ack(ack)) => match ack.waiting.poll_unpin(cx) {
+                Poll::Ready(outcome) => Done::PubAck {
+                    pkid: ack.pkid,
+                    on_error: ack.on_error,
+                    outcome,
+                    report: Report::Plain(ack.endpoint),
+                },
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        self.order.pop_front();
+        Poll::Ready(Some(done))
     }
 }
 
@@ -186,7 +257,7 @@ enum Done {
         pkid: u16,
         on_error: OnError,
         outcome: Outcome,
-        report: ErrorReport,
+        report: Report,
     },
     /// A QoS 0 PUBLISH that failed: only the error topic hears of it.
     Failed {
@@ -205,7 +276,29 @@ enum Done {
     Nothing,
 }
 
+/// What a QoS 1 PUBLISH's error report needs, made only when there is one to send.
+enum Report {
+    Full(ErrorReport),
+    /// A device's own message without a correlation id of its own: the endpoint; the PUBLISH's packet
+    /// id is the correlation id.
+    Plain(&'static str),
+}
+
+impl Report {
+    fn resolve(&self, pkid: u16) -> std::borrow::Cow<'_, ErrorReport> {
+        match self {
+            Report::Full(r) => std::borrow::Cow::Borrowed(r),
+            Report::Plain(endpoint) => std::borrow::Cow::Owned(ErrorReport {
+                endpoint,
+                correlation_id: pkid.to_string(),
+                device_in_topic: None,
+            }),
+        }
+    }
+}
+
 /// Where an error report about a PUBLISH goes (HONO-CONTRACT §2.2 error topic).
+#[derive(Clone)]
 struct ErrorReport {
     /// The endpoint level of the topic.
     endpoint: &'static str,
@@ -573,6 +666,16 @@ impl Session {
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     if let Err(e) = self.on_done(done) {
                         closing = Some(e);
+                    }
+                    // Every answer that is ready goes out in the same write (the router settles
+                    // deliveries in batches).
+                    while closing.is_none() {
+                        let Some(Some(done)) = pending.next().now_or_never() else {
+                            break;
+                        };
+                        if let Err(e) = self.on_done(done) {
+                            closing = Some(e);
+                        }
                     }
                 }
                 Some(done) = background.next(), if background.len() > 0 => {

@@ -12,7 +12,7 @@ use fe2o3_amqp_types::performatives::{Disposition, Performative, Transfer};
 use fe2o3_amqp_types::primitives::Binary;
 
 use super::session::Partial;
-use super::{accepted, error, routing, Conn, INCOMING_WINDOW, MAX_MESSAGE_SIZE};
+use super::{accepted, error, routing, Conn, Settling, INCOMING_WINDOW, MAX_MESSAGE_SIZE};
 use crate::auth::Direction;
 use crate::codec;
 use crate::events::EventStore;
@@ -102,15 +102,41 @@ impl<S: EventStore> Conn<S> {
         self.top_up_credit(channel, handle);
     }
 
+    /// Settles a delivery the peer sent with `state`. Outcomes of consecutive deliveries that are alike
+    /// (a consumer accepting one message after another) become one disposition frame for the run, written
+    /// with whatever else is due ([`Conn::flush_settling`]) instead of one frame each.
     pub(super) fn disposition(&mut self, channel: u16, delivery_id: u32, state: DeliveryState) {
-        self.send(
+        if let Some(run) = &mut self.settling {
+            if run.channel == channel
+                && run.last.wrapping_add(1) == delivery_id
+                && alike(&run.state, &state)
+            {
+                run.last = delivery_id;
+                return;
+            }
+        }
+        self.flush_settling();
+        self.settling = Some(Settling {
             channel,
+            first: delivery_id,
+            last: delivery_id,
+            state,
+        });
+    }
+
+    /// Encodes the pending run of outcomes, if any.
+    pub(super) fn flush_settling(&mut self) {
+        let Some(run) = self.settling.take() else {
+            return;
+        };
+        self.send(
+            run.channel,
             Performative::Disposition(Disposition {
                 role: Role::Receiver,
-                first: delivery_id,
-                last: None,
+                first: run.first,
+                last: (run.last != run.first).then_some(run.last),
                 settled: true,
-                state: Some(state),
+                state: Some(run.state),
                 batchable: false,
             }),
         );
@@ -246,6 +272,16 @@ fn take_settled_range<V>(unsettled: &mut HashMap<u32, V>, first: u32, last: u32)
             .filter_map(|id| unsettled.remove(&id))
             .collect()
     }
+}
+
+/// Whether two outcomes may settle one run: both accepted, or both released (the outcomes without
+/// anything of their own; a rejection or modification carries its error or flags and stays alone).
+fn alike(a: &DeliveryState, b: &DeliveryState) -> bool {
+    matches!(
+        (a, b),
+        (DeliveryState::Accepted(_), DeliveryState::Accepted(_))
+            | (DeliveryState::Released(_), DeliveryState::Released(_))
+    )
 }
 
 #[cfg(test)]

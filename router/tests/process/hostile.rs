@@ -21,7 +21,7 @@ use crate::malformed::{keep_exchanging, wait_for_more};
 use crate::support::*;
 
 /// Sends Begin on channel 0 and reads the router's answer.
-async fn begin(raw: &mut Raw) {
+pub(crate) async fn begin(raw: &mut Raw) {
     begin_on(raw, 0).await;
     let answer = frames_for(raw, Duration::from_millis(500)).await;
     assert!(
@@ -78,14 +78,14 @@ async fn open_with_idle(raw: &mut Raw, idle_time_out: Option<u32>) {
 }
 
 /// Sends `performative` on channel 0.
-async fn send(raw: &mut Raw, performative: Performative, payload: &[u8]) {
+pub(crate) async fn send(raw: &mut Raw, performative: Performative, payload: &[u8]) {
     let mut out = BytesMut::new();
     codec::encode_frame(0, &performative, payload, &mut out).expect("encode frame");
     raw.send(&out).await.expect("send frame");
 }
 
 /// Attaches a link on channel 0 with handle `handle`: the peer sends when `role` is `Sender`.
-async fn attach(raw: &mut Raw, handle: u32, role: Role, address: &str) {
+pub(crate) async fn attach(raw: &mut Raw, handle: u32, role: Role, address: &str) {
     let sender = role == Role::Sender;
     let attach = Attach {
         name: format!("link-{handle}"),
@@ -113,7 +113,7 @@ async fn attach(raw: &mut Raw, handle: u32, role: Role, address: &str) {
 }
 
 /// The frames the router sends until it is quiet for `within` (heartbeats left out).
-async fn frames_for(raw: &mut Raw, within: Duration) -> Vec<Performative> {
+pub(crate) async fn frames_for(raw: &mut Raw, within: Duration) -> Vec<Performative> {
     let mut frames = Vec::new();
     loop {
         match raw.frame(within).await {

@@ -13,4 +13,5 @@ mod binary;
 mod hostile;
 mod malformed;
 mod sequences;
+mod settling;
 mod tls;

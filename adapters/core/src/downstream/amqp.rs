@@ -30,6 +30,7 @@ use super::{
     CommandResponse, DeviceMessage, DownstreamConfig, DownstreamError, DownstreamStats,
     MessageKind, SendOutcome,
 };
+pub use direct::Handed;
 use direct::{Direct, LinkKey};
 
 /// What the commands' control link gets back for a message it sent: the future of the router's outcome.
@@ -94,6 +95,11 @@ impl Amqp {
 
     /// Sends a device message and, unless it goes pre-settled, waits for the router's outcome.
     pub async fn send(&self, msg: DeviceMessage) -> Result<SendOutcome, DownstreamError> {
+        self.hand_over(&msg).await
+    }
+
+    /// [`super::Downstream::hand_over`].
+    pub fn hand_over(&self, msg: &DeviceMessage) -> Handed {
         let presettled = msg.is_presettled();
         let tenant = msg.tenant.clone();
         let link = match msg.kind {
@@ -108,14 +114,14 @@ impl Amqp {
         } else {
             self.inner.config.unsettled_credit_timeout
         };
-        self.inner.direct.send(link, message, wait).await
+        self.inner.direct.hand_over(link, message, wait)
     }
 
     /// [`super::Downstream::try_send_qos0`].
     pub fn try_send_qos0(
         &self,
         msg: &DeviceMessage,
-        tally: &Arc<crate::metrics::Qos0Tally>,
+        tally: &Arc<crate::metrics::TenantTally>,
     ) -> bool {
         let mut message = Vec::new();
         msg.encode(&mut message);

@@ -79,7 +79,7 @@ pub(super) async fn authenticate(
         }
     }
     Ok(Some(Authenticated {
-        qos0: shared.metrics.qos0_telemetry(&device.tenant),
+        tally: shared.metrics.tenant_tally(&device.tenant),
         tenant: device.tenant,
         device: device.device_id,
         assertion,

@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_adapter_core::downstream::{MessageKind, PropertyValue};
 use ferry_adapter_core::metrics::Status;
-use ferry_adapter_core::pipeline::{self, Outcome, Refused, Subject, TenantCheck, Upload};
+use ferry_adapter_core::pipeline::{self, Now, Outcome, Refused, Subject, TenantCheck, Upload};
 use ferry_core::ids::{DeviceId, TenantId};
 
-use super::{Background, Done, ErrorReport, InOrder, Pending, Session, SessionError};
+use super::{Ack, Background, Done, ErrorReport, InOrder, Pending, Report, Session, SessionError};
 use crate::topic::{self, Endpoint, OnError};
 use crate::wire::{Outgoing, Reason, Version};
 
@@ -74,7 +74,7 @@ impl Session {
             && self.error_sub().is_none();
         if fire_and_forget && self.shared.downstream.sheds_qos0(&tenant) {
             match &self.who {
-                Some(who) => who.qos0.add(Status::Undeliverable, payload.len()),
+                Some(who) => who.tally.add_qos0(Status::Undeliverable, payload.len()),
                 None => self.shared.pipeline().shed(&tenant, payload.len()),
             }
             return Ok(());
@@ -109,15 +109,51 @@ impl Session {
             extra_properties,
             tell_last_gateway,
         };
-        // While earlier QoS 0 messages of this device still wait on the way below, later ones take it
-        // too, so that they leave in order.
-        if let (true, Some(who), 0) = (fire_and_forget, &self.who, background.len()) {
+        // Handed to the router at once when the caches know the device, without a future of its own:
+        // QoS 0 of a device that hears of nothing, and QoS 1 of the device itself. While earlier
+        // messages of this device still wait on the slower way, later ones take it too, so that they
+        // leave in order.
+        let handed_now = match qos {
+            0 => fire_and_forget && background.len() == 0,
+            _ => {
+                !pending.has_work()
+                    && parsed.bag.correlation_id.is_none()
+                    && parsed
+                        .device
+                        .is_none_or(|d| self.who.as_ref().is_some_and(|w| d == w.device.as_str()))
+            }
+        };
+        if let (true, Some(who)) = (handed_now, &self.who) {
             match self
                 .shared
                 .pipeline()
-                .forward_qos0_now(&who.volume, subject, upload, &who.qos0)
+                .forward_now(&who.volume, subject, upload, &who.tally)
             {
-                Ok(()) => return Ok(()),
+                Ok(Now::Waiting(waiting)) => {
+                    pending.push_ack(Ack {
+                        pkid,
+                        on_error,
+                        endpoint: parsed.error_endpoint(),
+                        waiting,
+                    });
+                    return Ok(());
+                }
+                // QoS 0 (nobody hears of it: no error topic).
+                Ok(Now::Gone | Now::Refused(_)) if qos == 0 => return Ok(()),
+                Ok(Now::Gone) => return Ok(()),
+                // QoS 1 refused before it left: answered in turn, as any other outcome.
+                Ok(Now::Refused(refused)) => {
+                    let endpoint = parsed.error_endpoint();
+                    pending.push_back(Box::pin(async move {
+                        Done::PubAck {
+                            pkid,
+                            on_error,
+                            outcome: Err(refused),
+                            report: Report::Plain(endpoint),
+                        }
+                    }));
+                    return Ok(());
+                }
                 Err(back) => (subject, upload) = back,
             }
         }
@@ -239,10 +275,13 @@ impl Session {
         pkid: u16,
         on_error: OnError,
         outcome: Outcome,
-        report: &ErrorReport,
+        report: &Report,
     ) -> Result<(), SessionError> {
         if let Err(refused) = outcome {
-            if self.report_error(refused, report) && on_error == OnError::Default {
+            if self.error_sub().is_some()
+                && self.report_error(refused, &report.resolve(pkid))
+                && on_error == OnError::Default
+            {
                 // With an error subscription the default is to report and go on (§2.2).
                 let reason = match refused {
                     Refused::QuotaExceeded => Reason::QuotaExceeded,
@@ -412,7 +451,7 @@ fn acknowledged(
             pkid,
             on_error,
             outcome: send.await,
-            report,
+            report: Report::Full(report),
         }
     })
 }

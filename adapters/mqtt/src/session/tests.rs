@@ -140,3 +140,82 @@ async fn a_session_waiting_for_its_device_holds_no_read_buffer() {
     drop(device);
     assert_eq!(receive(&mut io, &mut buf).await.expect("end"), 0);
 }
+
+/// PUBACKs leave in the order of the device's PUBLISHes whichever way each went: QoS 1 messages handed
+/// straight to the router ([`Ack`]) that the router settles before an earlier, slower one ([`Entry::Work`],
+/// e.g. a device the caches did not know yet) is done wait for it, then all come out together, each
+/// counted by its outcome.
+#[tokio::test]
+async fn answers_keep_the_devices_order_across_handed_and_slower_messages() {
+    use ferry_adapter_core::downstream::{DownstreamError, Handed, MessageKind, SendOutcome};
+    use ferry_adapter_core::metrics::HonoMetrics;
+
+    let admin = ferry_core::admin::Admin::new();
+    let tally = HonoMetrics::new(&admin)
+        .component("hono-mqtt")
+        .tenant_tally(&TenantId::new("t1").expect("id"));
+    let answer = |pkid, outcome| Done::PubAck {
+        pkid,
+        on_error: OnError::Default,
+        outcome,
+        report: Report::Plain("telemetry"),
+    };
+    let mut pending = InOrder::default();
+    let (slow_done, slow) = oneshot::channel::<()>();
+    pending.push_back(Box::pin(async move {
+        let _ = slow.await;
+        answer(1, Ok(()))
+    }));
+    let mut settle = Vec::new();
+    for pkid in [2u16, 3, 4] {
+        let (tx, rx) = oneshot::channel::<Result<SendOutcome, DownstreamError>>();
+        settle.push(tx);
+        pending.push_ack(Ack {
+            pkid,
+            on_error: OnError::Default,
+            endpoint: "telemetry",
+            waiting: Waiting::new(Handed::on(rx), tally.clone(), MessageKind::Event, 5),
+        });
+    }
+    assert!(pending.has_work(), "the slower message is under way");
+    assert_eq!(pending.len(), 4);
+    let mut settle = settle.into_iter();
+    for outcome in [Ok(SendOutcome::Accepted), Ok(SendOutcome::Released)] {
+        let _ = settle.next().expect("sender").send(outcome);
+    }
+    assert!(
+        pending.next().now_or_never().is_none(),
+        "2 and 3 are settled, but 1 comes first"
+    );
+    let _ = slow_done.send(());
+    let mut answered = Vec::new();
+    while let Some(Some(done)) = pending.next().now_or_never() {
+        let Done::PubAck { pkid, outcome, .. } = done else {
+            panic!("a PUBACK");
+        };
+        answered.push((pkid, outcome));
+    }
+    assert_eq!(
+        answered,
+        [(1, Ok(())), (2, Ok(())), (3, Err(Refused::NoConsumer))],
+        "in the device's order, as far as settled"
+    );
+    assert!(!pending.has_work());
+    assert_eq!(pending.len(), 1, "4 still waits for the router");
+    let _ = settle
+        .next()
+        .expect("sender")
+        .send(Ok(SendOutcome::Accepted));
+    assert!(matches!(
+        pending.next().await,
+        Some(Done::PubAck {
+            pkid: 4,
+            outcome: Ok(()),
+            ..
+        })
+    ));
+    assert!(pending.is_empty());
+    let text = admin.encode_metrics();
+    assert!(text.contains(r#"hono_telemetry_processing_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="event",status="forwarded",qos="1",ttd="none"} 2"#), "{text}");
+    assert!(text.contains(r#"hono_telemetry_processing_total{component_type="adapter",component_name="hono-mqtt",tenant="t1",type="event",status="undeliverable",qos="1",ttd="none"} 1"#), "{text}");
+}

@@ -19,8 +19,11 @@
 //! [`DeviceMessage::encode`]: crate::downstream::DeviceMessage
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -39,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::downstream::{DownstreamConfig, DownstreamError, SendOutcome};
-use crate::metrics::{Qos0Tally, Status};
+use crate::metrics::{Status, TenantTally};
 
 /// Which sender link a message goes on; links are attached on first use, one per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -75,7 +78,7 @@ pub(crate) enum Reply {
     Wait(oneshot::Sender<Result<SendOutcome, DownstreamError>>),
     /// Nobody waits (QoS 0 sent by [`Direct::try_send`]): the outcome is counted for the tenant, with
     /// the payload's size, as the pipeline counts it.
-    Count(Arc<Qos0Tally>, usize),
+    Count(Arc<TenantTally>, usize),
 }
 
 impl Reply {
@@ -85,8 +88,8 @@ impl Reply {
                 let _ = tx.send(outcome);
             }
             Reply::Count(tally, size) => match outcome {
-                Ok(o) if o.is_accepted() => tally.add(Status::Forwarded, size),
-                _ => tally.add(Status::Undeliverable, size),
+                Ok(o) if o.is_accepted() => tally.add_qos0(Status::Forwarded, size),
+                _ => tally.add_qos0(Status::Undeliverable, size),
             },
         }
     }
@@ -184,8 +187,15 @@ impl Direct {
         message: Vec<u8>,
         wait: Duration,
     ) -> Result<SendOutcome, DownstreamError> {
+        self.hand_over(link, message, wait).await
+    }
+
+    /// Hands `message` to the connection at once, as [`Direct::send`] does, and gives back what waits
+    /// for its outcome: a reply channel, small enough to keep per message. Only when the connection's
+    /// queue is full does the wait for room become a (boxed) future of its own.
+    pub(crate) fn hand_over(&self, link: LinkKey, message: Vec<u8>, wait: Duration) -> Handed {
         if !self.is_connected() {
-            return Err(DownstreamError::NotConnected);
+            return Handed(HandedState::Ready(Some(Err(DownstreamError::NotConnected))));
         }
         let deadline = Instant::now() + wait;
         let (reply, replied) = oneshot::channel();
@@ -197,17 +207,67 @@ impl Direct {
             reply: Reply::Wait(reply),
         };
         match self.jobs.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => Handed(HandedState::Replied(replied)),
             Err(mpsc::error::TrySendError::Full(job)) => {
-                match tokio::time::timeout_at(deadline, self.jobs.send(job)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(DownstreamError::Disconnected),
-                    Err(_) => return Err(DownstreamError::NoCredit),
-                }
+                let jobs = self.jobs.clone();
+                Handed(HandedState::Queueing(Box::pin(async move {
+                    match tokio::time::timeout_at(deadline, jobs.send(job)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(DownstreamError::Disconnected),
+                        Err(_) => return Err(DownstreamError::NoCredit),
+                    }
+                    replied.await.unwrap_or(Err(DownstreamError::Disconnected))
+                })))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(DownstreamError::Disconnected),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Handed(HandedState::Ready(Some(Err(DownstreamError::Disconnected))))
+            }
         }
-        replied.await.unwrap_or(Err(DownstreamError::Disconnected))
+    }
+}
+
+/// A message handed to the router's connection, resolving to its outcome ([`Direct::hand_over`]).
+pub struct Handed(HandedState);
+
+type Queueing =
+    Pin<Box<dyn Future<Output = Result<SendOutcome, DownstreamError>> + Send + 'static>>;
+
+enum HandedState {
+    /// In the connection's queue: the outcome comes on the reply channel.
+    Replied(oneshot::Receiver<Result<SendOutcome, DownstreamError>>),
+    /// Waiting for room in the connection's queue first.
+    Queueing(Queueing),
+    /// Failed before it was handed over (taken once).
+    Ready(Option<Result<SendOutcome, DownstreamError>>),
+}
+
+impl Handed {
+    /// What waits for an outcome to come on `reply` (for tests of what holds [`Handed`]s).
+    #[doc(hidden)]
+    pub fn on(reply: oneshot::Receiver<Result<SendOutcome, DownstreamError>>) -> Self {
+        Handed(HandedState::Replied(reply))
+    }
+}
+
+impl std::fmt::Debug for Handed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handed").finish_non_exhaustive()
+    }
+}
+
+impl Future for Handed {
+    type Output = Result<SendOutcome, DownstreamError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            HandedState::Replied(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(DownstreamError::Disconnected))),
+            HandedState::Queueing(f) => f.as_mut().poll(cx),
+            HandedState::Ready(r) => {
+                Poll::Ready(r.take().unwrap_or(Err(DownstreamError::Disconnected)))
+            }
+        }
     }
 }
 
@@ -221,7 +281,7 @@ impl Direct {
         link: LinkKey,
         message: Vec<u8>,
         wait: Duration,
-        tally: Arc<Qos0Tally>,
+        tally: Arc<TenantTally>,
         size: usize,
     ) -> bool {
         if !self.is_connected() {

@@ -460,7 +460,7 @@ async fn qos0_handed_over_without_waiting_is_counted_by_its_outcome() {
     let admin = ferry_core::admin::Admin::new();
     let metrics = crate::metrics::HonoMetrics::new(&admin).component("hono-mqtt");
     let t1 = TenantId::new("t1").expect("id");
-    let tally = metrics.qos0_telemetry(&t1);
+    let tally = metrics.tenant_tally(&t1);
     let wait = Duration::from_millis(100);
     for i in 0..5u8 {
         assert!(direct.try_send(telemetry(), vec![i; 4], wait, tally.clone(), 4));

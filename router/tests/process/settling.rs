@@ -1,0 +1,138 @@
+//! How the router settles what producers send: a consumer's outcomes of consecutive deliveries reach the
+//! producer as one disposition for the run (issue 16), not one frame per message.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fe2o3_amqp::types::definitions::{Handle, Role};
+use fe2o3_amqp::types::messaging::message::__private::Serializable;
+use fe2o3_amqp::types::messaging::{Accepted, DeliveryState};
+use fe2o3_amqp::types::performatives::{Disposition, Flow, Performative, Transfer};
+use fe2o3_amqp::types::primitives::Binary;
+use ferry_router::codec;
+
+use crate::harness::*;
+use crate::hostile::{attach, begin, frames_for, send};
+use crate::support::*;
+
+const MESSAGES: u32 = 200;
+
+/// An application accepts 200 unsettled telemetry messages with one disposition (as Proton and rhea
+/// do for a batch): the producer hears of all of them in a few dispositions naming ranges, each
+/// delivery settled exactly once as accepted. One frame per outcome was the router's cost per message
+/// (encoding and the producer's decoding) on the QoS 1 path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumers_outcomes_reach_the_producer_as_ranges() {
+    let p = Platform::start().await;
+    let assertion = p.assertion("t1", "d1").await;
+
+    let mut app = Raw::login(p.amqp, "app1", "pw1").await;
+    app.open().await;
+    begin(&mut app).await;
+    attach(&mut app, 0, Role::Receiver, "telemetry/t1").await;
+    let _ = frames_for(&mut app, Duration::from_millis(300)).await;
+    let flow = Flow {
+        next_incoming_id: Some(0),
+        incoming_window: i32::MAX as u32,
+        next_outgoing_id: 0,
+        outgoing_window: 2048,
+        handle: Some(Handle(0)),
+        delivery_count: Some(0),
+        link_credit: Some(1000),
+        available: None,
+        drain: false,
+        echo: false,
+        properties: None,
+    };
+    send(&mut app, Performative::Flow(flow), &[]).await;
+
+    let mut adapter = Raw::login(p.amqp, "ferry-adapter", ADAPTER_PASSWORD).await;
+    adapter.open().await;
+    begin(&mut adapter).await;
+    attach(&mut adapter, 0, Role::Sender, "telemetry/t1").await;
+    let granted: u32 = frames_for(&mut adapter, Duration::from_millis(500))
+        .await
+        .iter()
+        .filter_map(|f| match f {
+            Performative::Flow(f) if f.handle.is_some() => f.link_credit,
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(granted >= MESSAGES, "credit for the batch: {granted}");
+
+    let message = serde_amqp::to_vec(&Serializable(device_message(
+        "d1",
+        Some(&assertion),
+        b"reading",
+    )))
+    .expect("encode");
+    let mut out = BytesMut::new();
+    for id in 0..MESSAGES {
+        let transfer = Transfer {
+            handle: Handle(0),
+            delivery_id: Some(id),
+            delivery_tag: Some(Binary::from(id.to_be_bytes().to_vec())),
+            message_format: Some(0),
+            settled: Some(false),
+            more: false,
+            rcv_settle_mode: None,
+            state: None,
+            resume: false,
+            aborted: false,
+            batchable: false,
+        };
+        codec::encode_frame(0, &Performative::Transfer(transfer), &message, &mut out)
+            .expect("encode transfer");
+    }
+    adapter.send(&out).await.expect("send transfers");
+
+    // The application gets them all, then accepts them with one disposition.
+    let mut ids = BTreeSet::new();
+    while ids.len() < MESSAGES as usize {
+        let frames = frames_for(&mut app, Duration::from_secs(2)).await;
+        assert!(!frames.is_empty(), "only {} delivered", ids.len());
+        ids.extend(frames.iter().filter_map(|f| match f {
+            Performative::Transfer(t) => t.delivery_id,
+            _ => None,
+        }));
+    }
+    let (first, last) = (*ids.first().expect("one"), *ids.last().expect("one"));
+    assert_eq!(last - first + 1, MESSAGES, "consecutive delivery ids");
+    let accept = Disposition {
+        role: Role::Receiver,
+        first,
+        last: Some(last),
+        settled: true,
+        state: Some(DeliveryState::Accepted(Accepted {})),
+        batchable: false,
+    };
+    send(&mut app, Performative::Disposition(accept), &[]).await;
+
+    let mut settled = vec![0u32; MESSAGES as usize];
+    let mut dispositions = 0;
+    while settled.contains(&0) {
+        let frames = frames_for(&mut adapter, Duration::from_secs(2)).await;
+        assert!(!frames.is_empty(), "settled so far: {settled:?}");
+        for f in frames {
+            if let Performative::Disposition(d) = f {
+                dispositions += 1;
+                assert_eq!(d.role, Role::Receiver);
+                assert!(d.settled, "{d:?}");
+                assert!(matches!(d.state, Some(DeliveryState::Accepted(_))), "{d:?}");
+                for id in d.first..=d.last.unwrap_or(d.first) {
+                    settled[id as usize] += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        settled.iter().all(|&n| n == 1),
+        "each delivery settled once: {settled:?}"
+    );
+    assert!(
+        dispositions <= MESSAGES / 4,
+        "{dispositions} dispositions for {MESSAGES} outcomes"
+    );
+}
