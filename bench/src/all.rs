@@ -164,6 +164,7 @@ fn common_options(args: &AllArgs) -> Vec<String> {
 /// `crate::mqtt::soak`), each writing its own section; one outcome per scenario.
 async fn mqtt_scenarios(args: &AllArgs) -> Vec<(&'static str, Result<(), String>)> {
     let mut out = Vec::new();
+    let mut b1_rate = None;
     let chosen: Vec<&str> = [
         ("b1", "b1"),
         ("b2", "b1"),
@@ -195,7 +196,11 @@ async fn mqtt_scenarios(args: &AllArgs) -> Vec<(&'static str, Result<(), String>
             args.runs.to_string(),
         ]);
         let result = match crate::mqtt::MqttArgs::from_options(&options) {
-            Ok(m) => crate::mqtt::run(&m).await.map_err(|e| format!("{e:#}")),
+            Ok(m) => {
+                let (b1, result) = crate::mqtt::run_keeping_b1(&m).await;
+                b1_rate = b1.ferry;
+                result.map_err(|e| format!("{e:#}"))
+            }
             Err(e) => Err(format!("bad MQTT options {options:?}: {e:#}")),
         };
         out.push(("B1, B2, B3, B5, B6, B7, B13 (as chosen)", result));
@@ -206,6 +211,10 @@ async fn mqtt_scenarios(args: &AllArgs) -> Vec<(&'static str, Result<(), String>
             "--duration".to_owned(),
             (args.soak_minutes.max(1) * 60).to_string(),
         ]);
+        // BENCHMARKS.md: at half of B1's rate, as measured above.
+        if let Some(rate) = b1_rate {
+            options.extend(["--b1-rate".to_owned(), format!("{rate:.0}")]);
+        }
         let result = match crate::mqtt::soak::SoakArgs::from_options(&options) {
             Ok(s) => crate::mqtt::soak::run(&s)
                 .await

@@ -207,6 +207,11 @@ impl MqttArgs {
 /// Runs the chosen scenarios in order; each writes its own section. Errors of one scenario are
 /// reported and the next one still runs; the result is the first error.
 pub async fn run(args: &MqttArgs) -> anyhow::Result<()> {
+    run_keeping_b1(args).await.1
+}
+
+/// [`run`], also giving B1's loss-free rates when B1 ran (for the B10 soak of `ferry-bench all`).
+pub async fn run_keeping_b1(args: &MqttArgs) -> (throughput::LossFree, anyhow::Result<()>) {
     let mut b1 = throughput::LossFree::default();
     let mut first_error = None;
     for &scenario in &args.scenarios {
@@ -225,7 +230,7 @@ pub async fn run(args: &MqttArgs) -> anyhow::Result<()> {
             first_error.get_or_insert(e);
         }
     }
-    first_error.map_or(Ok(()), Err)
+    (b1, first_error.map_or(Ok(()), Err))
 }
 
 /// B1 + B2; returns Mosquitto's loss-free maximum (for B5).

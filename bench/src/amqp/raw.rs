@@ -565,6 +565,9 @@ struct Receiving {
     accept: Option<(u32, u32)>,
     /// The delivery id of a message still arriving in several frames, and whether it was settled.
     partial: Option<(u32, bool)>,
+    /// Accept each delivery with a disposition of its own (as applications that settle one message at
+    /// a time do) instead of one per contiguous range.
+    one_by_one: bool,
 }
 
 impl Receiving {
@@ -585,6 +588,9 @@ impl Receiving {
     }
 
     fn accept(&mut self, id: u32, out: &mut BytesMut) -> anyhow::Result<()> {
+        if self.one_by_one {
+            return put_accept((id, id), out);
+        }
         self.accept = match self.accept {
             Some((first, last)) if last.wrapping_add(1) == id => Some((first, id)),
             Some(range) => {
@@ -704,6 +710,119 @@ async fn receive_loop(
     Ok(tally)
 }
 
+/// A receiver for the MQTT scenarios (`crate::mqtt::traffic`): logs in as `login`, attaches `address`
+/// granting `credit` (again once half of it is used), and hands `each` the data section of every whole
+/// message (`None`: a message without one), accepting each unsettled delivery with a disposition of its
+/// own, as applications that settle one message at a time do; what one read brought is answered in one
+/// write. Runs until the connection fails.
+pub async fn receive_each(
+    addr: SocketAddr,
+    login: &Login,
+    address: &str,
+    credit: u32,
+    mut each: impl FnMut(Option<&[u8]>),
+) -> anyhow::Result<()> {
+    let container = format!("ferry-bench-rx-{}", std::process::id());
+    let mut c = Conn::open(addr, login, &container, 0)
+        .await
+        .context("receiver: opening")?;
+    let peer_attach = c
+        .attach(Attach {
+            name: format!("ferry-bench-{address}"),
+            handle: Handle(0),
+            role: Role::Receiver,
+            snd_settle_mode: SenderSettleMode::Mixed,
+            rcv_settle_mode: ReceiverSettleMode::First,
+            source: Some(Box::new(Source {
+                address: Some(address.to_owned()),
+                ..Source::default()
+            })),
+            target: Some(Box::new(TargetArchetype::Target(Target::default()))),
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: None,
+            max_message_size: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        })
+        .await
+        .with_context(|| format!("attaching a receiver to {address}"))?;
+    let initial = peer_attach.initial_delivery_count.unwrap_or(0);
+    let mut link = Receiving {
+        credit,
+        delivery_count: initial,
+        flowed_at: initial,
+        next_incoming: c.peer_first_transfer,
+        our_next_outgoing: 0,
+        accept: None,
+        partial: None,
+        one_by_one: true,
+    };
+    c.send(&link.flow())?;
+    c.flush().await?;
+    loop {
+        if c.stream
+            .read_buf(&mut c.inbuf)
+            .await
+            .context("receiver: reading")?
+            == 0
+        {
+            bail!("receiver: the peer closed the connection");
+        }
+        let mut at = 0;
+        while let Some((frame, used)) = codec::decode_frame(&c.inbuf[at..], MAX_FRAME)? {
+            at += used;
+            let Frame::Amqp {
+                performative,
+                payload,
+                ..
+            } = frame
+            else {
+                bail!("receiver: a SASL frame after SASL");
+            };
+            match performative {
+                Some(Performative::Transfer(t)) => {
+                    link.next_incoming = link.next_incoming.wrapping_add(1);
+                    let (id, settled) = match (t.delivery_id, link.partial) {
+                        (Some(id), _) => (id, t.settled.unwrap_or(false)),
+                        (None, Some(p)) => p,
+                        (None, None) => bail!("receiver: a transfer without a delivery id"),
+                    };
+                    if t.more {
+                        bail!(
+                            "receiver: a message in several frames (not sent by these scenarios)"
+                        );
+                    }
+                    link.delivery_count = link.delivery_count.wrapping_add(1);
+                    let parsed = codec::parse_message(payload).ok();
+                    each(parsed.as_ref().and_then(|m| m.single_data()));
+                    if !settled {
+                        link.accept(id, &mut c.out)?;
+                    }
+                }
+                Some(Performative::Detach(d)) => {
+                    bail!("receiver: the peer detached the link: {:?}", d.error)
+                }
+                Some(Performative::End(e)) => {
+                    bail!("receiver: the peer ended the session: {:?}", e.error)
+                }
+                Some(Performative::Close(cl)) => {
+                    bail!("receiver: the peer closed the connection: {:?}", cl.error)
+                }
+                _ => {}
+            }
+        }
+        c.inbuf.advance(at);
+        if link.delivery_count.wrapping_sub(link.flowed_at) >= link.credit.div_ceil(2) {
+            link.flowed_at = link.delivery_count;
+            let flow = link.flow();
+            c.send(&flow)?;
+        }
+        c.flush().await.context("receiver: writing")?;
+    }
+}
+
 /// A run under way: the caller samples CPU time at the window's edges.
 pub struct Running {
     /// The sender's connection comes back open: a broker may drop presettled messages it has not
@@ -760,6 +879,7 @@ pub async fn start(spec: Spec) -> anyhow::Result<Running> {
         our_next_outgoing: 0,
         accept: None,
         partial: None,
+        one_by_one: false,
     };
     rx.send(&link.flow())?;
     rx.flush().await?;

@@ -41,6 +41,10 @@ pub struct SoakArgs {
     /// search with short probes).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// B1's loss-free QoS 0 rate measured earlier in the same sitting (`ferry-bench all` passes it): the
+    /// soak runs at half of it, as BENCHMARKS.md asks, without a search of its own. `--rate` wins.
+    #[arg(long)]
+    pub b1_rate: Option<f64>,
     #[arg(long, value_enum, default_value = "telemetry")]
     pub flow: SoakFlow,
     #[command(flatten)]
@@ -197,6 +201,16 @@ async fn soak(sut: &mut Sut, args: &SoakArgs, m: &MqttArgs) -> anyhow::Result<So
     let pids: Vec<u32> = processes.iter().map(|(_, p)| *p).collect();
     let (rate, source) = match args.rate {
         Some(r) => (r, "given with --rate".to_owned()),
+        None if args.b1_rate.is_some_and(|r| r > 0.0) => {
+            let b1 = args.b1_rate.unwrap_or_default();
+            (
+                b1 * 0.5,
+                format!(
+                    "half of B1's loss-free QoS 0 rate of {} msg/s, measured earlier in this sitting",
+                    thousands(b1)
+                ),
+            )
+        }
         None => {
             let spec = TrafficSpec {
                 mqtt: sut.mqtt_addr(),

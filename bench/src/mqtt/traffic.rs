@@ -13,13 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::amqp::client::Login as AmqpLogin;
+use crate::amqp::raw;
 use anyhow::{anyhow, bail, Context as _};
 use bytes::{Bytes, BytesMut};
-use fe2o3_amqp::link::receiver::CreditMode;
-use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::types::messaging::Body;
-use fe2o3_amqp::types::primitives::Value;
-use fe2o3_amqp::{Connection, Receiver, Session};
 use rumqttc::mqttbytes::v4::Packet;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -253,8 +250,24 @@ impl Traffic {
                 address,
                 credit,
             } => {
-                let r = AmqpReceiver::open(*addr, user, password, address, *credit).await?;
-                tasks.spawn(flag_end(r.run(recv.clone()), recv.clone()));
+                let login = AmqpLogin::Plain {
+                    user: user.clone(),
+                    password: password.clone(),
+                };
+                let (addr, address, credit, counters) =
+                    (*addr, address.clone(), *credit, recv.clone());
+                tasks.spawn(flag_end(
+                    async move {
+                        raw::receive_each(addr, &login, &address, credit, |data| match data {
+                            Some(data) => counters.handle(data, wire::now_ns()),
+                            None => {
+                                counters.foreign.fetch_add(1, Ordering::Relaxed);
+                            }
+                        })
+                        .await
+                    },
+                    recv.clone(),
+                ));
             }
         }
         let (plan, plan_rx) = watch::channel(Plan::Idle);
@@ -539,80 +552,6 @@ async fn mqtt_receiver(
         }
         if stream.read_buf(&mut inbuf).await? == 0 {
             bail!("subscriber: the server closed the connection");
-        }
-    }
-}
-
-/// An AMQP 1.0 receiver with its connection and session (kept alive while it runs).
-struct AmqpReceiver {
-    _conn: fe2o3_amqp::connection::ConnectionHandle<()>,
-    _session: fe2o3_amqp::session::SessionHandle<()>,
-    receiver: Receiver,
-}
-
-impl AmqpReceiver {
-    async fn open(
-        addr: SocketAddr,
-        user: &str,
-        password: &str,
-        address: &str,
-        credit: u32,
-    ) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to the router at {addr}"))?;
-        stream.set_nodelay(true)?;
-        let mut conn = Connection::builder()
-            .container_id(format!("ferry-bench-{}", std::process::id()))
-            .sasl_profile(SaslProfile::Plain {
-                username: user.to_owned(),
-                password: password.to_owned(),
-            })
-            .open_with_stream(stream)
-            .await
-            .with_context(|| format!("opening an AMQP connection to {addr} as {user}"))?;
-        let mut session = Session::builder()
-            .incoming_window(100_000)
-            .begin(&mut conn)
-            .await
-            .context("beginning an AMQP session")?;
-        let receiver = Receiver::builder()
-            .name(format!("ferry-bench-{address}"))
-            .source(address)
-            .credit_mode(CreditMode::Auto(credit))
-            .attach(&mut session)
-            .await
-            .with_context(|| format!("attaching a receiver to {address}"))?;
-        Ok(Self {
-            _conn: conn,
-            _session: session,
-            receiver,
-        })
-    }
-
-    async fn run(mut self, recv: Arc<RecvCounters>) -> anyhow::Result<()> {
-        loop {
-            let delivery = self
-                .receiver
-                .recv::<Body<Value>>()
-                .await
-                .context("consumer: receiving")?;
-            let now = wire::now_ns();
-            match delivery.body() {
-                Body::Data(batch) => match batch.iter().next() {
-                    Some(data) => recv.handle(&data.0, now),
-                    None => {
-                        recv.foreign.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
-                _ => {
-                    recv.foreign.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            self.receiver
-                .accept(&delivery)
-                .await
-                .context("consumer: accepting")?;
         }
     }
 }
