@@ -208,7 +208,7 @@ fn render_b1(args: &MqttArgs, mosquitto: &SystemB1, ferry: &SystemB1) -> String 
         "{} publishers (MQTT 3.1.1, one connection each, authenticated with a password) send 32-byte \
          QoS 0 messages open loop at a target rate (each publisher writes what is due every {} ms, the \
          publishers staggered); **Ferry**: `ferry-mqtt-adapter` → `ferry-router` → one AMQP 1.0 receiver \
-         (fe2o3-amqp, credit {}) on `telemetry/{}`, the registry running beside them; **Mosquitto**: one \
+         (a raw client on the codec, credit {}) on `telemetry/{}`, the registry running beside them; **Mosquitto**: one \
          MQTT subscriber on `t/{}/#`. Publishers and receiver are one process (the generator). A rate \
          counts only when every message sent in the run (warm-up, window and drain) was received, and \
          both the publishers' rate and the rate delivered to the receiver within the window reached {:.0} % \
