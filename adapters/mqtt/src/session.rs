@@ -1,9 +1,10 @@
 //! One device connection: CONNECT and authentication, then PUBLISHes to the router, keep-alive, and the
 //! registry's change stream (a device that is disabled, deleted or whose credentials change is cut off).
 //!
-//! QoS 1 is Hono's "PUBACK only after the consumer accepted": each PUBLISH becomes a send to the router,
-//! and the PUBACKs go out in the order the PUBLISHes came in, as their outcomes arrive
-//! (`FuturesOrdered`), so one slow consumer decision never reorders acknowledgements.
+//! QoS 1 is Hono's "PUBACK only after the consumer accepted": each PUBLISH is handed to the router (a
+//! known device's at once, keeping only a reply channel; one that needs the registry as a future), and
+//! the PUBACKs go out in the order the PUBLISHes came in, as their outcomes arrive ([`InOrder`]), so one
+//! slow consumer decision never reorders acknowledgements.
 //!
 //! Command subscriptions also tell applications whether the device can be reached (HONO-CONTRACT §1.2,
 //! §1.3): an empty-notification event with `ttd` -1 after SUBSCRIBE, 0 after UNSUBSCRIBE or disconnect;

@@ -614,6 +614,11 @@ async fn commands_reach_the_instance_named_in_the_route_bucket_and_fail_fast_whe
             .publish(reply, Outcome::Accepted.encode())
             .await
             .expect("answer");
+        // The instance goes away: its interest must have left the server before the next
+        // command, or that command goes to a subscription nobody reads (the router then waits
+        // for its full command timeout). A flush round-trips a PING after the UNSUB.
+        instance.unsubscribe().await.expect("unsubscribe");
+        adapter.flush().await.expect("flush");
         msg.payload
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
