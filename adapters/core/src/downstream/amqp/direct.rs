@@ -114,8 +114,11 @@ const MAX_UNWRITTEN: usize = 4 * 1024 * 1024;
 /// How long a link must have waited for credit before pre-settled telemetry that arrives is shed at once.
 /// A link that waits less is in a pause (a consumer topping up its credit), not a stall.
 pub(crate) const SHED_AFTER: Duration = Duration::from_millis(50);
-/// A link's queue (in `link_queue`s) past which pre-settled messages are shed even while credit flows.
-const BURST_QUEUES: usize = 16;
+/// What a link may hold waiting for credit (messages and their bookkeeping, in bytes) past which
+/// pre-settled messages are shed even while credit flows. Counted in bytes, not messages: a burst of
+/// small messages from a hiccup of a few tens of milliseconds at 200k msg/s (tens of thousands of
+/// messages) fits, and a flood of large ones holds no more memory than one of small ones.
+pub(crate) const BURST_BYTES: usize = 16 * 1024 * 1024;
 /// How often waiting messages and unsettled deliveries are checked against their bounds.
 const TICK: Duration = Duration::from_millis(10);
 /// Largest frame the router may send us.
@@ -673,7 +676,7 @@ struct Link {
     refused: bool,
     credit: u32,
     delivery_count: u32,
-    pending: VecDeque<Job>,
+    pending: Pending,
     /// Since when the attached link has had no credit.
     no_credit_since: Option<Instant>,
     /// Of a QoS 0 link: the flag the callers read ([`State::shedding`]).
@@ -683,6 +686,66 @@ struct Link {
     yields: bool,
     /// When the link last sent, or got credit (or was attached).
     progress: Instant,
+}
+
+/// A link's messages waiting for credit, and the memory they hold.
+#[derive(Default)]
+struct Pending {
+    jobs: VecDeque<Job>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    fn front(&self) -> Option<&Job> {
+        self.jobs.front()
+    }
+
+    fn push_back(&mut self, job: Job) {
+        self.bytes += job.held();
+        self.jobs.push_back(job);
+    }
+
+    fn pop_front(&mut self) -> Option<Job> {
+        let job = self.jobs.pop_front()?;
+        self.bytes -= job.held();
+        Some(job)
+    }
+
+    fn pop_back(&mut self) -> Option<Job> {
+        let job = self.jobs.pop_back()?;
+        self.bytes -= job.held();
+        Some(job)
+    }
+
+    fn drain(&mut self) -> std::collections::vec_deque::Drain<'_, Job> {
+        self.bytes = 0;
+        self.jobs.drain(..)
+    }
+
+    /// Past any burst ([`BURST_BYTES`]): what is pre-settled is shed.
+    fn past_burst(&self) -> bool {
+        self.bytes >= BURST_BYTES
+    }
+
+    /// Back within half a burst: the callers may send again.
+    fn within_half_burst(&self) -> bool {
+        self.bytes <= BURST_BYTES / 2
+    }
+}
+
+impl Job {
+    /// The memory a waiting message holds.
+    fn held(&self) -> usize {
+        self.message.capacity() + std::mem::size_of::<Job>()
+    }
 }
 
 struct Unsettled {
@@ -776,8 +839,7 @@ impl<'c> Conn<'c> {
         // flight), not a stall: QoS 0 past the link's queue is shed only once the link has waited for
         // credit for a while, or when the queue is far past any burst.
         if link.key.presettled()
-            && (link.pending.len() >= queue.saturating_mul(BURST_QUEUES)
-                || (link.pending.len() >= queue && stalled(link, now)))
+            && (link.pending.past_burst() || (link.pending.len() >= queue && stalled(link, now)))
         {
             // Past any burst: the callers shed at the edge until the queue has gone down by half
             // (`on_flow`), instead of reading, checking and encoding what would be shed here.
@@ -841,7 +903,7 @@ impl<'c> Conn<'c> {
                 refused: false,
                 credit: 0,
                 delivery_count: 0,
-                pending: VecDeque::new(),
+                pending: Pending::default(),
                 no_credit_since: None,
                 shedding: match key {
                     LinkKey::Telemetry(tenant) => {
@@ -1034,12 +1096,11 @@ impl<'c> Conn<'c> {
             link.no_credit_since = Some(now);
         }
         self.send_waiting(handle, now);
-        let burst = self.config.link_queue.max(1).saturating_mul(BURST_QUEUES);
         let Some(link) = self.by_handle.get_mut(&handle) else {
             return;
         };
         // Credit came, and what waits is back within a burst: the callers send again.
-        if link.credit > 0 && link.pending.len() <= burst / 2 && !link.yields {
+        if link.credit > 0 && link.pending.within_half_burst() && !link.yields {
             if let Some(flag) = &link.shedding {
                 flag.store(false, Ordering::Relaxed);
             }
@@ -1173,7 +1234,7 @@ impl<'c> Conn<'c> {
             self.waiting -= 1;
         }
         let refused = link.refused || link.attaching.is_some();
-        for job in link.pending.drain(..) {
+        for job in link.pending.drain() {
             let e = if refused {
                 DownstreamError::LinkRefused {
                     address: link.address.clone(),
@@ -1240,7 +1301,6 @@ impl<'c> Conn<'c> {
             .collect();
         // A link shed at the edge for its queue (not for a stall) may have credit and nothing more to
         // wait for: no flow need come to end the shedding, so the tick does.
-        let burst = self.config.link_queue.max(1).saturating_mul(BURST_QUEUES);
         for link in self.by_handle.values_mut() {
             let (LinkKey::Telemetry(tenant), Some(flag)) = (&link.key, &link.shedding) else {
                 continue;
@@ -1249,7 +1309,7 @@ impl<'c> Conn<'c> {
             if link.yields {
                 flag.store(true, Ordering::Relaxed);
             } else if link.credit > 0
-                && link.pending.len() <= burst / 2
+                && link.pending.within_half_burst()
                 && flag.load(Ordering::Relaxed)
             {
                 flag.store(false, Ordering::Relaxed);
@@ -1318,7 +1378,7 @@ impl<'c> Conn<'c> {
             map.clear();
         }
         for (_, mut link) in self.by_handle.drain() {
-            for job in link.pending.drain(..) {
+            for job in link.pending.drain() {
                 job.reply.send(Err(e.clone()));
             }
         }

@@ -418,6 +418,73 @@ async fn a_flood_of_messages_does_not_keep_the_routers_credit_from_being_read() 
     }
 }
 
+/// A hiccup: the link has no credit for a moment (less than SHED_AFTER: time stands still here) while
+/// the sessions go on sending. Ten thousand small messages, more than the sixteen link queues (4,096)
+/// that once bounded a burst, wait for credit instead of being shed; the burst is bounded in bytes
+/// (`BURST_BYTES`), so large messages past it are shed at once.
+#[tokio::test(start_paused = true)]
+async fn a_burst_waits_within_its_bytes_and_what_goes_past_them_is_shed() {
+    let h = harness(0).await;
+    let job = |size: usize| {
+        let (reply, replied) = oneshot::channel();
+        let job = Job {
+            link: telemetry(),
+            message: vec![7; size],
+            deadline: Instant::now() + Duration::from_secs(5),
+            wait: Duration::from_secs(5),
+            reply: Reply::Wait(reply),
+        };
+        (job, replied)
+    };
+    // Everything queued is taken from the channel, and the batch it was taken in handled.
+    let settle = |jobs: mpsc::Sender<Job>| async move {
+        while jobs.capacity() < jobs.max_capacity() {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let (small, big, bigs) = (10_000, 64 * 1024, 400);
+    let mut replies = Vec::new();
+    for _ in 0..small {
+        let (j, r) = job(32);
+        h.jobs.send(j).await.expect("queued");
+        replies.push(r);
+    }
+    settle(h.jobs.clone()).await;
+    let shed = replies.iter_mut().filter_map(|r| r.try_recv().ok()).count();
+    assert_eq!(shed, 0, "small messages within the burst's bytes wait");
+
+    let mut replies = Vec::new();
+    for _ in 0..bigs {
+        let (j, r) = job(big);
+        h.jobs.send(j).await.expect("queued");
+        replies.push(r);
+    }
+    settle(h.jobs.clone()).await;
+    let per_job = std::mem::size_of::<Job>();
+    let room = BURST_BYTES - small * (32 + per_job);
+    let fit = room.div_ceil(big + per_job);
+    let mut shed = 0;
+    for r in &mut replies {
+        if let Ok(answer) = r.try_recv() {
+            assert_eq!(answer, Err(DownstreamError::NoCredit));
+            shed += 1;
+        }
+    }
+    assert_eq!(
+        shed,
+        bigs - fit,
+        "what goes past the burst's bytes is shed at once"
+    );
+    let direct = Direct {
+        jobs: h.jobs.clone(),
+        state: h.state.clone(),
+    };
+    assert!(direct.sheds_qos0(&TenantId::new("t1").expect("id")));
+}
+
 /// A QoS 0 link without credit for longer than SHED_AFTER is announced to the callers, who then shed
 /// its messages before encoding them; another tenant's link is not affected.
 #[tokio::test]
