@@ -136,3 +136,56 @@ async fn a_consumers_outcomes_reach_the_producer_as_ranges() {
         "{dispositions} dispositions for {MESSAGES} outcomes"
     );
 }
+
+/// A telemetry producer holds as much credit as the address's consumers grant, up to a window far above
+/// the 256 every producer got: with 256, the adapter's link had to hear a flow every 128 messages, and
+/// with the adapter and the router on one core that round trip bounded it (issue 16). An event
+/// producer keeps the small window (what it holds may pass the store's caps).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_telemetry_producer_gets_what_the_consumers_grant_and_events_keep_a_small_window() {
+    let p = Platform::start().await;
+    let mut app = Raw::login(p.amqp, "app1", "pw1").await;
+    app.open().await;
+    begin(&mut app).await;
+    attach(&mut app, 0, Role::Receiver, "telemetry/t1").await;
+    let _ = frames_for(&mut app, Duration::from_millis(300)).await;
+    let flow = Flow {
+        next_incoming_id: Some(0),
+        incoming_window: i32::MAX as u32,
+        next_outgoing_id: 0,
+        outgoing_window: 2048,
+        handle: Some(Handle(0)),
+        delivery_count: Some(0),
+        link_credit: Some(5000),
+        available: None,
+        drain: false,
+        echo: false,
+        properties: None,
+    };
+    send(&mut app, Performative::Flow(flow), &[]).await;
+
+    let mut adapter = Raw::login(p.amqp, "ferry-adapter", ADAPTER_PASSWORD).await;
+    adapter.open().await;
+    begin(&mut adapter).await;
+    attach(&mut adapter, 0, Role::Sender, "telemetry/t1").await;
+    attach(&mut adapter, 1, Role::Sender, "event/t1").await;
+    let mut granted = [0u32; 2];
+    for f in frames_for(&mut adapter, Duration::from_millis(500)).await {
+        if let Performative::Flow(Flow {
+            handle: Some(Handle(h)),
+            link_credit: Some(c),
+            ..
+        }) = f
+        {
+            if let Some(g) = granted.get_mut(h as usize) {
+                *g = (*g).max(c);
+            }
+        }
+    }
+    assert_eq!(granted[0], 4096, "telemetry: the consumers' 5,000, up to the window");
+    assert!(
+        (1..=256).contains(&granted[1]),
+        "events: a small window, got {}",
+        granted[1]
+    );
+}
