@@ -57,15 +57,8 @@ pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
 /// Session windows we advertise, in transfer frames.
 const INCOMING_WINDOW: u32 = 8192;
 const OUTGOING_WINDOW: u32 = u32::MAX >> 1;
-/// Credit a producer link gets at a time (events, commands, responses): small, since a producer may
-/// use up what it holds past the event store's caps.
+/// Credit a producer link gets at a time.
 const PRODUCER_WINDOW: u32 = 256;
-/// Credit a telemetry producer gets at a time, as far as its address's consumers grant (telemetry is
-/// never buffered here, so this does not bound memory: the consumers' credit does). It sets how often
-/// the producer must hear from us: with 256, the adapter's link waited for a flow every 128 messages,
-/// and with the adapter and the router sharing a core that round trip held the link near 130k msg/s
-/// (issue 16: the adapter's queue then grew to its burst bound while credit never stopped).
-const TELEMETRY_PRODUCER_WINDOW: u32 = 4096;
 /// The most often the router sends heartbeats or checks for idle peers.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
 /// The highest channel a peer may begin a session on (our open's channel-max).

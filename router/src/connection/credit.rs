@@ -5,12 +5,9 @@
 use fe2o3_amqp_types::definitions::Handle;
 use fe2o3_amqp_types::performatives::{Flow, Performative};
 
-use super::{
-    routing, Conn, INCOMING_WINDOW, OUTGOING_WINDOW, PRODUCER_WINDOW, TELEMETRY_PRODUCER_WINDOW,
-};
+use super::{routing, Conn, INCOMING_WINDOW, OUTGOING_WINDOW, PRODUCER_WINDOW};
 use crate::auth::Direction;
 use crate::events::EventStore;
-use crate::hub::Kind;
 
 impl<S: EventStore> Conn<S> {
     /// Gives a producer link credit up to its window, if its address may take more now.
@@ -24,14 +21,11 @@ impl<S: EventStore> Conn<S> {
         let Some(producer) = &link.producer else {
             return;
         };
-        let window = match link.addr.kind {
-            Kind::Telemetry => TELEMETRY_PRODUCER_WINDOW,
-            _ => PRODUCER_WINDOW,
-        };
-        if link.credit > window / 2 {
+        if link.credit > PRODUCER_WINDOW / 2 {
             return;
         }
-        let credit = window.min(routing::producer_credit(&self.shared, &link.addr, producer));
+        let credit =
+            PRODUCER_WINDOW.min(routing::producer_credit(&self.shared, &link.addr, producer));
         if credit <= link.credit {
             return;
         }
