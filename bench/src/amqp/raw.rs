@@ -616,6 +616,116 @@ fn put_accept((first, last): (u32, u32), out: &mut BytesMut) -> anyhow::Result<(
     Ok(())
 }
 
+impl Receiving {
+    /// Attaches a receiving link on `address` (`name`) and grants it `credit`.
+    async fn attach(
+        c: &mut Conn,
+        name: String,
+        address: &str,
+        credit: u32,
+        one_by_one: bool,
+    ) -> anyhow::Result<Self> {
+        let peer_attach = c
+            .attach(Attach {
+                name,
+                handle: Handle(0),
+                role: Role::Receiver,
+                snd_settle_mode: SenderSettleMode::Mixed,
+                rcv_settle_mode: ReceiverSettleMode::First,
+                source: Some(Box::new(Source {
+                    address: Some(address.to_owned()),
+                    ..Source::default()
+                })),
+                target: Some(Box::new(TargetArchetype::Target(Target::default()))),
+                unsettled: None,
+                incomplete_unsettled: false,
+                initial_delivery_count: None,
+                max_message_size: None,
+                offered_capabilities: None,
+                desired_capabilities: None,
+                properties: None,
+            })
+            .await
+            .with_context(|| format!("attaching a receiver to {address}"))?;
+        let initial = peer_attach.initial_delivery_count.unwrap_or(0);
+        let link = Self {
+            credit,
+            delivery_count: initial,
+            flowed_at: initial,
+            next_incoming: c.peer_first_transfer,
+            our_next_outgoing: 0,
+            accept: None,
+            partial: None,
+            one_by_one,
+        };
+        c.send(&link.flow())?;
+        c.flush().await?;
+        Ok(link)
+    }
+
+    /// Takes the whole frames read into `c.inbuf`: hands `each` the payload of every whole message
+    /// (`None` for the last frame of one that came in several), accepts the unsettled deliveries, and
+    /// queues the dispositions and, once half the credit is used, a flow (written at the next flush).
+    fn take_frames(
+        &mut self,
+        c: &mut Conn,
+        mut each: impl FnMut(Option<&[u8]>),
+    ) -> anyhow::Result<()> {
+        let mut at = 0;
+        while let Some((frame, used)) = codec::decode_frame(&c.inbuf[at..], MAX_FRAME)? {
+            at += used;
+            let Frame::Amqp {
+                performative,
+                payload,
+                ..
+            } = frame
+            else {
+                bail!("receiver: a SASL frame after SASL");
+            };
+            match performative {
+                Some(Performative::Transfer(t)) => {
+                    self.next_incoming = self.next_incoming.wrapping_add(1);
+                    let (id, settled) = match (t.delivery_id, self.partial) {
+                        (Some(id), _) => (id, t.settled.unwrap_or(false)),
+                        (None, Some(p)) => p,
+                        (None, None) => bail!("receiver: a transfer without a delivery id"),
+                    };
+                    if t.more {
+                        self.partial = Some((id, settled));
+                        continue;
+                    }
+                    let whole = self.partial.take().is_none();
+                    self.delivery_count = self.delivery_count.wrapping_add(1);
+                    each(whole.then_some(payload));
+                    if !settled {
+                        self.accept(id, &mut c.out)?;
+                    }
+                }
+                Some(Performative::Detach(d)) => {
+                    bail!("receiver: the peer detached the link: {:?}", d.error)
+                }
+                Some(Performative::End(e)) => {
+                    bail!("receiver: the peer ended the session: {:?}", e.error)
+                }
+                Some(Performative::Close(cl)) => {
+                    bail!("receiver: the peer closed the connection: {:?}", cl.error)
+                }
+                _ => {}
+            }
+        }
+        c.inbuf.advance(at);
+        if let Some(range) = self.accept.take() {
+            put_accept(range, &mut c.out)?;
+        }
+        if self.delivery_count.wrapping_sub(self.flowed_at) >= self.credit.div_ceil(2) {
+            self.flowed_at = self.delivery_count;
+            let flow = self.flow();
+            c.send(&flow)?;
+        }
+        Ok(())
+    }
+}
+
 async fn receive_loop(
     mut c: Conn,
     mut link: Receiving,
@@ -637,72 +747,22 @@ async fn receive_loop(
         let now = Instant::now();
         let in_window = now >= t0 && now <= t1;
         let now_ns = u64::try_from(now.duration_since(base).as_nanos()).unwrap_or(u64::MAX);
-        let mut at = 0;
         let mut received = 0u64;
-        while let Some((frame, used)) = codec::decode_frame(&c.inbuf[at..], MAX_FRAME)? {
-            at += used;
-            let Frame::Amqp {
-                performative,
-                payload,
-                ..
-            } = frame
-            else {
-                bail!("receiver: a SASL frame after SASL");
-            };
-            match performative {
-                Some(Performative::Transfer(t)) => {
-                    link.next_incoming = link.next_incoming.wrapping_add(1);
-                    let (id, settled) = match (t.delivery_id, link.partial) {
-                        (Some(id), _) => (id, t.settled.unwrap_or(false)),
-                        (None, Some(p)) => p,
-                        (None, None) => bail!("receiver: a transfer without a delivery id"),
-                    };
-                    if t.more {
-                        link.partial = Some((id, settled));
-                        continue;
-                    }
-                    let whole = link.partial.take().is_none();
-                    received += 1;
-                    link.delivery_count = link.delivery_count.wrapping_add(1);
-                    if in_window {
-                        tally.received_window += 1;
-                        let sent = whole
-                            .then(|| codec::parse_message(payload).ok())
-                            .flatten()
-                            .and_then(|m| m.single_data())
-                            .and_then(decode_sent_ns);
-                        if let Some(sent) = sent {
-                            let us = now_ns.saturating_sub(sent) / 1000;
-                            tally
-                                .latencies_us
-                                .push(u32::try_from(us).unwrap_or(u32::MAX));
-                        }
-                    }
-                    if !settled {
-                        link.accept(id, &mut c.out)?;
-                    }
+        link.take_frames(&mut c, |payload| {
+            received += 1;
+            if in_window {
+                tally.received_window += 1;
+                let sent = payload
+                    .and_then(|p| codec::parse_message(p).ok())
+                    .and_then(|m| m.single_data().and_then(decode_sent_ns));
+                if let Some(sent) = sent {
+                    let us = now_ns.saturating_sub(sent) / 1000;
+                    tally
+                        .latencies_us
+                        .push(u32::try_from(us).unwrap_or(u32::MAX));
                 }
-                Some(Performative::Detach(d)) => {
-                    bail!("receiver: the peer detached the link: {:?}", d.error)
-                }
-                Some(Performative::End(e)) => {
-                    bail!("receiver: the peer ended the session: {:?}", e.error)
-                }
-                Some(Performative::Close(cl)) => {
-                    bail!("receiver: the peer closed the connection: {:?}", cl.error)
-                }
-                _ => {}
             }
-        }
-        c.inbuf.advance(at);
-        if let Some(range) = link.accept.take() {
-            put_accept(range, &mut c.out)?;
-        }
-        if link.delivery_count.wrapping_sub(link.flowed_at) >= link.credit.div_ceil(2) {
-            link.flowed_at = link.delivery_count;
-            let flow = link.flow();
-            c.send(&flow)?;
-        }
+        })?;
         c.flush().await.context("receiver: writing")?;
         shared.received.fetch_add(received, Ordering::Relaxed);
     }
@@ -726,41 +786,14 @@ pub async fn receive_each(
     let mut c = Conn::open(addr, login, &container, 0)
         .await
         .context("receiver: opening")?;
-    let peer_attach = c
-        .attach(Attach {
-            name: format!("ferry-bench-{address}"),
-            handle: Handle(0),
-            role: Role::Receiver,
-            snd_settle_mode: SenderSettleMode::Mixed,
-            rcv_settle_mode: ReceiverSettleMode::First,
-            source: Some(Box::new(Source {
-                address: Some(address.to_owned()),
-                ..Source::default()
-            })),
-            target: Some(Box::new(TargetArchetype::Target(Target::default()))),
-            unsettled: None,
-            incomplete_unsettled: false,
-            initial_delivery_count: None,
-            max_message_size: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        })
-        .await
-        .with_context(|| format!("attaching a receiver to {address}"))?;
-    let initial = peer_attach.initial_delivery_count.unwrap_or(0);
-    let mut link = Receiving {
+    let mut link = Receiving::attach(
+        &mut c,
+        format!("ferry-bench-{address}"),
+        address,
         credit,
-        delivery_count: initial,
-        flowed_at: initial,
-        next_incoming: c.peer_first_transfer,
-        our_next_outgoing: 0,
-        accept: None,
-        partial: None,
-        one_by_one: true,
-    };
-    c.send(&link.flow())?;
-    c.flush().await?;
+        true,
+    )
+    .await?;
     loop {
         if c.stream
             .read_buf(&mut c.inbuf)
@@ -770,55 +803,10 @@ pub async fn receive_each(
         {
             bail!("receiver: the peer closed the connection");
         }
-        let mut at = 0;
-        while let Some((frame, used)) = codec::decode_frame(&c.inbuf[at..], MAX_FRAME)? {
-            at += used;
-            let Frame::Amqp {
-                performative,
-                payload,
-                ..
-            } = frame
-            else {
-                bail!("receiver: a SASL frame after SASL");
-            };
-            match performative {
-                Some(Performative::Transfer(t)) => {
-                    link.next_incoming = link.next_incoming.wrapping_add(1);
-                    let (id, settled) = match (t.delivery_id, link.partial) {
-                        (Some(id), _) => (id, t.settled.unwrap_or(false)),
-                        (None, Some(p)) => p,
-                        (None, None) => bail!("receiver: a transfer without a delivery id"),
-                    };
-                    if t.more {
-                        bail!(
-                            "receiver: a message in several frames (not sent by these scenarios)"
-                        );
-                    }
-                    link.delivery_count = link.delivery_count.wrapping_add(1);
-                    let parsed = codec::parse_message(payload).ok();
-                    each(parsed.as_ref().and_then(|m| m.single_data()));
-                    if !settled {
-                        link.accept(id, &mut c.out)?;
-                    }
-                }
-                Some(Performative::Detach(d)) => {
-                    bail!("receiver: the peer detached the link: {:?}", d.error)
-                }
-                Some(Performative::End(e)) => {
-                    bail!("receiver: the peer ended the session: {:?}", e.error)
-                }
-                Some(Performative::Close(cl)) => {
-                    bail!("receiver: the peer closed the connection: {:?}", cl.error)
-                }
-                _ => {}
-            }
-        }
-        c.inbuf.advance(at);
-        if link.delivery_count.wrapping_sub(link.flowed_at) >= link.credit.div_ceil(2) {
-            link.flowed_at = link.delivery_count;
-            let flow = link.flow();
-            c.send(&flow)?;
-        }
+        link.take_frames(&mut c, |payload| {
+            let parsed = payload.and_then(|p| codec::parse_message(p).ok());
+            each(parsed.as_ref().and_then(|m| m.single_data()));
+        })?;
         c.flush().await.context("receiver: writing")?;
     }
 }
@@ -848,41 +836,14 @@ pub async fn start(spec: Spec) -> anyhow::Result<Running> {
     )
     .await
     .context("receiver")?;
-    let peer_attach = rx
-        .attach(Attach {
-            name: "ferry-bench-b4-raw-rx".into(),
-            handle: Handle(0),
-            role: Role::Receiver,
-            snd_settle_mode: SenderSettleMode::Mixed,
-            rcv_settle_mode: ReceiverSettleMode::First,
-            source: Some(Box::new(Source {
-                address: Some(spec.receiver.address.clone()),
-                ..Source::default()
-            })),
-            target: Some(Box::new(TargetArchetype::Target(Target::default()))),
-            unsettled: None,
-            incomplete_unsettled: false,
-            initial_delivery_count: None,
-            max_message_size: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        })
-        .await
-        .with_context(|| format!("attaching a receiver to {}", spec.receiver.address))?;
-    let initial = peer_attach.initial_delivery_count.unwrap_or(0);
-    let link = Receiving {
-        credit: spec.credit,
-        delivery_count: initial,
-        flowed_at: initial,
-        next_incoming: rx.peer_first_transfer,
-        our_next_outgoing: 0,
-        accept: None,
-        partial: None,
-        one_by_one: false,
-    };
-    rx.send(&link.flow())?;
-    rx.flush().await?;
+    let link = Receiving::attach(
+        &mut rx,
+        "ferry-bench-b4-raw-rx".into(),
+        &spec.receiver.address,
+        spec.credit,
+        false,
+    )
+    .await?;
 
     let mut tx = Conn::open(
         spec.sender.addr,
