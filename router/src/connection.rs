@@ -57,8 +57,11 @@ pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
 /// Session windows we advertise, in transfer frames.
 const INCOMING_WINDOW: u32 = 8192;
 const OUTGOING_WINDOW: u32 = u32::MAX >> 1;
-/// Credit a producer link gets at a time.
+/// Credit a producer link holds at most (as far as its address may take more).
 const PRODUCER_WINDOW: u32 = 256;
+/// A telemetry producer's window: several of the adapter's batches, so that it keeps writing while the
+/// router reads and a flow is always on its way (see `Conn::top_up_credit`).
+const TELEMETRY_WINDOW: u32 = 1024;
 /// The most often the router sends heartbeats or checks for idle peers.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
 /// The highest channel a peer may begin a session on (our open's channel-max).

@@ -5,12 +5,18 @@
 use fe2o3_amqp_types::definitions::Handle;
 use fe2o3_amqp_types::performatives::{Flow, Performative};
 
-use super::{routing, Conn, INCOMING_WINDOW, OUTGOING_WINDOW, PRODUCER_WINDOW};
+use super::{routing, Conn, INCOMING_WINDOW, OUTGOING_WINDOW, PRODUCER_WINDOW, TELEMETRY_WINDOW};
 use crate::auth::Direction;
 use crate::events::EventStore;
+use crate::hub::Kind;
 
 impl<S: EventStore> Conn<S> {
     /// Gives a producer link credit up to its window, if its address may take more now.
+    ///
+    /// A producer is topped up once it has used a quarter of its window (telemetry) or half of it
+    /// (everything else), so the next flow is on its way while the rest of the window is still being
+    /// written: with one link carrying a whole adapter's devices, a window the adapter can use up
+    /// between two of our turns would pace it by the round trip instead of by either side's work.
     pub(super) fn top_up_credit(&mut self, channel: u16, handle: u32) {
         let Some(session) = self.sessions.get_mut(&channel) else {
             return;
@@ -21,11 +27,14 @@ impl<S: EventStore> Conn<S> {
         let Some(producer) = &link.producer else {
             return;
         };
-        if link.credit > PRODUCER_WINDOW / 2 {
+        let (window, top_up_at) = match link.addr.kind {
+            Kind::Telemetry => (TELEMETRY_WINDOW, TELEMETRY_WINDOW / 4 * 3),
+            _ => (PRODUCER_WINDOW, PRODUCER_WINDOW / 2),
+        };
+        if link.credit > top_up_at {
             return;
         }
-        let credit =
-            PRODUCER_WINDOW.min(routing::producer_credit(&self.shared, &link.addr, producer));
+        let credit = window.min(routing::producer_credit(&self.shared, &link.addr, producer));
         if credit <= link.credit {
             return;
         }

@@ -10,6 +10,7 @@ mod harness;
 mod support;
 
 mod binary;
+mod credit;
 mod hostile;
 mod malformed;
 mod sequences;
