@@ -7,7 +7,8 @@ ROOT (default: the current directory) holds the Dockerfiles and .dockerignore to
 
 For each image (K8S-CONTRACT.md "Images"): <crate dir>/Dockerfile exists and
   * is multi-stage: a named build stage running `cargo build --release --locked -p PKG --bin BIN` for a
-    package and binary that `cargo metadata` lists, with that package's manifest in that directory;
+    package and binary that `cargo metadata` lists, with that package's manifest in that directory, and,
+    when the package links jemalloc, installing make before that build;
   * its last stage is a small runtime image (distroless or debian slim) that copies the binary from the
     build stage to /usr/local/bin/BIN, runs as USER 65532:65532, EXPOSEs the component's ports and has
     ENTRYPOINT ["/usr/local/bin/BIN"];
@@ -52,7 +53,7 @@ def instructions(text):
     return result
 
 
-def check_image(root, binaries, directory, package, binary, image, ports):
+def check_image(root, binaries, needs_make, directory, package, binary, image, ports):
     problems = []
     path = os.path.join(root, directory, "Dockerfile")
     where = f"{directory}/Dockerfile"
@@ -89,6 +90,16 @@ def check_image(root, binaries, directory, package, binary, image, ports):
         problems.append(f"{where}: the build stage does not run `{want}`")
     if "--mount=type=cache" not in runs:
         problems.append(f"{where}: the cargo build uses no cache mounts")
+    # tikv-jemalloc-sys runs jemalloc's configure and make; the slim rust image has a C compiler only.
+    if package in needs_make:
+        before = []
+        for keyword, rest in build["steps"]:
+            if keyword == "RUN" and want in rest:
+                break
+            if keyword == "RUN":
+                before.append(rest)
+        if not any(re.search(r"apt-get install\b.*\bmake\b", r) for r in before):
+            problems.append(f"{where}: {package} builds jemalloc, but make is not installed before the cargo build")
 
     base = runtime["base"]
     if not RUNTIME_BASES.match(base):
@@ -153,9 +164,16 @@ def main():
         for target in package["targets"]:
             if "bin" in target["kind"]:
                 binaries[(package["name"], target["name"])] = directory
+    # Members that link jemalloc (a C library built with make).
+    needs_make = {
+        package["name"]
+        for package in metadata["packages"]
+        if package["id"] in members
+        and any(dep["name"] == "tikv-jemallocator" and dep.get("kind") is None for dep in package["dependencies"])
+    }
     problems = []
     for image in IMAGES:
-        problems += check_image(root, binaries, *image)
+        problems += check_image(root, binaries, needs_make, *image)
     problems += dockerignore_problems(root, member_dirs)
     for p in problems:
         print(f"    {p}", file=sys.stderr)

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferry_core::component::CommonArgs;
 
+/// jemalloc returns what a backlog freed to the system within seconds; glibc's allocator kept a
+/// process at its peak for good (B10, docs/decisions.md 22).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ferry-http-adapter",

@@ -16,15 +16,12 @@ use crate::support::*;
 /// The end of the credit window a producer holds after `frames` (delivery-count + link-credit of the
 /// last link flow), if any flow came.
 fn window_end(frames: &[Performative]) -> Option<u32> {
-    frames
-        .iter()
-        .filter_map(|f| match f {
-            Performative::Flow(f) if f.handle.is_some() => {
-                Some(f.delivery_count.unwrap_or(0) + f.link_credit.unwrap_or(0))
-            }
-            _ => None,
-        })
-        .last()
+    frames.iter().rev().find_map(|f| match f {
+        Performative::Flow(f) if f.handle.is_some() => {
+            Some(f.delivery_count.unwrap_or(0) + f.link_credit.unwrap_or(0))
+        }
+        _ => None,
+    })
 }
 
 /// A consumer on `address` of tenant t1 granting `credit`.

@@ -119,6 +119,14 @@ pub(crate) const SHED_AFTER: Duration = Duration::from_millis(50);
 /// small messages from a hiccup of a few tens of milliseconds at 200k msg/s (tens of thousands of
 /// messages) fits, and a flood of large ones holds no more memory than one of small ones.
 pub(crate) const BURST_BYTES: usize = 16 * 1024 * 1024;
+/// Slots a link's queue of waiting messages keeps once a burst that grew it past 16 times as many is over.
+const PENDING_KEPT: usize = 256;
+/// Unwritten-frame capacity the connection keeps between turns; a batch that grew it to more than
+/// [`OUT_KEPT`] and four times what the turns write now gives it back.
+const OUT_INITIAL: usize = 16 * 1024;
+const OUT_KEPT: usize = 256 * 1024;
+/// Unsettled-delivery slots kept once a backlog is over (see `Conn::on_tick`).
+const UNSETTLED_KEPT: usize = 4096;
 /// How often waiting messages and unsettled deliveries are checked against their bounds.
 const TICK: Duration = Duration::from_millis(10);
 /// Largest frame the router may send us.
@@ -489,7 +497,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
             () = drained.notified(), if backed_up => {}
         }
         if !conn.out.is_empty() {
-            let chunk = conn.out.split().freeze();
+            let chunk = take_chunk(&mut conn.out);
             unwritten.fetch_add(chunk.len(), Ordering::Relaxed);
             if chunks.send(chunk).is_err() {
                 break Ended::Lost("cannot write to the router".into());
@@ -688,6 +696,18 @@ struct Link {
     progress: Instant,
 }
 
+/// What the connection has encoded since its last write, as one chunk for the writer. The buffer's
+/// allocation is shared with the chunk until it is written; once a backlog made it much larger than
+/// what the turns write now, a fresh one is started, so that the large one is freed with its last
+/// chunk instead of being kept for the rest of the connection.
+fn take_chunk(out: &mut BytesMut) -> Bytes {
+    let chunk = out.split().freeze();
+    if out.capacity() > OUT_KEPT && out.capacity() > 4 * chunk.len() {
+        *out = BytesMut::with_capacity(OUT_INITIAL);
+    }
+    chunk
+}
+
 /// A link's messages waiting for credit, and the memory they hold.
 #[derive(Default)]
 struct Pending {
@@ -716,6 +736,12 @@ impl Pending {
     fn pop_front(&mut self) -> Option<Job> {
         let job = self.jobs.pop_front()?;
         self.bytes -= job.held();
+        if self.jobs.is_empty() && self.jobs.capacity() > PENDING_KEPT * 16 {
+            // A burst is over: what it grew goes back to the allocator (a burst bound of 16 MiB
+            // is up to ~200,000 small messages, whose slots alone are megabytes), instead of staying
+            // with the link for the rest of the connection (B10's RSS steps).
+            self.jobs.shrink_to(PENDING_KEPT);
+        }
         Some(job)
     }
 
@@ -784,7 +810,7 @@ impl<'c> Conn<'c> {
         Self {
             config,
             state,
-            out: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(OUT_INITIAL),
             scratch: Vec::with_capacity(64),
             max_frame_out: open.max_frame_size.0.max(codec::MIN_MAX_FRAME_SIZE),
             remote_window: begin.incoming_window,
@@ -1286,6 +1312,16 @@ impl<'c> Conn<'c> {
         if self.due.len() > 2 * self.unsettled.len() + 1024 {
             let unsettled = &self.unsettled;
             self.due.retain(|(id, _)| unsettled.contains_key(id));
+        }
+        // After a backlog, the room it took goes back to the allocator (checked here, as the tick runs
+        // until the last deadline has passed).
+        let keep = UNSETTLED_KEPT.max(2 * self.unsettled.len());
+        if self.unsettled.capacity() > 8 * keep {
+            self.unsettled.shrink_to(keep);
+        }
+        let keep = UNSETTLED_KEPT.max(2 * self.due.len());
+        if self.due.capacity() > 8 * keep {
+            self.due.shrink_to(keep);
         }
         // QoS 0 yields to its tenant's QoS 1 telemetry once that has waited for credit for a while:
         // the router gives both links credit from the same consumers, and a device waiting for its
