@@ -708,6 +708,14 @@ fn take_chunk(out: &mut BytesMut) -> Bytes {
     chunk
 }
 
+/// What a collection of unsettled deliveries (or their deadlines) holding `len` in `capacity` slots
+/// should shrink to once a backlog is over: only when it is far larger than what it holds, and never
+/// below [`UNSETTLED_KEPT`], so that a steady load neither shrinks nor grows it turn after turn.
+fn room_to_keep(len: usize, capacity: usize) -> Option<usize> {
+    let keep = UNSETTLED_KEPT.max(2 * len);
+    (capacity > 8 * keep).then_some(keep)
+}
+
 /// A link's messages waiting for credit, and the memory they hold.
 #[derive(Default)]
 struct Pending {
@@ -1315,12 +1323,10 @@ impl<'c> Conn<'c> {
         }
         // After a backlog, the room it took goes back to the allocator (checked here, as the tick runs
         // until the last deadline has passed).
-        let keep = UNSETTLED_KEPT.max(2 * self.unsettled.len());
-        if self.unsettled.capacity() > 8 * keep {
+        if let Some(keep) = room_to_keep(self.unsettled.len(), self.unsettled.capacity()) {
             self.unsettled.shrink_to(keep);
         }
-        let keep = UNSETTLED_KEPT.max(2 * self.due.len());
-        if self.due.capacity() > 8 * keep {
+        if let Some(keep) = room_to_keep(self.due.len(), self.due.capacity()) {
             self.due.shrink_to(keep);
         }
         // QoS 0 yields to its tenant's QoS 1 telemetry once that has waited for credit for a while:

@@ -665,3 +665,28 @@ fn a_links_queue_gives_back_its_room_after_a_burst() {
         assert_eq!(pending.jobs.capacity(), before);
     }
 }
+
+/// The unsettled map and its deadlines give back what a backlog grew once it is over (checked at the
+/// tick), and keep their room while a steady load holds a share of it.
+#[test]
+fn unsettled_deliveries_give_back_their_room_after_a_backlog() {
+    assert_eq!(room_to_keep(10, 100_000), Some(UNSETTLED_KEPT));
+    assert_eq!(room_to_keep(5_000, 100_000), Some(10_000));
+    assert_eq!(room_to_keep(10, 8 * UNSETTLED_KEPT), None, "small enough");
+    assert_eq!(room_to_keep(3_000, 40_000), None, "still in use");
+
+    let mut map: HashMap<u32, u32> = (0..100_000).map(|i| (i, i)).collect();
+    map.retain(|&k, _| k < 10);
+    let keep = room_to_keep(map.len(), map.capacity()).expect("a backlog's room");
+    map.shrink_to(keep);
+    assert!(
+        map.capacity() < 2 * UNSETTLED_KEPT,
+        "kept {}",
+        map.capacity()
+    );
+    assert_eq!(
+        room_to_keep(map.len(), map.capacity()),
+        None,
+        "once, not every tick"
+    );
+}
