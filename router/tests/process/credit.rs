@@ -2,12 +2,9 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use fe2o3_amqp::types::definitions::{Handle, Role};
 use fe2o3_amqp::types::messaging::message::__private::Serializable;
-use fe2o3_amqp::types::performatives::{Flow, Performative, Transfer};
-use fe2o3_amqp::types::primitives::Binary;
-use ferry_router::codec;
+use fe2o3_amqp::types::performatives::{Flow, Performative};
 
 use crate::harness::*;
 use crate::hostile::{attach, begin, frames_for, send};
@@ -76,30 +73,12 @@ async fn a_telemetry_producer_holds_four_batches_and_is_topped_up_each_quarter()
         b"reading",
     )))
     .expect("encode");
-    let transfers = |ids: std::ops::Range<u32>| {
-        let mut out = BytesMut::new();
-        for id in ids {
-            let transfer = Transfer {
-                handle: Handle(0),
-                delivery_id: Some(id),
-                delivery_tag: Some(Binary::from(id.to_be_bytes().to_vec())),
-                message_format: Some(0),
-                settled: Some(true),
-                more: false,
-                rcv_settle_mode: None,
-                state: None,
-                resume: false,
-                aborted: false,
-                batchable: false,
-            };
-            codec::encode_frame(0, &Performative::Transfer(transfer), &message, &mut out)
-                .expect("encode transfer");
-        }
-        out
-    };
 
     // Less than a quarter used: no flow yet.
-    adapter.send(&transfers(0..255)).await.expect("send");
+    adapter
+        .send(&transfers(0..255, true, &message))
+        .await
+        .expect("send");
     let frames = frames_for(&mut adapter, Duration::from_millis(300)).await;
     assert_eq!(
         window_end(&frames),
@@ -107,7 +86,10 @@ async fn a_telemetry_producer_holds_four_batches_and_is_topped_up_each_quarter()
         "no top-up before a quarter: {frames:?}"
     );
     // The quarter: topped up to the whole window again, counted from where the producer is.
-    adapter.send(&transfers(255..256)).await.expect("send");
+    adapter
+        .send(&transfers(255..256, true, &message))
+        .await
+        .expect("send");
     let frames = frames_for(&mut adapter, Duration::from_millis(500)).await;
     assert_eq!(window_end(&frames), Some(256 + 1024), "{frames:?}");
 

@@ -4,13 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use fe2o3_amqp::types::definitions::{Handle, Role};
 use fe2o3_amqp::types::messaging::message::__private::Serializable;
 use fe2o3_amqp::types::messaging::{Accepted, DeliveryState};
-use fe2o3_amqp::types::performatives::{Disposition, Flow, Performative, Transfer};
-use fe2o3_amqp::types::primitives::Binary;
-use ferry_router::codec;
+use fe2o3_amqp::types::performatives::{Disposition, Flow, Performative};
 
 use crate::harness::*;
 use crate::hostile::{attach, begin, frames_for, send};
@@ -68,24 +65,7 @@ async fn a_consumers_outcomes_reach_the_producer_as_ranges() {
         b"reading",
     )))
     .expect("encode");
-    let mut out = BytesMut::new();
-    for id in 0..MESSAGES {
-        let transfer = Transfer {
-            handle: Handle(0),
-            delivery_id: Some(id),
-            delivery_tag: Some(Binary::from(id.to_be_bytes().to_vec())),
-            message_format: Some(0),
-            settled: Some(false),
-            more: false,
-            rcv_settle_mode: None,
-            state: None,
-            resume: false,
-            aborted: false,
-            batchable: false,
-        };
-        codec::encode_frame(0, &Performative::Transfer(transfer), &message, &mut out)
-            .expect("encode transfer");
-    }
+    let out = transfers(0..MESSAGES, false, &message);
     adapter.send(&out).await.expect("send transfers");
 
     // The application gets them all, then accepts them with one disposition.

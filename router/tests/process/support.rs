@@ -383,3 +383,27 @@ pub async fn router_in_process(
     }
     panic!("router not ready: {:?}", admin.not_ready());
 }
+
+/// Transfer frames on handle 0 of channel 0, one per id (delivery id and tag alike), each carrying
+/// `message` whole.
+pub fn transfers(ids: std::ops::Range<u32>, settled: bool, message: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    for id in ids {
+        let transfer = fe2o3_amqp_types::performatives::Transfer {
+            handle: fe2o3_amqp_types::definitions::Handle(0),
+            delivery_id: Some(id),
+            delivery_tag: Some(Binary::from(id.to_be_bytes().to_vec())),
+            message_format: Some(0),
+            settled: Some(settled),
+            more: false,
+            rcv_settle_mode: None,
+            state: None,
+            resume: false,
+            aborted: false,
+            batchable: false,
+        };
+        codec::encode_frame(0, &Performative::Transfer(transfer), message, &mut out)
+            .expect("encode transfer");
+    }
+    out
+}

@@ -625,20 +625,25 @@ fn the_unwritten_frame_buffer_is_given_back_after_a_backlog_and_kept_under_load(
     );
 }
 
+/// A small telemetry message waiting for credit (its reply channel's receiver dropped).
+fn waiting_job(i: u32) -> Job {
+    let (reply, _) = oneshot::channel();
+    Job {
+        link: telemetry(),
+        message: i.to_be_bytes().to_vec(),
+        deadline: Instant::now() + Duration::from_secs(1),
+        wait: Duration::from_secs(1),
+        reply: Reply::Wait(reply),
+    }
+}
+
 /// A burst that waited for credit gives its queue's room back once the last of it is sent (a 16 MiB
 /// burst of small messages is ~200,000 slots, megabytes kept per link before).
 #[test]
 fn a_links_queue_gives_back_its_room_after_a_burst() {
     let mut pending = Pending::default();
     for i in 0..20_000u32 {
-        let (reply, _replied) = oneshot::channel();
-        pending.push_back(Job {
-            link: telemetry(),
-            message: i.to_be_bytes().to_vec(),
-            deadline: Instant::now() + Duration::from_secs(1),
-            wait: Duration::from_secs(1),
-            reply: Reply::Wait(reply),
-        });
+        pending.push_back(waiting_job(i));
     }
     assert!(pending.jobs.capacity() >= 20_000);
     while pending.pop_front().is_some() {}
@@ -651,14 +656,7 @@ fn a_links_queue_gives_back_its_room_after_a_burst() {
     // A queue that stays small keeps its room: no allocation per flow.
     for _ in 0..2 {
         for i in 0..200u32 {
-            let (reply, _replied) = oneshot::channel();
-            pending.push_back(Job {
-                link: telemetry(),
-                message: i.to_be_bytes().to_vec(),
-                deadline: Instant::now() + Duration::from_secs(1),
-                wait: Duration::from_secs(1),
-                reply: Reply::Wait(reply),
-            });
+            pending.push_back(waiting_job(i));
         }
         let before = pending.jobs.capacity();
         while pending.pop_front().is_some() {}
