@@ -164,6 +164,16 @@ if "$PY" charts/tools/check_dockerfiles.py "$WORK/cargo-metadata.json" "$WORK/ba
     die "check_dockerfiles.py accepted a single-stage Dockerfile"
 fi
 note "a single-stage, root Dockerfile is refused"
+# ... and a build context that leaves out the workspace's cargo configuration.
+cp router/Dockerfile "$WORK/bad-docker/router/"
+mkdir -p "$WORK/bad-docker/.cargo" && cp .cargo/config.toml "$WORK/bad-docker/.cargo/"
+grep -v '^!\.cargo/$' .dockerignore >"$WORK/bad-docker/.dockerignore"
+if "$PY" charts/tools/check_dockerfiles.py "$WORK/cargo-metadata.json" "$WORK/bad-docker" >"$WORK/bad-docker.out" 2>&1 ||
+    ! grep -q '\.dockerignore: \.cargo is not let in' "$WORK/bad-docker.out"; then
+    cat "$WORK/bad-docker.out" >&2
+    die "check_dockerfiles.py accepted a build context without .cargo/"
+fi
+note "a build context without the workspace's cargo configuration is refused"
 
 # ---------------------------------------------------------------------------------------------
 section "helm lint"

@@ -13,7 +13,8 @@ For each image (K8S-CONTRACT.md "Images"): <crate dir>/Dockerfile exists and
     build stage to /usr/local/bin/BIN, runs as USER 65532:65532, EXPOSEs the component's ports and has
     ENTRYPOINT ["/usr/local/bin/BIN"];
 and .dockerignore keeps target/ out of the build context and lets in every workspace member's top
-directory (otherwise cargo cannot load the workspace inside the build).
+directory (otherwise cargo cannot load the workspace inside the build) and .cargo/ when the workspace has a
+cargo configuration (its build-time options must reach the images).
 Prints one line per problem and exits 1 when there is any.
 """
 
@@ -146,6 +147,10 @@ def dockerignore_problems(root, members):
         for needed in ["Cargo.toml", "Cargo.lock"] + sorted(members):
             if needed not in allowed:
                 problems.append(f".dockerignore: {needed} is not let in (!{needed}), so cargo cannot load the workspace")
+        # The workspace's cargo configuration sets build-time options (jemalloc's, docs/decisions.md 23):
+        # an image built without it would behave unlike the binaries that were measured.
+        if os.path.isfile(os.path.join(root, ".cargo", "config.toml")) and ".cargo" not in allowed:
+            problems.append(".dockerignore: .cargo is not let in (!.cargo/), so images build without the workspace's cargo configuration")
     return problems
 
 

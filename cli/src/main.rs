@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 use ferry::manage::{self, ApplicationCmd, CredentialsCmd, DeviceCmd, Target, TenantCmd, TokenCmd};
 
 /// jemalloc returns what a backlog freed to the system within seconds; glibc's allocator kept a
-/// process at its peak for good (B10, docs/decisions.md 22).
+/// process at its peak for good (B10, docs/decisions.md 22). Its options are set at build time
+/// (`.cargo/config.toml`, docs/decisions.md 23).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

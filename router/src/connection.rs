@@ -32,6 +32,8 @@ use fe2o3_amqp_types::definitions::{AmqpError, ConnectionError, ErrorCondition};
 use fe2o3_amqp_types::messaging::{Accepted, DeliveryState, Rejected};
 use fe2o3_amqp_types::performatives::{Close, End, Performative};
 use fe2o3_amqp_types::primitives::Symbol;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -127,6 +129,19 @@ struct Conn<S: EventStore> {
     /// Outcomes of consecutive deliveries of one session, all alike, not yet encoded: one disposition
     /// frame settles the run ([`Conn::disposition`]).
     settling: Option<Settling>,
+    /// Events of this connection's producers on their way into the store. Whatever is still here when
+    /// the connection ends is finished by a task of its own (the hub's side of an append must happen).
+    appends: FuturesUnordered<Append>,
+}
+
+/// An event's append: the store's answer for the producer's delivery.
+type Append = std::pin::Pin<Box<dyn std::future::Future<Output = Appended> + Send>>;
+
+/// The outcome of an event append for the producer.
+struct Appended {
+    channel: u16,
+    delivery_id: u32,
+    state: DeliveryState,
 }
 
 /// A run of deliveries `first..=last` on `channel`, settled with `state`.
@@ -169,6 +184,7 @@ where
         unwritten: 0,
         choked: false,
         settling: None,
+        appends: FuturesUnordered::new(),
     };
     let Some(_user_slot) = UserSlot::take(&shared, &conn.principal) else {
         let err = error(
@@ -180,6 +196,10 @@ where
     shared.hub.metrics.connections.inc();
     let result = conn.run(&mut io, &mut inbuf, &mut rx).await;
     conn.cleanup();
+    let mut appends = std::mem::take(&mut conn.appends);
+    if !appends.is_empty() {
+        tokio::spawn(async move { while appends.next().await.is_some() {} });
+    }
     shared.hub.metrics.connections.dec();
     result
 }
@@ -226,6 +246,13 @@ impl<S: EventStore> Conn<S> {
                     last_read = Instant::now();
                     self.handle_input(inbuf);
                 }
+                Some(done) = self.appends.next(), if !self.appends.is_empty() => {
+                    self.appended(done);
+                    // Take every append of the batch that completed, for one disposition frame.
+                    while let Some(Some(done)) = self.appends.next().now_or_never() {
+                        self.appended(done);
+                    }
+                }
                 Some(msg) = rx.recv() => {
                     self.handle_request(msg);
                     // Take what else is queued, so that a burst goes out in one write.
@@ -269,6 +296,12 @@ impl<S: EventStore> Conn<S> {
         }
         io.flush().await?;
         Ok(())
+    }
+
+    fn appended(&mut self, done: Appended) {
+        if self.sessions.contains_key(&done.channel) {
+            self.disposition(done.channel, done.delivery_id, done.state);
+        }
     }
 
     fn close(&mut self, err: Option<Error>) {

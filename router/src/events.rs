@@ -42,7 +42,8 @@
 //!   synced and its directory entry synced before any record goes into it, and a segment is synced before the
 //!   next one is created, so only the last segment can end in a torn write.
 //! - **Acks are lazy**: an ack removes the event from the index at once and queues a tombstone, which is
-//!   written with the next batch but synced only with the next append or [`EventStore::sync`]. A process
+//!   written with the next batch (or after at most 100 ms without one) but synced only with the next
+//!   append or [`EventStore::sync`]. A process
 //!   crash loses nothing (the tombstone is in the page cache); an OS crash or power loss can lose recent
 //!   tombstones, and those events are delivered once more, which at-least-once allows.
 //! - **Expiry** writes nothing: `expires_at_ms` (Unix epoch ms) is in the record, and recovery drops events

@@ -780,6 +780,7 @@ pub async fn receive_each(
     login: &Login,
     address: &str,
     credit: u32,
+    attached: tokio::sync::oneshot::Sender<()>,
     mut each: impl FnMut(Option<&[u8]>),
 ) -> anyhow::Result<()> {
     let container = format!("ferry-bench-rx-{}", std::process::id());
@@ -794,6 +795,8 @@ pub async fn receive_each(
         true,
     )
     .await?;
+    // The link is attached and its credit written: messages sent from now on find a consumer.
+    let _ = attached.send(());
     loop {
         if c.stream
             .read_buf(&mut c.inbuf)

@@ -25,6 +25,9 @@ use tokio::task::JoinSet;
 
 use super::wire::{self, Login, Stamp};
 
+/// How long the AMQP receiver may take to attach before the traffic fails to start.
+const RECEIVER_ATTACH: Duration = Duration::from_secs(30);
+
 /// What the publishers do now.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Plan {
@@ -256,18 +259,34 @@ impl Traffic {
                 };
                 let (addr, address, credit, counters) =
                     (*addr, address.clone(), *credit, recv.clone());
+                let (attached, on_attach) = tokio::sync::oneshot::channel();
                 tasks.spawn(flag_end(
                     async move {
-                        raw::receive_each(addr, &login, &address, credit, |data| match data {
-                            Some(data) => counters.handle(data, wire::now_ns()),
-                            None => {
-                                counters.foreign.fetch_add(1, Ordering::Relaxed);
+                        raw::receive_each(addr, &login, &address, credit, attached, |data| {
+                            match data {
+                                Some(data) => counters.handle(data, wire::now_ns()),
+                                None => {
+                                    counters.foreign.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         })
                         .await
                     },
                     recv.clone(),
                 ));
+                // Telemetry without a consumer is dropped (Hono's rule): no publisher starts before
+                // the receiver's link is attached and has given credit.
+                match tokio::time::timeout(RECEIVER_ATTACH, on_attach).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        let why = match tasks.join_next().await {
+                            Some(Ok(Err(e))) => format!("{e:#}"),
+                            other => format!("{other:?}"),
+                        };
+                        bail!("the AMQP receiver did not attach: {why}");
+                    }
+                    Err(_) => bail!("the AMQP receiver did not attach within {RECEIVER_ATTACH:?}"),
+                }
             }
         }
         let (plan, plan_rx) = watch::channel(Plan::Idle);

@@ -14,6 +14,7 @@ use fe2o3_amqp_types::performatives::Attach;
 use serde_amqp::Value;
 
 use super::session::Link;
+use super::Appended;
 use super::{accepted, custom, error, rejected, Conn, Error};
 use crate::auth::{Address, Direction};
 use crate::codec::{self, MessageEdit};
@@ -230,14 +231,15 @@ impl<S: EventStore> Conn<S> {
             Kind::Event => {
                 let shared = self.shared.clone();
                 let addr = addr.clone();
-                let conn = self.handle.clone();
                 let event = NewEvent {
                     payload,
                     device_id: device.to_arc(),
                     expires_at_ms: self.event_expiry(&message),
                 };
                 let appending = shared.hub.appending(&addr);
-                tokio::spawn(async move {
+                // Polled by this connection's loop (no task of its own): the outcomes of one write
+                // batch come back together and settle in one disposition frame.
+                self.appends.push(Box::pin(async move {
                     let appended = shared.hub.append_event(&addr, event).await;
                     drop(appending);
                     let state = match appended {
@@ -250,12 +252,12 @@ impl<S: EventStore> Conn<S> {
                             hub::release()
                         }
                     };
-                    conn.send(ToConn::Outcome {
+                    Appended {
                         channel,
                         delivery_id,
                         state,
-                    });
-                });
+                    }
+                }));
             }
             // Handled above, before the assertion check that only device messages need.
             Kind::Command | Kind::CommandResponse | Kind::CommandInternal => {}

@@ -1,6 +1,7 @@
 //! [`SegmentLog`]: the embedded durable event store, an append-only segment log with group commit.
 //!
-//! Threads and locks: callers push operations onto `queue` and wake the writer; the writer thread (a
+//! Threads and locks: callers push operations onto `queue` and wake the writer for appends and syncs
+//! (acks wait for the next batch, at most [`ACK_DELAY`]); the writer thread (a
 //! `std::thread`, because it blocks in `fdatasync`) takes everything queued, writes it with one `write_all`,
 //! syncs once, updates `index` and completes each append's oneshot. `index` is the in-memory view of the
 //! live events (positions only, no payloads); callers read it for `depth`, `pending`, `ack` and `expire`.
@@ -114,8 +115,18 @@ struct Shared {
 #[derive(Default)]
 struct Queue {
     ops: Vec<Op>,
+    /// An append or a sync waits in `ops`: the writer has been woken for it. Acks alone do not wake the
+    /// writer (nobody waits for them); it takes them within [`ACK_DELAY`] or with the next batch.
+    urgent: bool,
+    /// The writer waits without a time limit (it found the queue empty): the next op of any kind wakes it.
+    asleep: bool,
     closing: bool,
 }
+
+/// How long acks may wait in the queue when no append or sync comes to take them along: their
+/// tombstones are written (not synced) this much later, so a consumer's accepts cost the writer one
+/// wake-up per batch instead of one per quiet moment.
+pub(crate) const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 enum Op {
     Append {
@@ -308,10 +319,14 @@ impl SegmentLog {
 
     fn push(&self, op: Op) {
         let mut q = lock(&self.shared.queue);
+        let urgent = !matches!(op, Op::Ack { .. });
         q.ops.push(op);
-        // The writer only sleeps on an empty queue, so only the first op needs to wake it; this keeps
-        // a futex syscall off most appends under load.
-        if q.ops.len() == 1 {
+        // Only the first append or sync since the writer took the queue wakes it, and an ack only a writer
+        // that sleeps without a time limit; this keeps a futex syscall off most appends under load, and
+        // off nearly every ack.
+        if (urgent && !q.urgent) || q.asleep {
+            q.urgent |= urgent;
+            q.asleep = false;
             self.shared.wake.notify_one();
         }
     }

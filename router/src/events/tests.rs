@@ -10,6 +10,7 @@ use bytes::Bytes;
 use ferry_core::ids::TenantId;
 
 use super::record::{self, Record, SegmentHeader};
+use super::segment_log::ACK_DELAY;
 use super::*;
 
 fn tenant(s: &str) -> TenantId {
@@ -290,6 +291,37 @@ async fn ack_without_sync_is_written_at_close() {
         assert!(store.ack(&t, id).expect("ack"));
     }
     assert_eq!(open(dir.path()).depth(&t), 0);
+}
+
+#[tokio::test]
+async fn acks_do_not_wake_the_writer_but_are_written_within_the_ack_delay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = tenant("t1");
+    let store = open(dir.path());
+    let first = store.append(&t, event("a")).await.expect("append");
+    let second = store.append(&t, event("b")).await.expect("append");
+    let before = store.stats().batches;
+    assert!(store.ack(&t, first).expect("ack"));
+    // An append that follows takes the ack along: one batch for both.
+    store.append(&t, event("c")).await.expect("append");
+    assert_eq!(store.stats().batches, before + 1);
+    // An ack alone waits, then is written without anything else coming.
+    assert!(store.ack(&t, second).expect("ack"));
+    let acked = Instant::now();
+    std::thread::sleep(ACK_DELAY / 4);
+    assert_eq!(store.stats().batches, before + 1, "an ack woke the writer");
+    while store.stats().batches == before + 1 {
+        assert!(
+            acked.elapsed() < ACK_DELAY * 20,
+            "the ack's tombstone was never written"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(acked.elapsed() >= ACK_DELAY / 2);
+    // Written, though not synced: a reopen that follows a close sees both acks.
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(payloads(&store, &t).await, ["c"]);
 }
 
 #[tokio::test]

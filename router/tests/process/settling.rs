@@ -7,11 +7,12 @@ use std::time::Duration;
 use fe2o3_amqp::types::definitions::{Handle, Role};
 use fe2o3_amqp::types::messaging::message::__private::Serializable;
 use fe2o3_amqp::types::messaging::{Accepted, DeliveryState};
-use fe2o3_amqp::types::performatives::{Disposition, Flow, Performative};
+use fe2o3_amqp::types::performatives::{Close, Disposition, Flow, Performative};
 
 use crate::harness::*;
 use crate::hostile::{attach, begin, frames_for, send};
 use crate::support::*;
+use ferry_router::codec;
 
 const MESSAGES: u32 = 200;
 
@@ -115,4 +116,96 @@ async fn a_consumers_outcomes_reach_the_producer_as_ranges() {
         dispositions <= MESSAGES / 4,
         "{dispositions} dispositions for {MESSAGES} outcomes"
     );
+}
+
+/// A producer's events are answered by its connection's loop, without a task per event: 200 events
+/// written at once come back accepted in a few dispositions. Then events whose append is still under
+/// way when their producer's connection goes (200 more, written together with the close) are
+/// delivered all the same: stored means queued for consumers, whoever was there to hear `accepted`.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_settled_in_ranges_and_stay_deliverable_when_their_producer_leaves() {
+    let p = Platform::start().await;
+    let assertion = p.assertion("t1", "d1").await;
+    let message = serde_amqp::to_vec(&Serializable(device_message(
+        "d1",
+        Some(&assertion),
+        b"event",
+    )))
+    .expect("encode");
+
+    let mut adapter = Raw::login(p.amqp, "ferry-adapter", ADAPTER_PASSWORD).await;
+    adapter.open().await;
+    begin(&mut adapter).await;
+    attach(&mut adapter, 0, Role::Sender, "event/t1").await;
+    let _ = frames_for(&mut adapter, Duration::from_millis(300)).await;
+    adapter
+        .send(&transfers(0..MESSAGES, false, &message))
+        .await
+        .expect("send events");
+    let mut settled = vec![0u32; MESSAGES as usize];
+    let mut dispositions = 0;
+    while settled.contains(&0) {
+        let frames = frames_for(&mut adapter, Duration::from_secs(5)).await;
+        assert!(!frames.is_empty(), "settled so far: {settled:?}");
+        for f in frames {
+            if let Performative::Disposition(d) = f {
+                dispositions += 1;
+                assert!(d.settled, "{d:?}");
+                assert!(matches!(d.state, Some(DeliveryState::Accepted(_))), "{d:?}");
+                for id in d.first..=d.last.unwrap_or(d.first) {
+                    settled[id as usize] += 1;
+                }
+            }
+        }
+    }
+    assert!(settled.iter().all(|&n| n == 1), "each once: {settled:?}");
+    assert!(
+        dispositions <= MESSAGES / 4,
+        "{dispositions} dispositions for {MESSAGES} events"
+    );
+
+    // 200 more, and the connection's end in the same write: the appends are under way when it goes.
+    let mut out = transfers(MESSAGES..MESSAGES + 100, false, &message);
+    codec::encode_frame(
+        0,
+        &Performative::Close(Close { error: None }),
+        &[],
+        &mut out,
+    )
+    .expect("encode close");
+    adapter.send(&out).await.expect("send events and close");
+    drop(adapter);
+
+    let mut app = Raw::login(p.amqp, "app1", "pw1").await;
+    app.open().await;
+    begin(&mut app).await;
+    attach(&mut app, 0, Role::Receiver, "event/t1").await;
+    let flow = Flow {
+        next_incoming_id: Some(0),
+        incoming_window: i32::MAX as u32,
+        next_outgoing_id: 0,
+        outgoing_window: 2048,
+        handle: Some(Handle(0)),
+        delivery_count: Some(0),
+        link_credit: Some(1000),
+        available: None,
+        drain: false,
+        echo: false,
+        properties: None,
+    };
+    send(&mut app, Performative::Flow(flow), &[]).await;
+    let mut delivered = 0;
+    while delivered < MESSAGES + 100 {
+        let frames = frames_for(&mut app, Duration::from_secs(2)).await;
+        assert!(
+            !frames.is_empty(),
+            "only {delivered} of {} events delivered",
+            MESSAGES + 100
+        );
+        delivered += frames
+            .iter()
+            .filter(|f| matches!(f, Performative::Transfer(_)))
+            .count() as u32;
+    }
+    assert_eq!(delivered, MESSAGES + 100);
 }

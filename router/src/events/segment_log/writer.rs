@@ -51,9 +51,25 @@ impl Writer {
         loop {
             let (ops, closing) = {
                 let mut q = lock(&self.shared.queue);
-                while q.ops.is_empty() && !q.closing && !more_work {
-                    q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                while !q.urgent && !q.closing && !more_work {
+                    if q.ops.is_empty() {
+                        q.asleep = true;
+                        q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                        q.asleep = false;
+                        continue;
+                    }
+                    // Only acks wait: take them after ACK_DELAY unless an append comes first.
+                    let (next, waited) = self
+                        .shared
+                        .wake
+                        .wait_timeout(q, ACK_DELAY)
+                        .unwrap_or_else(|e| e.into_inner());
+                    q = next;
+                    if waited.timed_out() {
+                        break;
+                    }
                 }
+                q.urgent = false;
                 (std::mem::take(&mut q.ops), q.closing)
             };
             let syncs = self.process(ops);
