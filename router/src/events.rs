@@ -43,9 +43,9 @@
 //!   next one is created, so only the last segment can end in a torn write.
 //! - **Acks are lazy**: an ack removes the event from the index at once and queues a tombstone, which is
 //!   written with the next batch (or after at most 100 ms without one) but synced only with the next
-//!   append or [`EventStore::sync`]. A process
-//!   crash loses nothing (the tombstone is in the page cache); an OS crash or power loss can lose recent
-//!   tombstones, and those events are delivered once more, which at-least-once allows.
+//!   append or [`EventStore::sync`]. A process crash loses the tombstones still queued (at most the
+//!   last 100 ms of acks; written ones are in the page cache); an OS crash or power loss can lose recent
+//!   written ones too. Those events are delivered once more, which at-least-once allows.
 //! - **Expiry** writes nothing: `expires_at_ms` (Unix epoch ms) is in the record, and recovery drops events
 //!   whose time has passed by the system clock. A clock set back across a restart can revive an expired
 //!   event (delivered late rather than lost).

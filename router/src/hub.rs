@@ -534,8 +534,7 @@ impl<S: EventStore> Hub<S> {
                         // The event stays stored and is delivered again after a restart: at least once.
                         tracing::warn!(error = %e, "event store ack failed");
                     }
-                    self.metrics
-                        .event_store_depth(&tenant, self.store.depth(&tenant));
+                    addr.counters.event_store_depth(self.store.depth(&tenant));
                     self.wake_event_producers(Some(&addr));
                 } else {
                     self.dispatch_events(&addr);

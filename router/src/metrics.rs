@@ -117,6 +117,13 @@ impl Metrics {
             stored: pair("stored"),
             released: pair("released"),
             rejected: pair("rejected"),
+            depth: (kind == "event").then(|| {
+                self.depth
+                    .get_or_create(&TenantLabel {
+                        tenant: tenant.to_string(),
+                    })
+                    .clone()
+            }),
         }
     }
 
@@ -145,6 +152,9 @@ pub struct Outcomes {
     stored: (Counter, Counter),
     released: (Counter, Counter),
     rejected: (Counter, Counter),
+    /// The tenant's event store depth gauge (event addresses only), set after each append and accept
+    /// without a label lookup.
+    depth: Option<Gauge>,
 }
 
 impl Outcomes {
@@ -157,5 +167,12 @@ impl Outcomes {
         };
         messages.inc();
         total.inc_by(bytes as u64);
+    }
+
+    /// Sets the tenant's event store depth (an event address's; nothing for other kinds).
+    pub fn event_store_depth(&self, depth: u64) {
+        if let Some(gauge) = &self.depth {
+            gauge.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
     }
 }

@@ -17,7 +17,7 @@ use super::session::Link;
 use super::Appended;
 use super::{accepted, custom, error, rejected, Conn, Error};
 use crate::auth::{Address, Direction};
-use crate::codec::{self, MessageEdit};
+use crate::codec::{self, MessageEdit, PropertyField};
 use crate::events::{EventStore, NewEvent};
 use crate::hub::{self, AddressRef, Consumer, Kind, LinkId, Origin, Producer, Routed, ToConn};
 use crate::metrics::Outcome;
@@ -411,16 +411,11 @@ pub(crate) fn check_device_message<S: EventStore>(
         )
     };
     let view = codec::parse_message(message).map_err(|_| decode("malformed message"))?;
-    let properties = view
-        .properties()
-        .map_err(|_| decode("malformed properties"))?;
-    if properties
-        .as_ref()
-        .and_then(|p| p.content_type.as_ref())
-        .is_none()
-    {
-        return Err(decode("content-type is missing"));
-    }
+    // Read in place: decoding the whole properties section into a struct was a fifth of this check's
+    // cost per message (issue 16's profile), for one field.
+    let content_type = view
+        .property_str(PropertyField::ContentType)
+        .ok_or_else(|| decode("content-type is missing"))?;
     if view.single_data().is_none() {
         return Err(decode("the body must be one Data section"));
     }
@@ -451,10 +446,7 @@ pub(crate) fn check_device_message<S: EventStore>(
         &addr.tenant,
         &device,
         &view,
-        properties
-            .as_ref()
-            .and_then(|p| p.content_type.as_ref())
-            .map(|c| c.as_str()),
+        Some(content_type),
     );
     let resource = format!("{}/{}/{}", addr.kind.name(), addr.tenant, device);
     let mut out = Vec::with_capacity(message.len() + resource.len() + 16);

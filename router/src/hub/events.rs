@@ -94,8 +94,8 @@ impl<S: EventStore> Hub<S> {
         let payload = event.payload.clone();
         let id = self.store.append(&addr.tenant, event).await?;
         lock(&addr.inner).events.insert(id);
-        self.metrics
-            .event_store_depth(&addr.tenant, self.store.depth(&addr.tenant));
+        addr.counters
+            .event_store_depth(self.store.depth(&addr.tenant));
         self.dispatch(addr, Some((id, payload)));
         Ok(())
     }
