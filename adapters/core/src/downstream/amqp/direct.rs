@@ -106,12 +106,8 @@ struct Job {
     reply: Reply,
 }
 
-/// Messages queued for the connection task at most; past it, callers wait for room until their deadline
-/// (QoS 0 is refused). The sessions fill it while the connection task does not run, so it holds what a
-/// hiccup of the process brings in: 4,096 was 20 ms at 200k msg/s, and B1's confirmation runs lost whole
-/// bursts of QoS 0 to it with credit on the link. 32,768 is 160 ms at that rate, under 10 MiB of small
-/// messages at the peak, given back when it drains; what waits for credit is bounded by `BURST_BYTES`.
-const JOB_QUEUE: usize = 32 * 1024;
+/// Messages queued for the connection task at most; past it, callers wait for room until their deadline.
+const JOB_QUEUE: usize = 4096;
 /// Bytes handed to the writer and not yet written, past which the connection task takes no new messages
 /// (the router does not read: the callers wait, within their bounds).
 const MAX_UNWRITTEN: usize = 4 * 1024 * 1024;

@@ -557,43 +557,6 @@ async fn qos0_handed_over_without_waiting_is_counted_by_its_outcome() {
     );
 }
 
-/// The sessions can hand over far more QoS 0 than the old 4,096 queued jobs while the connection task
-/// does not run (its process descheduled for 20 ms at 200k msg/s is that much): with credit on the
-/// link, none of it is refused. A full job queue is not "no credit"; it dropped whole bursts in B1's
-/// confirmation runs.
-#[tokio::test]
-async fn a_burst_of_qos0_larger_than_the_old_job_queue_is_kept() {
-    const BURST: usize = 12_000;
-    let mut h = harness(BURST as u32).await;
-    let direct = Direct {
-        jobs: h.jobs.clone(),
-        state: h.state.clone(),
-    };
-    let admin = ferry_core::admin::Admin::new();
-    let metrics = crate::metrics::HonoMetrics::new(&admin).component("hono-mqtt");
-    let tally = metrics.tenant_tally(&TenantId::new("t1").expect("id"));
-    // No await in between: on this single-threaded runtime the connection task cannot take any.
-    let taken = (0..BURST)
-        .filter(|i| {
-            direct.try_send(
-                telemetry(),
-                (*i as u32).to_be_bytes().to_vec(),
-                Duration::from_secs(1),
-                tally.clone(),
-                4,
-            )
-        })
-        .count();
-    assert_eq!(taken, BURST, "the job queue refused part of the burst");
-    for i in 0..BURST {
-        let got = tokio::time::timeout(Duration::from_secs(5), h.messages.recv())
-            .await
-            .expect("written")
-            .expect("message");
-        assert_eq!(got, (i as u32).to_be_bytes().to_vec(), "in order");
-    }
-}
-
 /// A tenant's QoS 1 telemetry that waits for credit makes its QoS 0 link shed at the edge even while
 /// that link has credit: the router gives both from the same consumers' credit, and a QoS 0 flood
 /// would otherwise take it all and leave the QoS 1 devices to time out (503, cut off). Once the QoS 1
