@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use fe2o3_amqp::types::definitions::{Handle, Role};
+use fe2o3_amqp::types::definitions::Role;
 use fe2o3_amqp::types::messaging::message::__private::Serializable;
-use fe2o3_amqp::types::performatives::{Flow, Performative};
+use fe2o3_amqp::types::performatives::Performative;
 
 use crate::harness::*;
-use crate::hostile::{attach, begin, frames_for, send};
+use crate::hostile::{attach, begin, consumer, frames_for};
 use crate::support::*;
 
 /// The end of the credit window a producer holds after `frames` (delivery-count + link-credit of the
@@ -19,30 +19,6 @@ fn window_end(frames: &[Performative]) -> Option<u32> {
         }
         _ => None,
     })
-}
-
-/// A consumer on `address` of tenant t1 granting `credit`.
-async fn consumer(p: &Platform, address: &str, credit: u32) -> Raw {
-    let mut app = Raw::login(p.amqp, "app1", "pw1").await;
-    app.open().await;
-    begin(&mut app).await;
-    attach(&mut app, 0, Role::Receiver, address).await;
-    let _ = frames_for(&mut app, Duration::from_millis(300)).await;
-    let flow = Flow {
-        next_incoming_id: Some(0),
-        incoming_window: i32::MAX as u32,
-        next_outgoing_id: 0,
-        outgoing_window: 2048,
-        handle: Some(Handle(0)),
-        delivery_count: Some(0),
-        link_credit: Some(credit),
-        available: None,
-        drain: false,
-        echo: false,
-        properties: None,
-    };
-    send(&mut app, Performative::Flow(flow), &[]).await;
-    app
 }
 
 /// One adapter link carries all of an adapter's devices of a tenant. With a window the adapter can use up

@@ -84,6 +84,35 @@ pub(crate) async fn send(raw: &mut Raw, performative: Performative, payload: &[u
     raw.send(&out).await.expect("send frame");
 }
 
+/// Grants `credit` on the receiving link of handle 0 (channel 0), with room for every transfer.
+pub(crate) async fn grant(raw: &mut Raw, credit: u32) {
+    let flow = Flow {
+        next_incoming_id: Some(0),
+        incoming_window: i32::MAX as u32,
+        next_outgoing_id: 0,
+        outgoing_window: 2048,
+        handle: Some(Handle(0)),
+        delivery_count: Some(0),
+        link_credit: Some(credit),
+        available: None,
+        drain: false,
+        echo: false,
+        properties: None,
+    };
+    send(raw, Performative::Flow(flow), &[]).await;
+}
+
+/// An application (`app1`) receiving from `address` with `credit`.
+pub(crate) async fn consumer(p: &Platform, address: &str, credit: u32) -> Raw {
+    let mut app = Raw::login(p.amqp, "app1", "pw1").await;
+    app.open().await;
+    begin(&mut app).await;
+    attach(&mut app, 0, Role::Receiver, address).await;
+    let _ = frames_for(&mut app, Duration::from_millis(300)).await;
+    grant(&mut app, credit).await;
+    app
+}
+
 /// Attaches a link on channel 0 with handle `handle`: the peer sends when `role` is `Sender`.
 pub(crate) async fn attach(raw: &mut Raw, handle: u32, role: Role, address: &str) {
     let sender = role == Role::Sender;
@@ -273,20 +302,7 @@ async fn a_consumer_that_grants_huge_credit_and_stops_reading_gets_a_bounded_sha
     stalled.open().await;
     begin(&mut stalled).await;
     attach(&mut stalled, 0, Role::Receiver, "telemetry/t1").await;
-    let flow = Flow {
-        next_incoming_id: Some(0),
-        incoming_window: i32::MAX as u32,
-        next_outgoing_id: 0,
-        outgoing_window: 2048,
-        handle: Some(Handle(0)),
-        delivery_count: Some(0),
-        link_credit: Some(i32::MAX as u32),
-        available: None,
-        drain: false,
-        echo: false,
-        properties: None,
-    };
-    send(&mut stalled, Performative::Flow(flow), &[]).await;
+    grant(&mut stalled, i32::MAX as u32).await;
     let _ = frames_for(&mut stalled, Duration::from_millis(300)).await;
     // From here on the stalled consumer reads nothing.
 

@@ -4,13 +4,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fe2o3_amqp::types::definitions::{Handle, Role};
+use fe2o3_amqp::types::definitions::Role;
 use fe2o3_amqp::types::messaging::message::__private::Serializable;
 use fe2o3_amqp::types::messaging::{Accepted, DeliveryState};
-use fe2o3_amqp::types::performatives::{Close, Disposition, Flow, Performative};
+use fe2o3_amqp::types::performatives::{Close, Disposition, Performative};
 
 use crate::harness::*;
-use crate::hostile::{attach, begin, frames_for, send};
+use crate::hostile::{attach, begin, consumer, frames_for, send};
 use crate::support::*;
 use ferry_router::codec;
 
@@ -25,25 +25,7 @@ async fn a_consumers_outcomes_reach_the_producer_as_ranges() {
     let p = Platform::start().await;
     let assertion = p.assertion("t1", "d1").await;
 
-    let mut app = Raw::login(p.amqp, "app1", "pw1").await;
-    app.open().await;
-    begin(&mut app).await;
-    attach(&mut app, 0, Role::Receiver, "telemetry/t1").await;
-    let _ = frames_for(&mut app, Duration::from_millis(300)).await;
-    let flow = Flow {
-        next_incoming_id: Some(0),
-        incoming_window: i32::MAX as u32,
-        next_outgoing_id: 0,
-        outgoing_window: 2048,
-        handle: Some(Handle(0)),
-        delivery_count: Some(0),
-        link_credit: Some(1000),
-        available: None,
-        drain: false,
-        echo: false,
-        properties: None,
-    };
-    send(&mut app, Performative::Flow(flow), &[]).await;
+    let mut app = consumer(&p, "telemetry/t1", 1000).await;
 
     let mut adapter = Raw::login(p.amqp, "ferry-adapter", ADAPTER_PASSWORD).await;
     adapter.open().await;
@@ -176,24 +158,7 @@ async fn events_are_each_accepted_once_and_stay_deliverable_when_their_producer_
     adapter.send(&out).await.expect("send events and close");
     drop(adapter);
 
-    let mut app = Raw::login(p.amqp, "app1", "pw1").await;
-    app.open().await;
-    begin(&mut app).await;
-    attach(&mut app, 0, Role::Receiver, "event/t1").await;
-    let flow = Flow {
-        next_incoming_id: Some(0),
-        incoming_window: i32::MAX as u32,
-        next_outgoing_id: 0,
-        outgoing_window: 2048,
-        handle: Some(Handle(0)),
-        delivery_count: Some(0),
-        link_credit: Some(1000),
-        available: None,
-        drain: false,
-        echo: false,
-        properties: None,
-    };
-    send(&mut app, Performative::Flow(flow), &[]).await;
+    let mut app = consumer(&p, "event/t1", 1000).await;
     let mut delivered = 0;
     while delivered < MESSAGES + 100 {
         let frames = frames_for(&mut app, Duration::from_secs(2)).await;
