@@ -25,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(view) = parse_message(data) {
         let _ = (view.properties(), view.application_properties(), view.message_annotations());
+        // The router's one pass over the application properties finds what a lookup per key finds.
+        let keys = ["device_id", "reg_assertion", "orig_adapter"];
+        assert_eq!(view.app_properties_raw(keys), keys.map(|k| view.app_property_raw(k)));
         let edit = MessageEdit {
             strip_app_properties: &["reg_assertion"],
             add_message_annotations: &[],

@@ -117,6 +117,8 @@ struct Conn<S: EventStore> {
     handle: ConnHandle,
     principal: Principal,
     out: BytesMut,
+    /// Where a transfer's performative is put together ([`codec::encode_single_transfer`]).
+    head: Vec<u8>,
     max_frame_out: u32,
     sessions: HashMap<u16, Session>,
     links: HashMap<LinkId, (u16, u32)>,
@@ -177,6 +179,7 @@ where
         handle: ConnHandle::new(tx),
         principal,
         out: BytesMut::with_capacity(16 * 1024),
+        head: Vec::with_capacity(64),
         max_frame_out: 512,
         sessions: HashMap::new(),
         links: HashMap::new(),

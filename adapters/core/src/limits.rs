@@ -33,6 +33,16 @@ pub struct Period {
     pub max_bytes: u64,
 }
 
+/// Whether `tenant` has a data volume limit at all ([`period`] may still find none in force).
+pub fn meters_volume(tenant: &TenantInfo) -> bool {
+    tenant
+        .config
+        .resource_limits
+        .as_ref()
+        .and_then(|r| r.data_volume.as_ref())
+        .is_some_and(|v| limit(v.max_bytes).is_some())
+}
+
 /// The period of `tenant`'s data volume plan that contains `now`.
 pub fn period(tenant: &TenantInfo, now: DateTime<Utc>) -> Option<Period> {
     let volume = tenant
@@ -279,8 +289,13 @@ mod tests {
         assert!(!v.admit(&t, 1, now));
         assert!(v.admit(&t, 100, at("2026-02-02T00:00:01Z")));
         assert_eq!(v.used(), 100);
-        // No plan, or an unlimited one: everything passes.
+        // No plan, or an unlimited one: everything passes, and the pipeline need not count at all.
         assert!(TenantVolume::default().admit(&tenant(json!({})), usize::MAX, now));
+        assert!(meters_volume(&t));
+        assert!(!meters_volume(&tenant(json!({}))));
+        assert!(!meters_volume(&tenant(
+            json!({"data-volume": {"effective-since": "2026-01-01T00:00:00Z", "max-bytes": -1}})
+        )));
     }
 
     #[test]

@@ -354,8 +354,12 @@ impl RegistryClient {
 
     /// The tenant as cached, without asking the registry: `None` when it is not cached (or expired),
     /// `Some(None)` when the registry said it does not know it.
-    pub fn cached_tenant(&self, id: &TenantId) -> Option<Option<Arc<TenantInfo>>> {
-        self.inner.tenants.get(id)
+    pub fn cached_tenant(
+        &self,
+        id: &TenantId,
+        now: std::time::Instant,
+    ) -> Option<Option<Arc<TenantInfo>>> {
+        self.inner.tenants.get_at(id, now).map(|(v, _)| v)
     }
 
     /// The registration assertion as cached, without asking the registry; `None` when it is not cached.
@@ -364,13 +368,20 @@ impl RegistryClient {
         tenant: &TenantId,
         device: &DeviceId,
         gateway: Option<&DeviceId>,
+        now: std::time::Instant,
     ) -> Option<AssertionOutcome> {
         let gateway = gateway.filter(|g| *g != device);
-        self.inner.assertions.get(&AssertionKeyRef {
-            tenant: tenant.as_str(),
-            device: device.as_str(),
-            gateway: gateway.map(DeviceId::as_str),
-        })
+        self.inner
+            .assertions
+            .get_at(
+                &AssertionKeyRef {
+                    tenant: tenant.as_str(),
+                    device: device.as_str(),
+                    gateway: gateway.map(DeviceId::as_str),
+                },
+                now,
+            )
+            .map(|(v, _)| v)
     }
 
     /// The tenant, `None` when the registry does not know it.

@@ -409,6 +409,49 @@ pub fn encode_heartbeat(out: &mut BytesMut) {
     out.extend_from_slice(&[0, 0, 0, 8, 2, FRAME_TYPE_AMQP, 0, 0]);
 }
 
+/// Appends a whole delivery as one transfer frame, its performative written by hand: `handle`,
+/// `delivery_id`, the id's four bytes as the tag, message format 0 and `settled`, the way fe2o3 would
+/// encode the same [`Transfer`], without building one (the per-message path of the router's consumers and
+/// the adapter's link). `head` is scratch space for the performative, kept by the caller between calls.
+/// Returns `false`, with nothing written, when the frame would exceed `max_frame_size`: the caller then
+/// splits the message with [`encode_transfer`].
+#[allow(clippy::too_many_arguments)]
+pub fn encode_single_transfer(
+    channel: u16,
+    handle: u32,
+    delivery_id: u32,
+    settled: bool,
+    message: &[u8],
+    max_frame_size: u32,
+    head: &mut Vec<u8>,
+    out: &mut BytesMut,
+) -> bool {
+    head.clear();
+    head.extend_from_slice(&[0, 0, 0, 0, 2, FRAME_TYPE_AMQP]);
+    head.extend_from_slice(&channel.to_be_bytes());
+    put::descriptor(head, 0x14);
+    let list = put::begin(head, false);
+    put::uint(head, handle);
+    put::uint(head, delivery_id);
+    put::binary(head, &delivery_id.to_be_bytes());
+    put::uint(head, 0);
+    put::bool(head, settled);
+    put::finish(head, list, 5);
+    let max = usize::try_from(max_frame_size.max(MIN_MAX_FRAME_SIZE)).unwrap_or(usize::MAX);
+    let size = head.len() + message.len();
+    let Ok(size32) = u32::try_from(size) else {
+        return false;
+    };
+    if size > max {
+        return false;
+    }
+    head[..4].copy_from_slice(&size32.to_be_bytes());
+    out.reserve(size);
+    out.extend_from_slice(head);
+    out.extend_from_slice(message);
+    true
+}
+
 /// Appends one or more Transfer frames carrying `payload`, none larger than `max_frame_size`.
 ///
 /// `max_frame_size` is the peer's limit; values below [`MIN_MAX_FRAME_SIZE`] are raised to it. The first

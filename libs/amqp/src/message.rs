@@ -318,6 +318,49 @@ impl<'a> MessageView<'a> {
         None
     }
 
+    /// The encoded values of the application properties `keys` (the first entry of each), found in one
+    /// pass over the section instead of one per key; it stops once every key is found.
+    pub fn app_properties_raw<const N: usize>(&self, keys: [&str; N]) -> [Option<&'a [u8]>; N] {
+        let mut found = [None; N];
+        let Some((count, mut items)) = self
+            .section_value(SectionKind::ApplicationProperties)
+            .and_then(|v| compound_items(v).ok())
+        else {
+            return found;
+        };
+        let mut missing = N;
+        // Each entry takes at least two bytes, so the loop ends within the section whatever `count` claims.
+        for _ in 0..count / 2 {
+            if missing == 0 {
+                break;
+            }
+            let Ok(key_len) = value_len(items, false, 0) else {
+                break;
+            };
+            let (entry_key, rest) = items.split_at(key_len);
+            let Ok(val_len) = value_len(rest, false, 0) else {
+                break;
+            };
+            let (value, rest) = rest.split_at(val_len);
+            if let Some(entry_key) = str_bytes(entry_key) {
+                for (slot, key) in found.iter_mut().zip(keys) {
+                    if slot.is_none() && entry_key == key.as_bytes() {
+                        *slot = Some(value);
+                        missing -= 1;
+                        break;
+                    }
+                }
+            }
+            items = rest;
+        }
+        found
+    }
+
+    /// [`Self::app_properties_raw`], each value as a string if it is one.
+    pub fn app_properties_str<const N: usize>(&self, keys: [&str; N]) -> [Option<&'a str>; N] {
+        self.app_properties_raw(keys).map(|v| v.and_then(as_str))
+    }
+
     /// The application property `key` if it is a string, borrowed from the message.
     pub fn app_property_str(&self, key: &str) -> Option<&'a str> {
         self.app_property_raw(key).and_then(as_str)

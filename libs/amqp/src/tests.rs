@@ -1057,6 +1057,17 @@ fn parse_message_finds_every_section_of_a_fe2o3_message() {
         Some(SimpleValue::Int(-1))
     );
     assert_eq!(view.app_property("absent").unwrap(), None);
+    // One pass finds what one lookup per key finds, in the order asked.
+    let keys = ["ttd", "absent", "device_id"];
+    assert_eq!(
+        view.app_properties_raw(keys),
+        keys.map(|k| view.app_property_raw(k))
+    );
+    assert_eq!(
+        view.app_properties_str(["device_id", "ttd"]),
+        [Some("4711"), None]
+    );
+    assert_eq!(view.app_properties_raw([]), []);
     assert_eq!(
         view.property_str(PropertyField::ContentType),
         Some("application/json")
@@ -1129,6 +1140,7 @@ fn message_bodies_of_every_shape_are_recognised() {
     assert_eq!(view.body(), MessageBody::None);
     assert_eq!(view.properties().unwrap(), None);
     assert_eq!(view.app_property_str("device_id"), None);
+    assert_eq!(view.app_properties_raw(["device_id"]), [None]);
 }
 
 #[test]
@@ -1706,6 +1718,12 @@ fn exercise(input: &[u8], reached: &mut Reached) {
             view.app_property("ttd"),
             view.property_str(PropertyField::To),
         );
+        let keys = ["device_id", "reg_assertion", "ttd"];
+        assert_eq!(
+            view.app_properties_raw(keys),
+            keys.map(|k| view.app_property_raw(k)),
+            "one pass finds what each lookup finds"
+        );
         let annotations = [("resource", Value::String("telemetry/t/d".into()))];
         let edit = MessageEdit {
             strip_app_properties: &["reg_assertion", "device_id"],
@@ -1836,4 +1854,66 @@ fn rewrite_sets_an_application_property_replacing_one_of_the_same_name() {
         rewritten.properties().unwrap().unwrap().subject.as_deref(),
         Some("on")
     );
+}
+
+/// The hand-written single-frame transfer is byte for byte what fe2o3 encodes for the same Transfer, on
+/// any channel, and refuses (writing nothing) a message that does not fit the peer's frame.
+#[test]
+fn a_single_transfer_is_fe2o3s_encoding_byte_for_byte() {
+    let mut head = Vec::new();
+    for (channel, handle, id, settled) in [
+        (0u16, 0u32, 0u32, true),
+        (3, 7, 300, false),
+        (255, 70_000, u32::MAX, true),
+    ] {
+        for message in [&b""[..], b"message", &[7u8; 300][..]] {
+            let t = Transfer {
+                handle: Handle(handle),
+                delivery_id: Some(id),
+                delivery_tag: Some(Binary::from(id.to_be_bytes().to_vec())),
+                message_format: Some(0),
+                settled: Some(settled),
+                more: false,
+                rcv_settle_mode: None,
+                state: None,
+                resume: false,
+                aborted: false,
+                batchable: false,
+            };
+            let want = encoded(|o| encode_transfer(channel, &t, message, 65_536, o));
+            let mut got = BytesMut::from(&b"before"[..]);
+            assert!(encode_single_transfer(
+                channel, handle, id, settled, message, 65_536, &mut head, &mut got
+            ));
+            assert_eq!(&got[..6], b"before");
+            assert_eq!(
+                &got[6..],
+                &want[..],
+                "channel {channel} handle {handle} id {id}"
+            );
+        }
+    }
+    let mut out = BytesMut::new();
+    assert!(!encode_single_transfer(
+        0,
+        1,
+        2,
+        true,
+        &[0u8; 600],
+        512,
+        &mut head,
+        &mut out
+    ));
+    assert!(out.is_empty(), "nothing written when it does not fit");
+    assert!(encode_single_transfer(
+        0,
+        1,
+        2,
+        true,
+        &[0u8; 400],
+        512,
+        &mut head,
+        &mut out
+    ));
+    assert_eq!(count_frames(&out), 1);
 }

@@ -419,19 +419,24 @@ pub(crate) fn check_device_message<S: EventStore>(
     if view.single_data().is_none() {
         return Err(decode("the body must be one Data section"));
     }
-    let device = view
-        .app_property_str(ferry_core::hono::app_property::DEVICE_ID)
-        .ok_or_else(|| decode("device_id is missing"))?;
+    // One pass over the application properties for the three this check and the console read.
+    let [device, token, adapter] = view.app_properties_str([
+        ferry_core::hono::app_property::DEVICE_ID,
+        ferry_core::hono::app_property::REG_ASSERTION,
+        ferry_core::hono::app_property::ORIG_ADAPTER,
+    ]);
+    let device = device.ok_or_else(|| decode("device_id is missing"))?;
     let device =
         ferry_core::ids::DeviceId::new(device).map_err(|_| decode("device_id is invalid"))?;
-    let token = view
-        .app_property_str(ferry_core::hono::app_property::REG_ASSERTION)
-        .ok_or_else(|| decode("reg_assertion is missing"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let token = token.ok_or_else(|| decode("reg_assertion is missing"))?;
+    let now = ferry_core::console::unix_now();
     let verifier = shared.verifier();
-    if let Err(e) = verifier.check(token, &addr.tenant, &device, now) {
+    if let Err(e) = verifier.check(
+        token,
+        &addr.tenant,
+        &device,
+        i64::try_from(now).unwrap_or(i64::MAX),
+    ) {
         if e.is_decode_error() {
             return Err(decode("reg_assertion is malformed"));
         }
@@ -442,13 +447,22 @@ pub(crate) fn check_device_message<S: EventStore>(
     }
     crate::console::observe(
         shared,
-        &addr.kind,
-        &addr.tenant,
-        &device,
-        &view,
-        Some(content_type),
+        &crate::console::Observed {
+            kind: &addr.kind,
+            tenant: &addr.tenant,
+            device: &device,
+            view: &view,
+            content_type: Some(content_type),
+            adapter,
+            now,
+        },
     );
-    let resource = format!("{}/{}/{}", addr.kind.name(), addr.tenant, device);
+    // `kind/tenant/device`, put together without the formatting machinery (once per message).
+    let (kind, tenant) = (addr.kind.name(), addr.tenant.as_str());
+    let mut resource = String::with_capacity(kind.len() + tenant.len() + device.as_str().len() + 2);
+    for part in [kind, "/", tenant, "/", device.as_str()] {
+        resource.push_str(part);
+    }
     let mut out = Vec::with_capacity(message.len() + resource.len() + 16);
     codec::rewrite_message(
         &view,

@@ -191,6 +191,53 @@ impl<S: EventStore> Conn<S> {
         };
         let delivery_id = session.next_delivery_id;
         session.next_delivery_id = delivery_id.wrapping_add(1);
+        let start = self.out.len();
+        // A message that fits one frame (every telemetry message of a device) is written by hand; a
+        // larger one is split by the codec.
+        let single = codec::encode_single_transfer(
+            channel,
+            handle,
+            delivery_id,
+            settled,
+            &payload,
+            self.max_frame_out,
+            &mut self.head,
+            &mut self.out,
+        );
+        if !single {
+            self.encode_split_transfer(channel, handle, delivery_id, &payload, settled, start);
+            if self.out.len() == start {
+                routing::settled(&self.shared, Some(consumer), origin, hub::release());
+                return;
+            }
+        }
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let frames = if single {
+            1
+        } else {
+            codec::count_frames(&self.out[start..])
+        };
+        session.next_outgoing_id = session.next_outgoing_id.wrapping_add(frames);
+        session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);
+        if settled {
+            routing::settled(&self.shared, Some(consumer), origin, accepted());
+        } else {
+            session.unsettled.insert(delivery_id, (handle, origin));
+        }
+    }
+
+    /// Appends a delivery too large for one frame as several; on error nothing is appended.
+    fn encode_split_transfer(
+        &mut self,
+        channel: u16,
+        handle: u32,
+        delivery_id: u32,
+        payload: &[u8],
+        settled: bool,
+        start: usize,
+    ) {
         let transfer = Transfer {
             handle: Handle(handle),
             delivery_id: Some(delivery_id),
@@ -204,26 +251,15 @@ impl<S: EventStore> Conn<S> {
             aborted: false,
             batchable: false,
         };
-        let start = self.out.len();
         if let Err(e) = codec::encode_transfer(
             channel,
             &transfer,
-            &payload,
+            payload,
             self.max_frame_out,
             &mut self.out,
         ) {
             tracing::warn!(error = %e, "cannot encode a transfer");
             self.out.truncate(start);
-            routing::settled(&self.shared, Some(consumer), origin, hub::release());
-            return;
-        }
-        let frames = codec::count_frames(&self.out[start..]);
-        session.next_outgoing_id = session.next_outgoing_id.wrapping_add(frames);
-        session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);
-        if settled {
-            routing::settled(&self.shared, Some(consumer), origin, accepted());
-        } else {
-            session.unsettled.insert(delivery_id, (handle, origin));
         }
     }
 

@@ -63,9 +63,18 @@ where
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
+        self.get_at(key, Instant::now())
+    }
+
+    /// [`Self::get_until`] as of `now`, for a caller that looks up several entries per message and reads
+    /// the clock once.
+    pub(crate) fn get_at<Q>(&self, key: &Q, now: Instant) -> Option<(V, Instant)>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
         self.inner
             .get(key)
-            .filter(|t| t.until > Instant::now())
+            .filter(|t| t.until > now)
             .map(|t| (t.value, t.until))
     }
 

@@ -34,7 +34,7 @@ use fe2o3_amqp::types::performatives::{
 };
 use fe2o3_amqp::types::primitives::{Binary, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit};
-use ferry_amqp::{self as codec, put, Frame, SaslFrame};
+use ferry_amqp::{self as codec, Frame, SaslFrame};
 use ferry_core::ids::TenantId;
 use ferry_core::shutdown::Shutdown;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -965,16 +965,17 @@ impl<'c> Conn<'c> {
         let settled = link.key.presettled();
         let delivery_id = self.next_delivery_id;
         let start = self.out.len();
-        let fits = job.message.len() + 64 <= self.max_frame_out as usize;
+        let fits = codec::encode_single_transfer(
+            0,
+            handle,
+            delivery_id,
+            settled,
+            &job.message,
+            self.max_frame_out,
+            &mut self.scratch,
+            &mut self.out,
+        );
         let written = if fits {
-            transfer_frame(
-                &mut self.scratch,
-                handle,
-                delivery_id,
-                settled,
-                &job.message,
-                &mut self.out,
-            );
             Ok(())
         } else {
             let transfer = Transfer {
@@ -1436,32 +1437,6 @@ impl<'c> Conn<'c> {
 fn stalled(link: &Link, now: Instant) -> bool {
     link.no_credit_since
         .is_some_and(|s| now.duration_since(s) > SHED_AFTER)
-}
-
-/// A single-frame transfer: the performative written by hand (handle, delivery id, a four-byte tag,
-/// message format 0, settled), then the message.
-fn transfer_frame(
-    head: &mut Vec<u8>,
-    handle: u32,
-    delivery_id: u32,
-    settled: bool,
-    message: &[u8],
-    out: &mut BytesMut,
-) {
-    head.clear();
-    head.extend_from_slice(&[0, 0, 0, 0, 2, 0, 0, 0]);
-    put::descriptor(head, 0x14);
-    let list = put::begin(head, false);
-    put::uint(head, handle);
-    put::uint(head, delivery_id);
-    put::binary(head, &delivery_id.to_be_bytes());
-    put::uint(head, 0);
-    put::bool(head, settled);
-    put::finish(head, list, 5);
-    let size = u32::try_from(head.len() + message.len()).unwrap_or(u32::MAX);
-    head[..4].copy_from_slice(&size.to_be_bytes());
-    out.extend_from_slice(head);
-    out.extend_from_slice(message);
 }
 
 /// The router's outcome as a [`SendOutcome`].

@@ -6,7 +6,16 @@ fn a_transfer_frame_decodes_as_the_transfer_it_stands_for() {
     let mut out = BytesMut::new();
     for (handle, id, settled) in [(0, 0, true), (7, 300, false), (70_000, u32::MAX, true)] {
         out.clear();
-        transfer_frame(&mut scratch, handle, id, settled, b"message", &mut out);
+        assert!(codec::encode_single_transfer(
+            0,
+            handle,
+            id,
+            settled,
+            b"message",
+            u32::MAX,
+            &mut scratch,
+            &mut out
+        ));
         let (frame, used) = codec::decode_frame(&out, u32::MAX)
             .expect("valid")
             .expect("complete");
