@@ -561,8 +561,9 @@ fn write_map_section(
     let malformed = CodecError::MalformedMessage;
     out.extend_from_slice(descriptor);
     let map_start = out.len();
-    // map32 header with size and count patched below; shrunk to map8 afterwards when it fits.
-    out.extend_from_slice(&[0xd1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // A map8 header, size and count patched below; widened to map32 afterwards in the rare case that
+    // the map turns out larger (device messages' maps are small: no shifting of what was copied).
+    out.extend_from_slice(&[0xc1, 0, 0]);
     let mut count: u32 = 0;
     let mut dropped = 0;
     if let Some(map) = existing {
@@ -570,19 +571,26 @@ fn write_map_section(
         if elements % 2 != 0 {
             return Err(malformed("map with an odd number of elements".into()));
         }
+        // Kept entries are copied in runs: one copy per stretch between dropped entries.
+        let mut run = items;
+        let mut run_len = 0;
         for _ in 0..elements / 2 {
             let key_len = value_len(items, false, 0).map_err(malformed)?;
             let val_len =
                 value_len(items.get(key_len..).unwrap_or_default(), false, 0).map_err(malformed)?;
             let (entry, rest) = items.split_at(key_len + val_len);
             if drop_key(&entry[..key_len]) {
+                out.extend_from_slice(&run[..run_len]);
+                run = rest;
+                run_len = 0;
                 dropped += 1;
             } else {
-                out.extend_from_slice(entry);
+                run_len += entry.len();
                 count += 2;
             }
             items = rest;
         }
+        out.extend_from_slice(&run[..run_len]);
         if !items.is_empty() {
             return Err(malformed("map entries do not fill the map's size".into()));
         }
@@ -591,19 +599,18 @@ fn write_map_section(
         .checked_add(append(out)?)
         .ok_or_else(|| too_large("map"))?;
 
-    let content = out.len() - map_start - 9;
+    let content = out.len() - map_start - 3;
     match (u8::try_from(content + 1), u8::try_from(count)) {
         (Ok(size), Ok(count)) => {
-            out[map_start] = 0xc1;
             out[map_start + 1] = size;
             out[map_start + 2] = count;
-            out.copy_within(map_start + 9.., map_start + 3);
-            out.truncate(out.len() - 6);
         }
         _ => {
             let size = u32::try_from(content + 4).map_err(|_| too_large("map"))?;
-            out[map_start + 1..map_start + 5].copy_from_slice(&size.to_be_bytes());
-            out[map_start + 5..map_start + 9].copy_from_slice(&count.to_be_bytes());
+            let mut header = [0xd1, 0, 0, 0, 0, 0, 0, 0, 0];
+            header[1..5].copy_from_slice(&size.to_be_bytes());
+            header[5..9].copy_from_slice(&count.to_be_bytes());
+            out.splice(map_start..map_start + 3, header);
         }
     }
     Ok(dropped)
