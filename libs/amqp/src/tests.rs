@@ -1868,17 +1868,8 @@ fn a_single_transfer_is_fe2o3s_encoding_byte_for_byte() {
     ] {
         for message in [&b""[..], b"message", &[7u8; 300][..]] {
             let t = Transfer {
-                handle: Handle(handle),
-                delivery_id: Some(id),
-                delivery_tag: Some(Binary::from(id.to_be_bytes().to_vec())),
-                message_format: Some(0),
                 settled: Some(settled),
-                more: false,
-                rcv_settle_mode: None,
-                state: None,
-                resume: false,
-                aborted: false,
-                batchable: false,
+                ..transfer(handle, id, &id.to_be_bytes())
             };
             let want = encoded(|o| encode_transfer(channel, &t, message, 65_536, o));
             let mut got = BytesMut::from(&b"before"[..]);
